@@ -1,0 +1,49 @@
+//! Timers: the primary's group checks (empty prepares carrying the commit point) and prepare
+//! timeouts that remove a silent secondary; retries of learn requests and proposals.
+
+use super::*;
+
+impl Replica {
+    pub(super) fn on_tick(&mut self, ctx: &Ctx) {
+        match self.status {
+            PartitionStatus::Primary => {
+                let timeout = self.options.prepare_timeout_ms;
+                let silent: Vec<(NodeAddr, bool)> = self
+                    .members
+                    .iter()
+                    .filter(|(_, p)| p.unanswered_since_ms.is_some_and(|since| ctx.now_ms.saturating_sub(since) > timeout))
+                    .map(|(node, p)| (node.clone(), p.learner))
+                    .collect();
+                for (node, learner) in silent {
+                    if learner {
+                        // It asks to learn again when it comes back.
+                        self.members.remove(&node);
+                    } else {
+                        self.propose(ctx, ConfigProposal::RemoveSecondary { ballot: self.config.ballot, node });
+                    }
+                }
+                if let Some((proposal, at)) = &self.proposal
+                    && ctx.now_ms.saturating_sub(*at) >= self.options.proposal_retry_ms
+                {
+                    let proposal = proposal.clone();
+                    self.proposal = Some((proposal.clone(), ctx.now_ms));
+                    self.actions.push(Action::ProposeConfig { proposal });
+                }
+                self.maybe_upgrade_learner(ctx);
+                self.send_prepares(ctx, true);
+            }
+            PartitionStatus::Learner => match self.learn {
+                LearnState::Idle => self.start_learning(ctx),
+                LearnState::Requested { since_ms } if ctx.now_ms.saturating_sub(since_ms) >= self.options.learn_retry_ms => {
+                    self.start_learning(ctx)
+                }
+                LearnState::Streaming if ctx.now_ms.saturating_sub(self.last_prepare_ms) > self.options.prepare_timeout_ms => {
+                    // The primary stopped streaming to us (it dropped us after a timeout).
+                    self.start_learning(ctx)
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}

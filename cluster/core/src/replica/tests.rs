@@ -1,0 +1,301 @@
+//! Unit tests of the replica state machine: each asserts the exact actions of one step.
+
+use super::*;
+use crate::storage::MemEngine;
+
+const P: &str = "p:1";
+const S1: &str = "s1:1";
+const S2: &str = "s2:1";
+const L: &str = "l:1";
+
+fn gpid() -> Gpid {
+    Gpid::new(1, 0)
+}
+
+fn ctx(now_ms: u64) -> Ctx {
+    Ctx { now_ms, wall_us: 1_700_000_000_000_000 + now_ms * 1000, lease_until_ms: now_ms + 6_000 }
+}
+
+fn config(ballot: Ballot, primary: &str, secondaries: &[&str], learners: &[&str]) -> PartitionConfig {
+    PartitionConfig {
+        gpid: gpid(),
+        ballot,
+        primary: Some(primary.to_string()),
+        secondaries: secondaries.iter().map(|s| s.to_string()).collect(),
+        learners: learners.iter().map(|s| s.to_string()).collect(),
+        last_drops: vec![],
+    }
+}
+
+fn replica(me: &str, options: ReplicaOptions) -> Replica {
+    Replica::open(gpid(), me.to_string(), options, Box::new(MemEngine::default()), vec![])
+}
+
+fn set(key: &str, value: &str) -> WriteRequest {
+    WriteRequest::Set { hash_key: key.as_bytes().to_vec(), sort_key: vec![], value: value.as_bytes().to_vec(), ttl_s: 0 }
+}
+
+fn primary_of(secondaries: &[&str]) -> Replica {
+    let mut r = replica(P, ReplicaOptions::default());
+    r.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, secondaries, &[]) });
+    r.take_actions();
+    r
+}
+
+fn ok(prepared: Decree, ballot: Ballot) -> PrepareReply {
+    PrepareReply { ballot, outcome: PrepareOutcome::Ok { prepared } }
+}
+
+/// Extracts the mutations of the only AppendLog action.
+fn appended(actions: &[Action]) -> Vec<Arc<Mutation>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::AppendLog { mutations } => Some(mutations.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn single_replica_commits_on_its_own_log() {
+    let mut r = primary_of(&[]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 7, request: set("k", "v") });
+    let actions = r.take_actions();
+    let m = appended(&actions);
+    assert_eq!(actions, vec![Action::AppendLog { mutations: m.clone() }]);
+    assert_eq!((m[0].ballot, m[0].decree), (1, 1));
+    r.step(&ctx(2), Input::LogAppended { ballot: 1, decree: 1 });
+    assert_eq!(r.take_actions(), vec![Action::ReplyClient { request_id: 7, result: Ok(WriteResponse::Done) }]);
+    assert_eq!(r.last_committed(), 1);
+    assert_eq!(read::get(r.engine(), b"k", b"", ctx(2).now_s()).unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn primary_commits_only_after_every_member_logged() {
+    let mut r = primary_of(&[S1, S2]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    let actions = r.take_actions();
+    let m = appended(&actions);
+    let msg = PrepareMsg { config: config(1, P, &[S1, S2], &[]), mutations: m.clone(), last_committed: 0 };
+    assert_eq!(
+        actions,
+        vec![
+            Action::AppendLog { mutations: m.clone() },
+            Action::SendPrepare { to: S1.into(), msg: msg.clone() },
+            Action::SendPrepare { to: S2.into(), msg },
+        ]
+    );
+    r.step(&ctx(2), Input::LogAppended { ballot: 1, decree: 1 });
+    assert_eq!(r.take_actions(), vec![]);
+    r.step(&ctx(3), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    assert_eq!(r.take_actions(), vec![]);
+    assert_eq!(r.last_committed(), 0, "S2 has not logged decree 1");
+    r.step(&ctx(4), Input::PrepareReply { from: S2.into(), reply: ok(1, 1) });
+    assert_eq!(r.take_actions(), vec![Action::ReplyClient { request_id: 1, result: Ok(WriteResponse::Done) }]);
+    // The commit point reaches the members with the next tick.
+    r.step(&ctx(5), Input::Tick);
+    let empty = PrepareMsg { config: config(1, P, &[S1, S2], &[]), mutations: vec![], last_committed: 1 };
+    assert_eq!(
+        r.take_actions(),
+        vec![Action::SendPrepare { to: S1.into(), msg: empty.clone() }, Action::SendPrepare { to: S2.into(), msg: empty }]
+    );
+}
+
+#[test]
+fn writes_batch_behind_the_prepare_in_flight() {
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("a", "1") });
+    r.take_actions();
+    r.step(&ctx(1), Input::ClientWrite { request_id: 2, request: set("b", "2") });
+    r.step(&ctx(1), Input::ClientWrite { request_id: 3, request: set("c", "3") });
+    let actions = r.take_actions();
+    assert!(actions.iter().all(|a| matches!(a, Action::AppendLog { .. })), "one prepare in flight per member: {actions:?}");
+    r.step(&ctx(2), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    let actions = r.take_actions();
+    let Action::SendPrepare { msg, .. } = &actions[0] else { panic!("{actions:?}") };
+    assert_eq!(msg.mutations.iter().map(|m| m.decree).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+#[test]
+fn secondary_acks_only_after_its_log_is_durable_and_commits_with_the_primary() {
+    let mut s = replica(S1, ReplicaOptions::default());
+    let cfg = config(1, P, &[S1], &[]);
+    let m = Arc::new(Mutation { ballot: 1, decree: 1, timestamp_us: 5, ops: vec![] });
+    s.step(&ctx(0), Input::Prepare { token: 9, from: P.into(), msg: PrepareMsg { config: cfg.clone(), mutations: vec![m.clone()], last_committed: 0 } });
+    assert_eq!(s.take_actions(), vec![Action::AppendLog { mutations: vec![m.clone()] }]);
+    assert_eq!(s.status(), PartitionStatus::Secondary);
+    s.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 9, reply: ok(1, 1) }]);
+    s.step(&ctx(2), Input::Prepare { token: 10, from: P.into(), msg: PrepareMsg { config: cfg, mutations: vec![], last_committed: 1 } });
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 10, reply: ok(1, 1) }]);
+    assert_eq!(s.last_committed(), 1);
+}
+
+#[test]
+fn secondary_reports_a_gap_so_the_primary_resends() {
+    let mut s = replica(S1, ReplicaOptions::default());
+    let cfg = config(1, P, &[S1], &[]);
+    let m3 = Arc::new(Mutation { ballot: 1, decree: 3, timestamp_us: 5, ops: vec![] });
+    s.step(&ctx(0), Input::Prepare { token: 1, from: P.into(), msg: PrepareMsg { config: cfg, mutations: vec![m3], last_committed: 0 } });
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 1, reply: ok(0, 1) }]);
+}
+
+#[test]
+fn stale_ballot_prepare_is_refused() {
+    let mut s = replica(S1, ReplicaOptions::default());
+    s.step(&ctx(0), Input::ConfigUpdate { config: config(3, P, &[S1], &[]) });
+    s.take_actions();
+    s.step(&ctx(0), Input::Prepare { token: 4, from: S2.into(), msg: PrepareMsg { config: config(2, S2, &[S1], &[]), mutations: vec![], last_committed: 0 } });
+    let reply = PrepareReply { ballot: 3, outcome: PrepareOutcome::StaleBallot { ballot: 3 } };
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 4, reply }]);
+}
+
+#[test]
+fn silent_secondary_is_proposed_for_removal_after_the_prepare_timeout() {
+    let mut r = primary_of(&[S1, S2]);
+    r.step(&ctx(10), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.take_actions();
+    r.step(&ctx(20), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    r.step(&ctx(20), Input::LogAppended { ballot: 1, decree: 1 });
+    r.take_actions();
+    r.step(&ctx(5_011), Input::Tick);
+    let actions = r.take_actions();
+    assert_eq!(actions[0], Action::ProposeConfig { proposal: ConfigProposal::RemoveSecondary { ballot: 1, node: S2.into() } });
+    // The meta agrees: ballot 2 without S2; the write commits.
+    r.step(&ctx(5_020), Input::ProposalReply { result: Ok(config(2, P, &[S1], &[])) });
+    assert_eq!(r.take_actions(), vec![Action::ReplyClient { request_id: 1, result: Ok(WriteResponse::Done) }]);
+}
+
+#[test]
+fn lease_expired_primary_refuses_writes_and_reads() {
+    let mut r = primary_of(&[]);
+    let c = Ctx { now_ms: 10_000, wall_us: 0, lease_until_ms: 9_000 };
+    assert!(matches!(r.check_read(&c), Err(Error::NotPrimary { .. })));
+    r.step(&c, Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    assert!(matches!(&r.take_actions()[..], [Action::ReplyClient { request_id: 1, result: Err(Error::NotPrimary { .. }) }]));
+}
+
+#[test]
+fn invalid_write_is_refused_with_the_limit() {
+    let mut r = primary_of(&[]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("", "v") });
+    let actions = r.take_actions();
+    let [Action::ReplyClient { result: Err(e), .. }] = &actions[..] else { panic!("{actions:?}") };
+    assert!(e.to_string().contains("hash key is empty"), "{e}");
+}
+
+#[test]
+fn learner_by_log_then_upgrade() {
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(2), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    r.take_actions();
+    assert_eq!(r.last_committed(), 1);
+    r.step(&ctx(3), Input::ConfigUpdate { config: config(1, P, &[S1], &[L]) });
+    assert_eq!(r.take_actions(), vec![]);
+    r.step(&ctx(4), Input::LearnRequest { token: 5, request: LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 } });
+    let actions = r.take_actions();
+    assert_eq!(actions[0], Action::ReplyLearn { token: 5, reply: LearnReply::Log { start: 1 } });
+    let Action::SendPrepare { to, msg } = &actions[1] else { panic!("{actions:?}") };
+    assert_eq!((to.as_str(), msg.mutations.len(), msg.last_committed), (L, 1, 1));
+    // The learner logs decree 1; it holds every committed decree and is proposed as secondary.
+    r.step(&ctx(5), Input::PrepareReply { from: L.into(), reply: ok(1, 1) });
+    assert_eq!(r.take_actions(), vec![Action::ProposeConfig { proposal: ConfigProposal::UpgradeLearner { ballot: 1, node: L.into() } }]);
+    r.step(&ctx(6), Input::ProposalReply { result: Ok(config(2, P, &[S1, L], &[])) });
+    r.take_actions();
+    // The upgraded learner now counts for commits.
+    r.step(&ctx(7), Input::ClientWrite { request_id: 2, request: set("k", "w") });
+    r.step(&ctx(7), Input::LogAppended { ballot: 2, decree: 2 });
+    r.step(&ctx(8), Input::PrepareReply { from: S1.into(), reply: ok(2, 2) });
+    assert_eq!(r.last_committed(), 1);
+    r.step(&ctx(8), Input::PrepareReply { from: L.into(), reply: ok(2, 2) });
+    assert_eq!(r.last_committed(), 2);
+}
+
+#[test]
+fn learner_too_far_behind_gets_a_checkpoint() {
+    let options = ReplicaOptions { log_cache_bytes_max: 0, ..Default::default() };
+    let mut r = replica(P, options);
+    r.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, &[], &[L]) });
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    r.take_actions();
+    r.step(&ctx(2), Input::LearnRequest { token: 8, request: LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 } });
+    assert_eq!(r.take_actions(), vec![Action::ServeCheckpoint { token: 8 }]);
+    r.step(&ctx(3), Input::CheckpointReady { token: 8, result: Ok(("cp1".into(), 1)) });
+    let reply = LearnReply::Checkpoint { checkpoint_id: "cp1".into(), decree: 1 };
+    assert_eq!(r.take_actions(), vec![Action::ReplyLearn { token: 8, reply }]);
+}
+
+#[test]
+fn learner_installs_checkpoint_then_learns_by_log() {
+    let mut l = replica(L, ReplicaOptions::default());
+    l.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, &[], &[L]) });
+    let request = LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 };
+    assert_eq!(l.take_actions(), vec![Action::SendLearnRequest { to: P.into(), request }]);
+    l.step(&ctx(1), Input::LearnReply { reply: Some(LearnReply::Checkpoint { checkpoint_id: "cp".into(), decree: 5 }) });
+    assert_eq!(l.take_actions(), vec![Action::FetchCheckpoint { from: P.into(), checkpoint_id: "cp".into(), decree: 5 }]);
+    let mut engine = MemEngine::default();
+    for d in 1..=5 {
+        engine.apply(d, &[]).unwrap();
+    }
+    l.step(&ctx(2), Input::CheckpointInstalled { engine: Box::new(engine) });
+    let request = LearnRequest { ballot: 1, learner: L.into(), last_committed: 5 };
+    assert_eq!(l.take_actions(), vec![Action::SendLearnRequest { to: P.into(), request }]);
+    assert_eq!(l.last_committed(), 5);
+}
+
+#[test]
+fn new_primary_reconciles_its_prepared_entries_before_serving_reads() {
+    let mut s = replica(S1, ReplicaOptions::default());
+    let m = Arc::new(Mutation { ballot: 1, decree: 1, timestamp_us: 5, ops: vec![] });
+    s.step(&ctx(0), Input::Prepare { token: 1, from: P.into(), msg: PrepareMsg { config: config(1, P, &[S1, S2], &[]), mutations: vec![m.clone()], last_committed: 0 } });
+    s.step(&ctx(0), Input::LogAppended { ballot: 1, decree: 1 });
+    s.take_actions();
+    // The meta promotes S1 after P died.
+    s.step(&ctx(10), Input::ConfigUpdate { config: config(2, S1, &[S2], &[]) });
+    let msg = PrepareMsg { config: config(2, S1, &[S2], &[]), mutations: vec![m], last_committed: 0 };
+    assert_eq!(s.take_actions(), vec![Action::SendPrepare { to: S2.into(), msg }]);
+    assert!(matches!(s.check_read(&ctx(10)), Err(Error::Busy { .. })));
+    s.step(&ctx(11), Input::PrepareReply { from: S2.into(), reply: ok(1, 2) });
+    assert_eq!(s.last_committed(), 1);
+    assert!(s.check_read(&ctx(11)).is_ok());
+}
+
+#[test]
+fn replay_restores_the_prepared_list_with_later_records_winning() {
+    let m = |ballot, decree, ts| Mutation { ballot, decree, timestamp_us: ts, ops: vec![] };
+    // Decree 2 was replaced by a newer primary's decree 2, which dropped the old 3.
+    let replayed = vec![m(1, 1, 1), m(1, 2, 2), m(1, 3, 3), m(2, 2, 4)];
+    let r = Replica::open(gpid(), S1.into(), ReplicaOptions::default(), Box::new(MemEngine::default()), replayed);
+    assert_eq!(r.last_prepared(), 2);
+    assert_eq!(r.ballot(), 2);
+}
+
+#[test]
+fn check_and_mutate_sees_prepared_writes() {
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v1") });
+    let cas = WriteRequest::CheckAndMutate {
+        hash_key: b"k".to_vec(),
+        check_sort_key: vec![],
+        check_type: CheckType::BytesEqual,
+        check_operand: b"v1".to_vec(),
+        mutations: vec![write::MutateOp::Put { sort_key: vec![], value: b"v2".to_vec(), ttl_s: 0 }],
+        return_check_value: true,
+    };
+    r.step(&ctx(1), Input::ClientWrite { request_id: 2, request: cas });
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 2 });
+    r.take_actions();
+    r.step(&ctx(2), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    r.take_actions();
+    r.step(&ctx(3), Input::PrepareReply { from: S1.into(), reply: ok(2, 1) });
+    assert_eq!(
+        r.take_actions(),
+        vec![Action::ReplyClient { request_id: 2, result: Ok(WriteResponse::Checked { applied: true, check_value: Some(b"v1".to_vec()) }) }]
+    );
+}

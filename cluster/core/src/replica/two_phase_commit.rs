@@ -1,0 +1,242 @@
+//! The write path: the primary assigns decrees and streams prepares; members log and ack; the
+//! primary commits a decree once its own log and every member of the configuration hold it.
+
+use super::*;
+
+impl Replica {
+    pub(super) fn on_client_write(&mut self, ctx: &Ctx, request_id: RequestId, request: WriteRequest) {
+        if let Err(e) = self.check_primary(ctx) {
+            self.actions.push(Action::ReplyClient { request_id, result: Err(e) });
+            return;
+        }
+        if self.pending_writes.len() >= self.options.pending_writes_max {
+            let reason = format!("{} writes waiting for commit (pending_writes_max)", self.pending_writes.len());
+            self.actions.push(Action::ReplyClient { request_id, result: Err(Error::Busy { gpid: self.gpid, reason }) });
+            return;
+        }
+        if let Err(e) = request.validate(&self.options.limits) {
+            self.actions.push(Action::ReplyClient { request_id, result: Err(e) });
+            return;
+        }
+        let timestamp_us = self.clock.next(ctx.wall_us);
+        let effects = {
+            let view = write::PendingView { engine: self.engine.as_ref(), log: &self.log, last_committed: self.last_committed };
+            write::evaluate(&view, &request, timestamp_us, self.options.cluster_id, ctx.now_s())
+        };
+        let (ops, response) = match effects {
+            Ok(x) => x,
+            Err(e) => {
+                self.actions.push(Action::ReplyClient { request_id, result: Err(e) });
+                return;
+            }
+        };
+        let decree = self.last_prepared() + 1;
+        let m = Arc::new(Mutation { ballot: self.config.ballot, decree, timestamp_us, ops });
+        self.insert_log(m.clone());
+        self.pending_writes.insert(decree, PendingWrite { request_id, response });
+        self.actions.push(Action::AppendLog { mutations: vec![m] });
+        self.send_prepares(ctx, false);
+        // A partition of one replica commits on its own log alone.
+        self.try_commit_as_primary(ctx);
+    }
+
+    pub(super) fn on_log_appended(&mut self, ctx: &Ctx, ballot: Ballot, decree: Decree) {
+        // Appends complete in the order they were issued, and every entry above `durable` has an
+        // append in flight. A completion for an entry that was since replaced (another ballot)
+        // proves nothing: the replacement's own append completes later.
+        let matches = self.log.get(&decree).is_some_and(|m| m.ballot == ballot);
+        if !matches || decree != self.durable + 1 {
+            return;
+        }
+        self.durable = decree;
+        match self.status {
+            PartitionStatus::Primary => self.try_commit_as_primary(ctx),
+            PartitionStatus::Secondary | PartitionStatus::Learner => self.release_prepare_replies(ctx),
+            _ => {}
+        }
+    }
+
+    /// Commits every decree logged by this primary and acked by every member of the configuration.
+    pub(super) fn try_commit_as_primary(&mut self, ctx: &Ctx) {
+        if self.status != PartitionStatus::Primary {
+            return;
+        }
+        let mut to = self.durable;
+        for node in &self.config.secondaries {
+            let acked = self.members.get(node).map_or(0, |p| p.acked);
+            to = to.min(acked);
+        }
+        if to > self.last_committed {
+            self.commit_to(ctx, to);
+        }
+    }
+
+    pub(super) fn on_prepare(&mut self, ctx: &Ctx, token: RequestId, from: NodeAddr, msg: PrepareMsg) {
+        let ballot = msg.config.ballot;
+        if ballot < self.config.ballot {
+            let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::StaleBallot { ballot: self.config.ballot } };
+            self.actions.push(Action::ReplyPrepare { token, reply });
+            return;
+        }
+        if msg.config.primary.as_deref() != Some(from.as_str()) {
+            let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::NotMember };
+            self.actions.push(Action::ReplyPrepare { token, reply });
+            return;
+        }
+        if ballot > self.config.ballot || (ballot == self.config.ballot && msg.config.learners != self.config.learners) {
+            // The primary got this configuration from the meta by compare-and-set: adopt it.
+            self.on_config_update(ctx, msg.config.clone());
+        }
+        if !matches!(self.status, PartitionStatus::Secondary | PartitionStatus::Learner) || self.config.ballot != ballot {
+            let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::NotMember };
+            self.actions.push(Action::ReplyPrepare { token, reply });
+            return;
+        }
+        if self.status == PartitionStatus::Learner && self.learn != LearnState::Streaming {
+            // A learner installing a checkpoint cannot take log entries yet.
+            let reply = PrepareReply { ballot, outcome: PrepareOutcome::NotMember };
+            self.actions.push(Action::ReplyPrepare { token, reply });
+            return;
+        }
+        self.last_prepare_ms = ctx.now_ms;
+        let mut fresh = Vec::new();
+        for m in &msg.mutations {
+            let d = m.decree;
+            if d <= self.last_committed {
+                continue;
+            }
+            if d > self.stream_prepared + 1 {
+                // A gap: the reply tells the primary where to resend from.
+                break;
+            }
+            match self.log.get(&d) {
+                Some(existing) if existing.ballot == m.ballot && existing.timestamp_us == m.timestamp_us => {}
+                _ => {
+                    self.truncate_from(d);
+                    self.insert_log(m.clone());
+                    self.clock.observe(m.timestamp_us);
+                    fresh.push(m.clone());
+                }
+            }
+            self.stream_prepared = d;
+        }
+        if !fresh.is_empty() {
+            self.actions.push(Action::AppendLog { mutations: fresh });
+        }
+        self.waiting_replies.push_back((self.stream_prepared, token));
+        self.primary_committed = self.primary_committed.max(msg.last_committed);
+        self.release_prepare_replies(ctx);
+    }
+
+    /// Answers the prepares whose mutations are durable now, and commits what they allow.
+    pub(super) fn release_prepare_replies(&mut self, ctx: &Ctx) {
+        let durable_stream = self.durable.min(self.stream_prepared);
+        let commit_to = self.primary_committed.min(durable_stream);
+        if commit_to > self.last_committed {
+            self.commit_to(ctx, commit_to);
+        }
+        while let Some(&(decree, token)) = self.waiting_replies.front() {
+            if decree > self.durable {
+                break;
+            }
+            self.waiting_replies.pop_front();
+            let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::Ok { prepared: decree.min(durable_stream) } };
+            self.actions.push(Action::ReplyPrepare { token, reply });
+        }
+    }
+
+    pub(super) fn on_prepare_reply(&mut self, ctx: &Ctx, from: NodeAddr, reply: PrepareReply) {
+        if self.status != PartitionStatus::Primary {
+            return;
+        }
+        let Some(p) = self.members.get_mut(&from) else { return };
+        p.in_flight = false;
+        match reply.outcome {
+            PrepareOutcome::Ok { prepared } => {
+                if reply.ballot != self.config.ballot {
+                    return;
+                }
+                p.unanswered_since_ms = None;
+                p.acked = p.acked.max(prepared);
+                // With one prepare in flight, `prepared` below `sent` means the member lost or
+                // refused part of the stream: resend from what it holds.
+                p.sent = prepared;
+            }
+            PrepareOutcome::StaleBallot { ballot } => {
+                // Someone made a newer configuration; the meta will tell us. Stop serving writes
+                // that can no longer commit under this ballot.
+                if ballot > self.config.ballot {
+                    self.step_down(ctx);
+                }
+                return;
+            }
+            PrepareOutcome::NotMember => {
+                // The member has not seen our configuration yet (or lost it on a restart); the
+                // next send carries it again. The timeout removes it if this persists.
+                return;
+            }
+        }
+        self.try_commit_as_primary(ctx);
+        self.maybe_upgrade_learner(ctx);
+        self.send_prepares(ctx, false);
+    }
+
+    pub(super) fn on_prepare_failed(&mut self, ctx: &Ctx, to: NodeAddr) {
+        if let Some(p) = self.members.get_mut(&to) {
+            p.in_flight = false;
+            p.unanswered_since_ms.get_or_insert(ctx.now_ms);
+        }
+    }
+
+    /// Sends the next batch to every member without a prepare in flight that has something to
+    /// receive (or, with `group_check`, to every idle member whose last send is old).
+    pub(super) fn send_prepares(&mut self, ctx: &Ctx, group_check: bool) {
+        if self.status != PartitionStatus::Primary {
+            return;
+        }
+        let last_prepared = self.last_prepared();
+        let nodes: Vec<NodeAddr> = self.members.keys().cloned().collect();
+        for node in nodes {
+            let p = &self.members[&node];
+            if p.in_flight {
+                continue;
+            }
+            let has_data = p.sent < last_prepared;
+            // A commit point alone waits for the next tick (or rides on the next data prepare),
+            // so an idle stream does not cost a second message per write.
+            let has_commit = group_check && p.committed_sent < self.last_committed;
+            let due = group_check && ctx.now_ms.saturating_sub(p.last_send_ms) >= self.options.group_check_interval_ms;
+            let retry_wait = p.unanswered_since_ms.is_some() && ctx.now_ms.saturating_sub(p.last_send_ms) < 200;
+            if retry_wait || !(has_data || has_commit || due) {
+                continue;
+            }
+            let start = p.sent + 1;
+            if start < self.log_cache_start() && start <= last_prepared {
+                // The member needs entries this primary no longer holds: it must learn anew.
+                if !p.learner {
+                    self.propose(ctx, ConfigProposal::RemoveSecondary { ballot: self.config.ballot, node: node.clone() });
+                } else {
+                    self.members.remove(&node);
+                }
+                continue;
+            }
+            let mut mutations = Vec::new();
+            let mut bytes = 0;
+            for (_, m) in self.log.range(start..) {
+                if !mutations.is_empty() && bytes + m.encoded_bytes() > self.options.prepare_batch_bytes_max {
+                    break;
+                }
+                bytes += m.encoded_bytes();
+                mutations.push(m.clone());
+            }
+            let p = self.members.get_mut(&node).expect("member exists");
+            p.sent = mutations.last().map_or(p.sent, |m| m.decree);
+            p.in_flight = true;
+            p.last_send_ms = ctx.now_ms;
+            p.committed_sent = self.last_committed;
+            p.unanswered_since_ms.get_or_insert(ctx.now_ms);
+            let msg = PrepareMsg { config: self.config.clone(), mutations, last_committed: self.last_committed };
+            self.actions.push(Action::SendPrepare { to: node, msg });
+        }
+    }
+}

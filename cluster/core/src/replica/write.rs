@@ -1,0 +1,306 @@
+//! Client write requests and their evaluation into effects (puts and deletes of stored records).
+//! Read-modify-write requests (`incr`, `check_and_mutate`) read the latest state — committed
+//! state overlaid by prepared mutations — so their effects are exact and replay is idempotent.
+
+use crate::error::{Error, Result};
+use crate::key::encode_key;
+use crate::limits::Limits;
+use crate::mutation::{Mutation, WriteOp};
+use crate::storage::KvEngine;
+use crate::timetag::make_timetag;
+use crate::types::Decree;
+use crate::value::{decode_value, encode_value, expire_ts_from_ttl, is_expired};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How `check_and_mutate` judges the current value of the check sort key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckType {
+    NoCheck,
+    ValueNotExist,
+    ValueNotExistOrEmpty,
+    ValueExist,
+    ValueNotEmpty,
+    MatchAnywhere,
+    MatchPrefix,
+    MatchPostfix,
+    BytesLess,
+    BytesLessOrEqual,
+    BytesEqual,
+    BytesGreaterOrEqual,
+    BytesGreater,
+    IntLess,
+    IntLessOrEqual,
+    IntEqual,
+    IntGreaterOrEqual,
+    IntGreater,
+}
+
+impl CheckType {
+    pub const ALL: [(&'static str, CheckType); 18] = [
+        ("no_check", CheckType::NoCheck),
+        ("value_not_exist", CheckType::ValueNotExist),
+        ("value_not_exist_or_empty", CheckType::ValueNotExistOrEmpty),
+        ("value_exist", CheckType::ValueExist),
+        ("value_not_empty", CheckType::ValueNotEmpty),
+        ("match_anywhere", CheckType::MatchAnywhere),
+        ("match_prefix", CheckType::MatchPrefix),
+        ("match_postfix", CheckType::MatchPostfix),
+        ("bytes_less", CheckType::BytesLess),
+        ("bytes_less_or_equal", CheckType::BytesLessOrEqual),
+        ("bytes_equal", CheckType::BytesEqual),
+        ("bytes_greater_or_equal", CheckType::BytesGreaterOrEqual),
+        ("bytes_greater", CheckType::BytesGreater),
+        ("int_less", CheckType::IntLess),
+        ("int_less_or_equal", CheckType::IntLessOrEqual),
+        ("int_equal", CheckType::IntEqual),
+        ("int_greater_or_equal", CheckType::IntGreaterOrEqual),
+        ("int_greater", CheckType::IntGreater),
+    ];
+
+    pub fn name(&self) -> &'static str {
+        CheckType::ALL.iter().find(|(_, c)| c == self).map(|(n, _)| *n).expect("every check type is listed")
+    }
+
+    pub fn from_name(name: &str) -> Option<CheckType> {
+        CheckType::ALL.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+    }
+
+    pub fn from_index(i: u32) -> Option<CheckType> {
+        CheckType::ALL.get(i as usize).map(|(_, c)| *c)
+    }
+
+    pub fn index(&self) -> u32 {
+        CheckType::ALL.iter().position(|(_, c)| c == self).expect("listed") as u32
+    }
+
+    /// Whether `current` (None: absent or expired) passes the check against `operand`.
+    pub fn passes(&self, current: Option<&[u8]>, operand: &[u8]) -> Result<bool> {
+        use CheckType::*;
+        let int = |b: &[u8], what: &str| -> Result<i64> {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .ok_or_else(|| Error::InvalidArgument(format!("{what} {:?} is not an integer", String::from_utf8_lossy(b))))
+        };
+        Ok(match (self, current) {
+            (NoCheck, _) => true,
+            (ValueNotExist, v) => v.is_none(),
+            (ValueNotExistOrEmpty, v) => v.is_none_or(|v| v.is_empty()),
+            (ValueExist, v) => v.is_some(),
+            (ValueNotEmpty, v) => v.is_some_and(|v| !v.is_empty()),
+            (_, None) => false,
+            (MatchAnywhere, Some(v)) => operand.is_empty() || v.windows(operand.len()).any(|w| w == operand),
+            (MatchPrefix, Some(v)) => v.starts_with(operand),
+            (MatchPostfix, Some(v)) => v.ends_with(operand),
+            (BytesLess, Some(v)) => v < operand,
+            (BytesLessOrEqual, Some(v)) => v <= operand,
+            (BytesEqual, Some(v)) => v == operand,
+            (BytesGreaterOrEqual, Some(v)) => v >= operand,
+            (BytesGreater, Some(v)) => v > operand,
+            (IntLess | IntLessOrEqual | IntEqual | IntGreaterOrEqual | IntGreater, Some(v)) => {
+                let (a, b) = (int(v, "stored value")?, int(operand, "check operand")?);
+                match self {
+                    IntLess => a < b,
+                    IntLessOrEqual => a <= b,
+                    IntEqual => a == b,
+                    IntGreaterOrEqual => a >= b,
+                    _ => a > b,
+                }
+            }
+        })
+    }
+}
+
+/// One mutation of `check_and_mutate`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MutateOp {
+    Put { sort_key: Vec<u8>, value: Vec<u8>, ttl_s: u32 },
+    Delete { sort_key: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteRequest {
+    /// `ttl_s` 0 = never expires.
+    Set { hash_key: Vec<u8>, sort_key: Vec<u8>, value: Vec<u8>, ttl_s: u32 },
+    MultiSet { hash_key: Vec<u8>, kvs: Vec<(Vec<u8>, Vec<u8>)>, ttl_s: u32 },
+    Del { hash_key: Vec<u8>, sort_key: Vec<u8> },
+    MultiDel { hash_key: Vec<u8>, sort_keys: Vec<Vec<u8>> },
+    /// Adds `increment` to the integer value (absent = 0). `ttl_s`: 0 keeps the current TTL,
+    /// positive sets a new one, -1 clears it.
+    Incr { hash_key: Vec<u8>, sort_key: Vec<u8>, increment: i64, ttl_s: i64 },
+    /// Applies `mutations` atomically if the value at `check_sort_key` passes the check.
+    CheckAndMutate {
+        hash_key: Vec<u8>,
+        check_sort_key: Vec<u8>,
+        check_type: CheckType,
+        check_operand: Vec<u8>,
+        mutations: Vec<MutateOp>,
+        return_check_value: bool,
+    },
+}
+
+impl WriteRequest {
+    pub fn hash_key(&self) -> &[u8] {
+        match self {
+            WriteRequest::Set { hash_key, .. }
+            | WriteRequest::MultiSet { hash_key, .. }
+            | WriteRequest::Del { hash_key, .. }
+            | WriteRequest::MultiDel { hash_key, .. }
+            | WriteRequest::Incr { hash_key, .. }
+            | WriteRequest::CheckAndMutate { hash_key, .. } => hash_key,
+        }
+    }
+
+    /// Limits and shape, checked before the request reaches a replica's queue.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        limits.check_hash_key(self.hash_key())?;
+        match self {
+            WriteRequest::Set { sort_key, value, .. } => {
+                limits.check_sort_key(sort_key)?;
+                limits.check_value(value)
+            }
+            WriteRequest::MultiSet { kvs, .. } => {
+                if kvs.is_empty() {
+                    return Err(Error::InvalidArgument("multi_set needs at least one sort key".into()));
+                }
+                let total: usize = kvs.iter().map(|(k, v)| k.len() + v.len()).sum();
+                if total > 4 * limits.value_bytes_max {
+                    return Err(Error::InvalidArgument(format!(
+                        "multi_set of {} exceeds {} (4 × max_value_bytes); split it",
+                        crate::limits::human_bytes(total),
+                        crate::limits::human_bytes(4 * limits.value_bytes_max)
+                    )));
+                }
+                kvs.iter().try_for_each(|(k, v)| limits.check_sort_key(k).and_then(|_| limits.check_value(v)))
+            }
+            WriteRequest::Del { sort_key, .. } | WriteRequest::Incr { sort_key, .. } => limits.check_sort_key(sort_key),
+            WriteRequest::MultiDel { sort_keys, .. } => {
+                if sort_keys.is_empty() {
+                    return Err(Error::InvalidArgument("multi_del needs at least one sort key".into()));
+                }
+                sort_keys.iter().try_for_each(|k| limits.check_sort_key(k))
+            }
+            WriteRequest::CheckAndMutate { check_sort_key, mutations, .. } => {
+                limits.check_sort_key(check_sort_key)?;
+                if mutations.is_empty() {
+                    return Err(Error::InvalidArgument("check_and_mutate needs at least one mutation".into()));
+                }
+                mutations.iter().try_for_each(|m| match m {
+                    MutateOp::Put { sort_key, value, .. } => limits.check_sort_key(sort_key).and_then(|_| limits.check_value(value)),
+                    MutateOp::Delete { sort_key } => limits.check_sort_key(sort_key),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResponse {
+    Done,
+    Incr { new_value: i64 },
+    Checked { applied: bool, check_value: Option<Vec<u8>> },
+}
+
+/// Committed state overlaid by the prepared (uncommitted) mutations of the primary.
+pub struct PendingView<'a> {
+    pub engine: &'a dyn KvEngine,
+    pub log: &'a BTreeMap<Decree, Arc<Mutation>>,
+    pub last_committed: Decree,
+}
+
+impl PendingView<'_> {
+    /// The latest stored value of `key`, prepared writes included.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        for (_, m) in self.log.range(self.last_committed + 1..).rev() {
+            for op in m.ops.iter().rev() {
+                if op.key() == key {
+                    return Ok(match op {
+                        WriteOp::Put { value, .. } => Some(value.clone()),
+                        WriteOp::Delete { .. } => None,
+                    });
+                }
+            }
+        }
+        self.engine.get(key)
+    }
+
+    /// The live (unexpired) user value and expire_ts.
+    fn get_live(&self, key: &[u8], now_s: u32) -> Result<Option<(u32, Vec<u8>)>> {
+        let Some(stored) = self.get(key)? else { return Ok(None) };
+        let (header, user) = decode_value(&stored)?;
+        if is_expired(header.expire_ts, now_s) {
+            return Ok(None);
+        }
+        Ok(Some((header.expire_ts, user.to_vec())))
+    }
+}
+
+/// The effects of `request` on `view` and the response the client gets once they commit.
+pub fn evaluate(
+    view: &PendingView<'_>,
+    request: &WriteRequest,
+    timestamp_us: u64,
+    cluster_id: u8,
+    now_s: u32,
+) -> Result<(Vec<WriteOp>, WriteResponse)> {
+    let timetag = make_timetag(timestamp_us, cluster_id, false);
+    let put = |hk: &[u8], sk: &[u8], v: &[u8], ttl_s: u32| WriteOp::Put {
+        key: encode_key(hk, sk),
+        value: encode_value(expire_ts_from_ttl(ttl_s, now_s), timetag, v),
+    };
+    Ok(match request {
+        WriteRequest::Set { hash_key, sort_key, value, ttl_s } => (vec![put(hash_key, sort_key, value, *ttl_s)], WriteResponse::Done),
+        WriteRequest::MultiSet { hash_key, kvs, ttl_s } => {
+            (kvs.iter().map(|(k, v)| put(hash_key, k, v, *ttl_s)).collect(), WriteResponse::Done)
+        }
+        WriteRequest::Del { hash_key, sort_key } => (vec![WriteOp::Delete { key: encode_key(hash_key, sort_key) }], WriteResponse::Done),
+        WriteRequest::MultiDel { hash_key, sort_keys } => {
+            (sort_keys.iter().map(|k| WriteOp::Delete { key: encode_key(hash_key, k) }).collect(), WriteResponse::Done)
+        }
+        WriteRequest::Incr { hash_key, sort_key, increment, ttl_s } => {
+            let key = encode_key(hash_key, sort_key);
+            let (old_expire, old) = match view.get_live(&key, now_s)? {
+                Some((expire_ts, v)) => {
+                    let n = if v.is_empty() {
+                        0
+                    } else {
+                        std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok()).ok_or_else(|| {
+                            Error::InvalidArgument(format!("incr on a value that is not an integer: {:?}", String::from_utf8_lossy(&v)))
+                        })?
+                    };
+                    (expire_ts, n)
+                }
+                None => (0, 0),
+            };
+            let new_value = old
+                .checked_add(*increment)
+                .ok_or_else(|| Error::InvalidArgument(format!("incr overflows: {old} + {increment}")))?;
+            let expire_ts = match *ttl_s {
+                0 => old_expire,
+                t if t > 0 => expire_ts_from_ttl(u32::try_from(t).unwrap_or(u32::MAX), now_s),
+                -1 => 0,
+                t => return Err(Error::InvalidArgument(format!("incr ttl {t} is invalid (0 keeps, >0 sets, -1 clears)"))),
+            };
+            let op = WriteOp::Put { key, value: encode_value(expire_ts, timetag, new_value.to_string().as_bytes()) };
+            (vec![op], WriteResponse::Incr { new_value })
+        }
+        WriteRequest::CheckAndMutate { hash_key, check_sort_key, check_type, check_operand, mutations, return_check_value } => {
+            let current = view.get_live(&encode_key(hash_key, check_sort_key), now_s)?.map(|(_, v)| v);
+            let applied = check_type.passes(current.as_deref(), check_operand)?;
+            let check_value = if *return_check_value { current } else { None };
+            let ops = if applied {
+                mutations
+                    .iter()
+                    .map(|m| match m {
+                        MutateOp::Put { sort_key, value, ttl_s } => put(hash_key, sort_key, value, *ttl_s),
+                        MutateOp::Delete { sort_key } => WriteOp::Delete { key: encode_key(hash_key, sort_key) },
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (ops, WriteResponse::Checked { applied, check_value })
+        }
+    })
+}

@@ -1,0 +1,124 @@
+//! The storage engine behind a replica, as a trait with an in-memory twin. The RocksDB engine in
+//! `tandem-storage` passes the same conformance tests (`engine_conformance`).
+
+use crate::error::Result;
+use crate::mutation::WriteOp;
+use crate::types::Decree;
+use std::collections::BTreeMap;
+
+/// A key-ordered store of stored keys and values that remembers the last decree applied to it.
+pub trait KvEngine: Send {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` records with `start <= key < end` (no end = to the last key), in key order.
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Applies the ops of committed decree `decree` and records it as the last applied decree,
+    /// atomically. `decree` must be `last_applied_decree() + 1`.
+    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> Result<()>;
+
+    fn last_applied_decree(&self) -> Decree;
+}
+
+/// The in-memory twin: a BTreeMap.
+#[derive(Clone, Debug, Default)]
+pub struct MemEngine {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    last_applied: Decree,
+}
+
+impl MemEngine {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// A state that starts at `decree` (a learned checkpoint).
+    pub fn from_parts(data: BTreeMap<Vec<u8>, Vec<u8>>, last_applied: Decree) -> Self {
+        MemEngine { data, last_applied }
+    }
+
+    pub fn data(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
+        &self.data
+    }
+}
+
+impl KvEngine for MemEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.data.get(key).cloned())
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let upper = match end {
+            Some(e) => Bound::Excluded(e.to_vec()),
+            None => Bound::Unbounded,
+        };
+        Ok(self
+            .data
+            .range((Bound::Included(start.to_vec()), upper))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> Result<()> {
+        assert_eq!(decree, self.last_applied + 1, "decrees are applied in order");
+        for op in ops {
+            match op {
+                WriteOp::Put { key, value } => {
+                    self.data.insert(key.clone(), value.clone());
+                }
+                WriteOp::Delete { key } => {
+                    self.data.remove(key);
+                }
+            }
+        }
+        self.last_applied = decree;
+        Ok(())
+    }
+
+    fn last_applied_decree(&self) -> Decree {
+        self.last_applied
+    }
+}
+
+/// Conformance tests every `KvEngine` must pass; call from each implementation's tests.
+pub fn engine_conformance(mut fresh: impl FnMut() -> Box<dyn KvEngine>) {
+    let mut e = fresh();
+    assert_eq!(e.last_applied_decree(), 0);
+    assert_eq!(e.get(b"a").unwrap(), None);
+    e.apply(1, &[WriteOp::Put { key: b"a".to_vec(), value: b"1".to_vec() }, WriteOp::Put { key: b"b".to_vec(), value: b"2".to_vec() }])
+        .unwrap();
+    e.apply(2, &[WriteOp::Put { key: b"c".to_vec(), value: b"3".to_vec() }, WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+    assert_eq!(e.last_applied_decree(), 2);
+    assert_eq!(e.get(b"a").unwrap(), None);
+    assert_eq!(e.get(b"b").unwrap(), Some(b"2".to_vec()));
+    let all = e.scan(b"", None, 10).unwrap();
+    assert_eq!(all, vec![(b"b".to_vec(), b"2".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
+    assert_eq!(e.scan(b"b", Some(b"c"), 10).unwrap().len(), 1);
+    assert_eq!(e.scan(b"", None, 1).unwrap().len(), 1);
+    // Deleting a missing key is fine; an empty op list still advances the decree.
+    e.apply(3, &[WriteOp::Delete { key: b"zz".to_vec() }]).unwrap();
+    e.apply(4, &[]).unwrap();
+    assert_eq!(e.last_applied_decree(), 4);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_engine_conforms() {
+        engine_conformance(|| Box::new(MemEngine::default()));
+    }
+}
+
+impl std::fmt::Debug for dyn KvEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KvEngine(last_applied={})", self.last_applied_decree())
+    }
+}

@@ -1,0 +1,3 @@
+//! tandem-meta-core: the IO-free logic of the meta server.
+pub mod table;
+pub use table::{MetaSnapshot, TableInfo, TableStatus};
