@@ -1,0 +1,79 @@
+//! Beacon-based failure detection (Pegasus style, no ZooKeeper). A replica server's acked beacon
+//! grants it a lease of `lease_period_ms` counted from when it *sent* the beacon; the meta
+//! declares it dead only `grace_period_ms` after the last beacon it *received*. With
+//! lease < grace, a server has stopped serving as primary before anyone replaces it.
+
+use std::collections::BTreeMap;
+use tandem_core::NodeAddr;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLiveness {
+    pub last_beacon_ms: u64,
+    pub alive: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct FailureDetector {
+    grace_period_ms: u64,
+    nodes: BTreeMap<NodeAddr, NodeLiveness>,
+}
+
+impl FailureDetector {
+    /// `known` nodes start alive as of `now_ms`: after a meta restart nobody is declared dead
+    /// before a full grace period has passed without its beacons.
+    pub fn new(grace_period_ms: u64, known: impl IntoIterator<Item = NodeAddr>, now_ms: u64) -> Self {
+        let nodes = known.into_iter().map(|n| (n, NodeLiveness { last_beacon_ms: now_ms, alive: true })).collect();
+        FailureDetector { grace_period_ms, nodes }
+    }
+
+    /// Returns true when the node was not known alive before (new or returning).
+    pub fn on_beacon(&mut self, node: &str, now_ms: u64) -> bool {
+        let entry = self.nodes.entry(node.to_string()).or_insert(NodeLiveness { last_beacon_ms: now_ms, alive: false });
+        let was_alive = entry.alive;
+        entry.last_beacon_ms = entry.last_beacon_ms.max(now_ms);
+        entry.alive = true;
+        !was_alive
+    }
+
+    /// Nodes whose grace period ran out since the last tick.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<NodeAddr> {
+        let mut dead = Vec::new();
+        for (node, l) in self.nodes.iter_mut() {
+            if l.alive && now_ms.saturating_sub(l.last_beacon_ms) > self.grace_period_ms {
+                l.alive = false;
+                dead.push(node.clone());
+            }
+        }
+        dead
+    }
+
+    pub fn is_alive(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|l| l.alive)
+    }
+
+    pub fn nodes(&self) -> &BTreeMap<NodeAddr, NodeLiveness> {
+        &self.nodes
+    }
+
+    pub fn alive_nodes(&self) -> Vec<NodeAddr> {
+        self.nodes.iter().filter(|(_, l)| l.alive).map(|(n, _)| n.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_only_after_the_grace_period() {
+        let mut fd = FailureDetector::new(8_000, ["a".to_string()], 0);
+        assert!(fd.is_alive("a"));
+        assert!(fd.on_beacon("b", 100));
+        assert!(!fd.on_beacon("b", 1_100));
+        assert_eq!(fd.tick(8_000), Vec::<String>::new());
+        assert_eq!(fd.tick(8_001), vec!["a".to_string()]);
+        assert_eq!(fd.tick(9_101), vec!["b".to_string()]);
+        assert_eq!(fd.tick(20_000), Vec::<String>::new());
+        assert!(fd.on_beacon("a", 20_000), "a returning is news");
+    }
+}

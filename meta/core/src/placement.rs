@@ -1,0 +1,55 @@
+//! Initial placement of a new table's partitions: members spread over the alive nodes, least
+//! loaded first, primaries rotated so every node leads about as many partitions.
+
+use std::collections::BTreeMap;
+use tandem_core::{Gpid, NodeAddr, PartitionConfig};
+
+/// Configurations (ballot 1) for `partition_count` partitions of `replica_count` members each.
+/// `load` counts the replicas each alive node already hosts.
+pub fn place_table(table_id: u32, partition_count: u32, replica_count: usize, load: &BTreeMap<NodeAddr, usize>) -> Vec<PartitionConfig> {
+    assert!(replica_count <= load.len(), "checked by the caller against alive nodes");
+    let mut load = load.clone();
+    let mut primaries: BTreeMap<NodeAddr, usize> = load.keys().map(|n| (n.clone(), 0)).collect();
+    (0..partition_count)
+        .map(|partition| {
+            let mut nodes: Vec<NodeAddr> = load.keys().cloned().collect();
+            nodes.sort_by_key(|n| (load[n], n.clone()));
+            let mut members: Vec<NodeAddr> = nodes.into_iter().take(replica_count).collect();
+            members.sort_by_key(|n| (primaries[n], load[n], n.clone()));
+            for m in &members {
+                *load.get_mut(m).expect("member is a node") += 1;
+            }
+            *primaries.get_mut(&members[0]).expect("member is a node") += 1;
+            PartitionConfig {
+                gpid: Gpid::new(table_id, partition),
+                ballot: 1,
+                primary: Some(members[0].clone()),
+                secondaries: members[1..].to_vec(),
+                learners: vec![],
+                last_drops: vec![],
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_members_and_primaries() {
+        let load: BTreeMap<NodeAddr, usize> = ["a", "b", "c", "d"].iter().map(|n| (n.to_string(), 0)).collect();
+        let configs = place_table(1, 8, 3, &load);
+        let mut hosted: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut led: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &configs {
+            assert_eq!(c.replica_count(), 3);
+            for m in c.members() {
+                *hosted.entry(m).or_default() += 1;
+            }
+            *led.entry(c.primary.as_deref().unwrap()).or_default() += 1;
+        }
+        assert!(hosted.values().all(|&n| n == 6), "{hosted:?}");
+        assert!(led.values().all(|&n| n == 2), "{led:?}");
+    }
+}
