@@ -34,7 +34,7 @@ use crate::types::{Ballot, Decree, Gpid, NodeAddr, PartitionConfig, PartitionSta
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-pub use write::{CheckType, WriteRequest, WriteResponse};
+pub use write::{CheckType, MutateOp, WriteRequest, WriteResponse};
 
 /// Knobs of the replica protocol. Validated by the server config.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -83,7 +83,7 @@ impl Replica {
             self.actions.push(Action::ReplyPrepare { token, reply });
             return;
         }
-        if ballot > self.config.ballot || (ballot == self.config.ballot && msg.config.learners != self.config.learners) {
+        if msg.config != self.config {
             // The primary got this configuration from the meta by compare-and-set: adopt it.
             self.on_config_update(ctx, msg.config.clone());
         }

@@ -1,0 +1,211 @@
+//! tandem-client: the async Rust client of a Tandem site.
+//!
+//! A `Client` talks to the meta servers for routes (cached per table) and to the primaries for
+//! data. On a stale route or a primary change it refreshes the route and retries within the
+//! request's deadline; non-idempotent writes (`incr`, `check_and_*`) are retried only when the
+//! server proved it did not take them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tandem_client::ClientError> {
+//! let client = tandem_client::Client::new(&["127.0.0.1:34601".to_string()], Default::default())?;
+//! let t = client.table("users");
+//! t.set(b"alice", b"email", b"a@example.com", 0).await?;
+//! assert_eq!(t.get(b"alice", b"email").await?, Some(b"a@example.com".to_vec()));
+//! # Ok(()) }
+//! ```
+
+pub mod meta_conn;
+mod table;
+
+pub use table::{FullScanPage, ScanOptions, Table};
+pub use tandem_core::replica::{CheckType, MutateOp};
+
+use meta_conn::{endpoint, MetaConn};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tandem_proto::errors::ErrorKind;
+use tandem_proto::v1;
+use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("server error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+impl ClientError {
+    pub fn from_status(s: &tonic::Status) -> ClientError {
+        let msg = s.message().to_string();
+        match ErrorKind::of(s) {
+            Some(ErrorKind::InvalidArgument) => ClientError::InvalidArgument(msg),
+            Some(ErrorKind::NotFound) => ClientError::NotFound(msg),
+            Some(ErrorKind::AlreadyExists) => ClientError::AlreadyExists(msg),
+            Some(ErrorKind::Internal) => ClientError::Internal(msg),
+            Some(ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader) => ClientError::Unavailable(msg),
+            None => match s.code() {
+                tonic::Code::InvalidArgument => ClientError::InvalidArgument(msg),
+                tonic::Code::NotFound => ClientError::NotFound(msg),
+                tonic::Code::AlreadyExists => ClientError::AlreadyExists(msg),
+                _ => ClientError::Unavailable(format!("{}: {msg}", s.code())),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// One RPC's timeout.
+    pub rpc_timeout: Duration,
+    /// The whole request's budget, retries included.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions { rpc_timeout: Duration::from_secs(5), request_timeout: Duration::from_secs(20) }
+    }
+}
+
+/// The route of one table: its partitions' primaries.
+#[derive(Clone, Debug)]
+pub(crate) struct TableRoute {
+    pub table_id: u32,
+    pub partition_count: u32,
+    pub primaries: Vec<Option<String>>,
+}
+
+pub(crate) struct Inner {
+    pub meta: MetaConn,
+    pub opts: ClientOptions,
+    pub routes: RwLock<HashMap<String, Arc<TableRoute>>>,
+    pub replicas: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Client {
+    pub fn new(meta: &[String], opts: ClientOptions) -> Result<Client> {
+        let meta = MetaConn::new(meta, opts.rpc_timeout).map_err(ClientError::InvalidArgument)?;
+        Ok(Client { inner: Arc::new(Inner { meta, opts, routes: RwLock::new(HashMap::new()), replicas: Mutex::new(HashMap::new()) }) })
+    }
+
+    pub fn table(&self, name: &str) -> Table {
+        Table::new(self.clone(), name)
+    }
+
+    pub fn meta(&self) -> &MetaConn {
+        &self.inner.meta
+    }
+
+    pub(crate) fn replica(&self, addr: &str) -> Result<ReplicaServiceClient<Channel>> {
+        let mut replicas = self.inner.replicas.lock().expect("replicas lock");
+        if let Some(c) = replicas.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = endpoint(addr, self.inner.opts.rpc_timeout)
+            .map_err(|e| ClientError::Internal(format!("bad replica address {addr:?}: {e}")))?
+            .connect_lazy();
+        let c = ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        replicas.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub(crate) async fn route(&self, table: &str, refresh: bool) -> Result<Arc<TableRoute>> {
+        if !refresh && let Some(r) = self.inner.routes.read().expect("routes lock").get(table) {
+            return Ok(r.clone());
+        }
+        let resp = self
+            .inner
+            .meta
+            .call(|mut c| {
+                let table = table.to_string();
+                async move { c.query_config(v1::QueryConfigRequest { table }).await }
+            })
+            .await
+            .map_err(|s| ClientError::from_status(&s))?;
+        let info = resp.table.ok_or_else(|| ClientError::Internal("meta answered without table info".into()))?;
+        let mut primaries = vec![None; info.partition_count as usize];
+        for p in resp.partitions {
+            if let Some(g) = p.gpid
+                && (g.partition as usize) < primaries.len()
+                && !p.primary.is_empty()
+            {
+                primaries[g.partition as usize] = Some(p.primary);
+            }
+        }
+        let route = Arc::new(TableRoute { table_id: info.id, partition_count: info.partition_count, primaries });
+        self.inner.routes.write().expect("routes lock").insert(table.to_string(), route.clone());
+        Ok(route)
+    }
+
+    async fn meta_call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnMut(v1::meta_service_client::MetaServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.inner.meta.call(f).await.map_err(|s| ClientError::from_status(&s))
+    }
+
+    pub async fn create_table(&self, name: &str, partition_count: u32, replica_count: u32, owner: &str) -> Result<v1::TableInfo> {
+        let req = v1::CreateTableRequest { name: name.into(), partition_count, replica_count, owner: owner.into() };
+        let resp = self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.create_table(req).await }
+        })
+        .await?;
+        resp.table.ok_or_else(|| ClientError::Internal("no table in answer".into()))
+    }
+
+    pub async fn drop_table(&self, name: &str) -> Result<v1::DropTableResponse> {
+        self.meta_call(|mut c| {
+            let name = name.to_string();
+            async move { c.drop_table(v1::DropTableRequest { name }).await }
+        })
+        .await
+    }
+
+    pub async fn recall_table(&self, name: &str) -> Result<v1::TableInfo> {
+        let resp = self
+            .meta_call(|mut c| {
+                let name = name.to_string();
+                async move { c.recall_table(v1::RecallTableRequest { name }).await }
+            })
+            .await?;
+        resp.table.ok_or_else(|| ClientError::Internal("no table in answer".into()))
+    }
+
+    pub async fn list_tables(&self, include_dropped: bool) -> Result<Vec<v1::TableInfo>> {
+        Ok(self.meta_call(|mut c| async move { c.list_tables(v1::ListTablesRequest { include_dropped }).await }).await?.tables)
+    }
+
+    pub async fn show_table(&self, name: &str) -> Result<v1::ShowTableResponse> {
+        self.meta_call(|mut c| {
+            let name = name.to_string();
+            async move { c.show_table(v1::ShowTableRequest { name }).await }
+        })
+        .await
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<v1::NodeInfo>> {
+        Ok(self.meta_call(|mut c| async move { c.list_nodes(v1::ListNodesRequest {}).await }).await?.nodes)
+    }
+
+    pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse> {
+        self.meta_call(|mut c| async move { c.cluster_status(v1::ClusterStatusRequest {}).await }).await
+    }
+}

@@ -1,0 +1,83 @@
+//! How servers tell clients what kind of error a gRPC status is, so clients know whether to
+//! refresh their routes, back off, or give up: the `tandem-error` metadata key.
+
+pub const ERROR_KIND_KEY: &str = "tandem-error";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The replica is not (or no longer) the primary: refresh the route and retry.
+    NotPrimary,
+    /// Temporarily unable (reconciling, queue full): retry after a pause.
+    Busy,
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    /// A store or engine failure on the server.
+    Internal,
+    /// The meta server is not the leader; the message carries the leader's address.
+    NotLeader,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::NotPrimary => "not-primary",
+            ErrorKind::Busy => "busy",
+            ErrorKind::InvalidArgument => "invalid-argument",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::AlreadyExists => "already-exists",
+            ErrorKind::Internal => "internal",
+            ErrorKind::NotLeader => "not-leader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        [
+            ErrorKind::NotPrimary,
+            ErrorKind::Busy,
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::Internal,
+            ErrorKind::NotLeader,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    fn code(&self) -> tonic::Code {
+        match self {
+            ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader => tonic::Code::Unavailable,
+            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+            ErrorKind::Internal => tonic::Code::Internal,
+        }
+    }
+
+    pub fn status(&self, message: impl Into<String>) -> tonic::Status {
+        let mut status = tonic::Status::new(self.code(), message);
+        status.metadata_mut().insert(ERROR_KIND_KEY, tonic::metadata::MetadataValue::from_static(self.as_str()));
+        status
+    }
+
+    pub fn of(status: &tonic::Status) -> Option<ErrorKind> {
+        status.metadata().get(ERROR_KIND_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorKind::parse)
+    }
+}
+
+impl From<&tandem_core::Error> for ErrorKind {
+    fn from(e: &tandem_core::Error) -> Self {
+        use tandem_core::Error;
+        match e {
+            Error::InvalidArgument(_) | Error::CheckFailed(_) => ErrorKind::InvalidArgument,
+            Error::NotPrimary { .. } => ErrorKind::NotPrimary,
+            Error::Busy { .. } => ErrorKind::Busy,
+            Error::Corrupt { .. } | Error::Storage(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub fn core_status(e: &tandem_core::Error) -> tonic::Status {
+    ErrorKind::from(e).status(e.to_string())
+}

@@ -1,0 +1,159 @@
+//! Checkpoint transfer for learners: the primary makes a RocksDB checkpoint (hard links, after a
+//! flush) and serves its files in checksummed chunks; the learner fetches them into a new
+//! database directory, verifying every chunk and every whole file before installing it.
+
+use crate::node::Node;
+use crate::replica_task::SharedEngine;
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tandem_core::{Decree, Gpid};
+use tandem_proto::v1;
+
+/// Checkpoints kept per partition; older ones are deleted when a new one is made.
+const CHECKPOINTS_PER_PARTITION_MAX: usize = 2;
+
+#[derive(Clone, Debug)]
+pub struct ServedCheckpoint {
+    pub dir: PathBuf,
+    pub decree: Decree,
+    pub files: Vec<v1::CheckpointFile>,
+}
+
+pub struct Checkpoints {
+    root: PathBuf,
+    next_id: AtomicU64,
+    served: Mutex<HashMap<Gpid, Vec<(String, ServedCheckpoint)>>>,
+}
+
+impl Checkpoints {
+    pub fn new(root: PathBuf) -> Self {
+        Checkpoints { root, next_id: AtomicU64::new(1), served: Mutex::new(HashMap::new()) }
+    }
+
+    /// Makes a checkpoint of `engine`; returns its id and decree.
+    pub async fn create(&self, gpid: Gpid, engine: SharedEngine) -> anyhow::Result<(String, Decree)> {
+        let id = format!("{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed));
+        let dir = self.root.join(format!("{}.{}-{id}", gpid.table_id, gpid.partition));
+        std::fs::create_dir_all(&self.root)?;
+        let served = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<ServedCheckpoint> {
+                let decree = engine.with(|e| e.checkpoint(&dir))?;
+                let mut files = Vec::new();
+                for entry in std::fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    if !entry.file_type()?.is_file() {
+                        continue;
+                    }
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    let (size, crc) = file_crc(&entry.path())?;
+                    files.push(v1::CheckpointFile { name, size, crc32c: crc });
+                }
+                files.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(ServedCheckpoint { dir, decree, files })
+            })
+            .await??
+        };
+        let decree = served.decree;
+        let mut all = self.served.lock().expect("checkpoints lock");
+        let list = all.entry(gpid).or_default();
+        list.push((id.clone(), served));
+        while list.len() > CHECKPOINTS_PER_PARTITION_MAX {
+            let (_, old) = list.remove(0);
+            let _ = std::fs::remove_dir_all(&old.dir);
+        }
+        Ok((id, decree))
+    }
+
+    pub fn get(&self, gpid: Gpid, id: &str) -> Option<ServedCheckpoint> {
+        let all = self.served.lock().expect("checkpoints lock");
+        all.get(&gpid)?.iter().find(|(i, _)| i == id).map(|(_, c)| c.clone())
+    }
+
+    /// Reads a chunk of a checkpoint file; names are checked against the manifest, so a peer
+    /// cannot read anything else.
+    pub fn read_chunk(&self, gpid: Gpid, id: &str, name: &str, offset: u64, length_max: usize) -> anyhow::Result<Vec<u8>> {
+        let cp = self.get(gpid, id).with_context(|| format!("no checkpoint {id} of {gpid} (expired?)"))?;
+        let file = cp.files.iter().find(|f| f.name == name).with_context(|| format!("checkpoint {id} has no file {name:?}"))?;
+        if offset > file.size {
+            bail!("offset {offset} beyond the {} bytes of {name}", file.size);
+        }
+        let len = length_max.min((file.size - offset) as usize);
+        let mut f = std::fs::File::open(cp.dir.join(name))?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0; len];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+fn file_crc(path: &Path) -> anyhow::Result<(u64, u32)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0; 1 << 20];
+    let (mut size, mut crc) = (0u64, 0u32);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((size, crc));
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        size += n as u64;
+    }
+}
+
+/// Fetches checkpoint `id` of `gpid` from `from` into a new directory under `replica_dir`;
+/// returns the directory's name and the checkpoint's decree.
+pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &Path) -> anyhow::Result<(String, Decree)> {
+    let mut client = node.peer(from).map_err(anyhow::Error::msg)?;
+    let manifest = client
+        .checkpoint_manifest(v1::CheckpointManifestRequest { gpid: Some(gpid.into()), checkpoint_id: id.to_string() })
+        .await
+        .map_err(|s| anyhow::anyhow!("manifest: {}", s.message()))?
+        .into_inner();
+    let db_name = format!("db-{}", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
+    let dir = replica_dir.join(&db_name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let chunk = node.opts.checkpoint_chunk_bytes as u32;
+    for file in &manifest.files {
+        if file.name.is_empty() || file.name.contains('/') || file.name.contains("..") {
+            bail!("checkpoint lists an unsafe file name {:?}", file.name);
+        }
+        let path = dir.join(&file.name);
+        let mut out = std::fs::File::create(&path)?;
+        let mut offset = 0u64;
+        let mut crc = 0u32;
+        while offset < file.size {
+            let resp = client
+                .fetch_chunk(v1::FetchChunkRequest {
+                    gpid: Some(gpid.into()),
+                    checkpoint_id: id.to_string(),
+                    name: file.name.clone(),
+                    offset,
+                    length_max: chunk,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("chunk of {} at {offset}: {}", file.name, s.message()))?
+                .into_inner();
+            if resp.data.is_empty() {
+                bail!("{} ended at {offset} of {} bytes", file.name, file.size);
+            }
+            if crc32c::crc32c(&resp.data) != resp.crc32c {
+                bail!("chunk of {} at {offset} failed its checksum", file.name);
+            }
+            crc = crc32c::crc32c_append(crc, &resp.data);
+            out.write_all(&resp.data)?;
+            offset += resp.data.len() as u64;
+        }
+        if offset != file.size || crc != file.crc32c {
+            bail!("{} does not match its manifest (size {offset}/{}, crc {crc:#x}/{:#x})", file.name, file.size, file.crc32c);
+        }
+        out.sync_all()?;
+    }
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok((db_name, manifest.decree))
+}

@@ -1,0 +1,336 @@
+//! The gRPC face of a replica server: the data API for clients, prepare/learn/checkpoint for
+//! peers, status for operators; plus gRPC health and reflection.
+
+use crate::node::Node;
+use crate::replica_task::{Event, ReplicaHandle};
+use std::sync::Arc;
+use std::time::Instant;
+use tandem_core::partition::partition_index;
+use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, WriteResponse};
+use tandem_core::storage::KvEngine;
+use tandem_core::{Error, Gpid, Mutation};
+use tandem_proto::convert::{config_from_wire, gpid_from, write_request_from_wire};
+use tandem_proto::errors::{core_status, ErrorKind};
+use tandem_proto::v1;
+use tandem_proto::v1::replica_service_server::{ReplicaService, ReplicaServiceServer};
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+/// Records returned by one multi_get/scan page unless the client asks for fewer.
+const PAGE_COUNT_DEFAULT: usize = 1000;
+const PAGE_BYTES_DEFAULT: usize = 4 << 20;
+
+pub struct Service {
+    node: Arc<Node>,
+}
+
+pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(node.opts.listen).await.map_err(|e| anyhow::anyhow!("bind {}: {e}", node.opts.listen))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ReplicaServiceServer<Service>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = ReplicaServiceServer::new(Service { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Ok(tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(e) = result {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    }))
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    ErrorKind::InvalidArgument.status(msg)
+}
+
+impl Service {
+    /// The replica a data request is routed to, after checking that the hash key belongs to it.
+    fn route(&self, route: Option<&v1::Route>, hash_key: Option<&[u8]>) -> Result<ReplicaHandle, Status> {
+        let route = route.ok_or_else(|| invalid("request without a route"))?;
+        let gpid = gpid_from(route.gpid.as_ref()).map_err(|e| core_status(&e))?;
+        if !route.partition_count.is_power_of_two() {
+            return Err(invalid(format!("partition count {} is not a power of two", route.partition_count)));
+        }
+        if let Some(known) = self.node.partition_count(gpid.table_id)
+            && known != route.partition_count
+        {
+            return Err(ErrorKind::NotPrimary.status(format!("stale route: table {} has {known} partitions", gpid.table_id)));
+        }
+        if gpid.partition >= route.partition_count {
+            return Err(invalid(format!("partition {} out of range 0..{}", gpid.partition, route.partition_count)));
+        }
+        if let Some(hk) = hash_key {
+            if hk.is_empty() {
+                return Err(invalid("hash key is empty (it must be 1 to 1024 bytes)"));
+            }
+            if partition_index(hk, route.partition_count) != gpid.partition {
+                return Err(ErrorKind::NotPrimary.status(format!("hash key does not belong to partition {gpid}: stale route")));
+            }
+        }
+        self.node.replica(gpid).ok_or_else(|| ErrorKind::NotPrimary.status(format!("{} does not serve partition {gpid}", self.node.me)))
+    }
+
+    /// Runs `f` on the replica's engine inside its task, if it may serve reads.
+    async fn read<T: Send + 'static>(
+        &self,
+        handle: &ReplicaHandle,
+        f: impl FnOnce(&dyn KvEngine, u32) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        let sent = handle.send(Event::Read(Box::new(move |engine, now_s| {
+            let _ = tx.send(engine.and_then(|e| f(e, now_s)));
+        })));
+        if !sent {
+            return Err(ErrorKind::NotPrimary.status(format!("replica {} stopped", handle.gpid())));
+        }
+        rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the read"))?.map_err(|e| core_status(&e))
+    }
+
+    fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(s) => ErrorKind::of(s).map_or("error", |k| k.as_str()),
+        };
+        self.node.metrics.observe(op, result, start.elapsed().as_secs_f64());
+    }
+}
+
+#[tonic::async_trait]
+impl ReplicaService for Service {
+    async fn write(&self, request: Request<v1::WriteRequest>) -> Result<Response<v1::WriteResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let op = match &req.op {
+            Some(v1::write_request::Op::Set(_)) => "set",
+            Some(v1::write_request::Op::MultiSet(_)) => "multi_set",
+            Some(v1::write_request::Op::Del(_)) => "del",
+            Some(v1::write_request::Op::MultiDel(_)) => "multi_del",
+            Some(v1::write_request::Op::Incr(_)) => "incr",
+            Some(v1::write_request::Op::CheckAndMutate(_)) => "check_and_mutate",
+            None => "write",
+        };
+        let result = async {
+            let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
+            let request = write_request_from_wire(req).map_err(|e| core_status(&e))?;
+            request.validate(&self.node.opts.replica.limits).map_err(|e| core_status(&e))?;
+            let (tx, rx) = oneshot::channel();
+            if !handle.send(Event::Write { request, reply: tx }) {
+                return Err(ErrorKind::NotPrimary.status("replica stopped"));
+            }
+            let response = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the write"))?.map_err(|e| core_status(&e))?;
+            Ok(match response {
+                WriteResponse::Done => v1::WriteResponse::default(),
+                WriteResponse::Incr { new_value } => v1::WriteResponse { incr_value: new_value, ..Default::default() },
+                WriteResponse::Checked { applied, check_value } => v1::WriteResponse {
+                    check_applied: applied,
+                    check_value_exists: check_value.is_some(),
+                    check_value: check_value.unwrap_or_default(),
+                    ..Default::default()
+                },
+            })
+        }
+        .await;
+        self.observe(op, start, &result);
+        result.map(Response::new)
+    }
+
+    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let result = async {
+            let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
+            let limits = self.node.opts.replica.limits;
+            limits.check_sort_key(&req.sort_key).map_err(|e| core_status(&e))?;
+            let (hk, sk) = (req.hash_key, req.sort_key);
+            self.read(&handle, move |engine, now_s| read::get_with_expiry(engine, &hk, &sk, now_s)).await
+        }
+        .await;
+        self.observe("get", start, &result);
+        let found = result?;
+        Ok(Response::new(match found {
+            Some((expire_ts, value)) => {
+                let now_s = self.node.ctx().now_s();
+                let ttl = if expire_ts == 0 { -1 } else { expire_ts.saturating_sub(now_s) as i64 };
+                v1::GetResponse { found: true, value, ttl_seconds: ttl }
+            }
+            None => v1::GetResponse { found: false, value: vec![], ttl_seconds: 0 },
+        }))
+    }
+
+    async fn multi_get(&self, request: Request<v1::MultiGetRequest>) -> Result<Response<v1::MultiGetResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let result = async {
+            let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
+            let count_max = if req.count_max == 0 { PAGE_COUNT_DEFAULT } else { req.count_max as usize };
+            let bytes_max = if req.bytes_max == 0 { PAGE_BYTES_DEFAULT } else { req.bytes_max as usize };
+            let hk = req.hash_key;
+            if !req.sort_keys.is_empty() {
+                if req.sort_keys.len() > count_max.max(PAGE_COUNT_DEFAULT) {
+                    return Err(invalid(format!("multi_get of {} sort keys exceeds the {PAGE_COUNT_DEFAULT}-key limit", req.sort_keys.len())));
+                }
+                let keys = req.sort_keys;
+                let kvs = self.read(&handle, move |e, now_s| read::multi_get_keys(e, &hk, &keys, now_s)).await?;
+                return Ok(v1::MultiGetResponse {
+                    kvs: kvs.into_iter().map(|(sort_key, value)| v1::KeyValue { sort_key, value }).collect(),
+                    more: false,
+                    next_sort_key: vec![],
+                });
+            }
+            let range = read::SortKeyRange {
+                start: req.start_sort_key,
+                start_inclusive: req.start_inclusive,
+                stop: if req.stop_sort_key.is_empty() { None } else { Some(req.stop_sort_key) },
+                stop_inclusive: req.stop_inclusive,
+            };
+            let page = self.read(&handle, move |e, now_s| read::scan(e, &hk, &range, count_max, bytes_max, now_s)).await?;
+            Ok(v1::MultiGetResponse {
+                kvs: page.records.into_iter().map(|(sort_key, value)| v1::KeyValue { sort_key, value }).collect(),
+                more: page.next_sort_key.is_some(),
+                next_sort_key: page.next_sort_key.unwrap_or_default(),
+            })
+        }
+        .await;
+        self.observe("multi_get", start, &result);
+        result.map(Response::new)
+    }
+
+    async fn sortkey_count(&self, request: Request<v1::SortkeyCountRequest>) -> Result<Response<v1::SortkeyCountResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let result = async {
+            let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
+            let hk = req.hash_key;
+            let count = self.read(&handle, move |e, now_s| read::sortkey_count(e, &hk, now_s)).await?;
+            Ok(v1::SortkeyCountResponse { count })
+        }
+        .await;
+        self.observe("sortkey_count", start, &result);
+        result.map(Response::new)
+    }
+
+    async fn full_scan(&self, request: Request<v1::FullScanRequest>) -> Result<Response<v1::FullScanResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let result = async {
+            let handle = self.route(req.route.as_ref(), None)?;
+            let count_max = if req.count_max == 0 { PAGE_COUNT_DEFAULT } else { (req.count_max as usize).min(10 * PAGE_COUNT_DEFAULT) };
+            let after = if req.has_after_key { Some(req.after_key) } else { None };
+            let page = self.read(&handle, move |e, now_s| read::full_scan(e, after.as_deref(), count_max, now_s)).await?;
+            Ok(v1::FullScanResponse {
+                records: page.records.into_iter().map(|(hash_key, sort_key, value)| v1::Record { hash_key, sort_key, value }).collect(),
+                more: page.next_key.is_some(),
+                next_key: page.next_key.unwrap_or_default(),
+            })
+        }
+        .await;
+        self.observe("full_scan", start, &result);
+        result.map(Response::new)
+    }
+
+    async fn prepare(&self, request: Request<v1::PrepareRequest>) -> Result<Response<v1::PrepareResponse>, Status> {
+        let req = request.into_inner();
+        let wire_config = req.config.as_ref().ok_or_else(|| invalid("prepare without a configuration"))?;
+        let config = config_from_wire(wire_config).map_err(|e| core_status(&e))?;
+        let mut mutations = Vec::with_capacity(req.mutations.len());
+        let mut expect = None;
+        for bytes in &req.mutations {
+            let m = Mutation::decode(bytes).map_err(|e| core_status(&e))?;
+            if expect.is_some_and(|d| d != m.decree) {
+                return Err(invalid(format!("prepare mutations are not contiguous at decree {}", m.decree)));
+            }
+            expect = Some(m.decree + 1);
+            mutations.push(Arc::new(m));
+        }
+        let handle = match self.node.replica(config.gpid) {
+            Some(h) => h,
+            // A new partition's first prepare may beat the meta's beacon reply.
+            None if config.hosts(&self.node.me) => {
+                self.node.get_or_create_replica(config.gpid).map_err(|e| ErrorKind::Internal.status(format!("{e:#}")))?
+            }
+            None => {
+                return Ok(Response::new(v1::PrepareResponse {
+                    ballot: 0,
+                    outcome: v1::prepare_response::Outcome::NotMember as i32,
+                    prepared: 0,
+                }));
+            }
+        };
+        let msg = PrepareMsg { config, mutations, last_committed: req.last_committed };
+        let (tx, rx) = oneshot::channel();
+        if !handle.send(Event::Prepare { from: req.from, msg, reply: tx }) {
+            return Err(ErrorKind::Busy.status("replica stopped"));
+        }
+        let reply = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the prepare"))?;
+        let (outcome, prepared) = match reply.outcome {
+            PrepareOutcome::Ok { prepared } => (v1::prepare_response::Outcome::Ok, prepared),
+            PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0),
+            PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0),
+        };
+        Ok(Response::new(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared }))
+    }
+
+    async fn learn(&self, request: Request<v1::LearnRequest>) -> Result<Response<v1::LearnResponse>, Status> {
+        let req = request.into_inner();
+        let gpid = gpid_from(req.gpid.as_ref()).map_err(|e| core_status(&e))?;
+        let handle = self.node.replica(gpid).ok_or_else(|| ErrorKind::NotPrimary.status(format!("no replica {gpid} here")))?;
+        let (tx, rx) = oneshot::channel();
+        let request = LearnRequest { ballot: req.ballot, learner: req.learner, last_committed: req.last_committed };
+        if !handle.send(Event::Learn { request, reply: tx }) {
+            return Err(ErrorKind::Busy.status("replica stopped"));
+        }
+        let reply = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the learn request"))?;
+        use v1::learn_response::Kind;
+        Ok(Response::new(match reply {
+            LearnReply::Log { start } => v1::LearnResponse { kind: Kind::Log as i32, start, ..Default::default() },
+            LearnReply::Checkpoint { checkpoint_id, decree } => {
+                v1::LearnResponse { kind: Kind::Checkpoint as i32, checkpoint_id, decree, ..Default::default() }
+            }
+            LearnReply::Refused { reason } => v1::LearnResponse { kind: Kind::Refused as i32, reason, ..Default::default() },
+        }))
+    }
+
+    async fn checkpoint_manifest(&self, request: Request<v1::CheckpointManifestRequest>) -> Result<Response<v1::CheckpointManifestResponse>, Status> {
+        let req = request.into_inner();
+        let gpid = gpid_from(req.gpid.as_ref()).map_err(|e| core_status(&e))?;
+        let cp = self
+            .node
+            .checkpoints
+            .get(gpid, &req.checkpoint_id)
+            .ok_or_else(|| ErrorKind::NotFound.status(format!("no checkpoint {} of {gpid}", req.checkpoint_id)))?;
+        Ok(Response::new(v1::CheckpointManifestResponse { decree: cp.decree, files: cp.files }))
+    }
+
+    async fn fetch_chunk(&self, request: Request<v1::FetchChunkRequest>) -> Result<Response<v1::FetchChunkResponse>, Status> {
+        let req = request.into_inner();
+        let gpid: Gpid = gpid_from(req.gpid.as_ref()).map_err(|e| core_status(&e))?;
+        let length_max = (req.length_max as usize).clamp(1, 8 << 20);
+        let node = self.node.clone();
+        let data = tokio::task::spawn_blocking(move || node.checkpoints.read_chunk(gpid, &req.checkpoint_id, &req.name, req.offset, length_max))
+            .await
+            .map_err(|e| ErrorKind::Internal.status(e.to_string()))?
+            .map_err(|e| ErrorKind::NotFound.status(format!("{e:#}")))?;
+        let crc32c = crc32c::crc32c(&data);
+        Ok(Response::new(v1::FetchChunkResponse { data, crc32c }))
+    }
+
+    async fn status(&self, _request: Request<v1::ReplicaStatusRequest>) -> Result<Response<v1::ReplicaStatusResponse>, Status> {
+        let mut replicas: Vec<v1::ReplicaReport> = self.node.replica_handles().iter().map(|h| h.report()).collect();
+        replicas.sort_by_key(|r| r.gpid.map(|g| (g.table_id, g.partition)));
+        Ok(Response::new(v1::ReplicaStatusResponse { address: self.node.me.clone(), replicas }))
+    }
+}

@@ -1,0 +1,811 @@
+//! The mutation log: the only write-ahead log of a replica server, shared by all its partitions.
+//!
+//! RocksDB runs with its WAL disabled, so a mutation is durable on this server once its record
+//! is in this log and synced. Sharing one log across partitions is what makes group commit pay:
+//! one fsync covers every write queued meanwhile, whatever partition it belongs to.
+//!
+//! ```text
+//!   append(records, done) ──channel──▶ writer thread: drain queue ─▶ write all ─▶ one fsync
+//!                                                                                    │
+//!                          done(Ok | Err) in submission order ◀──────────────────────┘
+//! ```
+//!
+//! On disk: a directory of append-only segments `log.<start_index:020>`, where `start_index`
+//! counts records since the log was created, so names sort in replay order and a missing segment
+//! shows as a gap. Each record is `u32 len (BE) ‖ u32 crc32c(payload) (BE) ‖ payload`, payload =
+//! `LogRecord::encode()`.
+//!
+//! Crash recovery: only the last segment can end in a torn record, because a segment is synced
+//! before the next one is created (under every sync policy). `open` cuts such a tail; anything
+//! wrong in an older segment is corruption and an error.
+//!
+//! Garbage collection: each segment remembers, per gpid, the largest decree it holds. A segment
+//! can go once every replica in it has that decree durable in RocksDB (or no longer lives here).
+//! Segments go oldest first only, so what remains always replays in order.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
+use std::thread::JoinHandle;
+use tandem_core::{Decree, Gpid, LogRecord};
+
+/// A corrupt length field must never make replay allocate gigabytes; appends above this are
+/// refused so that every record written can be read back.
+pub const RECORD_BYTES_MAX: usize = 64 << 20;
+
+/// Stop draining the queue into one group past this, so the first writer of a burst is not
+/// held back until an unbounded backlog is written.
+const GROUP_BYTES_MAX: usize = 16 << 20;
+
+const HEADER_BYTES: usize = 8;
+const SEGMENT_PREFIX: &str = "log.";
+const SEGMENT_INDEX_DIGITS: usize = 20;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fsync once per group before acknowledging: an acknowledged write survives power loss.
+    #[default]
+    EveryBatch,
+    /// Never fsync on append (segments are still synced when they roll): relies on the other
+    /// replicas of each partition to survive a power loss of this server.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// A segment rolls once it holds this many bytes; one append never spans two segments, so
+    /// a segment may exceed it by the size of one append.
+    pub segment_bytes_max: u64,
+    pub sync: SyncPolicy,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { segment_bytes_max: 64 << 20, sync: SyncPolicy::EveryBatch }
+    }
+}
+
+/// Called once per `append`, from the writer thread, after the records are written (and synced
+/// under `SyncPolicy::EveryBatch`). It must not block for long: it delays every later append.
+pub type AppendDone = Box<dyn FnOnce(Result<()>) + Send>;
+
+struct Request {
+    frames: Vec<u8>,
+    record_count: u64,
+    decrees: Vec<(Gpid, Decree)>,
+    done: AppendDone,
+}
+
+#[derive(Clone, Debug)]
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    /// Per gpid, the largest decree of its records here: the segment is garbage once each of
+    /// them is durable elsewhere.
+    decree_max: HashMap<Gpid, Decree>,
+}
+
+struct Shared {
+    /// Oldest first; the last one is the writer's current segment.
+    segments: Mutex<Vec<Segment>>,
+    appended_records: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+pub struct MutationLog {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    /// `None` once closed. A read lock per append: appends from many threads do not contend.
+    sender: RwLock<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Serialises `gc` calls: each one removes a prefix of `segments` it computed unlocked.
+    gc_lock: Mutex<()>,
+}
+
+impl MutationLog {
+    /// Opens (or creates) the log in `dir`, calling `replay` for every valid record in order.
+    /// A torn or corrupt tail of the last segment is cut off the file; corruption anywhere else
+    /// is an error.
+    pub fn open(dir: &Path, options: LogOptions, mut replay: impl FnMut(LogRecord)) -> Result<MutationLog> {
+        assert!(options.segment_bytes_max > 0, "segment_bytes_max must be positive");
+        fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let found = list_segments(dir)?;
+
+        let mut segments = Vec::with_capacity(found.len());
+        let mut next_index = None;
+        for (i, (start_index, path)) in found.iter().enumerate() {
+            if let Some(expected) = next_index
+                && expected != *start_index
+            {
+                return Err(Error::CorruptLog {
+                    path: path.clone(),
+                    offset: 0,
+                    detail: format!("segment starts at record {start_index} but the previous one ends at record {expected}: a segment is missing"),
+                });
+            }
+            let is_last = i + 1 == found.len();
+            let scanned = scan_segment(path, is_last, &mut replay)?;
+            next_index = Some(start_index + scanned.record_count);
+            segments.push(Segment { path: path.clone(), bytes: scanned.bytes, decree_max: scanned.decree_max });
+        }
+
+        let (file, path, bytes, next_index) = match segments.last() {
+            Some(current) => {
+                let file = OpenOptions::new().append(true).open(&current.path).map_err(|e| Error::io("open", &current.path, e))?;
+                (file, current.path.clone(), current.bytes, next_index.expect("set for every segment"))
+            }
+            None => {
+                let path = segment_path(dir, 0);
+                let file = create_segment(dir, &path)?;
+                segments.push(Segment { path: path.clone(), bytes: 0, decree_max: HashMap::new() });
+                (file, path, 0, 0)
+            }
+        };
+
+        let shared =
+            Arc::new(Shared { segments: Mutex::new(segments), appended_records: AtomicU64::new(0), fsyncs: AtomicU64::new(0) });
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer { dir: dir.to_path_buf(), options, file, path, bytes, next_index, shared: shared.clone(), failed: None };
+        let handle = std::thread::Builder::new()
+            .name("tandem-mutation-log".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| Error::io("spawn the writer thread for", dir, e))?;
+        Ok(MutationLog {
+            dir: dir.to_path_buf(),
+            shared,
+            sender: RwLock::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            gc_lock: Mutex::new(()),
+        })
+    }
+
+    /// Queues `records` (kept together, in order, in one segment) and returns at once; `done`
+    /// runs on the writer thread once they are written and synced per the sync policy, in the
+    /// order appends were submitted. On a write or sync failure every pending and later append
+    /// gets an error: what reached the disk is unknown until the log is reopened.
+    pub fn append(&self, records: Vec<LogRecord>, done: AppendDone) {
+        let mut frames = Vec::new();
+        let mut decrees = Vec::with_capacity(records.len());
+        for record in &records {
+            let payload = record.encode();
+            if payload.len() > RECORD_BYTES_MAX {
+                done(Err(Error::RecordTooLarge { record_bytes: payload.len(), record_bytes_max: RECORD_BYTES_MAX }));
+                return;
+            }
+            frames.reserve(HEADER_BYTES + payload.len());
+            frames.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            frames.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+            frames.extend_from_slice(&payload);
+            decrees.push(record_decree(record));
+        }
+        let request = Request { frames, record_count: records.len() as u64, decrees, done };
+        // The lock is released before `done` runs, so a callback may close the log.
+        let refused = {
+            let sender = self.sender.read().unwrap_or_else(|e| e.into_inner());
+            match sender.as_ref() {
+                Some(tx) => tx.send(request).err().map(|mpsc::SendError(request)| request),
+                None => Some(request),
+            }
+        };
+        if let Some(request) = refused {
+            (request.done)(Err(Error::LogClosed { dir: self.dir.clone() }));
+        }
+    }
+
+    /// `append` that waits for its outcome.
+    pub fn append_blocking(&self, records: Vec<LogRecord>) -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.append(
+            records,
+            Box::new(move |result| {
+                // The receiver only goes away if this caller is gone: nobody to tell.
+                let _ = tx.send(result);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| Err(Error::LogClosed { dir: self.dir.clone() }))
+    }
+
+    /// Deletes old segments whose records are all durable elsewhere: for every gpid in the
+    /// segment, `durable(gpid)` is at least the segment's largest decree for it, or `None`
+    /// (the replica no longer lives on this server). Stops at the first segment that must stay
+    /// and never deletes the current one. Returns how many segments were deleted.
+    ///
+    /// `durable` must not call back into this log.
+    pub fn gc(&self, durable: &dyn Fn(Gpid) -> Option<Decree>) -> Result<usize> {
+        let _serial = lock(&self.gc_lock);
+        // Decide without holding the segment lock: `durable` may be slow and the writer needs
+        // that lock on every group.
+        let candidates: Vec<Segment> = {
+            let segments = lock(&self.shared.segments);
+            segments[..segments.len() - 1].to_vec()
+        };
+        let covered = candidates
+            .iter()
+            .take_while(|s| s.decree_max.iter().all(|(gpid, decree)| durable(*gpid).is_none_or(|d| d >= *decree)))
+            .count();
+
+        let mut removed = 0;
+        let mut result = Ok(());
+        for segment in &candidates[..covered] {
+            match fs::remove_file(&segment.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    result = Err(Error::io("remove", &segment.path, e));
+                    break;
+                }
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            lock(&self.shared.segments).drain(..removed);
+            tracing::debug!(dir = %self.dir.display(), removed, "mutation log segments collected");
+            if result.is_ok() {
+                result = sync_dir(&self.dir);
+            }
+        }
+        result.map(|()| removed)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        lock(&self.shared.segments).iter().map(|s| s.bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        lock(&self.shared.segments).len()
+    }
+
+    /// Records written since open (not counting replayed ones).
+    pub fn appended_records(&self) -> u64 {
+        self.shared.appended_records.load(Ordering::Relaxed)
+    }
+
+    /// fsync calls since open: `appended_records() / fsyncs()` is the group commit ratio.
+    pub fn fsyncs(&self) -> u64 {
+        self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes everything queued, then stops the writer; later appends fail with `LogClosed`.
+    /// Idempotent. Must not be called from an `AppendDone` callback (it waits for that thread).
+    pub fn close(&self) {
+        // Dropping the only sender ends the writer's receive loop once the queue is drained.
+        drop(self.sender.write().unwrap_or_else(|e| e.into_inner()).take());
+        let handle = lock(&self.writer).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "mutation log writer thread panicked (in an append callback?)");
+        }
+    }
+}
+
+impl Drop for MutationLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread's state: only this thread touches the current file.
+struct Writer {
+    dir: PathBuf,
+    options: LogOptions,
+    file: File,
+    path: PathBuf,
+    /// Bytes in the current segment.
+    bytes: u64,
+    /// Index of the next record appended, over the whole life of the log.
+    next_index: u64,
+    shared: Arc<Shared>,
+    /// Set by the first failed write or sync; the file's state is unknown from then on.
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: mpsc::Receiver<Request>) {
+        while let Ok(first) = receiver.recv() {
+            let mut group_bytes = first.frames.len();
+            let mut group = vec![first];
+            while group_bytes < GROUP_BYTES_MAX {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        group_bytes += request.frames.len();
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+
+            if self.failed.is_none()
+                && let Err(e) = self.write_group(&group)
+            {
+                tracing::error!(dir = %self.dir.display(), error = %e, "mutation log write failed; refusing further appends");
+                self.failed = Some(e.to_string());
+            }
+            for request in group {
+                let result = match &self.failed {
+                    None => Ok(()),
+                    Some(detail) => Err(Error::LogFailed { dir: self.dir.clone(), detail: detail.clone() }),
+                };
+                (request.done)(result);
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: &[Request]) -> Result<()> {
+        let mut pending = Pending::default();
+        for request in group {
+            let segment_bytes = self.bytes + pending.frames.len() as u64;
+            if segment_bytes >= self.options.segment_bytes_max && segment_bytes > 0 {
+                self.write_out(&mut pending)?;
+                self.roll()?;
+            }
+            pending.add(request);
+        }
+        let wrote = !pending.frames.is_empty();
+        self.write_out(&mut pending)?;
+        if wrote && self.options.sync == SyncPolicy::EveryBatch {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` to the current segment and records what it holds for gc.
+    fn write_out(&mut self, pending: &mut Pending) -> Result<()> {
+        if pending.frames.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(&pending.frames).map_err(|e| Error::io("write", &self.path, e))?;
+        self.bytes += pending.frames.len() as u64;
+        self.next_index += pending.record_count;
+        {
+            let mut segments = lock(&self.shared.segments);
+            let current = segments.last_mut().expect("the current segment is always listed");
+            current.bytes = self.bytes;
+            for (gpid, decree) in pending.decree_max.drain() {
+                let max = current.decree_max.entry(gpid).or_insert(decree);
+                *max = (*max).max(decree);
+            }
+        }
+        self.shared.appended_records.fetch_add(pending.record_count, Ordering::Relaxed);
+        pending.frames.clear();
+        pending.record_count = 0;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io("fsync", &self.path, e))?;
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Syncs the current segment whatever the policy, so that only the last segment can ever
+    /// hold a torn record, then starts the next one.
+    fn roll(&mut self) -> Result<()> {
+        self.sync()?;
+        let path = segment_path(&self.dir, self.next_index);
+        let file = create_segment(&self.dir, &path)?;
+        lock(&self.shared.segments).push(Segment { path: path.clone(), bytes: 0, decree_max: HashMap::new() });
+        self.file = file;
+        self.path = path;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    frames: Vec<u8>,
+    record_count: u64,
+    decree_max: HashMap<Gpid, Decree>,
+}
+
+impl Pending {
+    fn add(&mut self, request: &Request) {
+        self.frames.extend_from_slice(&request.frames);
+        self.record_count += request.record_count;
+        for &(gpid, decree) in &request.decrees {
+            let max = self.decree_max.entry(gpid).or_insert(decree);
+            *max = (*max).max(decree);
+        }
+    }
+}
+
+fn record_decree(record: &LogRecord) -> (Gpid, Decree) {
+    match record {
+        LogRecord::Mutation { gpid, mutation } => (*gpid, mutation.decree),
+        LogRecord::Reset { gpid, decree } => (*gpid, *decree),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent, so a panic elsewhere does not taint it.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn segment_path(dir: &Path, start_index: u64) -> PathBuf {
+    dir.join(format!("{SEGMENT_PREFIX}{start_index:0width$}", width = SEGMENT_INDEX_DIGITS))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(SEGMENT_PREFIX)?;
+    if digits.len() != SEGMENT_INDEX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Segments in `dir`, oldest first. Other files are left alone.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if let Some(start_index) = entry.file_name().to_str().and_then(parse_segment_name) {
+            found.push((start_index, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Creates an empty segment and makes its name durable, so a synced record in it cannot vanish
+/// with a lost directory entry.
+fn create_segment(dir: &Path, path: &Path) -> Result<File> {
+    let file = OpenOptions::new().append(true).create_new(true).open(path).map_err(|e| Error::io("create", path, e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+struct Scanned {
+    record_count: u64,
+    /// Bytes of valid records: the file's length once a torn tail is cut.
+    bytes: u64,
+    decree_max: HashMap<Gpid, Decree>,
+}
+
+fn scan_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(LogRecord)) -> Result<Scanned> {
+    let file = OpenOptions::new().read(true).write(is_last).open(path).map_err(|e| Error::io("open", path, e))?;
+    let file_bytes = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, &file);
+    let mut scanned = Scanned { record_count: 0, bytes: 0, decree_max: HashMap::new() };
+    while scanned.bytes < file_bytes {
+        let rest_bytes = file_bytes - scanned.bytes;
+        match read_record(&mut reader, rest_bytes).map_err(|e| Error::io("read", path, e))? {
+            Ok((record, record_bytes)) => {
+                let (gpid, decree) = record_decree(&record);
+                let max = scanned.decree_max.entry(gpid).or_insert(decree);
+                *max = (*max).max(decree);
+                replay(record);
+                scanned.bytes += record_bytes;
+                scanned.record_count += 1;
+            }
+            Err(detail) if is_last => {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = scanned.bytes,
+                    cut_bytes = rest_bytes,
+                    detail,
+                    "cutting the torn tail of the mutation log"
+                );
+                drop(reader);
+                file.set_len(scanned.bytes).map_err(|e| Error::io("truncate", path, e))?;
+                file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+                break;
+            }
+            Err(detail) => return Err(Error::CorruptLog { path: path.to_path_buf(), offset: scanned.bytes, detail }),
+        }
+    }
+    Ok(scanned)
+}
+
+/// Reads one record with `rest_bytes` left in the file. The outer error is an IO failure; the
+/// inner one says why the bytes are not a valid record.
+fn read_record(reader: &mut impl Read, rest_bytes: u64) -> io::Result<std::result::Result<(LogRecord, u64), String>> {
+    if rest_bytes < HEADER_BYTES as u64 {
+        return Ok(Err(format!("{rest_bytes} bytes left, a record header needs {HEADER_BYTES}")));
+    }
+    let mut header = [0u8; HEADER_BYTES];
+    reader.read_exact(&mut header)?;
+    let payload_bytes = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+    if payload_bytes > RECORD_BYTES_MAX {
+        return Ok(Err(format!("record length {payload_bytes} exceeds record_bytes_max {RECORD_BYTES_MAX}")));
+    }
+    let rest_payload_bytes = rest_bytes - HEADER_BYTES as u64;
+    if payload_bytes as u64 > rest_payload_bytes {
+        return Ok(Err(format!("record length {payload_bytes} but only {rest_payload_bytes} bytes left")));
+    }
+    let mut payload = vec![0u8; payload_bytes];
+    reader.read_exact(&mut payload)?;
+    let actual_crc = crc32c::crc32c(&payload);
+    if actual_crc != crc {
+        return Ok(Err(format!("crc32c {actual_crc:#010x} does not match the recorded {crc:#010x}")));
+    }
+    Ok(LogRecord::decode(&payload)
+        .map(|record| (record, (HEADER_BYTES + payload_bytes) as u64))
+        .map_err(|e| format!("payload does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+    use tandem_core::{Mutation, WriteOp};
+
+    fn mutation(gpid: Gpid, decree: Decree, value_bytes: usize) -> LogRecord {
+        LogRecord::Mutation {
+            gpid,
+            mutation: Mutation {
+                ballot: 1,
+                decree,
+                timestamp_us: decree * 10,
+                ops: vec![WriteOp::Put { key: format!("k{decree}").into_bytes(), value: vec![decree as u8; value_bytes] }],
+            },
+        }
+    }
+
+    fn open(dir: &Path, options: LogOptions) -> (MutationLog, Vec<LogRecord>) {
+        let mut replayed = Vec::new();
+        let log = MutationLog::open(dir, options, |r| replayed.push(r)).expect("open log");
+        (log, replayed)
+    }
+
+    fn small_segments() -> LogOptions {
+        LogOptions { segment_bytes_max: 1024, sync: SyncPolicy::EveryBatch }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir).unwrap().into_iter().map(|(_, p)| p).collect()
+    }
+
+    #[test]
+    fn the_log_is_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<MutationLog>();
+    }
+
+    #[test]
+    fn round_trip_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Gpid::new(1, 0);
+        let mut written = Vec::new();
+        {
+            let (log, replayed) = open(dir.path(), small_segments());
+            assert!(replayed.is_empty());
+            let mut decree = 1;
+            for batch in 0..60 {
+                let records: Vec<_> = (0..1 + batch % 3)
+                    .map(|_| {
+                        decree += 1;
+                        mutation(g, decree - 1, 50)
+                    })
+                    .collect();
+                written.extend(records.iter().cloned());
+                log.append_blocking(records).unwrap();
+            }
+            log.append_blocking(vec![LogRecord::Reset { gpid: Gpid::new(2, 3), decree: 9 }]).unwrap();
+            written.push(LogRecord::Reset { gpid: Gpid::new(2, 3), decree: 9 });
+            assert!(log.segment_count() > 5, "{} segments", log.segment_count());
+            let on_disk: u64 = segment_files(dir.path()).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
+            assert_eq!(log.total_bytes(), on_disk);
+            assert_eq!(log.appended_records(), written.len() as u64);
+        }
+        let (log, replayed) = open(dir.path(), small_segments());
+        assert_eq!(replayed, written);
+        assert_eq!(log.segment_count(), segment_files(dir.path()).len());
+    }
+
+    /// Damage done to the last record of the last segment, each kind a crash or bit rot can leave.
+    fn damage_last_record(path: &Path, kind: usize, last_record_bytes: u64) {
+        let mut bytes = fs::read(path).unwrap();
+        let start = bytes.len() - last_record_bytes as usize;
+        match kind {
+            // Torn in the payload, in the header.
+            0 => bytes.truncate(bytes.len() - 5),
+            1 => bytes.truncate(start + 3),
+            // Bit flips in the payload and in the crc.
+            2 => bytes[start + 20] ^= 0x40,
+            3 => bytes[start + 5] ^= 0x01,
+            // A length running past the end of the file; a length past record_bytes_max.
+            4 => bytes[start..start + 4].copy_from_slice(&(last_record_bytes as u32).to_be_bytes()),
+            5 => bytes[start..start + 4].copy_from_slice(&u32::MAX.to_be_bytes()),
+            // A valid crc over a payload that does not decode.
+            6 => {
+                let payload = vec![7u8; (last_record_bytes as usize) - HEADER_BYTES];
+                bytes[start + 4..start + 8].copy_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+                bytes[start + 8..].copy_from_slice(&payload);
+            }
+            // Zeros, as a file extended but never written leaves.
+            7 => bytes.extend_from_slice(&[0u8; 64]),
+            _ => unreachable!(),
+        }
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn torn_or_corrupt_tail_is_cut_and_the_log_goes_on() {
+        let g = Gpid::new(3, 1);
+        for kind in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let records: Vec<_> = (1..=10).map(|d| mutation(g, d, 30)).collect();
+            let last_record_bytes = (HEADER_BYTES + records[9].encode().len()) as u64;
+            {
+                let (log, _) = open(dir.path(), LogOptions::default());
+                for r in &records {
+                    log.append_blocking(vec![r.clone()]).unwrap();
+                }
+            }
+            let files = segment_files(dir.path());
+            assert_eq!(files.len(), 1);
+            let good_bytes = fs::metadata(&files[0]).unwrap().len() - if kind == 7 { 0 } else { last_record_bytes };
+            damage_last_record(&files[0], kind, last_record_bytes);
+
+            let survivors = if kind == 7 { 10 } else { 9 };
+            {
+                let (log, replayed) = open(dir.path(), LogOptions::default());
+                assert_eq!(replayed, records[..survivors], "damage kind {kind}");
+                assert_eq!(fs::metadata(&files[0]).unwrap().len(), good_bytes, "damage kind {kind}");
+                log.append_blocking(vec![mutation(g, 11, 30), mutation(g, 12, 30)]).unwrap();
+            }
+            let (_log, replayed) = open(dir.path(), LogOptions::default());
+            let mut expected = records[..survivors].to_vec();
+            expected.extend([mutation(g, 11, 30), mutation(g, 12, 30)]);
+            assert_eq!(replayed, expected, "damage kind {kind}");
+        }
+    }
+
+    #[test]
+    fn corruption_in_an_older_segment_is_an_error() {
+        let g = Gpid::new(1, 1);
+        for (kind, damage_offset) in [(0usize, 0usize), (1, 30)] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let (log, _) = open(dir.path(), small_segments());
+                for d in 1..=60 {
+                    log.append_blocking(vec![mutation(g, d, 50)]).unwrap();
+                }
+                assert!(log.segment_count() >= 3);
+            }
+            let middle = &segment_files(dir.path())[1];
+            let mut bytes = fs::read(middle).unwrap();
+            match kind {
+                0 => bytes[..4].copy_from_slice(&0x7fff_ffffu32.to_be_bytes()),
+                _ => bytes[damage_offset] ^= 0xff,
+            }
+            fs::write(middle, &bytes).unwrap();
+            match MutationLog::open(dir.path(), small_segments(), |_| {}) {
+                Err(Error::CorruptLog { path, offset, .. }) => {
+                    assert_eq!(&path, middle);
+                    assert_eq!(offset, 0);
+                }
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("opened a log with a corrupt middle segment"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_middle_segment_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = open(dir.path(), small_segments());
+            for d in 1..=60 {
+                log.append_blocking(vec![mutation(Gpid::new(1, 1), d, 50)]).unwrap();
+            }
+        }
+        fs::remove_file(&segment_files(dir.path())[1]).unwrap();
+        let err = MutationLog::open(dir.path(), small_segments(), |_| {}).err().expect("gap detected");
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn group_commit_serves_many_writers_with_few_fsyncs() {
+        const THREADS: u32 = 8;
+        const APPENDS: u64 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(open(dir.path(), LogOptions { segment_bytes_max: 64 << 10, sync: SyncPolicy::EveryBatch }).0);
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let (tx, rx) = channel();
+                    for d in 1..=APPENDS {
+                        let tx = tx.clone();
+                        log.append(
+                            vec![mutation(Gpid::new(1, t), d, 16)],
+                            Box::new(move |result| tx.send((d, result.is_ok())).unwrap()),
+                        );
+                    }
+                    let outcomes: Vec<_> = rx.iter().take(APPENDS as usize).collect();
+                    let expected: Vec<_> = (1..=APPENDS).map(|d| (d, true)).collect();
+                    assert_eq!(outcomes, expected, "callbacks run in submission order and succeed");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total = u64::from(THREADS) * APPENDS;
+        assert_eq!(log.appended_records(), total);
+        assert!(log.fsyncs() < total, "{} fsyncs for {total} appends", log.fsyncs());
+        assert!(log.segment_count() > 1);
+        drop(log);
+
+        let (_log, replayed) = open(dir.path(), LogOptions::default());
+        assert_eq!(replayed.len() as u64, total);
+        for t in 0..THREADS {
+            let decrees: Vec<_> = replayed
+                .iter()
+                .filter(|r| r.gpid() == Gpid::new(1, t))
+                .map(|r| match r {
+                    LogRecord::Mutation { mutation, .. } => mutation.decree,
+                    LogRecord::Reset { .. } => unreachable!(),
+                })
+                .collect();
+            assert_eq!(decrees, (1..=APPENDS).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn gc_deletes_covered_segments_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Gpid::new(1, 0), Gpid::new(1, 1));
+        // Every append after the first lands in a new segment.
+        let options = LogOptions { segment_bytes_max: 1, sync: SyncPolicy::EveryBatch };
+        let batches = vec![
+            vec![mutation(a, 1, 8), mutation(b, 1, 8)],
+            vec![mutation(a, 2, 8)],
+            vec![mutation(b, 2, 8)],
+            vec![mutation(a, 3, 8)],
+            vec![mutation(a, 4, 8)],
+        ];
+        {
+            let (log, _) = open(dir.path(), options.clone());
+            assert_eq!(log.gc(&|_| None).unwrap(), 0, "the current segment stays");
+            for batch in &batches {
+                log.append_blocking(batch.clone()).unwrap();
+            }
+            assert_eq!(log.segment_count(), 5);
+
+            // Segment 3 (a ≤ 3) is covered but sits behind segment 2 (b = 2 > 1): it stays.
+            let durable = |g: Gpid| Some(if g == a { 3 } else { 1 });
+            assert_eq!(log.gc(&durable).unwrap(), 2);
+            assert_eq!(log.segment_count(), 3);
+            assert_eq!(segment_files(dir.path()).len(), 3);
+            assert_eq!(log.gc(&durable).unwrap(), 0);
+        }
+        let (log, replayed) = open(dir.path(), options);
+        assert_eq!(replayed, [mutation(b, 2, 8), mutation(a, 3, 8), mutation(a, 4, 8)]);
+        // b no longer lives here; a is durable up to 4, yet the current segment stays.
+        let durable = |g: Gpid| if g == a { Some(4) } else { None };
+        assert_eq!(log.gc(&durable).unwrap(), 2);
+        assert_eq!(log.segment_count(), 1);
+        log.append_blocking(vec![mutation(a, 5, 8)]).unwrap();
+        drop(log);
+        let (_log, replayed) = open(dir.path(), LogOptions::default());
+        assert_eq!(replayed, [mutation(a, 4, 8), mutation(a, 5, 8)]);
+    }
+
+    #[test]
+    fn appends_after_close_fail_and_oversized_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), LogOptions { segment_bytes_max: 1 << 20, sync: SyncPolicy::None });
+        log.append_blocking(vec![mutation(Gpid::new(1, 0), 1, 8)]).unwrap();
+        let huge = mutation(Gpid::new(1, 0), 2, RECORD_BYTES_MAX + 1);
+        assert!(matches!(log.append_blocking(vec![huge]), Err(Error::RecordTooLarge { .. })));
+        log.close();
+        assert!(matches!(log.append_blocking(vec![mutation(Gpid::new(1, 0), 2, 8)]), Err(Error::LogClosed { .. })));
+        assert_eq!(log.fsyncs(), 0, "SyncPolicy::None never syncs an append");
+    }
+}

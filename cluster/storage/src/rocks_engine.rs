@@ -1,0 +1,396 @@
+//! `RocksEngine`: the RocksDB instance of one replica, behind `tandem_core::storage::KvEngine`.
+//!
+//! Two column families: `default` holds stored keys and values, `meta` holds
+//! `last_applied_decree`. Each applied decree is one write batch over both, so the data and
+//! the decree it reflects can never disagree.
+//!
+//! RocksDB's own WAL is disabled: the server's `MutationLog` is the only write-ahead log, and
+//! writing every mutation twice would halve write throughput for nothing. The price is that
+//! RocksDB's memtables are lost on a crash, so what survives is exactly what was last flushed;
+//! `atomic_flush` makes every flush cover both column families up to the same write, so
+//! `last_applied_decree` read at `open` is the decree of the flushed data, never ahead of or
+//! behind it. After a crash the replica replays its mutation log from that decree + 1, which is
+//! why log GC may only drop what `last_flushed_decree()` covers. A clean close flushes the
+//! memtables (RocksDB does so at shutdown when the WAL is off), so a clean restart replays
+//! nothing.
+//!
+//! A compaction filter ("tandem-ttl") drops values whose expire_ts has passed, so expired data
+//! stops costing disk space without anyone deleting it.
+
+use crate::error::{Error, Result};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::compaction_filter::Decision;
+use rocksdb::properties;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
+};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tandem_core::storage::KvEngine;
+use tandem_core::value::{decode_value, is_expired};
+use tandem_core::{Decree, WriteOp};
+
+const DATA_CF: &str = "default";
+const META_CF: &str = "meta";
+const LAST_APPLIED_KEY: &[u8] = b"last_applied_decree";
+const TTL_FILTER_NAME: &str = "tandem-ttl";
+
+pub struct RocksEngine {
+    db: DB,
+    dir: PathBuf,
+    last_applied: Decree,
+    /// A lower bound of the decree in RocksDB's files: set at open and by our own flushes.
+    /// RocksDB's background flushes may have persisted more; underestimating only keeps log
+    /// segments a little longer.
+    last_flushed: AtomicU64,
+    write_options: WriteOptions,
+}
+
+impl RocksEngine {
+    /// Opens the replica's database in `dir`, creating it if missing.
+    pub fn open(dir: &Path) -> Result<RocksEngine> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_atomic_flush(true);
+        // A server hosts many replicas: bound the info logs each one keeps.
+        db_options.set_keep_log_file_num(4);
+
+        let mut data_options = Options::default();
+        data_options.set_compression_type(DBCompressionType::Lz4);
+        data_options.set_compaction_filter(TTL_FILTER_NAME, ttl_filter);
+        let descriptors =
+            vec![ColumnFamilyDescriptor::new(DATA_CF, data_options), ColumnFamilyDescriptor::new(META_CF, Options::default())];
+        let db = DB::open_cf_descriptors(&db_options, dir, descriptors).map_err(|e| Error::rocks("open", dir, e))?;
+
+        let last_applied = {
+            let meta = db.cf_handle(META_CF).expect("meta column family is created at open");
+            match db.get_pinned_cf(meta, LAST_APPLIED_KEY).map_err(|e| Error::rocks("read last_applied_decree", dir, e))? {
+                None => 0,
+                Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
+                    dir: dir.to_path_buf(),
+                    detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
+                })?),
+            }
+        };
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Ok(RocksEngine { db, dir: dir.to_path_buf(), last_applied, last_flushed: AtomicU64::new(last_applied), write_options })
+    }
+
+    /// Removes a replica's data directory. The engine on it must be closed (dropped) first.
+    pub fn destroy(dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", dir, e)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes both column families' memtables to disk together and waits for it; afterwards the
+    /// decree on disk is `last_applied_decree()`.
+    pub fn flush(&self) -> Result<()> {
+        let mut options = FlushOptions::default();
+        options.set_wait(true);
+        self.db.flush_cfs_opt(&[self.data_cf(), self.meta_cf()], &options).map_err(|e| Error::rocks("flush", &self.dir, e))?;
+        self.last_flushed.store(self.last_applied, Ordering::Release);
+        Ok(())
+    }
+
+    /// The decree the mutation log no longer needs to hold for this replica: everything up to it
+    /// survives a crash.
+    pub fn last_flushed_decree(&self) -> Decree {
+        self.last_flushed.load(Ordering::Acquire)
+    }
+
+    /// Flushes, then writes a checkpoint (hard links to the SST files where possible) into `dir`,
+    /// which must not exist yet. Returns the decree it holds; `RocksEngine::open(dir)` serves it.
+    pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
+        match dir.try_exists() {
+            Ok(false) => {}
+            Ok(true) => return Err(Error::CheckpointExists { path: dir.to_path_buf() }),
+            Err(e) => return Err(Error::io("stat", dir, e)),
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+        }
+        // The checkpoint copies files only, and with the WAL off the memtables are in no file.
+        self.flush()?;
+        let checkpoint = Checkpoint::new(&self.db).map_err(|e| Error::rocks("create checkpoint object", &self.dir, e))?;
+        checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))?;
+        Ok(self.last_applied)
+    }
+
+    /// SST files plus memtables of both column families, for status display.
+    pub fn approximate_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for cf in [self.data_cf(), self.meta_cf()] {
+            for property in [properties::TOTAL_SST_FILES_SIZE, properties::CUR_SIZE_ALL_MEM_TABLES] {
+                total += self
+                    .db
+                    .property_int_value_cf(cf, property)
+                    .map_err(|e| Error::rocks("read property", &self.dir, e))?
+                    .unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Compacts all data now (an operator's manual compaction); expired values go.
+    pub fn compact(&self) {
+        self.db.compact_range_cf(self.data_cf(), None::<&[u8]>, None::<&[u8]>);
+    }
+
+    fn data_cf(&self) -> &ColumnFamily {
+        self.db.cf_handle(DATA_CF).expect("data column family is created at open")
+    }
+
+    fn meta_cf(&self) -> &ColumnFamily {
+        self.db.cf_handle(META_CF).expect("meta column family is created at open")
+    }
+}
+
+impl KvEngine for RocksEngine {
+    fn get(&self, key: &[u8]) -> tandem_core::Result<Option<Vec<u8>>> {
+        let value = self.db.get_pinned_cf(self.data_cf(), key).map_err(|e| Error::rocks("get", &self.dir, e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> tandem_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Bounds let RocksDB stop at `end` inside its own iterator instead of reading past it.
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_lower_bound(start.to_vec());
+        if let Some(end) = end {
+            read_options.set_iterate_upper_bound(end.to_vec());
+        }
+        let iter = self.db.iterator_cf_opt(self.data_cf(), read_options, IteratorMode::From(start, Direction::Forward));
+        let mut records = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item.map_err(|e| Error::rocks("scan", &self.dir, e))?;
+            records.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(records)
+    }
+
+    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
+        assert_eq!(decree, self.last_applied + 1, "decrees are applied in order");
+        let mut batch = WriteBatch::default();
+        let data = self.data_cf();
+        for op in ops {
+            match op {
+                WriteOp::Put { key, value } => batch.put_cf(data, key, value),
+                WriteOp::Delete { key } => batch.delete_cf(data, key),
+            }
+        }
+        batch.put_cf(self.meta_cf(), LAST_APPLIED_KEY, decree.to_be_bytes());
+        self.db.write_opt(batch, &self.write_options).map_err(|e| Error::rocks("write", &self.dir, e))?;
+        self.last_applied = decree;
+        Ok(())
+    }
+
+    fn last_applied_decree(&self) -> Decree {
+        self.last_applied
+    }
+}
+
+/// Drops values whose expire_ts has passed. A value that does not decode is kept: the filter
+/// must never destroy data it does not understand.
+fn ttl_filter(_level: u32, _key: &[u8], value: &[u8]) -> Decision {
+    match decode_value(value) {
+        Ok((header, _)) if is_expired(header.expire_ts, now_s()) => Decision::Remove,
+        _ => Decision::Keep,
+    }
+}
+
+fn now_s() -> u32 {
+    // A clock before 1970 expires nothing rather than everything.
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::storage::engine_conformance;
+    use tandem_core::value::encode_value;
+    use tempfile::TempDir;
+
+    /// Keeps the directory alive exactly as long as the engine on it.
+    struct TempEngine {
+        engine: RocksEngine,
+        _dir: TempDir,
+    }
+
+    impl KvEngine for TempEngine {
+        fn get(&self, key: &[u8]) -> tandem_core::Result<Option<Vec<u8>>> {
+            self.engine.get(key)
+        }
+        fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> tandem_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            self.engine.scan(start, end, limit)
+        }
+        fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
+            self.engine.apply(decree, ops)
+        }
+        fn last_applied_decree(&self) -> Decree {
+            self.engine.last_applied_decree()
+        }
+    }
+
+    fn put(key: &str, value: &str) -> WriteOp {
+        WriteOp::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }
+    }
+
+    fn all(engine: &RocksEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        engine.scan(b"", None, usize::MAX).unwrap()
+    }
+
+    #[test]
+    fn conforms_to_the_engine_contract() {
+        engine_conformance(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = RocksEngine::open(dir.path()).unwrap();
+            Box::new(TempEngine { engine, _dir: dir })
+        });
+    }
+
+    #[test]
+    fn scan_respects_bounds_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = RocksEngine::open(dir.path()).unwrap();
+        e.apply(1, &[put("a", "1"), put("b", "2"), put("c", "3"), put("d", "4")]).unwrap();
+        let keys = |records: Vec<(Vec<u8>, Vec<u8>)>| records.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(e.scan(b"b", Some(b"d"), 10).unwrap()), [b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(keys(e.scan(b"b", None, 2).unwrap()), [b"b".to_vec(), b"c".to_vec()]);
+        assert!(e.scan(b"a", None, 0).unwrap().is_empty());
+        assert!(e.scan(b"c", Some(b"b"), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopen_after_flush_keeps_data_and_decree() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut e = RocksEngine::open(dir.path()).unwrap();
+            e.apply(1, &[put("a", "1")]).unwrap();
+            e.apply(2, &[put("b", "2")]).unwrap();
+            e.apply(3, &[WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+            assert_eq!(e.last_flushed_decree(), 0);
+            e.flush().unwrap();
+            assert_eq!(e.last_flushed_decree(), 3);
+            assert!(e.approximate_bytes().unwrap() > 0);
+        }
+        let mut e = RocksEngine::open(dir.path()).unwrap();
+        assert_eq!(e.last_applied_decree(), 3);
+        assert_eq!(e.last_flushed_decree(), 3);
+        assert_eq!(all(&e), [(b"b".to_vec(), b"2".to_vec())]);
+        e.apply(4, &[put("c", "3")]).unwrap();
+    }
+
+    /// Copies every file of an open database, as a crash would leave them: unflushed memtables
+    /// are in no file because the WAL is off.
+    fn crash_image(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_loses_unflushed_decrees_but_data_and_decree_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = tempfile::tempdir().unwrap();
+        let mut e = RocksEngine::open(dir.path()).unwrap();
+        e.apply(1, &[put("a", "1")]).unwrap();
+        e.apply(2, &[put("b", "2")]).unwrap();
+        e.flush().unwrap();
+        e.apply(3, &[put("c", "3"), WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+        e.apply(4, &[put("d", "4")]).unwrap();
+        crash_image(dir.path(), crashed.path());
+
+        let mut recovered = RocksEngine::open(crashed.path()).unwrap();
+        assert_eq!(recovered.last_applied_decree(), 2);
+        assert_eq!(all(&recovered), [(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+        // Replaying the log from decree 3 brings it back to the state before the crash.
+        recovered.apply(3, &[put("c", "3"), WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+        recovered.apply(4, &[put("d", "4")]).unwrap();
+        assert_eq!(all(&recovered), all(&e));
+    }
+
+    #[test]
+    fn a_clean_close_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut e = RocksEngine::open(dir.path()).unwrap();
+            e.apply(1, &[put("a", "1")]).unwrap();
+        }
+        let e = RocksEngine::open(dir.path()).unwrap();
+        assert_eq!(e.last_applied_decree(), 1);
+        assert_eq!(all(&e), [(b"a".to_vec(), b"1".to_vec())]);
+    }
+
+    #[test]
+    fn checkpoint_opens_as_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let copy_dir = target.path().join("checkpoint");
+        let mut e = RocksEngine::open(dir.path()).unwrap();
+        for decree in 1..=50 {
+            e.apply(decree, &[put(&format!("k{decree:03}"), &format!("v{decree}"))]).unwrap();
+        }
+        assert_eq!(e.checkpoint(&copy_dir).unwrap(), 50);
+        assert!(matches!(e.checkpoint(&copy_dir), Err(Error::CheckpointExists { .. })));
+        // Writes after the checkpoint do not leak into it.
+        e.apply(51, &[put("late", "x")]).unwrap();
+
+        let copy = RocksEngine::open(&copy_dir).unwrap();
+        assert_eq!(copy.last_applied_decree(), 50);
+        let mut expected = all(&e);
+        expected.retain(|(k, _)| k != b"late");
+        assert_eq!(all(&copy), expected);
+        drop(copy);
+        RocksEngine::destroy(&copy_dir).unwrap();
+        assert!(!copy_dir.exists());
+        RocksEngine::destroy(&copy_dir).unwrap();
+    }
+
+    #[test]
+    fn ttl_filter_drops_only_expired_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = RocksEngine::open(dir.path()).unwrap();
+        let expired = encode_value(1, 7, b"old");
+        let later = encode_value(now_s() + 3600, 7, b"later");
+        let forever = encode_value(0, 7, b"forever");
+        let undecodable = b"xx".to_vec();
+        e.apply(
+            1,
+            &[
+                WriteOp::Put { key: b"expired".to_vec(), value: expired.clone() },
+                WriteOp::Put { key: b"later".to_vec(), value: later.clone() },
+                WriteOp::Put { key: b"forever".to_vec(), value: forever.clone() },
+                WriteOp::Put { key: b"undecodable".to_vec(), value: undecodable.clone() },
+            ],
+        )
+        .unwrap();
+        e.flush().unwrap();
+        // Flushing does not filter: reads hide expired values, compaction removes them.
+        assert_eq!(e.get(b"expired").unwrap(), Some(expired));
+        e.compact();
+        assert_eq!(e.get(b"expired").unwrap(), None);
+        assert_eq!(e.get(b"later").unwrap(), Some(later));
+        assert_eq!(e.get(b"forever").unwrap(), Some(forever));
+        assert_eq!(e.get(b"undecodable").unwrap(), Some(undecodable));
+        assert_eq!(e.last_applied_decree(), 1);
+    }
+}

@@ -1,0 +1,523 @@
+//! The meta server runtime: holds the cluster's metadata in memory, persists every change in the
+//! SQL store before acting on it (compare-and-set on the ballot), answers beacons with the
+//! configurations each node hosts, and runs failure detection and cure on a timer.
+
+use crate::store::{SqlStore, StoreError};
+use anyhow::Context;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tandem_core::replica::ConfigProposal;
+use tandem_core::{Gpid, NodeAddr, PartitionConfig};
+use tandem_meta_core::cure::{apply_proposal, cure, CureView, ReplicaReport};
+use tandem_meta_core::failure_detector::FailureDetector;
+use tandem_meta_core::placement::place_table;
+use tandem_meta_core::{TableInfo, TableStatus};
+use tandem_proto::convert::{config_to_wire, gpid_from};
+use tandem_proto::errors::ErrorKind;
+use tandem_proto::v1;
+use tandem_proto::v1::meta_service_server::{MetaService, MetaServiceServer};
+use tokio::sync::{watch, Mutex};
+use tonic::{Request, Response, Status};
+
+pub const PARTITION_COUNT_MAX: u32 = 1024;
+pub const REPLICA_COUNT_MAX: u32 = 5;
+pub const TABLE_NAME_BYTES_MAX: usize = 128;
+
+#[derive(Clone, Debug)]
+pub struct MetaOptions {
+    pub listen: SocketAddr,
+    pub store_url: String,
+    pub metrics_listen: Option<SocketAddr>,
+    /// A replica server silent for this long is declared dead (must exceed its lease).
+    pub grace_period_ms: u64,
+    pub tick_interval_ms: u64,
+    /// How long a dropped table can be recalled before its data is deleted.
+    pub recall_window_ms: u64,
+}
+
+struct State {
+    tables: BTreeMap<u32, TableInfo>,
+    partitions: BTreeMap<Gpid, PartitionConfig>,
+    fd: FailureDetector,
+    reports: HashMap<Gpid, BTreeMap<NodeAddr, ReplicaReport>>,
+}
+
+pub struct Meta {
+    store: SqlStore,
+    state: Mutex<State>,
+    opts: MetaOptions,
+    start: Instant,
+    metrics: tandem_replica::metrics::Metrics,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn store_status(e: StoreError) -> Status {
+    let msg = e.to_string();
+    match e {
+        StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } => ErrorKind::AlreadyExists.status(msg),
+        StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } => ErrorKind::NotFound.status(msg),
+        StoreError::InvalidTable { .. } | StoreError::AlreadyDropped { .. } | StoreError::NotDropped { .. } => {
+            ErrorKind::InvalidArgument.status(msg)
+        }
+        _ => ErrorKind::Internal.status(msg),
+    }
+}
+
+fn table_to_wire(t: &TableInfo) -> v1::TableInfo {
+    let (status, drop_time_ms) = match t.status {
+        TableStatus::Available => ("available", 0),
+        TableStatus::Dropped { drop_time_ms } => ("dropped", drop_time_ms),
+    };
+    v1::TableInfo {
+        id: t.id,
+        name: t.name.clone(),
+        partition_count: t.partition_count,
+        replica_count: t.replica_count,
+        status: status.to_string(),
+        created_ms: t.created_ms,
+        drop_time_ms,
+        owner: t.owner.clone(),
+    }
+}
+
+pub fn validate_table_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TABLE_NAME_BYTES_MAX {
+        return Err(format!("table name must be 1 to {TABLE_NAME_BYTES_MAX} characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        return Err(format!("table name {name:?} may contain only letters, digits, '_', '-' and '.'"));
+    }
+    Ok(())
+}
+
+impl State {
+    fn available_table(&self, name: &str) -> Option<&TableInfo> {
+        self.tables.values().find(|t| t.name == name && t.status == TableStatus::Available)
+    }
+
+    fn load(&self) -> BTreeMap<NodeAddr, usize> {
+        let mut load: BTreeMap<NodeAddr, usize> = self.fd.alive_nodes().into_iter().map(|n| (n, 0)).collect();
+        for c in self.partitions.values() {
+            for n in c.members().chain(c.learners.iter()) {
+                if let Some(l) = load.get_mut(n) {
+                    *l += 1;
+                }
+            }
+        }
+        load
+    }
+
+    fn health(&self, c: &PartitionConfig, replica_count: u32) -> &'static str {
+        let primary_alive = c.primary.as_deref().is_some_and(|p| self.fd.is_alive(p));
+        if !primary_alive {
+            return "unavailable";
+        }
+        let alive_members = c.members().filter(|n| self.fd.is_alive(n)).count();
+        if alive_members >= replica_count as usize { "healthy" } else { "degraded" }
+    }
+}
+
+impl Meta {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Persists `next` (compare-and-set against the ballot in memory) and then adopts it.
+    async fn commit_config(&self, state: &mut State, next: PartitionConfig) -> Result<(), Status> {
+        let current = state.partitions.get(&next.gpid).ok_or_else(|| ErrorKind::NotFound.status(format!("no partition {}", next.gpid)))?;
+        let ok = self.store.update_partition(&next, current.ballot).await.map_err(store_status)?;
+        if !ok {
+            return Err(ErrorKind::Internal.status(format!("partition {} changed in the store behind this meta server", next.gpid)));
+        }
+        tracing::info!(gpid = %next.gpid, ballot = next.ballot, primary = ?next.primary, secondaries = ?next.secondaries, learners = ?next.learners, "configuration");
+        state.partitions.insert(next.gpid, next);
+        Ok(())
+    }
+
+    async fn tick(&self) {
+        let now = self.now_ms();
+        let mut state = self.state.lock().await;
+        for dead in state.fd.tick(now) {
+            tracing::warn!("replica server {dead} declared dead (no beacon for {} ms)", self.opts.grace_period_ms);
+        }
+        // Cure, one step per partition per tick.
+        let gpids: Vec<Gpid> = state.partitions.keys().copied().collect();
+        for gpid in gpids {
+            let Some(table) = state.tables.get(&gpid.table_id).cloned() else { continue };
+            let config = state.partitions[&gpid].clone();
+            if config.ballot == 0 {
+                continue;
+            }
+            let load = state.load();
+            let mut placement: Vec<NodeAddr> = load.keys().cloned().collect();
+            placement.sort_by_key(|n| (load[n], n.clone()));
+            let next = {
+                let empty = BTreeMap::new();
+                let reports = state.reports.get(&gpid).unwrap_or(&empty);
+                let fd = &state.fd;
+                let alive = |n: &str| fd.is_alive(n);
+                let view = CureView { replica_count: table.replica_count as usize, alive: &alive, reports, placement: &placement };
+                cure(&config, &view)
+            };
+            if let Some(next) = next
+                && let Err(e) = self.commit_config(&mut state, next).await
+            {
+                tracing::warn!("cure of {gpid} failed: {}", e.message());
+            }
+        }
+        // Purge dropped tables whose recall window has passed.
+        let expired: Vec<u32> = state
+            .tables
+            .values()
+            .filter(|t| matches!(t.status, TableStatus::Dropped { drop_time_ms } if wall_ms() > drop_time_ms + self.opts.recall_window_ms))
+            .map(|t| t.id)
+            .collect();
+        for id in expired {
+            match self.store.purge_table(id).await {
+                Ok(()) => {
+                    state.tables.remove(&id);
+                    state.partitions.retain(|g, _| g.table_id != id);
+                    state.reports.retain(|g, _| g.table_id != id);
+                    tracing::info!("purged dropped table {id}");
+                }
+                Err(e) => tracing::warn!("purging table {id} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The gRPC face of the meta server (a handle to the shared state).
+#[derive(Clone)]
+pub struct MetaRpc(Arc<Meta>);
+
+impl std::ops::Deref for MetaRpc {
+    type Target = Meta;
+    fn deref(&self) -> &Meta {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl MetaService for MetaRpc {
+    async fn beacon(&self, request: Request<v1::BeaconRequest>) -> Result<Response<v1::BeaconResponse>, Status> {
+        let req = request.into_inner();
+        if req.node.is_empty() {
+            return Err(ErrorKind::InvalidArgument.status("beacon without a node address"));
+        }
+        if req.lease_period_ms >= self.opts.grace_period_ms {
+            return Err(ErrorKind::InvalidArgument.status(format!(
+                "replica server {} takes a lease of {} ms, not shorter than this meta's grace period of {} ms: \
+                 lower its lease_period or raise the meta's grace_period",
+                req.node, req.lease_period_ms, self.opts.grace_period_ms
+            )));
+        }
+        let now = self.now_ms();
+        let mut state = self.state.lock().await;
+        if state.fd.on_beacon(&req.node, now) {
+            tracing::info!("replica server {} is alive", req.node);
+            self.store.register_node(&req.node, wall_ms()).await.map_err(store_status)?;
+        }
+        for reports in state.reports.values_mut() {
+            reports.remove(&req.node);
+        }
+        let mut reported = Vec::new();
+        for r in &req.replicas {
+            let Ok(gpid) = gpid_from(r.gpid.as_ref()) else { continue };
+            reported.push(gpid);
+            state.reports.entry(gpid).or_default().insert(
+                req.node.clone(),
+                ReplicaReport { ballot: r.ballot, status: r.status.clone(), last_committed: r.last_committed, last_prepared: r.last_prepared },
+            );
+        }
+        let mut configs = Vec::new();
+        for (gpid, c) in &state.partitions {
+            if c.ballot > 0 && (c.hosts(&req.node) || reported.contains(gpid)) {
+                let count = state.tables.get(&gpid.table_id).map_or(0, |t| t.partition_count);
+                configs.push(config_to_wire(c, count));
+            }
+        }
+        let gone = reported.into_iter().filter(|g| !state.tables.contains_key(&g.table_id)).map(Into::into).collect();
+        Ok(Response::new(v1::BeaconResponse { configs, gone }))
+    }
+
+    async fn query_config(&self, request: Request<v1::QueryConfigRequest>) -> Result<Response<v1::QueryConfigResponse>, Status> {
+        let name = request.into_inner().table;
+        let state = self.state.lock().await;
+        let table = state.available_table(&name).ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
+        let partitions = state
+            .partitions
+            .range(Gpid::new(table.id, 0)..Gpid::new(table.id + 1, 0))
+            .map(|(_, c)| config_to_wire(c, table.partition_count))
+            .collect();
+        Ok(Response::new(v1::QueryConfigResponse { table: Some(table_to_wire(table)), partitions }))
+    }
+
+    async fn propose_config(&self, request: Request<v1::ProposeConfigRequest>) -> Result<Response<v1::ProposeConfigResponse>, Status> {
+        let req = request.into_inner();
+        let gpid = gpid_from(req.gpid.as_ref()).map_err(|e| ErrorKind::InvalidArgument.status(e.to_string()))?;
+        let proposal = match v1::propose_config_request::Kind::try_from(req.kind) {
+            Ok(v1::propose_config_request::Kind::RemoveSecondary) => ConfigProposal::RemoveSecondary { ballot: req.ballot, node: req.node },
+            Ok(v1::propose_config_request::Kind::UpgradeLearner) => ConfigProposal::UpgradeLearner { ballot: req.ballot, node: req.node },
+            Err(_) => return Err(ErrorKind::InvalidArgument.status(format!("unknown proposal kind {}", req.kind))),
+        };
+        let mut state = self.state.lock().await;
+        let config = state.partitions.get(&gpid).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("no partition {gpid}")))?;
+        if config.primary.as_deref() != Some(req.from.as_str()) {
+            return Err(ErrorKind::InvalidArgument.status(format!("{} is not the primary of {gpid}", req.from)));
+        }
+        let replica_count = state.tables.get(&gpid.table_id).map_or(0, |t| t.replica_count) as usize;
+        let next = match apply_proposal(&config, &proposal, replica_count) {
+            Ok(next) => next,
+            Err(reason) => return Err(ErrorKind::InvalidArgument.status(reason)),
+        };
+        tracing::info!("{gpid}: {} proposes {proposal:?}", req.from);
+        self.commit_config(&mut state, next.clone()).await?;
+        Ok(Response::new(v1::ProposeConfigResponse { config: Some(config_to_wire(&next, 0)) }))
+    }
+
+    async fn create_table(&self, request: Request<v1::CreateTableRequest>) -> Result<Response<v1::CreateTableResponse>, Status> {
+        let req = request.into_inner();
+        validate_table_name(&req.name).map_err(|e| ErrorKind::InvalidArgument.status(e))?;
+        if !req.partition_count.is_power_of_two() || req.partition_count > PARTITION_COUNT_MAX {
+            return Err(ErrorKind::InvalidArgument.status(format!(
+                "partition count {} must be a power of two from 1 to {PARTITION_COUNT_MAX} (e.g. 8)",
+                req.partition_count
+            )));
+        }
+        if req.replica_count == 0 || req.replica_count > REPLICA_COUNT_MAX {
+            return Err(ErrorKind::InvalidArgument.status(format!("replica count {} must be 1 to {REPLICA_COUNT_MAX}", req.replica_count)));
+        }
+        let mut state = self.state.lock().await;
+        let load = state.load();
+        if (req.replica_count as usize) > load.len() {
+            return Err(ErrorKind::InvalidArgument.status(format!(
+                "replica count {} exceeds the {} live replica servers; start more or ask for fewer replicas",
+                req.replica_count,
+                load.len()
+            )));
+        }
+        if state.available_table(&req.name).is_some() {
+            return Err(ErrorKind::AlreadyExists.status(format!("table {:?} already exists", req.name)));
+        }
+        let owner = if req.owner.is_empty() { "unknown".to_string() } else { req.owner };
+        let table = self.store.create_table(&req.name, req.partition_count, req.replica_count, &owner, wall_ms()).await.map_err(store_status)?;
+        for p in 0..table.partition_count {
+            state.partitions.insert(Gpid::new(table.id, p), PartitionConfig { gpid: Gpid::new(table.id, p), ..Default::default() });
+        }
+        state.tables.insert(table.id, table.clone());
+        for config in place_table(table.id, table.partition_count, table.replica_count as usize, &load) {
+            self.commit_config(&mut state, config).await?;
+        }
+        tracing::info!("created table {} (id {}, {} partitions, {} replicas)", table.name, table.id, table.partition_count, table.replica_count);
+        Ok(Response::new(v1::CreateTableResponse { table: Some(table_to_wire(&table)) }))
+    }
+
+    async fn drop_table(&self, request: Request<v1::DropTableRequest>) -> Result<Response<v1::DropTableResponse>, Status> {
+        let name = request.into_inner().name;
+        let mut state = self.state.lock().await;
+        let table = state.available_table(&name).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
+        let now = wall_ms();
+        self.store.drop_table(table.id, now).await.map_err(store_status)?;
+        let t = state.tables.get_mut(&table.id).expect("table exists");
+        t.status = TableStatus::Dropped { drop_time_ms: now };
+        let wire = table_to_wire(t);
+        Ok(Response::new(v1::DropTableResponse { table: Some(wire), recall_until_ms: now + self.opts.recall_window_ms }))
+    }
+
+    async fn recall_table(&self, request: Request<v1::RecallTableRequest>) -> Result<Response<v1::RecallTableResponse>, Status> {
+        let name = request.into_inner().name;
+        let mut state = self.state.lock().await;
+        let table = state
+            .tables
+            .values()
+            .filter(|t| t.name == name && matches!(t.status, TableStatus::Dropped { .. }))
+            .max_by_key(|t| match t.status {
+                TableStatus::Dropped { drop_time_ms } => drop_time_ms,
+                TableStatus::Available => 0,
+            })
+            .cloned()
+            .ok_or_else(|| ErrorKind::NotFound.status(format!("no dropped table {name:?} to recall (its recall window may have passed)")))?;
+        self.store.recall_table(table.id).await.map_err(store_status)?;
+        let t = state.tables.get_mut(&table.id).expect("table exists");
+        t.status = TableStatus::Available;
+        Ok(Response::new(v1::RecallTableResponse { table: Some(table_to_wire(t)) }))
+    }
+
+    async fn list_tables(&self, request: Request<v1::ListTablesRequest>) -> Result<Response<v1::ListTablesResponse>, Status> {
+        let include_dropped = request.into_inner().include_dropped;
+        let state = self.state.lock().await;
+        let tables = state.tables.values().filter(|t| include_dropped || t.status == TableStatus::Available).map(table_to_wire).collect();
+        Ok(Response::new(v1::ListTablesResponse { tables }))
+    }
+
+    async fn show_table(&self, request: Request<v1::ShowTableRequest>) -> Result<Response<v1::ShowTableResponse>, Status> {
+        let name = request.into_inner().name;
+        let state = self.state.lock().await;
+        let table = state.available_table(&name).ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
+        let partitions = state
+            .partitions
+            .range(Gpid::new(table.id, 0)..Gpid::new(table.id + 1, 0))
+            .map(|(gpid, c)| {
+                let (report_nodes, reports) = state
+                    .reports
+                    .get(gpid)
+                    .map(|rs| {
+                        rs.iter()
+                            .map(|(n, r)| {
+                                (
+                                    n.clone(),
+                                    v1::ReplicaReport {
+                                        gpid: Some((*gpid).into()),
+                                        ballot: r.ballot,
+                                        status: r.status.clone(),
+                                        last_committed: r.last_committed,
+                                        last_prepared: r.last_prepared,
+                                        last_durable: 0,
+                                    },
+                                )
+                            })
+                            .unzip()
+                    })
+                    .unwrap_or_default();
+                v1::PartitionHealth {
+                    config: Some(config_to_wire(c, table.partition_count)),
+                    reports,
+                    report_nodes,
+                    health: state.health(c, table.replica_count).to_string(),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ShowTableResponse { table: Some(table_to_wire(table)), partitions }))
+    }
+
+    async fn list_nodes(&self, _request: Request<v1::ListNodesRequest>) -> Result<Response<v1::ListNodesResponse>, Status> {
+        let now = self.now_ms();
+        let state = self.state.lock().await;
+        let nodes = state
+            .fd
+            .nodes()
+            .iter()
+            .map(|(addr, l)| {
+                let mut info = v1::NodeInfo {
+                    address: addr.clone(),
+                    alive: l.alive,
+                    last_beacon_ms_ago: now.saturating_sub(l.last_beacon_ms),
+                    ..Default::default()
+                };
+                for c in state.partitions.values() {
+                    match c.status_of(addr) {
+                        tandem_core::PartitionStatus::Primary => info.primaries += 1,
+                        tandem_core::PartitionStatus::Secondary => info.secondaries += 1,
+                        tandem_core::PartitionStatus::Learner => info.learners += 1,
+                        _ => {}
+                    }
+                }
+                info
+            })
+            .collect();
+        Ok(Response::new(v1::ListNodesResponse { nodes }))
+    }
+
+    async fn cluster_status(&self, _request: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let state = self.state.lock().await;
+        let mut resp = v1::ClusterStatusResponse::default();
+        for t in state.tables.values().filter(|t| t.status == TableStatus::Available) {
+            resp.tables += 1;
+            for (gpid, c) in state.partitions.range(Gpid::new(t.id, 0)..Gpid::new(t.id + 1, 0)) {
+                resp.partitions += 1;
+                match state.health(c, t.replica_count) {
+                    "healthy" => resp.healthy += 1,
+                    "degraded" => {
+                        resp.degraded += 1;
+                        resp.problems.push(format!("{}:{} ({gpid}) has {} of {} replicas", t.name, gpid.partition, c.replica_count(), t.replica_count));
+                    }
+                    _ => {
+                        resp.unavailable += 1;
+                        resp.problems.push(format!("{}:{} ({gpid}) has no live primary", t.name, gpid.partition));
+                    }
+                }
+            }
+        }
+        for l in state.fd.nodes().values() {
+            if l.alive {
+                resp.nodes_alive += 1;
+            } else {
+                resp.nodes_dead += 1;
+            }
+        }
+        for (addr, l) in state.fd.nodes() {
+            if !l.alive {
+                resp.problems.push(format!("replica server {addr} is dead"));
+            }
+        }
+        Ok(Response::new(resp))
+    }
+}
+
+/// Runs a meta server until `shutdown` fires.
+pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let store = SqlStore::connect(&opts.store_url).await.with_context(|| "open the metadata store")?;
+    let snapshot = store.load().await?;
+    let start = Instant::now();
+    let known: Vec<NodeAddr> = snapshot.nodes.iter().map(|(n, _)| n.clone()).collect();
+    let state = State {
+        tables: snapshot.tables.into_iter().map(|t| (t.id, t)).collect(),
+        partitions: snapshot.partitions.into_iter().map(|c| (c.gpid, c)).collect(),
+        fd: FailureDetector::new(opts.grace_period_ms, known, 0),
+        reports: HashMap::new(),
+    };
+    tracing::info!(tables = state.tables.len(), partitions = state.partitions.len(), nodes = state.fd.nodes().len(), "meta server loaded its store");
+    let meta = Arc::new(Meta { store, state: Mutex::new(state), opts: opts.clone(), start, metrics: tandem_replica::metrics::Metrics::new("tandem_meta") });
+
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("bind {}", opts.listen))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<MetaServiceServer<MetaRpc>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    if let Some(addr) = opts.metrics_listen {
+        let rx = shutdown.clone();
+        let local = tandem_replica::metrics::serve(addr, meta.metrics.clone(), async move {
+            tandem_replica::stopped(rx).await;
+        })
+        .await
+        .with_context(|| format!("bind metrics on {addr}"))?;
+        tracing::info!("metrics on http://{local}/metrics");
+    }
+    let service = MetaServiceServer::new(MetaRpc(meta.clone())).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let rx = shutdown.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(service)
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                tandem_replica::stopped(rx).await;
+            }),
+    );
+    tracing::info!("meta server listening on {}", opts.listen);
+    let mut tick = tokio::time::interval(Duration::from_millis(opts.tick_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = tandem_replica::stopped(shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => meta.tick().await,
+            _ = stop.as_mut() => break,
+        }
+    }
+    let _ = server.await;
+    meta.store.close().await;
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! One conformance suite for the metadata store, run against SQLite in a temporary directory and
+//! against a real PostgreSQL server (a fresh database per run, dropped afterwards).
+//!
+//! PostgreSQL: `TANDEM_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! names a database the test can connect to with the right to CREATE DATABASE. If it is not
+//! reachable the Postgres test fails; it never passes silently.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::Connection;
+use tandem_core::{Gpid, PartitionConfig};
+use tandem_meta::store::{SqlStore, StoreError};
+use tandem_meta_core::{MetaSnapshot, TableInfo, TableStatus};
+
+const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_conformance() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    // Nested, missing directories: connect must create them.
+    let url = format!("sqlite://{}/nested/dir/meta.db", dir.path().display());
+    let store = SqlStore::connect(&url).await.expect("connect to SQLite");
+    conformance(store, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conformance() {
+    let admin_url = std::env::var("TANDEM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_string());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable at {admin_url}: {error}. This test needs a running \
+             server (ops/test starts one); set TANDEM_TEST_POSTGRES_URL to use another."
+            )
+        });
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let database = format!("tandem_test_{}_{}", std::process::id(), nanos);
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|error| panic!("CREATE DATABASE {database} at {admin_url}: {error}"));
+    let url = replace_database(&admin_url, &database);
+
+    // Run the suite in its own task so the database is dropped even when an assertion fails.
+    let suite_url = url.clone();
+    let outcome = tokio::spawn(async move {
+        let store = SqlStore::connect(&suite_url)
+            .await
+            .expect("connect to PostgreSQL");
+        conformance(store, &suite_url).await;
+    })
+    .await;
+
+    sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|error| panic!("DROP DATABASE {database}: {error}"));
+    admin.close().await.expect("close the admin connection");
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+#[tokio::test]
+async fn unsupported_url_is_refused_with_the_accepted_forms() {
+    let error = SqlStore::connect("mysql://root@localhost/meta")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(error, StoreError::UnsupportedUrl { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("sqlite://PATH") && message.contains("postgres://"),
+        "{message}"
+    );
+}
+
+/// `admin_url` with its database (the last path segment) replaced by `database`.
+fn replace_database(admin_url: &str, database: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (admin_url, None),
+    };
+    let scheme_end = base.find("://").expect("URL has a scheme") + 3;
+    let server = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+fn table(
+    id: u32,
+    name: &str,
+    partition_count: u32,
+    status: TableStatus,
+    created_ms: u64,
+) -> TableInfo {
+    TableInfo {
+        id,
+        name: name.to_string(),
+        partition_count,
+        replica_count: 3,
+        status,
+        created_ms,
+        owner: "alice".to_string(),
+    }
+}
+
+fn empty_partitions(table_id: u32, partition_count: u32) -> Vec<PartitionConfig> {
+    (0..partition_count)
+        .map(|partition| PartitionConfig {
+            gpid: Gpid::new(table_id, partition),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn nodes(names: &[&str]) -> Vec<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
+/// The suite every store must pass. Leaves the store closed.
+async fn conformance(store: SqlStore, url: &str) {
+    // Fresh store: empty.
+    assert_eq!(store.load().await.unwrap(), MetaSnapshot::default());
+
+    // Create / load round trip; ids start at 1 and grow by one.
+    let alpha = store
+        .create_table("alpha", 4, 3, "alice", 1_000)
+        .await
+        .unwrap();
+    assert_eq!(alpha, table(1, "alpha", 4, TableStatus::Available, 1_000));
+    let beta = store
+        .create_table("beta", 2, 3, "alice", 2_000)
+        .await
+        .unwrap();
+    assert_eq!(beta.id, 2);
+    let mut expected = MetaSnapshot {
+        tables: vec![alpha.clone(), beta.clone()],
+        partitions: [empty_partitions(1, 4), empty_partitions(2, 2)].concat(),
+        nodes: vec![],
+    };
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    // Duplicate name refused, nothing written.
+    let error = store
+        .create_table("alpha", 8, 3, "bob", 3_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, StoreError::AlreadyExists { name, id: 1 } if name == "alpha"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("table 'alpha' already exists"),
+        "{error}"
+    );
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    // Invalid specs refused.
+    for (name, partition_count, replica_count) in [
+        ("", 4, 3),
+        ("gamma", 0, 3),
+        ("gamma", 3, 3),
+        ("gamma", 4, 0),
+    ] {
+        let error = store
+            .create_table(name, partition_count, replica_count, "alice", 0)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidTable { .. }),
+            "{error:?}"
+        );
+    }
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    // Compare-and-set on the ballot.
+    let mut config = PartitionConfig {
+        gpid: Gpid::new(1, 2),
+        ballot: 1,
+        primary: Some("n1:34801".to_string()),
+        secondaries: nodes(&["n2:34801", "n3:34801"]),
+        learners: nodes(&["n4:34801"]),
+        last_drops: nodes(&["n5:34801"]),
+    };
+    assert!(
+        store.update_partition(&config, 0).await.unwrap(),
+        "CAS from the stored ballot 0"
+    );
+    expected.partitions[2] = config.clone();
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    let stale = PartitionConfig {
+        ballot: 2,
+        primary: Some("n9:34801".to_string()),
+        ..config.clone()
+    };
+    assert!(
+        !store.update_partition(&stale, 0).await.unwrap(),
+        "CAS from a stale ballot must fail"
+    );
+    assert_eq!(
+        store.load().await.unwrap(),
+        expected,
+        "a failed CAS writes nothing"
+    );
+
+    // Learners change without a new ballot.
+    config.learners.clear();
+    assert!(store.update_partition(&config, 1).await.unwrap());
+    config.ballot = 2;
+    config.primary = None;
+    config.secondaries = vec![];
+    config.last_drops = nodes(&["n5:34801", "n3:34801", "n2:34801", "n1:34801"]);
+    assert!(store.update_partition(&config, 1).await.unwrap());
+    expected.partitions[2] = config.clone();
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    let missing = PartitionConfig {
+        gpid: Gpid::new(1, 4),
+        ..Default::default()
+    };
+    let error = store.update_partition(&missing, 0).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::PartitionNotFound { gpid } if gpid == Gpid::new(1, 4)),
+        "{error:?}"
+    );
+
+    // Racing compare-and-sets from the same ballot: exactly one wins.
+    let racers = (0..6u64).map(|i| {
+        let mut config = config.clone();
+        config.ballot = 3;
+        config.primary = Some(format!("racer{i}:34801"));
+        config
+    });
+    let results = futures::future::join_all(racers.clone().map(|c| {
+        let store = &store;
+        async move { store.update_partition(&c, 2).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|won| **won).count(), 1, "{results:?}");
+    let winner = racers.zip(&results).find(|(_, won)| **won).unwrap().0;
+    expected.partitions[2] = winner;
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    // Drop → recall.
+    store.drop_table(2, 5_000).await.unwrap();
+    expected.tables[1].status = TableStatus::Dropped {
+        drop_time_ms: 5_000,
+    };
+    assert_eq!(
+        store.load().await.unwrap(),
+        expected,
+        "a dropped table and its partitions stay"
+    );
+    let error = store.drop_table(2, 6_000).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::AlreadyDropped { id: 2, .. }),
+        "{error:?}"
+    );
+    store.recall_table(2).await.unwrap();
+    expected.tables[1].status = TableStatus::Available;
+    assert_eq!(store.load().await.unwrap(), expected);
+    let error = store.recall_table(2).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::NotDropped { id: 2, .. }),
+        "{error:?}"
+    );
+    assert!(matches!(
+        store.drop_table(77, 0).await.unwrap_err(),
+        StoreError::TableNotFound { id: 77 }
+    ));
+    assert!(matches!(
+        store.recall_table(77).await.unwrap_err(),
+        StoreError::TableNotFound { id: 77 }
+    ));
+
+    // Drop → create the same name → recall refused.
+    store.drop_table(2, 7_000).await.unwrap();
+    expected.tables[1].status = TableStatus::Dropped {
+        drop_time_ms: 7_000,
+    };
+    let new_beta = store
+        .create_table("beta", 8, 3, "alice", 8_000)
+        .await
+        .unwrap();
+    assert_eq!(new_beta, table(3, "beta", 8, TableStatus::Available, 8_000));
+    expected.tables.push(new_beta);
+    expected.partitions.extend(empty_partitions(3, 8));
+    let error = store.recall_table(2).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NameTaken { id: 2, other_id: 3, name } if name == "beta"),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("'beta' is now used by table 3"),
+        "{error}"
+    );
+    assert_eq!(
+        store.load().await.unwrap(),
+        expected,
+        "a refused recall writes nothing"
+    );
+
+    // Purge: only dropped tables, partitions go with them.
+    let error = store.purge_table(3).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::PurgeAvailable { id: 3, .. }),
+        "{error:?}"
+    );
+    store.purge_table(2).await.unwrap();
+    expected.tables.remove(1);
+    expected.partitions.retain(|p| p.gpid.table_id != 2);
+    assert_eq!(store.load().await.unwrap(), expected);
+    assert!(matches!(
+        store.purge_table(2).await.unwrap_err(),
+        StoreError::TableNotFound { id: 2 }
+    ));
+
+    // Node registration is idempotent and keeps the first sighting.
+    store.register_node("n2:34801", 200).await.unwrap();
+    store.register_node("n1:34801", 100).await.unwrap();
+    store.register_node("n1:34801", 300).await.unwrap();
+    store.register_node("n2:34801", 400).await.unwrap();
+    expected.nodes = vec![("n1:34801".to_string(), 100), ("n2:34801".to_string(), 200)];
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    // Concurrent creates: distinct names all succeed with distinct ids; one name wins once.
+    let created = futures::future::join_all((0..5).map(|i| {
+        let store = &store;
+        async move {
+            store
+                .create_table(&format!("concurrent{i}"), 1, 3, "carol", 9_000)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let mut ids: Vec<u32> = created.iter().map(|t| t.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![4, 5, 6, 7, 8]);
+    let same_name = futures::future::join_all((0..5).map(|_| {
+        let store = &store;
+        async move { store.create_table("contended", 2, 3, "carol", 9_500).await }
+    }))
+    .await;
+    assert_eq!(
+        same_name.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{same_name:?}"
+    );
+    assert!(
+        same_name
+            .iter()
+            .all(|r| matches!(r, Ok(_) | Err(StoreError::AlreadyExists { .. })))
+    );
+    let mut created: Vec<TableInfo> = created;
+    created.push(same_name.into_iter().find_map(|r| r.ok()).unwrap());
+    created.sort_by_key(|t| t.id);
+    for table in created {
+        expected
+            .partitions
+            .extend(empty_partitions(table.id, table.partition_count));
+        expected.tables.push(table);
+    }
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded, expected);
+    store.close().await;
+
+    // Reopen: everything is there, and re-running the migrations is a no-op.
+    let reopened = SqlStore::connect(url)
+        .await
+        .expect("reconnect to the same URL");
+    assert_eq!(reopened.load().await.unwrap(), expected);
+    let more = reopened
+        .create_table("after_reopen", 2, 1, "dave", 10_000)
+        .await
+        .unwrap();
+    assert_eq!(more.id, 10);
+    reopened.close().await;
+    let again = SqlStore::connect(url)
+        .await
+        .expect("reconnect a second time");
+    assert_eq!(again.load().await.unwrap().tables.last(), Some(&more));
+    again.close().await;
+}

@@ -1,0 +1,315 @@
+//! Command-line definitions (clap). Execution lives in the modules named after each area.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about = "Tandem: a dual-site distributed key-value store", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by every client command.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Meta server address(es), comma-separated.
+    #[arg(long, env = "TANDEM_META", default_value = "127.0.0.1:34601", global = true)]
+    pub meta: String,
+    /// Print JSON instead of a human table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up on a request after this long (retries included).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a local site (a meta server and 3 replica servers) and serve until Ctrl-C.
+    Playground(PlaygroundArgs),
+    /// Run or configure a meta server.
+    Meta {
+        #[command(subcommand)]
+        command: MetaCommand,
+    },
+    /// Run a replica server.
+    Replica {
+        #[command(subcommand)]
+        command: ReplicaCommand,
+    },
+    /// Server configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Create, list, show, drop and recall tables.
+    Table {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TableCommand,
+    },
+    /// Replica servers and their liveness.
+    Nodes {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cluster health; exits 3 when any partition is unhealthy.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write a value.
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_key: String,
+        value: String,
+        /// Time to live in seconds (0 = forever).
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
+    /// Read a value (exit 4 when absent).
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_key: String,
+    },
+    /// Delete a value.
+    Del {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_key: String,
+    },
+    /// Whether a value exists (exit 4 when absent).
+    Exist {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_key: String,
+    },
+    /// Remaining time to live in seconds (-1 = forever; exit 4 when absent).
+    Ttl {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_key: String,
+    },
+    /// Add to an integer value (absent = 0).
+    Incr {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_key: String,
+        #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
+        by: i64,
+        /// 0 keeps the TTL, > 0 sets it, -1 clears it.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        ttl: i64,
+    },
+    /// Set a value if another value of the same hash key passes a check (exit 5 when not).
+    CheckAndSet {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        #[arg(long)]
+        check_sort_key: String,
+        /// no_check, value_not_exist, value_not_exist_or_empty, value_exist, value_not_empty,
+        /// match_anywhere, match_prefix, match_postfix, bytes_less, bytes_less_or_equal,
+        /// bytes_equal, bytes_greater_or_equal, bytes_greater, int_less, int_less_or_equal,
+        /// int_equal, int_greater_or_equal, int_greater
+        #[arg(long)]
+        check_type: String,
+        #[arg(long, default_value = "")]
+        operand: String,
+        #[arg(long)]
+        set_sort_key: String,
+        #[arg(long)]
+        value: String,
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
+    /// Write several sort keys of one hash key atomically: SORT_KEY=VALUE ...
+    MultiSet {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
+    /// Read several sort keys of one hash key (all of them when none is given).
+    MultiGet {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        sort_keys: Vec<String>,
+    },
+    /// Delete several sort keys of one hash key atomically.
+    MultiDel {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        #[arg(required = true)]
+        sort_keys: Vec<String>,
+    },
+    /// Count the sort keys of a hash key.
+    SortkeyCount {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+    },
+    /// Sort-key range of one hash key.
+    Scan {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        hash_key: String,
+        #[arg(long, default_value = "")]
+        start: String,
+        /// Exclusive unless --stop-inclusive; empty = to the end.
+        #[arg(long, default_value = "")]
+        stop: String,
+        #[arg(long)]
+        stop_inclusive: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Every record of a table, partition by partition; resumable with --token.
+    FullScan {
+        #[command(flatten)]
+        client: ClientArgs,
+        table: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// YCSB-style benchmark against a Tandem table.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlaygroundArgs {
+    /// Where the meta store and the replica data live.
+    #[arg(long, default_value = "./tandem-data")]
+    pub data_dir: PathBuf,
+    /// Delete the data directory first.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Meta on this port, replica servers on the next ones (…+1, +2, +3 … after +200).
+    #[arg(long, default_value_t = 34601)]
+    pub base_port: u16,
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u16,
+    /// Sites to start (duplication between sites arrives later; 1 for now).
+    #[arg(long, default_value_t = 1)]
+    pub sites: u8,
+    /// Exit after the cluster is healthy instead of serving (for scripts and tests).
+    #[arg(long, hide = true)]
+    pub exit_when_ready: bool,
+}
+
+/// Flags shared by the server commands.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// TOML configuration file (see `tandem config default`).
+    #[arg(long, env = "TANDEM_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetaCommand {
+    /// Run a meta server.
+    Start {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// sqlite://PATH or postgres://USER@HOST/DATABASE
+        #[arg(long)]
+        store: Option<String>,
+        /// Used for the default SQLite store (DIR/meta.db) when --store is not given.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace_period: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReplicaCommand {
+    /// Run a replica server.
+    Start {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Meta server address(es), comma-separated.
+        #[arg(long)]
+        meta: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        advertise: Option<String>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lease_period: Option<std::time::Duration>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        prepare_timeout: Option<std::time::Duration>,
+        /// every_batch or none
+        #[arg(long)]
+        log_sync: Option<String>,
+        /// e.g. 64MiB; small values force learners onto checkpoints.
+        #[arg(long)]
+        log_cache_bytes_max: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print a documented example configuration (the defaults).
+    Default,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TableCommand {
+    /// Create a table.
+    Create {
+        name: String,
+        /// A power of two.
+        #[arg(long, default_value_t = 8)]
+        partitions: u32,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        #[arg(long, env = "TANDEM_USER", default_value = "unknown")]
+        owner: String,
+    },
+    /// List tables.
+    List {
+        /// Include dropped (recallable) tables.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a table's partitions: ballot, primary, secondaries, decrees, health.
+    Show { name: String },
+    /// Drop a table (recallable during the recall window, 7 days by default).
+    Drop { name: String },
+    /// Bring back a dropped table.
+    Recall { name: String },
+}

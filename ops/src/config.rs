@@ -1,0 +1,344 @@
+//! Server configuration: defaults, then a TOML file, then `TANDEM_<SECTION>_<KEY>` environment
+//! variables, then command-line flags (flags win). Typed with serde, human units ("6s",
+//! "64MiB"), validated as a whole (`validate`).
+
+use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetaSection {
+    /// gRPC address of the meta server.
+    pub listen: String,
+    /// `sqlite://PATH` (embedded, one meta server) or `postgres://USER@HOST/DB`.
+    pub store: String,
+    /// Prometheus `/metrics` HTTP address; empty disables it.
+    pub metrics_listen: String,
+    /// A replica server silent this long is declared dead. Must exceed every lease_period.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How long a dropped table can be recalled before its data is deleted.
+    #[serde(with = "humantime_serde")]
+    pub recall_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        MetaSection {
+            listen: "127.0.0.1:34601".into(),
+            store: "sqlite://./tandem-data/meta.db".into(),
+            metrics_listen: String::new(),
+            grace_period: Duration::from_secs(8),
+            recall_window: Duration::from_secs(7 * 24 * 3600),
+            tick_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSync {
+    /// fsync the mutation log before acking each batch (group commit).
+    EveryBatch,
+    /// Never fsync; durability relies on replication.
+    None,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaSection {
+    pub listen: String,
+    /// Address others reach this server at; empty = `listen`.
+    pub advertise: String,
+    /// Meta server addresses.
+    pub meta: Vec<String>,
+    pub data_dir: PathBuf,
+    pub metrics_listen: String,
+    #[serde(with = "humantime_serde")]
+    pub beacon_interval: Duration,
+    /// Serving as primary is allowed this long after a beacon the meta acked was sent.
+    #[serde(with = "humantime_serde")]
+    pub lease_period: Duration,
+    /// A secondary that does not ack a prepare within this is removed from the partition.
+    #[serde(with = "humantime_serde")]
+    pub prepare_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub group_check_interval: Duration,
+    pub log_sync: LogSync,
+    pub log_segment_bytes_max: ByteSize,
+    /// Committed mutations kept in memory per partition for catch-up by log.
+    pub log_cache_bytes_max: ByteSize,
+    pub prepare_batch_bytes_max: ByteSize,
+    pub max_value_bytes: ByteSize,
+    #[serde(with = "humantime_serde")]
+    pub log_gc_interval: Duration,
+    /// This site's cluster id (1..=127), stamped into every timetag.
+    pub cluster_id: u8,
+}
+
+impl Default for ReplicaSection {
+    fn default() -> Self {
+        ReplicaSection {
+            listen: "127.0.0.1:34801".into(),
+            advertise: String::new(),
+            meta: vec!["127.0.0.1:34601".into()],
+            data_dir: PathBuf::from("./tandem-data/replica"),
+            metrics_listen: String::new(),
+            beacon_interval: Duration::from_secs(1),
+            lease_period: Duration::from_secs(6),
+            prepare_timeout: Duration::from_secs(5),
+            group_check_interval: Duration::from_secs(1),
+            log_sync: LogSync::EveryBatch,
+            log_segment_bytes_max: ByteSize::mib(64),
+            log_cache_bytes_max: ByteSize::mib(64),
+            prepare_batch_bytes_max: ByteSize::mib(4),
+            max_value_bytes: ByteSize::mib(1),
+            log_gc_interval: Duration::from_secs(30),
+            cluster_id: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub meta: MetaSection,
+    pub replica: ReplicaSection,
+}
+
+pub const DEFAULT_CONFIG: &str = r#"# Tandem server configuration. Every key is optional; shown are the defaults.
+# Precedence: this file < TANDEM_<SECTION>_<KEY> environment variables (e.g.
+# TANDEM_REPLICA_LEASE_PERIOD=6s) < command-line flags.
+
+[meta]
+# gRPC address of the meta server.
+listen = "127.0.0.1:34601"
+# Metadata store: sqlite://PATH (embedded, one meta server) or postgres://USER@HOST/DATABASE.
+store = "sqlite://./tandem-data/meta.db"
+# Prometheus /metrics HTTP address ("" = off).
+metrics_listen = ""
+# A replica server without a beacon for this long is declared dead and replaced.
+# Must be longer than every replica server's lease_period.
+grace_period = "8s"
+# A dropped table can be recalled for this long; then its data is deleted.
+recall_window = "7days"
+# How often failure detection and cure run.
+tick_interval = "500ms"
+
+[replica]
+listen = "127.0.0.1:34801"
+# Address peers and clients use to reach this server ("" = listen).
+advertise = ""
+# Meta server addresses.
+meta = ["127.0.0.1:34601"]
+data_dir = "./tandem-data/replica"
+metrics_listen = ""
+# Beacons to the meta; each acked beacon grants a lease of lease_period from when it was sent.
+beacon_interval = "1s"
+lease_period = "6s"
+# A secondary that does not ack a prepare within this is removed from the partition.
+prepare_timeout = "5s"
+# An idle primary sends its commit point to the secondaries this often.
+group_check_interval = "1s"
+# every_batch: fsync the mutation log before acking (one fsync serves many writes);
+# none: never fsync, durability relies on replication.
+log_sync = "every_batch"
+log_segment_bytes_max = "64MiB"
+# Committed mutations kept in memory per partition; a learner further behind gets a checkpoint.
+log_cache_bytes_max = "64MiB"
+prepare_batch_bytes_max = "4MiB"
+# Largest value accepted.
+max_value_bytes = "1MiB"
+log_gc_interval = "30s"
+# This site's id (1..=127), stamped into every write's timetag.
+cluster_id = 1
+"#;
+
+impl Config {
+    /// Loads defaults ← file ← environment. Flags are applied by the caller with `set`.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config> {
+        let mut value = toml::Value::try_from(Config::default()).context("serialize defaults")?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+            let file: toml::Value = toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
+            merge(&mut value, file);
+        }
+        let mut config: Config = value.clone().try_into().with_context(|| "invalid configuration".to_string())?;
+        for section in ["meta", "replica"] {
+            let keys: Vec<String> = value.get(section).and_then(|s| s.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
+            for key in keys {
+                let var = format!("TANDEM_{}_{}", section.to_uppercase(), key.to_uppercase());
+                if let Ok(v) = std::env::var(&var) {
+                    config.set(section, &key, &v).with_context(|| format!("environment variable {var}"))?;
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Overrides one key from text, parsed as the key's type.
+    pub fn set(&mut self, section: &str, key: &str, text: &str) -> Result<()> {
+        let mut value = toml::Value::try_from(&*self)?;
+        let table = value.get_mut(section).and_then(|s| s.as_table_mut()).with_context(|| format!("no section [{section}]"))?;
+        let current = table.get(key).with_context(|| format!("no key {key} in [{section}]"))?;
+        let parsed = match current {
+            toml::Value::Integer(_) => toml::Value::Integer(text.trim().parse().with_context(|| format!("{key}: {text:?} is not an integer"))?),
+            toml::Value::Boolean(_) => toml::Value::Boolean(text.trim().parse().with_context(|| format!("{key}: {text:?} is not true/false"))?),
+            toml::Value::Array(_) => {
+                toml::Value::Array(text.split(',').map(|s| s.trim()).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect())
+            }
+            _ => toml::Value::String(text.to_string()),
+        };
+        table.insert(key.to_string(), parsed);
+        *self = value.try_into().with_context(|| format!("{section}.{key} = {text:?}"))?;
+        Ok(())
+    }
+
+    pub fn validate_meta(&self) -> Result<()> {
+        let m = &self.meta;
+        m.listen.parse::<SocketAddr>().with_context(|| format!("meta.listen {:?} is not HOST:PORT", m.listen))?;
+        if !m.metrics_listen.is_empty() {
+            m.metrics_listen.parse::<SocketAddr>().with_context(|| format!("meta.metrics_listen {:?} is not HOST:PORT", m.metrics_listen))?;
+        }
+        if m.grace_period < Duration::from_secs(1) {
+            bail!("meta.grace_period of {:?} is too short (at least 1s)", m.grace_period);
+        }
+        if m.tick_interval.is_zero() || m.tick_interval > m.grace_period {
+            bail!("meta.tick_interval must be positive and shorter than grace_period");
+        }
+        Ok(())
+    }
+
+    pub fn validate_replica(&self) -> Result<()> {
+        let r = &self.replica;
+        r.listen.parse::<SocketAddr>().with_context(|| format!("replica.listen {:?} is not HOST:PORT", r.listen))?;
+        if !r.metrics_listen.is_empty() {
+            r.metrics_listen.parse::<SocketAddr>().with_context(|| format!("replica.metrics_listen {:?} is not HOST:PORT", r.metrics_listen))?;
+        }
+        if r.meta.is_empty() {
+            bail!("replica.meta lists no meta server (set --meta HOST:PORT)");
+        }
+        if r.lease_period <= r.beacon_interval * 2 {
+            bail!(
+                "replica.lease_period ({:?}) must be more than twice beacon_interval ({:?}), or one lost beacon ends the lease",
+                r.lease_period,
+                r.beacon_interval
+            );
+        }
+        if r.prepare_timeout.is_zero() || r.group_check_interval.is_zero() || r.beacon_interval.is_zero() {
+            bail!("replica intervals and timeouts must be positive");
+        }
+        if r.cluster_id == 0 || r.cluster_id > 127 {
+            bail!("replica.cluster_id {} must be 1..=127", r.cluster_id);
+        }
+        if r.max_value_bytes.as_u64() == 0 || r.max_value_bytes.as_u64() > 64 << 20 {
+            bail!("replica.max_value_bytes {} must be 1 byte to 64MiB", r.max_value_bytes);
+        }
+        if r.prepare_batch_bytes_max.as_u64() < 64 << 10 {
+            bail!("replica.prepare_batch_bytes_max must be at least 64KiB");
+        }
+        Ok(())
+    }
+
+    /// Rules across the meta and replica sections, for a whole site in one config (playground).
+    /// Separate servers check the same rule at runtime: the meta refuses beacons whose lease is
+    /// not shorter than its grace period.
+    pub fn validate_site(&self) -> Result<()> {
+        if self.replica.lease_period >= self.meta.grace_period {
+            bail!(
+                "replica.lease_period ({:?}) must be shorter than meta.grace_period ({:?}): the meta must not replace a primary whose lease may still run",
+                self.replica.lease_period,
+                self.meta.grace_period
+            );
+        }
+        Ok(())
+    }
+
+    pub fn meta_options(&self) -> Result<tandem_meta::server::MetaOptions> {
+        self.validate_meta()?;
+        let m = &self.meta;
+        Ok(tandem_meta::server::MetaOptions {
+            listen: m.listen.parse()?,
+            store_url: m.store.clone(),
+            metrics_listen: if m.metrics_listen.is_empty() { None } else { Some(m.metrics_listen.parse()?) },
+            grace_period_ms: m.grace_period.as_millis() as u64,
+            tick_interval_ms: m.tick_interval.as_millis() as u64,
+            recall_window_ms: m.recall_window.as_millis() as u64,
+        })
+    }
+
+    pub fn replica_options(&self) -> Result<tandem_replica::ReplicaServerOptions> {
+        self.validate_replica()?;
+        let r = &self.replica;
+        let listen: SocketAddr = r.listen.parse()?;
+        let mut o = tandem_replica::ReplicaServerOptions::with_defaults(listen, r.meta.clone(), r.data_dir.clone());
+        o.advertise = if r.advertise.is_empty() { listen.to_string() } else { r.advertise.clone() };
+        o.metrics_listen = if r.metrics_listen.is_empty() { None } else { Some(r.metrics_listen.parse()?) };
+        o.beacon_interval_ms = r.beacon_interval.as_millis() as u64;
+        o.lease_period_ms = r.lease_period.as_millis() as u64;
+        o.log_gc_interval_ms = r.log_gc_interval.as_millis() as u64;
+        o.log.segment_bytes_max = r.log_segment_bytes_max.as_u64();
+        o.log.sync = match r.log_sync {
+            LogSync::EveryBatch => tandem_storage::SyncPolicy::EveryBatch,
+            LogSync::None => tandem_storage::SyncPolicy::None,
+        };
+        o.replica.prepare_timeout_ms = r.prepare_timeout.as_millis() as u64;
+        o.replica.group_check_interval_ms = r.group_check_interval.as_millis() as u64;
+        o.replica.log_cache_bytes_max = r.log_cache_bytes_max.as_u64() as usize;
+        o.replica.prepare_batch_bytes_max = r.prepare_batch_bytes_max.as_u64() as usize;
+        o.replica.cluster_id = r.cluster_id;
+        o.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
+        Ok(o)
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_text_matches_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(parsed, Config::default());
+        Config::default().validate_meta().unwrap();
+        Config::default().validate_replica().unwrap();
+    }
+
+    #[test]
+    fn set_parses_by_type_and_validation_names_the_rule() {
+        let mut c = Config::default();
+        c.set("replica", "lease_period", "9s").unwrap();
+        assert_eq!(c.replica.lease_period, Duration::from_secs(9));
+        let e = c.validate_site().unwrap_err().to_string();
+        assert!(e.contains("shorter than meta.grace_period"), "{e}");
+        c.set("replica", "meta", "a:1, b:2").unwrap();
+        assert_eq!(c.replica.meta, vec!["a:1".to_string(), "b:2".to_string()]);
+        c.set("replica", "cluster_id", "5").unwrap();
+        assert!(c.set("replica", "cluster_id", "x").is_err());
+        assert!(c.set("replica", "nope", "1").is_err());
+        c.set("replica", "max_value_bytes", "2MiB").unwrap();
+        assert_eq!(c.replica.max_value_bytes, ByteSize::mib(2));
+    }
+}

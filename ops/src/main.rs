@@ -1,0 +1,148 @@
+//! The `tandem` binary: servers, playground, administration, data commands and benchmarks.
+//!
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 unavailable, 4 not found, 5 conflict.
+
+mod admin;
+mod bench;
+mod cli;
+mod config;
+mod data;
+mod playground;
+mod servers;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use std::process::ExitCode;
+use tandem_client::ClientError;
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+pub const EXIT_NOT_FOUND: u8 = 4;
+pub const EXIT_CONFLICT: u8 = 5;
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::InvalidArgument(_) | ClientError::Internal(_) => EXIT_ERROR,
+            ClientError::NotFound(_) => EXIT_NOT_FOUND,
+            ClientError::AlreadyExists(_) => EXIT_CONFLICT,
+            ClientError::Unavailable(_) => EXIT_UNAVAILABLE,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure { code: EXIT_ERROR, message: format!("{e:#}") }
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Meta { .. } | Command::Replica { .. });
+    init_tracing(if server { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> CmdResult {
+    match cli.command {
+        Command::Playground(args) => playground::run(args).await,
+        Command::Meta { command } => servers::meta(command).await,
+        Command::Replica { command } => servers::replica(command).await,
+        Command::Config { command: cli::ConfigCommand::Default } => {
+            print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Command::Table { client, command } => admin::table(&client, command).await,
+        Command::Nodes { client } => admin::nodes(&client).await,
+        Command::Status { client } => admin::status(&client).await,
+        Command::Bench(args) => bench::run(args).await,
+        other => data::run(other).await,
+    }
+}
+
+/// A shutdown signal that fires on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(true);
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub fn client_of(args: &cli::ClientArgs) -> Result<tandem_client::Client, Failure> {
+    let meta: Vec<String> = args.meta.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let opts = tandem_client::ClientOptions { rpc_timeout: args.timeout.min(std::time::Duration::from_secs(5)), request_timeout: args.timeout };
+    tandem_client::Client::new(&meta, opts).map_err(Failure::from)
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}

@@ -1,0 +1,169 @@
+//! The CLI against real servers: every command, its output, its exit code, and bad input.
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+use support::{bin, Cluster, Store};
+
+fn tandem(cluster: &Cluster, args: &[&str]) -> Output {
+    std::process::Command::new(bin()).args(args).env("TANDEM_META", &cluster.meta_addr).output().expect("run tandem")
+}
+
+fn ok(cluster: &Cluster, args: &[&str]) -> String {
+    let out = tandem(cluster, args);
+    assert!(out.status.success(), "tandem {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(cluster: &Cluster, args: &[&str], code: i32, message: &str) {
+    let out = tandem(cluster, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "tandem {args:?}: {stderr}");
+    assert!(stderr.contains(message), "tandem {args:?}: expected {message:?} in {stderr:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_with_its_output_and_exit_code() {
+    let mut cluster = Cluster::start(3, Store::Sqlite).await;
+    fails(&cluster, &["table", "create", "t", "--partitions", "3"], 1, "power of two");
+    fails(&cluster, &["table", "create", "t", "--replicas", "4"], 1, "exceeds the 3 live replica servers");
+    fails(&cluster, &["table", "create", "bad name"], 1, "may contain only");
+    ok(&cluster, &["table", "create", "t", "--partitions", "4", "--replicas", "3", "--owner", "alice"]);
+    fails(&cluster, &["table", "create", "t"], 5, "already exists");
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    assert!(ok(&cluster, &["table", "list"]).contains("alice"));
+    let show = ok(&cluster, &["table", "show", "t", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["partitions_detail"].as_array().unwrap().len(), 4);
+    assert_eq!(v["partitions_detail"][0]["health"], "healthy");
+
+    assert_eq!(ok(&cluster, &["set", "t", "h", "s", "v1"]).trim(), "OK");
+    assert_eq!(ok(&cluster, &["get", "t", "h", "s"]).trim(), "v1");
+    assert_eq!(ok(&cluster, &["exist", "t", "h", "s"]).trim(), "true");
+    assert_eq!(ok(&cluster, &["ttl", "t", "h", "s"]).trim(), "-1 (no expiry)");
+    ok(&cluster, &["set", "t", "h", "tmp", "x", "--ttl", "100"]);
+    let ttl: i64 = ok(&cluster, &["ttl", "t", "h", "tmp"]).trim().parse().unwrap();
+    assert!((98..=100).contains(&ttl), "{ttl}");
+    fails(&cluster, &["get", "t", "h", "nope"], 4, "not found");
+    fails(&cluster, &["get", "nope", "h", "s"], 4, "does not exist");
+    assert_eq!(ok(&cluster, &["incr", "t", "h", "n", "--by", "5"]).trim(), "5");
+    assert_eq!(ok(&cluster, &["incr", "t", "h", "n", "--by", "-2"]).trim(), "3");
+    fails(&cluster, &["incr", "t", "h", "s"], 1, "not an integer");
+    ok(&cluster, &["check-and-set", "t", "h", "--check-sort-key", "s", "--check-type", "bytes_equal", "--operand", "v1", "--set-sort-key", "s", "--value", "v2"]);
+    fails(
+        &cluster,
+        &["check-and-set", "t", "h", "--check-sort-key", "s", "--check-type", "bytes_equal", "--operand", "v1", "--set-sort-key", "s", "--value", "v3"],
+        5,
+        "",
+    );
+    fails(&cluster, &["check-and-set", "t", "h", "--check-sort-key", "s", "--check-type", "nope", "--set-sort-key", "s", "--value", "v"], 2, "unknown check type");
+    assert_eq!(ok(&cluster, &["get", "t", "h", "s"]).trim(), "v2");
+    ok(&cluster, &["multi-set", "t", "m", "a=1", "b=2", "c=3"]);
+    assert_eq!(ok(&cluster, &["multi-get", "t", "m", "a", "c", "zz"]), "a\t1\nc\t3\n");
+    assert_eq!(ok(&cluster, &["multi-get", "t", "m"]), "a\t1\nb\t2\nc\t3\n");
+    assert_eq!(ok(&cluster, &["sortkey-count", "t", "m"]).trim(), "3");
+    assert_eq!(ok(&cluster, &["scan", "t", "m", "--start", "b"]), "b\t2\nc\t3\n");
+    assert_eq!(ok(&cluster, &["scan", "t", "m", "--stop", "b", "--stop-inclusive"]), "a\t1\nb\t2\n");
+    ok(&cluster, &["multi-del", "t", "m", "a", "b"]);
+    assert_eq!(ok(&cluster, &["sortkey-count", "t", "m"]).trim(), "1");
+    ok(&cluster, &["del", "t", "h", "s"]);
+    fails(&cluster, &["exist", "t", "h", "s"], 4, "");
+    let scan: serde_json::Value = serde_json::from_str(&ok(&cluster, &["full-scan", "t", "--json", "--limit", "1000"])).unwrap();
+    let records = scan["records"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "{scan}"); // h/tmp, h/n, m/c
+
+    // Limits: named in the error, never truncated.
+    let long_hash = "h".repeat(1025);
+    fails(&cluster, &["set", "t", &long_hash, "s", "v"], 1, "1024-byte limit");
+    fails(&cluster, &["set", "t", "", "s", "v"], 1, "hash key is empty");
+    let long_sort = "s".repeat(4097);
+    fails(&cluster, &["set", "t", "h", &long_sort, "v"], 1, "4096-byte limit");
+    let big = "v".repeat((1 << 20) + 1);
+    fails(&cluster, &["set", "t", "h", "s", &big], 1, "1 MiB limit");
+
+    assert!(ok(&cluster, &["nodes"]).matches("alive").count() >= 3);
+    assert!(ok(&cluster, &["status"]).starts_with("healthy"));
+    ok(&cluster, &["table", "drop", "t"]);
+    fails(&cluster, &["get", "t", "h", "n"], 4, "does not exist");
+    ok(&cluster, &["table", "recall", "t"]);
+    assert_eq!(ok(&cluster, &["get", "t", "h", "n"]).trim(), "3");
+
+    cluster.kill_replica(0);
+    cluster
+        .poll(Duration::from_secs(30), "status reports the dead server", || async {
+            tandem(&cluster, &["status"]).status.code() == Some(3)
+        })
+        .await;
+    fails(&cluster, &["table", "create", "u", "--meta", "127.0.0.1:1"], 3, "");
+}
+
+#[test]
+fn usage_errors_exit_2_and_config_default_is_valid_toml() {
+    let out = std::process::Command::new(bin()).args(["table", "create"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = std::process::Command::new(bin()).args(["config", "default"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(v["replica"]["lease_period"].as_str(), Some("6s"));
+    assert_eq!(v["meta"]["grace_period"].as_str(), Some("8s"));
+}
+
+#[test]
+fn servers_refuse_invalid_configuration_with_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["replica", "start", "--listen", "127.0.0.1:0", "--meta", "127.0.0.1:1", "--data-dir"])
+        .arg(dir.path())
+        .args(["--lease-period", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than twice beacon_interval"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin()).args(["meta", "start", "--store", "mysql://x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sqlite://"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_metrics_on_every_server() {
+    let metrics_port = support::free_port();
+    let mut cluster = Cluster::start_with(1, Store::Sqlite, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).await;
+    cluster.create_table("t", 1, 1).await;
+    cluster.client().table("t").set(b"k", b"", b"v", 0).await.unwrap();
+    for (addr, service) in [(cluster.meta_addr.clone(), "tandem.v1.MetaService"), (cluster.replicas[0].addr.clone(), "tandem.v1.ReplicaService")] {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let resp = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+        // Reflection v1
+        {
+            use tonic_reflection::pb::v1::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+            let mut c = ServerReflectionClient::new(channel.clone());
+            let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let mut stream = c.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+            let msg = stream.message().await.unwrap().unwrap();
+            assert!(format!("{msg:?}").contains(service), "v1 reflection lists {service}");
+        }
+        // Reflection v1alpha
+        {
+            use tonic_reflection::pb::v1alpha::{server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest, ServerReflectionRequest};
+            let mut c = ServerReflectionClient::new(channel);
+            let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+            let mut stream = c.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+            let msg = stream.message().await.unwrap().unwrap();
+            assert!(format!("{msg:?}").contains(service), "v1alpha reflection lists {service}");
+        }
+    }
+    // Prometheus text from the replica server.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert!(body.contains("tandem_replica_requests_total{op=\"set\",result=\"ok\"}"), "{body}");
+    assert!(body.contains("tandem_replica_request_seconds_bucket"), "{body}");
+    assert!(body.contains("tandem_replica_replicas{status=\"primary\"} 1"), "{body}");
+    cluster.kill_replica(0);
+}

@@ -1,0 +1,192 @@
+//! Real-process tests: the built `tandem` binary as 1 meta + N replica servers on 127.0.0.1,
+//! with kill -9 of servers under write load. Every acknowledged write must read back.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{Cluster, PgDatabase, Store};
+
+const KEYS: usize = 10_000;
+const CONCURRENCY: usize = 32;
+
+/// `CONCURRENCY` writers writing `KEYS` keys in the background.
+struct Load {
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+/// Starts the writers and returns once a fifth of the keys are acknowledged.
+async fn start_load(cluster: &Cluster, table: &str) -> Load {
+    let t = cluster.client().table(table);
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (t, acked, next) = (t.clone(), acked.clone(), next.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= KEYS {
+                    return;
+                }
+                let (k, v) = (format!("key{i:05}"), format!("value-{i}"));
+                if t.set(k.as_bytes(), b"s", v.as_bytes(), 0).await.is_ok() {
+                    acked.lock().unwrap().insert(k, v);
+                }
+            }
+        }));
+    }
+    cluster
+        .poll(Duration::from_secs(60), "a fifth of the writes acknowledged", || {
+            let n = acked.lock().unwrap().len();
+            async move { n >= KEYS / 5 }
+        })
+        .await;
+    Load { writers, acked }
+}
+
+impl Load {
+    /// Waits for every writer; returns the acknowledged keys and values.
+    async fn finish(self, cluster: &Cluster) -> BTreeMap<String, String> {
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(acked.len() >= KEYS * 9 / 10, "only {} of {KEYS} writes were acknowledged\n{}", acked.len(), cluster.logs_tail());
+        acked
+    }
+}
+
+async fn assert_all_read_back(cluster: &Cluster, table: &str, acked: &BTreeMap<String, String>) {
+    let t = cluster.client().table(table);
+    let mut missing = Vec::new();
+    for (k, v) in acked {
+        match t.get(k.as_bytes(), b"s").await {
+            Ok(Some(got)) if got == v.as_bytes() => {}
+            other => missing.push(format!("{k}: {other:?}")),
+        }
+    }
+    assert!(missing.is_empty(), "{} acknowledged writes did not read back, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(5)], cluster.logs_tail());
+}
+
+async fn kill_secondary_under_load(store: Store) {
+    let mut cluster = Cluster::start(3, store).await;
+    cluster.create_table("t", 4, 3).await;
+    let config = cluster.partition("t", 0).await;
+    let victim = cluster.replica_index(&config.secondaries[0]);
+    let load = start_load(&cluster, "t").await;
+    cluster.kill_replica(victim);
+    let acked = load.finish(&cluster).await;
+    assert_all_read_back(&cluster, "t", &acked).await;
+}
+
+async fn kill_primary_under_load(store: Store) {
+    let mut cluster = Cluster::start(3, store).await;
+    cluster.create_table("t", 4, 3).await;
+    let config = cluster.partition("t", 0).await;
+    let victim = cluster.replica_index(&config.primary);
+    let load = start_load(&cluster, "t").await;
+    cluster.kill_replica(victim);
+    let acked = load.finish(&cluster).await;
+    let after = cluster.partition("t", 0).await;
+    assert_ne!(after.primary, config.primary, "a secondary was promoted");
+    assert!(after.ballot > config.ballot);
+    assert_all_read_back(&cluster, "t", &acked).await;
+}
+
+async fn kill_everything_and_restart(store: Store) {
+    let mut cluster = Cluster::start(3, store).await;
+    cluster.create_table("t", 4, 3).await;
+    let acked = start_load(&cluster, "t").await.finish(&cluster).await;
+    assert_eq!(acked.len(), KEYS);
+    for i in 0..3 {
+        cluster.kill_replica(i);
+    }
+    cluster.kill_meta();
+    cluster.start_meta();
+    for i in 0..3 {
+        cluster.start_replica(i);
+    }
+    cluster.wait_healthy(Duration::from_secs(60)).await;
+    assert_all_read_back(&cluster, "t", &acked).await;
+}
+
+async fn restart_meta_alone(store: Store) {
+    let mut cluster = Cluster::start(3, store).await;
+    cluster.create_table("t", 4, 3).await;
+    let load = start_load(&cluster, "t").await;
+    cluster.kill_meta();
+    cluster.start_meta();
+    let acked = load.finish(&cluster).await;
+    assert_eq!(acked.len(), KEYS, "every write succeeds across a meta restart\n{}", cluster.logs_tail());
+    assert_all_read_back(&cluster, "t", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_kill_secondary_under_load() {
+    kill_secondary_under_load(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_kill_primary_under_load() {
+    kill_primary_under_load(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_kill_everything_and_restart() {
+    kill_everything_and_restart(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_restart_meta_alone() {
+    restart_meta_alone(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_kill_secondary_under_load() {
+    kill_secondary_under_load(Store::Postgres(PgDatabase::create().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_kill_primary_under_load() {
+    kill_primary_under_load(Store::Postgres(PgDatabase::create().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_kill_everything_and_restart() {
+    kill_everything_and_restart(Store::Postgres(PgDatabase::create().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_meta_alone() {
+    restart_meta_alone(Store::Postgres(PgDatabase::create().await)).await;
+}
+
+/// With a fourth server, a killed server's partitions get a learner and return to 3 healthy
+/// replicas. `log_cache` decides whether the learner catches up by log or by checkpoint.
+async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
+    let mut cluster = Cluster::start_with(3, Store::Sqlite, &["--log-cache-bytes-max", log_cache]).await;
+    cluster.create_table("t", 4, 3).await;
+    let acked = start_load(&cluster, "t").await.finish(&cluster).await;
+    let spare = cluster.add_replica();
+    cluster.wait_nodes_alive(4, Duration::from_secs(30)).await;
+    let config = cluster.partition("t", 0).await;
+    let victim = cluster.replica_index(&config.secondaries[0]);
+    cluster.kill_replica(victim);
+    cluster.wait_healthy(Duration::from_secs(90)).await;
+    let log = std::fs::read_to_string(&cluster.replicas[spare].log).unwrap();
+    assert_eq!(log.contains("installed checkpoint"), expect_checkpoint, "learner path\n{}", cluster.logs_tail());
+    assert_all_read_back(&cluster, "t", &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_server_is_replaced_by_a_learner_that_learns_by_log() {
+    re_replicate("64MiB", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_server_is_replaced_by_a_learner_that_learns_by_checkpoint() {
+    re_replicate("4KiB", true).await;
+}
