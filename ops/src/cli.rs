@@ -67,6 +67,7 @@ pub enum Command {
         table: String,
         hash_key: String,
         sort_key: String,
+        /// The value; `-` reads it from standard input.
         value: String,
         /// Time to live in seconds (0 = forever).
         #[arg(long, default_value_t = 0)]

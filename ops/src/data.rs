@@ -16,7 +16,14 @@ fn not_found(what: &str) -> Failure {
 pub async fn run(command: Command) -> CmdResult {
     match command {
         Command::Set { client, table, hash_key, sort_key, value, ttl } => {
-            client_of(&client)?.table(&table).set(hash_key.as_bytes(), sort_key.as_bytes(), value.as_bytes(), ttl).await?;
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| Failure::new(1, format!("read the value from stdin: {e}")))?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            client_of(&client)?.table(&table).set(hash_key.as_bytes(), sort_key.as_bytes(), &value, ttl).await?;
             if client.json {
                 print_json(&json!({"ok": true}));
             } else {

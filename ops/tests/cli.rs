@@ -79,8 +79,17 @@ async fn every_command_with_its_output_and_exit_code() {
     fails(&cluster, &["set", "t", "", "s", "v"], 1, "hash key is empty");
     let long_sort = "s".repeat(4097);
     fails(&cluster, &["set", "t", "h", &long_sort, "v"], 1, "4096-byte limit");
-    let big = "v".repeat((1 << 20) + 1);
-    fails(&cluster, &["set", "t", "h", "s", &big], 1, "1 MiB limit");
+    let mut child = std::process::Command::new(bin())
+        .args(["set", "t", "h", "s", "-"])
+        .env("TANDEM_META", &cluster.meta_addr)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &vec![b'v'; (1 << 20) + 1]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds the 1 MiB limit"), "{}", String::from_utf8_lossy(&out.stderr));
 
     assert!(ok(&cluster, &["nodes"]).matches("alive").count() >= 3);
     assert!(ok(&cluster, &["status"]).starts_with("healthy"));

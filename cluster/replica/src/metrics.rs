@@ -43,14 +43,23 @@ impl Metrics {
     }
 }
 
+/// Refreshes gauges from live state right before a scrape.
+pub type Refresh = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    refresh: Refresh,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let m = metrics.clone();
+            refresh();
             async move { m.render() }
         }),
     );

@@ -288,7 +288,9 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let grpc = crate::service::serve(node.clone(), shutdown_signal).await?;
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
-        let local = crate::metrics::serve(addr, node.metrics.clone(), async move {
+        let gauges = node.clone();
+        let refresh: crate::metrics::Refresh = Arc::new(move || gauges.update_gauges());
+        let local = crate::metrics::serve(addr, node.metrics.clone(), refresh, async move {
             crate::stopped(rx).await;
         })
         .await
@@ -317,7 +319,6 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
                     }
                 }
             }
-            beacon_node.update_gauges();
         }
     });
     let stop = crate::stopped(shutdown.clone());

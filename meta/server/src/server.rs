@@ -487,7 +487,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         .build_v1alpha()?;
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
-        let local = tandem_replica::metrics::serve(addr, meta.metrics.clone(), async move {
+        let local = tandem_replica::metrics::serve(addr, meta.metrics.clone(), Arc::new(|| {}), async move {
             tandem_replica::stopped(rx).await;
         })
         .await
