@@ -175,6 +175,13 @@ async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
     let config = cluster.partition("t", 0).await;
     let victim = cluster.replica_index(&config.secondaries[0]);
     cluster.kill_replica(victim);
+    let client = cluster.client();
+    cluster
+        .poll(Duration::from_secs(30), "the killed server declared dead", || {
+            let client = client.clone();
+            async move { client.cluster_status().await.map(|s| s.nodes_dead >= 1).unwrap_or(false) }
+        })
+        .await;
     cluster.wait_healthy(Duration::from_secs(90)).await;
     let log = std::fs::read_to_string(&cluster.replicas[spare].log).unwrap();
     assert_eq!(log.contains("installed checkpoint"), expect_checkpoint, "learner path\n{}", cluster.logs_tail());

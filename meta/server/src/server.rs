@@ -502,7 +502,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
                 tandem_replica::stopped(rx).await;
             }),
     );
