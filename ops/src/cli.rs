@@ -214,7 +214,7 @@ pub struct PlaygroundArgs {
     /// Delete the data directory first.
     #[arg(long)]
     pub fresh: bool,
-    /// Meta on this port, replica servers on the next ones (…+1, +2, +3 … after +200).
+    /// The meta listens on this port, replica servers on base+200, base+201, …
     #[arg(long, default_value_t = 34601)]
     pub base_port: u16,
     #[arg(long, default_value_t = 3)]

@@ -34,7 +34,7 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     let mut replica_addrs = Vec::new();
     for i in 1..=args.replicas {
         let mut c = config.clone();
-        let port = args.base_port as u32 + 200 + i as u32;
+        let port = args.base_port as u32 + 199 + i as u32;
         let port = u16::try_from(port).map_err(|_| Failure::new(2, "--base-port too high"))?;
         c.replica.listen = format!("127.0.0.1:{port}");
         c.replica.data_dir = data_dir.join(format!("replica-{i}"));

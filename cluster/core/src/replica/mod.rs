@@ -514,8 +514,12 @@ impl Replica {
         self.actions.push(Action::Failed { error });
     }
 
+    /// Answers the writes waiting for a commit this replica will no longer make. Their mutations
+    /// may still commit under a new primary, so the answer is "unknown outcome" (busy), never
+    /// "not taken": clients must not blindly resend non-idempotent writes.
     fn fail_pending_writes(&mut self) {
-        let err = Error::NotPrimary { gpid: self.gpid, status: self.status.as_str(), ballot: self.config.ballot };
+        let reason = "the primary stepped down before the write committed; it may or may not be applied".to_string();
+        let err = Error::Busy { gpid: self.gpid, reason };
         for (_, p) in std::mem::take(&mut self.pending_writes) {
             self.actions.push(Action::ReplyClient { request_id: p.request_id, result: Err(err.clone()) });
         }

@@ -299,3 +299,15 @@ fn check_and_mutate_sees_prepared_writes() {
         vec![Action::ReplyClient { request_id: 2, result: Ok(WriteResponse::Checked { applied: true, check_value: Some(b"v1".to_vec()) }) }]
     );
 }
+
+#[test]
+fn pending_writes_of_a_deposed_primary_get_an_unknown_outcome_not_a_retry_hint() {
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.take_actions();
+    r.step(&ctx(2), Input::ConfigUpdate { config: config(2, S1, &[P], &[]) });
+    let actions = r.take_actions();
+    let [Action::ReplyClient { request_id: 1, result: Err(Error::Busy { reason, .. }) }] = &actions[..] else { panic!("{actions:?}") };
+    assert!(reason.contains("may or may not"), "{reason}");
+    assert_eq!(r.status(), PartitionStatus::Secondary);
+}
