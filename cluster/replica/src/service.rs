@@ -26,16 +26,7 @@ pub struct Service {
 
 pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(node.opts.listen).await.map_err(|e| anyhow::anyhow!("bind {}: {e}", node.opts.listen))?;
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ReplicaServiceServer<Service>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (health, reflection_v1, reflection_v1alpha) = crate::grpc_tools::health_and_reflection::<ReplicaServiceServer<Service>>().await?;
     let service = ReplicaServiceServer::new(Service { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     // The listener is bound here (to report bind errors), so tonic's own nodelay setting does not
     // reach the accepted sockets: set it on them, or Nagle delays small responses by ~40 ms.

@@ -475,16 +475,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
     let meta = Arc::new(Meta { store, state: Mutex::new(state), opts: opts.clone(), start, metrics: tandem_replica::metrics::Metrics::new("tandem_meta") });
 
     let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("bind {}", opts.listen))?;
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<MetaServiceServer<MetaRpc>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tandem_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (health, reflection_v1, reflection_v1alpha) = tandem_replica::grpc_tools::health_and_reflection::<MetaServiceServer<MetaRpc>>().await?;
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
         let local = tandem_replica::metrics::serve(addr, meta.metrics.clone(), Arc::new(|| {}), async move {
