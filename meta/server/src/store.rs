@@ -315,7 +315,7 @@ impl SqlStore {
         })
     }
 
-    /// Creates an available table with id `max(id) + 1` (1 for the first) and its
+    /// Creates an available table with the next id never used before (1 for the first) and its
     /// `partition_count` partitions at ballot 0 with no members, in one transaction.
     pub async fn create_table(
         &self,
@@ -356,7 +356,15 @@ impl SqlStore {
             let (max_id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM tables")
                 .fetch_one(&mut *tx)
                 .await?;
-            let id = u32::try_from(max_id + 1).map_err(|_| StoreError::TableIdsExhausted)?;
+            // Ids of purged tables are never handed out again (see migration 0002).
+            let (high_water,): (i64,) = sqlx::query_as("SELECT max_id FROM table_id_high_water WHERE singleton = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            let id = u32::try_from(max_id.max(high_water) + 1).map_err(|_| StoreError::TableIdsExhausted)?;
+            sqlx::query("UPDATE table_id_high_water SET max_id = $1 WHERE singleton = 1")
+                .bind(i64::from(id))
+                .execute(&mut *tx)
+                .await?;
             sqlx::query(
                 "INSERT INTO tables (id, name, partition_count, replica_count, status, \
                  drop_time_ms, created_ms, owner) VALUES ($1, $2, $3, $4, 'available', NULL, $5, $6)",
