@@ -45,7 +45,7 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     }
 
     let client = tandem_client::Client::new(&[meta_addr.clone()], Default::default())?;
-    let ready = wait_ready(&client, args.replicas as u32, &mut tasks).await;
+    let ready = wait_ready(&client, args.replicas as u32, &tasks).await;
     if let Err(e) = ready {
         let _ = stop_tx.send(true);
         return Err(e);
@@ -81,12 +81,11 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
 
 /// Polls the meta until every replica server is alive, a `demo` table exists and every
 /// partition is healthy.
-async fn wait_ready(client: &tandem_client::Client, replicas: u32, tasks: &mut [tokio::task::JoinHandle<Result<(), String>>]) -> CmdResult {
+async fn wait_ready(client: &tandem_client::Client, replicas: u32, tasks: &[tokio::task::JoinHandle<Result<(), String>>]) -> CmdResult {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut created = false;
     loop {
-        if let Some(t) = tasks.iter().find(|t| t.is_finished()) {
-            let _ = t;
+        if tasks.iter().any(|t| t.is_finished()) {
             return Err(Failure::new(1, "a server stopped during start-up (see the messages above; is a port taken? use --base-port)"));
         }
         if let Ok(s) = client.cluster_status().await
