@@ -202,8 +202,10 @@ pub enum Command {
         #[arg(long)]
         token: Option<String>,
     },
-    /// YCSB-style benchmark against a Tandem table.
+    /// YCSB-style benchmark against a Tandem table, and against etcd and Redis for ratios.
     Bench(crate::bench::BenchArgs),
+    /// Deterministic simulation of a site (production protocol code, simulated IO and faults).
+    Sim(tandem_sim::SimArgs),
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +239,10 @@ pub struct ServerArgs {
     pub listen: Option<String>,
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Print the configuration this server would run with (defaults ← file ← TANDEM_* ← flags)
+    /// as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Subcommand, Debug)]

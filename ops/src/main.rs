@@ -95,6 +95,13 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Nodes { client } => admin::nodes(&client).await,
         Command::Status { client } => admin::status(&client).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Sim(args) => match tandem_sim::run(&args) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(())
+            }
+            Err(failure) => Err(Failure::new(EXIT_ERROR, failure.to_string())),
+        },
         other => data::run(other).await,
     }
 }

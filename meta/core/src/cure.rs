@@ -99,6 +99,20 @@ fn push_drop(config: &mut PartitionConfig, node: &str) {
     }
 }
 
+/// A proposal as it arrives at the meta from replica server `from`: accepted only from the
+/// current primary, then checked by `apply_proposal`.
+pub fn apply_proposal_from(
+    config: &PartitionConfig,
+    from: &str,
+    proposal: &tandem_core::replica::ConfigProposal,
+    replica_count: usize,
+) -> Result<PartitionConfig, String> {
+    if config.primary.as_deref() != Some(from) {
+        return Err(format!("{from} is not the primary of {}", config.gpid));
+    }
+    apply_proposal(config, proposal, replica_count)
+}
+
 /// A primary's request, checked against the current configuration (compare-and-set on ballot).
 pub fn apply_proposal(config: &PartitionConfig, proposal: &tandem_core::replica::ConfigProposal, replica_count: usize) -> Result<PartitionConfig, String> {
     use tandem_core::replica::ConfigProposal;
@@ -189,5 +203,8 @@ mod tests {
         assert_eq!(apply_proposal(&c, &up, 3).unwrap(), cfg(5, Some("a"), &["b", "d"], &[]));
         let stale = ConfigProposal::RemoveSecondary { ballot: 3, node: "b".into() };
         assert!(apply_proposal(&c, &stale, 3).unwrap_err().contains("stale"));
+        let not_primary = ConfigProposal::RemoveSecondary { ballot: 4, node: "b".into() };
+        assert!(apply_proposal_from(&c, "b", &not_primary, 3).unwrap_err().contains("not the primary"));
+        assert_eq!(apply_proposal_from(&c, "a", &not_primary, 3).unwrap().secondaries, Vec::<String>::new());
     }
 }

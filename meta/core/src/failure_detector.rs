@@ -16,6 +16,9 @@ pub struct NodeLiveness {
 pub struct FailureDetector {
     grace_period_ms: u64,
     nodes: BTreeMap<NodeAddr, NodeLiveness>,
+    /// The process incarnation of each server's last beacon (not persisted: after a meta
+    /// restart every server counts as restarted once).
+    incarnations: BTreeMap<NodeAddr, u64>,
 }
 
 impl FailureDetector {
@@ -23,7 +26,20 @@ impl FailureDetector {
     /// before a full grace period has passed without its beacons.
     pub fn new(grace_period_ms: u64, known: impl IntoIterator<Item = NodeAddr>, now_ms: u64) -> Self {
         let nodes = known.into_iter().map(|n| (n, NodeLiveness { last_beacon_ms: now_ms, alive: true })).collect();
-        FailureDetector { grace_period_ms, nodes }
+        FailureDetector { grace_period_ms, nodes, incarnations: BTreeMap::new() }
+    }
+
+    /// Records the process incarnation a beacon came from. True when the server restarted since
+    /// its previous beacon, or this meta has not heard from it since its own start: the caller
+    /// then gives the server's primaries a new ballot (`beacon::reassign_restarted_primary`).
+    pub fn on_incarnation(&mut self, node: &str, incarnation: u64) -> bool {
+        self.incarnations.insert(node.to_string(), incarnation) != Some(incarnation)
+    }
+
+    /// Forgets `node`'s incarnation, so its next beacon counts as a restart again (the caller
+    /// could not act on this one).
+    pub fn forget_incarnation(&mut self, node: &str) {
+        self.incarnations.remove(node);
     }
 
     /// Returns true when the node was not known alive before (new or returning).
@@ -75,5 +91,15 @@ mod tests {
         assert_eq!(fd.tick(9_101), vec!["b".to_string()]);
         assert_eq!(fd.tick(20_000), Vec::<String>::new());
         assert!(fd.on_beacon("a", 20_000), "a returning is news");
+    }
+
+    #[test]
+    fn a_new_incarnation_is_a_restart() {
+        let mut fd = FailureDetector::new(8_000, [], 0);
+        assert!(fd.on_incarnation("a", 7), "unknown since this meta started");
+        assert!(!fd.on_incarnation("a", 7));
+        assert!(fd.on_incarnation("a", 9));
+        fd.forget_incarnation("a");
+        assert!(fd.on_incarnation("a", 9), "forgotten: counts as a restart again");
     }
 }

@@ -32,9 +32,44 @@ pub fn place_table(table_id: u32, partition_count: u32, replica_count: usize, lo
         .collect()
 }
 
+/// Replicas (members and learners) that each alive node hosts: the load placement balances.
+pub fn node_load<'a>(alive: impl IntoIterator<Item = NodeAddr>, partitions: impl IntoIterator<Item = &'a PartitionConfig>) -> BTreeMap<NodeAddr, usize> {
+    let mut load: BTreeMap<NodeAddr, usize> = alive.into_iter().map(|n| (n, 0)).collect();
+    for c in partitions {
+        for n in c.members().chain(c.learners.iter()) {
+            if let Some(l) = load.get_mut(n) {
+                *l += 1;
+            }
+        }
+    }
+    load
+}
+
+/// The alive nodes, least loaded first (ties by address): where cure puts a new learner.
+pub fn learner_placement(load: &BTreeMap<NodeAddr, usize>) -> Vec<NodeAddr> {
+    let mut nodes: Vec<NodeAddr> = load.keys().cloned().collect();
+    nodes.sort_by_key(|n| (load[n], n.clone()));
+    nodes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_counts_members_and_learners_of_alive_nodes() {
+        let c = PartitionConfig {
+            gpid: Gpid::new(1, 0),
+            ballot: 1,
+            primary: Some("b".into()),
+            secondaries: vec!["c".into()],
+            learners: vec!["x".into()],
+            last_drops: vec![],
+        };
+        let load = node_load(["a".to_string(), "b".to_string(), "c".to_string()], [&c]);
+        assert_eq!(load.values().copied().collect::<Vec<_>>(), vec![0, 1, 1], "x is not alive, so not counted");
+        assert_eq!(learner_placement(&load), vec!["a".to_string(), "b".to_string(), "c".to_string()]);
+    }
 
     #[test]
     fn spreads_members_and_primaries() {

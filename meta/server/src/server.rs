@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_core::replica::ConfigProposal;
 use tandem_core::{Gpid, NodeAddr, PartitionConfig};
-use tandem_meta_core::cure::{apply_proposal, cure, CureView, ReplicaReport};
+use tandem_meta_core::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
+use tandem_meta_core::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
 use tandem_meta_core::failure_detector::FailureDetector;
-use tandem_meta_core::placement::place_table;
+use tandem_meta_core::placement::{learner_placement, node_load, place_table};
 use tandem_meta_core::{TableInfo, TableStatus};
 use tandem_proto::convert::{config_to_wire, gpid_from};
 use tandem_proto::errors::ErrorKind;
@@ -101,15 +102,7 @@ impl State {
     }
 
     fn load(&self) -> BTreeMap<NodeAddr, usize> {
-        let mut load: BTreeMap<NodeAddr, usize> = self.fd.alive_nodes().into_iter().map(|n| (n, 0)).collect();
-        for c in self.partitions.values() {
-            for n in c.members().chain(c.learners.iter()) {
-                if let Some(l) = load.get_mut(n) {
-                    *l += 1;
-                }
-            }
-        }
-        load
+        node_load(self.fd.alive_nodes(), self.partitions.values())
     }
 
     fn health(&self, c: &PartitionConfig, replica_count: u32) -> &'static str {
@@ -153,9 +146,7 @@ impl Meta {
             if config.ballot == 0 {
                 continue;
             }
-            let load = state.load();
-            let mut placement: Vec<NodeAddr> = load.keys().cloned().collect();
-            placement.sort_by_key(|n| (load[n], n.clone()));
+            let placement = learner_placement(&state.load());
             let next = {
                 let empty = BTreeMap::new();
                 let reports = state.reports.get(&gpid).unwrap_or(&empty);
@@ -209,18 +200,29 @@ impl MetaService for MetaRpc {
         if req.node.is_empty() {
             return Err(ErrorKind::InvalidArgument.status("beacon without a node address"));
         }
-        if req.lease_period_ms >= self.opts.grace_period_ms {
-            return Err(ErrorKind::InvalidArgument.status(format!(
-                "replica server {} takes a lease of {} ms, not shorter than this meta's grace period of {} ms: \
-                 lower its lease_period or raise the meta's grace_period",
-                req.node, req.lease_period_ms, self.opts.grace_period_ms
-            )));
-        }
+        check_lease(&req.node, req.lease_period_ms, self.opts.grace_period_ms).map_err(|e| ErrorKind::InvalidArgument.status(e))?;
         let now = self.now_ms();
         let mut state = self.state.lock().await;
         if state.fd.on_beacon(&req.node, now) {
             tracing::info!("replica server {} is alive", req.node);
             self.store.register_node(&req.node, wall_ms()).await.map_err(store_status)?;
+        }
+        if state.fd.on_incarnation(&req.node, req.incarnation) {
+            // A restarted server lost its unsynced log tail: its primaries continue under a new
+            // ballot, so members can tell its new stream from its previous life's.
+            let bumps: Vec<PartitionConfig> = state.partitions.values().filter_map(|c| reassign_restarted_primary(c, &req.node)).collect();
+            if !bumps.is_empty() {
+                tracing::info!("replica server {} (re)started: {} primaries continue under a new ballot", req.node, bumps.len());
+            }
+            for next in bumps {
+                if let Err(e) = self.commit_config(&mut state, next).await {
+                    // Forget the incarnation so the next beacon tries again; until then the
+                    // reply carries the old configurations, which the restarted server holds
+                    // inactive replicas of.
+                    state.fd.forget_incarnation(&req.node);
+                    return Err(e);
+                }
+            }
         }
         for reports in state.reports.values_mut() {
             reports.remove(&req.node);
@@ -234,13 +236,10 @@ impl MetaService for MetaRpc {
                 ReplicaReport { ballot: r.ballot, status: r.status.clone(), last_committed: r.last_committed, last_prepared: r.last_prepared },
             );
         }
-        let mut configs = Vec::new();
-        for (gpid, c) in &state.partitions {
-            if c.ballot > 0 && (c.hosts(&req.node) || reported.contains(gpid)) {
-                let count = state.tables.get(&gpid.table_id).map_or(0, |t| t.partition_count);
-                configs.push(config_to_wire(c, count));
-            }
-        }
+        let configs = configs_for_node(state.partitions.values(), &req.node, &reported)
+            .into_iter()
+            .map(|c| config_to_wire(c, state.tables.get(&c.gpid.table_id).map_or(0, |t| t.partition_count)))
+            .collect();
         let gone = reported.into_iter().filter(|g| !state.tables.contains_key(&g.table_id)).map(Into::into).collect();
         Ok(Response::new(v1::BeaconResponse { configs, gone }))
     }
@@ -267,11 +266,8 @@ impl MetaService for MetaRpc {
         };
         let mut state = self.state.lock().await;
         let config = state.partitions.get(&gpid).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("no partition {gpid}")))?;
-        if config.primary.as_deref() != Some(req.from.as_str()) {
-            return Err(ErrorKind::InvalidArgument.status(format!("{} is not the primary of {gpid}", req.from)));
-        }
         let replica_count = state.tables.get(&gpid.table_id).map_or(0, |t| t.replica_count) as usize;
-        let next = match apply_proposal(&config, &proposal, replica_count) {
+        let next = match apply_proposal_from(&config, &req.from, &proposal, replica_count) {
             Ok(next) => next,
             Err(reason) => return Err(ErrorKind::InvalidArgument.status(reason)),
         };

@@ -119,6 +119,15 @@ impl Replica {
 }
 
 impl MemberProgress {
+    /// The next prepare starts after what the member acked (or the commit point), not after what
+    /// was sent: a lost batch is sent again. Skipping it would let the member's gap reply
+    /// ("prepared up to X") vouch for entries this primary never delivered — after a primary
+    /// restarts at the same ballot, the member may hold different entries under the same decrees
+    /// (found by the simulator, seed 44).
+    pub(super) fn resend_unacked(&mut self, committed: Decree) {
+        self.sent = self.sent.min(self.acked.max(committed));
+    }
+
     pub(super) fn new(from: Decree, learner: bool) -> Self {
         MemberProgress {
             acked: 0,

@@ -311,3 +311,56 @@ fn pending_writes_of_a_deposed_primary_get_an_unknown_outcome_not_a_retry_hint()
     assert!(reason.contains("may or may not"), "{reason}");
     assert_eq!(r.status(), PartitionStatus::Secondary);
 }
+
+#[test]
+fn restarted_primary_counts_only_acks_of_what_it_sent() {
+    // Regression, simulator seed 1: a primary restarted within the grace period serves the same
+    // ballot again without the unsynced tail of its log. A secondary still holding that tail
+    // answered "prepared up to 2"; the primary took it as an ack of its own, different decree 2
+    // and committed it without ever sending it.
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "a") });
+    r.take_actions();
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(2), Input::PrepareReply { from: S1.into(), reply: ok(2, 1) });
+    assert_eq!(r.take_actions(), vec![Action::ReplyClient { request_id: 1, result: Ok(WriteResponse::Done) }]);
+    r.step(&ctx(3), Input::ClientWrite { request_id: 2, request: set("k", "b") });
+    let actions = r.take_actions();
+    let m = appended(&actions);
+    let prepare = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: m.clone(), last_committed: 1 };
+    assert_eq!(actions, vec![Action::AppendLog { mutations: m }, Action::SendPrepare { to: S1.into(), msg: prepare }]);
+    r.step(&ctx(3), Input::LogAppended { ballot: 1, decree: 2 });
+    assert_eq!(r.take_actions(), vec![], "decree 2 waits for the secondary's ack of it");
+    assert_eq!(r.last_committed(), 1);
+}
+
+#[test]
+fn secondary_replaces_an_entry_of_the_same_ballot_with_other_content() {
+    // The other half of simulator seed 1: the restarted primary's decree 2 has the same ballot
+    // (and could have the same timestamp) as the one the secondary holds, but other ops.
+    let mut s = replica(S1, ReplicaOptions::default());
+    let cfg = config(1, P, &[S1], &[]);
+    let old = Arc::new(Mutation { ballot: 1, decree: 1, timestamp_us: 5, ops: vec![] });
+    let new = Arc::new(Mutation { ballot: 1, decree: 1, timestamp_us: 5, ops: vec![crate::WriteOp::Delete { key: b"k".to_vec() }] });
+    s.step(&ctx(0), Input::Prepare { token: 1, from: P.into(), msg: PrepareMsg { config: cfg.clone(), mutations: vec![old], last_committed: 0 } });
+    s.take_actions();
+    s.step(&ctx(1), Input::Prepare { token: 2, from: P.into(), msg: PrepareMsg { config: cfg, mutations: vec![new.clone()], last_committed: 0 } });
+    assert_eq!(s.take_actions(), vec![Action::AppendLog { mutations: vec![new] }]);
+}
+
+#[test]
+fn a_lost_prepare_is_sent_again_from_what_the_member_acked() {
+    // Regression, simulator seed 44: the batch carrying the restarted primary's decree 1 was
+    // lost; the next prepare started at decree 2, and the member's answer "prepared up to 1"
+    // (an entry of the primary's previous life at the same ballot) counted as an ack.
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "a") });
+    let m1 = appended(&r.take_actions());
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(1_000), Input::PrepareFailed { to: S1.into() });
+    r.step(&ctx(1_001), Input::ClientWrite { request_id: 2, request: set("k", "b") });
+    let actions = r.take_actions();
+    let m2 = appended(&actions);
+    let prepare = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![m1[0].clone(), m2[0].clone()], last_committed: 0 };
+    assert_eq!(actions, vec![Action::AppendLog { mutations: m2.clone() }, Action::SendPrepare { to: S1.into(), msg: prepare }]);
+}

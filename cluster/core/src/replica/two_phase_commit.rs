@@ -110,7 +110,9 @@ impl Replica {
                 break;
             }
             match self.log.get(&d) {
-                Some(existing) if existing.ballot == m.ballot && existing.timestamp_us == m.timestamp_us => {}
+                // Whole content, not just ballot and timestamp: a restarted primary may issue a
+                // different mutation for the same decree at the same ballot.
+                Some(existing) if **existing == **m => {}
                 _ => {
                     self.truncate_from(d);
                     self.insert_log(m.clone());
@@ -157,6 +159,11 @@ impl Replica {
                     return;
                 }
                 p.unanswered_since_ms = None;
+                // Only what this primary sent counts. A primary that restarted within the grace
+                // period serves the same ballot again, without the unsynced tail of its log; a
+                // member still holding that tail reports it as prepared, but those entries are
+                // not this primary's (found by the simulator, seed 1).
+                let prepared = prepared.min(p.sent);
                 p.acked = p.acked.max(prepared);
                 // With one prepare in flight, `prepared` below `sent` means the member lost or
                 // refused part of the stream: resend from what it holds.
@@ -172,7 +179,10 @@ impl Replica {
             }
             PrepareOutcome::NotMember => {
                 // The member has not seen our configuration yet (or lost it on a restart); the
-                // next send carries it again. The timeout removes it if this persists.
+                // next send carries it again, from what it acked. The timeout removes it if this
+                // persists.
+                let floor = self.last_committed;
+                p.resend_unacked(floor);
                 return;
             }
         }
@@ -182,9 +192,11 @@ impl Replica {
     }
 
     pub(super) fn on_prepare_failed(&mut self, ctx: &Ctx, to: NodeAddr) {
+        let floor = self.last_committed;
         if let Some(p) = self.members.get_mut(&to) {
             p.in_flight = false;
             p.unanswered_since_ms.get_or_insert(ctx.now_ms);
+            p.resend_unacked(floor);
         }
     }
 

@@ -1,0 +1,195 @@
+//! Messages between simulated nodes: the RPCs of the replica, meta and client protocols, carried
+//! as the core's own types (the wire encoding is tandem-proto's business and is not simulated).
+
+use std::collections::BTreeMap;
+use tandem_core::replica::{ConfigProposal, LearnReply, LearnRequest, PrepareMsg, PrepareReply, ReplicaState, WriteRequest, WriteResponse};
+use tandem_core::{Decree, Error, Gpid, NodeAddr, PartitionConfig};
+
+/// Who sends and receives: the meta, replica server `i` (address `r{i+1}`), or client `i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    Meta,
+    Replica(usize),
+    Client(usize),
+}
+
+impl Endpoint {
+    pub fn name(&self) -> String {
+        match self {
+            Endpoint::Meta => "meta".into(),
+            Endpoint::Replica(i) => replica_addr(*i),
+            Endpoint::Client(i) => format!("c{}", i + 1),
+        }
+    }
+
+    /// A small number for the trace hash.
+    pub fn code(&self) -> u64 {
+        match self {
+            Endpoint::Meta => 0,
+            Endpoint::Replica(i) => 1 + *i as u64,
+            Endpoint::Client(i) => 100 + *i as u64,
+        }
+    }
+}
+
+pub fn replica_addr(i: usize) -> NodeAddr {
+    format!("r{}", i + 1)
+}
+
+/// The replica server of an address (`r3` → 2).
+pub fn replica_index(addr: &str) -> Option<usize> {
+    addr.strip_prefix('r')?.parse::<usize>().ok()?.checked_sub(1)
+}
+
+/// Identifies one RPC so its answer (or its timeout) finds the caller.
+pub type RpcId = u64;
+
+pub type Checkpoint = (BTreeMap<Vec<u8>, Vec<u8>>, Decree);
+
+#[derive(Clone, Debug)]
+pub enum Msg {
+    Prepare {
+        rpc: RpcId,
+        msg: PrepareMsg,
+    },
+    PrepareResp {
+        rpc: RpcId,
+        reply: PrepareReply,
+    },
+    Learn {
+        rpc: RpcId,
+        gpid: Gpid,
+        request: LearnRequest,
+    },
+    LearnResp {
+        rpc: RpcId,
+        reply: LearnReply,
+    },
+    FetchCheckpoint {
+        rpc: RpcId,
+        gpid: Gpid,
+        checkpoint_id: String,
+    },
+    FetchCheckpointResp {
+        rpc: RpcId,
+        result: Result<Checkpoint, String>,
+    },
+    /// `incarnation`: the sending process; its answer reaches only that process (as a real
+    /// answer dies with the connection of a process that crashed).
+    Beacon {
+        node: NodeAddr,
+        incarnation: u64,
+        reports: Vec<ReplicaState>,
+        sent_at_ms: u64,
+        lease_period_ms: u64,
+    },
+    BeaconResp {
+        incarnation: u64,
+        sent_at_ms: u64,
+        result: Result<Vec<PartitionConfig>, String>,
+    },
+    Propose {
+        rpc: RpcId,
+        gpid: Gpid,
+        proposal: ConfigProposal,
+        from: NodeAddr,
+    },
+    ProposeResp {
+        rpc: RpcId,
+        result: Result<PartitionConfig, String>,
+    },
+    QueryConfig {
+        rpc: RpcId,
+    },
+    QueryConfigResp {
+        rpc: RpcId,
+        configs: Vec<PartitionConfig>,
+    },
+    ClientWrite {
+        rpc: RpcId,
+        gpid: Gpid,
+        request: WriteRequest,
+    },
+    ClientWriteResp {
+        rpc: RpcId,
+        result: Result<WriteResponse, Error>,
+    },
+    /// Reads several sort keys of one hash key in one step of the replica (one snapshot).
+    ClientRead {
+        rpc: RpcId,
+        gpid: Gpid,
+        hash_key: Vec<u8>,
+        sort_keys: Vec<Vec<u8>>,
+    },
+    ClientReadResp {
+        rpc: RpcId,
+        result: Result<Vec<Option<Vec<u8>>>, Error>,
+    },
+    /// An RPC failed in transport: its caller learns it after the latency. `not_sent`: the
+    /// request never reached the server (a failed connect), so it was certainly not taken.
+    RpcFailed {
+        rpc: RpcId,
+        not_sent: bool,
+    },
+}
+
+impl Msg {
+    /// The kind, as scenario scripts name it (`drop=prepare`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Prepare { .. } => "prepare",
+            Msg::PrepareResp { .. } => "prepare-reply",
+            Msg::Learn { .. } => "learn",
+            Msg::LearnResp { .. } => "learn-reply",
+            Msg::FetchCheckpoint { .. } => "fetch-checkpoint",
+            Msg::FetchCheckpointResp { .. } => "fetch-checkpoint-reply",
+            Msg::Beacon { .. } => "beacon",
+            Msg::BeaconResp { .. } => "beacon-reply",
+            Msg::Propose { .. } => "propose",
+            Msg::ProposeResp { .. } => "propose-reply",
+            Msg::QueryConfig { .. } => "query-config",
+            Msg::QueryConfigResp { .. } => "query-config-reply",
+            Msg::ClientWrite { .. } => "write",
+            Msg::ClientWriteResp { .. } => "write-reply",
+            Msg::ClientRead { .. } => "read",
+            Msg::ClientReadResp { .. } => "read-reply",
+            Msg::RpcFailed { .. } => "rpc-failed",
+        }
+    }
+
+    /// The RPC a request opens; its loss is reported to the sender as `RpcFailed`.
+    pub fn request_rpc(&self) -> Option<RpcId> {
+        match self {
+            Msg::Prepare { rpc, .. }
+            | Msg::Learn { rpc, .. }
+            | Msg::FetchCheckpoint { rpc, .. }
+            | Msg::Propose { rpc, .. }
+            | Msg::QueryConfig { rpc }
+            | Msg::ClientWrite { rpc, .. }
+            | Msg::ClientRead { rpc, .. } => Some(*rpc),
+            _ => None,
+        }
+    }
+
+    /// The RPC an answer closes.
+    pub fn response_rpc(&self) -> Option<RpcId> {
+        match self {
+            Msg::PrepareResp { rpc, .. }
+            | Msg::LearnResp { rpc, .. }
+            | Msg::FetchCheckpointResp { rpc, .. }
+            | Msg::ProposeResp { rpc, .. }
+            | Msg::QueryConfigResp { rpc, .. }
+            | Msg::ClientWriteResp { rpc, .. }
+            | Msg::ClientReadResp { rpc, .. }
+            | Msg::RpcFailed { rpc, .. } => Some(*rpc),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    pub msg: Msg,
+}

@@ -1,0 +1,780 @@
+//! One simulated site: a meta, several replica servers and clients on one thread, a virtual
+//! clock and one seeded RNG that decides every latency, interleaving and fault.
+//!
+//! ```text
+//!   queue (time, seq) ──▶ handle event ──▶ node (production core inside) ──▶ sends, timers
+//!        ▲                                                                      │
+//!        └──── network (latency, loss, dup, partitions, clogs) ◀────────────────┘
+//!   after every event: single-primary, decree-agreement, bank-read checks
+//!   phases: setup → faults → healing (probes within 30 s) → final reads → convergence → checks
+//! ```
+
+use crate::check::availability::Availability;
+use crate::check::decree_agreement::DecreeAgreement;
+use crate::check::single_primary::SinglePrimary;
+use crate::check::{bank, convergence, linearizable, no_lost_writes};
+use crate::client::{SimClient, Workload, register_key};
+use crate::event::{Event, Io, Out};
+use crate::faults::{FaultKind, FaultPlan, FaultSet};
+use crate::hash::Fnv64;
+use crate::history::{BANK_HASH_KEY, History, OpKind, Outcome, Output};
+use crate::meta::{MetaOptions, SimMeta, TABLE_ID};
+use crate::msg::{Endpoint, Envelope};
+use crate::network::{Fate, Network};
+use crate::replica_server::{NodeClock, ReplicaServer, ServerOptions};
+use crate::rng::Rng;
+use crate::stats::Stats;
+use std::collections::BTreeMap;
+use tandem_core::partition::partition_index;
+use tandem_core::{Gpid, PartitionStatus};
+
+/// When the table is created and clients start (simulated).
+const CREATE_TABLE_US: u64 = 2_000_000;
+const CLIENTS_START_US: u64 = 3_000_000;
+/// Every partition must take a write this long after healing starts.
+pub const RECOVERY_DEADLINE_US: u64 = 30_000_000;
+/// Replicas must converge this long after the final reads.
+const CONVERGENCE_DEADLINE_US: u64 = 30_000_000;
+const CHECK_PROGRESS_US: u64 = 250_000;
+/// Steps of the linearizability search per key before it gives up.
+const LINEARIZABILITY_BUDGET: u64 = 3_000_000;
+
+/// The shape of one run, drawn from the seed (or written by a scenario script).
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub servers: usize,
+    pub partitions: u32,
+    pub replica_count: u32,
+    pub clients: usize,
+    pub register_keys: usize,
+    pub log_cache_bytes_max: usize,
+    /// How long faults are injected, from the start.
+    pub fault_time_us: u64,
+}
+
+impl Params {
+    pub fn draw(rng: &mut Rng, fault_time_us: u64) -> Params {
+        let servers = rng.range(3, 5) as usize;
+        Params {
+            servers,
+            partitions: 1 << rng.range(0, 2),
+            replica_count: 3,
+            clients: rng.range(2, 4) as usize,
+            register_keys: rng.range(2, 6) as usize,
+            // A small log cache sends learners to checkpoints.
+            log_cache_bytes_max: if rng.chance(0.4) { rng.range(512, 8_192) as usize } else { 64 << 20 },
+            fault_time_us,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    Healing { heal_us: u64 },
+    FinalReads { from_op: usize, deadline_us: u64 },
+    Converging { from_op: usize, deadline_us: u64 },
+    Done,
+}
+
+/// Why a seed failed.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub at_us: u64,
+    pub message: String,
+}
+
+pub struct Sim {
+    pub seed: u64,
+    pub params: Params,
+    pub plan: FaultPlan,
+    pub rng: Rng,
+    pub now_us: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    seq: u64,
+    pub net: Network,
+    pub meta: SimMeta,
+    pub servers: Vec<ReplicaServer>,
+    pub clients: Vec<SimClient>,
+    pub history: History,
+    pub stats: Stats,
+    next_rpc: u64,
+    pub trace: Option<Vec<String>>,
+    hash: Fnv64,
+    pub workload: Workload,
+    faults_active: bool,
+    partition_active: bool,
+    /// Trace every message, not only the lost and blocked ones (`TANDEM_SIM_TRACE_MESSAGES=1`).
+    trace_messages: bool,
+    pub phase: Phase,
+    single_primary: SinglePrimary,
+    pub decree_agreement: DecreeAgreement,
+    availability: Availability,
+    pub failure: Option<Failure>,
+}
+
+/// Borrows the parts of the simulation a node may use while handling one event.
+macro_rules! io {
+    ($sim:ident, $out:expr) => {
+        Io {
+            now_us: $sim.now_us,
+            rng: &mut $sim.rng,
+            out: $out,
+            stats: &mut $sim.stats,
+            next_rpc: &mut $sim.next_rpc,
+            trace: $sim.trace.as_mut(),
+        }
+    };
+}
+
+impl Sim {
+    /// A run of `seed`: the seed draws the cluster's shape, the fault plan and everything after.
+    pub fn new(seed: u64, fault_time_us: u64, allowed: &FaultSet, trace: bool) -> Sim {
+        let mut rng = Rng::new(seed);
+        let params = Params::draw(&mut rng, fault_time_us);
+        let plan = FaultPlan::draw(allowed, &mut rng);
+        Sim::with(seed, rng, params, plan, trace)
+    }
+
+    pub fn with(seed: u64, mut rng: Rng, params: Params, plan: FaultPlan, trace: bool) -> Sim {
+        let clock = |rng: &mut Rng| {
+            if plan.on(FaultKind::Drift) {
+                let d = plan.drift_ppm_max;
+                NodeClock { rate_ppm: rng.range(0, 2 * d) as i64 - d as i64, wall_offset_us: rng.range(0, 1_000_000) as i64 - 500_000 }
+            } else {
+                NodeClock::default()
+            }
+        };
+        let meta = SimMeta::new(MetaOptions::default(), clock(&mut rng));
+        let mut opts = ServerOptions::default();
+        opts.replica.log_cache_bytes_max = params.log_cache_bytes_max;
+        let servers = (0..params.servers).map(|i| ReplicaServer::new(i, opts.clone(), clock(&mut rng))).collect();
+        let clients = (0..params.clients).map(SimClient::new).collect();
+        let net = Network::new(plan.loss, plan.duplicate, plan.jitter_us);
+        // Scenario scripts (no register keys) drive the clients themselves.
+        let workload = Workload { register_keys: params.register_keys, active: params.register_keys > 0 };
+        let mut sim = Sim {
+            seed,
+            stats: Stats { seed, ..Default::default() },
+            params,
+            plan,
+            rng,
+            now_us: 0,
+            queue: BTreeMap::new(),
+            seq: 0,
+            net,
+            meta,
+            servers,
+            clients,
+            history: History::default(),
+            next_rpc: 0,
+            trace: trace.then(Vec::new),
+            hash: Fnv64::default(),
+            workload,
+            faults_active: true,
+            partition_active: false,
+            trace_messages: std::env::var_os("TANDEM_SIM_TRACE_MESSAGES").is_some(),
+            phase: Phase::Running,
+            single_primary: SinglePrimary::default(),
+            decree_agreement: DecreeAgreement::default(),
+            availability: Availability::default(),
+            failure: None,
+        };
+        // Continuous kinds are properties of the whole run: count them once.
+        for k in [FaultKind::Drift, FaultKind::Reorder] {
+            if sim.plan.on(k) {
+                sim.stats.fault(k.name());
+            }
+        }
+        sim.start();
+        sim
+    }
+
+    fn schedule(&mut self, at_us: u64, event: Event) {
+        self.seq += 1;
+        self.queue.insert((at_us.max(self.now_us), self.seq), event);
+    }
+
+    fn start(&mut self) {
+        let mut out = Vec::new();
+        let mut io = io!(self, &mut out);
+        self.meta.boot(&mut io);
+        for s in &mut self.servers {
+            // Staggered starts, as real servers never start at the same instant.
+            s.boot(&mut io);
+        }
+        self.apply(out);
+        self.schedule(CREATE_TABLE_US, Event::CreateTable);
+        for c in 0..self.clients.len() {
+            self.clients[c].wake_scheduled = true;
+            self.schedule(CLIENTS_START_US + c as u64 * 1_000, Event::ClientWake { client: c });
+        }
+        if self.workload.active {
+            // Client 0 opens the bank first.
+            self.clients[0].queue.push_back((BANK_HASH_KEY.to_vec(), OpKind::BankInit));
+        }
+        if !self.plan.enabled.kinds().is_empty() {
+            let first = self.next_fault_delay();
+            self.schedule(CLIENTS_START_US + first, Event::Fault);
+        }
+        if self.workload.active {
+            self.schedule(self.params.fault_time_us.max(CLIENTS_START_US + 1_000_000), Event::Heal);
+        }
+    }
+
+    fn next_fault_delay(&mut self) -> u64 {
+        let i = self.plan.fault_interval_ms * 1_000;
+        self.rng.range(i / 2, i * 3 / 2)
+    }
+
+    /// Routes a node's sends through the network and queues its timers.
+    fn apply(&mut self, out: Vec<Out>) {
+        for o in out {
+            match o {
+                Out::Send(env) => self.send(env),
+                Out::Timer { at_us, event } => self.schedule(at_us, event),
+            }
+        }
+    }
+
+    fn send(&mut self, env: Envelope) {
+        let kind = env.msg.kind();
+        self.hash.bytes(kind.as_bytes()).u64(env.from.code()).u64(env.to.code());
+        let (from, to) = (env.from, env.to);
+        let (fate, deliveries) = self.net.send(env, self.now_us, &mut self.rng);
+        match fate {
+            Fate::Lost => self.stats.fault("loss"),
+            Fate::Duplicated => self.stats.fault("duplicate"),
+            _ => {}
+        }
+        if let Some(t) = self.trace.as_mut()
+            && (fate != Fate::Delivered || self.trace_messages)
+        {
+            let detail = match deliveries.first().map(|(_, e)| &e.msg) {
+                Some(crate::msg::Msg::Prepare { msg, .. }) => format!(
+                    " {} b{} [{}..={}] committed {}",
+                    msg.config.gpid,
+                    msg.config.ballot,
+                    msg.mutations.first().map_or(0, |m| m.decree),
+                    msg.mutations.last().map_or(0, |m| m.decree),
+                    msg.last_committed
+                ),
+                Some(crate::msg::Msg::PrepareResp { reply, .. }) => format!(" {reply:?}"),
+                _ => String::new(),
+            };
+            t.push(format!("{:>10}µs {} -> {} {kind}{detail}: {fate:?}", self.now_us, from.name(), to.name()));
+        }
+        for (at, env) in deliveries {
+            self.schedule(at, Event::Deliver(env));
+        }
+    }
+
+    pub fn fail(&mut self, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure { at_us: self.now_us, message });
+        }
+    }
+
+    /// Runs events up to `until_us` (inclusive), or until a checker fails or the run is done.
+    pub fn run_until(&mut self, until_us: u64) {
+        while self.failure.is_none() && self.phase != Phase::Done {
+            let Some((&(at, seq), _)) = self.queue.first_key_value() else { break };
+            if at > until_us {
+                break;
+            }
+            let event = self.queue.remove(&(at, seq)).expect("first key exists");
+            self.now_us = at;
+            self.stats.events += 1;
+            self.hash.u64(at).u64(event.code());
+            self.handle(event);
+            self.check_step();
+        }
+        self.now_us = self.now_us.max(until_us.min(self.queue.first_key_value().map_or(until_us, |(k, _)| k.0)));
+    }
+
+    fn handle(&mut self, event: Event) {
+        let mut out = Vec::new();
+        match event {
+            Event::Deliver(env) => {
+                let mut io = io!(self, &mut out);
+                match env.to {
+                    Endpoint::Meta if self.meta.up => self.meta.on_message(&mut io, env.from, env.msg),
+                    Endpoint::Replica(i) if self.servers[i].up => self.servers[i].on_message(&mut io, env.from, env.msg),
+                    Endpoint::Client(i) => {
+                        if let crate::msg::Msg::ClientReadResp { result: Ok(values), .. } = &env.msg
+                            && values.len() > 1
+                            && let Err(e) = bank::check_read(values)
+                        {
+                            self.failure.get_or_insert(Failure { at_us: self.now_us, message: e });
+                        }
+                        self.clients[i].on_message(&mut io, &mut self.history, env.msg);
+                    }
+                    _ => {}
+                }
+            }
+            Event::ReplicaTick { node, incarnation } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.servers[node].on_tick(&mut io!(self, &mut out));
+                }
+            }
+            Event::Beacon { node, incarnation } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.servers[node].send_beacon(&mut io!(self, &mut out));
+                }
+            }
+            Event::LogSync { node, incarnation } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    let write_fails = self.faults_active && self.rng.chance(self.plan.disk_write_fail);
+                    let sync_fails = self.faults_active && !write_fails && self.rng.chance(self.plan.disk_sync_fail);
+                    self.servers[node].on_log_sync(&mut io!(self, &mut out), write_fails, sync_fails);
+                }
+            }
+            Event::Flush { node, incarnation } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.servers[node].on_flush(&mut io!(self, &mut out));
+                }
+            }
+            Event::CheckpointMade { node, incarnation, gpid, token } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.servers[node].on_checkpoint_made(&mut io!(self, &mut out), gpid, token);
+                }
+            }
+            Event::SupervisorRestart { node, incarnation } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.servers[node].crash(&mut io!(self, &mut out), false);
+                    self.schedule(self.now_us + 100_000, Event::Restart(Endpoint::Replica(node)));
+                }
+            }
+            Event::RpcTimeout { at, incarnation, rpc } => match at {
+                Endpoint::Replica(i) => {
+                    if self.servers[i].incarnation == incarnation && self.servers[i].up {
+                        self.servers[i].on_rpc_failed(&mut io!(self, &mut out), rpc);
+                    }
+                }
+                Endpoint::Client(i) => self.clients[i].on_timeout(&mut io!(self, &mut out), &mut self.history, rpc),
+                Endpoint::Meta => {}
+            },
+            Event::MetaTick { incarnation } => {
+                if self.meta.up && self.meta.incarnation == incarnation {
+                    self.meta.on_tick(&mut io!(self, &mut out));
+                }
+            }
+            Event::MetaReply { incarnation, envelope } => {
+                if self.meta.up && self.meta.incarnation == incarnation {
+                    out.push(Out::Send(envelope));
+                }
+            }
+            Event::CreateTable => {
+                let (p, r) = (self.params.partitions, self.params.replica_count);
+                if !self.meta.create_table(&mut io!(self, &mut out), p, r) {
+                    self.schedule(self.now_us + 500_000, Event::CreateTable);
+                }
+            }
+            Event::ClientWake { client } => {
+                let w = self.workload.clone();
+                self.clients[client].wake(&mut io!(self, &mut out), &mut self.history, &w);
+            }
+            Event::Fault => {
+                if self.faults_active {
+                    self.inject_fault(&mut out);
+                    let next = self.next_fault_delay();
+                    self.schedule(self.now_us + next, Event::Fault);
+                }
+            }
+            Event::Restart(ep) => {
+                let mut io = io!(self, &mut out);
+                match ep {
+                    Endpoint::Meta if !self.meta.up => self.meta.boot(&mut io),
+                    Endpoint::Replica(i) if !self.servers[i].up => self.servers[i].boot(&mut io),
+                    _ => {}
+                }
+            }
+            Event::Unblock { links } => {
+                for (a, b) in links {
+                    self.net.unblock(a, b);
+                }
+                self.partition_active = false;
+            }
+            Event::Heal => self.heal(&mut out),
+            Event::CheckProgress => self.check_progress(&mut out),
+        }
+        self.apply(out);
+    }
+
+    fn endpoints(&self) -> Vec<Endpoint> {
+        std::iter::once(Endpoint::Meta).chain((0..self.servers.len()).map(Endpoint::Replica)).collect()
+    }
+
+    fn inject_fault(&mut self, out: &mut Vec<Out>) {
+        let discrete = [FaultKind::Crash, FaultKind::MetaCrash, FaultKind::Partition, FaultKind::AsymPartition, FaultKind::Clog];
+        let kinds: Vec<FaultKind> = discrete.into_iter().filter(|k| self.plan.on(*k)).collect();
+        if kinds.is_empty() {
+            return;
+        }
+        let kind = *self.rng.pick(&kinds);
+        match kind {
+            FaultKind::Crash => {
+                let up: Vec<usize> = (0..self.servers.len()).filter(|i| self.servers[*i].up).collect();
+                if up.is_empty() {
+                    return;
+                }
+                let i = *self.rng.pick(&up);
+                let torn_allowed = self.plan.on(FaultKind::TornTail);
+                let torn = self.servers[i].crash(&mut io!(self, out), torn_allowed);
+                self.stats.fault("crash");
+                if torn {
+                    self.stats.fault("torn-tail");
+                }
+                let name = self.servers[i].me.clone();
+                self.note(|| format!("fault: crash {name}{}", if torn { " (torn tail)" } else { "" }));
+                let back = self.rng.range(500_000, 10_000_000);
+                self.schedule(self.now_us + back, Event::Restart(Endpoint::Replica(i)));
+            }
+            FaultKind::MetaCrash => {
+                if !self.meta.up {
+                    return;
+                }
+                self.meta.crash();
+                self.stats.fault("meta-crash");
+                self.note(|| "fault: crash meta".into());
+                let back = self.rng.range(500_000, 10_000_000);
+                self.schedule(self.now_us + back, Event::Restart(Endpoint::Meta));
+            }
+            FaultKind::Partition => {
+                if self.partition_active {
+                    return;
+                }
+                let all = self.endpoints();
+                let side: Vec<bool> = all.iter().map(|_| self.rng.chance(0.5)).collect();
+                if side.iter().all(|s| *s) || side.iter().all(|s| !*s) {
+                    return;
+                }
+                let mut links = Vec::new();
+                for (i, a) in all.iter().enumerate() {
+                    for (j, b) in all.iter().enumerate() {
+                        if side[i] != side[j] {
+                            self.net.block(*a, *b);
+                            links.push((*a, *b));
+                        }
+                    }
+                }
+                self.partition_active = true;
+                self.stats.fault("partition");
+                let names: Vec<String> = all.iter().zip(&side).filter(|(_, s)| **s).map(|(e, _)| e.name()).collect();
+                self.note(|| format!("fault: partition {names:?} from the rest"));
+                let heal = self.rng.range(1_000_000, 12_000_000);
+                self.schedule(self.now_us + heal, Event::Unblock { links });
+            }
+            FaultKind::AsymPartition => {
+                let all = self.endpoints();
+                let a = *self.rng.pick(&all);
+                let b = *self.rng.pick(&all);
+                if a == b {
+                    return;
+                }
+                self.net.block(a, b);
+                self.stats.fault("asym-partition");
+                self.note(|| format!("fault: block {} -> {}", a.name(), b.name()));
+                let heal = self.rng.range(500_000, 6_000_000);
+                self.schedule(self.now_us + heal, Event::Unblock { links: vec![(a, b)] });
+            }
+            FaultKind::Clog => {
+                let all = self.endpoints();
+                let e = *self.rng.pick(&all);
+                let until = self.now_us + self.rng.range(300_000, 4_000_000);
+                self.net.clog(e, until);
+                self.stats.fault("clog");
+                self.note(|| format!("fault: clog {} until {until}µs", e.name()));
+            }
+            _ => unreachable!("only discrete kinds are drawn"),
+        }
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(format!("{:>10}µs {}", self.now_us, line()));
+        }
+    }
+
+    /// Faults stop: everything restarts and reconnects; then every partition must take a write.
+    fn heal(&mut self, out: &mut Vec<Out>) {
+        self.faults_active = false;
+        self.workload.active = false;
+        self.net.heal();
+        self.net.loss = 0.0;
+        self.net.duplicate = 0.0;
+        self.partition_active = false;
+        self.note(|| "heal: faults stop".into());
+        let mut io = io!(self, out);
+        if !self.meta.up {
+            self.meta.boot(&mut io);
+        }
+        for s in &mut self.servers {
+            if !s.up {
+                s.boot(&mut io);
+            }
+        }
+        self.phase = Phase::Healing { heal_us: self.now_us };
+        self.enqueue_probes(out);
+        self.schedule(self.now_us + CHECK_PROGRESS_US, Event::CheckProgress);
+    }
+
+    /// A key of partition `p` that no workload touches.
+    fn probe_key(&self, p: u32) -> Vec<u8> {
+        (0..)
+            .map(|i| format!("probe{i}").into_bytes())
+            .find(|k| partition_index(k, self.params.partitions) == p)
+            .expect("some key lands in p")
+    }
+
+    fn enqueue_probes(&mut self, out: &mut Vec<Out>) {
+        for p in 0..self.params.partitions {
+            if self.availability.acked_at_us.contains_key(&p) {
+                continue;
+            }
+            let key = self.probe_key(p);
+            let pending = self.history.ops.iter().any(|o| o.key == key && o.outcome == Outcome::Pending)
+                || self.clients.iter().any(|c| c.queue.iter().any(|(k, _)| *k == key));
+            if pending {
+                continue;
+            }
+            let c = p as usize % self.clients.len();
+            let value = format!("probe-{}", self.now_us).into_bytes();
+            self.clients[c].queue.push_back((key, OpKind::Set { value }));
+            self.clients[c].schedule_wake(&mut io!(self, out), 0);
+        }
+    }
+
+    fn check_progress(&mut self, out: &mut Vec<Out>) {
+        let now = self.now_us;
+        match self.phase {
+            Phase::Healing { heal_us } => {
+                for p in 0..self.params.partitions {
+                    let key = self.probe_key(p);
+                    if let Some(t) = self
+                        .history
+                        .ops
+                        .iter()
+                        .filter(|o| o.key == key && matches!(o.outcome, Outcome::Ok(_)))
+                        .filter_map(|o| o.return_us)
+                        .min()
+                    {
+                        self.availability.acked(p, t);
+                    }
+                }
+                match self.availability.check(self.params.partitions, heal_us, now) {
+                    Ok(recovery) => {
+                        self.stats.recovery_ms = recovery / 1_000;
+                        self.phase = Phase::FinalReads { from_op: usize::MAX, deadline_us: now + RECOVERY_DEADLINE_US };
+                    }
+                    Err(e) if now >= heal_us + RECOVERY_DEADLINE_US => return self.fail(e),
+                    Err(_) => self.enqueue_probes(out),
+                }
+            }
+            Phase::FinalReads { from_op, deadline_us } => {
+                if self.clients.iter().any(SimClient::busy) {
+                    if now > deadline_us {
+                        return self.fail("final reads did not finish within 30 s".into());
+                    }
+                } else if from_op == usize::MAX {
+                    // Every workload op has finished: now read every key once more.
+                    let from_op = self.history.ops.len();
+                    for k in 0..self.params.register_keys {
+                        let c = k % self.clients.len();
+                        self.clients[c].queue.push_back((register_key(k), OpKind::Get));
+                    }
+                    self.clients[0].queue.push_back((BANK_HASH_KEY.to_vec(), OpKind::BankRead));
+                    for c in 0..self.clients.len() {
+                        self.clients[c].schedule_wake(&mut io!(self, out), 0);
+                    }
+                    self.phase = Phase::FinalReads { from_op, deadline_us };
+                } else {
+                    let failed: Vec<(Vec<u8>, OpKind)> = self.history.ops[from_op..]
+                        .iter()
+                        .filter(|o| o.outcome == Outcome::Failed)
+                        .map(|o| (o.key.clone(), o.kind.clone()))
+                        .collect();
+                    let answered =
+                        |key: &[u8]| self.history.ops[from_op..].iter().any(|o| o.key == key && matches!(o.outcome, Outcome::Ok(_)));
+                    let retry: Vec<(Vec<u8>, OpKind)> = failed.into_iter().filter(|(k, _)| !answered(k)).collect();
+                    if retry.is_empty() {
+                        self.phase = Phase::Converging { from_op, deadline_us: now + CONVERGENCE_DEADLINE_US };
+                    } else {
+                        for (k, kind) in retry {
+                            self.clients[0].queue.push_back((k, kind));
+                        }
+                        self.clients[0].schedule_wake(&mut io!(self, out), 0);
+                    }
+                }
+            }
+            Phase::Converging { from_op, deadline_us } => match self.check_convergence() {
+                Ok(()) => {
+                    self.phase = Phase::Done;
+                    self.final_checks(from_op);
+                    return;
+                }
+                Err(e) if now > deadline_us => return self.fail(format!("replicas did not converge within 30 s: {e}")),
+                Err(_) => {}
+            },
+            Phase::Running | Phase::Done => return,
+        }
+        self.schedule(now + CHECK_PROGRESS_US, Event::CheckProgress);
+    }
+
+    pub fn check_convergence(&self) -> Result<(), String> {
+        for p in 0..self.params.partitions {
+            let gpid = Gpid::new(TABLE_ID, p);
+            let config = self.meta.config(gpid).ok_or_else(|| format!("the meta has no partition {gpid}"))?;
+            let members: Vec<convergence::MemberView> = self
+                .servers
+                .iter()
+                .filter(|s| s.up && config.members().any(|m| *m == s.me))
+                .filter_map(|s| {
+                    let r = s.replicas.get(&gpid)?;
+                    Some(convergence::MemberView {
+                        node: s.me.clone(),
+                        status: r.status().as_str(),
+                        last_committed: r.last_committed(),
+                        last_prepared: r.last_prepared(),
+                        data: s.engine(gpid)?.data(),
+                    })
+                })
+                .collect();
+            convergence::check_partition(config, self.params.replica_count as usize, &members)?;
+            for m in &members {
+                bank::check_engine(&m.data).map_err(|e| format!("{} {gpid}: {e}", m.node))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn final_checks(&mut self, from_op: usize) {
+        let final_ops = &self.history.ops[from_op..];
+        let mut reads: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut bank_version = None;
+        let mut bank_read = false;
+        for o in final_ops {
+            match (&o.kind, &o.outcome) {
+                (OpKind::Get, Outcome::Ok(Output::Value(v))) if !reads.iter().any(|(k, _)| *k == o.key) => {
+                    reads.push((o.key.clone(), v.clone()))
+                }
+                (OpKind::BankRead, Outcome::Ok(Output::Bank(values))) => {
+                    bank_read = true;
+                    bank_version = crate::history::parse_bank(values).map(|(v, _)| v);
+                }
+                _ => {}
+            }
+        }
+        let result = (|| {
+            assert!(bank_read, "the final bank read is retried until it answers");
+            no_lost_writes::check_registers(&self.history, &reads)?;
+            no_lost_writes::check_bank(&self.history, bank_version)?;
+            let inconclusive = linearizable::check_history(&self.history, LINEARIZABILITY_BUDGET)?;
+            self.stats.lin_inconclusive += inconclusive;
+            Ok::<(), String>(())
+        })();
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    /// The cheap checkers, after every event.
+    fn check_step(&mut self) {
+        let mut serving = Vec::new();
+        for s in &self.servers {
+            if !s.up {
+                continue;
+            }
+            for (gpid, r) in &s.replicas {
+                if r.status() == PartitionStatus::Primary && s.serving(*gpid, self.now_us) {
+                    let ctx = s.ctx(self.now_us);
+                    serving.push((
+                        *gpid,
+                        format!("{} (ballot {}, lease until {} ms, its clock {} ms)", s.me, r.ballot(), ctx.lease_until_ms, ctx.now_ms),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = self.single_primary.check(self.now_us, &serving) {
+            return self.fail(e);
+        }
+        for s in &self.servers {
+            for (gpid, e) in s.engines() {
+                for (decree, fp) in e.take_applied() {
+                    if let Err(msg) = self.decree_agreement.observe(&s.me, *gpid, decree, fp) {
+                        self.failure.get_or_insert(Failure { at_us: self.now_us, message: msg });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the whole seed: faults, healing, checks. Returns the stats, or the failure.
+    pub fn run(mut self) -> (Stats, Option<Failure>, Option<Vec<String>>) {
+        // Generous bound: healing, final reads and convergence each have their own deadline.
+        let end = self.params.fault_time_us + RECOVERY_DEADLINE_US * 2 + CONVERGENCE_DEADLINE_US + 10_000_000;
+        self.run_until(end);
+        if self.failure.is_none() && self.phase != Phase::Done {
+            self.fail(format!("the run did not finish by {}s (phase {:?})", end / 1_000_000, self.phase));
+        }
+        self.stats.sim_time_us = self.now_us;
+        self.stats.trace_hash = self.hash.finish();
+        (self.stats, self.failure, self.trace)
+    }
+
+    pub fn trace_hash(&self) -> u64 {
+        self.hash.finish()
+    }
+
+    /// Crashes a node now (scripts); `torn`: the log may keep a torn last record.
+    pub fn crash(&mut self, ep: Endpoint, torn: bool) {
+        let mut out = Vec::new();
+        match ep {
+            Endpoint::Meta if self.meta.up => self.meta.crash(),
+            Endpoint::Replica(i) if self.servers[i].up => {
+                self.servers[i].crash(&mut io!(self, &mut out), torn);
+            }
+            _ => {}
+        }
+        self.apply(out);
+    }
+
+    /// Restarts a crashed node now (scripts).
+    pub fn restart(&mut self, ep: Endpoint) {
+        let mut out = Vec::new();
+        let mut io = io!(self, &mut out);
+        match ep {
+            Endpoint::Meta if !self.meta.up => self.meta.boot(&mut io),
+            Endpoint::Replica(i) if !self.servers[i].up => self.servers[i].boot(&mut io),
+            _ => {}
+        }
+        self.apply(out);
+    }
+
+    /// Queues an operation on client 0 (scripts).
+    pub fn client_op(&mut self, key: Vec<u8>, kind: OpKind) {
+        let mut out = Vec::new();
+        self.clients[0].queue.push_back((key, kind));
+        self.clients[0].schedule_wake(&mut io!(self, &mut out), 0);
+        self.apply(out);
+    }
+
+    /// A proposal handed to the meta as if `from` sent it (scripts).
+    pub fn propose(
+        &mut self,
+        gpid: Gpid,
+        from: &str,
+        proposal: &tandem_core::replica::ConfigProposal,
+    ) -> Result<tandem_core::PartitionConfig, String> {
+        let mut out = Vec::new();
+        let result = self.meta.propose_now(&mut io!(self, &mut out), gpid, from, proposal);
+        self.apply(out);
+        result
+    }
+
+    /// Number of servers that are up.
+    pub fn up_count(&self) -> usize {
+        self.servers.iter().filter(|s| s.up).count()
+    }
+}
