@@ -122,7 +122,9 @@ impl Node {
         })
         .await
         .map_err(|s| anyhow::anyhow!("beacon to meta failed: {}", s.message()))?;
-        self.lease_until_ms.fetch_max(sent_at + self.opts.lease_period_ms, Ordering::AcqRel);
+        // Configurations first, lease after: a primary the meta has replaced learns it before
+        // the renewed lease would let it serve another read.
+        let mut configured = Vec::new();
         for wire in resp.configs {
             let config = match config_from_wire(&wire) {
                 Ok(c) => c,
@@ -145,8 +147,16 @@ impl Node {
                 },
                 None => continue,
             };
-            handle.send(Event::Input(Input::ConfigUpdate { config }));
+            let (done, rx) = tokio::sync::oneshot::channel();
+            if handle.send(Event::Configure { config, done }) {
+                configured.push(rx);
+            }
         }
+        for rx in configured {
+            // An error means the replica's task stopped: it serves nothing any more.
+            let _ = rx.await;
+        }
+        self.lease_until_ms.fetch_max(sent_at + self.opts.lease_period_ms, Ordering::AcqRel);
         for g in resp.gone {
             self.remove_replica(Gpid::new(g.table_id, g.partition)).await;
         }

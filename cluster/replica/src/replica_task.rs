@@ -4,7 +4,7 @@
 use crate::node::Node;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tandem_core::replica::{
     Action, Input, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, Replica, ReplicaState, RequestId, WriteRequest,
@@ -17,36 +17,37 @@ use tandem_proto::v1;
 use tandem_storage::RocksEngine;
 use tokio::sync::{mpsc, oneshot};
 
-/// The RocksDB engine shared between the core (which applies to it) and the runtime (which
-/// flushes and checkpoints it).
+/// The RocksDB engine shared between the core (which applies to it), the runtime (which flushes
+/// and checkpoints it) and the read path (which reads it outside the replica's task). Reads
+/// share the lock; only applying a mutation takes it alone.
 #[derive(Clone)]
-pub struct SharedEngine(Arc<Mutex<RocksEngine>>);
+pub struct SharedEngine(Arc<RwLock<RocksEngine>>);
 
 impl SharedEngine {
     pub fn new(engine: RocksEngine) -> Self {
-        SharedEngine(Arc::new(Mutex::new(engine)))
+        SharedEngine(Arc::new(RwLock::new(engine)))
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&RocksEngine) -> T) -> T {
-        f(&self.0.lock().expect("engine lock"))
+        f(&self.0.read().expect("engine lock"))
     }
 }
 
 impl KvEngine for SharedEngine {
     fn get(&self, key: &[u8]) -> tandem_core::Result<Option<Vec<u8>>> {
-        self.0.lock().expect("engine lock").get(key)
+        self.0.read().expect("engine lock").get(key)
     }
 
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> tandem_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.0.lock().expect("engine lock").scan(start, end, limit)
+        self.0.read().expect("engine lock").scan(start, end, limit)
     }
 
     fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
-        self.0.lock().expect("engine lock").apply(decree, ops)
+        self.0.write().expect("engine lock").apply(decree, ops)
     }
 
     fn last_applied_decree(&self) -> Decree {
-        self.0.lock().expect("engine lock").last_applied_decree()
+        self.0.read().expect("engine lock").last_applied_decree()
     }
 }
 
@@ -54,6 +55,9 @@ pub type ReadFn = Box<dyn FnOnce(Result<&dyn KvEngine, Error>, u32) + Send>;
 
 pub enum Event {
     Input(Input),
+    /// A configuration from the meta; `done` is answered once the core has taken it, so the
+    /// server extends its lease only after every replica knows its role under it.
+    Configure { config: tandem_core::PartitionConfig, done: oneshot::Sender<()> },
     Write { request: WriteRequest, reply: oneshot::Sender<Result<WriteResponse, Error>> },
     Prepare { from: String, msg: PrepareMsg, reply: oneshot::Sender<PrepareReply> },
     Learn { request: LearnRequest, reply: oneshot::Sender<LearnReply> },
@@ -71,6 +75,9 @@ pub struct ReplicaHandle {
     gpid: Gpid,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
+    /// The engine while `Replica::read_ready` holds (set by the task after every step), else
+    /// None: reads use it directly, without a trip through the task.
+    read_gate: Arc<RwLock<Option<SharedEngine>>>,
 }
 
 impl ReplicaHandle {
@@ -85,6 +92,12 @@ impl ReplicaHandle {
 
     pub fn state(&self) -> ReplicaState {
         self.state.lock().expect("state lock").clone()
+    }
+
+    /// The engine to read from if the replica may serve reads (the server's lease apart, which
+    /// the caller checks at read time).
+    pub fn read_engine(&self) -> Option<SharedEngine> {
+        self.read_gate.read().expect("read gate lock").clone()
     }
 
     pub fn report(&self) -> v1::ReplicaReport {
@@ -103,7 +116,8 @@ impl ReplicaHandle {
 pub fn spawn(node: Arc<Node>, replica: Replica, engine: SharedEngine, dir: PathBuf) -> ReplicaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let state = Arc::new(Mutex::new(replica.state()));
-    let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone() };
+    let read_gate = Arc::new(RwLock::new(None));
+    let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), read_gate: read_gate.clone() };
     let task = ReplicaTask {
         node,
         replica,
@@ -111,6 +125,7 @@ pub fn spawn(node: Arc<Node>, replica: Replica, engine: SharedEngine, dir: PathB
         dir,
         tx,
         state,
+        read_gate,
         next_id: 1,
         writes: HashMap::new(),
         prepares: HashMap::new(),
@@ -127,6 +142,7 @@ struct ReplicaTask {
     dir: PathBuf,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
+    read_gate: Arc<RwLock<Option<SharedEngine>>>,
     next_id: RequestId,
     writes: HashMap<RequestId, oneshot::Sender<Result<WriteResponse, Error>>>,
     prepares: HashMap<RequestId, oneshot::Sender<PrepareReply>>,
@@ -137,8 +153,13 @@ impl ReplicaTask {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         while let Some(event) = rx.recv().await {
             let ctx = self.node.ctx();
+            let mut configured = None;
             match event {
                 Event::Input(input) => self.replica.step(&ctx, input),
+                Event::Configure { config, done } => {
+                    self.replica.step(&ctx, Input::ConfigUpdate { config });
+                    configured = Some(done);
+                }
                 Event::Write { request, reply } => {
                     let id = self.id();
                     self.writes.insert(id, reply);
@@ -175,6 +196,21 @@ impl ReplicaTask {
             let actions = self.replica.take_actions();
             self.execute(actions);
             *self.state.lock().expect("state lock") = self.replica.state();
+            self.update_read_gate();
+            if let Some(done) = configured {
+                let _ = done.send(());
+            }
+        }
+        // Stopped: no more reads from this engine.
+        *self.read_gate.write().expect("read gate lock") = None;
+    }
+
+    /// Opens the read gate while the core says reads may be served, closes it otherwise.
+    fn update_read_gate(&mut self) {
+        let ready = self.replica.read_ready().is_ok();
+        let mut gate = self.read_gate.write().expect("read gate lock");
+        if ready != gate.is_some() {
+            *gate = ready.then(|| self.engine.clone());
         }
     }
 
@@ -387,6 +423,9 @@ impl ReplicaTask {
         .await;
         match result {
             Ok(engine) => {
+                // Learners install checkpoints, so the gate is closed already; closing it again
+                // makes sure no read sees the old engine after the swap.
+                *self.read_gate.write().expect("read gate lock") = None;
                 self.engine = engine.clone();
                 self.replica.step(&ctx, Input::CheckpointInstalled { engine: Box::new(engine) });
                 // The core dropped the old engine; remove its files.

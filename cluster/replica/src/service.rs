@@ -77,12 +77,20 @@ impl Service {
         self.node.replica(gpid).ok_or_else(|| ErrorKind::NotPrimary.status(format!("{} does not serve partition {gpid}", self.node.me)))
     }
 
-    /// Runs `f` on the replica's engine inside its task, if it may serve reads.
+    /// Runs `f` on the replica's engine if it may serve reads: directly while the replica's read
+    /// gate is open and the server holds its lease (the common case), else inside the replica's
+    /// task, which answers with the exact reason it may not.
     async fn read<T: Send + 'static>(
         &self,
         handle: &ReplicaHandle,
         f: impl FnOnce(&dyn KvEngine, u32) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
+        if let Some(engine) = handle.read_engine() {
+            let ctx = self.node.ctx();
+            if ctx.lease_valid() {
+                return f(&engine, ctx.now_s()).map_err(|e| core_status(&e));
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let sent = handle.send(Event::Read(Box::new(move |engine, now_s| {
             let _ = tx.send(engine.and_then(|e| f(e, now_s)));

@@ -431,6 +431,17 @@ impl Replica {
     /// Whether reads may be served now, and why not.
     pub fn check_read(&self, ctx: &Ctx) -> Result<(), Error> {
         self.check_primary(ctx)?;
+        self.read_ready()
+    }
+
+    /// Whether this replica's state may serve reads, the lease apart: it is the primary and has
+    /// committed what it inherited. The lease is the server's and changes without a step, so a
+    /// runtime that serves reads outside the replica's task keeps this answer after every step
+    /// and checks `Ctx::lease_valid` at read time, which together are `check_read`.
+    pub fn read_ready(&self) -> Result<(), Error> {
+        if self.status != PartitionStatus::Primary {
+            return Err(Error::NotPrimary { gpid: self.gpid, status: self.status.as_str(), ballot: self.config.ballot });
+        }
         if self.last_committed < self.reconcile_until {
             return Err(Error::Busy {
                 gpid: self.gpid,
