@@ -15,6 +15,17 @@ fn load(server: &ServerArgs, section: &str) -> Result<Config, Failure> {
     Ok(c)
 }
 
+/// Prints `[section]` of the effective configuration.
+fn print_section(c: &Config, section: &str) -> CmdResult {
+    let value = toml::Value::try_from(c).map_err(|e| Failure::new(1, format!("serialize configuration: {e}")))?;
+    let mut out = toml::map::Map::new();
+    if let Some(s) = value.get(section) {
+        out.insert(section.to_string(), s.clone());
+    }
+    print!("{}", toml::to_string(&out).map_err(|e| Failure::new(1, format!("serialize configuration: {e}")))?);
+    Ok(())
+}
+
 pub async fn meta(command: MetaCommand) -> CmdResult {
     let MetaCommand::Start { server, store, data_dir, grace_period } = command;
     let mut c = load(&server, "meta")?;
@@ -27,6 +38,9 @@ pub async fn meta(command: MetaCommand) -> CmdResult {
     }
     if let Some(g) = grace_period {
         c.meta.grace_period = g;
+    }
+    if server.print_config {
+        return print_section(&c, "meta");
     }
     let opts = c.meta_options()?;
     tandem_meta::server::run(opts, crate::shutdown_on_signal()).await?;
@@ -56,6 +70,9 @@ pub async fn replica(command: ReplicaCommand) -> CmdResult {
     }
     if let Some(b) = log_cache_bytes_max {
         c.set("replica", "log_cache_bytes_max", &b)?;
+    }
+    if server.print_config {
+        return print_section(&c, "replica");
     }
     let opts = c.replica_options()?;
     tandem_replica::run(opts, crate::shutdown_on_signal()).await?;

@@ -119,6 +119,46 @@ fn usage_errors_exit_2_and_config_default_is_valid_toml() {
     assert_eq!(v["meta"]["grace_period"].as_str(), Some("8s"));
 }
 
+/// Each layer overrides the one before: defaults ← config file ← TANDEM_* environment ← flags.
+#[test]
+fn flags_win_over_environment_over_file_over_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tandem.toml");
+    std::fs::write(
+        &file,
+        "[replica]\nlisten = \"127.0.0.1:7001\"\nlease_period = \"5s\"\nprepare_timeout = \"3s\"\n\n\
+         [meta]\nlisten = \"127.0.0.1:7101\"\ngrace_period = \"12s\"\ntick_interval = \"2s\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("TANDEM_CONFIG", &file)
+            .env("TANDEM_REPLICA_LISTEN", "127.0.0.1:7002")
+            .env("TANDEM_REPLICA_LEASE_PERIOD", "4s")
+            .env("TANDEM_META_GRACE_PERIOD", "10s")
+            .env("TANDEM_META_LISTEN", "127.0.0.1:7102")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        v
+    };
+    let v = run(&["replica", "start", "--listen", "127.0.0.1:7003", "--print-config"]);
+    let r = &v["replica"];
+    assert_eq!(r["listen"].as_str(), Some("127.0.0.1:7003"), "flag over environment");
+    assert_eq!(r["lease_period"].as_str(), Some("4s"), "environment over file");
+    assert_eq!(r["prepare_timeout"].as_str(), Some("3s"), "file over default");
+    assert_eq!(r["beacon_interval"].as_str(), Some("1s"), "default");
+    assert!(v.get("meta").is_none(), "only the server's own section");
+
+    let v = run(&["meta", "start", "--grace-period", "9s", "--print-config"]);
+    let m = &v["meta"];
+    assert_eq!(m["grace_period"].as_str(), Some("9s"), "flag over environment");
+    assert_eq!(m["listen"].as_str(), Some("127.0.0.1:7102"), "environment over file");
+    assert_eq!(m["tick_interval"].as_str(), Some("2s"), "file over default");
+}
+
 #[test]
 fn servers_refuse_invalid_configuration_with_the_rule() {
     let dir = tempfile::tempdir().unwrap();
