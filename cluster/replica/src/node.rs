@@ -289,10 +289,15 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     }
     tracing::info!(address = %node.me, replicas = opened, "replica server starting");
 
+    // The gRPC server stops on the caller's shutdown, or when this server gives up by itself.
+    let (give_up, gave_up) = tokio::sync::watch::channel(false);
     let shutdown_signal = {
         let rx = shutdown.clone();
         async move {
-            crate::stopped(rx).await;
+            tokio::select! {
+                _ = crate::stopped(rx) => {}
+                _ = crate::stopped(gave_up) => {}
+            }
         }
     };
     let grpc = crate::service::serve(node.clone(), shutdown_signal).await?;
@@ -333,9 +338,17 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     });
     let stop = crate::stopped(shutdown.clone());
     tokio::pin!(stop);
+    let mut log_failure = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // A failed log takes no more writes for any replica: a server that kept
+                // beaconing would hold its partitions hostage. Stop, so the meta declares it
+                // dead and moves them; a restart replays what the log holds.
+                if let Some(e) = node.log.failure() {
+                    log_failure = Some(e);
+                    break;
+                }
                 for h in node.replica_handles() {
                     h.send(Event::Input(Input::Tick));
                 }
@@ -352,7 +365,15 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
             let _ = rx.await;
         }
     }
+    let _ = give_up.send(true);
     let _ = grpc.await;
     node.log.close();
+    if let Some(e) = log_failure {
+        anyhow::bail!(
+            "the mutation log in {} failed ({e}); the server stopped so the meta moves its partitions elsewhere. \
+             Fix the disk and restart it: the log replays what it holds",
+            node.log.dir().display()
+        );
+    }
     Ok(())
 }

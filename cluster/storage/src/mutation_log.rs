@@ -94,6 +94,8 @@ struct Shared {
     segments: Mutex<Vec<Segment>>,
     appended_records: AtomicU64,
     fsyncs: AtomicU64,
+    /// The writer's first write or sync error: every append fails from then on.
+    failure: Mutex<Option<String>>,
 }
 
 pub struct MutationLog {
@@ -147,7 +149,7 @@ impl MutationLog {
         };
 
         let shared =
-            Arc::new(Shared { segments: Mutex::new(segments), appended_records: AtomicU64::new(0), fsyncs: AtomicU64::new(0) });
+            Arc::new(Shared { segments: Mutex::new(segments), appended_records: AtomicU64::new(0), fsyncs: AtomicU64::new(0), failure: Mutex::new(None) });
         let (sender, receiver) = mpsc::channel();
         let writer = Writer { dir: dir.to_path_buf(), options, file, path, bytes, next_index, shared: shared.clone(), failed: None };
         let handle = std::thread::Builder::new()
@@ -269,6 +271,11 @@ impl MutationLog {
         self.shared.fsyncs.load(Ordering::Relaxed)
     }
 
+    /// Why the log refuses appends, once a write or sync has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().expect("failure lock").clone()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -328,6 +335,7 @@ impl Writer {
             {
                 tracing::error!(dir = %self.dir.display(), error = %e, "mutation log write failed; refusing further appends");
                 self.failed = Some(e.to_string());
+                *self.shared.failure.lock().expect("failure lock") = Some(e.to_string());
             }
             for request in group {
                 let result = match &self.failed {
