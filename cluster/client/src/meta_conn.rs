@@ -15,12 +15,20 @@ pub struct MetaConn {
     timeout: Duration,
 }
 
+/// HTTP/2 flow-control windows of every Tandem connection (clients and servers).
+pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 pub fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(timeout)
         .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows fill after ~60 in-flight 1 KiB values and then cost a
+        // WINDOW_UPDATE round per few responses; prepare batches are larger still.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true))
 }

@@ -34,6 +34,8 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     Ok(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(tandem_client::meta_conn::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(tandem_client::meta_conn::CONNECTION_WINDOW_BYTES)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
