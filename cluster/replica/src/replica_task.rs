@@ -305,8 +305,14 @@ impl ReplicaTask {
                 last_committed: msg.last_committed,
                 from: node.me.clone(),
             };
+            // A few attempts fit in prepare_timeout: one prepare lost on its way (a connection
+            // reset mid-request) is sent again instead of costing the member its place.
+            let attempt_ms = (node.opts.replica.prepare_timeout_ms / 4).max(200);
             let result = match node.peer(&to) {
-                Ok(mut client) => client.prepare(req).await.map_err(|s| s.message().to_string()),
+                Ok(mut client) => match tokio::time::timeout(Duration::from_millis(attempt_ms), client.prepare(req)).await {
+                    Ok(r) => r.map_err(|s| s.message().to_string()),
+                    Err(_) => Err(format!("no answer within {attempt_ms} ms")),
+                },
                 Err(e) => Err(e),
             };
             let input = match result {
