@@ -336,9 +336,15 @@ impl ReplicaServer {
     /// Opens an outgoing RPC with its timeout.
     fn call(&mut self, io: &mut Io<'_>, what: Outgoing) -> RpcId {
         let rpc = io.rpc_id();
+        // As the real server: a prepare attempt gets a quarter of prepare_timeout (at least
+        // 200 ms), so a lost prepare is sent again before the member would be removed.
+        let timeout_ms = match what {
+            Outgoing::Prepare { .. } => (self.opts.replica.prepare_timeout_ms / 4).max(200),
+            _ => self.opts.rpc_timeout_ms,
+        };
         self.outgoing.insert(rpc, what);
         let at = self.endpoint();
-        io.timer(self.opts.rpc_timeout_ms * 1_000, Event::RpcTimeout { at, incarnation: self.incarnation, rpc });
+        io.timer(timeout_ms * 1_000, Event::RpcTimeout { at, incarnation: self.incarnation, rpc });
         rpc
     }
 
