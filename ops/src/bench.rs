@@ -13,7 +13,7 @@
 //! - etcd: `Put` / linearizable `Range` (the default: read index through the leader).
 //! - redis: `SET` / `GET` on a server the caller runs with `appendfsync always`.
 
-use crate::{print_json, CmdResult, Failure, EXIT_UNAVAILABLE};
+use crate::{meta_addrs, print_json, CmdResult, Failure, EXIT_UNAVAILABLE};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -169,8 +169,7 @@ impl Store {
     async fn connect(target: Target, args: &BenchArgs) -> Result<Store, String> {
         match target {
             Target::Tandem => {
-                let meta: Vec<String> = args.meta.split(',').map(|s| s.trim().to_string()).collect();
-                let client = tandem_client::Client::new(&meta, Default::default()).map_err(|e| e.to_string())?;
+                let client = tandem_client::Client::new(&meta_addrs(&args.meta), Default::default()).map_err(|e| e.to_string())?;
                 Ok(Store::Tandem(client.table(&args.table)))
             }
             Target::Etcd => {
@@ -217,8 +216,7 @@ impl Store {
 async fn connect_all(target: Target, args: &BenchArgs) -> Result<Vec<Store>, Failure> {
     let deadline = Instant::now() + args.ready_timeout;
     if target == Target::Tandem && args.create {
-        let meta: Vec<String> = args.meta.split(',').map(|s| s.trim().to_string()).collect();
-        let client = tandem_client::Client::new(&meta, Default::default())?;
+        let client = tandem_client::Client::new(&meta_addrs(&args.meta), Default::default())?;
         loop {
             // A cluster that is starting refuses for a while (meta not up, too few live replica
             // servers for 3 replicas): try again until the deadline, then report the last refusal.

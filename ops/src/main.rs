@@ -132,8 +132,13 @@ pub fn shutdown_on_signal() -> tokio::sync::watch::Receiver<bool> {
     rx
 }
 
+/// `HOST:PORT[,HOST:PORT…]` as given to `--meta`.
+pub fn meta_addrs(list: &str) -> Vec<String> {
+    list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
 pub fn client_of(args: &cli::ClientArgs) -> Result<tandem_client::Client, Failure> {
-    let meta: Vec<String> = args.meta.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let meta = meta_addrs(&args.meta);
     let opts = tandem_client::ClientOptions { rpc_timeout: args.timeout.min(std::time::Duration::from_secs(5)), request_timeout: args.timeout };
     tandem_client::Client::new(&meta, opts).map_err(Failure::from)
 }

@@ -126,6 +126,7 @@ pub fn spawn(node: Arc<Node>, replica: Replica, engine: SharedEngine, dir: PathB
         tx,
         state,
         read_gate,
+        read_gate_open: false,
         next_id: 1,
         writes: HashMap::new(),
         prepares: HashMap::new(),
@@ -143,6 +144,9 @@ struct ReplicaTask {
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
+    /// Whether `read_gate` holds the engine: the gate's lock is taken only when this changes,
+    /// not on every event, so reads do not wait behind the task.
+    read_gate_open: bool,
     next_id: RequestId,
     writes: HashMap<RequestId, oneshot::Sender<Result<WriteResponse, Error>>>,
     prepares: HashMap<RequestId, oneshot::Sender<PrepareReply>>,
@@ -208,9 +212,9 @@ impl ReplicaTask {
     /// Opens the read gate while the core says reads may be served, closes it otherwise.
     fn update_read_gate(&mut self) {
         let ready = self.replica.read_ready().is_ok();
-        let mut gate = self.read_gate.write().expect("read gate lock");
-        if ready != gate.is_some() {
-            *gate = ready.then(|| self.engine.clone());
+        if ready != self.read_gate_open {
+            *self.read_gate.write().expect("read gate lock") = ready.then(|| self.engine.clone());
+            self.read_gate_open = ready;
         }
     }
 
@@ -432,6 +436,7 @@ impl ReplicaTask {
                 // Learners install checkpoints, so the gate is closed already; closing it again
                 // makes sure no read sees the old engine after the swap.
                 *self.read_gate.write().expect("read gate lock") = None;
+                self.read_gate_open = false;
                 self.engine = engine.clone();
                 self.replica.step(&ctx, Input::CheckpointInstalled { engine: Box::new(engine) });
                 // The core dropped the old engine; remove its files.
