@@ -152,6 +152,12 @@ pub fn run(args: &SimArgs) -> Result<String, SimFailure> {
             report.push_str(&seed_line(&stats, t.elapsed()));
             report.push('\n');
             report.push_str(&format!("faults: {:?}\npaths: {:?}\n", stats.faults, stats.paths));
+        if stats.lin_online_widened + stats.lin_online_gave_up + stats.lin_inconclusive > 0 {
+            report.push_str(&format!(
+                "linearizability: {} key(s) widened online, {} left to the end search, {} inconclusive\n",
+                stats.lin_online_widened, stats.lin_online_gave_up, stats.lin_inconclusive
+            ));
+        }
         }
         summary.add(&stats);
     }

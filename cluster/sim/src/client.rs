@@ -273,6 +273,8 @@ impl SimClient {
             (OpKind::BankTransfer { .. }, _) | (OpKind::BankInit, _) => self.bank_view = None,
             _ => {}
         }
+        let me = self.index;
+        io.note(|| format!("c{}: {} → {}", me + 1, crate::history::describe_op(op), crate::history::describe_outcome(&outcome)));
         history.complete(cur.op, outcome, io.now_us);
         let think = io.rng.range(0, 20_000);
         self.schedule_wake(io, think);

@@ -1,13 +1,22 @@
 //! The simulated mutation log of one replica server, shared by all its replicas: records framed
-//! as on disk (`len ‖ crc32c ‖ payload`), group commit (one sync completes every append queued
-//! before it), failed writes and fsyncs, and a crash that keeps the synced prefix, some of the
+//! as on disk (`len ‖ crc32c ‖ payload`), group commit as `MutationLog`'s writer thread does it
+//! (take every queued append, write them out, one fsync completes them all, then the next group),
+//! failed writes and fsyncs, and a crash that keeps the synced prefix, some of the written but
 //! unsynced records and possibly a torn last one. Replay cuts a torn tail by its crc, as
 //! `tandem-storage`'s `MutationLog` does, and decodes with the production `LogRecord::decode`.
+//!
+//! ```text
+//!   append ─▶ pending ──LogWrite──▶ frames[synced..] (in the page cache) ──LogSync──▶ synced
+//!                                        ▲ a crash here keeps a random prefix, maybe torn
+//! ```
 
 use crate::rng::Rng;
 use tandem_core::{Decree, Gpid, LogRecord};
 
 const FRAME_HEADER_BYTES: usize = 8;
+/// How often a crash with unsynced records in the file (torn tails enabled) leaves one of them
+/// half written.
+const TORN_SHARE: f64 = 0.75;
 
 #[derive(Clone, Debug)]
 struct Frame {
@@ -54,16 +63,29 @@ pub struct SimLog<W> {
     /// Written to the file, in order; the first `synced` are durable.
     frames: Vec<Frame>,
     synced: usize,
-    /// Submitted, not written yet: the next group commit takes them all.
+    /// Submitted, not written yet: the next group write takes them all.
     pending: Vec<(Vec<Frame>, W)>,
+    /// Written to the file (in `frames`), waiting for the fsync in flight.
+    in_flight: Vec<W>,
     /// Set by the first failed write or sync: every later append fails too, as in `MutationLog`.
     failed: Option<String>,
-    pub sync_scheduled: bool,
+    /// A group write is queued (`Event::LogWrite`).
+    pub write_scheduled: bool,
+    /// An fsync is in flight (`Event::LogSync`); the writer takes the next group after it.
+    pub syncing: bool,
 }
 
 impl<W> Default for SimLog<W> {
     fn default() -> Self {
-        SimLog { frames: Vec::new(), synced: 0, pending: Vec::new(), failed: None, sync_scheduled: false }
+        SimLog {
+            frames: Vec::new(),
+            synced: 0,
+            pending: Vec::new(),
+            in_flight: Vec::new(),
+            failed: None,
+            write_scheduled: false,
+            syncing: false,
+        }
     }
 }
 
@@ -75,11 +97,15 @@ pub struct CrashOutcome {
 }
 
 impl<W> SimLog<W> {
-    /// Queues records; `waiter` comes back from `sync` with the outcome. Returns true when a
-    /// group commit must be scheduled.
+    /// Queues records; `waiter` comes back from `sync` (or a failed `write`) with the outcome.
+    /// Returns true when a group write must be scheduled: the writer is idle and none is queued.
     pub fn append(&mut self, records: &[LogRecord], waiter: W) -> bool {
         self.pending.push((records.iter().map(frame).collect(), waiter));
-        !std::mem::replace(&mut self.sync_scheduled, true)
+        if self.write_scheduled || self.syncing {
+            return false;
+        }
+        self.write_scheduled = true;
+        true
     }
 
     pub fn has_pending(&self) -> bool {
@@ -90,47 +116,82 @@ impl<W> SimLog<W> {
         self.failed.is_some()
     }
 
-    /// One group commit: writes every queued append and fsyncs. `write_fails` / `sync_fails`
-    /// inject the disk faults.
-    pub fn sync(&mut self, write_fails: bool, sync_fails: bool) -> Vec<Completion<W>> {
-        self.sync_scheduled = false;
+    /// Records written to the file but not covered by an fsync yet: what a crash may lose.
+    pub fn unsynced(&self) -> usize {
+        self.frames.len() - self.synced
+    }
+
+    /// The writer takes every queued append and writes it out (`write_all`, into the page
+    /// cache). Returns the appends that failed (a failed write, or a log that failed before);
+    /// after a good write, `syncing` is set and `sync` must follow.
+    pub fn write(&mut self, write_fails: bool) -> Vec<Completion<W>> {
+        self.write_scheduled = false;
         let batch = std::mem::take(&mut self.pending);
+        if self.failed.is_none() && write_fails {
+            self.failed = Some("simulated write failure".into());
+        }
+        if let Some(e) = &self.failed {
+            return batch.into_iter().map(|(_, w)| (w, Err(e.clone()))).collect();
+        }
+        for (frames, w) in batch {
+            self.frames.extend(frames);
+            self.in_flight.push(w);
+        }
+        self.syncing = !self.in_flight.is_empty();
+        Vec::new()
+    }
+
+    /// The fsync of the written groups returns: every append written before it completes.
+    /// A failed fsync leaves the written pages maybe on disk (a crash decides) and fails the
+    /// log. Afterwards `has_pending` says whether the writer has the next group to write.
+    pub fn sync(&mut self, sync_fails: bool) -> Vec<Completion<W>> {
+        self.syncing = false;
+        let batch = std::mem::take(&mut self.in_flight);
+        if batch.is_empty() {
+            // Nothing was written since the last fsync (a `write_and_sync` took it).
+            return Vec::new();
+        }
         if self.failed.is_none() {
-            if write_fails {
-                self.failed = Some("simulated write failure".into());
+            if sync_fails {
+                self.failed = Some("simulated fsync failure".into());
             } else {
-                for (frames, _) in &batch {
-                    self.frames.extend(frames.iter().cloned());
-                }
-                if sync_fails {
-                    // fsync failed: the pages may or may not reach the disk (a crash decides).
-                    self.failed = Some("simulated fsync failure".into());
-                } else {
-                    self.synced = self.frames.len();
-                }
+                self.synced = self.frames.len();
             }
         }
         let result = match &self.failed {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         };
-        batch.into_iter().map(|(_, w)| (w, result.clone())).collect()
+        batch.into_iter().map(|w| (w, result.clone())).collect()
+    }
+
+    /// A write and its fsync at once (the reset record before a checkpoint is installed, which
+    /// the runtime awaits inside the replica's task): the fsync in flight finishes first, then
+    /// every queued append is written and synced. Completes them all.
+    pub fn write_and_sync(&mut self, write_fails: bool, sync_fails: bool) -> Vec<Completion<W>> {
+        let mut done = self.sync(false);
+        done.extend(self.write(write_fails));
+        done.extend(self.sync(sync_fails));
+        done
     }
 
     /// The machine stops: queued appends vanish, a random part of the unsynced tail survives,
     /// and with `torn_allowed` the next record may survive only in part.
     pub fn crash(&mut self, rng: &mut Rng, torn_allowed: bool) -> CrashOutcome {
         self.pending.clear();
-        self.sync_scheduled = false;
+        self.in_flight.clear();
+        self.write_scheduled = false;
+        self.syncing = false;
         self.failed = None;
         let unsynced = self.frames.len() - self.synced;
-        let kept = if unsynced == 0 { 0 } else { rng.range(0, unsynced as u64) as usize };
-        let mut torn = false;
-        if torn_allowed && kept < unsynced && rng.chance(0.5) {
+        let torn = torn_allowed && unsynced > 0 && rng.chance(TORN_SHARE);
+        // Some prefix of the unsynced records reached the disk whole; a torn crash also left
+        // part of the next one.
+        let kept = if unsynced == 0 { 0 } else { rng.range(0, unsynced as u64 - torn as u64) as usize };
+        if torn {
             let f = &mut self.frames[self.synced + kept];
             let cut = rng.range(1, f.bytes.len() as u64 - 1) as usize;
             f.bytes.truncate(cut);
-            torn = true;
         }
         self.frames.truncate(self.synced + kept + torn as usize);
         CrashOutcome { unsynced_lost: unsynced - kept, torn }
@@ -190,44 +251,68 @@ mod tests {
     fn group_commit_completes_every_queued_append() {
         let mut log = SimLog::default();
         assert!(log.append(&[rec(1)], "a"));
-        assert!(!log.append(&[rec(2)], "b"), "one sync is already scheduled");
-        let done = log.sync(false, false);
-        assert_eq!(done, vec![("a", Ok(())), ("b", Ok(()))]);
-        assert_eq!(log.replay().0, vec![rec(1), rec(2)]);
+        assert!(!log.append(&[rec(2)], "b"), "one write is already scheduled");
+        assert_eq!(log.write(false), vec![]);
+        assert_eq!(log.unsynced(), 2, "written, not synced");
+        assert!(!log.append(&[rec(3)], "c"), "the writer takes the next group after the fsync");
+        assert_eq!(log.sync(false), vec![("a", Ok(())), ("b", Ok(()))]);
+        assert_eq!(log.unsynced(), 0);
+        assert!(log.has_pending());
+        log.write(false);
+        assert_eq!(log.sync(false), vec![("c", Ok(()))]);
+        assert_eq!(log.replay().0, vec![rec(1), rec(2), rec(3)]);
     }
 
     #[test]
     fn a_failed_write_fails_every_later_append() {
         let mut log = SimLog::default();
         log.append(&[rec(1)], 1);
-        assert!(log.sync(true, false)[0].1.is_err());
+        assert!(log.write(true)[0].1.is_err());
+        assert!(!log.syncing, "nothing was written, nothing to sync");
         log.append(&[rec(2)], 2);
-        assert!(log.sync(false, false)[0].1.is_err());
+        assert!(log.write(false)[0].1.is_err());
         assert!(log.is_empty());
     }
 
     #[test]
+    fn write_and_sync_finishes_the_fsync_in_flight_first() {
+        let mut log = SimLog::default();
+        log.append(&[rec(1)], 1);
+        log.write(false);
+        log.append(&[rec(2)], 2);
+        assert_eq!(log.write_and_sync(false, false), vec![(1, Ok(())), (2, Ok(()))]);
+        assert_eq!(log.sync(true), vec![], "the late fsync event finds nothing to sync");
+        assert!(!log.failed());
+        assert_eq!(log.unsynced(), 0);
+    }
+
+    #[test]
     fn crash_keeps_synced_records_and_replay_cuts_a_torn_tail() {
+        let mut torn = 0;
         for seed in 0..50 {
             let mut rng = Rng::new(seed);
             let mut log = SimLog::default();
             log.append(&[rec(1)], ());
-            log.sync(false, false);
+            log.write(false);
+            log.sync(false);
             log.append(&[rec(2), rec(3)], ());
-            log.sync(false, true);
+            log.write(false);
             let out = log.crash(&mut rng, true);
             let (records, cut) = log.replay();
             assert_eq!(records[0], rec(1), "seed {seed}");
             assert_eq!(cut, out.torn, "seed {seed}");
-            assert!(records.len() <= 3);
+            assert_eq!(records.len(), 3 - out.unsynced_lost, "seed {seed}");
+            torn += out.torn as usize;
         }
+        assert!(torn > 0, "some crash tears the record after the kept ones");
     }
 
     #[test]
     fn gc_drops_only_what_no_replica_needs() {
         let mut log = SimLog::default();
         log.append(&[rec(1), rec(2), rec(3)], ());
-        log.sync(false, false);
+        log.write(false);
+        log.sync(false);
         assert_eq!(log.gc(&|_| Some(2)), 2);
         assert_eq!(log.replay().0, vec![rec(3)]);
     }

@@ -19,6 +19,12 @@ pub enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// The log writer takes the queued appends and writes them out (not yet synced).
+    LogWrite {
+        node: usize,
+        incarnation: u64,
+    },
+    /// The fsync of the written appends returns.
     LogSync {
         node: usize,
         incarnation: u64,
@@ -57,6 +63,15 @@ pub enum Event {
         client: usize,
     },
     Fault,
+    /// A crash fault aimed at a moment when the server's log holds written, unsynced records.
+    CrashReplica {
+        node: usize,
+        incarnation: u64,
+    },
+    /// An armed crash found no log write in time: crash a random server instead.
+    CrashArmExpired {
+        arm: u64,
+    },
     Restart(Endpoint),
     Unblock {
         links: Vec<(Endpoint, Endpoint)>,
@@ -86,7 +101,26 @@ impl Event {
             Event::Unblock { .. } => 15,
             Event::Heal => 16,
             Event::CheckProgress => 17,
+            Event::LogWrite { .. } => 18,
+            Event::CrashReplica { .. } => 19,
+            Event::CrashArmExpired { .. } => 20,
         }
+    }
+}
+
+/// One line of the trace, at true simulated time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceLine {
+    pub at_us: u64,
+    pub text: String,
+    /// A delivered message (`TANDEM_SIM_TRACE_MESSAGES=1`): too many for a scenario's expected
+    /// output, which holds faults, role changes, configurations and failures only.
+    pub message: bool,
+}
+
+impl std::fmt::Display for TraceLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:>10}µs {}", self.at_us, self.text)
     }
 }
 
@@ -102,7 +136,7 @@ pub struct Io<'a> {
     pub out: &'a mut Vec<Out>,
     pub stats: &'a mut Stats,
     pub next_rpc: &'a mut RpcId,
-    pub trace: Option<&'a mut Vec<String>>,
+    pub trace: Option<&'a mut Vec<TraceLine>>,
 }
 
 impl Io<'_> {
@@ -121,7 +155,7 @@ impl Io<'_> {
 
     pub fn note(&mut self, line: impl FnOnce() -> String) {
         if let Some(t) = self.trace.as_deref_mut() {
-            t.push(format!("{:>10}µs {}", self.now_us, line()));
+            t.push(TraceLine { at_us: self.now_us, text: line(), message: false });
         }
     }
 }

@@ -76,7 +76,10 @@ pub struct Op {
 
 #[derive(Clone, Debug, Default)]
 pub struct History {
+    /// In order of invocation (so of `call_us`).
     pub ops: Vec<Op>,
+    /// Indexes into `ops` in order of completion (so of `return_us`): the online checker's feed.
+    pub completions: Vec<usize>,
 }
 
 impl History {
@@ -90,6 +93,14 @@ impl History {
         assert_eq!(op.outcome, Outcome::Pending, "op {id} completed twice");
         op.outcome = outcome;
         op.return_us = Some(now_us);
+        self.completions.push(id);
+    }
+
+    /// A history of finished operations (tests): completions ordered by return time.
+    pub fn from_ops(ops: Vec<Op>) -> History {
+        let mut completions: Vec<usize> = (0..ops.len()).filter(|i| ops[*i].return_us.is_some()).collect();
+        completions.sort_by_key(|i| ops[*i].return_us);
+        History { ops, completions }
     }
 }
 
@@ -99,4 +110,36 @@ pub fn parse_bank(values: &[Option<Vec<u8>>]) -> Option<(i64, Vec<i64>)> {
     let version = num(values.first()?)?;
     let balances = values[1..].iter().map(num).collect::<Option<Vec<i64>>>()?;
     Some((version, balances))
+}
+
+/// An operation as the trace shows it: `set k1 v1`, `get k1`, `bank transfer 2 from a0 to a3`.
+pub fn describe_op(op: &Op) -> String {
+    let show = |v: &[u8]| String::from_utf8_lossy(v).to_string();
+    let key = show(&op.key);
+    match &op.kind {
+        OpKind::Set { value } => format!("set {key} {}", show(value)),
+        OpKind::Del => format!("del {key}"),
+        OpKind::Get => format!("get {key}"),
+        OpKind::Cas { expected, new } => {
+            format!("check_and_set {key} {} -> {}", expected.as_deref().map_or("absent".into(), show), show(new))
+        }
+        OpKind::BankInit => "bank init".into(),
+        OpKind::BankRead => "bank read".into(),
+        OpKind::BankTransfer { version, from, to, amount, .. } => {
+            format!("bank transfer {amount} from a{from} to a{to} at version {version}")
+        }
+    }
+}
+
+pub fn describe_outcome(outcome: &Outcome) -> String {
+    let show = |v: &Option<Vec<u8>>| v.as_deref().map_or("none".into(), |v| String::from_utf8_lossy(v).to_string());
+    match outcome {
+        Outcome::Ok(Output::Done) => "ok".into(),
+        Outcome::Ok(Output::Value(v)) => show(v),
+        Outcome::Ok(Output::Applied(a)) => format!("applied={a}"),
+        Outcome::Ok(Output::Bank(values)) => values.iter().map(show).collect::<Vec<_>>().join(" "),
+        Outcome::Unknown => "unknown outcome".into(),
+        Outcome::Failed => "failed".into(),
+        Outcome::Pending => "pending".into(),
+    }
 }

@@ -11,12 +11,14 @@
 //!   event queue ─▶ Sim::handle ─▶ ReplicaServer / SimMeta / SimClient ─▶ sends, timers ─▶ Network
 //!            │                        (Replica::step, cure(), …)
 //!            ▼
-//!   checkers after every event (single primary, decree agreement, bank reads)
-//!   healing ─▶ probes (30 s) ─▶ final reads ─▶ convergence ─▶ linearizability, no lost writes
+//!   checkers after every event (single primary, decree agreement, bank reads, linearizability
+//!   of each key as its operations return)
+//!   healing ─▶ probes (30 s) ─▶ final reads ─▶ convergence ─▶ linearizability (whole history),
+//!   no lost writes
 //! ```
 //!
 //! `tandem sim` mounts `SimArgs` and calls `run`; `docs/simulation.md` describes the fault model,
-//! the invariants and the scenario script format.
+//! the invariants and the scenario script format (whose expected output is the trace).
 
 pub mod check;
 pub mod cli;

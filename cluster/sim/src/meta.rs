@@ -94,6 +94,10 @@ impl SimMeta {
         self.partitions = self.store.partitions.clone();
         self.fd = FailureDetector::new(self.opts.grace_period_ms, self.store.nodes.clone(), self.now_ms(io.now_us));
         self.reports.clear();
+        if self.incarnation > 1 {
+            let n = self.partitions.len();
+            io.note(|| format!("meta: restarted, {n} partition(s) reloaded from the store"));
+        }
         io.timer(self.opts.tick_interval_ms * 1_000, Event::MetaTick { incarnation: self.incarnation });
     }
 
@@ -122,8 +126,12 @@ impl SimMeta {
         }
         io.note(|| {
             format!(
-                "meta: {} ballot {} primary {:?} secondaries {:?} learners {:?}",
-                next.gpid, next.ballot, next.primary, next.secondaries, next.learners
+                "meta: {} ballot {}: primary {}, secondaries [{}], learners [{}]",
+                next.gpid,
+                next.ballot,
+                next.primary.as_deref().unwrap_or("none"),
+                next.secondaries.join(" "),
+                next.learners.join(" ")
             )
         });
         self.store.partitions.insert(next.gpid, next.clone());
@@ -148,6 +156,7 @@ impl SimMeta {
             status: TableStatus::Available,
             created_ms: 0,
             owner: "sim".into(),
+            policy: tandem_meta_core::policy::Policy::with_replicas(replica_count),
         };
         self.store.tables.insert(TABLE_ID, table.clone());
         self.tables.insert(TABLE_ID, table);

@@ -7,7 +7,7 @@
 //! What survives a crash is what is on the simulated disk: the log (`SimLog`, synced part and
 //! whatever of the rest the crash kept) and each replica's flushed engine state.
 
-use crate::disk::SimLog;
+use crate::disk::{CrashOutcome, SimLog};
 use crate::engine::SimEngine;
 use crate::event::{Event, Io};
 use crate::msg::{Checkpoint, Endpoint, Msg, RpcId, replica_index};
@@ -191,6 +191,10 @@ impl ReplicaServer {
                 }
             }
         }
+        if self.incarnation > 1 {
+            let (me, n) = (self.me.clone(), replayed.values().map(Vec::len).sum::<usize>());
+            io.note(|| format!("{me}: restarted, its log replays {n} mutations{}", if cut { " (a torn tail cut)" } else { "" }));
+        }
         let gpids: Vec<Gpid> = self.disk_engines.keys().copied().collect();
         for gpid in gpids {
             let engine = self.disk_engines[&gpid].reopen();
@@ -200,6 +204,8 @@ impl ReplicaServer {
                 io.stats.path(path::LOG_REPLAY);
             }
             let replica = Replica::open(gpid, self.me.clone(), self.opts.replica.clone(), Box::new(engine.clone()), mutations);
+            let (me, committed, prepared) = (self.me.clone(), replica.last_committed(), replica.last_prepared());
+            io.note(|| format!("{me} {gpid}: reopened, committed {committed} prepared {prepared}"));
             self.engines.insert(gpid, engine);
             self.replicas.insert(gpid, replica);
         }
@@ -212,8 +218,8 @@ impl ReplicaServer {
         io.timer(flush, Event::Flush { node, incarnation: inc });
     }
 
-    /// The machine stops. Returns whether the log kept a torn record.
-    pub fn crash(&mut self, io: &mut Io<'_>, torn_allowed: bool) -> bool {
+    /// The machine stops. Returns what the crash did to the log.
+    pub fn crash(&mut self, io: &mut Io<'_>, torn_allowed: bool) -> CrashOutcome {
         assert!(self.up, "{} is already down", self.me);
         self.up = false;
         self.incarnation += 1;
@@ -224,7 +230,10 @@ impl ReplicaServer {
         self.outgoing.clear();
         self.checkpoints.clear();
         self.lease_until_ms = 0;
-        outcome.torn
+        if outcome.unsynced_lost > 0 {
+            io.stats.path(path::UNSYNCED_LOST);
+        }
+        outcome
     }
 
     fn create_replica(&mut self, gpid: Gpid) {
@@ -246,24 +255,36 @@ impl ReplicaServer {
         let Some(r) = self.replicas.get_mut(&gpid) else { return };
         let before = (r.status(), r.ballot());
         let reconcile = r.last_prepared() > r.last_committed();
+        let (committed, prepared) = (r.last_committed(), r.last_prepared());
+        let me = self.me.clone();
         match &input {
-            Input::LearnReply { reply: Some(LearnReply::Log { .. }) } if r.status() == PartitionStatus::Learner => {
-                io.stats.path(path::LEARN_BY_LOG)
+            Input::LearnReply { reply: Some(LearnReply::Log { start }) } if r.status() == PartitionStatus::Learner => {
+                io.stats.path(path::LEARN_BY_LOG);
+                io.note(|| format!("{me} {gpid}: learns by log from decree {start}"));
             }
-            Input::CheckpointInstalled { .. } => io.stats.path(path::LEARN_BY_CHECKPOINT),
-            Input::CheckpointFailed { .. } => io.stats.path(path::CHECKPOINT_FAILED),
+            Input::LearnReply { reply: Some(LearnReply::Checkpoint { decree, .. }) } => {
+                io.note(|| format!("{me} {gpid}: learns by checkpoint up to decree {decree}"));
+            }
+            Input::CheckpointInstalled { .. } => {
+                io.stats.path(path::LEARN_BY_CHECKPOINT);
+                io.note(|| format!("{me} {gpid}: checkpoint installed after its reset record"));
+            }
+            Input::CheckpointFailed { error } => {
+                io.stats.path(path::CHECKPOINT_FAILED);
+                io.note(|| format!("{me} {gpid}: checkpoint failed: {error}"));
+            }
             _ => {}
         }
         r.step(&ctx, input);
         let after = (r.status(), r.ballot());
         if after.0 == PartitionStatus::Primary && before.0 != PartitionStatus::Primary && reconcile {
             io.stats.path(path::RECONCILE);
+            io.note(|| format!("{me} {gpid}: promoted with decrees {}..={prepared} prepared, not committed: reconciles them", committed + 1));
         }
         if before.0 == PartitionStatus::Primary && after == (PartitionStatus::Inactive, before.1) {
             io.stats.path(path::STEP_DOWN);
         }
         if before != after {
-            let me = self.me.clone();
             io.note(|| format!("{me} {gpid}: {:?}@{} -> {:?}@{}", before.0, before.1, after.0, after.1));
         }
         let actions = r.take_actions();
@@ -279,10 +300,7 @@ impl ReplicaServer {
                     let records: Vec<LogRecord> =
                         mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
                     if self.log.append(&records, Waiter::Mutations { gpid, ids }) {
-                        // Group commit: the disk takes a little while, and every append queued
-                        // until then rides on the same fsync.
-                        let delay = io.rng.range(200, 3_000);
-                        io.timer(delay, Event::LogSync { node: self.index, incarnation: self.incarnation });
+                        self.schedule_log_write(io);
                     }
                 }
                 Action::SendPrepare { to, msg } => {
@@ -400,16 +418,49 @@ impl ReplicaServer {
         self.lease_until_ms = self.lease_until_ms.max(sent_at_ms + self.opts.lease_period_ms);
     }
 
-    pub fn on_log_sync(&mut self, io: &mut Io<'_>, write_fails: bool, sync_fails: bool) {
+    /// Group commit: the writer thread wakes a little later, and every append queued until
+    /// then rides on the same write and fsync.
+    fn schedule_log_write(&mut self, io: &mut Io<'_>) {
+        let delay = io.rng.range(50, 1_000);
+        io.timer(delay, Event::LogWrite { node: self.index, incarnation: self.incarnation });
+    }
+
+    /// The log failed for the first time: the replica server's supervisor restarts it.
+    fn on_log_failed(&mut self, io: &mut Io<'_>, kind: &'static str) {
+        io.stats.fault(kind);
+        let delay = io.rng.range(500_000, 3_000_000);
+        io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
+    }
+
+    /// The writer writes the queued appends out. Returns when their fsync will return, if one
+    /// was started: until then a crash may lose or tear what was written.
+    pub fn on_log_write(&mut self, io: &mut Io<'_>, write_fails: bool) -> Option<u64> {
         let write_fails = write_fails || std::mem::take(&mut self.fail_next_write);
+        let was_failed = self.log.failed();
+        let done = self.log.write(write_fails);
+        if !was_failed && self.log.failed() {
+            self.on_log_failed(io, "disk-write");
+        }
+        let sync_at = self.log.syncing.then(|| {
+            let latency = io.rng.range(200, 3_000);
+            io.timer(latency, Event::LogSync { node: self.index, incarnation: self.incarnation });
+            io.now_us + latency
+        });
+        self.complete(io, done);
+        sync_at
+    }
+
+    /// The fsync returns: every written append completes; the writer takes the next group.
+    pub fn on_log_sync(&mut self, io: &mut Io<'_>, sync_fails: bool) {
         let sync_fails = sync_fails || std::mem::take(&mut self.fail_next_sync);
         let was_failed = self.log.failed();
-        let done = self.log.sync(write_fails, sync_fails);
+        let done = self.log.sync(sync_fails);
         if !was_failed && self.log.failed() {
-            io.stats.fault(if write_fails { "disk-write" } else { "disk-sync" });
-            // The log refuses every later append; the replica server's supervisor restarts it.
-            let delay = io.rng.range(500_000, 3_000_000);
-            io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
+            self.on_log_failed(io, "disk-sync");
+        }
+        if self.log.has_pending() && !self.log.write_scheduled {
+            self.log.write_scheduled = true;
+            self.schedule_log_write(io);
         }
         self.complete(io, done);
     }
@@ -561,10 +612,9 @@ impl ReplicaServer {
         let write_fails = std::mem::take(&mut self.fail_next_write);
         let sync_fails = std::mem::take(&mut self.fail_next_sync);
         let was_failed = self.log.failed();
-        let done = self.log.sync(write_fails, sync_fails);
+        let done = self.log.write_and_sync(write_fails, sync_fails);
         if !was_failed && self.log.failed() {
-            let delay = io.rng.range(500_000, 3_000_000);
-            io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
+            self.on_log_failed(io, if write_fails { "disk-write" } else { "disk-sync" });
         }
         self.complete(io, done);
     }

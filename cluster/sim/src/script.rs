@@ -1,11 +1,17 @@
-//! Scenario scripts: hand-written protocol cases that read like scripts (STYLE rule 13). The
-//! cluster runs without random faults; the script injects them and states what it expects.
+//! Scenario scripts: hand-written protocol cases that read like scripts (STYLE rule 13), with
+//! the trace as the expected output, as in etcd-io/raft's `testdata/*.txt`. The cluster runs
+//! without random faults; the script injects them, states what it expects, and after each
+//! command that produced any, holds the trace lines the command produced:
 //!
 //! ```text
 //! # comments and blank lines are ignored
 //! servers 4                        # before `start`: cluster shape and options
 //! option log_cache_bytes_max 200
 //! start                            # boot, place the table (one partition; r1 primary, r2 r3)
+//! ----
+//! meta: 1.0 ballot 1 primary Some("r1") secondaries ["r2", "r3"] learners []
+//! r1 1.0: Inactive@0 -> Primary@1
+//!                                  # a blank line ends an output block
 //! run 2s                           # advance simulated time
 //! write k1 v1                      # client c1 sets k1 (does not wait; `run` lets it finish)
 //! read k1
@@ -26,8 +32,16 @@
 //! expect converged
 //! ```
 //!
-//! The checkers of a seeded run (single primary, decree agreement, bank reads) run after every
-//! event here too; a failure stops the script.
+//! A command's output is its trace without times and without delivered messages: faults and
+//! lost or dropped messages, role changes, configurations the meta commits, refused proposals,
+//! replica failures, crashes (with what they did to the log) and restarts (with what the log
+//! replayed). A command without a block must produce none. Output that differs fails the
+//! script with a diff; `TANDEM_SIM_REWRITE=1` rewrites the blocks with what the run produced
+//! instead (the `expect` lines and the checkers must still pass), for when the protocol changed
+//! on purpose — read the diff before committing it.
+//!
+//! The checkers of a seeded run (single primary, decree agreement, bank reads, linearizability)
+//! run after every event here too; a failure stops the script.
 
 use crate::cli::SimFailure;
 use crate::faults::FaultPlan;
@@ -66,10 +80,26 @@ struct Runner {
     sim: Option<Sim>,
     trace: bool,
     last_proposal: Option<Result<PartitionConfig, String>>,
+    /// The report: each command with its time, and with `trace` the timed trace.
     out: Vec<String>,
+    /// The current command's output: its trace without times and delivered messages.
+    output: Vec<String>,
 }
 
 impl Runner {
+    /// Moves what the simulation traced so far into the report and the command's output.
+    fn drain_trace(&mut self) {
+        let Some(t) = self.sim.as_mut().and_then(|s| s.trace.as_mut()) else { return };
+        for l in t.drain(..) {
+            if self.trace {
+                self.out.push(l.to_string());
+            }
+            if !l.message {
+                self.output.push(l.text);
+            }
+        }
+    }
+
     fn sim(&mut self) -> Result<&mut Sim, String> {
         self.sim.as_mut().ok_or_else(|| "`start` the cluster first".to_string())
     }
@@ -82,7 +112,8 @@ impl Runner {
                 self.params.log_cache_bytes_max = n.parse().map_err(|_| format!("{n:?} is not a number"))?
             }
             ["start"] => {
-                let sim = Sim::with(0, Rng::new(0), self.params.clone(), FaultPlan::quiet(), self.trace);
+                // Always traced: the trace is the command's output.
+                let sim = Sim::with(0, Rng::new(0), self.params.clone(), FaultPlan::quiet(), true);
                 self.sim = Some(sim);
                 // Let the servers beacon and the meta place the table.
                 let sim = self.sim()?;
@@ -175,6 +206,7 @@ impl Runner {
                     _ => return Err(format!("{kind:?} is not remove-secondary or upgrade-learner")),
                 };
                 let result = self.sim()?.propose(gpid(), from, &proposal);
+                // The output shows the meta's commit or refusal; the report shows the answer.
                 self.out.push(format!(
                     "  -> {}",
                     match &result {
@@ -283,8 +315,132 @@ impl Runner {
     }
 }
 
-/// Runs a script's text; returns the report (each command and the run's trace).
-pub fn run_script(text: &str, trace: bool) -> Result<String, String> {
+/// One line of a script file, as parsed: text kept as it is (comments, blank lines), or a
+/// command with the output block that follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Item {
+    Text(String),
+    Command {
+        /// 1-based line number in the file.
+        line_no: usize,
+        raw: String,
+        /// The lines between `----` and the next blank line; None when there is no block.
+        expected: Option<Vec<String>>,
+    },
+}
+
+/// The line that opens a command's expected output.
+const OUTPUT_SEPARATOR: &str = "----";
+
+fn parse(text: &str) -> Vec<Item> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut items = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let raw = lines[i];
+        let trimmed = raw.trim();
+        i += 1;
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            items.push(Item::Text(raw.to_string()));
+            continue;
+        }
+        let line_no = i;
+        let mut expected = None;
+        if lines.get(i).is_some_and(|l| l.trim() == OUTPUT_SEPARATOR) {
+            i += 1;
+            let mut block = Vec::new();
+            while i < lines.len() && !lines[i].trim().is_empty() {
+                block.push(lines[i].trim_end().to_string());
+                i += 1;
+            }
+            // The blank line that ends the block belongs to it.
+            i += 1;
+            expected = Some(block);
+        }
+        items.push(Item::Command { line_no, raw: raw.to_string(), expected });
+    }
+    items
+}
+
+/// The script text with each command's output block replaced by `outputs` (one per command,
+/// in order; empty: no block).
+fn render(items: &[Item], outputs: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let mut outputs = outputs.iter();
+    for (n, item) in items.iter().enumerate() {
+        match item {
+            Item::Text(t) => {
+                out.push_str(t);
+                out.push('\n');
+            }
+            Item::Command { raw, .. } => {
+                out.push_str(raw);
+                out.push('\n');
+                let lines = outputs.next().expect("one output per command");
+                if lines.is_empty() {
+                    continue;
+                }
+                out.push_str(OUTPUT_SEPARATOR);
+                out.push('\n');
+                for l in lines {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                // A blank line ends the block, unless the next line already is one.
+                if !matches!(items.get(n + 1), Some(Item::Text(t)) if t.trim().is_empty()) {
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out.push('\n');
+    out
+}
+
+/// A line-by-line diff (longest common subsequence): `-` expected only, `+` produced only.
+fn diff(expected: &[String], got: &[String]) -> String {
+    let (n, m) = (expected.len(), got.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if expected[i] == got[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < n || j < m {
+        if i < n && j < m && expected[i] == got[j] {
+            out.push(format!("     {}", expected[i]));
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(format!("   + {}", got[j]));
+            j += 1;
+        } else {
+            out.push(format!("   - {}", expected[i]));
+            i += 1;
+        }
+    }
+    out.join("\n")
+}
+
+/// What running a script produced.
+#[derive(Clone, Debug)]
+pub struct ScriptRun {
+    /// Each command with the simulated time it ran at, and with `trace` the timed trace.
+    pub report: String,
+    /// The script with every command's output block as this run produced it.
+    pub rewritten: String,
+    /// Commands whose output differs from the script's block, each with a diff.
+    pub mismatches: Vec<String>,
+}
+
+/// Runs a script's text: every command, its `expect` assertions and the checkers. An `expect`
+/// or checker failure is an error; output that differs from the script's blocks is reported in
+/// `ScriptRun::mismatches`.
+pub fn run_script(text: &str, trace: bool) -> Result<ScriptRun, String> {
     let params = Params {
         servers: 3,
         partitions: 1,
@@ -294,44 +450,88 @@ pub fn run_script(text: &str, trace: bool) -> Result<String, String> {
         log_cache_bytes_max: 64 << 20,
         fault_time_us: u64::MAX / 4,
     };
-    let mut r = Runner { params, sim: None, trace, last_proposal: None, out: Vec::new() };
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    let items = parse(text);
+    let mut r = Runner { params, sim: None, trace, last_proposal: None, out: Vec::new(), output: Vec::new() };
+    let mut outputs = Vec::new();
+    let mut mismatches = Vec::new();
+    for item in &items {
+        let Item::Command { line_no, raw, expected } = item else { continue };
+        let line = raw.split('#').next().unwrap_or("").trim();
         r.out.push(format!("{:>8} {line}", r.sim.as_ref().map_or("".into(), |s| format!("{:.3}s", s.now_us as f64 / 1e6))));
         let words: Vec<&str> = line.split_whitespace().collect();
         let result = r.command(&words);
-        if let Some(sim) = r.sim.as_mut()
-            && let Some(t) = sim.trace.as_mut()
-        {
-            r.out.append(t);
-        }
+        r.drain_trace();
+        let n = line_no;
         if let Err(e) = result {
-            return Err(format!("line {}: {line}: {e}\n{}", n + 1, r.out.join("\n")));
+            return Err(format!("line {n}: {line}: {e}\n{}", r.out.join("\n")));
         }
         if let Some(f) = r.sim.as_ref().and_then(|s| s.failure.clone()) {
-            return Err(format!(
-                "line {}: {line}: a checker failed at {:.3}s: {}\n{}",
-                n + 1,
-                f.at_us as f64 / 1e6,
-                f.message,
-                r.out.join("\n")
-            ));
+            return Err(format!("line {n}: {line}: a checker failed at {:.3}s: {}\n{}", f.at_us as f64 / 1e6, f.message, r.out.join("\n")));
         }
+        let got = std::mem::take(&mut r.output);
+        let want = expected.clone().unwrap_or_default();
+        if got != want {
+            mismatches.push(format!("line {n}: {line}: the output differs from the script's (- expected, + got):\n{}", diff(&want, &got)));
+        }
+        outputs.push(got);
     }
-    Ok(r.out.join("\n"))
+    Ok(ScriptRun { report: r.out.join("\n"), rewritten: render(&items, &outputs), mismatches })
 }
 
+/// Whether `TANDEM_SIM_REWRITE` asks scripts to take their output as the new expectation.
+fn rewrite_requested() -> bool {
+    std::env::var("TANDEM_SIM_REWRITE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Runs a script file and compares each command's output with the file's blocks. With
+/// `TANDEM_SIM_REWRITE=1` the file is rewritten with the output this run produced instead
+/// (its `expect` assertions and the checkers must still pass).
 pub fn run_file(path: &Path, trace: bool) -> Result<String, SimFailure> {
     let command = format!("tandem sim --script {}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| SimFailure {
-        seed: None,
-        at_us: 0,
-        message: format!("read {}: {e}", path.display()),
-        command: command.clone(),
-        trace: None,
-    })?;
-    run_script(&text, trace).map_err(|message| SimFailure { seed: None, at_us: 0, message, command, trace: None })
+    let fail = |message: String| SimFailure { seed: None, at_us: 0, message, command: command.clone(), trace: None };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("read {}: {e}", path.display())))?;
+    let run = run_script(&text, trace).map_err(fail)?;
+    if rewrite_requested() {
+        if run.rewritten != text {
+            std::fs::write(path, &run.rewritten).map_err(|e| fail(format!("write {}: {e}", path.display())))?;
+        }
+        return Ok(format!("{}\nrewrote the expected output of {}", run.report, path.display()));
+    }
+    if !run.mismatches.is_empty() {
+        return Err(fail(format!(
+            "{}: {} command(s) produced other output than the script expects; if the protocol changed on purpose, \
+             accept the new output with TANDEM_SIM_REWRITE=1 and read the diff\n{}",
+            path.display(),
+            run.mismatches.len(),
+            run.mismatches.join("\n")
+        )));
+    }
+    Ok(run.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_render_round_trip() {
+        let text = "# c\nstart\n----\na\nb\n\nrun 1s\nexpect r1 primary\n----\nx\n";
+        let items = parse(text);
+        assert_eq!(items.len(), 4);
+        assert_eq!(
+            items[1],
+            Item::Command { line_no: 2, raw: "start".into(), expected: Some(vec!["a".into(), "b".into()]) }
+        );
+        let outputs = vec![vec!["a".to_string(), "b".to_string()], vec![], vec!["x".to_string()]];
+        assert_eq!(render(&items, &outputs), text);
+        // New output gets a block; a block that is no longer produced goes.
+        let outputs = vec![vec![], vec!["y".to_string()], vec![]];
+        assert_eq!(render(&items, &outputs), "# c\nstart\nrun 1s\n----\ny\n\nexpect r1 primary\n");
+    }
+
+    #[test]
+    fn diff_marks_what_changed() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(diff(&s(&["a", "b", "c"]), &s(&["a", "c", "d"])), "     a\n   - b\n     c\n   + d");
+    }
 }

@@ -5,16 +5,18 @@
 //!   queue (time, seq) ──▶ handle event ──▶ node (production core inside) ──▶ sends, timers
 //!        ▲                                                                      │
 //!        └──── network (latency, loss, dup, partitions, clogs) ◀────────────────┘
-//!   after every event: single-primary, decree-agreement, bank-read checks
+//!   after every event: single-primary, decree-agreement, bank-read and linearizability checks
 //!   phases: setup → faults → healing (probes within 30 s) → final reads → convergence → checks
+//!   crash faults: 30 % at a random moment, 70 % armed for the next log write in flight
 //! ```
 
 use crate::check::availability::Availability;
 use crate::check::decree_agreement::DecreeAgreement;
+use crate::check::linearizable_online::OnlineLinearizable;
 use crate::check::single_primary::SinglePrimary;
 use crate::check::{bank, convergence, linearizable, no_lost_writes};
 use crate::client::{SimClient, Workload, register_key};
-use crate::event::{Event, Io, Out};
+use crate::event::{Event, Io, Out, TraceLine};
 use crate::faults::{FaultKind, FaultPlan, FaultSet};
 use crate::hash::Fnv64;
 use crate::history::{BANK_HASH_KEY, History, OpKind, Outcome, Output};
@@ -38,6 +40,10 @@ const CONVERGENCE_DEADLINE_US: u64 = 30_000_000;
 const CHECK_PROGRESS_US: u64 = 250_000;
 /// Steps of the linearizability search per key before it gives up.
 const LINEARIZABILITY_BUDGET: u64 = 3_000_000;
+/// Share of crash faults aimed at a log write in flight (written, fsync not returned) rather
+/// than at a random moment, and how long such a crash waits for a write before it hits anyway.
+const CRASH_AT_LOG_WRITE_SHARE: f64 = 0.7;
+const CRASH_ARM_TIMEOUT_US: u64 = 2_000_000;
 
 /// The shape of one run, drawn from the seed (or written by a scenario script).
 #[derive(Clone, Debug)]
@@ -99,7 +105,7 @@ pub struct Sim {
     pub history: History,
     pub stats: Stats,
     next_rpc: u64,
-    pub trace: Option<Vec<String>>,
+    pub trace: Option<Vec<TraceLine>>,
     hash: Fnv64,
     pub workload: Workload,
     faults_active: bool,
@@ -110,7 +116,38 @@ pub struct Sim {
     single_primary: SinglePrimary,
     pub decree_agreement: DecreeAgreement,
     availability: Availability,
+    /// Checks each key's history as its operations complete (the end-of-run search checks
+    /// the whole history again).
+    online_linearizable: OnlineLinearizable,
+    /// A crash waiting for the next log write in flight (its arm number), see `CRASH_AT_LOG_WRITE_SHARE`.
+    crash_armed: Option<u64>,
+    arm_seq: u64,
     pub failure: Option<Failure>,
+}
+
+/// What the trace shows of a message besides its kind.
+fn message_detail(msg: &crate::msg::Msg) -> String {
+    match msg {
+        crate::msg::Msg::Prepare { msg, .. } => format!(
+            " {} b{} [{}..={}] committed {}",
+            msg.config.gpid,
+            msg.config.ballot,
+            msg.mutations.first().map_or(0, |m| m.decree),
+            msg.mutations.last().map_or(0, |m| m.decree),
+            msg.last_committed
+        ),
+        crate::msg::Msg::PrepareResp { reply, .. } => format!(" {reply:?}"),
+        _ => String::new(),
+    }
+}
+
+/// How a crash left the log, for the trace.
+fn describe_crash(outcome: crate::disk::CrashOutcome) -> String {
+    match (outcome.unsynced_lost, outcome.torn) {
+        (0, _) => String::new(),
+        (n, false) => format!(" (lost {n} unsynced log records)"),
+        (n, true) => format!(" (lost {n} unsynced log records, the first one torn)"),
+    }
 }
 
 /// Borrows the parts of the simulation a node may use while handling one event.
@@ -178,8 +215,12 @@ impl Sim {
             single_primary: SinglePrimary::default(),
             decree_agreement: DecreeAgreement::default(),
             availability: Availability::default(),
+            online_linearizable: OnlineLinearizable::default(),
+            crash_armed: None,
+            arm_seq: 0,
             failure: None,
         };
+        sim.stats.enabled = sim.plan.enabled.kinds().iter().map(|k| k.name()).collect();
         // Continuous kinds are properties of the whole run: count them once.
         for k in [FaultKind::Drift, FaultKind::Reorder] {
             if sim.plan.on(k) {
@@ -241,6 +282,7 @@ impl Sim {
         let kind = env.msg.kind();
         self.hash.bytes(kind.as_bytes()).u64(env.from.code()).u64(env.to.code());
         let (from, to) = (env.from, env.to);
+        let detail = if self.trace.is_some() { message_detail(&env.msg) } else { String::new() };
         let (fate, deliveries) = self.net.send(env, self.now_us, &mut self.rng);
         match fate {
             Fate::Lost => self.stats.fault("loss"),
@@ -250,19 +292,8 @@ impl Sim {
         if let Some(t) = self.trace.as_mut()
             && (fate != Fate::Delivered || self.trace_messages)
         {
-            let detail = match deliveries.first().map(|(_, e)| &e.msg) {
-                Some(crate::msg::Msg::Prepare { msg, .. }) => format!(
-                    " {} b{} [{}..={}] committed {}",
-                    msg.config.gpid,
-                    msg.config.ballot,
-                    msg.mutations.first().map_or(0, |m| m.decree),
-                    msg.mutations.last().map_or(0, |m| m.decree),
-                    msg.last_committed
-                ),
-                Some(crate::msg::Msg::PrepareResp { reply, .. }) => format!(" {reply:?}"),
-                _ => String::new(),
-            };
-            t.push(format!("{:>10}µs {} -> {} {kind}{detail}: {fate:?}", self.now_us, from.name(), to.name()));
+            let text = format!("{} -> {} {kind}{detail}: {fate:?}", from.name(), to.name());
+            t.push(TraceLine { at_us: self.now_us, text, message: fate == Fate::Delivered });
         }
         for (at, env) in deliveries {
             self.schedule(at, Event::Deliver(env));
@@ -322,11 +353,24 @@ impl Sim {
                     self.servers[node].send_beacon(&mut io!(self, &mut out));
                 }
             }
-            Event::LogSync { node, incarnation } => {
+            Event::LogWrite { node, incarnation } => {
                 if self.servers[node].incarnation == incarnation && self.servers[node].up {
                     let write_fails = self.faults_active && self.rng.chance(self.plan.disk_write_fail);
-                    let sync_fails = self.faults_active && !write_fails && self.rng.chance(self.plan.disk_sync_fail);
-                    self.servers[node].on_log_sync(&mut io!(self, &mut out), write_fails, sync_fails);
+                    let sync_at = self.servers[node].on_log_write(&mut io!(self, &mut out), write_fails);
+                    if let Some(sync_at) = sync_at
+                        && self.faults_active
+                        && self.crash_armed.take().is_some()
+                    {
+                        // The armed crash hits while this fsync is in flight.
+                        let at = self.rng.range(self.now_us, sync_at - 1);
+                        self.schedule(at, Event::CrashReplica { node, incarnation });
+                    }
+                }
+            }
+            Event::LogSync { node, incarnation } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    let sync_fails = self.faults_active && self.rng.chance(self.plan.disk_sync_fail);
+                    self.servers[node].on_log_sync(&mut io!(self, &mut out), sync_fails);
                 }
             }
             Event::Flush { node, incarnation } => {
@@ -342,6 +386,8 @@ impl Sim {
             Event::SupervisorRestart { node, incarnation } => {
                 if self.servers[node].incarnation == incarnation && self.servers[node].up {
                     self.servers[node].crash(&mut io!(self, &mut out), false);
+                    let name = self.servers[node].me.clone();
+                    self.note(|| format!("{name}: its log failed; the supervisor restarts it"));
                     self.schedule(self.now_us + 100_000, Event::Restart(Endpoint::Replica(node)));
                 }
             }
@@ -381,6 +427,17 @@ impl Sim {
                     self.schedule(self.now_us + next, Event::Fault);
                 }
             }
+            Event::CrashReplica { node, incarnation } => {
+                if self.faults_active && self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.crash_replica(node, &mut out);
+                }
+            }
+            Event::CrashArmExpired { arm } => {
+                if self.faults_active && self.crash_armed == Some(arm) {
+                    self.crash_armed = None;
+                    self.crash_random_replica(&mut out);
+                }
+            }
             Event::Restart(ep) => {
                 let mut io = io!(self, &mut out);
                 match ep {
@@ -414,21 +471,15 @@ impl Sim {
         let kind = *self.rng.pick(&kinds);
         match kind {
             FaultKind::Crash => {
-                let up: Vec<usize> = (0..self.servers.len()).filter(|i| self.servers[*i].up).collect();
-                if up.is_empty() {
-                    return;
+                if self.crash_armed.is_none() && self.rng.chance(CRASH_AT_LOG_WRITE_SHARE) {
+                    // Aim at the moment a server has written log records and waits for their
+                    // fsync: what a crash loses or tears there is what the protocol must survive.
+                    self.arm_seq += 1;
+                    self.crash_armed = Some(self.arm_seq);
+                    self.schedule(self.now_us + CRASH_ARM_TIMEOUT_US, Event::CrashArmExpired { arm: self.arm_seq });
+                } else {
+                    self.crash_random_replica(out);
                 }
-                let i = *self.rng.pick(&up);
-                let torn_allowed = self.plan.on(FaultKind::TornTail);
-                let torn = self.servers[i].crash(&mut io!(self, out), torn_allowed);
-                self.stats.fault("crash");
-                if torn {
-                    self.stats.fault("torn-tail");
-                }
-                let name = self.servers[i].me.clone();
-                self.note(|| format!("fault: crash {name}{}", if torn { " (torn tail)" } else { "" }));
-                let back = self.rng.range(500_000, 10_000_000);
-                self.schedule(self.now_us + back, Event::Restart(Endpoint::Replica(i)));
             }
             FaultKind::MetaCrash => {
                 if !self.meta.up {
@@ -490,15 +541,39 @@ impl Sim {
         }
     }
 
+    fn crash_random_replica(&mut self, out: &mut Vec<Out>) {
+        let up: Vec<usize> = (0..self.servers.len()).filter(|i| self.servers[*i].up).collect();
+        if up.is_empty() {
+            return;
+        }
+        let i = *self.rng.pick(&up);
+        self.crash_replica(i, out);
+    }
+
+    /// The crash fault: server `i` stops, and restarts 0.5–10 s later.
+    fn crash_replica(&mut self, i: usize, out: &mut Vec<Out>) {
+        let torn_allowed = self.plan.on(FaultKind::TornTail);
+        let outcome = self.servers[i].crash(&mut io!(self, out), torn_allowed);
+        self.stats.fault("crash");
+        if outcome.torn {
+            self.stats.fault("torn-tail");
+        }
+        let name = self.servers[i].me.clone();
+        self.note(|| format!("fault: crash {name}{}", describe_crash(outcome)));
+        let back = self.rng.range(500_000, 10_000_000);
+        self.schedule(self.now_us + back, Event::Restart(Endpoint::Replica(i)));
+    }
+
     fn note(&mut self, line: impl FnOnce() -> String) {
         if let Some(t) = self.trace.as_mut() {
-            t.push(format!("{:>10}µs {}", self.now_us, line()));
+            t.push(TraceLine { at_us: self.now_us, text: line(), message: false });
         }
     }
 
     /// Faults stop: everything restarts and reconnects; then every partition must take a write.
     fn heal(&mut self, out: &mut Vec<Out>) {
         self.faults_active = false;
+        self.crash_armed = None;
         self.workload.active = false;
         self.net.heal();
         self.net.loss = 0.0;
@@ -667,6 +742,9 @@ impl Sim {
         }
         let result = (|| {
             assert!(bank_read, "the final bank read is retried until it answers");
+            self.online_linearizable.finish(&self.history)?;
+            self.stats.lin_online_gave_up = self.online_linearizable.gave_up;
+            self.stats.lin_online_widened = self.online_linearizable.widened();
             no_lost_writes::check_registers(&self.history, &reads)?;
             no_lost_writes::check_bank(&self.history, bank_version)?;
             let inconclusive = linearizable::check_history(&self.history, LINEARIZABILITY_BUDGET)?;
@@ -678,24 +756,28 @@ impl Sim {
         }
     }
 
-    /// The cheap checkers, after every event.
+    /// The checkers that run after every event: single primary, decree agreement, and the
+    /// linearizability of each key whose operations returned since.
     fn check_step(&mut self) {
         let mut serving = Vec::new();
-        for s in &self.servers {
+        for (i, s) in self.servers.iter().enumerate() {
             if !s.up {
                 continue;
             }
             for (gpid, r) in &s.replicas {
                 if r.status() == PartitionStatus::Primary && s.serving(*gpid, self.now_us) {
-                    let ctx = s.ctx(self.now_us);
-                    serving.push((
-                        *gpid,
-                        format!("{} (ballot {}, lease until {} ms, its clock {} ms)", s.me, r.ballot(), ctx.lease_until_ms, ctx.now_ms),
-                    ));
+                    serving.push((*gpid, (i, *gpid)));
                 }
             }
         }
-        if let Err(e) = self.single_primary.check(self.now_us, &serving) {
+        let now = self.now_us;
+        let describe = |(i, gpid): (usize, Gpid)| {
+            let s = &self.servers[i];
+            let ctx = s.ctx(now);
+            let ballot = s.replicas.get(&gpid).map_or(0, |r| r.ballot());
+            format!("{} (ballot {ballot}, lease until {} ms, its clock {} ms)", s.me, ctx.lease_until_ms, ctx.now_ms)
+        };
+        if let Err(e) = self.single_primary.check(now, &serving, describe) {
             return self.fail(e);
         }
         for s in &self.servers {
@@ -707,6 +789,9 @@ impl Sim {
                     }
                 }
             }
+        }
+        if let Err(e) = self.online_linearizable.observe(&self.history, self.now_us) {
+            self.fail(e);
         }
     }
 
@@ -720,7 +805,8 @@ impl Sim {
         }
         self.stats.sim_time_us = self.now_us;
         self.stats.trace_hash = self.hash.finish();
-        (self.stats, self.failure, self.trace)
+        let trace = self.trace.map(|t| t.iter().map(TraceLine::to_string).collect());
+        (self.stats, self.failure, trace)
     }
 
     pub fn trace_hash(&self) -> u64 {
@@ -731,9 +817,14 @@ impl Sim {
     pub fn crash(&mut self, ep: Endpoint, torn: bool) {
         let mut out = Vec::new();
         match ep {
-            Endpoint::Meta if self.meta.up => self.meta.crash(),
+            Endpoint::Meta if self.meta.up => {
+                self.meta.crash();
+                self.note(|| "crash meta".into());
+            }
             Endpoint::Replica(i) if self.servers[i].up => {
-                self.servers[i].crash(&mut io!(self, &mut out), torn);
+                let outcome = self.servers[i].crash(&mut io!(self, &mut out), torn);
+                let name = self.servers[i].me.clone();
+                self.note(|| format!("crash {name}{}", describe_crash(outcome)));
             }
             _ => {}
         }

@@ -16,6 +16,8 @@ pub mod path {
     pub const PROPOSAL_REFUSED: &str = "proposal-refused";
     pub const LOG_REPLAY: &str = "log-replay";
     pub const TORN_TAIL_CUT: &str = "torn-tail-cut";
+    /// A crash lost log records that were written but not yet synced.
+    pub const UNSYNCED_LOST: &str = "unsynced-log-lost";
     pub const REPLICA_ERROR: &str = "replica-error";
     pub const STEP_DOWN: &str = "step-down";
     pub const META_RELOAD: &str = "meta-reload";
@@ -33,6 +35,8 @@ pub struct Stats {
     pub ops_ok: u64,
     pub ops_unknown: u64,
     pub ops_failed: u64,
+    /// Fault kinds the seed's plan enabled (whether or not one was injected).
+    pub enabled: Vec<&'static str>,
     pub faults: BTreeMap<&'static str, u64>,
     pub paths: BTreeMap<&'static str, u64>,
     /// Simulated milliseconds from the start of healing until every partition took a write.
@@ -40,6 +44,10 @@ pub struct Stats {
     pub trace_hash: u64,
     /// Linearizability searches given up for their size (the history was not judged).
     pub lin_inconclusive: u64,
+    /// Keys the online linearizability search gave up on (left to the end-of-run search), and
+    /// keys it judged on widened configurations (it may miss a violation there, not invent one).
+    pub lin_online_gave_up: u64,
+    pub lin_online_widened: u64,
 }
 
 impl Stats {
@@ -58,8 +66,15 @@ pub struct Summary {
     pub seeds: u64,
     pub events: u64,
     pub sim_time_us: u64,
+    /// Seeds whose plan enabled each fault kind, and seeds that hit it.
+    pub enabled: BTreeMap<&'static str, u64>,
     pub faults: BTreeMap<&'static str, u64>,
     pub paths: BTreeMap<&'static str, u64>,
+    /// Keys the linearizability searches gave up on: online (left to the end search), and at
+    /// the end (not judged).
+    pub lin_online_gave_up: u64,
+    pub lin_online_widened: u64,
+    pub lin_inconclusive: u64,
 }
 
 impl Summary {
@@ -67,6 +82,12 @@ impl Summary {
         self.seeds += 1;
         self.events += s.events;
         self.sim_time_us += s.sim_time_us;
+        self.lin_online_gave_up += s.lin_online_gave_up;
+        self.lin_online_widened += s.lin_online_widened;
+        self.lin_inconclusive += s.lin_inconclusive;
+        for k in &s.enabled {
+            *self.enabled.entry(k).or_default() += 1;
+        }
         for k in s.faults.keys() {
             *self.faults.entry(k).or_default() += 1;
         }
@@ -75,20 +96,33 @@ impl Summary {
         }
     }
 
-    /// A table of the share of seeds that hit each fault kind and recovery path.
+    /// Tables of the share of seeds that hit each fault kind (of all seeds, and of the seeds
+    /// whose plan enabled it) and each recovery path.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{} seeds, {} events, {:.0} simulated seconds\n\n| fault kind / path | seeds | share |\n|---|---|---|\n",
+            "{} seeds, {} events, {:.0} simulated seconds; linearizability: {} key(s) widened online, {} left to the end search, {} inconclusive\n\n",
             self.seeds,
             self.events,
-            self.sim_time_us as f64 / 1e6
+            self.sim_time_us as f64 / 1e6,
+            self.lin_online_widened,
+            self.lin_online_gave_up,
+            self.lin_inconclusive
         );
-        let share = |n: u64| if self.seeds == 0 { 0.0 } else { 100.0 * n as f64 / self.seeds as f64 };
-        for (k, n) in &self.faults {
-            out.push_str(&format!("| fault: {k} | {n} | {:.0}% |\n", share(*n)));
+        let share = |n: u64, of: u64| if of == 0 { 0.0 } else { 100.0 * n as f64 / of as f64 };
+        out.push_str("| fault kind | enabled in | hit in | share of seeds | share of seeds enabling it |\n|---|---|---|---|---|\n");
+        let kinds: std::collections::BTreeSet<&&str> = self.enabled.keys().chain(self.faults.keys()).collect();
+        for k in kinds {
+            let hit = self.faults.get(*k).copied().unwrap_or(0);
+            let enabled = self.enabled.get(*k).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "| {k} | {enabled} | {hit} | {:.0}% | {:.0}% |\n",
+                share(hit, self.seeds),
+                share(hit, enabled)
+            ));
         }
+        out.push_str("\n| path | seeds | share |\n|---|---|---|\n");
         for (k, n) in &self.paths {
-            out.push_str(&format!("| path: {k} | {n} | {:.0}% |\n", share(*n)));
+            out.push_str(&format!("| {k} | {n} | {:.0}% |\n", share(*n, self.seeds)));
         }
         out
     }

@@ -1,12 +1,36 @@
-//! Every scenario script under cluster/sim/scenarios/ runs and meets its expectations.
+//! Every scenario script under cluster/sim/scenarios/ runs, meets its `expect` lines and
+//! produces the trace its output blocks hold. `TANDEM_SIM_REWRITE=1 cargo test -p tandem-sim
+//! --test scenarios` rewrites the blocks after an intended protocol change.
 
 use std::path::Path;
+use tandem_sim::script::run_script;
 
 fn run(name: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(name);
     if let Err(f) = tandem_sim::script::run_file(&path, true) {
         panic!("{f}");
     }
+}
+
+#[test]
+fn a_trace_that_differs_from_the_script_fails_with_a_diff() {
+    let script = "start\nrun 1s\n----\nr9 1.0: Primary@1 -> Inactive@1\n";
+    let run = run_script(script, false).unwrap();
+    assert_eq!(run.mismatches.len(), 2, "{:?}", run.mismatches);
+    assert!(run.mismatches[0].starts_with("line 1: start: the output differs"), "{}", run.mismatches[0]);
+    assert!(run.mismatches[0].contains("   + meta: 1.0 ballot 1: primary r1, secondaries [r2 r3], learners []"), "{}", run.mismatches[0]);
+    assert!(run.mismatches[1].contains("   - r9 1.0: Primary@1 -> Inactive@1"), "{}", run.mismatches[1]);
+    // The rewritten script holds what the run produced, and passes as it is.
+    let again = run_script(&run.rewritten, false).unwrap();
+    assert_eq!(again.mismatches, Vec::<String>::new());
+    assert_eq!(again.rewritten, run.rewritten);
+    assert!(run.rewritten.starts_with("start\n----\nmeta: 1.0 ballot 1"), "{}", run.rewritten);
+}
+
+#[test]
+fn expect_lines_still_fail_a_script() {
+    let err = run_script("start\nexpect r1 secondary\n", false).unwrap_err();
+    assert!(err.starts_with("line 2: expect r1 secondary: r1 is primary, expected secondary"), "{err}");
 }
 
 #[test]

@@ -64,3 +64,30 @@ fn regression_seed_618_beacon_answer_reached_a_restarted_process() {
 fn regression_seed_979_stale_prepare_of_a_previous_process_at_the_same_ballot() {
     regression(979);
 }
+
+/// A primary committed a decree without the learner it had just proposed to upgrade, while the
+/// meta was already making that learner a secondary; the primary then crashed (here; was cut
+/// off in seed 5021, which found it), the meta promoted the new secondary, which lacked the
+/// decree and gave it to another write. Fixed in the core: from the upgrade proposal on,
+/// commits wait for the learner's ack until the configuration moves on.
+#[test]
+fn regression_seed_5804_decree_committed_while_a_learner_upgrade_was_in_flight() {
+    regression(5804);
+}
+
+/// The same bug, among crashes of the new primary and the meta around the upgrade.
+#[test]
+fn regression_seed_9337_decree_committed_while_a_learner_upgrade_was_in_flight() {
+    regression(9337);
+}
+
+/// A new primary (ballot 2) committed decrees 21..25 alone, flushed them and its log was
+/// collected; its log then failed and it restarted with no record of ballot 2. The deposed
+/// primary of ballot 1, its partition healed, sent it decrees 21..26: the restarted replica took
+/// ballot 1's configuration from the prepare, skipped 21..25 as committed and acked, and the old
+/// primary committed its own, different decree 21. Fixed in the core: a replica reopened from
+/// disk adopts no configuration from a prepare until the meta has told it one.
+#[test]
+fn regression_seed_13953_restarted_replica_forgot_its_ballot_and_acked_a_deposed_primary() {
+    regression(13953);
+}

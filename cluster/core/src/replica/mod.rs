@@ -277,6 +277,19 @@ pub struct Replica {
     /// Until this decree commits the new primary has not reconciled; it serves no reads.
     reconcile_until: Decree,
     proposal: Option<(ConfigProposal, u64)>,
+    /// A learner this primary proposed to upgrade under the current ballot. The meta may have
+    /// made it a secondary already (its answer can be late or lost): from the proposal on, a
+    /// commit waits for this learner's ack too, or a decree committed meanwhile would be missing
+    /// from a member the meta may promote (found by the simulator, seed 5021). Cleared when the
+    /// configuration moves on: a new ballot, or the same one without this learner.
+    upgrading: Option<NodeAddr>,
+    /// This replica knows the highest ballot it took part in: it was created empty, or the meta
+    /// told it the configuration since it opened. A replica reopened from disk may have forgotten
+    /// its ballot (the log records that carried it are collected once the engine is flushed);
+    /// until the meta speaks, it adopts no configuration from a prepare, which may come from a
+    /// deposed primary that would count its ack for decrees it committed differently under the
+    /// newer ballot (found by the simulator, seed 13953).
+    ballot_known: bool,
     // learner state
     learn: LearnState,
     /// When the last prepare arrived from the primary (a learner re-asks if the stream stops).
@@ -325,6 +338,8 @@ impl Replica {
             pending_writes: BTreeMap::new(),
             reconcile_until: 0,
             proposal: None,
+            upgrading: None,
+            ballot_known: last_committed == 0 && replayed.is_empty(),
             learn: LearnState::Idle,
             last_prepare_ms: 0,
             actions: Vec::new(),
@@ -409,6 +424,9 @@ impl Replica {
 
     /// Feeds one input; the resulting actions are collected for `take_actions`.
     pub fn step(&mut self, ctx: &Ctx, input: Input) {
+        if matches!(input, Input::ConfigUpdate { .. } | Input::ProposalReply { result: Ok(_) }) {
+            self.ballot_known = true;
+        }
         match input {
             Input::Tick => self.on_tick(ctx),
             Input::ConfigUpdate { config } => self.on_config_update(ctx, config),

@@ -21,6 +21,9 @@ impl Replica {
             // A proposal made under the old ballot can no longer apply.
             self.proposal = None;
         }
+        if ballot_changed || self.upgrading.as_ref().is_some_and(|l| !self.config.learners.contains(l)) {
+            self.upgrading = None;
+        }
         match new_status {
             PartitionStatus::Primary if old_status == PartitionStatus::Primary => self.sync_members(ctx),
             PartitionStatus::Primary => self.become_primary(ctx),
@@ -113,6 +116,7 @@ impl Replica {
             .find(|(node, p)| p.learner && p.acked >= self.last_committed && self.config.learners.contains(node))
             .map(|(node, _)| node.clone());
         if let Some(node) = ready {
+            self.upgrading = Some(node.clone());
             self.propose(ctx, ConfigProposal::UpgradeLearner { ballot: self.config.ballot, node });
         }
     }

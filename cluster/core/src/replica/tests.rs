@@ -215,6 +215,63 @@ fn learner_by_log_then_upgrade() {
     assert_eq!(r.last_committed(), 2);
 }
 
+/// The meta may make the learner a secondary before the primary hears of it (the answer can be
+/// late or lost). A decree committed in between without the learner's ack would be missing from
+/// a member the meta may promote (simulator seed 5021): from the proposal on, commits wait for
+/// the learner too, until the configuration moves on.
+#[test]
+fn a_learner_proposed_for_upgrade_counts_for_commits_until_the_configuration_moves_on() {
+    let mut r = primary_of(&[S1]);
+    r.step(&ctx(1), Input::ConfigUpdate { config: config(1, P, &[S1], &[L]) });
+    r.step(&ctx(2), Input::LearnRequest { token: 5, request: LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 } });
+    assert_eq!(r.take_actions(), vec![Action::ReplyLearn { token: 5, reply: LearnReply::Log { start: 1 } }]);
+    r.step(&ctx(3), Input::PrepareReply { from: L.into(), reply: ok(0, 1) });
+    assert_eq!(r.take_actions(), vec![Action::ProposeConfig { proposal: ConfigProposal::UpgradeLearner { ballot: 1, node: L.into() } }]);
+    r.step(&ctx(4), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(4), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(5), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    assert_eq!(r.last_committed(), 0, "the learner proposed for upgrade has not logged decree 1");
+    // The meta's answer was lost: it may have applied the upgrade all the same.
+    r.step(&ctx(6), Input::ProposalReply { result: Err("proposal RPC failed".into()) });
+    assert_eq!(r.last_committed(), 0);
+    r.take_actions();
+    r.step(&ctx(7), Input::PrepareReply { from: L.into(), reply: ok(1, 1) });
+    assert_eq!(r.last_committed(), 1);
+    assert!(r.take_actions().contains(&Action::ReplyClient { request_id: 1, result: Ok(WriteResponse::Done) }));
+    // The meta dropped the learner at the same ballot: the upgrade can no longer happen there.
+    r.step(&ctx(8), Input::ConfigUpdate { config: config(1, P, &[S1], &[]) });
+    r.step(&ctx(9), Input::ClientWrite { request_id: 2, request: set("k", "w") });
+    r.step(&ctx(9), Input::LogAppended { ballot: 1, decree: 2 });
+    r.step(&ctx(10), Input::PrepareReply { from: S1.into(), reply: ok(2, 1) });
+    assert_eq!(r.last_committed(), 2);
+}
+
+/// A replica reopened from a flushed engine with its log collected does not know the ballot it
+/// last took part in. A deposed primary's prepare must not make it a secondary again: it would
+/// skip the decrees it committed under the newer ballot and ack the primary's different ones
+/// (simulator seed 13953). It waits for the meta's configuration.
+#[test]
+fn a_reopened_replica_that_forgot_its_ballot_takes_no_configuration_from_a_prepare() {
+    let engine = MemEngine::from_parts(BTreeMap::new(), 5);
+    let mut s = Replica::open(gpid(), S1.into(), ReplicaOptions::default(), Box::new(engine), vec![]);
+    let m = Arc::new(Mutation { ballot: 1, decree: 4, timestamp_us: 5, ops: vec![] });
+    let stale = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![m], last_committed: 3 };
+    s.step(&ctx(0), Input::Prepare { token: 1, from: P.into(), msg: stale.clone() });
+    let not_member = PrepareReply { ballot: 0, outcome: PrepareOutcome::NotMember };
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 1, reply: not_member }]);
+    assert_eq!(s.status(), PartitionStatus::Inactive);
+    s.step(&ctx(1), Input::ConfigUpdate { config: config(2, S2, &[S1], &[]) });
+    s.take_actions();
+    s.step(&ctx(2), Input::Prepare { token: 2, from: P.into(), msg: stale });
+    let stale_ballot = PrepareReply { ballot: 2, outcome: PrepareOutcome::StaleBallot { ballot: 2 } };
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 2, reply: stale_ballot }]);
+    // A replica created empty (a new partition) may take its first configuration from a prepare.
+    let mut fresh = replica(S1, ReplicaOptions::default());
+    let first = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![], last_committed: 0 };
+    fresh.step(&ctx(3), Input::Prepare { token: 3, from: P.into(), msg: first });
+    assert_eq!(fresh.status(), PartitionStatus::Secondary);
+}
+
 #[test]
 fn learner_too_far_behind_gets_a_checkpoint() {
     let options = ReplicaOptions { log_cache_bytes_max: 0, ..Default::default() };

@@ -56,13 +56,14 @@ impl Replica {
         }
     }
 
-    /// Commits every decree logged by this primary and acked by every member of the configuration.
+    /// Commits every decree logged by this primary and acked by every member of the
+    /// configuration, and by the learner it proposed to upgrade (see `Replica::upgrading`).
     pub(super) fn try_commit_as_primary(&mut self, ctx: &Ctx) {
         if self.status != PartitionStatus::Primary {
             return;
         }
         let mut to = self.durable;
-        for node in &self.config.secondaries {
+        for node in self.config.secondaries.iter().chain(&self.upgrading) {
             let acked = self.members.get(node).map_or(0, |p| p.acked);
             to = to.min(acked);
         }
@@ -84,6 +85,12 @@ impl Replica {
             return;
         }
         if msg.config != self.config {
+            if !self.ballot_known {
+                // Reopened without knowing its ballot: the meta's configuration comes first.
+                let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::NotMember };
+                self.actions.push(Action::ReplyPrepare { token, reply });
+                return;
+            }
             // The primary got this configuration from the meta by compare-and-set: adopt it.
             self.on_config_update(ctx, msg.config.clone());
         }

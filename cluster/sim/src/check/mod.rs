@@ -1,10 +1,13 @@
-//! The checkers, one property per file (STYLE rule 15). Cheap ones run after every event; the
-//! history-wide ones at the end of a run, after the healing phase.
+//! The checkers, one property per file (STYLE rule 15), except linearizability, which has two
+//! searches: `linearizable_online` after every event (a key is judged as its operations return),
+//! `linearizable` over the whole history at the end. The other history-wide ones (no lost
+//! writes, convergence) run at the end of a run, after the healing phase.
 
 pub mod availability;
 pub mod bank;
 pub mod convergence;
 pub mod decree_agreement;
 pub mod linearizable;
+pub mod linearizable_online;
 pub mod no_lost_writes;
 pub mod single_primary;

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn the_last_acknowledged_write_must_survive() {
-        let h = History { ops: vec![op(set("a"), 0, 1, Outcome::Ok(Output::Done)), op(set("b"), 2, 3, Outcome::Ok(Output::Done))] };
+        let h = History::from_ops(vec![op(set("a"), 0, 1, Outcome::Ok(Output::Done)), op(set("b"), 2, 3, Outcome::Ok(Output::Done))]);
         assert!(check_registers(&h, &[(b"k".to_vec(), Some(b"b".to_vec()))]).is_ok());
         assert!(check_registers(&h, &[(b"k".to_vec(), Some(b"a".to_vec()))]).unwrap_err().contains("was the last write"));
         assert!(check_registers(&h, &[(b"k".to_vec(), None)]).is_err());
@@ -81,17 +81,17 @@ mod tests {
 
     #[test]
     fn a_concurrent_or_unknown_write_may_win() {
-        let h = History { ops: vec![op(set("a"), 0, 5, Outcome::Ok(Output::Done)), op(set("b"), 1, 2, Outcome::Ok(Output::Done))] };
+        let h = History::from_ops(vec![op(set("a"), 0, 5, Outcome::Ok(Output::Done)), op(set("b"), 1, 2, Outcome::Ok(Output::Done))]);
         assert!(check_registers(&h, &[(b"k".to_vec(), Some(b"a".to_vec()))]).is_ok());
         assert!(check_registers(&h, &[(b"k".to_vec(), Some(b"b".to_vec()))]).is_ok());
-        let h = History { ops: vec![op(set("a"), 0, 1, Outcome::Unknown), op(set("b"), 2, 3, Outcome::Ok(Output::Done))] };
+        let h = History::from_ops(vec![op(set("a"), 0, 1, Outcome::Unknown), op(set("b"), 2, 3, Outcome::Ok(Output::Done))]);
         assert!(check_registers(&h, &[(b"k".to_vec(), Some(b"a".to_vec()))]).is_ok());
     }
 
     #[test]
     fn bank_version_counts_applied_transfers() {
         let t = || OpKind::BankTransfer { version: 0, from: 0, to: 1, amount: 1, balances: vec![100; 4] };
-        let h = History { ops: vec![op(t(), 0, 1, Outcome::Ok(Output::Applied(true))), op(t(), 2, 3, Outcome::Unknown)] };
+        let h = History::from_ops(vec![op(t(), 0, 1, Outcome::Ok(Output::Applied(true))), op(t(), 2, 3, Outcome::Unknown)]);
         assert!(check_bank(&h, Some(1)).is_ok());
         assert!(check_bank(&h, Some(2)).is_ok());
         assert!(check_bank(&h, Some(0)).unwrap_err().contains("1 transfers were acknowledged"));

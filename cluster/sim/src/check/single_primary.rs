@@ -15,12 +15,18 @@ pub struct SinglePrimary {
 }
 
 impl SinglePrimary {
-    /// `serving`: (partition, server) pairs serving now.
-    pub fn check(&mut self, now_us: u64, serving: &[(Gpid, String)]) -> Result<(), String> {
+    /// `serving`: (partition, server) pairs serving now; `describe` names a server with its
+    /// ballot and lease (called only for a violation: this check runs after every event).
+    pub fn check<N: Copy>(&mut self, now_us: u64, serving: &[(Gpid, N)], describe: impl Fn(N) -> String) -> Result<(), String> {
         self.checks += 1;
         for (i, (gpid, node)) in serving.iter().enumerate() {
             if let Some((_, other)) = serving[i + 1..].iter().find(|(g, _)| g == gpid) {
-                return Err(format!("two primaries serve partition {gpid} at t={}µs: {node} and {other}", now_us));
+                return Err(format!(
+                    "two primaries serve partition {gpid} at t={}µs: {} and {}",
+                    now_us,
+                    describe(*node),
+                    describe(*other)
+                ));
             }
         }
         Ok(())
@@ -35,7 +41,8 @@ mod tests {
     fn two_servers_on_one_partition_fail() {
         let mut c = SinglePrimary::default();
         let g = Gpid::new(1, 0);
-        assert!(c.check(1, &[(g, "r1".into()), (Gpid::new(1, 1), "r2".into())]).is_ok());
-        assert!(c.check(2, &[(g, "r1".into()), (g, "r2".into())]).unwrap_err().contains("r1 and r2"));
+        let name = |n: usize| format!("r{n}");
+        assert!(c.check(1, &[(g, 1), (Gpid::new(1, 1), 2)], name).is_ok());
+        assert!(c.check(2, &[(g, 1), (g, 2)], name).unwrap_err().contains("r1 and r2"));
     }
 }
