@@ -5,7 +5,7 @@ use crate::{client_of, print_json, print_table, CmdResult, Failure, EXIT_UNAVAIL
 use serde_json::json;
 use tandem_proto::v1;
 
-fn fmt_ms(ms: u64) -> String {
+pub(crate) fn fmt_ms(ms: u64) -> String {
     if ms == 0 {
         return "-".into();
     }
@@ -19,18 +19,32 @@ fn table_json(t: &v1::TableInfo) -> serde_json::Value {
         "id": t.id, "name": t.name, "partitions": t.partition_count, "replicas": t.replica_count,
         "status": t.status, "owner": t.owner, "created": fmt_ms(t.created_ms),
         "dropped": if t.drop_time_ms > 0 { Some(fmt_ms(t.drop_time_ms)) } else { None },
+        "policy": t.policy.as_ref().map(crate::policy::policy_json),
     })
 }
 
 pub async fn table(args: &ClientArgs, command: TableCommand) -> CmdResult {
     let client = client_of(args)?;
     match command {
-        TableCommand::Create { name, partitions, replicas, owner } => {
-            let t = client.create_table(&name, partitions, replicas, &owner).await?;
+        TableCommand::Create { name, partitions, replicas, owner, policy, who } => {
+            let who = crate::policy::who(who);
+            let owner = owner.filter(|o| !o.trim().is_empty()).unwrap_or_else(|| who.clone());
+            let req = v1::CreateTableRequest {
+                name,
+                partition_count: partitions,
+                replica_count: replicas,
+                owner,
+                policy: Some(crate::policy::change_of(&policy, Some(replicas))),
+                who,
+            };
+            let t = crate::retry_unavailable(args.timeout, || client.create_table_with(req.clone())).await?;
             if args.json {
                 print_json(&table_json(&t));
             } else {
-                println!("created table {} (id {}, {} partitions × {} replicas, owner {})", t.name, t.id, t.partition_count, t.replica_count, t.owner);
+                println!("created table {} (id {}, {} partitions, owner {})", t.name, t.id, t.partition_count, t.owner);
+                if let Some(p) = &t.policy {
+                    println!("policy {}", crate::policy::policy_line(p));
+                }
             }
         }
         TableCommand::List { all } => {
@@ -82,6 +96,9 @@ pub async fn table(args: &ClientArgs, command: TableCommand) -> CmdResult {
                 print_json(&v);
             } else {
                 println!("table {} (id {}): {} partitions × {} replicas, owner {}, created {}", t.name, t.id, t.partition_count, t.replica_count, t.owner, fmt_ms(t.created_ms));
+                if let Some(p) = &t.policy {
+                    println!("policy {}", crate::policy::policy_line(p));
+                }
                 let rows: Vec<Vec<String>> = resp
                     .partitions
                     .iter()

@@ -50,6 +50,13 @@ pub enum Command {
         #[command(subcommand)]
         command: TableCommand,
     },
+    /// Per-table redundancy policy: replicas, duplication, backups.
+    Policy {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Replica servers and their liveness.
     Nodes {
         #[command(flatten)]
@@ -259,6 +266,18 @@ pub enum MetaCommand {
         data_dir: Option<PathBuf>,
         #[arg(long, value_parser = humantime::parse_duration)]
         grace_period: Option<std::time::Duration>,
+        /// Address other meta servers send clients to when this one leads (default: --listen).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// The leader lease's time to live (e.g. 30s; see docs/meta.md).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        lease_ttl: Option<std::time::Duration>,
+        /// This site's name.
+        #[arg(long)]
+        site: Option<String>,
+        /// Sites tables may be duplicated to, comma-separated.
+        #[arg(long)]
+        peer_sites: Option<String>,
     },
 }
 
@@ -304,8 +323,14 @@ pub enum TableCommand {
         partitions: u32,
         #[arg(long, default_value_t = 3)]
         replicas: u32,
-        #[arg(long, env = "TANDEM_USER", default_value = "unknown")]
-        owner: String,
+        /// The table's owner (default: --as, TANDEM_USER, then $USER).
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        policy: PolicyFlags,
+        /// Who creates the table, for the policy history (default: TANDEM_USER, then $USER).
+        #[arg(long = "as", env = "TANDEM_USER")]
+        who: Option<String>,
     },
     /// List tables.
     List {
@@ -319,4 +344,74 @@ pub enum TableCommand {
     Drop { name: String },
     /// Bring back a dropped table.
     Recall { name: String },
+}
+
+/// Policy flags shared by `policy set` and `table create`. Durations need units: 30s, 15m, 6h, 7d.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyFlags {
+    /// Preset: 1 = replicas only, 2 = + duplication, 3 = + backup. Explicit flags override it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub level: Option<u32>,
+    /// Duplicate every write to SITE, or `off`.
+    #[arg(long = "dup", value_name = "off|SITE")]
+    pub dup: Option<String>,
+    /// Back up every interval (e.g. 6h, 1d), or `off`.
+    #[arg(long, value_name = "off|EVERY", value_parser = parse_backup_every)]
+    pub backup: Option<BackupEvery>,
+    /// How many backups to keep.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub backup_keep: Option<u32>,
+    /// s3://BUCKET[/PREFIX] or file:///PATH
+    #[arg(long)]
+    pub backup_target: Option<String>,
+    /// How long deletes are remembered (e.g. 1d).
+    #[arg(long, value_parser = parse_duration_with_unit)]
+    pub tombstone_retention: Option<std::time::Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupEvery {
+    Off,
+    Every(std::time::Duration),
+}
+
+/// A duration that must carry a unit: "90" is refused (seconds? minutes?).
+pub fn parse_duration_with_unit(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("'{text}' has no unit: write e.g. {text}s, {text}m, {text}h or {text}d"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("'{text}' is not a duration ({e}); use units like 30s, 15m, 6h, 7d"))
+}
+
+fn parse_backup_every(text: &str) -> Result<BackupEvery, String> {
+    if text.trim() == "off" {
+        return Ok(BackupEvery::Off);
+    }
+    let every = parse_duration_with_unit(text)?;
+    if every.is_zero() {
+        return Err("a backup interval of 0 means never: write `off`".into());
+    }
+    Ok(BackupEvery::Every(every))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Change a table's policy. Unset flags keep their value.
+    Set {
+        table: String,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5))]
+        replicas: Option<u32>,
+        #[command(flatten)]
+        flags: PolicyFlags,
+        /// Who makes the change, recorded in the history (default: TANDEM_USER, then $USER).
+        #[arg(long = "as", env = "TANDEM_USER")]
+        who: Option<String>,
+    },
+    /// A table's policy and owner.
+    Show { table: String },
+    /// Who changed a table's policy, when, old → new.
+    History { table: String },
+    /// Desired vs actual protection at each level; exits 3 while replicas are below the policy.
+    Status { table: String },
 }

@@ -26,6 +26,18 @@ pub struct MetaSection {
     pub recall_window: Duration,
     #[serde(with = "humantime_serde")]
     pub tick_interval: Duration,
+    /// Address other meta servers send clients to when this one leads ("" = listen).
+    pub advertise: String,
+    /// The leader lease's time to live (see docs/meta.md): a standby takes over this long after
+    /// the leader went silent, and a leader cut off from the store keeps serving this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// This site's name.
+    pub site: String,
+    /// Sites tables may be duplicated to (`tandem policy set T --dup SITE`).
+    pub peer_sites: Vec<String>,
+    /// Where level-3 policies back up unless `--backup-target` says otherwise ("" = none).
+    pub backup_target: String,
 }
 
 impl Default for MetaSection {
@@ -37,6 +49,11 @@ impl Default for MetaSection {
             grace_period: Duration::from_secs(8),
             recall_window: Duration::from_secs(7 * 24 * 3600),
             tick_interval: Duration::from_millis(500),
+            advertise: String::new(),
+            lease_ttl: Duration::from_secs(30),
+            site: "local".into(),
+            peer_sites: Vec::new(),
+            backup_target: String::new(),
         }
     }
 }
@@ -130,6 +147,17 @@ grace_period = "8s"
 recall_window = "7days"
 # How often failure detection and cure run.
 tick_interval = "500ms"
+# Address other meta servers send clients to when this one leads ("" = listen).
+advertise = ""
+# Several meta servers may share one PostgreSQL store; one leads through a lease row. A standby
+# takes over this long after the leader went silent, and a leader cut off from the store keeps
+# serving (the data path with it) this long. Renewed every sixth of it.
+lease_ttl = "30s"
+# This site's name, and the sites tables may be duplicated to.
+site = "local"
+peer_sites = []
+# Where level-3 policies back up unless --backup-target says otherwise ("" = none).
+backup_target = ""
 
 [replica]
 listen = "127.0.0.1:34801"
@@ -212,6 +240,20 @@ impl Config {
         if m.tick_interval.is_zero() || m.tick_interval > m.grace_period {
             bail!("meta.tick_interval must be positive and shorter than grace_period");
         }
+        if !m.advertise.is_empty() && !m.advertise.contains(':') {
+            bail!("meta.advertise {:?} is not HOST:PORT", m.advertise);
+        }
+        tandem_meta_core::leadership::validate_ttl(m.lease_ttl.as_millis() as u64).map_err(anyhow::Error::msg)?;
+        tandem_meta_core::policy::validate_site_name(&m.site).map_err(|e| anyhow::anyhow!("meta.site: {e}"))?;
+        for peer in &m.peer_sites {
+            tandem_meta_core::policy::validate_site_name(peer).map_err(|e| anyhow::anyhow!("meta.peer_sites: {e}"))?;
+            if *peer == m.site || peer == "off" {
+                bail!("meta.peer_sites lists {peer:?}, which is this site's own name or reserved");
+            }
+        }
+        if !m.backup_target.is_empty() {
+            tandem_meta_core::policy::validate_backup_target(&m.backup_target).map_err(|e| anyhow::anyhow!("meta.backup_target: {e}"))?;
+        }
         Ok(())
     }
 
@@ -270,6 +312,11 @@ impl Config {
             grace_period_ms: m.grace_period.as_millis() as u64,
             tick_interval_ms: m.tick_interval.as_millis() as u64,
             recall_window_ms: m.recall_window.as_millis() as u64,
+            advertise: m.advertise.clone(),
+            lease_ttl_ms: m.lease_ttl.as_millis() as u64,
+            site: m.site.clone(),
+            peer_sites: m.peer_sites.clone(),
+            backup_target: m.backup_target.clone(),
         })
     }
 

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod data;
 mod playground;
+mod policy;
 mod servers;
 
 use clap::Parser;
@@ -97,6 +98,7 @@ async fn run(cli: Cli) -> CmdResult {
             Ok(())
         }
         Command::Table { client, command } => admin::table(&client, command).await,
+        Command::Policy { client, command } => policy::run(&client, command).await,
         Command::Nodes { client } => admin::nodes(&client).await,
         Command::Status { client } => admin::status(&client).await,
         Command::Bench(args) => bench::run(args).await,
@@ -163,4 +165,24 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 
 pub fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+}
+
+/// Retries an administrative call while the cluster answers "unavailable" (no meta leader yet,
+/// or the metadata store is down), polling until `timeout` (the command's `--timeout`):
+/// configuration changes wait for the store instead of failing at once.
+pub async fn retry_unavailable<T, F, Fut>(timeout: std::time::Duration, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match call().await {
+            Err(ClientError::Unavailable(message)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("retrying: {message}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }

@@ -27,7 +27,7 @@ fn print_section(c: &Config, section: &str) -> CmdResult {
 }
 
 pub async fn meta(command: MetaCommand) -> CmdResult {
-    let MetaCommand::Start { server, store, data_dir, grace_period } = command;
+    let MetaCommand::Start { server, store, data_dir, grace_period, advertise, lease_ttl, site, peer_sites } = command;
     let mut c = load(&server, "meta")?;
     if let Some(dir) = data_dir {
         std::fs::create_dir_all(&dir).map_err(|e| Failure::new(1, format!("create {}: {e}", dir.display())))?;
@@ -38,6 +38,18 @@ pub async fn meta(command: MetaCommand) -> CmdResult {
     }
     if let Some(g) = grace_period {
         c.meta.grace_period = g;
+    }
+    if let Some(a) = advertise {
+        c.meta.advertise = a;
+    }
+    if let Some(t) = lease_ttl {
+        c.meta.lease_ttl = t;
+    }
+    if let Some(s) = site {
+        c.meta.site = s;
+    }
+    if let Some(p) = peer_sites {
+        c.set("meta", "peer_sites", &p)?;
     }
     if server.print_config {
         return print_section(&c, "meta");

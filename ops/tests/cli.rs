@@ -104,7 +104,7 @@ async fn every_command_with_its_output_and_exit_code() {
             tandem(&cluster, &["status"]).status.code() == Some(3)
         })
         .await;
-    fails(&cluster, &["table", "create", "u", "--meta", "127.0.0.1:1"], 3, "");
+    fails(&cluster, &["table", "create", "u", "--meta", "127.0.0.1:1", "--timeout", "3s"], 3, "");
 }
 
 #[test]
@@ -215,4 +215,40 @@ async fn health_reflection_and_metrics_on_every_server() {
     assert!(body.contains("tandem_replica_request_seconds_bucket"), "{body}");
     assert!(body.contains("tandem_replica_replicas{status=\"primary\"} 1"), "{body}");
     cluster.kill_replica(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_commands_record_who_changed_what() {
+    let cluster = Cluster::start(3, Store::Sqlite).await;
+    ok(&cluster, &["table", "create", "p", "--partitions", "2", "--owner", "alice", "--as", "carol", "--tombstone-retention", "2d"]);
+    let show = ok(&cluster, &["table", "show", "p"]);
+    assert!(show.contains("owner alice") && show.contains("level 1: 3 replicas"), "{show}");
+    let policy: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "show", "p", "--json"])).unwrap();
+    assert_eq!((policy["owner"].as_str(), policy["policy"]["tombstone_retention"].as_str()), (Some("alice"), Some("2days")));
+
+    let out = ok(&cluster, &["policy", "set", "p", "--backup", "6h", "--backup-target", "s3://bucket-a/p", "--as", "dave"]);
+    assert!(out.contains("changed by dave") && out.contains("backup: off → every 6h, keep 7, to s3://bucket-a/p"), "{out}");
+    let status = tandem(&cluster, &["policy", "status", "p"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("not available yet") && text.contains("healthy 3 of 3"), "{text}");
+    assert_eq!(status.status.code(), Some(0));
+    let history: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "history", "p", "--json"])).unwrap();
+    let entries = history["history"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!((entries[0]["who"].as_str(), entries[0]["old"].is_null()), (Some("carol"), true));
+    assert_eq!((entries[1]["who"].as_str(), entries[1]["new"]["backup"]["every"].as_str()), (Some("dave"), Some("6h")));
+    let text = ok(&cluster, &["policy", "history", "p"]);
+    assert!(text.contains("carol") && text.contains("created with") && text.contains("dave"), "{text}");
+    // Unchanged policy: nothing recorded.
+    assert!(ok(&cluster, &["policy", "set", "p", "--backup-keep", "7", "--as", "erin"]).contains("unchanged"));
+
+    fails(&cluster, &["policy", "set", "p", "--backup", "90"], 2, "has no unit");
+    fails(&cluster, &["policy", "set", "p", "--replicas", "9"], 2, "9 is not in 1..=5");
+    fails(&cluster, &["policy", "set", "p", "--replicas", "4"], 1, "exceeds the 3 live replica servers");
+    fails(&cluster, &["policy", "set", "p", "--dup", "mars"], 1, "unknown site 'mars'");
+    fails(&cluster, &["policy", "set", "p", "--level", "2"], 1, "knows none");
+    fails(&cluster, &["policy", "set", "nope", "--replicas", "1"], 4, "does not exist");
+    fails(&cluster, &["policy", "set", "p"], 1, "nothing to change");
+    let history: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "history", "p", "--json"])).unwrap();
+    assert_eq!(history["history"].as_array().unwrap().len(), 2, "refused changes record nothing");
 }

@@ -3,73 +3,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{Cluster, PgDatabase, Store};
-
-const KEYS: usize = 10_000;
-const CONCURRENCY: usize = 32;
-
-/// `CONCURRENCY` writers writing `KEYS` keys in the background.
-struct Load {
-    writers: Vec<tokio::task::JoinHandle<()>>,
-    acked: Arc<Mutex<BTreeMap<String, String>>>,
-}
-
-/// Starts the writers and returns once a fifth of the keys are acknowledged.
-async fn start_load(cluster: &Cluster, table: &str) -> Load {
-    let t = cluster.client().table(table);
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let (t, acked, next) = (t.clone(), acked.clone(), next.clone());
-        writers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= KEYS {
-                    return;
-                }
-                let (k, v) = (format!("key{i:05}"), format!("value-{i}"));
-                if t.set(k.as_bytes(), b"s", v.as_bytes(), 0).await.is_ok() {
-                    acked.lock().unwrap().insert(k, v);
-                }
-            }
-        }));
-    }
-    cluster
-        .poll(Duration::from_secs(60), "a fifth of the writes acknowledged", || {
-            let n = acked.lock().unwrap().len();
-            async move { n >= KEYS / 5 }
-        })
-        .await;
-    Load { writers, acked }
-}
-
-impl Load {
-    /// Waits for every writer; returns the acknowledged keys and values.
-    async fn finish(self, cluster: &Cluster) -> BTreeMap<String, String> {
-        for w in self.writers {
-            w.await.unwrap();
-        }
-        let acked = self.acked.lock().unwrap().clone();
-        assert!(acked.len() >= KEYS * 9 / 10, "only {} of {KEYS} writes were acknowledged\n{}", acked.len(), cluster.logs_tail());
-        acked
-    }
-}
-
-async fn assert_all_read_back(cluster: &Cluster, table: &str, acked: &BTreeMap<String, String>) {
-    let t = cluster.client().table(table);
-    let mut missing = Vec::new();
-    for (k, v) in acked {
-        match t.get(k.as_bytes(), b"s").await {
-            Ok(Some(got)) if got == v.as_bytes() => {}
-            other => missing.push(format!("{k}: {other:?}")),
-        }
-    }
-    assert!(missing.is_empty(), "{} acknowledged writes did not read back, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(5)], cluster.logs_tail());
-}
+use support::{assert_all_read_back, start_load, Cluster, PgDatabase, Store, KEYS};
 
 async fn kill_secondary_under_load(store: Store) {
     let mut cluster = Cluster::start(3, store).await;

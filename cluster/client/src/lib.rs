@@ -162,7 +162,11 @@ impl Client {
     }
 
     pub async fn create_table(&self, name: &str, partition_count: u32, replica_count: u32, owner: &str) -> Result<v1::TableInfo> {
-        let req = v1::CreateTableRequest { name: name.into(), partition_count, replica_count, owner: owner.into() };
+        self.create_table_with(v1::CreateTableRequest { name: name.into(), partition_count, replica_count, owner: owner.into(), ..Default::default() }).await
+    }
+
+    /// Creates a table with an initial policy and a `who` for its policy history.
+    pub async fn create_table_with(&self, req: v1::CreateTableRequest) -> Result<v1::TableInfo> {
         let resp = self.meta_call(|mut c| {
             let req = req.clone();
             async move { c.create_table(req).await }
@@ -203,6 +207,32 @@ impl Client {
 
     pub async fn list_nodes(&self) -> Result<Vec<v1::NodeInfo>> {
         Ok(self.meta_call(|mut c| async move { c.list_nodes(v1::ListNodesRequest {}).await }).await?.nodes)
+    }
+
+    /// Changes a table's redundancy policy; `who` is recorded in its history.
+    pub async fn set_policy(&self, table: &str, change: v1::PolicyChange, who: &str) -> Result<v1::SetPolicyResponse> {
+        let req = v1::SetPolicyRequest { table: table.into(), change: Some(change), who: who.into() };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.set_policy(req).await }
+        })
+        .await
+    }
+
+    pub async fn policy_history(&self, table: &str) -> Result<v1::PolicyHistoryResponse> {
+        self.meta_call(|mut c| {
+            let table = table.to_string();
+            async move { c.policy_history(v1::PolicyHistoryRequest { table }).await }
+        })
+        .await
+    }
+
+    pub async fn policy_status(&self, table: &str) -> Result<v1::PolicyStatusResponse> {
+        self.meta_call(|mut c| {
+            let table = table.to_string();
+            async move { c.policy_status(v1::PolicyStatusRequest { table }).await }
+        })
+        .await
     }
 
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse> {

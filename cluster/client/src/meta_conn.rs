@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 use std::time::Duration;
-use tandem_proto::errors::ErrorKind;
+use tandem_proto::errors::{leader_hint, ErrorKind};
 use tandem_proto::v1::meta_service_client::MetaServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -13,6 +13,8 @@ pub struct MetaConn {
     current: Mutex<usize>,
     channels: Vec<Channel>,
     timeout: Duration,
+    /// How long one meta server gets before the next is tried.
+    attempt_timeout: Duration,
 }
 
 /// HTTP/2 flow-control windows of every Tandem connection (clients and servers).
@@ -43,42 +45,80 @@ impl MetaConn {
             .iter()
             .map(|a| endpoint(a, timeout).map(|e| e.connect_lazy()).map_err(|e| format!("bad meta address {a:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(MetaConn { addrs: addrs.to_vec(), current: Mutex::new(0), channels, timeout })
+        Ok(MetaConn { addrs: addrs.to_vec(), current: Mutex::new(0), channels, timeout, attempt_timeout: timeout })
+    }
+
+    /// Gives each meta server at most `attempt` before trying the next one (default: the whole
+    /// timeout). Replica servers beacon with a short one, so a frozen meta server cannot hold
+    /// their beacons past the new leader's grace period.
+    pub fn with_attempt_timeout(mut self, attempt: Duration) -> MetaConn {
+        self.attempt_timeout = attempt.min(self.timeout);
+        self
     }
 
     pub fn addrs(&self) -> &[String] {
         &self.addrs
     }
 
-    /// Calls `f` on the current meta server, moving to the next one on transport errors or a
-    /// "not leader" answer, until every address was tried once.
+    /// Calls `f` on the current meta server. On a transport error or a "not leader" answer it
+    /// moves on — to the leader the answer names when that is one of the known addresses, else
+    /// to the next address — and when every server said "not leader" without naming one (an
+    /// election is under way) it retries, within one timeout per address.
     pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, tonic::Status>
     where
         F: FnMut(MetaServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let start = *self.current.lock().expect("meta index lock");
-        let mut last = None;
-        for i in 0..self.channels.len() {
-            let idx = (start + i) % self.channels.len();
+        // A meta server that accepts connections but never answers (frozen, or cut off) costs one
+        // attempt before the next one is tried: the call gets an attempt per address, at least
+        // the whole timeout.
+        let per_address = self.attempt_timeout * self.channels.len().max(1) as u32;
+        let deadline = tokio::time::Instant::now() + self.timeout.max(per_address);
+        let mut idx = *self.current.lock().expect("meta index lock");
+        let mut last;
+        let mut tried_since_progress = 0;
+        loop {
             let client = MetaServiceClient::new(self.channels[idx].clone())
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
-            match tokio::time::timeout(self.timeout, f(client)).await {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).min(self.attempt_timeout);
+            let mut next = (idx + 1) % self.channels.len();
+            match tokio::time::timeout(remaining, f(client)).await {
                 Ok(Ok(resp)) => {
                     *self.current.lock().expect("meta index lock") = idx;
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
-                    let retry_elsewhere = matches!(ErrorKind::of(&status), Some(ErrorKind::NotLeader))
-                        || (status.code() == tonic::Code::Unavailable && ErrorKind::of(&status).is_none());
-                    if !retry_elsewhere {
+                    let not_leader = matches!(ErrorKind::of(&status), Some(ErrorKind::NotLeader));
+                    // Transport trouble (no Tandem error kind): refused, reset, or the channel's
+                    // own timeout ("Timeout expired") on a server that does not answer.
+                    let unreachable = ErrorKind::of(&status).is_none()
+                        && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded);
+                    if !not_leader && !unreachable {
                         return Err(status);
+                    }
+                    if let Some(hinted) = leader_hint(&status).and_then(|hint| self.addrs.iter().position(|a| a == &hint || a.ends_with(&format!("//{hint}"))))
+                        && hinted != idx
+                    {
+                        next = hinted;
                     }
                     last = Some(status);
                 }
                 Err(_) => last = Some(tonic::Status::deadline_exceeded(format!("meta server {} did not answer in time", self.addrs[idx]))),
             }
+            // Remembered even if the caller gives up on this call: the next one starts elsewhere.
+            *self.current.lock().expect("meta index lock") = next;
+            tried_since_progress += 1;
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            if tried_since_progress >= self.channels.len() {
+                // A full round without a leader: give an election a moment.
+                tried_since_progress = 0;
+                let pause = Duration::from_millis(200).min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+            idx = next;
         }
         Err(last.unwrap_or_else(|| tonic::Status::unavailable("no meta server reachable")))
     }

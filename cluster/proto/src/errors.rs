@@ -2,6 +2,22 @@
 //! refresh their routes, back off, or give up: the `tandem-error` metadata key.
 
 pub const ERROR_KIND_KEY: &str = "tandem-error";
+/// On a `NotLeader` status: the address of the meta server that leads, when known.
+pub const LEADER_HINT_KEY: &str = "tandem-leader";
+
+/// A `NotLeader` status carrying the leader's address when known.
+pub fn not_leader(leader: Option<&str>, message: impl Into<String>) -> tonic::Status {
+    let mut status = ErrorKind::NotLeader.status(message);
+    if let Some(value) = leader.and_then(|l| tonic::metadata::MetadataValue::try_from(l).ok()) {
+        status.metadata_mut().insert(LEADER_HINT_KEY, value);
+    }
+    status
+}
+
+/// The leader hint of a `NotLeader` status.
+pub fn leader_hint(status: &tonic::Status) -> Option<String> {
+    status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {

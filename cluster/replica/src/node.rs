@@ -253,7 +253,10 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         .with_context(|| format!("open mutation log in {}", log_dir.display()))?
     };
     let (log, mut replayed) = log;
-    let meta = MetaConn::new(&opts.meta, Duration::from_millis(opts.rpc_timeout_ms)).map_err(anyhow::Error::msg)?;
+    // A quarter of the lease per meta server: a frozen one costs a beacon or two, not the lease.
+    let meta = MetaConn::new(&opts.meta, Duration::from_millis(opts.rpc_timeout_ms))
+        .map_err(anyhow::Error::msg)?
+        .with_attempt_timeout(Duration::from_millis((opts.lease_period_ms / 4).max(200)));
     let checkpoint_root = opts.data_dir.join("checkpoints");
     let _ = std::fs::remove_dir_all(&checkpoint_root);
     let node = Arc::new(Node {

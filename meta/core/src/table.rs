@@ -1,5 +1,6 @@
 //! Tables as the meta server knows them.
 
+use crate::policy::Policy;
 use serde::{Deserialize, Serialize};
 use tandem_core::PartitionConfig;
 
@@ -15,10 +16,12 @@ pub struct TableInfo {
     pub id: u32,
     pub name: String,
     pub partition_count: u32,
+    /// Always `policy.replicas`; kept apart because cure and placement read it everywhere.
     pub replica_count: u32,
     pub status: TableStatus,
     pub created_ms: u64,
     pub owner: String,
+    pub policy: Policy,
 }
 
 /// Everything the meta server persists, as loaded at start.

@@ -1,8 +1,19 @@
 //! The meta server runtime: holds the cluster's metadata in memory, persists every change in the
 //! SQL store before acting on it (compare-and-set on the ballot), answers beacons with the
 //! configurations each node hosts, and runs failure detection and cure on a timer.
+//!
+//! Several meta servers may share one PostgreSQL store; one leads. A claim loop feeds the lease
+//! row's compare-and-set outcomes to `Leadership` (meta-core). The leader loads all metadata,
+//! fences the store with its epoch and serves; the others answer every request with NotLeader
+//! and the leader's address, which clients and replica servers follow.
+//!
+//! ```text
+//!  claim loop ──▶ store.claim_lease ──▶ Leadership::on_claim ──▶ BecameLeader: fence + load
+//!                                                            └─▶ SteppedDown: drop state
+//!  request ──▶ Leadership::serving(now)? ──▶ state (Some only on the leader) ──▶ store write
+//! ```
 
-use crate::store::{SqlStore, StoreError};
+use crate::store::{Claim, Fence, SqlStore, StoreError};
 use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,17 +24,19 @@ use tandem_core::{Gpid, NodeAddr, PartitionConfig};
 use tandem_meta_core::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
 use tandem_meta_core::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
 use tandem_meta_core::failure_detector::FailureDetector;
+use tandem_meta_core::leadership::{ClaimOutcome, Leadership, NotServing, Transition};
+use tandem_meta_core::policy::{Policy, PolicyChange, PolicyContext, Toggle};
 use tandem_meta_core::placement::{learner_placement, node_load, place_table};
 use tandem_meta_core::{TableInfo, TableStatus};
 use tandem_proto::convert::{config_to_wire, gpid_from};
-use tandem_proto::errors::ErrorKind;
+use tandem_proto::errors::{not_leader, ErrorKind};
 use tandem_proto::v1;
 use tandem_proto::v1::meta_service_server::{MetaService, MetaServiceServer};
 use tokio::sync::{watch, Mutex};
 use tonic::{Request, Response, Status};
 
 pub const PARTITION_COUNT_MAX: u32 = 1024;
-pub const REPLICA_COUNT_MAX: u32 = 5;
+pub const REPLICA_COUNT_MAX: u32 = tandem_meta_core::policy::REPLICAS_MAX;
 pub const TABLE_NAME_BYTES_MAX: usize = 128;
 
 #[derive(Clone, Debug)]
@@ -36,6 +49,22 @@ pub struct MetaOptions {
     pub tick_interval_ms: u64,
     /// How long a dropped table can be recalled before its data is deleted.
     pub recall_window_ms: u64,
+    /// The address other meta servers send clients to when this one leads ("" = `listen`).
+    pub advertise: String,
+    /// The leader lease's time to live: how long a standby waits for a silent leader, and how
+    /// long the leader keeps serving when the store is unreachable.
+    pub lease_ttl_ms: u64,
+    /// This site's name, and the sites tables can be duplicated to.
+    pub site: String,
+    pub peer_sites: Vec<String>,
+    /// Where level-3 policies back up when `--backup-target` is not given ("" = none).
+    pub backup_target: String,
+}
+
+impl MetaOptions {
+    pub fn advertise_address(&self) -> String {
+        if self.advertise.is_empty() { self.listen.to_string() } else { self.advertise.clone() }
+    }
 }
 
 struct State {
@@ -47,11 +76,17 @@ struct State {
 
 pub struct Meta {
     store: SqlStore,
-    state: Mutex<State>,
+    /// Some only while this server leads and has loaded the store.
+    state: Mutex<Option<State>>,
+    leadership: std::sync::Mutex<Leadership>,
+    /// Unique per process: the lease row's holder.
+    holder: String,
     opts: MetaOptions,
     start: Instant,
     metrics: tandem_replica::metrics::Metrics,
 }
+
+type LeaderState<'a> = tokio::sync::MappedMutexGuard<'a, State>;
 
 fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -60,6 +95,8 @@ fn wall_ms() -> u64 {
 fn store_status(e: StoreError) -> Status {
     let msg = e.to_string();
     match e {
+        StoreError::NotLeader | StoreError::Fenced { .. } => not_leader(None, msg),
+        StoreError::Unreachable { .. } => ErrorKind::Busy.status(msg),
         StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } => ErrorKind::AlreadyExists.status(msg),
         StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } => ErrorKind::NotFound.status(msg),
         StoreError::InvalidTable { .. } | StoreError::AlreadyDropped { .. } | StoreError::NotDropped { .. } => {
@@ -83,7 +120,50 @@ fn table_to_wire(t: &TableInfo) -> v1::TableInfo {
         created_ms: t.created_ms,
         drop_time_ms,
         owner: t.owner.clone(),
+        policy: Some(policy_to_wire(&t.policy)),
     }
+}
+
+fn policy_to_wire(p: &Policy) -> v1::Policy {
+    let backup = p.backup.as_ref();
+    v1::Policy {
+        replicas: p.replicas,
+        duplication: p.duplication.clone().unwrap_or_default(),
+        backup_every_ms: backup.map_or(0, |b| b.every_ms),
+        backup_keep: backup.map_or(0, |b| b.keep),
+        backup_target: backup.map_or_else(String::new, |b| b.target.clone()),
+        tombstone_retention_ms: p.tombstone_retention_ms,
+        level: p.describe_level(),
+    }
+}
+
+fn change_from_wire(c: v1::PolicyChange) -> Result<PolicyChange, Status> {
+    let level = c
+        .level
+        .map(|l| u8::try_from(l).map_err(|_| ErrorKind::InvalidArgument.status(format!("level {l} does not exist: choose 1, 2 or 3"))))
+        .transpose()?;
+    let duplication = match c.duplication {
+        None => None,
+        Some(off) if off == "off" => Some(Toggle::Off),
+        Some(site) => {
+            tandem_meta_core::policy::validate_site_name(&site).map_err(|e| ErrorKind::InvalidArgument.status(e))?;
+            Some(Toggle::On(site))
+        }
+    };
+    let backup_every_ms = c.backup_every_ms.map(|ms| if ms == 0 { Toggle::Off } else { Toggle::On(ms) });
+    Ok(PolicyChange {
+        level,
+        replicas: c.replicas,
+        duplication,
+        backup_every_ms,
+        backup_keep: c.backup_keep,
+        backup_target: c.backup_target,
+        tombstone_retention_ms: c.tombstone_retention_ms,
+    })
+}
+
+fn who_or(who: String, fallback: &str) -> String {
+    if who.trim().is_empty() { fallback.to_string() } else { who }
 }
 
 pub fn validate_table_name(name: &str) -> Result<(), String> {
@@ -115,9 +195,109 @@ impl State {
     }
 }
 
+impl State {
+    fn from_snapshot(snapshot: tandem_meta_core::MetaSnapshot, grace_period_ms: u64, now_ms: u64) -> State {
+        let known: Vec<NodeAddr> = snapshot.nodes.iter().map(|(n, _)| n.clone()).collect();
+        State {
+            tables: snapshot.tables.into_iter().map(|t| (t.id, t)).collect(),
+            partitions: snapshot.partitions.into_iter().map(|c| (c.gpid, c)).collect(),
+            // Every known server starts alive with a full grace period: a new leader (or a
+            // restarted one) causes no failover by itself, and a lease granted by a previous
+            // leader has run out before anyone is declared dead.
+            fd: FailureDetector::new(grace_period_ms, known, now_ms),
+            reports: HashMap::new(),
+        }
+    }
+}
+
 impl Meta {
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// The status refusing a request on a server that does not lead now.
+    fn not_serving(&self, why: NotServing) -> Status {
+        match why {
+            NotServing::Follower { leader: Some(leader) } => not_leader(Some(&leader), format!("this meta server does not lead; {leader} does")),
+            NotServing::Follower { leader: None } => not_leader(None, "no meta server leads yet (an election is under way); retry"),
+            NotServing::Lapsed => not_leader(None, "this meta server's leader lease lapsed (the metadata store is unreachable); retry"),
+        }
+    }
+
+    /// The leader's state, or NotLeader with a hint. Every request goes through here.
+    async fn lead(&self) -> Result<LeaderState<'_>, Status> {
+        let check = || self.leadership.lock().expect("leadership lock").serving(self.now_ms()).map_err(|why| self.not_serving(why));
+        check()?;
+        let guard = self.state.lock().await;
+        // The lease may have lapsed while this request waited for the lock.
+        check()?;
+        tokio::sync::MutexGuard::try_map(guard, Option::as_mut).map_err(|_| not_leader(None, "this meta server is loading the metadata store; retry"))
+    }
+
+    fn policy_context<'a>(&'a self, state: &State) -> PolicyContext<'a> {
+        PolicyContext {
+            live_nodes: state.fd.alive_nodes().len(),
+            site: &self.opts.site,
+            peer_sites: &self.opts.peer_sites,
+            default_backup_target: &self.opts.backup_target,
+        }
+    }
+
+    /// One round of the claim loop: claim or renew the lease, then act on the transition.
+    async fn claim_round(&self, claim_timeout: Duration) {
+        let sent = self.now_ms();
+        let address = self.opts.advertise_address();
+        let outcome = match tokio::time::timeout(claim_timeout, self.store.claim_lease(&self.holder, &address, self.opts.lease_ttl_ms)).await {
+            Ok(Ok(Claim::Won { epoch })) => ClaimOutcome::Won { epoch },
+            Ok(Ok(Claim::Held { address, .. })) => ClaimOutcome::Lost { leader: address },
+            Ok(Err(e)) => {
+                tracing::warn!("cannot claim the meta lease: {e}");
+                ClaimOutcome::Failed
+            }
+            Err(_) => {
+                tracing::warn!("cannot claim the meta lease: the store did not answer within {claim_timeout:?}");
+                ClaimOutcome::Failed
+            }
+        };
+        let (transition, leading) = {
+            let mut l = self.leadership.lock().expect("leadership lock");
+            let t = l.on_claim(sent, outcome, self.now_ms());
+            (t, l.serving(self.now_ms()).ok())
+        };
+        match transition {
+            Transition::SteppedDown { leader } => {
+                let mut state = self.state.lock().await;
+                self.store.set_fence(None);
+                *state = None;
+                tracing::warn!("stepped down: {leader} holds the meta lease now");
+            }
+            Transition::BecameLeader { epoch } => {
+                let mut state = self.state.lock().await;
+                *state = None;
+                self.store.set_fence(Some(Fence { holder: self.holder.clone(), epoch }));
+                self.load_into(&mut state, epoch).await;
+            }
+            Transition::Unchanged => {
+                if let Some(epoch) = leading {
+                    let mut state = self.state.lock().await;
+                    if state.is_none() {
+                        // A load after an earlier takeover failed: try again.
+                        self.load_into(&mut state, epoch).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn load_into(&self, state: &mut Option<State>, epoch: u64) {
+        match self.store.load().await {
+            Ok(snapshot) => {
+                let loaded = State::from_snapshot(snapshot, self.opts.grace_period_ms, self.now_ms());
+                tracing::info!(epoch, tables = loaded.tables.len(), partitions = loaded.partitions.len(), nodes = loaded.fd.nodes().len(), "this meta server leads");
+                *state = Some(loaded);
+            }
+            Err(e) => tracing::warn!("leading at epoch {epoch}, but loading the metadata store failed (retrying): {e}"),
+        }
     }
 
     /// Persists `next` (compare-and-set against the ballot in memory) and then adopts it.
@@ -133,8 +313,8 @@ impl Meta {
     }
 
     async fn tick(&self) {
+        let Ok(mut state) = self.lead().await else { return };
         let now = self.now_ms();
-        let mut state = self.state.lock().await;
         for dead in state.fd.tick(now) {
             tracing::warn!("replica server {dead} declared dead (no beacon for {} ms)", self.opts.grace_period_ms);
         }
@@ -201,8 +381,8 @@ impl MetaService for MetaRpc {
             return Err(ErrorKind::InvalidArgument.status("beacon without a node address"));
         }
         check_lease(&req.node, req.lease_period_ms, self.opts.grace_period_ms).map_err(|e| ErrorKind::InvalidArgument.status(e))?;
+        let mut state = self.lead().await?;
         let now = self.now_ms();
-        let mut state = self.state.lock().await;
         if state.fd.on_beacon(&req.node, now) {
             tracing::info!("replica server {} is alive", req.node);
             self.store.register_node(&req.node, wall_ms()).await.map_err(store_status)?;
@@ -246,7 +426,7 @@ impl MetaService for MetaRpc {
 
     async fn query_config(&self, request: Request<v1::QueryConfigRequest>) -> Result<Response<v1::QueryConfigResponse>, Status> {
         let name = request.into_inner().table;
-        let state = self.state.lock().await;
+        let state = self.lead().await?;
         let table = state.available_table(&name).ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
         let partitions = state
             .partitions
@@ -264,7 +444,7 @@ impl MetaService for MetaRpc {
             Ok(v1::propose_config_request::Kind::UpgradeLearner) => ConfigProposal::UpgradeLearner { ballot: req.ballot, node: req.node },
             Err(_) => return Err(ErrorKind::InvalidArgument.status(format!("unknown proposal kind {}", req.kind))),
         };
-        let mut state = self.state.lock().await;
+        let mut state = self.lead().await?;
         let config = state.partitions.get(&gpid).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("no partition {gpid}")))?;
         let replica_count = state.tables.get(&gpid.table_id).map_or(0, |t| t.replica_count) as usize;
         let next = match apply_proposal_from(&config, &req.from, &proposal, replica_count) {
@@ -285,23 +465,26 @@ impl MetaService for MetaRpc {
                 req.partition_count
             )));
         }
-        if req.replica_count == 0 || req.replica_count > REPLICA_COUNT_MAX {
-            return Err(ErrorKind::InvalidArgument.status(format!("replica count {} must be 1 to {REPLICA_COUNT_MAX}", req.replica_count)));
+        let mut change = match req.policy {
+            Some(c) => change_from_wire(c)?,
+            None => PolicyChange::default(),
+        };
+        if change.replicas.is_none() {
+            change.replicas = Some(req.replica_count);
         }
-        let mut state = self.state.lock().await;
+        let owner = who_or(req.owner, "unknown");
+        let who = who_or(req.who, &owner);
+        let mut state = self.lead().await?;
         let load = state.load();
-        if (req.replica_count as usize) > load.len() {
-            return Err(ErrorKind::InvalidArgument.status(format!(
-                "replica count {} exceeds the {} live replica servers; start more or ask for fewer replicas",
-                req.replica_count,
-                load.len()
-            )));
-        }
+        let policy = {
+            let cx = self.policy_context(&state);
+            // Validated as a change from "no replicas": the count must fit the live servers.
+            Policy::with_replicas(0).apply(&change, &cx).map_err(|e| ErrorKind::InvalidArgument.status(e))?
+        };
         if state.available_table(&req.name).is_some() {
             return Err(ErrorKind::AlreadyExists.status(format!("table {:?} already exists", req.name)));
         }
-        let owner = if req.owner.is_empty() { "unknown".to_string() } else { req.owner };
-        let table = self.store.create_table(&req.name, req.partition_count, req.replica_count, &owner, wall_ms()).await.map_err(store_status)?;
+        let table = self.store.create_table(&req.name, req.partition_count, &policy, &owner, &who, wall_ms()).await.map_err(store_status)?;
         for p in 0..table.partition_count {
             state.partitions.insert(Gpid::new(table.id, p), PartitionConfig { gpid: Gpid::new(table.id, p), ..Default::default() });
         }
@@ -309,13 +492,100 @@ impl MetaService for MetaRpc {
         for config in place_table(table.id, table.partition_count, table.replica_count as usize, &load) {
             self.commit_config(&mut state, config).await?;
         }
-        tracing::info!("created table {} (id {}, {} partitions, {} replicas)", table.name, table.id, table.partition_count, table.replica_count);
+        tracing::info!("created table {} (id {}, {} partitions, policy {:?}, owner {owner}, by {who})", table.name, table.id, table.partition_count, table.policy);
         Ok(Response::new(v1::CreateTableResponse { table: Some(table_to_wire(&table)) }))
+    }
+
+    async fn set_policy(&self, request: Request<v1::SetPolicyRequest>) -> Result<Response<v1::SetPolicyResponse>, Status> {
+        let req = request.into_inner();
+        let change = change_from_wire(req.change.unwrap_or_default())?;
+        if change.is_empty() {
+            return Err(ErrorKind::InvalidArgument.status("nothing to change: give --level, --replicas, --dup, --backup, --backup-keep, --backup-target or --tombstone-retention"));
+        }
+        let who = who_or(req.who, "unknown");
+        let mut state = self.lead().await?;
+        let table = state.available_table(&req.table).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("table {:?} does not exist", req.table)))?;
+        let next = {
+            let cx = self.policy_context(&state);
+            table.policy.apply(&change, &cx).map_err(|e| ErrorKind::InvalidArgument.status(e))?
+        };
+        let old = table.policy.clone();
+        let changed = next != old;
+        if changed {
+            self.store.set_policy(table.id, &old, &next, &who, wall_ms()).await.map_err(store_status)?;
+            let t = state.tables.get_mut(&table.id).expect("table exists");
+            t.replica_count = next.replicas;
+            t.policy = next;
+            tracing::info!("{who} changed the policy of {}: {old:?} -> {:?}", t.name, t.policy);
+        }
+        let t = &state.tables[&table.id];
+        Ok(Response::new(v1::SetPolicyResponse { table: Some(table_to_wire(t)), old: Some(policy_to_wire(&old)), changed }))
+    }
+
+    async fn policy_history(&self, request: Request<v1::PolicyHistoryRequest>) -> Result<Response<v1::PolicyHistoryResponse>, Status> {
+        let name = request.into_inner().table;
+        let table = {
+            let state = self.lead().await?;
+            state.available_table(&name).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?
+        };
+        let entries = self
+            .store
+            .policy_history(table.id)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|e| v1::PolicyHistoryEntry { at_ms: e.at_ms, who: e.who, old: e.old.as_ref().map(policy_to_wire), new: Some(policy_to_wire(&e.new)) })
+            .collect();
+        Ok(Response::new(v1::PolicyHistoryResponse { table: Some(table_to_wire(&table)), entries }))
+    }
+
+    async fn policy_status(&self, request: Request<v1::PolicyStatusRequest>) -> Result<Response<v1::PolicyStatusResponse>, Status> {
+        let name = request.into_inner().table;
+        let state = self.lead().await?;
+        let table = state.available_table(&name).ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
+        let desired = table.policy.replicas;
+        let mut partitions = Vec::new();
+        for (gpid, c) in state.partitions.range(Gpid::new(table.id, 0)..Gpid::new(table.id + 1, 0)) {
+            let healthy = c.members().filter(|n| state.fd.is_alive(n)).count() as u32;
+            partitions.push(v1::PartitionReplicas { partition: gpid.partition, healthy, members: c.replica_count() as u32, learners: c.learners.len() as u32 });
+        }
+        let at_desired = partitions.iter().filter(|p| p.healthy == desired && p.members == desired).count();
+        let fewest = partitions.iter().map(|p| p.healthy).min().unwrap_or(0);
+        let replicas = v1::PolicyLevelStatus {
+            level: "replicas".into(),
+            desired: format!("{desired} per partition"),
+            actual: if at_desired == partitions.len() {
+                format!("healthy {desired} of {desired} on all {} partitions", partitions.len())
+            } else {
+                format!(
+                    "{at_desired} of {} partitions at {desired} healthy replicas; fewest healthy: {fewest}; reconciling ({} learners catching up)",
+                    partitions.len(),
+                    partitions.iter().map(|p| p.learners).sum::<u32>()
+                )
+            },
+            satisfied: at_desired == partitions.len(),
+        };
+        let duplication = v1::PolicyLevelStatus {
+            level: "duplication".into(),
+            desired: table.policy.duplication.as_ref().map_or_else(|| "off".to_string(), |site| format!("to site {site}")),
+            actual: if table.policy.duplication.is_some() { "not available yet (duplication is not built)".into() } else { "off".into() },
+            satisfied: table.policy.duplication.is_none(),
+        };
+        let backup = v1::PolicyLevelStatus {
+            level: "backup".into(),
+            desired: table.policy.backup.as_ref().map_or_else(
+                || "off".to_string(),
+                |b| format!("every {}, keep {}, to {}", humantime::format_duration(Duration::from_millis(b.every_ms)), b.keep, b.target),
+            ),
+            actual: if table.policy.backup.is_some() { "not available yet (backup is not built)".into() } else { "off".into() },
+            satisfied: table.policy.backup.is_none(),
+        };
+        Ok(Response::new(v1::PolicyStatusResponse { table: Some(table_to_wire(table)), levels: vec![replicas, duplication, backup], partitions }))
     }
 
     async fn drop_table(&self, request: Request<v1::DropTableRequest>) -> Result<Response<v1::DropTableResponse>, Status> {
         let name = request.into_inner().name;
-        let mut state = self.state.lock().await;
+        let mut state = self.lead().await?;
         let table = state.available_table(&name).cloned().ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
         let now = wall_ms();
         self.store.drop_table(table.id, now).await.map_err(store_status)?;
@@ -327,7 +597,7 @@ impl MetaService for MetaRpc {
 
     async fn recall_table(&self, request: Request<v1::RecallTableRequest>) -> Result<Response<v1::RecallTableResponse>, Status> {
         let name = request.into_inner().name;
-        let mut state = self.state.lock().await;
+        let mut state = self.lead().await?;
         let table = state
             .tables
             .values()
@@ -346,14 +616,14 @@ impl MetaService for MetaRpc {
 
     async fn list_tables(&self, request: Request<v1::ListTablesRequest>) -> Result<Response<v1::ListTablesResponse>, Status> {
         let include_dropped = request.into_inner().include_dropped;
-        let state = self.state.lock().await;
+        let state = self.lead().await?;
         let tables = state.tables.values().filter(|t| include_dropped || t.status == TableStatus::Available).map(table_to_wire).collect();
         Ok(Response::new(v1::ListTablesResponse { tables }))
     }
 
     async fn show_table(&self, request: Request<v1::ShowTableRequest>) -> Result<Response<v1::ShowTableResponse>, Status> {
         let name = request.into_inner().name;
-        let state = self.state.lock().await;
+        let state = self.lead().await?;
         let table = state.available_table(&name).ok_or_else(|| ErrorKind::NotFound.status(format!("table {name:?} does not exist")))?;
         let partitions = state
             .partitions
@@ -393,7 +663,7 @@ impl MetaService for MetaRpc {
 
     async fn list_nodes(&self, _request: Request<v1::ListNodesRequest>) -> Result<Response<v1::ListNodesResponse>, Status> {
         let now = self.now_ms();
-        let state = self.state.lock().await;
+        let state = self.lead().await?;
         let nodes = state
             .fd
             .nodes()
@@ -420,7 +690,7 @@ impl MetaService for MetaRpc {
     }
 
     async fn cluster_status(&self, _request: Request<v1::ClusterStatusRequest>) -> Result<Response<v1::ClusterStatusResponse>, Status> {
-        let state = self.state.lock().await;
+        let state = self.lead().await?;
         let mut resp = v1::ClusterStatusResponse::default();
         for t in state.tables.values().filter(|t| t.status == TableStatus::Available) {
             resp.tables += 1;
@@ -457,20 +727,25 @@ impl MetaService for MetaRpc {
 
 /// Runs a meta server until `shutdown` fires.
 pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    tandem_meta_core::leadership::validate_ttl(opts.lease_ttl_ms).map_err(anyhow::Error::msg)?;
     let store = SqlStore::connect(&opts.store_url).await.with_context(|| "open the metadata store")?;
-    let snapshot = store.load().await?;
     let start = Instant::now();
-    let known: Vec<NodeAddr> = snapshot.nodes.iter().map(|(n, _)| n.clone()).collect();
-    let state = State {
-        tables: snapshot.tables.into_iter().map(|t| (t.id, t)).collect(),
-        partitions: snapshot.partitions.into_iter().map(|c| (c.gpid, c)).collect(),
-        fd: FailureDetector::new(opts.grace_period_ms, known, 0),
-        reports: HashMap::new(),
-    };
-    tracing::info!(tables = state.tables.len(), partitions = state.partitions.len(), nodes = state.fd.nodes().len(), "meta server loaded its store");
-    let meta = Arc::new(Meta { store, state: Mutex::new(state), opts: opts.clone(), start, metrics: tandem_replica::metrics::Metrics::new("tandem_meta") });
+    let holder = format!("{}#{}-{}", opts.advertise_address(), std::process::id(), wall_ms());
+    let meta = Arc::new(Meta {
+        store,
+        state: Mutex::new(None),
+        leadership: std::sync::Mutex::new(Leadership::new(opts.lease_ttl_ms)),
+        holder,
+        opts: opts.clone(),
+        start,
+        metrics: tandem_replica::metrics::Metrics::new("tandem_meta"),
+    });
 
     let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("bind {}", opts.listen))?;
+    // Claim the lease before serving, so a single meta server answers its first request as
+    // leader; a standby just learns who leads.
+    let renew = Duration::from_millis(meta.leadership.lock().expect("leadership lock").renew_interval_ms());
+    meta.claim_round(renew).await;
     let (health, reflection_v1, reflection_v1alpha) = tandem_replica::grpc_tools::health_and_reflection::<MetaServiceServer<MetaRpc>>().await?;
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
@@ -493,7 +768,27 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
                 tandem_replica::stopped(rx).await;
             }),
     );
-    tracing::info!("meta server listening on {}", opts.listen);
+    tracing::info!("meta server listening on {} (advertised as {})", opts.listen, opts.advertise_address());
+
+    // The claim loop: renew while leading; a standby polls at least every second, so it takes
+    // over soon after the lease expires.
+    let claims = {
+        let meta = meta.clone();
+        let rx = shutdown.clone();
+        tokio::spawn(async move {
+            let stop = tandem_replica::stopped(rx);
+            tokio::pin!(stop);
+            loop {
+                let leading = meta.leadership.lock().expect("leadership lock").is_leader();
+                let pause = if leading { renew } else { renew.min(Duration::from_secs(1)) };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => meta.claim_round(renew).await,
+                    _ = stop.as_mut() => break,
+                }
+            }
+        })
+    };
+
     let mut tick = tokio::time::interval(Duration::from_millis(opts.tick_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = tandem_replica::stopped(shutdown.clone());
@@ -504,7 +799,17 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
             _ = stop.as_mut() => break,
         }
     }
+    let _ = claims.await;
     let _ = server.await;
+    // A clean stop hands the lease over at once instead of after its TTL.
+    let leading = meta.leadership.lock().expect("leadership lock").is_leader();
+    if leading {
+        *meta.state.lock().await = None;
+        meta.store.set_fence(None);
+        if let Err(e) = meta.store.release_lease(&meta.holder).await {
+            tracing::warn!("could not release the meta lease: {e}");
+        }
+    }
     meta.store.close().await;
     Ok(())
 }

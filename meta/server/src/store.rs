@@ -13,10 +13,11 @@
 //! Both dialects run the same runtime queries (`$N` placeholders work in both) against the same
 //! logical schema, embedded from `migrations/{postgres,sqlite}` and applied at connect.
 //!
-//! Every write goes through [`write_transaction!`], which serializes metadata writers. That is
-//! also the single place where leader fencing plugs in: the control plane adds a leader epoch
-//! argument to each write method and checks it against the lease row inside the same
-//! transaction, before the write's own statements, so a deposed leader's writes fail.
+//! Every write goes through [`write_transaction!`], which serializes metadata writers and is
+//! fenced: it runs only while this process holds the leader lease ([`SqlStore::set_fence`]),
+//! and it checks the lease row's holder and epoch inside the same transaction, before the
+//! write's own statements, so a deposed leader's writes fail (`StoreError::Fenced`). The lease
+//! row itself is claimed by one compare-and-set statement ([`SqlStore::claim_lease`]).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -27,6 +28,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use tandem_core::{Ballot, Gpid, NodeAddr, PartitionConfig};
+use tandem_meta_core::policy::{BackupPolicy, Policy, PolicyHistoryEntry};
 use tandem_meta_core::{MetaSnapshot, TableInfo, TableStatus};
 
 /// Errors of the metadata store. Each message names the thing and, where there is one, the fix.
@@ -99,6 +101,22 @@ pub enum StoreError {
     #[error("{what} value {value} does not fit the store's 64-bit signed integer column")]
     OutOfRange { what: &'static str, value: u64 },
 
+    #[error("this meta server does not hold the leader lease, so it may not write metadata")]
+    NotLeader,
+
+    #[error("the metadata store is unreachable ({reason}); configuration changes wait until it is back")]
+    Unreachable { reason: String },
+
+    #[error(
+        "fenced: this meta server led at epoch {mine}, but the lease is now held by {holder} at \
+         epoch {current}; it stepped down and writes nothing more"
+    )]
+    Fenced {
+        mine: u64,
+        current: u64,
+        holder: String,
+    },
+
     #[error("corrupt metadata store: {0}")]
     Corrupt(String),
 
@@ -112,7 +130,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SQLITE_CONNECTIONS_MAX: u32 = 4;
 const POSTGRES_CONNECTIONS_MAX: u32 = 8;
-const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Short, so that an unreachable store fails a call quickly instead of stalling the meta's
+/// state lock (the data path keeps running on what the meta holds in memory).
+const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Key of the Postgres transaction-scoped advisory lock that serializes metadata writers
 /// (ASCII "tandemmt"). Serializing makes `max(id) + 1` and the name checks race-free, matching
 /// SQLite's single writer.
@@ -126,10 +146,34 @@ enum Pool {
     Sqlite(SqlitePool),
 }
 
+/// The leader lease this process holds, which every write transaction checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: u64,
+}
+
+/// What a claim of the lease row found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller holds the lease (taken over at a new epoch, or renewed at its own).
+    Won { epoch: u64 },
+    /// Another holder's lease has not expired; `address` is where that meta server listens.
+    Held { holder: String, address: String, epoch: u64 },
+}
+
 /// The metadata store. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct SqlStore {
     pool: Pool,
+    /// Writes are refused unless this is set and matches the lease row (leader fencing).
+    fence: std::sync::Mutex<Option<Fence>>,
+    /// After a failed connection, writes fail at once until then instead of each waiting for
+    /// the pool's acquire timeout while the caller holds the meta's state lock.
+    unreachable_until: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long writes fail fast after the store was found unreachable.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Runs `$body` with `$tx` bound to a write transaction and commits it if `$body` completes
 /// (a `return`/`?` inside `$body` rolls back). Writers are serialized; the leader fencing check
@@ -138,11 +182,20 @@ macro_rules! write_transaction {
     ($store:expr, $tx:ident => $body:block) => {
         match &$store.pool {
             Pool::Postgres(pool) => {
-                let mut $tx = pool.begin().await?;
+                let fence = $store.fence()?;
+                $store.check_reachable()?;
+                let mut $tx = pool.begin().await.map_err(|e| $store.begin_failed(e))?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(POSTGRES_WRITE_LOCK_KEY)
                     .execute(&mut *$tx)
                     .await?;
+                // FOR SHARE: a takeover's UPDATE of the lease row waits for this transaction,
+                // and a transaction after the takeover sees the new epoch.
+                let row: Option<(String, i64)> =
+                    sqlx::query_as("SELECT holder, epoch FROM meta_lease WHERE singleton = 1 FOR SHARE")
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                check_fence(&fence, row)?;
                 let output = $body;
                 $tx.commit().await?;
                 output
@@ -150,7 +203,14 @@ macro_rules! write_transaction {
             Pool::Sqlite(pool) => {
                 // IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
                 // transaction never fails to upgrade from reader to writer halfway through.
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let fence = $store.fence()?;
+                $store.check_reachable()?;
+                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| $store.begin_failed(e))?;
+                let row: Option<(String, i64)> =
+                    sqlx::query_as("SELECT holder, epoch FROM meta_lease WHERE singleton = 1")
+                        .fetch_optional(&mut *$tx)
+                        .await?;
+                check_fence(&fence, row)?;
                 let output = $body;
                 $tx.commit().await?;
                 output
@@ -196,7 +256,61 @@ macro_rules! select_name_status {
 }
 
 type TableRow = (i64, String, i64, i64, String, Option<i64>, i64, String);
+type PolicyRow = (i64, Option<String>, Option<i64>, Option<i64>, Option<String>, i64);
+
+/// The database's clock in ms since the Unix epoch, per dialect: lease expiry is judged by it,
+/// so meta servers' clocks never need to agree.
+const POSTGRES_NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+fn check_fence(fence: &Fence, row: Option<(String, i64)>) -> Result<()> {
+    match row {
+        Some((holder, epoch)) if holder == fence.holder && to_u64(epoch, "meta_lease.epoch")? == fence.epoch => Ok(()),
+        Some((holder, epoch)) => Err(StoreError::Fenced { mine: fence.epoch, current: to_u64(epoch, "meta_lease.epoch")?, holder }),
+        None => Err(StoreError::Fenced { mine: fence.epoch, current: 0, holder: "nobody".into() }),
+    }
+}
 type PartitionRow = (i64, i64, i64, Option<String>, String, String, String);
+
+/// Upserts table `$id`'s `policies` row from `$new` and appends a history entry, through `$tx`.
+macro_rules! write_policy {
+    ($tx:ident, $id:expr, $old:expr, $new:expr, $who:expr, $at:expr) => {{
+        let id: u32 = $id;
+        let old: Option<&Policy> = $old;
+        let new: &Policy = $new;
+        let backup = new.backup.as_ref();
+        let every = backup.map(|b| to_i64(b.every_ms, "backup every_ms")).transpose()?;
+        let retention = to_i64(new.tombstone_retention_ms, "tombstone_retention_ms")?;
+        sqlx::query(
+            "INSERT INTO policies (table_id, duplication, backup_every_ms, backup_keep, \
+             backup_target, tombstone_retention_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (table_id) DO UPDATE SET duplication = excluded.duplication, \
+             backup_every_ms = excluded.backup_every_ms, backup_keep = excluded.backup_keep, \
+             backup_target = excluded.backup_target, \
+             tombstone_retention_ms = excluded.tombstone_retention_ms",
+        )
+        .bind(i64::from(id))
+        .bind(new.duplication.as_deref())
+        .bind(every)
+        .bind(backup.map(|b| i64::from(b.keep)))
+        .bind(backup.map(|b| b.target.as_str()))
+        .bind(retention)
+        .execute(&mut *$tx)
+        .await?;
+        let to_json = |p: &Policy| serde_json::to_string(p).expect("a policy always serializes");
+        sqlx::query(
+            "INSERT INTO policy_history (table_id, at_ms, who, old_policy, new_policy) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(i64::from(id))
+        .bind($at)
+        .bind($who)
+        .bind(old.map(to_json))
+        .bind(to_json(new))
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
 
 impl SqlStore {
     /// Connects to `sqlite://PATH` (creating the file and its parent directories if missing) or
@@ -268,13 +382,107 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl { url: shown_url });
         };
         tracing::info!(url = %shown_url, "metadata store connected and migrated");
-        Ok(SqlStore { pool })
+        Ok(SqlStore { pool, fence: std::sync::Mutex::new(None), unreachable_until: std::sync::Mutex::new(None) })
+    }
+
+    /// Fails fast while the store is known to be unreachable.
+    fn check_reachable(&self) -> Result<()> {
+        let mut guard = self.unreachable_until.lock().expect("reachability lock");
+        match &*guard {
+            Some((until, reason)) if std::time::Instant::now() < *until => Err(StoreError::Unreachable { reason: reason.clone() }),
+            _ => {
+                *guard = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Classifies a failure to start a transaction: connection trouble marks the store
+    /// unreachable for a moment.
+    fn begin_failed(&self, error: sqlx::Error) -> StoreError {
+        match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                let reason = error.to_string();
+                *self.unreachable_until.lock().expect("reachability lock") = Some((std::time::Instant::now() + UNREACHABLE_BACKOFF, reason.clone()));
+                StoreError::Unreachable { reason }
+            }
+            other => StoreError::Database(other),
+        }
+    }
+
+    fn fence(&self) -> Result<Fence> {
+        self.fence.lock().expect("fence lock").clone().ok_or(StoreError::NotLeader)
+    }
+
+    /// Sets (or with None, clears) the lease this process writes under. The meta server sets it
+    /// when it becomes leader, before loading, and clears it when it steps down.
+    pub fn set_fence(&self, fence: Option<Fence>) {
+        *self.fence.lock().expect("fence lock") = fence;
+    }
+
+    /// One compare-and-set statement on the lease row: takes it when it is free, expired, or
+    /// held by a process at the same `address` (a meta server restarted in place: the previous
+    /// process is gone, since it held the port), and otherwise leaves it. The epoch stays when
+    /// `holder` (unique per process) renews, and grows on every other takeover. Expiry is
+    /// judged by the database's clock.
+    pub async fn claim_lease(&self, holder: &str, address: &str, ttl_ms: u64) -> Result<Claim> {
+        let ttl = to_i64(ttl_ms, "lease ttl")?;
+        let now = match &self.pool {
+            Pool::Postgres(_) => POSTGRES_NOW_MS,
+            Pool::Sqlite(_) => SQLITE_NOW_MS,
+        };
+        let claim = format!(
+            "INSERT INTO meta_lease (singleton, holder, address, epoch, expires_ms) \
+             VALUES (1, $1, $2, 1, {now} + $3) \
+             ON CONFLICT (singleton) DO UPDATE SET \
+                 epoch = CASE WHEN meta_lease.holder = excluded.holder \
+                              THEN meta_lease.epoch ELSE meta_lease.epoch + 1 END, \
+                 holder = excluded.holder, address = excluded.address, \
+                 expires_ms = excluded.expires_ms \
+             WHERE meta_lease.address = excluded.address OR meta_lease.expires_ms < {now} \
+             RETURNING epoch"
+        );
+        let won: Option<(i64,)> = match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query_as(&claim).bind(holder).bind(address).bind(ttl).fetch_optional(pool).await?
+            }
+            Pool::Sqlite(pool) => {
+                sqlx::query_as(&claim).bind(holder).bind(address).bind(ttl).fetch_optional(pool).await?
+            }
+        };
+        if let Some((epoch,)) = won {
+            return Ok(Claim::Won { epoch: to_u64(epoch, "meta_lease.epoch")? });
+        }
+        let select = "SELECT holder, address, epoch FROM meta_lease WHERE singleton = 1";
+        let row: Option<(String, String, i64)> = match &self.pool {
+            Pool::Postgres(pool) => sqlx::query_as(select).fetch_optional(pool).await?,
+            Pool::Sqlite(pool) => sqlx::query_as(select).fetch_optional(pool).await?,
+        };
+        match row {
+            Some((holder, address, epoch)) => Ok(Claim::Held { holder, address, epoch: to_u64(epoch, "meta_lease.epoch")? }),
+            None => Err(StoreError::Corrupt("the lease claim neither won nor found a lease row".into())),
+        }
+    }
+
+    /// Gives the lease up at once (expires it) if `holder` still has it, so a standby can take
+    /// over without waiting out the TTL. Used on a clean shutdown.
+    pub async fn release_lease(&self, holder: &str) -> Result<()> {
+        let q = "UPDATE meta_lease SET expires_ms = 0 WHERE singleton = 1 AND holder = $1";
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                sqlx::query(q).bind(holder).execute(pool).await?;
+            }
+            Pool::Sqlite(pool) => {
+                sqlx::query(q).bind(holder).execute(pool).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Everything persisted: all tables (dropped ones included) ordered by id, their partitions
     /// ordered by gpid, and the nodes ordered by address — read from one snapshot.
     pub async fn load(&self) -> Result<MetaSnapshot> {
-        let (table_rows, partition_rows, node_rows) = read_transaction!(self, tx => {
+        let (table_rows, partition_rows, node_rows, policy_rows) = read_transaction!(self, tx => {
             let tables: Vec<TableRow> = sqlx::query_as(
                 "SELECT id, name, partition_count, replica_count, status, drop_time_ms, \
                  created_ms, owner FROM tables ORDER BY id",
@@ -291,11 +499,28 @@ impl SqlStore {
                 sqlx::query_as("SELECT address, first_seen_ms FROM nodes ORDER BY address")
                     .fetch_all(&mut *tx)
                     .await?;
-            (tables, partitions, nodes)
+            let policies: Vec<PolicyRow> = sqlx::query_as(
+                "SELECT table_id, duplication, backup_every_ms, backup_keep, backup_target, \
+                 tombstone_retention_ms FROM policies",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            (tables, partitions, nodes, policies)
         });
+        let mut policies = std::collections::HashMap::new();
+        for row in policy_rows {
+            let table_id = to_u32(row.0, "policies.table_id")?;
+            policies.insert(table_id, row);
+        }
         let tables = table_rows
             .into_iter()
-            .map(table_from_row)
+            .map(|row| {
+                let mut table = table_from_row(row)?;
+                if let Some(row) = policies.remove(&table.id) {
+                    table.policy = policy_from_row(table.replica_count, row)?;
+                }
+                Ok(table)
+            })
             .collect::<Result<Vec<_>>>()?;
         let partitions = partition_rows
             .into_iter()
@@ -317,14 +542,18 @@ impl SqlStore {
 
     /// Creates an available table with the next id never used before (1 for the first) and its
     /// `partition_count` partitions at ballot 0 with no members, in one transaction.
+    /// The table is created with `policy` (its replica count is `policy.replicas`), recorded in
+    /// the policy history as set by `who`.
     pub async fn create_table(
         &self,
         name: &str,
         partition_count: u32,
-        replica_count: u32,
+        policy: &Policy,
         owner: &str,
+        who: &str,
         created_ms: u64,
     ) -> Result<TableInfo> {
+        let replica_count = policy.replicas;
         let invalid = |reason: &str| StoreError::InvalidTable {
             name: name.to_string(),
             reason: reason.to_string(),
@@ -398,6 +627,7 @@ impl SqlStore {
                 u64::from(partition_count),
                 "table {id}: inserted {inserted} partitions, expected {partition_count}"
             );
+            write_policy!(tx, id, None, policy, who, created_ms_column);
             id
         });
         tracing::info!(id, name, partition_count, replica_count, "table created");
@@ -409,7 +639,52 @@ impl SqlStore {
             status: TableStatus::Available,
             created_ms,
             owner: owner.to_string(),
+            policy: policy.clone(),
         })
+    }
+
+    /// Replaces table `id`'s policy (replica count included) and records who changed it from
+    /// `old` to `new`, in one transaction.
+    pub async fn set_policy(&self, id: u32, old: &Policy, new: &Policy, who: &str, at_ms: u64) -> Result<()> {
+        let at = to_i64(at_ms, "at_ms")?;
+        write_transaction!(self, tx => {
+            let (_name, _status) = select_name_status!(tx, id);
+            sqlx::query("UPDATE tables SET replica_count = $2 WHERE id = $1")
+                .bind(i64::from(id))
+                .bind(i64::from(new.replicas))
+                .execute(&mut *tx)
+                .await?;
+            write_policy!(tx, id, Some(old), new, who, at);
+        });
+        tracing::info!(id, who, ?old, ?new, "policy changed");
+        Ok(())
+    }
+
+    /// Table `id`'s policy history, oldest first (kept after the table is purged).
+    pub async fn policy_history(&self, id: u32) -> Result<Vec<PolicyHistoryEntry>> {
+        let rows: Vec<(i64, String, Option<String>, String)> = read_transaction!(self, tx => {
+            sqlx::query_as(
+                "SELECT at_ms, who, old_policy, new_policy FROM policy_history \
+                 WHERE table_id = $1 ORDER BY id",
+            )
+            .bind(i64::from(id))
+            .fetch_all(&mut *tx)
+            .await?
+        });
+        let parse = |text: &str| {
+            serde_json::from_str::<Policy>(text)
+                .map_err(|e| StoreError::Corrupt(format!("policy history of table {id} holds an unreadable policy ({e}): {text}")))
+        };
+        rows.into_iter()
+            .map(|(at_ms, who, old, new)| {
+                Ok(PolicyHistoryEntry {
+                    at_ms: to_u64(at_ms, "policy_history.at_ms")?,
+                    who,
+                    old: old.as_deref().map(parse).transpose()?,
+                    new: parse(&new)?,
+                })
+            })
+            .collect()
     }
 
     /// Compare-and-set on the ballot: writes `config` only if the stored ballot equals
@@ -599,14 +874,36 @@ fn table_from_row(row: TableRow) -> Result<TableInfo> {
             )));
         }
     };
+    let replica_count = to_u32(replica_count, "tables.replica_count")?;
     Ok(TableInfo {
         id,
         name,
         partition_count: to_u32(partition_count, "tables.partition_count")?,
-        replica_count: to_u32(replica_count, "tables.replica_count")?,
+        replica_count,
         status,
         created_ms: to_u64(created_ms, "tables.created_ms")?,
         owner,
+        // Tables created before policies existed have no policies row: the defaults.
+        policy: Policy::with_replicas(replica_count),
+    })
+}
+
+fn policy_from_row(replicas: u32, row: PolicyRow) -> Result<Policy> {
+    let (table_id, duplication, every, keep, target, retention) = row;
+    let backup = match (every, keep, target) {
+        (None, None, None) => None,
+        (Some(every), Some(keep), Some(target)) => Some(BackupPolicy {
+            every_ms: to_u64(every, "policies.backup_every_ms")?,
+            keep: to_u32(keep, "policies.backup_keep")?,
+            target,
+        }),
+        _ => return Err(StoreError::Corrupt(format!("table {table_id}: backup columns of its policy are partly NULL"))),
+    };
+    Ok(Policy {
+        replicas,
+        duplication,
+        backup,
+        tombstone_retention_ms: to_u64(retention, "policies.tombstone_retention_ms")?,
     })
 }
 
@@ -708,6 +1005,7 @@ mod tests {
             status: TableStatus::Available,
             created_ms: 0,
             owner: "o".into(),
+            policy: Policy::with_replicas(3),
         };
         let partition = |table_id, partition| PartitionConfig {
             gpid: Gpid::new(table_id, partition),

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::Connection;
 use tandem_core::{Gpid, PartitionConfig};
-use tandem_meta::store::{SqlStore, StoreError};
+use tandem_meta::store::{Claim, Fence, SqlStore, StoreError};
+use tandem_meta_core::policy::{BackupPolicy, Policy, PolicyHistoryEntry};
 use tandem_meta_core::{MetaSnapshot, TableInfo, TableStatus};
 
 const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -115,6 +116,7 @@ fn table(
         status,
         created_ms,
         owner: "alice".to_string(),
+        policy: Policy::with_replicas(3),
     }
 }
 
@@ -135,15 +137,16 @@ fn nodes(names: &[&str]) -> Vec<String> {
 async fn conformance(store: SqlStore, url: &str) {
     // Fresh store: empty.
     assert_eq!(store.load().await.unwrap(), MetaSnapshot::default());
+    lease_and_fencing(&store, url).await;
 
     // Create / load round trip; ids start at 1 and grow by one.
     let alpha = store
-        .create_table("alpha", 4, 3, "alice", 1_000)
+        .create_table("alpha", 4, &Policy::with_replicas(3), "alice", "alice", 1_000)
         .await
         .unwrap();
     assert_eq!(alpha, table(1, "alpha", 4, TableStatus::Available, 1_000));
     let beta = store
-        .create_table("beta", 2, 3, "alice", 2_000)
+        .create_table("beta", 2, &Policy::with_replicas(3), "alice", "alice", 2_000)
         .await
         .unwrap();
     assert_eq!(beta.id, 2);
@@ -156,7 +159,7 @@ async fn conformance(store: SqlStore, url: &str) {
 
     // Duplicate name refused, nothing written.
     let error = store
-        .create_table("alpha", 8, 3, "bob", 3_000)
+        .create_table("alpha", 8, &Policy::with_replicas(3), "bob", "bob", 3_000)
         .await
         .unwrap_err();
     assert!(
@@ -177,7 +180,7 @@ async fn conformance(store: SqlStore, url: &str) {
         ("gamma", 4, 0),
     ] {
         let error = store
-            .create_table(name, partition_count, replica_count, "alice", 0)
+            .create_table(name, partition_count, &Policy::with_replicas(replica_count), "alice", "alice", 0)
             .await
             .unwrap_err();
         assert!(
@@ -294,7 +297,7 @@ async fn conformance(store: SqlStore, url: &str) {
         drop_time_ms: 7_000,
     };
     let new_beta = store
-        .create_table("beta", 8, 3, "alice", 8_000)
+        .create_table("beta", 8, &Policy::with_replicas(3), "alice", "alice", 8_000)
         .await
         .unwrap();
     assert_eq!(new_beta, table(3, "beta", 8, TableStatus::Available, 8_000));
@@ -343,7 +346,7 @@ async fn conformance(store: SqlStore, url: &str) {
         let store = &store;
         async move {
             store
-                .create_table(&format!("concurrent{i}"), 1, 3, "carol", 9_000)
+                .create_table(&format!("concurrent{i}"), 1, &Policy::with_replicas(3), "carol", "carol", 9_000)
                 .await
                 .unwrap()
         }
@@ -354,7 +357,7 @@ async fn conformance(store: SqlStore, url: &str) {
     assert_eq!(ids, vec![4, 5, 6, 7, 8]);
     let same_name = futures::future::join_all((0..5).map(|_| {
         let store = &store;
-        async move { store.create_table("contended", 2, 3, "carol", 9_500).await }
+        async move { store.create_table("contended", 2, &Policy::with_replicas(3), "carol", "carol", 9_500).await }
     }))
     .await;
     assert_eq!(
@@ -385,8 +388,9 @@ async fn conformance(store: SqlStore, url: &str) {
         .await
         .expect("reconnect to the same URL");
     assert_eq!(reopened.load().await.unwrap(), expected);
+    lead(&reopened, "a").await;
     let more = reopened
-        .create_table("after_reopen", 2, 1, "dave", 10_000)
+        .create_table("after_reopen", 2, &Policy::with_replicas(1), "dave", "dave", 10_000)
         .await
         .unwrap();
     assert_eq!(more.id, 10);
@@ -394,13 +398,137 @@ async fn conformance(store: SqlStore, url: &str) {
     let again = SqlStore::connect(url)
         .await
         .expect("reconnect a second time");
+    lead(&again, "a").await;
     assert_eq!(again.load().await.unwrap().tables.last(), Some(&more));
 
     // Purging the newest table does not give its id to the next one: replica servers may still
     // hold data under the purged table's partition ids.
     again.drop_table(more.id, 11_000).await.unwrap();
     again.purge_table(more.id).await.unwrap();
-    let next = again.create_table("after_purge", 1, 1, "dave", 12_000).await.unwrap();
+    let next = again.create_table("after_purge", 1, &Policy::with_replicas(1), "dave", "dave", 12_000).await.unwrap();
     assert_eq!(next.id, more.id + 1);
+    policies(&again).await;
     again.close().await;
+}
+
+/// Claims (or renews) the lease as `holder` and fences the store with it.
+async fn lead(store: &SqlStore, holder: &str) -> u64 {
+    match store.claim_lease(holder, &format!("{holder}:1"), 60_000).await.unwrap() {
+        Claim::Won { epoch } => {
+            store.set_fence(Some(Fence { holder: holder.to_string(), epoch }));
+            epoch
+        }
+        held => panic!("{holder} could not take the lease: {held:?}"),
+    }
+}
+
+/// Claims the lease as `holder` until it wins (the current lease must be about to expire).
+async fn take_over(store: &SqlStore, holder: &str) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store.claim_lease(holder, &format!("{holder}:1"), 60_000).await.unwrap() {
+            Claim::Won { epoch } => {
+                store.set_fence(Some(Fence { holder: holder.to_string(), epoch }));
+                return epoch;
+            }
+            Claim::Held { .. } if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            held => panic!("{holder} never took over: {held:?}"),
+        }
+    }
+}
+
+/// The lease row: one holder at a time, the epoch grows on takeover only, and a deposed
+/// holder's writes fail inside their transaction. Leaves `store` leading as "a".
+async fn lease_and_fencing(store: &SqlStore, url: &str) {
+    let policy = Policy::with_replicas(1);
+    let error = store.create_table("unfenced", 1, &policy, "x", "x", 0).await.unwrap_err();
+    assert!(matches!(error, StoreError::NotLeader), "{error:?}");
+
+    assert_eq!(lead(store, "a").await, 1);
+    let other = SqlStore::connect(url).await.unwrap();
+    assert_eq!(
+        other.claim_lease("b", "b:1", 60_000).await.unwrap(),
+        Claim::Held { holder: "a".into(), address: "a:1".into(), epoch: 1 }
+    );
+    // Renewing keeps the epoch.
+    assert_eq!(lead(store, "a").await, 1);
+    // A write while another holds the lease is refused even if that one set a fence.
+    other.set_fence(Some(Fence { holder: "b".into(), epoch: 1 }));
+    let error = other.create_table("by_b", 1, &policy, "x", "x", 0).await.unwrap_err();
+    assert!(matches!(&error, StoreError::Fenced { mine: 1, current: 1, holder } if holder == "a"), "{error:?}");
+
+    // "a" lets its lease run out; "b" takes over at a new epoch and "a" is fenced.
+    assert!(matches!(store.claim_lease("a", "a:1", 1).await.unwrap(), Claim::Won { epoch: 1 }));
+    assert_eq!(take_over(&other, "b").await, 2);
+    let error = store.create_table("by_a", 1, &policy, "x", "x", 0).await.unwrap_err();
+    assert!(matches!(&error, StoreError::Fenced { mine: 1, current: 2, holder } if holder == "b"), "{error:?}");
+    assert!(error.to_string().contains("writes nothing more"), "{error}");
+    assert_eq!(store.load().await.unwrap(), MetaSnapshot::default(), "a fenced write writes nothing");
+    assert_eq!(
+        store.claim_lease("a", "a:1", 60_000).await.unwrap(),
+        Claim::Held { holder: "b".into(), address: "b:1".into(), epoch: 2 }
+    );
+
+    // Racing claims on a released lease: exactly one wins.
+    other.release_lease("b").await.unwrap();
+    let racers: Vec<SqlStore> = futures::future::join_all((0..4).map(|_| SqlStore::connect(url))).await.into_iter().map(Result::unwrap).collect();
+    let claims = futures::future::join_all(racers.iter().enumerate().map(|(i, s)| async move { s.claim_lease(&format!("r{i}"), &format!("r{i}:1"), 60_000).await.unwrap() })).await;
+    let winners: Vec<&Claim> = claims.iter().filter(|c| matches!(c, Claim::Won { .. })).collect();
+    assert_eq!(winners, vec![&Claim::Won { epoch: 3 }], "{claims:?}");
+    for racer in racers {
+        racer.close().await;
+    }
+    other.close().await;
+    // A process restarted at the same address takes over at once, at a new epoch.
+    assert_eq!(
+        store.claim_lease("a-restarted", "a:1", 60_000).await.unwrap(),
+        Claim::Held { holder: claims.iter().position(|c| matches!(c, Claim::Won { .. })).map(|i| format!("r{i}")).unwrap(), address: format!("r{}:1", claims.iter().position(|c| matches!(c, Claim::Won { .. })).unwrap()), epoch: 3 }
+    );
+    // Back to "a" for the rest of the suite.
+    let winner = claims.iter().position(|c| matches!(c, Claim::Won { .. })).unwrap();
+    let helper = SqlStore::connect(url).await.unwrap();
+    helper.set_fence(None);
+    // The winner's lease is long; expire it as its holder would on a clean stop.
+    helper.release_lease(&format!("r{winner}")).await.unwrap();
+    helper.close().await;
+    assert_eq!(take_over(store, "a").await, 4);
+    let restarted = SqlStore::connect(url).await.unwrap();
+    assert_eq!(restarted.claim_lease("a-restarted", "a:1", 60_000).await.unwrap(), Claim::Won { epoch: 5 });
+    restarted.close().await;
+    assert_eq!(take_over(store, "a").await, 6);
+}
+
+/// Policies: written with the table, replaced with a history entry, loaded back.
+async fn policies(store: &SqlStore) {
+    let initial = Policy { duplication: Some("east".into()), ..Policy::with_replicas(2) };
+    let table = store.create_table("with_policy", 2, &initial, "erin", "frank", 20_000).await.unwrap();
+    assert_eq!((table.replica_count, &table.policy), (2, &initial));
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.tables.iter().find(|t| t.id == table.id), Some(&table));
+
+    let next = Policy {
+        replicas: 5,
+        duplication: None,
+        backup: Some(BackupPolicy { every_ms: 3_600_000, keep: 4, target: "s3://bucket/prefix".into() }),
+        tombstone_retention_ms: 7_200_000,
+    };
+    store.set_policy(table.id, &initial, &next, "grace", 21_000).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    let reloaded = loaded.tables.iter().find(|t| t.id == table.id).unwrap();
+    assert_eq!((reloaded.replica_count, &reloaded.policy), (5, &next));
+    assert_eq!(
+        store.policy_history(table.id).await.unwrap(),
+        vec![
+            PolicyHistoryEntry { at_ms: 20_000, who: "frank".into(), old: None, new: initial.clone() },
+            PolicyHistoryEntry { at_ms: 21_000, who: "grace".into(), old: Some(initial), new: next.clone() },
+        ]
+    );
+    let error = store.set_policy(4_000_000, &next, &next, "x", 0).await.unwrap_err();
+    assert!(matches!(error, StoreError::TableNotFound { id: 4_000_000 }), "{error:?}");
+    // The history outlives the table.
+    store.drop_table(table.id, 22_000).await.unwrap();
+    store.purge_table(table.id).await.unwrap();
+    assert_eq!(store.policy_history(table.id).await.unwrap().len(), 2);
 }

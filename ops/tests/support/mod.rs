@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use tandem_client::{Client, ClientOptions};
 
 pub fn bin() -> PathBuf {
@@ -86,9 +88,19 @@ pub struct Cluster {
     pub meta_addr: String,
     pub store_url: String,
     pub meta: Server,
+    /// More meta servers sharing the store (meta HA); `meta` is meta 0, these are 1, 2, ….
+    pub standbys: Vec<Server>,
     pub replicas: Vec<Server>,
     pub pg: Option<PgDatabase>,
     pub replica_extra: Vec<String>,
+}
+
+/// The store URL for `store` (SQLite in `dir`), and the PostgreSQL database to keep alive.
+fn store_url(dir: &tempfile::TempDir, store: Store) -> (String, Option<PgDatabase>) {
+    match store {
+        Store::Sqlite => (format!("sqlite://{}", dir.path().join("meta.db").display()), None),
+        Store::Postgres(db) => (db.url(), Some(db)),
+    }
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {
@@ -110,32 +122,101 @@ impl Cluster {
     /// `replica_extra`: flags added to every `replica start`.
     pub async fn start_with(replicas: usize, store: Store, replica_extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store_url, pg) = match store {
-            Store::Sqlite => (format!("sqlite://{}", dir.path().join("meta.db").display()), None),
-            Store::Postgres(db) => (db.url(), Some(db)),
+        let (store_url, pg) = store_url(&dir, store);
+        Cluster::start_on(dir, store_url, pg, 1, replicas, &[], replica_extra).await
+    }
+
+    /// `metas` meta servers sharing one store, each started with `meta_extra` flags.
+    pub async fn start_ha(metas: usize, replicas: usize, store: Store, meta_extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store_url, pg) = store_url(&dir, store);
+        Cluster::start_on(dir, store_url, pg, metas, replicas, meta_extra, &[]).await
+    }
+
+    /// Like `start_ha`, on a store URL the caller manages.
+    pub async fn start_ha_on(dir: tempfile::TempDir, store_url: String, pg: Option<PgDatabase>, metas: usize, replicas: usize, meta_extra: &[&str]) -> Cluster {
+        Cluster::start_on(dir, store_url, pg, metas, replicas, meta_extra, &[]).await
+    }
+
+    async fn start_on(
+        dir: tempfile::TempDir,
+        store_url: String,
+        pg: Option<PgDatabase>,
+        metas: usize,
+        replicas: usize,
+        meta_extra: &[&str],
+        replica_extra: &[&str],
+    ) -> Cluster {
+        let extra: Vec<String> = meta_extra.iter().map(|s| s.to_string()).collect();
+        let server = |i: usize| Server {
+            addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.path().join(format!("meta-{i}")),
+            child: None,
+            log: dir.path().join(format!("meta-{i}.log")),
+            extra: extra.clone(),
         };
-        let meta_addr = format!("127.0.0.1:{}", free_port());
-        let meta = Server { addr: meta_addr.clone(), data_dir: dir.path().join("meta"), child: None, log: dir.path().join("meta.log"), extra: vec![] };
-        let mut c = Cluster {
-            meta_addr,
-            store_url,
-            meta,
-            replicas: Vec::new(),
-            pg,
-            replica_extra: replica_extra.iter().map(|s| s.to_string()).collect(),
-            dir,
-        };
-        c.start_meta();
+        let meta = server(0);
+        let standbys = (1..metas).map(server).collect();
+        let replica_extra = replica_extra.iter().map(|s| s.to_string()).collect();
+        let mut c = Cluster { meta_addr: meta.addr.clone(), store_url, meta, standbys, replicas: Vec::new(), pg, replica_extra, dir };
+        for i in 0..metas {
+            c.start_meta_at(i);
+        }
         for _ in 0..replicas {
             c.add_replica();
         }
-        c.wait_nodes_alive(replicas as u32, Duration::from_secs(30)).await;
+        c.wait_nodes_alive(replicas as u32, Duration::from_secs(60)).await;
         c
     }
 
+    pub fn meta_addrs(&self) -> Vec<String> {
+        std::iter::once(&self.meta).chain(self.standbys.iter()).map(|s| s.addr.clone()).collect()
+    }
+
+    pub fn meta_server(&mut self, i: usize) -> &mut Server {
+        if i == 0 { &mut self.meta } else { &mut self.standbys[i - 1] }
+    }
+
     pub fn start_meta(&mut self) {
-        let args = vec!["meta".into(), "start".into(), "--listen".into(), self.meta_addr.clone(), "--store".into(), self.store_url.clone()];
-        self.meta.child = Some(spawn(&args, &self.meta.log));
+        self.start_meta_at(0);
+    }
+
+    pub fn start_meta_at(&mut self, i: usize) {
+        let store_url = self.store_url.clone();
+        let s = self.meta_server(i);
+        let mut args = vec!["meta".into(), "start".into(), "--listen".into(), s.addr.clone(), "--store".into(), store_url];
+        args.extend(s.extra.iter().cloned());
+        s.child = Some(spawn(&args, &s.log));
+    }
+
+    pub fn kill_meta_at(&mut self, i: usize) {
+        if let Some(mut c) = self.meta_server(i).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to meta server `i`.
+    pub fn signal_meta(&mut self, i: usize, signal: &str) {
+        let pid = self.meta_server(i).child.as_ref().expect("meta server running").id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// A client of meta server `i` alone (it does not follow leader hints elsewhere).
+    pub fn client_of_meta(&self, i: usize) -> Client {
+        let addr = self.meta_addrs()[i].clone();
+        Client::new(&[addr], ClientOptions { rpc_timeout: Duration::from_secs(1), request_timeout: Duration::from_secs(2) }).expect("client")
+    }
+
+    /// Which meta server answers as leader now, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.meta_addrs().len() {
+            if self.client_of_meta(i).cluster_status().await.is_ok() {
+                return Some(i);
+            }
+        }
+        None
     }
 
     pub fn add_replica(&mut self) -> usize {
@@ -149,6 +230,7 @@ impl Cluster {
     }
 
     pub fn start_replica(&mut self, i: usize) {
+        let meta_addrs = self.meta_addrs().join(",");
         let s = &mut self.replicas[i];
         let mut args: Vec<String> = vec![
             "replica".into(),
@@ -156,7 +238,7 @@ impl Cluster {
             "--listen".into(),
             s.addr.clone(),
             "--meta".into(),
-            self.meta_addr.clone(),
+            meta_addrs,
             "--data-dir".into(),
             s.data_dir.display().to_string(),
         ];
@@ -184,7 +266,7 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&[self.meta_addr.clone()], ClientOptions { rpc_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(30) })
+        Client::new(&self.meta_addrs(), ClientOptions { rpc_timeout: Duration::from_secs(3), request_timeout: Duration::from_secs(30) })
             .expect("client")
     }
 
@@ -226,7 +308,7 @@ impl Cluster {
 
     pub fn logs_tail(&self) -> String {
         let mut out = String::new();
-        for s in std::iter::once(&self.meta).chain(self.replicas.iter()) {
+        for s in std::iter::once(&self.meta).chain(self.standbys.iter()).chain(self.replicas.iter()) {
             let text = std::fs::read_to_string(&s.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(15)..].join("\n");
@@ -249,11 +331,148 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for s in self.replicas.iter_mut().chain(std::iter::once(&mut self.meta)) {
+        for s in self.replicas.iter_mut().chain(std::iter::once(&mut self.meta)).chain(self.standbys.iter_mut()) {
             if let Some(mut c) = s.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+    }
+}
+
+pub const KEYS: usize = 10_000;
+pub const CONCURRENCY: usize = 32;
+
+/// `CONCURRENCY` writers writing `KEYS` keys in the background.
+pub struct Load {
+    pub writers: Vec<tokio::task::JoinHandle<()>>,
+    pub acked: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+/// Starts the writers and returns once a fifth of the keys are acknowledged.
+pub async fn start_load(cluster: &Cluster, table: &str) -> Load {
+    let t = cluster.client().table(table);
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (t, acked, next) = (t.clone(), acked.clone(), next.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= KEYS {
+                    return;
+                }
+                let (k, v) = (format!("key{i:05}"), format!("value-{i}"));
+                if t.set(k.as_bytes(), b"s", v.as_bytes(), 0).await.is_ok() {
+                    acked.lock().unwrap().insert(k, v);
+                }
+            }
+        }));
+    }
+    cluster
+        .poll(Duration::from_secs(60), "a fifth of the writes acknowledged", || {
+            let n = acked.lock().unwrap().len();
+            async move { n >= KEYS / 5 }
+        })
+        .await;
+    Load { writers, acked }
+}
+
+impl Load {
+    /// Waits for every writer; returns the acknowledged keys and values.
+    pub async fn finish(self, cluster: &Cluster) -> BTreeMap<String, String> {
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(acked.len() >= KEYS * 9 / 10, "only {} of {KEYS} writes were acknowledged\n{}", acked.len(), cluster.logs_tail());
+        acked
+    }
+}
+
+pub async fn assert_all_read_back(cluster: &Cluster, table: &str, acked: &BTreeMap<String, String>) {
+    let t = cluster.client().table(table);
+    let mut missing = Vec::new();
+    for (k, v) in acked {
+        match t.get(k.as_bytes(), b"s").await {
+            Ok(Some(got)) if got == v.as_bytes() => {}
+            other => missing.push(format!("{k}: {other:?}")),
+        }
+    }
+    assert!(missing.is_empty(), "{} acknowledged writes did not read back, e.g. {:?}\n{}", missing.len(), &missing[..missing.len().min(5)], cluster.logs_tail());
+}
+
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory, a free port), so a
+/// test can stop and start it without disturbing the shared server on 5432. Runs the server as
+/// the `postgres` user when the test runs as root (PostgreSQL refuses to run as root).
+pub struct PrivatePostgres {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_root: bool,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> PrivatePostgres {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL binaries under /usr/lib/postgresql (ops/test installs them)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .collect();
+        versions.sort();
+        let bin = versions.pop().expect("an initdb under /usr/lib/postgresql/*/bin");
+        let uid = Command::new("id").arg("-u").output().expect("id -u");
+        let as_root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = tempfile::tempdir().expect("tempdir");
+        if as_root {
+            // The postgres user must reach and own its data directory.
+            let status = Command::new("chown").arg("postgres").arg(dir.path()).status().expect("chown");
+            assert!(status.success(), "chown postgres {}", dir.path().display());
+        }
+        let pg = PrivatePostgres { port: free_port(), dir, bin, as_root };
+        let data = pg.data_dir();
+        pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        pg.start_server();
+        pg
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let output = if self.as_root {
+            Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(&program).args(args).output()
+        } else {
+            Command::new(&program).args(args).output()
+        }
+        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+        assert!(output.status.success(), "{} {args:?} failed: {}{}", program.display(), String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    }
+
+    pub fn start_server(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data_dir(), "-o", &options, "-l", &log, "-w", "start"]);
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut, as when it crashes or restarts).
+    pub fn stop_server(&self) {
+        self.run("pg_ctl", &["-D", &self.data_dir(), "-m", "fast", "-w", "stop"]);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.dir.path().join("data/postmaster.pid").exists() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop_server()));
         }
     }
 }
