@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use tandem_client::{Client, ClientOptions};
 
@@ -14,9 +14,38 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tandem"))
 }
 
+/// A port on 127.0.0.1 that was free a moment ago and that no other test of this run was handed.
+///
+/// The kernel may give the same ephemeral port to two `bind(0)` calls in a row once the first
+/// listener is closed (CI once saw a meta server and a replica server of one cluster handed the
+/// same port). So ports handed out are remembered in this process, and claimed across the test
+/// processes nextest runs side by side by a marker file, which counts as stale after 10 minutes.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let markers = std::env::temp_dir().join("tandem-test-ports");
+    let _ = std::fs::create_dir_all(&markers);
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = l.local_addr().expect("local addr").port();
+        drop(l);
+        if !GIVEN.lock().unwrap().insert(port) {
+            continue;
+        }
+        let marker = markers.join(port.to_string());
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(_) => return port,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let age = std::fs::metadata(&marker).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                let stale = age.is_some_and(|a| a > Duration::from_secs(600));
+                let touched = || std::fs::File::options().write(true).open(&marker).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                if stale && touched().is_ok() {
+                    return port;
+                }
+            }
+            // No marker directory to share: the in-process set is all there is.
+            Err(_) => return port,
+        }
+    }
 }
 
 /// Server timings scaled down so failures are detected in seconds.
