@@ -2,9 +2,10 @@
 //! `tandem-storage` passes the same conformance tests (`engine_conformance`).
 
 use crate::error::Result;
-use crate::mutation::WriteOp;
+use crate::mutation::{Mutation, WriteOp};
 use crate::types::Decree;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A key-ordered store of stored keys and values that remembers the last decree applied to it.
 pub trait KvEngine: Send {
@@ -16,6 +17,18 @@ pub trait KvEngine: Send {
     /// Applies the ops of committed decree `decree` and records it as the last applied decree,
     /// atomically. `decree` must be `last_applied_decree() + 1`.
     fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> Result<()>;
+
+    /// Applies the ops of committed mutations of consecutive decrees, the first being
+    /// `last_applied_decree() + 1`, and records the last one as the last applied decree. An
+    /// engine that can write them all at once overrides this (RocksDB: one write batch, so one
+    /// memtable insert of the last-applied key instead of one per decree); by default each is
+    /// applied in turn.
+    fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> Result<()> {
+        for m in mutations {
+            self.apply(m.decree, &m.ops)?;
+        }
+        Ok(())
+    }
 
     fn last_applied_decree(&self) -> Decree;
 }
@@ -105,6 +118,19 @@ pub fn engine_conformance(mut fresh: impl FnMut() -> Box<dyn KvEngine>) {
     e.apply(3, &[WriteOp::Delete { key: b"zz".to_vec() }]).unwrap();
     e.apply(4, &[]).unwrap();
     assert_eq!(e.last_applied_decree(), 4);
+    // Several decrees at once: later ones win, and the last is the last applied.
+    let m = |decree, ops| Arc::new(Mutation { ballot: 1, decree, timestamp_us: 0, ops });
+    e.apply_many(&[
+        m(5, vec![WriteOp::Put { key: b"d".to_vec(), value: b"4".to_vec() }, WriteOp::Delete { key: b"b".to_vec() }]),
+        m(6, vec![]),
+        m(7, vec![WriteOp::Put { key: b"d".to_vec(), value: b"5".to_vec() }, WriteOp::Put { key: b"b".to_vec(), value: b"6".to_vec() }]),
+    ])
+    .unwrap();
+    assert_eq!(e.last_applied_decree(), 7);
+    assert_eq!(e.get(b"d").unwrap(), Some(b"5".to_vec()));
+    assert_eq!(e.get(b"b").unwrap(), Some(b"6".to_vec()));
+    e.apply_many(&[]).unwrap();
+    assert_eq!(e.last_applied_decree(), 7);
 }
 
 #[cfg(test)]

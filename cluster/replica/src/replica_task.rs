@@ -46,6 +46,10 @@ impl KvEngine for SharedEngine {
         self.0.write().expect("engine lock").apply(decree, ops)
     }
 
+    fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> tandem_core::Result<()> {
+        self.0.write().expect("engine lock").apply_many(mutations)
+    }
+
     fn last_applied_decree(&self) -> Decree {
         self.0.read().expect("engine lock").last_applied_decree()
     }
@@ -68,6 +72,19 @@ pub enum Event {
     /// Flush the engine; answers the decree now durable in it.
     Flush { done: oneshot::Sender<Option<Decree>> },
     Stop { done: oneshot::Sender<()> },
+    /// One log append is durable: the (ballot, decree) of each mutation it held, in order.
+    LogAppended { ids: Vec<(u64, Decree)> },
+}
+
+/// Plain events a turn of the task takes at most before running their actions.
+const STEPS_PER_TURN_MAX: usize = 256;
+
+impl Event {
+    /// A step of the core and nothing else: such events may share a turn of the task (their
+    /// actions run together after the last). The others run alone, at the start of a turn.
+    fn is_plain(&self) -> bool {
+        matches!(self, Event::Input(_) | Event::LogAppended { .. } | Event::Write { .. } | Event::Prepare { .. } | Event::Learn { .. } | Event::Read(_))
+    }
 }
 
 #[derive(Clone)]
@@ -155,34 +172,21 @@ struct ReplicaTask {
 
 impl ReplicaTask {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
-        while let Some(event) = rx.recv().await {
-            let ctx = self.node.ctx();
+        let mut next = None;
+        loop {
+            let event = match next.take() {
+                Some(e) => e,
+                None => match rx.recv().await {
+                    Some(e) => e,
+                    None => break,
+                },
+            };
             let mut configured = None;
             match event {
-                Event::Input(input) => self.replica.step(&ctx, input),
                 Event::Configure { config, done } => {
-                    self.replica.step(&ctx, Input::ConfigUpdate { config });
+                    self.replica.step(&self.node.ctx(), Input::ConfigUpdate { config });
                     configured = Some(done);
                 }
-                Event::Write { request, reply } => {
-                    let id = self.id();
-                    self.writes.insert(id, reply);
-                    self.replica.step(&ctx, Input::ClientWrite { request_id: id, request });
-                }
-                Event::Prepare { from, msg, reply } => {
-                    let token = self.id();
-                    self.prepares.insert(token, reply);
-                    self.replica.step(&ctx, Input::Prepare { token, from, msg });
-                }
-                Event::Learn { request, reply } => {
-                    let token = self.id();
-                    self.learns.insert(token, reply);
-                    self.replica.step(&ctx, Input::LearnRequest { token, request });
-                }
-                Event::Read(f) => match self.replica.check_read(&ctx) {
-                    Ok(()) => f(Ok(self.replica.engine()), ctx.now_s()),
-                    Err(e) => f(Err(e), ctx.now_s()),
-                },
                 Event::InstallCheckpoint { db_name, decree } => self.install_checkpoint(db_name, decree).await,
                 Event::Flush { done } => {
                     let engine = self.engine.clone();
@@ -196,6 +200,19 @@ impl ReplicaTask {
                     let _ = done.send(());
                     return;
                 }
+                plain => self.step(plain),
+            }
+            // Steps queued meanwhile go in before the actions run, so the actions of many client
+            // writes leave together (one log append for all their mutations, one prepare each).
+            for _ in 1..STEPS_PER_TURN_MAX {
+                match rx.try_recv() {
+                    Ok(e) if e.is_plain() => self.step(e),
+                    Ok(e) => {
+                        next = Some(e);
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
             let actions = self.replica.take_actions();
             self.execute(actions);
@@ -207,6 +224,41 @@ impl ReplicaTask {
         }
         // Stopped: no more reads from this engine.
         *self.read_gate.write().expect("read gate lock") = None;
+    }
+
+    /// Feeds one plain event (see `Event::is_plain`) to the core; its actions wait in the core.
+    fn step(&mut self, event: Event) {
+        let ctx = self.node.ctx();
+        match event {
+            Event::Input(input) => self.replica.step(&ctx, input),
+            Event::LogAppended { ids } => {
+                for (ballot, decree) in ids {
+                    self.replica.step(&ctx, Input::LogAppended { ballot, decree });
+                }
+            }
+            Event::Write { request, reply } => {
+                let id = self.id();
+                self.writes.insert(id, reply);
+                self.replica.step(&ctx, Input::ClientWrite { request_id: id, request });
+            }
+            Event::Prepare { from, msg, reply } => {
+                let token = self.id();
+                self.prepares.insert(token, reply);
+                self.replica.step(&ctx, Input::Prepare { token, from, msg });
+            }
+            Event::Learn { request, reply } => {
+                let token = self.id();
+                self.learns.insert(token, reply);
+                self.replica.step(&ctx, Input::LearnRequest { token, request });
+            }
+            Event::Read(f) => match self.replica.check_read(&ctx) {
+                Ok(()) => f(Ok(self.replica.engine()), ctx.now_s()),
+                Err(e) => f(Err(e), ctx.now_s()),
+            },
+            Event::Configure { .. } | Event::InstallCheckpoint { .. } | Event::Flush { .. } | Event::Stop { .. } => {
+                unreachable!("not a plain event")
+            }
+        }
     }
 
     /// Opens the read gate while the core says reads may be served, closes it otherwise.
@@ -225,26 +277,11 @@ impl ReplicaTask {
 
     fn execute(&mut self, actions: Vec<Action>) {
         let gpid = self.replica.gpid();
+        // Every AppendLog of the turn goes out as one append, in the order they were emitted.
+        let mut appends = Vec::new();
         for action in actions {
             match action {
-                Action::AppendLog { mutations } => {
-                    let ids: Vec<(u64, Decree)> = mutations.iter().map(|m| (m.ballot, m.decree)).collect();
-                    let records = mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
-                    let tx = self.tx.clone();
-                    self.node.log.append(
-                        records,
-                        Box::new(move |result| match result {
-                            Ok(()) => {
-                                for (ballot, decree) in ids {
-                                    let _ = tx.send(Event::Input(Input::LogAppended { ballot, decree }));
-                                }
-                            }
-                            Err(e) => {
-                                let _ = tx.send(Event::Input(Input::LogFailed { error: e.to_string() }));
-                            }
-                        }),
-                    );
-                }
+                Action::AppendLog { mutations } => appends.extend(mutations),
                 Action::SendPrepare { to, msg } => self.send_prepare(to, msg),
                 Action::ReplyPrepare { token, reply } => {
                     if let Some(tx) = self.prepares.remove(&token) {
@@ -296,6 +333,27 @@ impl ReplicaTask {
                 Action::Failed { error } => tracing::error!("replica {gpid} failed: {error}"),
             }
         }
+        if !appends.is_empty() {
+            self.append_log(appends);
+        }
+    }
+
+    fn append_log(&self, mutations: Vec<Arc<Mutation>>) {
+        let gpid = self.replica.gpid();
+        let ids: Vec<(u64, Decree)> = mutations.iter().map(|m| (m.ballot, m.decree)).collect();
+        let records = mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
+        let tx = self.tx.clone();
+        self.node.log.append(
+            records,
+            Box::new(move |result| match result {
+                Ok(()) => {
+                    let _ = tx.send(Event::LogAppended { ids });
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Input(Input::LogFailed { error: e.to_string() }));
+                }
+            }),
+        );
     }
 
     fn send_prepare(&self, to: String, msg: PrepareMsg) {

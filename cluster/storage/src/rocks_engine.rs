@@ -28,10 +28,11 @@ use rocksdb::{
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tandem_core::storage::KvEngine;
 use tandem_core::value::{decode_value, is_expired};
-use tandem_core::{Decree, WriteOp};
+use tandem_core::{Decree, Mutation, WriteOp};
 
 const DATA_CF: &str = "default";
 const META_CF: &str = "meta";
@@ -149,6 +150,24 @@ impl RocksEngine {
         self.db.compact_range_cf(self.data_cf(), None::<&[u8]>, None::<&[u8]>);
     }
 
+    fn add_ops(&self, batch: &mut WriteBatch, ops: &[WriteOp]) {
+        let data = self.data_cf();
+        for op in ops {
+            match op {
+                WriteOp::Put { key, value } => batch.put_cf(data, key, value),
+                WriteOp::Delete { key } => batch.delete_cf(data, key),
+            }
+        }
+    }
+
+    /// Writes `batch` with `decree` recorded as the last applied decree.
+    fn write_applied(&mut self, mut batch: WriteBatch, decree: Decree) -> tandem_core::Result<()> {
+        batch.put_cf(self.meta_cf(), LAST_APPLIED_KEY, decree.to_be_bytes());
+        self.db.write_opt(batch, &self.write_options).map_err(|e| Error::rocks("write", &self.dir, e))?;
+        self.last_applied = decree;
+        Ok(())
+    }
+
     fn data_cf(&self) -> &ColumnFamily {
         self.db.cf_handle(DATA_CF).expect("data column family is created at open")
     }
@@ -186,17 +205,19 @@ impl KvEngine for RocksEngine {
     fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
         assert_eq!(decree, self.last_applied + 1, "decrees are applied in order");
         let mut batch = WriteBatch::default();
-        let data = self.data_cf();
-        for op in ops {
-            match op {
-                WriteOp::Put { key, value } => batch.put_cf(data, key, value),
-                WriteOp::Delete { key } => batch.delete_cf(data, key),
-            }
+        self.add_ops(&mut batch, ops);
+        self.write_applied(batch, decree)
+    }
+
+    /// One write batch for all: atomic, and the last-applied key written once.
+    fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> tandem_core::Result<()> {
+        let Some(last) = mutations.last() else { return Ok(()) };
+        let mut batch = WriteBatch::default();
+        for (i, m) in mutations.iter().enumerate() {
+            assert_eq!(m.decree, self.last_applied + 1 + i as u64, "decrees are applied in order");
+            self.add_ops(&mut batch, &m.ops);
         }
-        batch.put_cf(self.meta_cf(), LAST_APPLIED_KEY, decree.to_be_bytes());
-        self.db.write_opt(batch, &self.write_options).map_err(|e| Error::rocks("write", &self.dir, e))?;
-        self.last_applied = decree;
-        Ok(())
+        self.write_applied(batch, last.decree)
     }
 
     fn last_applied_decree(&self) -> Decree {
@@ -240,6 +261,9 @@ mod tests {
         }
         fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
             self.engine.apply(decree, ops)
+        }
+        fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> tandem_core::Result<()> {
+            self.engine.apply_many(mutations)
         }
         fn last_applied_decree(&self) -> Decree {
             self.engine.last_applied_decree()

@@ -515,15 +515,18 @@ impl Replica {
 
     /// Applies every decree up to `to` that is durable here, in order.
     fn commit_to(&mut self, ctx: &Ctx, to: Decree) {
-        while self.last_committed < to {
-            let d = self.last_committed + 1;
-            let Some(m) = self.log.get(&d).cloned() else {
-                panic!("{}: decree {d} to commit is not in the log (last prepared {})", self.gpid, self.last_prepared())
-            };
-            if let Err(e) = self.engine.apply(d, &m.ops) {
-                self.fail(format!("applying decree {d} failed: {e}"));
-                return;
-            }
+        let from = self.last_committed + 1;
+        let mutations: Vec<Arc<Mutation>> = (from..=to)
+            .map(|d| match self.log.get(&d) {
+                Some(m) => m.clone(),
+                None => panic!("{}: decree {d} to commit is not in the log (last prepared {})", self.gpid, self.last_prepared()),
+            })
+            .collect();
+        if let Err(e) = self.engine.apply_many(&mutations) {
+            self.fail(format!("applying decrees {from}..={to} failed: {e}"));
+            return;
+        }
+        for d in from..=to {
             self.last_committed = d;
             if let Some(p) = self.pending_writes.remove(&d) {
                 self.actions.push(Action::ReplyClient { request_id: p.request_id, result: Ok(p.response) });
