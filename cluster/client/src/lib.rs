@@ -14,13 +14,14 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 pub mod meta_conn;
 mod table;
 
 pub use table::{FullScanPage, ScanOptions, Table};
 pub use tandem_core::replica::{CheckType, MutateOp};
 
-use meta_conn::{endpoint, MetaConn};
+use meta_conn::{endpoint, stream_endpoint, MetaConn};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -90,7 +91,13 @@ pub(crate) struct Inner {
     pub meta: MetaConn,
     pub opts: ClientOptions,
     pub routes: RwLock<HashMap<String, Arc<TableRoute>>>,
-    pub replicas: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
+    pub replicas: Mutex<HashMap<String, Arc<ReplicaConn>>>,
+}
+
+/// The connections to one replica server: unary calls, and the batch stream of the hot calls.
+pub(crate) struct ReplicaConn {
+    pub grpc: ReplicaServiceClient<Channel>,
+    pub batch: batch::BatchConn,
 }
 
 #[derive(Clone)]
@@ -112,15 +119,16 @@ impl Client {
         &self.inner.meta
     }
 
-    pub(crate) fn replica(&self, addr: &str) -> Result<ReplicaServiceClient<Channel>> {
+    pub(crate) fn replica(&self, addr: &str) -> Result<Arc<ReplicaConn>> {
         let mut replicas = self.inner.replicas.lock().expect("replicas lock");
         if let Some(c) = replicas.get(addr) {
             return Ok(c.clone());
         }
-        let channel = endpoint(addr, self.inner.opts.rpc_timeout)
-            .map_err(|e| ClientError::Internal(format!("bad replica address {addr:?}: {e}")))?
-            .connect_lazy();
-        let c = ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let bad = |e: tonic::transport::Error| ClientError::Internal(format!("bad replica address {addr:?}: {e}"));
+        let grpc = |channel| ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let unary = endpoint(addr, self.inner.opts.rpc_timeout).map_err(bad)?.connect_lazy();
+        let stream = stream_endpoint(addr).map_err(bad)?.connect_lazy();
+        let c = Arc::new(ReplicaConn { grpc: grpc(unary), batch: batch::BatchConn::new(addr, grpc(stream)) });
         replicas.insert(addr.to_string(), c.clone());
         Ok(c)
     }

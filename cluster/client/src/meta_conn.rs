@@ -22,10 +22,14 @@ pub const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
 pub fn endpoint(addr: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(stream_endpoint(addr)?.timeout(timeout))
+}
+
+/// Like `endpoint`, without a per-request timeout: for long-lived streams.
+pub fn stream_endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") { addr.to_string() } else { format!("http://{addr}") };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
         .tcp_nodelay(true)
         // HTTP/2's default 64 KiB windows fill after ~60 in-flight 1 KiB values and then cost a
         // WINDOW_UPDATE round per few responses; prepare batches are larger still.

@@ -8,8 +8,9 @@ use tandem_core::replica::{CheckType, MutateOp, WriteRequest};
 use tandem_proto::convert::write_request_to_wire;
 use tandem_proto::errors::ErrorKind;
 use tandem_proto::v1;
-use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
-use tonic::transport::Channel;
+use crate::ReplicaConn;
+use std::sync::Arc;
+use tandem_proto::v1::{batch_call, batch_reply};
 
 #[derive(Clone)]
 pub struct Table {
@@ -57,7 +58,7 @@ impl Table {
     /// the route and retrying on the retryable errors within the request timeout.
     async fn call<T, F, Fut>(&self, hash_key: Option<&[u8]>, partition: Option<u32>, retry: Retry, mut f: F) -> Result<T>
     where
-        F: FnMut(ReplicaServiceClient<Channel>, v1::Route) -> Fut,
+        F: FnMut(Arc<ReplicaConn>, v1::Route) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.client.inner.opts.request_timeout;
@@ -89,8 +90,11 @@ impl Table {
                         let kind = ErrorKind::of(&status);
                         // Refused before it was taken: the primary moved, or the connection
                         // never opened.
-                        let not_taken = matches!(kind, Some(ErrorKind::NotPrimary))
-                            || (kind.is_none() && status.code() == tonic::Code::Unavailable && status.message().contains("connect"));
+                        let never_connected = match crate::batch::maybe_sent(&status) {
+                            Some(sent) => !sent,
+                            None => kind.is_none() && status.code() == tonic::Code::Unavailable && status.message().contains("connect"),
+                        };
+                        let not_taken = matches!(kind, Some(ErrorKind::NotPrimary)) || never_connected;
                         let retry = match retry {
                             Retry::Always => {
                                 matches!(kind, Some(ErrorKind::NotPrimary | ErrorKind::Busy))
@@ -135,9 +139,14 @@ impl Table {
             _ => Retry::Always,
         };
         let hash_key = request.hash_key().to_vec();
-        self.call(Some(&hash_key), None, retry, |mut c, route| {
+        self.call(Some(&hash_key), None, retry, |c, route| {
             let req = write_request_to_wire(route, request.clone());
-            async move { c.write(req).await }
+            async move {
+                match c.batch.call(batch_call::Call::Write(req)).await? {
+                    batch_reply::Reply::Write(r) => Ok(tonic::Response::new(r)),
+                    _ => Err(tonic::Status::internal("a write was answered with another reply kind")),
+                }
+            }
         })
         .await
     }
@@ -216,9 +225,14 @@ impl Table {
     pub async fn get_with_ttl(&self, hash_key: &[u8], sort_key: &[u8]) -> Result<Option<(Vec<u8>, i64)>> {
         self.check_key(hash_key, sort_key)?;
         let r = self
-            .call(Some(hash_key), None, Retry::Always, |mut c, route| {
+            .call(Some(hash_key), None, Retry::Always, |c, route| {
                 let req = v1::GetRequest { route: Some(route), hash_key: hash_key.into(), sort_key: sort_key.into() };
-                async move { c.get(req).await }
+                async move {
+                    match c.batch.call(batch_call::Call::Get(req)).await? {
+                        batch_reply::Reply::Get(r) => Ok(tonic::Response::new(r)),
+                        _ => Err(tonic::Status::internal("a get was answered with another reply kind")),
+                    }
+                }
             })
             .await?;
         Ok(if r.found { Some((r.value, r.ttl_seconds)) } else { None })
@@ -243,7 +257,8 @@ impl Table {
             return Err(ClientError::InvalidArgument("multi_get needs at least one sort key (or use scan)".into()));
         }
         let r = self
-            .call(Some(hash_key), None, Retry::Always, |mut c, route| {
+            .call(Some(hash_key), None, Retry::Always, |c, route| {
+                let mut c = c.grpc.clone();
                 let req = v1::MultiGetRequest { route: Some(route), hash_key: hash_key.into(), sort_keys: sort_keys.clone(), ..Default::default() };
                 async move { c.multi_get(req).await }
             })
@@ -256,7 +271,8 @@ impl Table {
     pub async fn scan_page(&self, hash_key: &[u8], opts: &ScanOptions) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>)> {
         self.limits.check_hash_key(hash_key).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let r = self
-            .call(Some(hash_key), None, Retry::Always, |mut c, route| {
+            .call(Some(hash_key), None, Retry::Always, |c, route| {
+                let mut c = c.grpc.clone();
                 let req = v1::MultiGetRequest {
                     route: Some(route),
                     hash_key: hash_key.into(),
@@ -295,7 +311,8 @@ impl Table {
     pub async fn sortkey_count(&self, hash_key: &[u8]) -> Result<u64> {
         self.limits.check_hash_key(hash_key).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let r = self
-            .call(Some(hash_key), None, Retry::Always, |mut c, route| {
+            .call(Some(hash_key), None, Retry::Always, |c, route| {
+                let mut c = c.grpc.clone();
                 let req = v1::SortkeyCountRequest { route: Some(route), hash_key: hash_key.into() };
                 async move { c.sortkey_count(req).await }
             })
@@ -315,7 +332,8 @@ impl Table {
                 return Ok(FullScanPage::default());
             }
             let r = self
-                .call(None, Some(partition), Retry::Always, |mut c, route| {
+                .call(None, Some(partition), Retry::Always, |c, route| {
+                    let mut c = c.grpc.clone();
                     let req = v1::FullScanRequest {
                         route: Some(route),
                         after_key: after.clone().unwrap_or_default(),

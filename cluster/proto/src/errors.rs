@@ -97,3 +97,40 @@ impl From<&tandem_core::Error> for ErrorKind {
 pub fn core_status(e: &tandem_core::Error) -> tonic::Status {
     ErrorKind::from(e).status(e.to_string())
 }
+
+/// A refused call of a batch stream, carrying what its status says.
+pub fn batch_error(status: &tonic::Status) -> crate::v1::BatchError {
+    crate::v1::BatchError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        kind: ErrorKind::of(status).map_or_else(String::new, |k| k.as_str().to_string()),
+    }
+}
+
+/// The status a refused batch call stands for: the same code, message and kind as the unary
+/// call would have answered (an unknown kind is dropped, an unknown code is `Unknown`).
+pub fn batch_status(e: &crate::v1::BatchError) -> tonic::Status {
+    match ErrorKind::parse(&e.kind) {
+        Some(kind) => kind.status(e.message.clone()),
+        None => tonic::Status::new(tonic::Code::from_i32(e.code), e.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_errors_keep_code_message_and_kind() {
+        for status in [
+            ErrorKind::NotPrimary.status("moved"),
+            ErrorKind::InvalidArgument.status("hash key is empty"),
+            tonic::Status::unavailable("no kind"),
+        ] {
+            let back = batch_status(&batch_error(&status));
+            assert_eq!((back.code(), back.message(), ErrorKind::of(&back)), (status.code(), status.message(), ErrorKind::of(&status)));
+        }
+        let odd = batch_status(&crate::v1::BatchError { code: 999, message: "m".into(), kind: "no-such-kind".into() });
+        assert_eq!((odd.code(), ErrorKind::of(&odd)), (tonic::Code::Unknown, None));
+    }
+}

@@ -10,7 +10,7 @@ use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOu
 use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
 use tandem_proto::convert::{config_from_wire, gpid_from, write_request_from_wire};
-use tandem_proto::errors::{core_status, ErrorKind};
+use tandem_proto::errors::{batch_error, core_status, ErrorKind};
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_server::{ReplicaService, ReplicaServiceServer};
 use tokio::sync::oneshot;
@@ -20,14 +20,28 @@ use tonic::{Request, Response, Status};
 const PAGE_COUNT_DEFAULT: usize = 1000;
 const PAGE_BYTES_DEFAULT: usize = 4 << 20;
 
+#[derive(Clone)]
 pub struct Service {
     node: Arc<Node>,
+    /// Turns true when the server begins to stop: batch streams take no more calls and end once
+    /// the calls they hold are answered (a graceful stop waits for every open stream).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
+
+/// Calls in one batch message at most: a client sends fewer (see tandem_client's batch module).
+const BATCH_CALLS_MAX: usize = 4096;
+/// Replies in one batch answer at most.
+const BATCH_REPLIES_MAX: usize = 1024;
 
 pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(node.opts.listen).await.map_err(|e| anyhow::anyhow!("bind {}: {e}", node.opts.listen))?;
     let (health, reflection_v1, reflection_v1alpha) = crate::grpc_tools::health_and_reflection::<ReplicaServiceServer<Service>>().await?;
-    let service = ReplicaServiceServer::new(Service { node }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_streams.send(true);
+    };
+    let service = ReplicaServiceServer::new(Service { node, stopping }).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     // The listener is bound here (to report bind errors), so tonic's own nodelay setting does not
     // reach the accepted sockets: set it on them, or Nagle delays small responses by ~40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -103,20 +117,20 @@ impl Service {
         rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the read"))?.map_err(|e| core_status(&e))
     }
 
-    fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
-        let result = match r {
-            Ok(_) => "ok",
-            Err(s) => ErrorKind::of(s).map_or("error", |k| k.as_str()),
+    /// One call of a batch stream, answered as its unary RPC would be.
+    async fn serve_call(self, call: v1::BatchCall) -> v1::BatchReply {
+        use v1::batch_call::Call;
+        use v1::batch_reply::Reply;
+        let reply = match call.call {
+            Some(Call::Write(req)) => self.do_write(req).await.map(Reply::Write),
+            Some(Call::Get(req)) => self.do_get(req).await.map(Reply::Get),
+            None => Err(invalid("batch call without a request")),
         };
-        self.node.metrics.observe(op, result, start.elapsed().as_secs_f64());
+        v1::BatchReply { id: call.id, reply: Some(reply.unwrap_or_else(|status| Reply::Error(batch_error(&status)))) }
     }
-}
 
-#[tonic::async_trait]
-impl ReplicaService for Service {
-    async fn write(&self, request: Request<v1::WriteRequest>) -> Result<Response<v1::WriteResponse>, Status> {
+    async fn do_write(&self, req: v1::WriteRequest) -> Result<v1::WriteResponse, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
         let op = match &req.op {
             Some(v1::write_request::Op::Set(_)) => "set",
             Some(v1::write_request::Op::MultiSet(_)) => "multi_set",
@@ -148,12 +162,11 @@ impl ReplicaService for Service {
         }
         .await;
         self.observe(op, start, &result);
-        result.map(Response::new)
+        result
     }
 
-    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+    async fn do_get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let limits = self.node.opts.replica.limits;
@@ -164,14 +177,95 @@ impl ReplicaService for Service {
         .await;
         self.observe("get", start, &result);
         let found = result?;
-        Ok(Response::new(match found {
+        Ok(match found {
             Some((expire_ts, value)) => {
                 let now_s = self.node.ctx().now_s();
                 let ttl = if expire_ts == 0 { -1 } else { expire_ts.saturating_sub(now_s) as i64 };
                 v1::GetResponse { found: true, value, ttl_seconds: ttl }
             }
             None => v1::GetResponse { found: false, value: vec![], ttl_seconds: 0 },
-        }))
+        })
+    }
+
+    fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(s) => ErrorKind::of(s).map_or("error", |k| k.as_str()),
+        };
+        self.node.metrics.observe(op, result, start.elapsed().as_secs_f64());
+    }
+}
+
+#[tonic::async_trait]
+impl ReplicaService for Service {
+    async fn write(&self, request: Request<v1::WriteRequest>) -> Result<Response<v1::WriteResponse>, Status> {
+        self.do_write(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+        self.do_get(request.into_inner()).await.map(Response::new)
+    }
+
+    type BatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::BatchResponse, Status>> + Send>>;
+
+    /// Serves every call of every message as it arrives, each on its own: a get the read gate
+    /// lets through is answered at once, anything else (a write waits for its commit) in a task.
+    /// Replies ready together leave in one message.
+    async fn batch(&self, request: Request<tonic::Streaming<v1::BatchRequest>>) -> Result<Response<Self::BatchStream>, Status> {
+        use futures::FutureExt;
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<v1::BatchReply>();
+        let service = self.clone();
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = incoming.message() => m,
+                    _ = stopping.wait_for(|s| *s) => return,
+                };
+                let batch = match message {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!("batch stream ended: {e}");
+                        return;
+                    }
+                };
+                if batch.calls.len() > BATCH_CALLS_MAX {
+                    let status = invalid(format!("a batch of {} calls exceeds the limit of {BATCH_CALLS_MAX}", batch.calls.len()));
+                    for call in batch.calls {
+                        let _ = tx.send(v1::BatchReply { id: call.id, reply: Some(v1::batch_reply::Reply::Error(batch_error(&status))) });
+                    }
+                    continue;
+                }
+                for call in batch.calls {
+                    let mut reply = Box::pin(service.clone().serve_call(call));
+                    match (&mut reply).now_or_never() {
+                        Some(r) => {
+                            let _ = tx.send(r);
+                        }
+                        None => {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(reply.await);
+                            });
+                        }
+                    }
+                }
+            }
+        });
+        let replies = futures::stream::unfold(rx, |mut rx| async move {
+            let first = rx.recv().await?;
+            let mut replies = vec![first];
+            while replies.len() < BATCH_REPLIES_MAX {
+                match rx.try_recv() {
+                    Ok(r) => replies.push(r),
+                    Err(_) => break,
+                }
+            }
+            Some((Ok(v1::BatchResponse { replies }), rx))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn multi_get(&self, request: Request<v1::MultiGetRequest>) -> Result<Response<v1::MultiGetResponse>, Status> {
