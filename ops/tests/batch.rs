@@ -61,6 +61,9 @@ async fn batch_stream_answers_each_call_and_refuses_bad_ones_with_the_reason() {
     let table_id = cluster.client().show_table("t").await.unwrap().table.unwrap().id;
     let route = v1::Route { gpid: Some(v1::Gpid { table_id, partition: 0 }), partition_count: 1 };
     let addr = cluster.replicas[0].addr.clone();
+    // The meta may call the partition healthy before the server has opened its replica: a write
+    // through the client (which retries) makes sure the primary serves before the raw calls.
+    cluster.client().table("t").set(b"warm", b"s", b"up", 0).await.unwrap();
 
     // Writes first (calls of one message are independent, so a get may overtake a write).
     let replies = exchange(&addr, 1, vec![Some(set(&route, b"a", b"1")), Some(set(&route, b"b", b"2"))]).await;
