@@ -36,9 +36,7 @@ struct Queued {
     reply: ReplyTx,
 }
 
-/// The batch stream to one replica server. Cheap to clone; the task behind it ends when the
-/// last clone is dropped.
-#[derive(Clone)]
+/// The batch stream to one replica server; the task behind it ends when this is dropped.
 pub(crate) struct BatchConn {
     addr: Arc<str>,
     queue: mpsc::UnboundedSender<Queued>,
@@ -99,13 +97,13 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
     // Each turn of this loop is one stream, opened when a call is queued.
     while let Some(first) = queue.recv().await {
         let (messages, message_rx) = mpsc::channel::<v1::BatchRequest>(MESSAGES_QUEUED_MAX);
-        let mut pending = vec![first];
+        let mut first = Some(first);
         let response = grpc.batch(tokio_stream::wrappers::ReceiverStream::new(message_rx)).await;
         let mut replies = match response {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 let status = not_sent(&addr, status.message());
-                for q in pending.drain(..).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+                for q in first.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
                     let _ = q.reply.send(Err(status.clone()));
                 }
                 continue;
@@ -146,21 +144,22 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
         };
         let mut since_sweep: u64 = 0;
         loop {
-            if pending.is_empty() {
-                tokio::select! {
+            let q = match first.take() {
+                Some(q) => q,
+                None => tokio::select! {
                     q = queue.recv() => match q {
-                        Some(q) => pending.push(q),
+                        Some(q) => q,
                         None => break,
                     },
                     _ = &mut broken => break,
+                },
+            };
+            let calls = match take_calls(&waiting, q, &mut queue, &mut next_id, &mut since_sweep) {
+                Ok(calls) => calls,
+                Err(q) => {
+                    let _ = q.reply.send(Err(not_sent(&addr, "the stream broke before the call was sent")));
+                    break;
                 }
-            }
-            let Some(calls) = take_calls(&waiting, &mut pending, &mut queue, &mut next_id, &mut since_sweep) else {
-                let status = not_sent(&addr, "the stream broke before the call was sent");
-                for q in pending.drain(..) {
-                    let _ = q.reply.send(Err(status.clone()));
-                }
-                break;
             };
             tokio::select! {
                 sent = messages.send(v1::BatchRequest { calls }) => if sent.is_err() {
@@ -177,20 +176,20 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
     }
 }
 
-/// Numbers the pending calls and as many queued ones as one message takes, and registers their
-/// callers. None when the stream broke (the calls stay pending).
+/// Numbers `first` and as many queued calls as one message takes, and registers their callers.
+/// Gives `first` back when the stream broke.
 fn take_calls(
     waiting: &Mutex<Waiting>,
-    pending: &mut Vec<Queued>,
+    first: Queued,
     queue: &mut mpsc::UnboundedReceiver<Queued>,
     next_id: &mut u64,
     since_sweep: &mut u64,
-) -> Option<Vec<v1::BatchCall>> {
+) -> Result<Vec<v1::BatchCall>, Queued> {
     let mut w = waiting.lock().expect("waiting lock");
     if !w.open {
-        return None;
+        return Err(first);
     }
-    let mut calls = Vec::with_capacity(pending.len());
+    let mut calls = Vec::new();
     let mut bytes = 0;
     let mut take = |q: Queued| {
         *next_id += 1;
@@ -200,26 +199,17 @@ fn take_calls(
         calls.push(call);
         calls.len() < CALLS_PER_MESSAGE_MAX && bytes < BYTES_PER_MESSAGE_MAX
     };
-    let mut room = true;
-    let mut rest = pending.drain(..);
-    for q in rest.by_ref() {
-        room = take(q);
-        if !room {
-            break;
-        }
-    }
-    let left: Vec<Queued> = rest.collect();
+    let mut room = take(first);
     while room {
         match queue.try_recv() {
             Ok(q) => room = take(q),
             Err(_) => break,
         }
     }
-    pending.extend(left);
     *since_sweep += calls.len() as u64;
     if *since_sweep >= SWEEP_EVERY_CALLS {
         w.callers.retain(|_, caller| !caller.is_closed());
         *since_sweep = 0;
     }
-    Some(calls)
+    Ok(calls)
 }
