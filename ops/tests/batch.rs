@@ -94,6 +94,29 @@ async fn batch_stream_answers_each_call_and_refuses_bad_ones_with_the_reason() {
     assert!(e.message().contains("partition count 3 is not a power of two"), "{e:?}");
     assert_eq!(found(&replies[5].1), (true, b"2".to_vec()));
 
+    // Prepares from a peer that is no peer: without a configuration, with bytes that are no
+    // mutation, and from a "primary" the partition does not know. Each is refused on its own.
+    let config = v1::PartitionConfig { gpid: Some(v1::Gpid { table_id, partition: 0 }), ballot: 1, primary: "127.0.0.1:1".into(), ..Default::default() };
+    let prepare = |config: Option<v1::PartitionConfig>, mutations: Vec<Vec<u8>>| {
+        Some(Call::Prepare(v1::PrepareRequest { config, mutations, last_committed: 0, from: "127.0.0.1:1".into() }))
+    };
+    let replies = exchange(
+        &addr,
+        50,
+        vec![prepare(None, vec![]), prepare(Some(config.clone()), vec![vec![0xff; 7]]), prepare(Some(config), vec![]), Some(get(&route, b"a"))],
+    )
+    .await;
+    let e = error(&replies[0].1);
+    assert!(e.message().contains("prepare without a configuration"), "{e:?}");
+    let e = error(&replies[1].1);
+    assert_eq!(ErrorKind::of(&e), Some(ErrorKind::InvalidArgument), "{e:?}");
+    match &replies[2].1 {
+        // The server is the partition's primary: a prepare at an older ballot is stale.
+        Reply::Prepare(p) => assert_ne!(p.outcome, v1::prepare_response::Outcome::Ok as i32, "{p:?}"),
+        other => panic!("expected a prepare reply, got {other:?}"),
+    }
+    assert_eq!(found(&replies[3].1), (true, b"1".to_vec()));
+
     // Over the per-message limit: every call refused with the limit, none served.
     let many = (0..4097).map(|_| Some(set(&route, b"a", b"overwritten"))).collect();
     let replies = exchange(&addr, 100, many).await;

@@ -1,4 +1,5 @@
-//! One long-lived `Batch` stream per replica server for the hot calls (get, write).
+//! One long-lived `Batch` stream per replica server for the hot calls (get, write; and
+//! prepare, from one replica server to another).
 //!
 //! Callers queue calls; a task per server sends every call queued by the time the stream can
 //! take another message as one `BatchRequest`, and routes each reply to its caller by id. So
@@ -37,21 +38,21 @@ struct Queued {
 }
 
 /// The batch stream to one replica server; the task behind it ends when this is dropped.
-pub(crate) struct BatchConn {
+pub struct BatchConn {
     addr: Arc<str>,
     queue: mpsc::UnboundedSender<Queued>,
 }
 
 impl BatchConn {
     /// `grpc` must not carry a per-request timeout: the stream lives as long as the connection.
-    pub(crate) fn new(addr: &str, grpc: ReplicaServiceClient<Channel>) -> BatchConn {
+    pub fn new(addr: &str, grpc: ReplicaServiceClient<Channel>) -> BatchConn {
         let (queue, rx) = mpsc::unbounded_channel();
         let addr: Arc<str> = addr.into();
         tokio::spawn(run(addr.clone(), grpc, rx));
         BatchConn { addr, queue }
     }
 
-    pub(crate) async fn call(&self, call: v1::batch_call::Call) -> Result<v1::batch_reply::Reply, Status> {
+    pub async fn call(&self, call: v1::batch_call::Call) -> Result<v1::batch_reply::Reply, Status> {
         let (reply, rx) = oneshot::channel();
         if self.queue.send(Queued { call, reply }).is_err() {
             return Err(not_sent(&self.addr, "the client is shutting down"));
@@ -154,6 +155,9 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
                     _ = &mut broken => break,
                 },
             };
+            // Let the callers that are ready to run queue their calls too: they join this
+            // message instead of each paying for one.
+            tokio::task::yield_now().await;
             let calls = match take_calls(&waiting, q, &mut queue, &mut next_id, &mut since_sweep) {
                 Ok(calls) => calls,
                 Err(q) => {

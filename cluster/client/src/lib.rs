@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-mod batch;
+pub mod batch;
 pub mod meta_conn;
 mod table;
 

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tandem_client::meta_conn::{endpoint, MetaConn};
+use tandem_client::batch::BatchConn;
+use tandem_client::meta_conn::{endpoint, stream_endpoint, MetaConn};
 use tandem_core::replica::{Ctx, Input, Replica};
 use tandem_core::{Gpid, LogRecord, Mutation};
 use tandem_proto::convert::config_from_wire;
@@ -35,6 +36,8 @@ pub struct Node {
     start: Instant,
     incarnation: u64,
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
+    /// The batch stream to each peer, which carries the prepares of every partition.
+    peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
 }
 
 impl Node {
@@ -68,6 +71,20 @@ impl Node {
         let client = ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
+    }
+
+    /// The batch stream to peer `addr` (on its own connection, without a per-request timeout:
+    /// the caller times each call).
+    pub fn peer_batch(&self, addr: &str) -> Result<Arc<BatchConn>, String> {
+        let mut peers = self.peer_batches.lock().expect("peer batches lock");
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = stream_endpoint(addr).map_err(|e| e.to_string())?.connect_lazy();
+        let client = ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let conn = Arc::new(BatchConn::new(addr, client));
+        peers.insert(addr.to_string(), conn.clone());
+        Ok(conn)
     }
 
     fn replica_dir(&self, gpid: Gpid) -> PathBuf {
@@ -271,6 +288,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         start: Instant::now(),
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
         peers: Mutex::new(HashMap::new()),
+        peer_batches: Mutex::new(HashMap::new()),
         opts: opts.clone(),
     });
     // Open every replica found on disk.

@@ -370,16 +370,17 @@ impl ReplicaTask {
             // A few attempts fit in prepare_timeout: one prepare lost on its way (a connection
             // reset mid-request) is sent again instead of costing the member its place.
             let attempt_ms = (node.opts.replica.prepare_timeout_ms / 4).max(200);
-            let result = match node.peer(&to) {
-                Ok(mut client) => match tokio::time::timeout(Duration::from_millis(attempt_ms), client.prepare(req)).await {
-                    Ok(r) => r.map_err(|s| s.message().to_string()),
+            let result = match node.peer_batch(&to) {
+                Ok(conn) => match tokio::time::timeout(Duration::from_millis(attempt_ms), conn.call(v1::batch_call::Call::Prepare(req))).await {
+                    Ok(Ok(v1::batch_reply::Reply::Prepare(resp))) => Ok(resp),
+                    Ok(Ok(_)) => Err(format!("{to} answered a prepare with another reply kind")),
+                    Ok(Err(status)) => Err(status.message().to_string()),
                     Err(_) => Err(format!("no answer within {attempt_ms} ms")),
                 },
                 Err(e) => Err(e),
             };
             let input = match result {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
                     let outcome = match v1::prepare_response::Outcome::try_from(resp.outcome) {
                         Ok(v1::prepare_response::Outcome::Ok) => PrepareOutcome::Ok { prepared: resp.prepared },
                         Ok(v1::prepare_response::Outcome::StaleBallot) => PrepareOutcome::StaleBallot { ballot: resp.ballot },

@@ -124,6 +124,7 @@ impl Service {
         let reply = match call.call {
             Some(Call::Write(req)) => self.do_write(req).await.map(Reply::Write),
             Some(Call::Get(req)) => self.do_get(req).await.map(Reply::Get),
+            Some(Call::Prepare(req)) => self.do_prepare(req).await.map(Reply::Prepare),
             None => Err(invalid("batch call without a request")),
         };
         v1::BatchReply { id: call.id, reply: Some(reply.unwrap_or_else(|status| Reply::Error(batch_error(&status)))) }
@@ -185,6 +186,44 @@ impl Service {
             }
             None => v1::GetResponse { found: false, value: vec![], ttl_seconds: 0 },
         })
+    }
+
+    /// A prepare from the partition's primary, from the peer's batch stream or a unary call.
+    async fn do_prepare(&self, req: v1::PrepareRequest) -> Result<v1::PrepareResponse, Status> {
+        let wire_config = req.config.as_ref().ok_or_else(|| invalid("prepare without a configuration"))?;
+        let config = config_from_wire(wire_config).map_err(|e| core_status(&e))?;
+        let mut mutations = Vec::with_capacity(req.mutations.len());
+        let mut expect = None;
+        for bytes in &req.mutations {
+            let m = Mutation::decode(bytes).map_err(|e| invalid(format!("prepare carries a mutation that does not decode: {e}")))?;
+            if expect.is_some_and(|d| d != m.decree) {
+                return Err(invalid(format!("prepare mutations are not contiguous at decree {}", m.decree)));
+            }
+            expect = Some(m.decree + 1);
+            mutations.push(Arc::new(m));
+        }
+        let handle = match self.node.replica(config.gpid) {
+            Some(h) => h,
+            // A new partition's first prepare may beat the meta's beacon reply.
+            None if config.hosts(&self.node.me) => {
+                self.node.get_or_create_replica(config.gpid).map_err(|e| ErrorKind::Internal.status(format!("{e:#}")))?
+            }
+            None => {
+                return Ok(v1::PrepareResponse { ballot: 0, outcome: v1::prepare_response::Outcome::NotMember as i32, prepared: 0 });
+            }
+        };
+        let msg = PrepareMsg { config, mutations, last_committed: req.last_committed };
+        let (tx, rx) = oneshot::channel();
+        if !handle.send(Event::Prepare { from: req.from, msg, reply: tx }) {
+            return Err(ErrorKind::Busy.status("replica stopped"));
+        }
+        let reply = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the prepare"))?;
+        let (outcome, prepared) = match reply.outcome {
+            PrepareOutcome::Ok { prepared } => (v1::prepare_response::Outcome::Ok, prepared),
+            PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0),
+            PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0),
+        };
+        Ok(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared })
     }
 
     fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
@@ -256,6 +295,8 @@ impl ReplicaService for Service {
         });
         let replies = futures::stream::unfold(rx, |mut rx| async move {
             let first = rx.recv().await?;
+            // Replies that are ready to be produced join this message (see tandem_client::batch).
+            tokio::task::yield_now().await;
             let mut replies = vec![first];
             while replies.len() < BATCH_REPLIES_MAX {
                 match rx.try_recv() {
@@ -340,45 +381,7 @@ impl ReplicaService for Service {
     }
 
     async fn prepare(&self, request: Request<v1::PrepareRequest>) -> Result<Response<v1::PrepareResponse>, Status> {
-        let req = request.into_inner();
-        let wire_config = req.config.as_ref().ok_or_else(|| invalid("prepare without a configuration"))?;
-        let config = config_from_wire(wire_config).map_err(|e| core_status(&e))?;
-        let mut mutations = Vec::with_capacity(req.mutations.len());
-        let mut expect = None;
-        for bytes in &req.mutations {
-            let m = Mutation::decode(bytes).map_err(|e| core_status(&e))?;
-            if expect.is_some_and(|d| d != m.decree) {
-                return Err(invalid(format!("prepare mutations are not contiguous at decree {}", m.decree)));
-            }
-            expect = Some(m.decree + 1);
-            mutations.push(Arc::new(m));
-        }
-        let handle = match self.node.replica(config.gpid) {
-            Some(h) => h,
-            // A new partition's first prepare may beat the meta's beacon reply.
-            None if config.hosts(&self.node.me) => {
-                self.node.get_or_create_replica(config.gpid).map_err(|e| ErrorKind::Internal.status(format!("{e:#}")))?
-            }
-            None => {
-                return Ok(Response::new(v1::PrepareResponse {
-                    ballot: 0,
-                    outcome: v1::prepare_response::Outcome::NotMember as i32,
-                    prepared: 0,
-                }));
-            }
-        };
-        let msg = PrepareMsg { config, mutations, last_committed: req.last_committed };
-        let (tx, rx) = oneshot::channel();
-        if !handle.send(Event::Prepare { from: req.from, msg, reply: tx }) {
-            return Err(ErrorKind::Busy.status("replica stopped"));
-        }
-        let reply = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the prepare"))?;
-        let (outcome, prepared) = match reply.outcome {
-            PrepareOutcome::Ok { prepared } => (v1::prepare_response::Outcome::Ok, prepared),
-            PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0),
-            PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0),
-        };
-        Ok(Response::new(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared }))
+        self.do_prepare(request.into_inner()).await.map(Response::new)
     }
 
     async fn learn(&self, request: Request<v1::LearnRequest>) -> Result<Response<v1::LearnResponse>, Status> {
