@@ -88,6 +88,9 @@ pub struct ReplicaSection {
     #[serde(with = "humantime_serde")]
     pub group_check_interval: Duration,
     pub log_sync: LogSync,
+    /// Under load, a group of log appends gathers until this long after the previous fsync.
+    #[serde(with = "humantime_serde")]
+    pub log_group_commit_window: Duration,
     pub log_segment_bytes_max: ByteSize,
     /// Committed mutations kept in memory per partition for catch-up by log.
     pub log_cache_bytes_max: ByteSize,
@@ -112,6 +115,7 @@ impl Default for ReplicaSection {
             prepare_timeout: Duration::from_secs(5),
             group_check_interval: Duration::from_secs(1),
             log_sync: LogSync::EveryBatch,
+            log_group_commit_window: Duration::from_millis(1),
             log_segment_bytes_max: ByteSize::mib(64),
             log_cache_bytes_max: ByteSize::mib(64),
             prepare_batch_bytes_max: ByteSize::mib(4),
@@ -177,6 +181,10 @@ group_check_interval = "1s"
 # every_batch: fsync the mutation log before acking (one fsync serves many writes);
 # none: never fsync, durability relies on replication.
 log_sync = "every_batch"
+# Group commit: while appends arrive together, one fsync waits until this long after the
+# previous one, so it serves more of them (an idle log and a lone writer sync at once).
+# "0s" syncs every group as soon as it is taken.
+log_group_commit_window = "1ms"
 log_segment_bytes_max = "64MiB"
 # Committed mutations kept in memory per partition; a learner further behind gets a checkpoint.
 log_cache_bytes_max = "64MiB"
@@ -282,6 +290,12 @@ impl Config {
         if r.max_value_bytes.as_u64() == 0 || r.max_value_bytes.as_u64() > 64 << 20 {
             bail!("replica.max_value_bytes {} must be 1 byte to 64MiB", r.max_value_bytes);
         }
+        if r.log_group_commit_window > Duration::from_millis(100) {
+            bail!(
+                "replica.log_group_commit_window ({:?}) must be at most 100ms: every write under load waits up to this long",
+                r.log_group_commit_window
+            );
+        }
         if r.prepare_batch_bytes_max.as_u64() < 64 << 10 {
             bail!("replica.prepare_batch_bytes_max must be at least 64KiB");
         }
@@ -331,6 +345,7 @@ impl Config {
         o.lease_period_ms = r.lease_period.as_millis() as u64;
         o.log_gc_interval_ms = r.log_gc_interval.as_millis() as u64;
         o.log.segment_bytes_max = r.log_segment_bytes_max.as_u64();
+        o.log.group_commit_window = r.log_group_commit_window;
         o.log.sync = match r.log_sync {
             LogSync::EveryBatch => tandem_storage::SyncPolicy::EveryBatch,
             LogSync::None => tandem_storage::SyncPolicy::None,

@@ -13,6 +13,7 @@
 //! replica is a primary with a valid lease.
 
 mod checkpoint;
+mod cpu;
 pub mod grpc_tools;
 pub mod metrics;
 mod node;

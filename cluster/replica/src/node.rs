@@ -193,6 +193,7 @@ impl Node {
         }
         self.metrics.log.with_label_values(&["records"]).set(self.log.appended_records() as i64);
         self.metrics.log.with_label_values(&["fsyncs"]).set(self.log.fsyncs() as i64);
+        self.metrics.log.with_label_values(&["group_waits"]).set(self.log.group_waits() as i64);
         self.metrics.log.with_label_values(&["bytes"]).set(self.log.total_bytes() as i64);
     }
 
@@ -360,6 +361,8 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let stop = crate::stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut log_failure = None;
+    let mut cpu = crate::cpu::CpuMeter::default();
+    let mut cpu_busy = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -369,6 +372,10 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
                 if let Some(e) = node.log.failure() {
                     log_failure = Some(e);
                     break;
+                }
+                if let Some(busy_share) = cpu.sample() {
+                    cpu_busy = crate::cpu::cpu_busy(cpu_busy, busy_share);
+                    node.log.set_cpu_busy(cpu_busy);
                 }
                 for h in node.replica_handles() {
                     h.send(Event::Input(Input::Tick));
