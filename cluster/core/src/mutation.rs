@@ -119,20 +119,28 @@ impl Mutation {
 impl LogRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
-            LogRecord::Mutation { gpid, mutation } => {
-                out.reserve(9 + mutation.encoded_bytes());
-                out.push(1);
-                put_gpid(&mut out, *gpid);
-                mutation.encode_into(&mut out);
-            }
+            LogRecord::Mutation { gpid, mutation } => LogRecord::encode_mutation_into(*gpid, mutation, out),
             LogRecord::Reset { gpid, decree } => {
                 out.push(2);
-                put_gpid(&mut out, *gpid);
+                put_gpid(out, *gpid);
                 out.extend_from_slice(&decree.to_be_bytes());
             }
         }
-        out
+    }
+
+    /// The encoding of `LogRecord::Mutation { gpid, mutation }`, without building the record
+    /// (which would copy the mutation).
+    pub fn encode_mutation_into(gpid: Gpid, mutation: &Mutation, out: &mut Vec<u8>) {
+        out.reserve(9 + mutation.encoded_bytes());
+        out.push(1);
+        put_gpid(out, gpid);
+        mutation.encode_into(out);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LogRecord> {

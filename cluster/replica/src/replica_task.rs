@@ -341,10 +341,10 @@ impl ReplicaTask {
     fn append_log(&self, mutations: Vec<Arc<Mutation>>) {
         let gpid = self.replica.gpid();
         let ids: Vec<(u64, Decree)> = mutations.iter().map(|m| (m.ballot, m.decree)).collect();
-        let records = mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
         let tx = self.tx.clone();
-        self.node.log.append(
-            records,
+        self.node.log.append_mutations(
+            gpid,
+            mutations.iter().map(|m| m.as_ref()),
             Box::new(move |result| match result {
                 Ok(()) => {
                     let _ = tx.send(Event::LogAppended { ids });

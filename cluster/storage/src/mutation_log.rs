@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tandem_core::{Decree, Gpid, LogRecord};
+use tandem_core::{Decree, Gpid, LogRecord, Mutation};
 
 /// A corrupt length field must never make replay allocate gigabytes; appends above this are
 /// refused so that every record written can be read back.
@@ -226,18 +226,31 @@ impl MutationLog {
         let mut frames = Vec::new();
         let mut decrees = Vec::with_capacity(records.len());
         for record in &records {
-            let payload = record.encode();
-            if payload.len() > RECORD_BYTES_MAX {
-                done(Err(Error::RecordTooLarge { record_bytes: payload.len(), record_bytes_max: RECORD_BYTES_MAX }));
+            if let Err(e) = push_frame(&mut frames, |out| record.encode_into(out)) {
+                done(Err(e));
                 return;
             }
-            frames.reserve(HEADER_BYTES + payload.len());
-            frames.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            frames.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
-            frames.extend_from_slice(&payload);
             decrees.push(record_decree(record));
         }
-        let request = Request { frames, record_count: records.len() as u64, decrees, done };
+        self.submit(Request { frames, record_count: records.len() as u64, decrees, done });
+    }
+
+    /// `append` of `LogRecord::Mutation { gpid, mutation }` for each of `mutations`, encoded
+    /// from them directly.
+    pub fn append_mutations<'a>(&self, gpid: Gpid, mutations: impl ExactSizeIterator<Item = &'a Mutation>, done: AppendDone) {
+        let mut frames = Vec::new();
+        let mut decrees = Vec::with_capacity(mutations.len());
+        for m in mutations {
+            if let Err(e) = push_frame(&mut frames, |out| LogRecord::encode_mutation_into(gpid, m, out)) {
+                done(Err(e));
+                return;
+            }
+            decrees.push((gpid, m.decree));
+        }
+        self.submit(Request { frames, record_count: decrees.len() as u64, decrees, done });
+    }
+
+    fn submit(&self, request: Request) {
         // The lock is released before `done` runs, so a callback may close the log.
         let refused = {
             let sender = self.sender.read().unwrap_or_else(|e| e.into_inner());
@@ -512,6 +525,24 @@ impl Pending {
     }
 }
 
+/// Appends one record's frame (`len ‖ crc32c ‖ payload`) to `frames`, the payload written by
+/// `encode` in place; refuses (and leaves `frames` as it was) a payload over RECORD_BYTES_MAX.
+fn push_frame(frames: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+    let start = frames.len();
+    frames.extend_from_slice(&[0u8; HEADER_BYTES]);
+    encode(frames);
+    let payload = &frames[start + HEADER_BYTES..];
+    if payload.len() > RECORD_BYTES_MAX {
+        let record_bytes = payload.len();
+        frames.truncate(start);
+        return Err(Error::RecordTooLarge { record_bytes, record_bytes_max: RECORD_BYTES_MAX });
+    }
+    let header = [(payload.len() as u32).to_be_bytes(), crc32c::crc32c(payload).to_be_bytes()];
+    frames[start..start + 4].copy_from_slice(&header[0]);
+    frames[start + 4..start + HEADER_BYTES].copy_from_slice(&header[1]);
+    Ok(())
+}
+
 fn record_decree(record: &LogRecord) -> (Gpid, Decree) {
     match record {
         LogRecord::Mutation { gpid, mutation } => (*gpid, mutation.decree),
@@ -698,6 +729,34 @@ mod tests {
         let (log, replayed) = open(dir.path(), small_segments());
         assert_eq!(replayed, written);
         assert_eq!(log.segment_count(), segment_files(dir.path()).len());
+    }
+
+    #[test]
+    fn mutations_appended_by_reference_replay_as_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Gpid::new(4, 2);
+        let records: Vec<_> = (1..=5).map(|d| mutation(g, d, 40)).collect();
+        let mutations: Vec<Mutation> = records
+            .iter()
+            .map(|r| match r {
+                LogRecord::Mutation { mutation, .. } => mutation.clone(),
+                LogRecord::Reset { .. } => unreachable!(),
+            })
+            .collect();
+        {
+            let (log, _) = open(dir.path(), LogOptions::default());
+            let (tx, rx) = channel();
+            log.append_mutations(g, mutations[..3].iter(), Box::new(move |r| tx.send(r).unwrap()));
+            rx.recv().unwrap().unwrap();
+            log.append(records[3..].to_vec(), Box::new(|r| r.unwrap()));
+            // Too large for one record: refused whole, nothing of it written.
+            let huge = [Mutation { ops: vec![WriteOp::Put { key: b"k".to_vec(), value: vec![0; RECORD_BYTES_MAX] }], ..mutations[0].clone() }];
+            let (tx, rx) = channel();
+            log.append_mutations(g, huge.iter(), Box::new(move |r| tx.send(r).unwrap()));
+            assert!(matches!(rx.recv().unwrap(), Err(Error::RecordTooLarge { .. })));
+        }
+        let (_log, replayed) = open(dir.path(), LogOptions::default());
+        assert_eq!(replayed, records);
     }
 
     /// Damage done to the last record of the last segment, each kind a crash or bit rot can leave.
