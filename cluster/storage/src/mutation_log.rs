@@ -401,23 +401,9 @@ impl Writer {
         while let Ok(first) = receiver.recv() {
             let mut group_bytes = first.frames.len();
             let mut group = vec![first];
-            while group_bytes < GROUP_BYTES_MAX {
-                match receiver.try_recv() {
-                    Ok(request) => {
-                        group_bytes += request.frames.len();
-                        group.push(request);
-                    }
-                    Err(_) => break,
-                }
-            }
-            let cpu_busy = self.shared.cpu_busy.load(Ordering::Relaxed);
-            if let Some(deadline) = policy.deadline(last_sync, Instant::now(), cpu_busy) {
-                self.shared.group_waits.fetch_add(1, Ordering::Relaxed);
-                // Gathers what arrives until the deadline (or a full group), not a sleep: each
-                // append that arrives meanwhile joins at once.
+            let mut drain = |group: &mut Vec<Request>| {
                 while group_bytes < GROUP_BYTES_MAX {
-                    let Some(rest) = deadline.checked_duration_since(Instant::now()) else { break };
-                    match receiver.recv_timeout(rest) {
+                    match receiver.try_recv() {
                         Ok(request) => {
                             group_bytes += request.frames.len();
                             group.push(request);
@@ -425,6 +411,18 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
+            };
+            drain(&mut group);
+            let cpu_busy = self.shared.cpu_busy.load(Ordering::Relaxed);
+            if let Some(deadline) = policy.deadline(last_sync, Instant::now(), cpu_busy) {
+                self.shared.group_waits.fetch_add(1, Ordering::Relaxed);
+                // The window is a time, not a condition: the writer sleeps through it and then
+                // takes what arrived. Blocked in `recv` instead, it would be woken (a futex wake
+                // by the appender and a context switch) for every append of the window.
+                if let Some(rest) = deadline.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(rest);
+                }
+                drain(&mut group);
             }
             policy.observe(group.len());
 
