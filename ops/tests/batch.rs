@@ -180,3 +180,55 @@ async fn a_server_stops_while_a_client_holds_its_batch_stream() {
     assert!(other.table("t").get(b"k", b"").await.is_err());
     drop(client);
 }
+
+/// `call_then`, as replica servers send prepares: the reply reaches the function, and so does
+/// a failure, from a server that is not there and from one that accepts connections but never
+/// answers (by the call's deadline, not the stream's open timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_then_answers_with_the_reply_or_by_the_deadline() {
+    use std::time::Instant;
+    use tandem_client::batch::BatchConn;
+    async fn answer_of(conn: &BatchConn, call: Call, timeout: Duration) -> (Result<Reply, tonic::Status>, Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = Instant::now();
+        conn.call_then(call, timeout, move |answer| tx.send(answer).unwrap());
+        let answer = tokio::time::timeout(Duration::from_secs(20), rx).await.expect("answered").expect("called once");
+        (answer, start.elapsed())
+    }
+    let stream_client = |addr: &str| {
+        let channel = tandem_client::meta_conn::stream_endpoint(addr).unwrap().connect_lazy();
+        BatchConn::new(addr, ReplicaServiceClient::new(channel))
+    };
+
+    let cluster = Cluster::start(1, Store::Sqlite).await;
+    cluster.create_table("t", 1, 1).await;
+    let table_id = cluster.client().show_table("t").await.unwrap().table.unwrap().id;
+    let route = v1::Route { gpid: Some(v1::Gpid { table_id, partition: 0 }), partition_count: 1 };
+    cluster.client().table("t").set(b"a", b"s", b"1", 0).await.unwrap();
+    let conn = stream_client(&cluster.replicas[0].addr);
+    let (answer, _) = answer_of(&conn, get(&route, b"a"), Duration::from_secs(5)).await;
+    match answer.unwrap() {
+        Reply::Get(g) => assert_eq!((g.found, g.value), (true, b"1".to_vec())),
+        other => panic!("expected a get reply, got {other:?}"),
+    }
+
+    // Nobody listens: the stream cannot open.
+    let nobody = format!("127.0.0.1:{}", support::free_port());
+    let (answer, _) = answer_of(&stream_client(&nobody), get(&route, b"a"), Duration::from_secs(5)).await;
+    assert!(answer.unwrap_err().message().contains("could not connect"));
+
+    // Accepts connections, says nothing: the call's own deadline answers it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            sockets.push(s);
+        }
+    });
+    let (answer, took) = answer_of(&stream_client(&silent_addr), get(&route, b"a"), Duration::from_millis(300)).await;
+    let status = answer.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(took >= Duration::from_millis(300), "answered before its deadline: {took:?}");
+    held.abort();
+}

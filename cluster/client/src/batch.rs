@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tandem_proto::errors::batch_status;
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
@@ -27,14 +28,55 @@ const BYTES_PER_MESSAGE_MAX: usize = 4 << 20;
 /// Messages queued for the stream before the sender waits for HTTP/2 to take them; meanwhile
 /// calls gather into larger messages.
 const MESSAGES_QUEUED_MAX: usize = 4;
-/// Abandoned callers (timed out) are forgotten at the latest after this many new calls.
+/// Abandoned callers (timed out) are forgotten at the latest after this many new calls, and
+/// callers past their deadline (`call_then`) are answered this often.
 const SWEEP_EVERY_CALLS: u64 = 4096;
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// A stream that has not opened by then has failed (like a connection that does not connect).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 
-type ReplyTx = oneshot::Sender<Result<v1::batch_reply::Reply, Status>>;
+type Answer = Result<v1::batch_reply::Reply, Status>;
+
+/// Who waits for a call's reply: a task awaiting it, or a function to call with it, which the
+/// stream's tasks call (by its deadline at the latest).
+enum Caller {
+    Task(oneshot::Sender<Answer>),
+    Then { done: Box<dyn FnOnce(Answer) + Send>, deadline: Instant },
+}
+
+impl Caller {
+    fn answer(self, answer: Answer) {
+        match self {
+            Caller::Task(tx) => {
+                let _ = tx.send(answer);
+            }
+            Caller::Then { done, .. } => done(answer),
+        }
+    }
+
+    /// The caller no longer waits (it gave up), or its deadline has passed.
+    fn is_gone(&self, now: Instant) -> bool {
+        match self {
+            Caller::Task(tx) => tx.is_closed(),
+            Caller::Then { deadline, .. } => *deadline <= now,
+        }
+    }
+
+    fn expired(self, now: Instant) -> Option<Caller> {
+        match self {
+            Caller::Then { done, deadline } if deadline <= now => {
+                done(Err(Status::deadline_exceeded("no answer in time on the batch stream")));
+                None
+            }
+            Caller::Task(tx) if tx.is_closed() => None,
+            caller => Some(caller),
+        }
+    }
+}
 
 struct Queued {
     call: v1::batch_call::Call,
-    reply: ReplyTx,
+    reply: Caller,
 }
 
 /// The batch stream to one replica server; the task behind it ends when this is dropped.
@@ -54,10 +96,20 @@ impl BatchConn {
 
     pub async fn call(&self, call: v1::batch_call::Call) -> Result<v1::batch_reply::Reply, Status> {
         let (reply, rx) = oneshot::channel();
-        if self.queue.send(Queued { call, reply }).is_err() {
+        if self.queue.send(Queued { call, reply: Caller::Task(reply) }).is_err() {
             return Err(not_sent(&self.addr, "the client is shutting down"));
         }
         rx.await.map_err(|_| not_sent(&self.addr, "the batch stream task stopped"))?
+    }
+
+    /// Like `call`, without a task waiting: `done` runs on the stream's tasks with the reply, or
+    /// with an error when the stream breaks or no reply came within `timeout` (checked every
+    /// `SWEEP_INTERVAL`). Exactly once.
+    pub fn call_then(&self, call: v1::batch_call::Call, timeout: Duration, done: impl FnOnce(Answer) + Send + 'static) {
+        let reply = Caller::Then { done: Box::new(done), deadline: Instant::now() + timeout };
+        if let Err(mpsc::error::SendError(q)) = self.queue.send(Queued { call, reply }) {
+            q.reply.answer(Err(not_sent(&self.addr, "the client is shutting down")));
+        }
     }
 }
 
@@ -90,7 +142,18 @@ pub(crate) fn maybe_sent(status: &Status) -> Option<bool> {
 /// breaks: the callers still waiting are failed then, and no new one is added.
 struct Waiting {
     open: bool,
-    callers: HashMap<u64, ReplyTx>,
+    callers: HashMap<u64, Caller>,
+}
+
+impl Waiting {
+    /// Forgets the callers that gave up and answers those past their deadline.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if self.callers.values().any(|c| c.is_gone(now)) {
+            let callers = std::mem::take(&mut self.callers);
+            self.callers = callers.into_iter().filter_map(|(id, c)| c.expired(now).map(|c| (id, c))).collect();
+        }
+    }
 }
 
 async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue: mpsc::UnboundedReceiver<Queued>) {
@@ -99,13 +162,13 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
     while let Some(first) = queue.recv().await {
         let (messages, message_rx) = mpsc::channel::<v1::BatchRequest>(MESSAGES_QUEUED_MAX);
         let mut first = Some(first);
-        let response = grpc.batch(tokio_stream::wrappers::ReceiverStream::new(message_rx)).await;
+        let response = open(&mut grpc, message_rx, &mut first).await;
         let mut replies = match response {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             Err(status) => {
                 let status = not_sent(&addr, status.message());
                 for q in first.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
-                    let _ = q.reply.send(Err(status.clone()));
+                    q.reply.answer(Err(status.clone()));
                 }
                 continue;
             }
@@ -127,7 +190,7 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
                                     Some(reply) => Ok(reply),
                                     None => Err(Status::internal(format!("{addr} sent a batch reply without a result"))),
                                 };
-                                let _ = caller.send(result);
+                                caller.answer(result);
                             }
                         }
                         Ok(None) => break "the server closed it".to_string(),
@@ -137,13 +200,15 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
                 let mut w = waiting.lock().expect("waiting lock");
                 w.open = false;
                 for (_, caller) in w.callers.drain() {
-                    let _ = caller.send(Err(broke(&addr, &why)));
+                    caller.answer(Err(broke(&addr, &why)));
                 }
                 drop(w);
                 let _ = broken_tx.send(());
             })
         };
         let mut since_sweep: u64 = 0;
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let q = match first.take() {
                 Some(q) => q,
@@ -152,6 +217,10 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
                         Some(q) => q,
                         None => break,
                     },
+                    _ = sweep.tick() => {
+                        waiting.lock().expect("waiting lock").sweep();
+                        continue;
+                    }
                     _ = &mut broken => break,
                 },
             };
@@ -161,7 +230,7 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
             let calls = match take_calls(&waiting, q, &mut queue, &mut next_id, &mut since_sweep) {
                 Ok(calls) => calls,
                 Err(q) => {
-                    let _ = q.reply.send(Err(not_sent(&addr, "the stream broke before the call was sent")));
+                    q.reply.answer(Err(not_sent(&addr, "the stream broke before the call was sent")));
                     break;
                 }
             };
@@ -177,6 +246,33 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
         // Dropping the sender ends the request stream; the reader fails whoever still waits.
         drop(messages);
         let _ = reader.await;
+    }
+}
+
+/// Opens the stream, in `OPEN_TIMEOUT` at most (a server that accepts connections but does not
+/// answer must not hold the calls forever). `first`, the call that asked for the stream, is
+/// answered meanwhile if its deadline passes.
+async fn open(
+    grpc: &mut ReplicaServiceClient<Channel>,
+    messages: mpsc::Receiver<v1::BatchRequest>,
+    first: &mut Option<Queued>,
+) -> Result<tonic::Streaming<v1::BatchResponse>, Status> {
+    let opening = grpc.batch(tokio_stream::wrappers::ReceiverStream::new(messages));
+    tokio::pin!(opening);
+    let give_up = tokio::time::sleep(OPEN_TIMEOUT);
+    tokio::pin!(give_up);
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            response = &mut opening => return response.map(|r| r.into_inner()),
+            _ = &mut give_up => return Err(Status::unavailable(format!("the stream did not open within {OPEN_TIMEOUT:?}"))),
+            _ = sweep.tick() => {
+                if let Some(q) = first.take() {
+                    let Queued { call, reply } = q;
+                    *first = reply.expired(Instant::now()).map(|reply| Queued { call, reply });
+                }
+            }
+        }
     }
 }
 
@@ -212,7 +308,7 @@ fn take_calls(
     }
     *since_sweep += calls.len() as u64;
     if *since_sweep >= SWEEP_EVERY_CALLS {
-        w.callers.retain(|_, caller| !caller.is_closed());
+        w.sweep();
         *since_sweep = 0;
     }
     Ok(calls)

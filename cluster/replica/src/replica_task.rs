@@ -57,13 +57,53 @@ impl KvEngine for SharedEngine {
 
 pub type ReadFn = Box<dyn FnOnce(Result<&dyn KvEngine, Error>, u32) + Send>;
 
+/// Where the answer to a write or a prepare goes: called once, on the replica's task, with the
+/// answer, or with None when the replica drops the request unanswered (it stopped). A caller on a
+/// batch stream puts the reply straight into the stream's outgoing queue, without a task or a
+/// channel of its own per call.
+pub struct Reply<T: 'static>(Option<Box<dyn FnOnce(Option<T>) + Send>>);
+
+impl<T: 'static> Reply<T> {
+    pub fn new(f: impl FnOnce(Option<T>) + Send + 'static) -> Self {
+        Reply(Some(Box::new(f)))
+    }
+
+    /// A reply into a oneshot channel, whose receiver sees a closed channel for None.
+    pub fn oneshot() -> (Self, oneshot::Receiver<T>)
+    where
+        T: Send,
+    {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply::new(move |answer| {
+            if let Some(answer) = answer {
+                let _ = tx.send(answer);
+            }
+        });
+        (reply, rx)
+    }
+
+    pub fn send(mut self, answer: T) {
+        if let Some(f) = self.0.take() {
+            f(Some(answer));
+        }
+    }
+}
+
+impl<T: 'static> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(None);
+        }
+    }
+}
+
 pub enum Event {
     Input(Input),
     /// A configuration from the meta; `done` is answered once the core has taken it, so the
     /// server extends its lease only after every replica knows its role under it.
     Configure { config: tandem_core::PartitionConfig, done: oneshot::Sender<()> },
-    Write { request: WriteRequest, reply: oneshot::Sender<Result<WriteResponse, Error>> },
-    Prepare { from: String, msg: PrepareMsg, reply: oneshot::Sender<PrepareReply> },
+    Write { request: WriteRequest, reply: Reply<Result<WriteResponse, Error>> },
+    Prepare { from: String, msg: PrepareMsg, reply: Reply<PrepareReply> },
     Learn { request: LearnRequest, reply: oneshot::Sender<LearnReply> },
     /// Runs `f` on the engine if the replica may serve reads now (or with the reason it may not).
     Read(ReadFn),
@@ -105,6 +145,10 @@ impl ReplicaHandle {
     /// False when the replica's task has stopped.
     pub fn send(&self, event: Event) -> bool {
         self.tx.send(event).is_ok()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.tx.is_closed()
     }
 
     pub fn state(&self) -> ReplicaState {
@@ -165,8 +209,8 @@ struct ReplicaTask {
     /// not on every event, so reads do not wait behind the task.
     read_gate_open: bool,
     next_id: RequestId,
-    writes: HashMap<RequestId, oneshot::Sender<Result<WriteResponse, Error>>>,
-    prepares: HashMap<RequestId, oneshot::Sender<PrepareReply>>,
+    writes: HashMap<RequestId, Reply<Result<WriteResponse, Error>>>,
+    prepares: HashMap<RequestId, Reply<PrepareReply>>,
     learns: HashMap<RequestId, oneshot::Sender<LearnReply>>,
 }
 
@@ -284,13 +328,13 @@ impl ReplicaTask {
                 Action::AppendLog { mutations } => appends.extend(mutations),
                 Action::SendPrepare { to, msg } => self.send_prepare(to, msg),
                 Action::ReplyPrepare { token, reply } => {
-                    if let Some(tx) = self.prepares.remove(&token) {
-                        let _ = tx.send(reply);
+                    if let Some(to) = self.prepares.remove(&token) {
+                        to.send(reply);
                     }
                 }
                 Action::ReplyClient { request_id, result } => {
-                    if let Some(tx) = self.writes.remove(&request_id) {
-                        let _ = tx.send(result);
+                    if let Some(to) = self.writes.remove(&request_id) {
+                        to.send(result);
                     }
                 }
                 Action::ProposeConfig { proposal } => self.propose(proposal),
@@ -356,31 +400,32 @@ impl ReplicaTask {
         );
     }
 
+    /// Sends a prepare on the peer's batch stream; its answer comes back to this task as an
+    /// input, from the stream's reader (no task waits for it).
     fn send_prepare(&self, to: String, msg: PrepareMsg) {
         let tx = self.tx.clone();
-        let node = self.node.clone();
+        let node = &self.node;
         let gpid = self.replica.gpid();
-        tokio::spawn(async move {
-            let req = v1::PrepareRequest {
-                config: Some(config_to_wire(&msg.config, node.partition_count(gpid.table_id).unwrap_or(0))),
-                mutations: msg.mutations.iter().map(|m| m.encode()).collect(),
-                last_committed: msg.last_committed,
-                from: node.me.clone(),
-            };
-            // A few attempts fit in prepare_timeout: one prepare lost on its way (a connection
-            // reset mid-request) is sent again instead of costing the member its place.
-            let attempt_ms = (node.opts.replica.prepare_timeout_ms / 4).max(200);
-            let result = match node.peer_batch(&to) {
-                Ok(conn) => match tokio::time::timeout(Duration::from_millis(attempt_ms), conn.call(v1::batch_call::Call::Prepare(req))).await {
-                    Ok(Ok(v1::batch_reply::Reply::Prepare(resp))) => Ok(resp),
-                    Ok(Ok(_)) => Err(format!("{to} answered a prepare with another reply kind")),
-                    Ok(Err(status)) => Err(status.message().to_string()),
-                    Err(_) => Err(format!("no answer within {attempt_ms} ms")),
-                },
-                Err(e) => Err(e),
-            };
-            let input = match result {
-                Ok(resp) => {
+        let req = v1::PrepareRequest {
+            config: Some(config_to_wire(&msg.config, node.partition_count(gpid.table_id).unwrap_or(0))),
+            mutations: msg.mutations.iter().map(|m| m.encode()).collect(),
+            last_committed: msg.last_committed,
+            from: node.me.clone(),
+        };
+        // A few attempts fit in prepare_timeout: one prepare lost on its way (a connection
+        // reset mid-request) is sent again instead of costing the member its place.
+        let attempt = Duration::from_millis((node.opts.replica.prepare_timeout_ms / 4).max(200));
+        let conn = match node.peer_batch(&to) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!("{gpid}: prepare to {to} failed: {e}");
+                let _ = tx.send(Event::Input(Input::PrepareFailed { to }));
+                return;
+            }
+        };
+        conn.call_then(v1::batch_call::Call::Prepare(req), attempt, move |answer| {
+            let input = match answer {
+                Ok(v1::batch_reply::Reply::Prepare(resp)) => {
                     let outcome = match v1::prepare_response::Outcome::try_from(resp.outcome) {
                         Ok(v1::prepare_response::Outcome::Ok) => PrepareOutcome::Ok { prepared: resp.prepared },
                         Ok(v1::prepare_response::Outcome::StaleBallot) => PrepareOutcome::StaleBallot { ballot: resp.ballot },
@@ -388,8 +433,12 @@ impl ReplicaTask {
                     };
                     Input::PrepareReply { from: to, reply: PrepareReply { ballot: resp.ballot, outcome } }
                 }
-                Err(e) => {
-                    tracing::debug!("{gpid}: prepare to {to} failed: {e}");
+                other => {
+                    let why = match other {
+                        Err(status) => status.message().to_string(),
+                        Ok(_) => "answered with another reply kind".to_string(),
+                    };
+                    tracing::debug!("{gpid}: prepare to {to} failed: {why}");
                     Input::PrepareFailed { to }
                 }
             };

@@ -2,11 +2,12 @@
 //! peers, status for operators; plus gRPC health and reflection.
 
 use crate::node::Node;
-use crate::replica_task::{Event, ReplicaHandle};
+use crate::metrics::Metrics;
+use crate::replica_task::{Event, ReplicaHandle, Reply as ReplyTo};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_core::partition::partition_index;
-use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, WriteResponse};
+use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
 use tandem_proto::convert::{config_from_wire, gpid_from, write_request_from_wire};
@@ -117,20 +118,31 @@ impl Service {
         rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the read"))?.map_err(|e| core_status(&e))
     }
 
-    /// One call of a batch stream, answered as its unary RPC would be.
-    async fn serve_call(self, call: v1::BatchCall) -> v1::BatchReply {
+    /// One get of a batch stream (or a call without a request), answered as its unary RPC
+    /// would be.
+    async fn serve_call(self, id: u64, call: Option<v1::batch_call::Call>) -> v1::BatchReply {
         use v1::batch_call::Call;
         use v1::batch_reply::Reply;
-        let reply = match call.call {
-            Some(Call::Write(req)) => self.do_write(req).await.map(Reply::Write),
+        let reply = match call {
             Some(Call::Get(req)) => self.do_get(req).await.map(Reply::Get),
-            Some(Call::Prepare(req)) => self.do_prepare(req).await.map(Reply::Prepare),
+            Some(Call::Write(_) | Call::Prepare(_)) => unreachable!("writes and prepares are started, not served"),
             None => Err(invalid("batch call without a request")),
         };
-        v1::BatchReply { id: call.id, reply: Some(reply.unwrap_or_else(|status| Reply::Error(batch_error(&status)))) }
+        v1::BatchReply { id, reply: Some(reply.unwrap_or_else(|status| Reply::Error(batch_error(&status)))) }
     }
 
     async fn do_write(&self, req: v1::WriteRequest) -> Result<v1::WriteResponse, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.start_write(req, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the write"))?
+    }
+
+    /// Checks a write, hands it to its replica and calls `done` with the answer, the way the
+    /// unary RPC answers: at once when refused, else from the replica's task once it committed.
+    /// No task of its own waits for it.
+    fn start_write(&self, req: v1::WriteRequest, done: impl FnOnce(Result<v1::WriteResponse, Status>) + Send + 'static) {
         let start = Instant::now();
         let op = match &req.op {
             Some(v1::write_request::Op::Set(_)) => "set",
@@ -141,29 +153,41 @@ impl Service {
             Some(v1::write_request::Op::CheckAndMutate(_)) => "check_and_mutate",
             None => "write",
         };
-        let result = async {
+        let metrics = self.node.metrics.clone();
+        let finish = move |result: Result<v1::WriteResponse, Status>| {
+            observe(&metrics, op, start, &result);
+            done(result);
+        };
+        let checked = (|| {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let request = write_request_from_wire(req).map_err(|e| core_status(&e))?;
             request.validate(&self.node.opts.replica.limits).map_err(|e| core_status(&e))?;
-            let (tx, rx) = oneshot::channel();
-            if !handle.send(Event::Write { request, reply: tx }) {
-                return Err(ErrorKind::NotPrimary.status("replica stopped"));
-            }
-            let response = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the write"))?.map_err(|e| core_status(&e))?;
-            Ok(match response {
-                WriteResponse::Done => v1::WriteResponse::default(),
-                WriteResponse::Incr { new_value } => v1::WriteResponse { incr_value: new_value, ..Default::default() },
-                WriteResponse::Checked { applied, check_value } => v1::WriteResponse {
+            Ok((handle, request))
+        })();
+        let (handle, request) = match checked {
+            Ok(x) => x,
+            Err(status) => return finish(Err(status)),
+        };
+        if handle.is_stopped() {
+            return finish(Err(ErrorKind::NotPrimary.status("replica stopped")));
+        }
+        let reply = ReplyTo::new(move |answer: Option<Result<WriteResponse, Error>>| {
+            finish(match answer {
+                // It stopped after the check above, maybe with the write in its log.
+                None => Err(ErrorKind::Busy.status("replica dropped the write")),
+                Some(Err(e)) => Err(core_status(&e)),
+                Some(Ok(WriteResponse::Done)) => Ok(v1::WriteResponse::default()),
+                Some(Ok(WriteResponse::Incr { new_value })) => Ok(v1::WriteResponse { incr_value: new_value, ..Default::default() }),
+                Some(Ok(WriteResponse::Checked { applied, check_value })) => Ok(v1::WriteResponse {
                     check_applied: applied,
                     check_value_exists: check_value.is_some(),
                     check_value: check_value.unwrap_or_default(),
                     ..Default::default()
-                },
+                }),
             })
-        }
-        .await;
-        self.observe(op, start, &result);
-        result
+        });
+        // Refused only when the task stopped meanwhile: then the reply, dropped, answers.
+        handle.send(Event::Write { request, reply });
     }
 
     async fn do_get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
@@ -188,51 +212,86 @@ impl Service {
         })
     }
 
-    /// A prepare from the partition's primary, from the peer's batch stream or a unary call.
     async fn do_prepare(&self, req: v1::PrepareRequest) -> Result<v1::PrepareResponse, Status> {
-        let wire_config = req.config.as_ref().ok_or_else(|| invalid("prepare without a configuration"))?;
-        let config = config_from_wire(wire_config).map_err(|e| core_status(&e))?;
-        let mut mutations = Vec::with_capacity(req.mutations.len());
-        let mut expect = None;
-        for bytes in &req.mutations {
-            let m = Mutation::decode(bytes).map_err(|e| invalid(format!("prepare carries a mutation that does not decode: {e}")))?;
-            if expect.is_some_and(|d| d != m.decree) {
-                return Err(invalid(format!("prepare mutations are not contiguous at decree {}", m.decree)));
-            }
-            expect = Some(m.decree + 1);
-            mutations.push(Arc::new(m));
-        }
-        let handle = match self.node.replica(config.gpid) {
-            Some(h) => h,
-            // A new partition's first prepare may beat the meta's beacon reply.
-            None if config.hosts(&self.node.me) => {
-                self.node.get_or_create_replica(config.gpid).map_err(|e| ErrorKind::Internal.status(format!("{e:#}")))?
-            }
-            None => {
-                return Ok(v1::PrepareResponse { ballot: 0, outcome: v1::prepare_response::Outcome::NotMember as i32, prepared: 0 });
-            }
-        };
-        let msg = PrepareMsg { config, mutations, last_committed: req.last_committed };
         let (tx, rx) = oneshot::channel();
-        if !handle.send(Event::Prepare { from: req.from, msg, reply: tx }) {
-            return Err(ErrorKind::Busy.status("replica stopped"));
-        }
-        let reply = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the prepare"))?;
-        let (outcome, prepared) = match reply.outcome {
-            PrepareOutcome::Ok { prepared } => (v1::prepare_response::Outcome::Ok, prepared),
-            PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0),
-            PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0),
+        self.start_prepare(req, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the prepare"))?
+    }
+
+    /// A prepare from the partition's primary (from the peer's batch stream or a unary call):
+    /// checked, handed to the replica, and answered through `done` once the replica answers it.
+    fn start_prepare(&self, req: v1::PrepareRequest, done: impl FnOnce(Result<v1::PrepareResponse, Status>) + Send + 'static) {
+        let checked = (|| {
+            let wire_config = req.config.as_ref().ok_or_else(|| invalid("prepare without a configuration"))?;
+            let config = config_from_wire(wire_config).map_err(|e| core_status(&e))?;
+            let mut mutations = Vec::with_capacity(req.mutations.len());
+            let mut expect = None;
+            for bytes in &req.mutations {
+                let m = Mutation::decode(bytes).map_err(|e| invalid(format!("prepare carries a mutation that does not decode: {e}")))?;
+                if expect.is_some_and(|d| d != m.decree) {
+                    return Err(invalid(format!("prepare mutations are not contiguous at decree {}", m.decree)));
+                }
+                expect = Some(m.decree + 1);
+                mutations.push(Arc::new(m));
+            }
+            let handle = match self.node.replica(config.gpid) {
+                Some(h) => h,
+                // A new partition's first prepare may beat the meta's beacon reply.
+                None if config.hosts(&self.node.me) => {
+                    self.node.get_or_create_replica(config.gpid).map_err(|e| ErrorKind::Internal.status(format!("{e:#}")))?
+                }
+                None => return Ok(None),
+            };
+            Ok(Some((handle, PrepareMsg { config, mutations, last_committed: req.last_committed })))
+        })();
+        let (handle, msg) = match checked {
+            Ok(Some(x)) => x,
+            Ok(None) => return done(Ok(v1::PrepareResponse { ballot: 0, outcome: v1::prepare_response::Outcome::NotMember as i32, prepared: 0 })),
+            Err(status) => return done(Err(status)),
         };
-        Ok(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared })
+        let reply = ReplyTo::new(move |answer: Option<PrepareReply>| {
+            done(match answer {
+                None => Err(ErrorKind::Busy.status("replica dropped the prepare")),
+                Some(reply) => {
+                    let (outcome, prepared) = match reply.outcome {
+                        PrepareOutcome::Ok { prepared } => (v1::prepare_response::Outcome::Ok, prepared),
+                        PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0),
+                        PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0),
+                    };
+                    Ok(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared })
+                }
+            })
+        });
+        handle.send(Event::Prepare { from: req.from, msg, reply });
     }
 
     fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
-        let result = match r {
-            Ok(_) => "ok",
-            Err(s) => ErrorKind::of(s).map_or("error", |k| k.as_str()),
-        };
-        self.node.metrics.observe(op, result, start.elapsed().as_secs_f64());
+        observe(&self.node.metrics, op, start, r);
     }
+}
+
+/// What answers batch call `id`: puts its reply into the stream's outgoing queue, from wherever
+/// the answer is made.
+fn answer_into<T: 'static>(
+    tx: &tokio::sync::mpsc::UnboundedSender<v1::BatchReply>,
+    id: u64,
+    kind: fn(T) -> v1::batch_reply::Reply,
+) -> impl FnOnce(Result<T, Status>) + Send + 'static {
+    let tx = tx.clone();
+    move |result| {
+        let reply = result.map(kind).unwrap_or_else(|status| v1::batch_reply::Reply::Error(batch_error(&status)));
+        let _ = tx.send(v1::BatchReply { id, reply: Some(reply) });
+    }
+}
+
+fn observe<T>(metrics: &Metrics, op: &str, start: Instant, r: &Result<T, Status>) {
+    let result = match r {
+        Ok(_) => "ok",
+        Err(s) => ErrorKind::of(s).map_or("error", |k| k.as_str()),
+    };
+    metrics.observe(op, result, start.elapsed().as_secs_f64());
 }
 
 #[tonic::async_trait]
@@ -278,16 +337,25 @@ impl ReplicaService for Service {
                     continue;
                 }
                 for call in batch.calls {
-                    let mut reply = Box::pin(service.clone().serve_call(call));
-                    match (&mut reply).now_or_never() {
-                        Some(r) => {
-                            let _ = tx.send(r);
-                        }
-                        None => {
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let _ = tx.send(reply.await);
-                            });
+                    use v1::batch_call::Call;
+                    use v1::batch_reply::Reply;
+                    let id = call.id;
+                    match call.call {
+                        Some(Call::Write(req)) => service.start_write(req, answer_into(&tx, id, Reply::Write)),
+                        Some(Call::Prepare(req)) => service.start_prepare(req, answer_into(&tx, id, Reply::Prepare)),
+                        call => {
+                            let mut reply = Box::pin(service.clone().serve_call(id, call));
+                            match (&mut reply).now_or_never() {
+                                Some(r) => {
+                                    let _ = tx.send(r);
+                                }
+                                None => {
+                                    let tx = tx.clone();
+                                    tokio::spawn(async move {
+                                        let _ = tx.send(reply.await);
+                                    });
+                                }
+                            }
                         }
                     }
                 }
