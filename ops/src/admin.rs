@@ -41,9 +41,9 @@ pub async fn table(args: &ClientArgs, command: TableCommand) -> CmdResult {
             if args.json {
                 print_json(&table_json(&t));
             } else {
-                println!("created table {} (id {}, {} partitions, owner {})", t.name, t.id, t.partition_count, t.owner);
+                outln!("created table {} (id {}, {} partitions, owner {})", t.name, t.id, t.partition_count, t.owner);
                 if let Some(p) = &t.policy {
-                    println!("policy {}", crate::policy::policy_line(p));
+                    outln!("policy {}", crate::policy::policy_line(p));
                 }
             }
         }
@@ -95,9 +95,9 @@ pub async fn table(args: &ClientArgs, command: TableCommand) -> CmdResult {
                 v["partitions_detail"] = json!(parts);
                 print_json(&v);
             } else {
-                println!("table {} (id {}): {} partitions × {} replicas, owner {}, created {}", t.name, t.id, t.partition_count, t.replica_count, t.owner, fmt_ms(t.created_ms));
+                outln!("table {} (id {}): {} partitions × {} replicas, owner {}, created {}", t.name, t.id, t.partition_count, t.replica_count, t.owner, fmt_ms(t.created_ms));
                 if let Some(p) = &t.policy {
-                    println!("policy {}", crate::policy::policy_line(p));
+                    outln!("policy {}", crate::policy::policy_line(p));
                 }
                 let rows: Vec<Vec<String>> = resp
                     .partitions
@@ -133,7 +133,7 @@ pub async fn table(args: &ClientArgs, command: TableCommand) -> CmdResult {
             if args.json {
                 print_json(&json!({"dropped": name, "recall_until": fmt_ms(r.recall_until_ms)}));
             } else {
-                println!("dropped table {name}; `tandem table recall {name}` brings it back until {}", fmt_ms(r.recall_until_ms));
+                outln!("dropped table {name}; `tandem table recall {name}` brings it back until {}", fmt_ms(r.recall_until_ms));
             }
         }
         TableCommand::Recall { name } => {
@@ -141,7 +141,7 @@ pub async fn table(args: &ClientArgs, command: TableCommand) -> CmdResult {
             if args.json {
                 print_json(&table_json(&t));
             } else {
-                println!("recalled table {} (id {})", t.name, t.id);
+                outln!("recalled table {} (id {})", t.name, t.id);
             }
         }
     }
@@ -178,8 +178,12 @@ pub async fn nodes(args: &ClientArgs) -> CmdResult {
 
 pub async fn status(args: &ClientArgs) -> CmdResult {
     let client = client_of(args)?;
-    let s = client.cluster_status().await?;
-    let healthy = s.degraded == 0 && s.unavailable == 0;
+    let mut s = client.cluster_status().await?;
+    // A meta with no replica server alive serves nothing, even before any table exists.
+    if s.nodes_alive == 0 {
+        s.problems.push("no replica server is alive: start one with `tandem replica start --meta ADDR`".into());
+    }
+    let healthy = s.degraded == 0 && s.unavailable == 0 && s.nodes_alive > 0;
     if args.json {
         print_json(&json!({
             "healthy": healthy, "tables": s.tables, "partitions": s.partitions, "healthy_partitions": s.healthy,
@@ -187,7 +191,7 @@ pub async fn status(args: &ClientArgs) -> CmdResult {
             "nodes_alive": s.nodes_alive, "nodes_dead": s.nodes_dead, "problems": s.problems,
         }));
     } else {
-        println!(
+        outln!(
             "{}: {} tables, {} partitions ({} healthy, {} degraded, {} unavailable), {} replica servers alive, {} dead",
             if healthy { "healthy" } else { "UNHEALTHY" },
             s.tables,
@@ -199,7 +203,7 @@ pub async fn status(args: &ClientArgs) -> CmdResult {
             s.nodes_dead
         );
         for p in &s.problems {
-            println!("  - {p}");
+            outln!("  - {p}");
         }
     }
     if healthy { Ok(()) } else { Err(Failure::new(EXIT_UNAVAILABLE, "")) }

@@ -398,7 +398,7 @@ pub async fn run(args: BenchArgs) -> CmdResult {
 }
 
 fn print_run(target: Target, workload: Workload, args: &BenchArgs, r: &RunResult) {
-    println!(
+    outln!(
         "{} {}: {:.0} ops/s over {:.1}s ({} errors), {} in flight, {}-byte values",
         target.name(),
         workload.name(),
@@ -409,14 +409,14 @@ fn print_run(target: Target, workload: Workload, args: &BenchArgs, r: &RunResult
         args.value_size
     );
     if let Some(e) = &r.first_error {
-        println!("  first error: {e}");
+        outln!("  first error: {e}");
     }
     if r.not_found > 0 {
-        println!("  {} reads found no value (run the load workload first)", r.not_found);
+        outln!("  {} reads found no value (run the load workload first)", r.not_found);
     }
     for (name, h) in [("read", &r.reads), ("write", &r.writes)] {
         if h.len() > 0 {
-            println!(
+            outln!(
                 "  {name:5}: {:>9.0} ops/s  p50 {:>7} us  p99 {:>7} us  p999 {:>7} us",
                 h.len() as f64 / r.elapsed_s,
                 h.value_at_quantile(0.5),
@@ -452,10 +452,10 @@ fn ratios(runs: &[Value]) -> Vec<Value> {
 }
 
 fn print_ratios(ratios: &[Value]) {
-    println!();
-    println!("{:<11} {:<6} {:<6} {:>12} {:>12} {:>8} {:>11} {:>11} {:>8}", "workload", "kind", "peer", "tandem op/s", "peer op/s", "ratio", "tandem p99", "peer p99", "ratio");
+    outln!();
+    outln!("{:<11} {:<6} {:<6} {:>12} {:>12} {:>8} {:>11} {:>11} {:>8}", "workload", "kind", "peer", "tandem op/s", "peer op/s", "ratio", "tandem p99", "peer p99", "ratio");
     for r in ratios {
-        println!(
+        outln!(
             "{:<11} {:<6} {:<6} {:>12.0} {:>12.0} {:>7.2}x {:>9.1}ms {:>9.1}ms {:>7.2}x",
             r["workload"].as_str().unwrap_or(""),
             r["kind"].as_str().unwrap_or(""),
@@ -468,5 +468,5 @@ fn print_ratios(ratios: &[Value]) {
             r["p99_ratio"].as_f64().unwrap_or(0.0),
         );
     }
-    println!("(throughput ratio: tandem / peer, higher is better; p99 ratio: tandem / peer, lower is better)");
+    outln!("(throughput ratio: tandem / peer, higher is better; p99 ratio: tandem / peer, lower is better)");
 }

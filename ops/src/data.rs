@@ -27,7 +27,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"ok": true}));
             } else {
-                println!("OK");
+                outln!("OK");
             }
         }
         Command::Get { client, table, hash_key, sort_key } => {
@@ -36,7 +36,7 @@ pub async fn run(command: Command) -> CmdResult {
                     if client.json {
                         print_json(&json!({"value": show(&v), "ttl": ttl}));
                     } else {
-                        println!("{}", show(&v));
+                        outln!("{}", show(&v));
                     }
                 }
                 None => return Err(not_found(&format!("{hash_key}/{sort_key}"))),
@@ -47,7 +47,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"ok": true}));
             } else {
-                println!("OK");
+                outln!("OK");
             }
         }
         Command::Exist { client, table, hash_key, sort_key } => {
@@ -55,7 +55,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"exists": exists}));
             } else {
-                println!("{}", if exists { "true" } else { "false" });
+                outln!("{}", if exists { "true" } else { "false" });
             }
             if !exists {
                 return Err(Failure::new(EXIT_NOT_FOUND, ""));
@@ -67,9 +67,9 @@ pub async fn run(command: Command) -> CmdResult {
                     if client.json {
                         print_json(&json!({"ttl": t}));
                     } else if t < 0 {
-                        println!("-1 (no expiry)");
+                        outln!("-1 (no expiry)");
                     } else {
-                        println!("{t}");
+                        outln!("{t}");
                     }
                 }
                 None => return Err(not_found(&format!("{hash_key}/{sort_key}"))),
@@ -80,7 +80,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"value": v}));
             } else {
-                println!("{v}");
+                outln!("{v}");
             }
         }
         Command::CheckAndSet { client, table, hash_key, check_sort_key, check_type, operand, set_sort_key, value, ttl } => {
@@ -95,9 +95,9 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"applied": applied, "check_value": current.as_deref().map(show)}));
             } else if applied {
-                println!("applied");
+                outln!("applied");
             } else {
-                println!("not applied: check value is {}", current.as_deref().map(show).unwrap_or_else(|| "absent".into()));
+                outln!("not applied: check value is {}", current.as_deref().map(show).unwrap_or_else(|| "absent".into()));
             }
             if !applied {
                 return Err(Failure::new(EXIT_CONFLICT, ""));
@@ -114,7 +114,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"ok": true, "count": n}));
             } else {
-                println!("OK ({n} sort keys)");
+                outln!("OK ({n} sort keys)");
             }
         }
         Command::MultiGet { client, table, hash_key, sort_keys } => {
@@ -132,7 +132,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"ok": true, "count": n}));
             } else {
-                println!("OK ({n} sort keys)");
+                outln!("OK ({n} sort keys)");
             }
         }
         Command::SortkeyCount { client, table, hash_key } => {
@@ -140,7 +140,7 @@ pub async fn run(command: Command) -> CmdResult {
             if client.json {
                 print_json(&json!({"count": n}));
             } else {
-                println!("{n}");
+                outln!("{n}");
             }
         }
         Command::Scan { client, table, hash_key, start, stop, stop_inclusive, limit } => {
@@ -178,7 +178,7 @@ pub async fn run(command: Command) -> CmdResult {
                 }));
             } else {
                 for (h, s, v) in &records {
-                    println!("{}\t{}\t{}", show(h), show(s), show(v));
+                    outln!("{}\t{}\t{}", show(h), show(s), show(v));
                 }
                 if let Some(t) = token {
                     eprintln!("(more: --token {t})");
@@ -195,7 +195,7 @@ fn print_kvs(json_out: bool, kvs: &[(Vec<u8>, Vec<u8>)]) {
         print_json(&json!(kvs.iter().map(|(k, v)| json!({"sort_key": show(k), "value": show(v)})).collect::<Vec<_>>()));
     } else {
         for (k, v) in kvs {
-            println!("{}\t{}", show(k), show(v));
+            outln!("{}\t{}", show(k), show(v));
         }
     }
 }

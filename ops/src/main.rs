@@ -2,6 +2,20 @@
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 unavailable, 4 not found, 5 conflict.
 
+/// `print!` for command output: a reader that went away (`tandem full-scan t | head`) ends the
+/// command quietly with 0 instead of a panic, and any other write error (a full disk) ends it
+/// with exit code 1 and the reason. (SIGPIPE stays ignored: with its default action a connection
+/// a server reset under a vectored write would kill the CLI without its "unavailable" error.)
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), false) };
+}
+
+/// `println!` for command output; see `out!`.
+macro_rules! outln {
+    () => { $crate::write_stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*), true) };
+}
+
 mod admin;
 mod bench;
 mod cli;
@@ -20,6 +34,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cli::{Cli, Command};
 use std::process::ExitCode;
 use tandem_client::ClientError;
+
+pub fn write_stdout(args: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) });
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(i32::from(EXIT_ERROR));
+    }
+}
 
 /// An error with the exit code it maps to.
 #[derive(Debug)]
@@ -109,7 +136,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Meta { command } => servers::meta(command).await,
         Command::Replica { command } => servers::replica(command).await,
         Command::Config { command: cli::ConfigCommand::Default } => {
-            print!("{}", config::DEFAULT_CONFIG);
+            out!("{}", config::DEFAULT_CONFIG);
             Ok(())
         }
         Command::Table { client, command } => admin::table(&client, command).await,
@@ -119,7 +146,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Bench(args) => bench::run(args).await,
         Command::Sim(args) => match tandem_sim::run(&args) {
             Ok(report) => {
-                print!("{report}");
+                out!("{report}");
                 Ok(())
             }
             Err(failure) => Err(Failure::new(EXIT_ERROR, failure.to_string())),
@@ -170,7 +197,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
     let line = |cells: Vec<String>| {
         let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
     for row in rows {
@@ -179,7 +206,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
 
 /// Retries an administrative call while the cluster answers "unavailable" (no meta leader yet,

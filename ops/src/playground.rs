@@ -50,25 +50,25 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
         let _ = stop_tx.send(true);
         return Err(e);
     }
-    println!("Tandem playground is up ({} replica servers, data in {})", args.replicas, data_dir.display());
-    println!("  meta server:     {meta_addr}");
+    outln!("Tandem playground is up ({} replica servers, data in {})", args.replicas, data_dir.display());
+    outln!("  meta server:     {meta_addr}");
     for (i, a) in replica_addrs.iter().enumerate() {
-        println!("  replica server {}: {a}", i + 1);
+        outln!("  replica server {}: {a}", i + 1);
     }
-    println!();
-    println!("Try, in another terminal (TANDEM_META={meta_addr} is the default):");
-    println!("  tandem set demo user1 name Alice");
-    println!("  tandem get demo user1 name");
-    println!("  tandem table show demo");
-    println!("  tandem status");
-    println!("  tandem bench --table demo --workload a --duration 10s");
-    println!("Ctrl-C stops it; the data stays in {} (--fresh starts over).", data_dir.display());
+    outln!();
+    outln!("Try, in another terminal (TANDEM_META={meta_addr} is the default):");
+    outln!("  tandem set demo user1 name Alice");
+    outln!("  tandem get demo user1 name");
+    outln!("  tandem table show demo");
+    outln!("  tandem status");
+    outln!("  tandem bench --table demo --workload a --duration 10s");
+    outln!("Ctrl-C stops it; the data stays in {} (--fresh starts over).", data_dir.display());
     if args.exit_when_ready {
         let _ = stop_tx.send(true);
     } else {
         let signal = crate::shutdown_on_signal();
         tandem_replica::stopped(signal).await;
-        println!("stopping…");
+        outln!("stopping…");
         let _ = stop_tx.send(true);
     }
     for t in tasks {

@@ -103,13 +103,13 @@ pub async fn run(args: &ClientArgs, command: PolicyCommand) -> CmdResult {
             if args.json {
                 print_json(&json!({"table": t.name, "changed": resp.changed, "by": who, "old": policy_json(&old), "new": policy_json(&new)}));
             } else if resp.changed {
-                println!("policy of {} changed by {who}:", t.name);
+                outln!("policy of {} changed by {who}:", t.name);
                 for line in diff(Some(&old), &new) {
-                    println!("  {line}");
+                    outln!("  {line}");
                 }
-                println!("`tandem policy status {}` shows the cluster reconciling toward it", t.name);
+                outln!("`tandem policy status {}` shows the cluster reconciling toward it", t.name);
             } else {
-                println!("policy of {} unchanged ({})", t.name, policy_line(&new));
+                outln!("policy of {} unchanged ({})", t.name, policy_line(&new));
             }
         }
         PolicyCommand::Show { table } => {
@@ -118,7 +118,7 @@ pub async fn run(args: &ClientArgs, command: PolicyCommand) -> CmdResult {
             if args.json {
                 print_json(&json!({"table": t.name, "owner": t.owner, "policy": policy_json(&p)}));
             } else {
-                println!("table {} (owner {})", t.name, t.owner);
+                outln!("table {} (owner {})", t.name, t.owner);
                 print_table(
                     &["FIELD", "VALUE"],
                     &[

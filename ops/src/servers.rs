@@ -22,7 +22,7 @@ fn print_section(c: &Config, section: &str) -> CmdResult {
     if let Some(s) = value.get(section) {
         out.insert(section.to_string(), s.clone());
     }
-    print!("{}", toml::to_string(&out).map_err(|e| Failure::new(1, format!("serialize configuration: {e}")))?);
+    out!("{}", toml::to_string(&out).map_err(|e| Failure::new(1, format!("serialize configuration: {e}")))?);
     Ok(())
 }
 

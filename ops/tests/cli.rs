@@ -73,6 +73,24 @@ async fn every_command_with_its_output_and_exit_code() {
     let records = scan["records"].as_array().unwrap();
     assert_eq!(records.len(), 3, "{scan}"); // h/tmp, h/n, m/c
 
+    // A reader that stops early (`| head`) ends the command quietly, not with a panic.
+    let big: Vec<String> = (0..100).map(|i| format!("k{i:03}={}", "x".repeat(1024))).collect();
+    let mut args = vec!["multi-set", "t", "big"];
+    args.extend(big.iter().map(String::as_str));
+    ok(&cluster, &args);
+    let mut child = std::process::Command::new(bin())
+        .args(["scan", "t", "big"])
+        .env("TANDEM_META", &cluster.meta_addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // Limits: named in the error, never truncated.
     let long_hash = "h".repeat(1025);
     fails(&cluster, &["set", "t", &long_hash, "s", "v"], 1, "1024-byte limit");
@@ -105,6 +123,17 @@ async fn every_command_with_its_output_and_exit_code() {
         })
         .await;
     fails(&cluster, &["table", "create", "u", "--meta", "127.0.0.1:1", "--timeout", "3s"], 3, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_unhealthy_while_no_replica_server_is_alive() {
+    let cluster = Cluster::start(0, Store::Sqlite).await;
+    let out = tandem(&cluster, &["status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.starts_with("UNHEALTHY") && stdout.contains("no replica server is alive"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&tandem(&cluster, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["healthy"], false, "{v}");
 }
 
 #[test]
