@@ -304,6 +304,9 @@ pub enum ReplicaCommand {
         /// e.g. 64MiB; small values force learners onto checkpoints.
         #[arg(long)]
         log_cache_bytes_max: Option<String>,
+        /// How long a replica left out of its partition's configuration is kept, e.g. 10m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        inactive_replica_gc_delay: Option<std::time::Duration>,
     },
 }
 

@@ -98,6 +98,9 @@ pub struct ReplicaSection {
     pub max_value_bytes: ByteSize,
     #[serde(with = "humantime_serde")]
     pub log_gc_interval: Duration,
+    /// A replica its partition's configuration has left out this long is deleted.
+    #[serde(with = "humantime_serde")]
+    pub inactive_replica_gc_delay: Duration,
     /// This site's cluster id (1..=127), stamped into every timetag.
     pub cluster_id: u8,
 }
@@ -121,6 +124,7 @@ impl Default for ReplicaSection {
             prepare_batch_bytes_max: ByteSize::mib(4),
             max_value_bytes: ByteSize::mib(1),
             log_gc_interval: Duration::from_secs(30),
+            inactive_replica_gc_delay: Duration::from_secs(600),
             cluster_id: 1,
         }
     }
@@ -192,6 +196,10 @@ prepare_batch_bytes_max = "4MiB"
 # Largest value accepted.
 max_value_bytes = "1MiB"
 log_gc_interval = "30s"
+# A replica this server holds but its partition's configuration left out (a replaced server
+# that came back, a lowered replica count) is deleted after this long, while the partition has a
+# primary; until then it keeps its disk space and its share of the mutation log.
+inactive_replica_gc_delay = "10m"
 # This site's id (1..=127), stamped into every write's timetag.
 cluster_id = 1
 "#;
@@ -296,6 +304,14 @@ impl Config {
                 r.log_group_commit_window
             );
         }
+        if r.inactive_replica_gc_delay < 2 * r.beacon_interval {
+            bail!(
+                "replica.inactive_replica_gc_delay ({:?}) must be at least two beacon intervals ({:?}): a replica the meta \
+                 adds back needs a beacon to learn it",
+                r.inactive_replica_gc_delay,
+                2 * r.beacon_interval
+            );
+        }
         if r.prepare_batch_bytes_max.as_u64() < 64 << 10 {
             bail!("replica.prepare_batch_bytes_max must be at least 64KiB");
         }
@@ -344,6 +360,7 @@ impl Config {
         o.beacon_interval_ms = r.beacon_interval.as_millis() as u64;
         o.lease_period_ms = r.lease_period.as_millis() as u64;
         o.log_gc_interval_ms = r.log_gc_interval.as_millis() as u64;
+        o.inactive_replica_gc_delay_ms = r.inactive_replica_gc_delay.as_millis() as u64;
         o.log.segment_bytes_max = r.log_segment_bytes_max.as_u64();
         o.log.group_commit_window = r.log_group_commit_window;
         o.log.sync = match r.log_sync {

@@ -60,7 +60,7 @@ pub async fn meta(command: MetaCommand) -> CmdResult {
 }
 
 pub async fn replica(command: ReplicaCommand) -> CmdResult {
-    let ReplicaCommand::Start { server, meta, data_dir, advertise, lease_period, prepare_timeout, log_sync, log_cache_bytes_max } = command;
+    let ReplicaCommand::Start { server, meta, data_dir, advertise, lease_period, prepare_timeout, log_sync, log_cache_bytes_max, inactive_replica_gc_delay } = command;
     let mut c = load(&server, "replica")?;
     if let Some(m) = meta {
         c.set("replica", "meta", &m)?;
@@ -82,6 +82,9 @@ pub async fn replica(command: ReplicaCommand) -> CmdResult {
     }
     if let Some(b) = log_cache_bytes_max {
         c.set("replica", "log_cache_bytes_max", &b)?;
+    }
+    if let Some(d) = inactive_replica_gc_delay {
+        c.replica.inactive_replica_gc_delay = d;
     }
     if server.print_config {
         return print_section(&c, "replica");

@@ -191,14 +191,18 @@ fn flags_win_over_environment_over_file_over_defaults() {
 #[test]
 fn servers_refuse_invalid_configuration_with_the_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["replica", "start", "--listen", "127.0.0.1:0", "--meta", "127.0.0.1:1", "--data-dir"])
-        .arg(dir.path())
-        .args(["--lease-period", "1s"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("more than twice beacon_interval"), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = |flags: &[&str], rule: &str| {
+        let out = std::process::Command::new(bin())
+            .args(["replica", "start", "--listen", "127.0.0.1:0", "--meta", "127.0.0.1:1", "--data-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(rule), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    refused(&["--lease-period", "1s"], "more than twice beacon_interval");
+    refused(&["--inactive-replica-gc-delay", "1s"], "at least two beacon intervals");
     let out = std::process::Command::new(bin()).args(["meta", "start", "--store", "mysql://x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sqlite://"));

@@ -100,9 +100,10 @@ async fn postgres_restart_meta_alone() {
 }
 
 /// With a fourth server, a killed server's partitions get a learner and return to 3 healthy
-/// replicas. `log_cache` decides whether the learner catches up by log or by checkpoint.
+/// replicas. `log_cache` decides whether the learner catches up by log or by checkpoint. When the
+/// killed server comes back, its copies (left out of every configuration) are deleted.
 async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
-    let mut cluster = Cluster::start_with(3, Store::Sqlite, &["--log-cache-bytes-max", log_cache]).await;
+    let mut cluster = Cluster::start_with(3, Store::Sqlite, &["--log-cache-bytes-max", log_cache, "--inactive-replica-gc-delay", "3s"]).await;
     cluster.create_table("t", 4, 3).await;
     let acked = start_load(&cluster, "t").await.finish(&cluster).await;
     let spare = cluster.add_replica();
@@ -120,6 +121,26 @@ async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
     cluster.wait_healthy(Duration::from_secs(90)).await;
     let log = std::fs::read_to_string(&cluster.replicas[spare].log).unwrap();
     assert_eq!(log.contains("installed checkpoint"), expect_checkpoint, "learner path\n{}", cluster.logs_tail());
+    assert_all_read_back(&cluster, "t", &acked).await;
+
+    let replicas_dir = cluster.replicas[victim].data_dir.join("replicas");
+    let held = std::fs::read_dir(&replicas_dir).unwrap().count();
+    assert_eq!(held, 4, "the killed server held a copy of every partition");
+    cluster.start_replica(victim);
+    cluster
+        .poll(Duration::from_secs(60), "the returned server deletes the copies no configuration has", || {
+            let dir = replicas_dir.clone();
+            async move { std::fs::read_dir(&dir).map(|d| d.count() == 0).unwrap_or(false) }
+        })
+        .await;
+    let log = std::fs::read_to_string(&cluster.replicas[victim].log).unwrap();
+    assert!(log.contains("outside its partition's configuration"), "{}", cluster.logs_tail());
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    for p in 0..4 {
+        let config = cluster.partition("t", p).await;
+        let members = 1 + config.secondaries.len();
+        assert_eq!(members, 3, "partition {p}: {config:?}");
+    }
     assert_all_read_back(&cluster, "t", &acked).await;
 }
 

@@ -38,6 +38,11 @@ pub struct Node {
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
     /// The batch stream to each peer, which carries the prepares of every partition.
     peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
+    /// Since when (server ms) each local replica has been outside its partition's configuration
+    /// while that configuration had a primary; see `collect_inactive`.
+    outside_since: Mutex<HashMap<Gpid, u64>>,
+    /// Replicas being stopped and deleted: not recreated until their directory is gone.
+    removing: Mutex<std::collections::HashSet<Gpid>>,
 }
 
 impl Node {
@@ -100,6 +105,9 @@ impl Node {
         if let Some(h) = replicas.get(&gpid) {
             return Ok(h.clone());
         }
+        if self.removing.lock().expect("removing lock").contains(&gpid) {
+            anyhow::bail!("replica {gpid} is being removed from this server; it can be created again once that is done");
+        }
         let dir = self.replica_dir(gpid);
         let engine = open_engine(&dir)?;
         let replica = Replica::open(gpid, self.me.clone(), self.opts.replica.clone(), Box::new(engine.clone()), vec![]);
@@ -108,9 +116,16 @@ impl Node {
         Ok(handle)
     }
 
-    /// Stops the replica of a purged table and deletes its data.
-    async fn remove_replica(&self, gpid: Gpid) {
-        let handle = self.replicas.write().expect("replicas lock").remove(&gpid);
+    /// Stops a replica and deletes its data; `why` goes into the server's log.
+    async fn remove_replica(&self, gpid: Gpid, why: &str) {
+        let handle = {
+            let mut replicas = self.replicas.write().expect("replicas lock");
+            let handle = replicas.remove(&gpid);
+            if handle.is_some() {
+                self.removing.lock().expect("removing lock").insert(gpid);
+            }
+            handle
+        };
         if let Some(h) = handle {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if h.send(Event::Stop { done: tx }) {
@@ -120,8 +135,31 @@ impl Node {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!("could not remove {}: {e}", dir.display());
             }
-            tracing::info!("removed replica {gpid} of a purged table");
+            self.removing.lock().expect("removing lock").remove(&gpid);
+            self.outside_since.lock().expect("outside lock").remove(&gpid);
+            tracing::info!("removed replica {gpid}: {why}");
         }
+    }
+
+    /// Tracks the local replicas that a configuration from the meta leaves out, and returns those
+    /// left out for `inactive_replica_gc_delay`. Only while the configuration has a primary: its
+    /// members then hold every committed write, so this copy is a stale subset; a partition
+    /// without a primary may need it back (the meta revives the last dropped member when every
+    /// member is gone), and a copy the meta adds again as a learner stops the clock.
+    fn collect_inactive(&self, configs: &[tandem_core::PartitionConfig], now_ms: u64) -> Vec<Gpid> {
+        let mut outside = self.outside_since.lock().expect("outside lock");
+        for config in configs {
+            if self.replica(config.gpid).is_none() {
+                continue;
+            }
+            if config.hosts(&self.me) || config.primary.is_none() {
+                outside.remove(&config.gpid);
+            } else {
+                outside.entry(config.gpid).or_insert(now_ms);
+            }
+        }
+        let delay = self.opts.inactive_replica_gc_delay_ms;
+        outside.iter().filter(|(_, since)| now_ms.saturating_sub(**since) >= delay).map(|(g, _)| *g).collect()
     }
 
     async fn beacon_once(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -142,6 +180,7 @@ impl Node {
         // Configurations first, lease after: a primary the meta has replaced learns it before
         // the renewed lease would let it serve another read.
         let mut configured = Vec::new();
+        let mut seen = Vec::new();
         for wire in resp.configs {
             let config = match config_from_wire(&wire) {
                 Ok(c) => c,
@@ -164,6 +203,7 @@ impl Node {
                 },
                 None => continue,
             };
+            seen.push(config.clone());
             let (done, rx) = tokio::sync::oneshot::channel();
             if handle.send(Event::Configure { config, done }) {
                 configured.push(rx);
@@ -175,7 +215,14 @@ impl Node {
         }
         self.lease_until_ms.fetch_max(sent_at + self.opts.lease_period_ms, Ordering::AcqRel);
         for g in resp.gone {
-            self.remove_replica(Gpid::new(g.table_id, g.partition)).await;
+            self.remove_replica(Gpid::new(g.table_id, g.partition), "its table was purged").await;
+        }
+        for gpid in self.collect_inactive(&seen, self.now_ms()) {
+            // The replica's own view must agree that it has no role any more.
+            if self.replica(gpid).is_some_and(|h| h.state().status == tandem_core::PartitionStatus::Inactive) {
+                let why = format!("outside its partition's configuration for {} ms", self.opts.inactive_replica_gc_delay_ms);
+                self.remove_replica(gpid, &why).await;
+            }
         }
         Ok(())
     }
@@ -290,6 +337,8 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
+        outside_since: Mutex::new(HashMap::new()),
+        removing: Mutex::new(std::collections::HashSet::new()),
         opts: opts.clone(),
     });
     // Open every replica found on disk.

@@ -18,6 +18,9 @@ pub struct ReplicaServerOptions {
     pub lease_period_ms: u64,
     pub tick_interval_ms: u64,
     pub log_gc_interval_ms: u64,
+    /// A local replica that its partition's configuration has left out this long (while the
+    /// partition has a primary) is deleted, with its pin on the shared log.
+    pub inactive_replica_gc_delay_ms: u64,
     pub rpc_timeout_ms: u64,
     pub checkpoint_chunk_bytes: usize,
     pub log: LogOptions,
@@ -36,6 +39,7 @@ impl ReplicaServerOptions {
             lease_period_ms: 6_000,
             tick_interval_ms: 100,
             log_gc_interval_ms: 30_000,
+            inactive_replica_gc_delay_ms: 600_000,
             rpc_timeout_ms: 5_000,
             checkpoint_chunk_bytes: 1 << 20,
             log: LogOptions::default(),
