@@ -301,7 +301,8 @@ pub enum ReplicaCommand {
         /// every_batch or none
         #[arg(long)]
         log_sync: Option<String>,
-        /// e.g. 64MiB; small values force learners onto checkpoints.
+        /// For all replicas of this server together, e.g. 256MiB; small values force learners
+        /// onto checkpoints.
         #[arg(long)]
         log_cache_bytes_max: Option<String>,
         /// How long a replica left out of its partition's configuration is kept, e.g. 10m.

@@ -92,8 +92,13 @@ pub struct ReplicaSection {
     #[serde(with = "humantime_serde")]
     pub log_group_commit_window: Duration,
     pub log_segment_bytes_max: ByteSize,
-    /// Committed mutations kept in memory per partition for catch-up by log.
+    /// Committed mutations kept in memory for catch-up by log, by all of this server's
+    /// replicas together (each gets an equal share).
     pub log_cache_bytes_max: ByteSize,
+    /// The block cache every replica's RocksDB shares.
+    pub block_cache_bytes: ByteSize,
+    /// The memtables of every replica's RocksDB together.
+    pub memtable_bytes_max: ByteSize,
     pub prepare_batch_bytes_max: ByteSize,
     pub max_value_bytes: ByteSize,
     #[serde(with = "humantime_serde")]
@@ -120,7 +125,9 @@ impl Default for ReplicaSection {
             log_sync: LogSync::EveryBatch,
             log_group_commit_window: Duration::from_millis(1),
             log_segment_bytes_max: ByteSize::mib(64),
-            log_cache_bytes_max: ByteSize::mib(64),
+            log_cache_bytes_max: ByteSize::mib(256),
+            block_cache_bytes: ByteSize::mib(128),
+            memtable_bytes_max: ByteSize::mib(256),
             prepare_batch_bytes_max: ByteSize::mib(4),
             max_value_bytes: ByteSize::mib(1),
             log_gc_interval: Duration::from_secs(30),
@@ -190,8 +197,13 @@ log_sync = "every_batch"
 # "0s" syncs every group as soon as it is taken.
 log_group_commit_window = "1ms"
 log_segment_bytes_max = "64MiB"
-# Committed mutations kept in memory per partition; a learner further behind gets a checkpoint.
-log_cache_bytes_max = "64MiB"
+# Memory, for all the replicas of this server together (it does not grow with their number):
+# committed mutations kept for catch-up by log, an equal share per replica (a learner further
+# behind than its share gets a checkpoint); RocksDB's block cache; RocksDB's memtables (past
+# this, the replica being written flushes).
+log_cache_bytes_max = "256MiB"
+block_cache_bytes = "128MiB"
+memtable_bytes_max = "256MiB"
 prepare_batch_bytes_max = "4MiB"
 # Largest value accepted.
 max_value_bytes = "1MiB"
@@ -304,6 +316,9 @@ impl Config {
                 r.log_group_commit_window
             );
         }
+        if r.memtable_bytes_max.as_u64() < 8 << 20 {
+            bail!("replica.memtable_bytes_max ({}) must be at least 8MiB: smaller memtables flush on almost every write", r.memtable_bytes_max);
+        }
         if r.inactive_replica_gc_delay < 2 * r.beacon_interval {
             bail!(
                 "replica.inactive_replica_gc_delay ({:?}) must be at least two beacon intervals ({:?}): a replica the meta \
@@ -369,7 +384,9 @@ impl Config {
         };
         o.replica.prepare_timeout_ms = r.prepare_timeout.as_millis() as u64;
         o.replica.group_check_interval_ms = r.group_check_interval.as_millis() as u64;
-        o.replica.log_cache_bytes_max = r.log_cache_bytes_max.as_u64() as usize;
+        o.log_cache_bytes_max = r.log_cache_bytes_max.as_u64() as usize;
+        o.block_cache_bytes = r.block_cache_bytes.as_u64() as usize;
+        o.memtable_bytes_max = r.memtable_bytes_max.as_u64() as usize;
         o.replica.prepare_batch_bytes_max = r.prepare_batch_bytes_max.as_u64() as usize;
         o.replica.cluster_id = r.cluster_id;
         o.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;

@@ -20,7 +20,9 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     std::fs::create_dir_all(&args.data_dir).map_err(|e| Failure::new(1, format!("create {}: {e}", args.data_dir.display())))?;
     let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|e| Failure::new(1, e.to_string()))?;
     let meta_addr = format!("127.0.0.1:{}", args.base_port);
-    let mut config = Config::default();
+    // Embedded defaults, with TANDEM_<SECTION>_<KEY> variables applied (addresses and data
+    // directories are the playground's own).
+    let mut config = Config::load(None)?;
     config.meta.listen = meta_addr.clone();
     config.meta.store = format!("sqlite://{}", data_dir.join("meta.db").display());
     config.replica.meta = vec![meta_addr.clone()];

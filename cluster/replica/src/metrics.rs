@@ -14,6 +14,8 @@ pub struct Metrics {
     pub replicas: IntGaugeVec,
     /// Mutation log records and fsyncs (the group commit ratio).
     pub log: IntGaugeVec,
+    /// Memory shared by the server's RocksDB instances, bytes.
+    pub memory: IntGaugeVec,
 }
 
 impl Metrics {
@@ -29,8 +31,10 @@ impl Metrics {
         registry.register(Box::new(requests.clone())).expect("register once");
         registry.register(Box::new(latency.clone())).expect("register once");
         registry.register(Box::new(replicas.clone())).expect("register once");
+        let memory = IntGaugeVec::new(Opts::new(format!("{prefix}_memory_bytes"), "memory by use"), &["use"]).expect("valid metric");
         registry.register(Box::new(log.clone())).expect("register once");
-        Metrics { registry, requests, latency, replicas, log }
+        registry.register(Box::new(memory.clone())).expect("register once");
+        Metrics { registry, requests, latency, replicas, log, memory }
     }
 
     pub fn observe(&self, op: &str, result: &str, seconds: f64) {

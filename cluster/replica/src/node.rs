@@ -19,7 +19,7 @@ use tandem_core::{Gpid, LogRecord, Mutation};
 use tandem_proto::convert::config_from_wire;
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
-use tandem_storage::{MutationLog, RocksEngine};
+use tandem_storage::{EngineMemory, MutationLog, RocksEngine};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -30,6 +30,8 @@ pub struct Node {
     pub meta: MetaConn,
     pub metrics: Metrics,
     pub checkpoints: Checkpoints,
+    /// The block cache and memtable budget every replica's RocksDB shares.
+    pub engine_memory: EngineMemory,
     replicas: RwLock<HashMap<Gpid, ReplicaHandle>>,
     partition_counts: RwLock<HashMap<u32, u32>>,
     lease_until_ms: AtomicU64,
@@ -92,6 +94,21 @@ impl Node {
         Ok(conn)
     }
 
+    /// The core's options for one of `hosted` replicas: its share of the server's log cache.
+    fn replica_options(&self, hosted: usize) -> tandem_core::replica::ReplicaOptions {
+        let mut options = self.opts.replica.clone();
+        options.log_cache_bytes_max = self.log_cache_share(hosted);
+        options
+    }
+
+    pub fn log_cache_share(&self, hosted: usize) -> usize {
+        self.opts.log_cache_bytes_max / hosted.max(1)
+    }
+
+    pub fn hosted_replicas(&self) -> usize {
+        self.replicas.read().expect("replicas lock").len()
+    }
+
     fn replica_dir(&self, gpid: Gpid) -> PathBuf {
         replica_dir(&self.opts.data_dir, gpid)
     }
@@ -109,8 +126,8 @@ impl Node {
             anyhow::bail!("replica {gpid} is being removed from this server; it can be created again once that is done");
         }
         let dir = self.replica_dir(gpid);
-        let engine = open_engine(&dir)?;
-        let replica = Replica::open(gpid, self.me.clone(), self.opts.replica.clone(), Box::new(engine.clone()), vec![]);
+        let engine = open_engine(&dir, &self.engine_memory)?;
+        let replica = Replica::open(gpid, self.me.clone(), self.replica_options(replicas.len() + 1), Box::new(engine.clone()), vec![]);
         let handle = replica_task::spawn(self.clone(), replica, engine, dir);
         replicas.insert(gpid, handle.clone());
         Ok(handle)
@@ -242,6 +259,8 @@ impl Node {
         self.metrics.log.with_label_values(&["fsyncs"]).set(self.log.fsyncs() as i64);
         self.metrics.log.with_label_values(&["group_waits"]).set(self.log.group_waits() as i64);
         self.metrics.log.with_label_values(&["bytes"]).set(self.log.total_bytes() as i64);
+        self.metrics.memory.with_label_values(&["memtables"]).set(self.engine_memory.memtable_bytes() as i64);
+        self.metrics.memory.with_label_values(&["block_cache"]).set(self.engine_memory.block_cache_bytes() as i64);
     }
 
     async fn gc_log(self: &Arc<Self>) {
@@ -276,10 +295,10 @@ pub(crate) fn replica_dir(data_dir: &Path, gpid: Gpid) -> PathBuf {
 
 /// The engine of a replica directory: `CURRENT` names the active database directory (it changes
 /// when a learned checkpoint is installed), `db` by default.
-pub(crate) fn open_engine(dir: &Path) -> anyhow::Result<SharedEngine> {
+pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory) -> anyhow::Result<SharedEngine> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let db = active_db_dir(dir)?;
-    let engine = RocksEngine::open(&db).with_context(|| format!("open RocksDB at {}", db.display()))?;
+    let engine = RocksEngine::open(&db, memory).with_context(|| format!("open RocksDB at {}", db.display()))?;
     Ok(SharedEngine::new(engine))
 }
 
@@ -330,6 +349,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         meta,
         metrics: Metrics::new("tandem_replica"),
         checkpoints: Checkpoints::new(checkpoint_root),
+        engine_memory: EngineMemory::new(opts.block_cache_bytes, opts.memtable_bytes_max),
         replicas: RwLock::new(HashMap::new()),
         partition_counts: RwLock::new(HashMap::new()),
         lease_until_ms: AtomicU64::new(0),
@@ -344,19 +364,21 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     // Open every replica found on disk.
     let replicas_dir = opts.data_dir.join("replicas");
     std::fs::create_dir_all(&replicas_dir)?;
-    let mut opened = 0;
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(&replicas_dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
         let Some((t, p)) = name.split_once('.') else { continue };
         let (Ok(t), Ok(p)) = (t.parse::<u32>(), p.parse::<u32>()) else { continue };
-        let gpid = Gpid::new(t, p);
-        let engine = open_engine(&entry.path())?;
+        found.push((Gpid::new(t, p), entry.path()));
+    }
+    let opened = found.len();
+    for (gpid, path) in found {
+        let engine = open_engine(&path, &node.engine_memory)?;
         let mutations = replayed.remove(&gpid).unwrap_or_default();
-        let replica = Replica::open(gpid, node.me.clone(), opts.replica.clone(), Box::new(engine.clone()), mutations);
-        let handle = replica_task::spawn(node.clone(), replica, engine, entry.path());
+        let replica = Replica::open(gpid, node.me.clone(), node.replica_options(opened), Box::new(engine.clone()), mutations);
+        let handle = replica_task::spawn(node.clone(), replica, engine, path);
         node.replicas.write().expect("replicas lock").insert(gpid, handle);
-        opened += 1;
     }
     tracing::info!(address = %node.me, replicas = opened, "replica server starting");
 

@@ -23,6 +23,13 @@ pub struct ReplicaServerOptions {
     pub inactive_replica_gc_delay_ms: u64,
     pub rpc_timeout_ms: u64,
     pub checkpoint_chunk_bytes: usize,
+    /// The block cache shared by every replica's RocksDB.
+    pub block_cache_bytes: usize,
+    /// The memtables of every replica's RocksDB together.
+    pub memtable_bytes_max: usize,
+    /// Committed mutations kept in memory for catch-up by log, by all replicas together: each
+    /// gets an equal share (`replica.log_cache_bytes_max` is overwritten with it).
+    pub log_cache_bytes_max: usize,
     pub log: LogOptions,
     pub replica: ReplicaOptions,
 }
@@ -42,6 +49,9 @@ impl ReplicaServerOptions {
             inactive_replica_gc_delay_ms: 600_000,
             rpc_timeout_ms: 5_000,
             checkpoint_chunk_bytes: 1 << 20,
+            block_cache_bytes: 128 << 20,
+            memtable_bytes_max: 256 << 20,
+            log_cache_bytes_max: 256 << 20,
             log: LogOptions::default(),
             replica: ReplicaOptions::default(),
         }

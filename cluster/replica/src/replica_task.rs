@@ -192,6 +192,7 @@ pub fn spawn(node: Arc<Node>, replica: Replica, engine: SharedEngine, dir: PathB
         writes: HashMap::new(),
         prepares: HashMap::new(),
         learns: HashMap::new(),
+        log_cache_share: 0,
     };
     tokio::spawn(task.run(rx));
     handle
@@ -212,6 +213,8 @@ struct ReplicaTask {
     writes: HashMap<RequestId, Reply<Result<WriteResponse, Error>>>,
     prepares: HashMap<RequestId, Reply<PrepareReply>>,
     learns: HashMap<RequestId, oneshot::Sender<LearnReply>>,
+    /// This replica's share of the server's log cache, as last given to the core.
+    log_cache_share: usize,
 }
 
 impl ReplicaTask {
@@ -274,7 +277,17 @@ impl ReplicaTask {
     fn step(&mut self, event: Event) {
         let ctx = self.node.ctx();
         match event {
-            Event::Input(input) => self.replica.step(&ctx, input),
+            Event::Input(input) => {
+                if matches!(input, Input::Tick) {
+                    // Replicas come and go: keep this one to its share of the server's budget.
+                    let share = self.node.log_cache_share(self.node.hosted_replicas());
+                    if share != self.log_cache_share {
+                        self.replica.set_log_cache_bytes_max(share);
+                        self.log_cache_share = share;
+                    }
+                }
+                self.replica.step(&ctx, input)
+            }
             Event::LogAppended { ids } => {
                 for (ballot, decree) in ids {
                     self.replica.step(&ctx, Input::LogAppended { ballot, decree });
@@ -528,7 +541,7 @@ impl ReplicaTask {
             }));
             rx.await.map_err(|_| anyhow::anyhow!("log closed"))??;
             let db_dir = self.dir.join(&db_name);
-            let engine = RocksEngine::open(&db_dir)?;
+            let engine = RocksEngine::open(&db_dir, &self.node.engine_memory)?;
             if engine.last_applied_decree() != decree {
                 anyhow::bail!("installed checkpoint holds decree {}, expected {decree}", engine.last_applied_decree());
             }

@@ -16,14 +16,17 @@
 //!
 //! A compaction filter ("tandem-ttl") drops values whose expire_ts has passed, so expired data
 //! stops costing disk space without anyone deleting it.
+//!
+//! Every engine of a server shares one [`EngineMemory`]: one block cache and one budget for the
+//! memtables of all its replicas, so the server's memory does not grow with its partition count.
 
 use crate::error::{Error, Result};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::properties;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, Options, ReadOptions,
-    WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode,
+    Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
 use std::io;
 use std::path::{Path, PathBuf};
@@ -39,6 +42,51 @@ const META_CF: &str = "meta";
 const LAST_APPLIED_KEY: &[u8] = b"last_applied_decree";
 const TTL_FILTER_NAME: &str = "tandem-ttl";
 
+/// The memory every RocksDB of one server shares: a block cache for reads, and a budget for the
+/// memtables of all of them. Without it each replica took RocksDB's defaults (two 64 MiB
+/// memtables and its own block cache), so a server's memory grew by ~150 MiB per partition.
+#[derive(Clone)]
+pub struct EngineMemory {
+    block_cache: Cache,
+    memtables: WriteBufferManager,
+}
+
+impl EngineMemory {
+    /// When the memtables of all engines together pass `memtable_bytes` (RocksDB counts from 7/8
+    /// of it), the engine being written flushes its memtables. Writes are not stalled: a burst
+    /// can exceed the budget by what is being flushed.
+    pub fn new(block_cache_bytes: usize, memtable_bytes: usize) -> Self {
+        EngineMemory {
+            block_cache: Cache::new_lru_cache(block_cache_bytes),
+            memtables: WriteBufferManager::new_write_buffer_manager(memtable_bytes, false),
+        }
+    }
+
+    pub fn memtable_bytes(&self) -> usize {
+        self.memtables.get_usage()
+    }
+
+    pub fn block_cache_bytes(&self) -> usize {
+        self.block_cache.get_usage()
+    }
+
+    fn apply(&self, db: &mut Options, column_families: [&mut Options; 2]) {
+        db.set_write_buffer_manager(&self.memtables);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.block_cache);
+        for cf in column_families {
+            cf.set_block_based_table_factory(&table);
+        }
+    }
+}
+
+impl Default for EngineMemory {
+    /// Small budgets, for tests and tools that open an engine or two.
+    fn default() -> Self {
+        EngineMemory::new(8 << 20, 64 << 20)
+    }
+}
+
 pub struct RocksEngine {
     db: DB,
     dir: PathBuf,
@@ -51,8 +99,8 @@ pub struct RocksEngine {
 }
 
 impl RocksEngine {
-    /// Opens the replica's database in `dir`, creating it if missing.
-    pub fn open(dir: &Path) -> Result<RocksEngine> {
+    /// Opens the replica's database in `dir`, creating it if missing, within the server's memory.
+    pub fn open(dir: &Path, memory: &EngineMemory) -> Result<RocksEngine> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
@@ -64,8 +112,9 @@ impl RocksEngine {
         let mut data_options = Options::default();
         data_options.set_compression_type(DBCompressionType::Lz4);
         data_options.set_compaction_filter(TTL_FILTER_NAME, ttl_filter);
-        let descriptors =
-            vec![ColumnFamilyDescriptor::new(DATA_CF, data_options), ColumnFamilyDescriptor::new(META_CF, Options::default())];
+        let mut meta_options = Options::default();
+        memory.apply(&mut db_options, [&mut data_options, &mut meta_options]);
+        let descriptors = vec![ColumnFamilyDescriptor::new(DATA_CF, data_options), ColumnFamilyDescriptor::new(META_CF, meta_options)];
         let db = DB::open_cf_descriptors(&db_options, dir, descriptors).map_err(|e| Error::rocks("open", dir, e))?;
 
         let last_applied = {
@@ -113,7 +162,7 @@ impl RocksEngine {
     }
 
     /// Flushes, then writes a checkpoint (hard links to the SST files where possible) into `dir`,
-    /// which must not exist yet. Returns the decree it holds; `RocksEngine::open(dir)` serves it.
+    /// which must not exist yet. Returns the decree it holds; `RocksEngine::open(dir, ..)` serves it.
     pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
         match dir.try_exists() {
             Ok(false) => {}
@@ -282,7 +331,7 @@ mod tests {
     fn conforms_to_the_engine_contract() {
         engine_conformance(|| {
             let dir = tempfile::tempdir().unwrap();
-            let engine = RocksEngine::open(dir.path()).unwrap();
+            let engine = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
             Box::new(TempEngine { engine, _dir: dir })
         });
     }
@@ -290,7 +339,7 @@ mod tests {
     #[test]
     fn scan_respects_bounds_and_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = RocksEngine::open(dir.path()).unwrap();
+        let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         e.apply(1, &[put("a", "1"), put("b", "2"), put("c", "3"), put("d", "4")]).unwrap();
         let keys = |records: Vec<(Vec<u8>, Vec<u8>)>| records.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(keys(e.scan(b"b", Some(b"d"), 10).unwrap()), [b"b".to_vec(), b"c".to_vec()]);
@@ -303,7 +352,7 @@ mod tests {
     fn reopen_after_flush_keeps_data_and_decree() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut e = RocksEngine::open(dir.path()).unwrap();
+            let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
             e.apply(1, &[put("a", "1")]).unwrap();
             e.apply(2, &[put("b", "2")]).unwrap();
             e.apply(3, &[WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
@@ -312,7 +361,7 @@ mod tests {
             assert_eq!(e.last_flushed_decree(), 3);
             assert!(e.approximate_bytes().unwrap() > 0);
         }
-        let mut e = RocksEngine::open(dir.path()).unwrap();
+        let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         assert_eq!(e.last_applied_decree(), 3);
         assert_eq!(e.last_flushed_decree(), 3);
         assert_eq!(all(&e), [(b"b".to_vec(), b"2".to_vec())]);
@@ -335,7 +384,7 @@ mod tests {
     fn a_crash_loses_unflushed_decrees_but_data_and_decree_agree() {
         let dir = tempfile::tempdir().unwrap();
         let crashed = tempfile::tempdir().unwrap();
-        let mut e = RocksEngine::open(dir.path()).unwrap();
+        let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         e.apply(1, &[put("a", "1")]).unwrap();
         e.apply(2, &[put("b", "2")]).unwrap();
         e.flush().unwrap();
@@ -343,7 +392,7 @@ mod tests {
         e.apply(4, &[put("d", "4")]).unwrap();
         crash_image(dir.path(), crashed.path());
 
-        let mut recovered = RocksEngine::open(crashed.path()).unwrap();
+        let mut recovered = RocksEngine::open(crashed.path(), &EngineMemory::default()).unwrap();
         assert_eq!(recovered.last_applied_decree(), 2);
         assert_eq!(all(&recovered), [(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
         // Replaying the log from decree 3 brings it back to the state before the crash.
@@ -356,10 +405,10 @@ mod tests {
     fn a_clean_close_flushes() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut e = RocksEngine::open(dir.path()).unwrap();
+            let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
             e.apply(1, &[put("a", "1")]).unwrap();
         }
-        let e = RocksEngine::open(dir.path()).unwrap();
+        let e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         assert_eq!(e.last_applied_decree(), 1);
         assert_eq!(all(&e), [(b"a".to_vec(), b"1".to_vec())]);
     }
@@ -369,7 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = tempfile::tempdir().unwrap();
         let copy_dir = target.path().join("checkpoint");
-        let mut e = RocksEngine::open(dir.path()).unwrap();
+        let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         for decree in 1..=50 {
             e.apply(decree, &[put(&format!("k{decree:03}"), &format!("v{decree}"))]).unwrap();
         }
@@ -378,7 +427,7 @@ mod tests {
         // Writes after the checkpoint do not leak into it.
         e.apply(51, &[put("late", "x")]).unwrap();
 
-        let copy = RocksEngine::open(&copy_dir).unwrap();
+        let copy = RocksEngine::open(&copy_dir, &EngineMemory::default()).unwrap();
         assert_eq!(copy.last_applied_decree(), 50);
         let mut expected = all(&e);
         expected.retain(|(k, _)| k != b"late");
@@ -392,7 +441,7 @@ mod tests {
     #[test]
     fn ttl_filter_drops_only_expired_values() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = RocksEngine::open(dir.path()).unwrap();
+        let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         let expired = encode_value(1, 7, b"old");
         let later = encode_value(now_s() + 3600, 7, b"later");
         let forever = encode_value(0, 7, b"forever");

@@ -497,6 +497,13 @@ impl Replica {
         self.stream_prepared = self.stream_prepared.min(decree - 1);
     }
 
+    /// A new byte budget for the committed part of the in-memory log (the server divides its
+    /// budget among its replicas as they come and go); a smaller one is enforced at once.
+    pub fn set_log_cache_bytes_max(&mut self, bytes: usize) {
+        self.options.log_cache_bytes_max = bytes;
+        self.trim_log_cache();
+    }
+
     /// Keeps the committed part of the in-memory log within its byte budget.
     fn trim_log_cache(&mut self) {
         while self.log_cache_bytes > self.options.log_cache_bytes_max {

@@ -288,6 +288,21 @@ fn learner_too_far_behind_gets_a_checkpoint() {
 }
 
 #[test]
+fn a_smaller_log_cache_share_sends_the_next_learner_to_a_checkpoint() {
+    let mut r = replica(P, ReplicaOptions::default());
+    r.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, &[], &[L]) });
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(1), Input::LogAppended { ballot: 1, decree: 1 });
+    r.take_actions();
+    assert_eq!(r.log_cache_start(), 1, "the default budget keeps decree 1");
+    r.set_log_cache_bytes_max(0);
+    assert_eq!(r.take_actions(), vec![], "trimming the cache is no action");
+    assert_eq!(r.log_cache_start(), 2);
+    r.step(&ctx(2), Input::LearnRequest { token: 8, request: LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 } });
+    assert_eq!(r.take_actions(), vec![Action::ServeCheckpoint { token: 8 }]);
+}
+
+#[test]
 fn learner_installs_checkpoint_then_learns_by_log() {
     let mut l = replica(L, ReplicaOptions::default());
     l.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, &[], &[L]) });
