@@ -51,12 +51,22 @@ async fn kill_everything_and_restart(store: Store) {
 async fn restart_meta_alone(store: Store) {
     let mut cluster = Cluster::start(3, store).await;
     cluster.create_table("t", 4, 3).await;
+    cluster.wait_healthy(Duration::from_secs(30)).await;
+    let mut before = Vec::new();
+    for p in 0..4 {
+        before.push(cluster.partition("t", p).await);
+    }
     let load = start_load(&cluster, "t").await;
     cluster.kill_meta();
     cluster.start_meta();
     let acked = load.finish(&cluster).await;
     assert_eq!(acked.len(), KEYS, "every write succeeds across a meta restart\n{}", cluster.logs_tail());
     assert_all_read_back(&cluster, "t", &acked).await;
+    // The replica servers did not restart: the new meta process moves no partition to a new ballot.
+    for (p, was) in before.iter().enumerate() {
+        let now = cluster.partition("t", p as u32).await;
+        assert_eq!((now.ballot, &now.primary), (was.ballot, &was.primary), "partition {p}\n{}", cluster.logs_tail());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

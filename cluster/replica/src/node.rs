@@ -37,6 +37,8 @@ pub struct Node {
     lease_until_ms: AtomicU64,
     start: Instant,
     incarnation: u64,
+    /// No beacon of this process has been answered yet (see `BeaconRequest.restarted`).
+    restarted: std::sync::atomic::AtomicBool,
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
     /// The batch stream to each peer, which carries the prepares of every partition.
     peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
@@ -187,6 +189,7 @@ impl Node {
             replicas,
             incarnation: self.incarnation,
             lease_period_ms: self.opts.lease_period_ms,
+            restarted: self.restarted.load(Ordering::Acquire),
         };
         let resp = self.meta.call(|mut c| {
             let req = req.clone();
@@ -194,6 +197,7 @@ impl Node {
         })
         .await
         .map_err(|s| anyhow::anyhow!("beacon to meta failed: {}", s.message()))?;
+        self.restarted.store(false, Ordering::Release);
         // Configurations first, lease after: a primary the meta has replaced learns it before
         // the renewed lease would let it serve another read.
         let mut configured = Vec::new();
@@ -355,6 +359,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         lease_until_ms: AtomicU64::new(0),
         start: Instant::now(),
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
+        restarted: std::sync::atomic::AtomicBool::new(true),
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
         outside_since: Mutex::new(HashMap::new()),

@@ -212,7 +212,7 @@ impl SimMeta {
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
         match msg {
-            Msg::Beacon { node, incarnation, reports, sent_at_ms, lease_period_ms } => {
+            Msg::Beacon { node, incarnation, reports, sent_at_ms, lease_period_ms, restarted } => {
                 if let Err(e) = check_lease(&node, lease_period_ms, self.opts.grace_period_ms) {
                     self.reply(io, from, Msg::BeaconResp { incarnation, sent_at_ms, result: Err(e) });
                     return;
@@ -221,7 +221,7 @@ impl SimMeta {
                 if self.fd.on_beacon(&node, now) && !self.store.nodes.contains(&node) {
                     self.store.nodes.push(node.clone());
                 }
-                if self.fd.on_incarnation(&node, incarnation) {
+                if self.fd.on_incarnation(&node, incarnation, restarted) {
                     let gpids: Vec<Gpid> = self.partitions.keys().copied().collect();
                     for gpid in gpids {
                         if let Some(next) = reassign_restarted_primary(&self.partitions[&gpid], &node)

@@ -82,6 +82,8 @@ pub enum Msg {
         reports: Vec<ReplicaState>,
         sent_at_ms: u64,
         lease_period_ms: u64,
+        /// No beacon of this process was answered yet.
+        restarted: bool,
     },
     BeaconResp {
         incarnation: u64,

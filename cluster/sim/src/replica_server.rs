@@ -103,6 +103,8 @@ pub struct ReplicaServer {
     pub clock: NodeClock,
     pub up: bool,
     pub incarnation: u64,
+    /// No beacon of this process has been answered yet.
+    restarted: bool,
     // On disk.
     pub log: SimLog<Waiter>,
     disk_engines: BTreeMap<Gpid, SimEngine>,
@@ -133,6 +135,7 @@ impl ReplicaServer {
             clock,
             up: false,
             incarnation: 0,
+            restarted: true,
             log: SimLog::default(),
             disk_engines: BTreeMap::new(),
             replicas: BTreeMap::new(),
@@ -176,6 +179,7 @@ impl ReplicaServer {
         assert!(!self.up, "{} is already up", self.me);
         self.up = true;
         self.incarnation += 1;
+        self.restarted = true;
         self.boot_us = io.now_us;
         self.lease_until_ms = 0;
         let (records, cut) = self.log.replay();
@@ -396,6 +400,7 @@ impl ReplicaServer {
             reports,
             sent_at_ms,
             lease_period_ms: self.opts.lease_period_ms,
+            restarted: self.restarted,
         };
         io.send(self.endpoint(), Endpoint::Meta, msg);
         io.timer(self.opts.beacon_interval_ms * 1_000, Event::Beacon { node: self.index, incarnation: self.incarnation });
@@ -568,6 +573,7 @@ impl ReplicaServer {
                 if let Ok(configs) = result
                     && incarnation == self.incarnation
                 {
+                    self.restarted = false;
                     self.on_beacon_reply(io, sent_at_ms, configs);
                 }
             }

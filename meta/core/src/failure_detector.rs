@@ -16,8 +16,8 @@ pub struct NodeLiveness {
 pub struct FailureDetector {
     grace_period_ms: u64,
     nodes: BTreeMap<NodeAddr, NodeLiveness>,
-    /// The process incarnation of each server's last beacon (not persisted: after a meta
-    /// restart every server counts as restarted once).
+    /// The process incarnation of each server's last beacon (not persisted: a server says
+    /// itself whether it restarted, see `on_incarnation`).
     incarnations: BTreeMap<NodeAddr, u64>,
 }
 
@@ -29,11 +29,16 @@ impl FailureDetector {
         FailureDetector { grace_period_ms, nodes, incarnations: BTreeMap::new() }
     }
 
-    /// Records the process incarnation a beacon came from. True when the server restarted since
-    /// its previous beacon, or this meta has not heard from it since its own start: the caller
-    /// then gives the server's primaries a new ballot (`beacon::reassign_restarted_primary`).
-    pub fn on_incarnation(&mut self, node: &str, incarnation: u64) -> bool {
-        self.incarnations.insert(node.to_string(), incarnation) != Some(incarnation)
+    /// Records the process incarnation a beacon came from. True when the server restarted and
+    /// this meta has not acted on it yet: the caller then gives the server's primaries a new
+    /// ballot (`beacon::reassign_restarted_primary`). `restarted` is the server's own word: set
+    /// on every beacon until one is answered, so a new meta leader, which knows no incarnation,
+    /// does not take every server for restarted and re-ballot every partition of the cluster.
+    /// A restarted process serves nothing before an answered beacon (it has no lease and no
+    /// role), so the answer that clears its flag always comes after the new ballots.
+    pub fn on_incarnation(&mut self, node: &str, incarnation: u64, restarted: bool) -> bool {
+        let new = self.incarnations.insert(node.to_string(), incarnation) != Some(incarnation);
+        new && restarted
     }
 
     /// Forgets `node`'s incarnation, so its next beacon counts as a restart again (the caller
@@ -94,12 +99,14 @@ mod tests {
     }
 
     #[test]
-    fn a_new_incarnation_is_a_restart() {
+    fn a_restart_counts_once_per_incarnation_and_only_when_the_server_says_so() {
         let mut fd = FailureDetector::new(8_000, [], 0);
-        assert!(fd.on_incarnation("a", 7), "unknown since this meta started");
-        assert!(!fd.on_incarnation("a", 7));
-        assert!(fd.on_incarnation("a", 9));
+        assert!(fd.on_incarnation("a", 7, true), "a restarted server, new to this meta");
+        assert!(!fd.on_incarnation("a", 7, true), "its next beacon, before an answer reached it");
+        assert!(fd.on_incarnation("a", 9, true));
         fd.forget_incarnation("a");
-        assert!(fd.on_incarnation("a", 9), "forgotten: counts as a restart again");
+        assert!(fd.on_incarnation("a", 9, true), "forgotten: counts as a restart again");
+        assert!(!fd.on_incarnation("b", 3, false), "a server this meta never saw, answered before: a new leader");
+        assert!(!fd.on_incarnation("b", 3, false));
     }
 }

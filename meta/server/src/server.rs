@@ -387,7 +387,7 @@ impl MetaService for MetaRpc {
             tracing::info!("replica server {} is alive", req.node);
             self.store.register_node(&req.node, wall_ms()).await.map_err(store_status)?;
         }
-        if state.fd.on_incarnation(&req.node, req.incarnation) {
+        if state.fd.on_incarnation(&req.node, req.incarnation, req.restarted) {
             // A restarted server lost its unsynced log tail: its primaries continue under a new
             // ballot, so members can tell its new stream from its previous life's.
             let bumps: Vec<PartitionConfig> = state.partitions.values().filter_map(|c| reassign_restarted_primary(c, &req.node)).collect();
