@@ -62,14 +62,10 @@ impl Caller {
         }
     }
 
-    fn expired(self, now: Instant) -> Option<Caller> {
-        match self {
-            Caller::Then { done, deadline } if deadline <= now => {
-                done(Err(Status::deadline_exceeded("no answer in time on the batch stream")));
-                None
-            }
-            Caller::Task(tx) if tx.is_closed() => None,
-            caller => Some(caller),
+    /// Lets go of a caller that `is_gone`: one past its deadline learns it timed out.
+    fn give_up(self) {
+        if let Caller::Then { done, .. } = self {
+            done(Err(Status::deadline_exceeded("no answer in time on the batch stream")));
         }
     }
 }
@@ -149,10 +145,7 @@ impl Waiting {
     /// Forgets the callers that gave up and answers those past their deadline.
     fn sweep(&mut self) {
         let now = Instant::now();
-        if self.callers.values().any(|c| c.is_gone(now)) {
-            let callers = std::mem::take(&mut self.callers);
-            self.callers = callers.into_iter().filter_map(|(id, c)| c.expired(now).map(|c| (id, c))).collect();
-        }
+        self.callers.extract_if(|_, c| c.is_gone(now)).for_each(|(_, c)| c.give_up());
     }
 }
 
@@ -267,9 +260,9 @@ async fn open(
             response = &mut opening => return response.map(|r| r.into_inner()),
             _ = &mut give_up => return Err(Status::unavailable(format!("the stream did not open within {OPEN_TIMEOUT:?}"))),
             _ = sweep.tick() => {
-                if let Some(q) = first.take() {
-                    let Queued { call, reply } = q;
-                    *first = reply.expired(Instant::now()).map(|reply| Queued { call, reply });
+                let now = Instant::now();
+                if let Some(q) = first.take_if(|q| q.reply.is_gone(now)) {
+                    q.reply.give_up();
                 }
             }
         }

@@ -7,9 +7,9 @@ use crate::metrics::Metrics;
 use crate::options::ReplicaServerOptions;
 use crate::replica_task::{self, Event, ReplicaHandle, SharedEngine};
 use anyhow::Context;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_client::batch::BatchConn;
@@ -38,7 +38,7 @@ pub struct Node {
     start: Instant,
     incarnation: u64,
     /// No beacon of this process has been answered yet (see `BeaconRequest.restarted`).
-    restarted: std::sync::atomic::AtomicBool,
+    restarted: AtomicBool,
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
     /// The batch stream to each peer, which carries the prepares of every partition.
     peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
@@ -46,7 +46,7 @@ pub struct Node {
     /// while that configuration had a primary; see `collect_inactive`.
     outside_since: Mutex<HashMap<Gpid, u64>>,
     /// Replicas being stopped and deleted: not recreated until their directory is gone.
-    removing: Mutex<std::collections::HashSet<Gpid>>,
+    removing: Mutex<HashSet<Gpid>>,
 }
 
 impl Node {
@@ -165,12 +165,10 @@ impl Node {
     /// members then hold every committed write, so this copy is a stale subset; a partition
     /// without a primary may need it back (the meta revives the last dropped member when every
     /// member is gone), and a copy the meta adds again as a learner stops the clock.
+    /// `configs`: those of this beacon reply that a local replica took.
     fn collect_inactive(&self, configs: &[tandem_core::PartitionConfig], now_ms: u64) -> Vec<Gpid> {
         let mut outside = self.outside_since.lock().expect("outside lock");
         for config in configs {
-            if self.replica(config.gpid).is_none() {
-                continue;
-            }
             if config.hosts(&self.me) || config.primary.is_none() {
                 outside.remove(&config.gpid);
             } else {
@@ -359,11 +357,11 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         lease_until_ms: AtomicU64::new(0),
         start: Instant::now(),
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
-        restarted: std::sync::atomic::AtomicBool::new(true),
+        restarted: AtomicBool::new(true),
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
         outside_since: Mutex::new(HashMap::new()),
-        removing: Mutex::new(std::collections::HashSet::new()),
+        removing: Mutex::new(HashSet::new()),
         opts: opts.clone(),
     });
     // Open every replica found on disk.

@@ -68,20 +68,6 @@ impl<T: 'static> Reply<T> {
         Reply(Some(Box::new(f)))
     }
 
-    /// A reply into a oneshot channel, whose receiver sees a closed channel for None.
-    pub fn oneshot() -> (Self, oneshot::Receiver<T>)
-    where
-        T: Send,
-    {
-        let (tx, rx) = oneshot::channel();
-        let reply = Reply::new(move |answer| {
-            if let Some(answer) = answer {
-                let _ = tx.send(answer);
-            }
-        });
-        (reply, rx)
-    }
-
     pub fn send(mut self, answer: T) {
         if let Some(f) = self.0.take() {
             f(Some(answer));

@@ -118,25 +118,8 @@ impl Service {
         rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the read"))?.map_err(|e| core_status(&e))
     }
 
-    /// One get of a batch stream (or a call without a request), answered as its unary RPC
-    /// would be.
-    async fn serve_call(self, id: u64, call: Option<v1::batch_call::Call>) -> v1::BatchReply {
-        use v1::batch_call::Call;
-        use v1::batch_reply::Reply;
-        let reply = match call {
-            Some(Call::Get(req)) => self.do_get(req).await.map(Reply::Get),
-            Some(Call::Write(_) | Call::Prepare(_)) => unreachable!("writes and prepares are started, not served"),
-            None => Err(invalid("batch call without a request")),
-        };
-        v1::BatchReply { id, reply: Some(reply.unwrap_or_else(|status| Reply::Error(batch_error(&status)))) }
-    }
-
     async fn do_write(&self, req: v1::WriteRequest) -> Result<v1::WriteResponse, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.start_write(req, move |result| {
-            let _ = tx.send(result);
-        });
-        rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the write"))?
+        answer_of("write", |done| self.start_write(req, done)).await
     }
 
     /// Checks a write, hands it to its replica and calls `done` with the answer, the way the
@@ -213,11 +196,7 @@ impl Service {
     }
 
     async fn do_prepare(&self, req: v1::PrepareRequest) -> Result<v1::PrepareResponse, Status> {
-        let (tx, rx) = oneshot::channel();
-        self.start_prepare(req, move |result| {
-            let _ = tx.send(result);
-        });
-        rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the prepare"))?
+        answer_of("prepare", |done| self.start_prepare(req, done)).await
     }
 
     /// A prepare from the partition's primary (from the peer's batch stream or a unary call):
@@ -270,6 +249,15 @@ impl Service {
     fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
         observe(&self.node.metrics, op, start, r);
     }
+}
+
+/// Waits for the answer a `start_*` call gives its `done`, for the unary RPCs.
+async fn answer_of<T: Send + 'static>(what: &str, start: impl FnOnce(Box<dyn FnOnce(Result<T, Status>) + Send>)) -> Result<T, Status> {
+    let (tx, rx) = oneshot::channel();
+    start(Box::new(move |result| {
+        let _ = tx.send(result);
+    }));
+    rx.await.map_err(|_| ErrorKind::Busy.status(format!("replica dropped the {what}")))?
 }
 
 /// What answers batch call `id`: puts its reply into the stream's outgoing queue, from wherever
@@ -343,18 +331,14 @@ impl ReplicaService for Service {
                     match call.call {
                         Some(Call::Write(req)) => service.start_write(req, answer_into(&tx, id, Reply::Write)),
                         Some(Call::Prepare(req)) => service.start_prepare(req, answer_into(&tx, id, Reply::Prepare)),
-                        call => {
-                            let mut reply = Box::pin(service.clone().serve_call(id, call));
-                            match (&mut reply).now_or_never() {
-                                Some(r) => {
-                                    let _ = tx.send(r);
-                                }
-                                None => {
-                                    let tx = tx.clone();
-                                    tokio::spawn(async move {
-                                        let _ = tx.send(reply.await);
-                                    });
-                                }
+                        None => answer_into(&tx, id, Reply::Get)(Err(invalid("batch call without a request"))),
+                        Some(Call::Get(req)) => {
+                            // A get the read gate lets through is answered inline, without a task.
+                            let done = answer_into(&tx, id, Reply::Get);
+                            let service = service.clone();
+                            let mut reply = Box::pin(async move { done(service.do_get(req).await) });
+                            if (&mut reply).now_or_never().is_none() {
+                                tokio::spawn(reply);
                             }
                         }
                     }
