@@ -111,28 +111,36 @@ pub struct ReplicaSection {
 }
 
 impl Default for ReplicaSection {
+    /// The server's own defaults (`ReplicaServerOptions`, `HostOptions`, `LogOptions`), so each
+    /// value is written once.
     fn default() -> Self {
+        let listen: SocketAddr = "127.0.0.1:34801".parse().expect("a socket address");
+        let o = tandem_replica::ReplicaServerOptions::with_defaults(listen, vec!["127.0.0.1:34601".into()], "./tandem-data/replica".into());
+        let ms = Duration::from_millis;
         ReplicaSection {
-            listen: "127.0.0.1:34801".into(),
+            listen: listen.to_string(),
             advertise: String::new(),
-            meta: vec!["127.0.0.1:34601".into()],
-            data_dir: PathBuf::from("./tandem-data/replica"),
+            meta: o.meta,
+            data_dir: o.data_dir,
             metrics_listen: String::new(),
-            beacon_interval: Duration::from_secs(1),
-            lease_period: Duration::from_secs(6),
-            prepare_timeout: Duration::from_secs(5),
-            group_check_interval: Duration::from_secs(1),
-            log_sync: LogSync::EveryBatch,
-            log_group_commit_window: Duration::from_millis(1),
-            log_segment_bytes_max: ByteSize::mib(64),
-            log_cache_bytes_max: ByteSize::mib(256),
-            block_cache_bytes: ByteSize::mib(128),
-            memtable_bytes_max: ByteSize::mib(256),
-            prepare_batch_bytes_max: ByteSize::mib(4),
-            max_value_bytes: ByteSize::mib(1),
-            log_gc_interval: Duration::from_secs(30),
-            inactive_replica_gc_delay: Duration::from_secs(600),
-            cluster_id: 1,
+            beacon_interval: ms(o.host.beacon_interval_ms),
+            lease_period: ms(o.host.lease_period_ms),
+            prepare_timeout: ms(o.host.replica.prepare_timeout_ms),
+            group_check_interval: ms(o.host.replica.group_check_interval_ms),
+            log_sync: match o.log.sync {
+                tandem_storage::SyncPolicy::EveryBatch => LogSync::EveryBatch,
+                tandem_storage::SyncPolicy::None => LogSync::None,
+            },
+            log_group_commit_window: o.log.group_commit_window,
+            log_segment_bytes_max: ByteSize::b(o.log.segment_bytes_max),
+            log_cache_bytes_max: ByteSize::b(o.host.log_cache_bytes_max as u64),
+            block_cache_bytes: ByteSize::b(o.block_cache_bytes as u64),
+            memtable_bytes_max: ByteSize::b(o.memtable_bytes_max as u64),
+            prepare_batch_bytes_max: ByteSize::b(o.host.replica.prepare_batch_bytes_max as u64),
+            max_value_bytes: ByteSize::b(o.host.replica.limits.value_bytes_max as u64),
+            log_gc_interval: ms(o.host.log_gc_interval_ms),
+            inactive_replica_gc_delay: ms(o.host.inactive_replica_gc_delay_ms),
+            cluster_id: o.host.replica.cluster_id,
         }
     }
 }
@@ -372,24 +380,25 @@ impl Config {
         let mut o = tandem_replica::ReplicaServerOptions::with_defaults(listen, r.meta.clone(), r.data_dir.clone());
         o.advertise = if r.advertise.is_empty() { listen.to_string() } else { r.advertise.clone() };
         o.metrics_listen = if r.metrics_listen.is_empty() { None } else { Some(r.metrics_listen.parse()?) };
-        o.beacon_interval_ms = r.beacon_interval.as_millis() as u64;
-        o.lease_period_ms = r.lease_period.as_millis() as u64;
-        o.log_gc_interval_ms = r.log_gc_interval.as_millis() as u64;
-        o.inactive_replica_gc_delay_ms = r.inactive_replica_gc_delay.as_millis() as u64;
+        o.host.beacon_interval_ms = r.beacon_interval.as_millis() as u64;
+        o.host.lease_period_ms = r.lease_period.as_millis() as u64;
+        o.host.log_gc_interval_ms = r.log_gc_interval.as_millis() as u64;
+        o.host.inactive_replica_gc_delay_ms = r.inactive_replica_gc_delay.as_millis() as u64;
         o.log.segment_bytes_max = r.log_segment_bytes_max.as_u64();
         o.log.group_commit_window = r.log_group_commit_window;
         o.log.sync = match r.log_sync {
             LogSync::EveryBatch => tandem_storage::SyncPolicy::EveryBatch,
             LogSync::None => tandem_storage::SyncPolicy::None,
         };
-        o.replica.prepare_timeout_ms = r.prepare_timeout.as_millis() as u64;
-        o.replica.group_check_interval_ms = r.group_check_interval.as_millis() as u64;
-        o.log_cache_bytes_max = r.log_cache_bytes_max.as_u64() as usize;
+        o.host.replica.prepare_timeout_ms = r.prepare_timeout.as_millis() as u64;
+        o.host.replica.group_check_interval_ms = r.group_check_interval.as_millis() as u64;
+        o.host.log_cache_bytes_max = r.log_cache_bytes_max.as_u64() as usize;
         o.block_cache_bytes = r.block_cache_bytes.as_u64() as usize;
         o.memtable_bytes_max = r.memtable_bytes_max.as_u64() as usize;
-        o.replica.prepare_batch_bytes_max = r.prepare_batch_bytes_max.as_u64() as usize;
-        o.replica.cluster_id = r.cluster_id;
-        o.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
+        o.host.replica.prepare_batch_bytes_max = r.prepare_batch_bytes_max.as_u64() as usize;
+        o.host.replica.cluster_id = r.cluster_id;
+        o.host.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
+        o.host.validate().map_err(anyhow::Error::msg)?;
         Ok(o)
     }
 }

@@ -8,13 +8,9 @@ use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tandem_core::{Decree, Gpid};
 use tandem_proto::v1;
-
-/// Checkpoints kept per partition; older ones are deleted when a new one is made.
-const CHECKPOINTS_PER_PARTITION_MAX: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct ServedCheckpoint {
@@ -23,20 +19,24 @@ pub struct ServedCheckpoint {
     pub files: Vec<v1::CheckpointFile>,
 }
 
+/// The checkpoints this server serves, by partition and id. Which ones exist is the hosted
+/// replica's decision (`MakeCheckpoint`, `DeleteCheckpoint`); this only holds their files.
+#[derive(Clone)]
 pub struct Checkpoints {
     root: PathBuf,
-    next_id: AtomicU64,
-    served: Mutex<HashMap<Gpid, Vec<(String, ServedCheckpoint)>>>,
+    served: Arc<Mutex<HashMap<Gpid, Vec<(String, ServedCheckpoint)>>>>,
 }
 
 impl Checkpoints {
     pub fn new(root: PathBuf) -> Self {
-        Checkpoints { root, next_id: AtomicU64::new(1), served: Mutex::new(HashMap::new()) }
+        Checkpoints { root, served: Arc::new(Mutex::new(HashMap::new())) }
     }
 
-    /// Makes a checkpoint of `engine`; returns its id and decree.
-    pub async fn create(&self, gpid: Gpid, engine: SharedEngine) -> anyhow::Result<(String, Decree)> {
-        let id = format!("{}-{}", std::process::id(), self.next_id.fetch_add(1, Ordering::Relaxed));
+    /// Makes checkpoint `id` of `engine`; returns its decree.
+    pub async fn create(&self, gpid: Gpid, id: &str, engine: SharedEngine) -> anyhow::Result<Decree> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+            bail!("checkpoint id {id:?} is not a safe directory name");
+        }
         let dir = self.root.join(format!("{}.{}-{id}", gpid.table_id, gpid.partition));
         std::fs::create_dir_all(&self.root)?;
         let served = {
@@ -59,14 +59,32 @@ impl Checkpoints {
             .await??
         };
         let decree = served.decree;
-        let mut all = self.served.lock().expect("checkpoints lock");
-        let list = all.entry(gpid).or_default();
-        list.push((id.clone(), served));
-        while list.len() > CHECKPOINTS_PER_PARTITION_MAX {
-            let (_, old) = list.remove(0);
-            let _ = std::fs::remove_dir_all(&old.dir);
+        self.served.lock().expect("checkpoints lock").entry(gpid).or_default().push((id.to_string(), served));
+        Ok(decree)
+    }
+
+    /// Deletes checkpoint `id` of `gpid` (its files go in the background).
+    pub fn delete(&self, gpid: Gpid, id: &str) {
+        let removed = {
+            let mut all = self.served.lock().expect("checkpoints lock");
+            let list = all.entry(gpid).or_default();
+            let removed = list.iter().position(|(i, _)| i == id).map(|at| list.remove(at).1);
+            if list.is_empty() {
+                all.remove(&gpid);
+            }
+            removed
+        };
+        if let Some(cp) = removed {
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&cp.dir));
         }
-        Ok((id, decree))
+    }
+
+    /// Deletes every checkpoint of `gpid` (its replica is being removed). Blocking.
+    pub fn delete_partition(&self, gpid: Gpid) {
+        let removed = self.served.lock().expect("checkpoints lock").remove(&gpid).unwrap_or_default();
+        for (_, cp) in removed {
+            let _ = std::fs::remove_dir_all(&cp.dir);
+        }
     }
 
     pub fn get(&self, gpid: Gpid, id: &str) -> Option<ServedCheckpoint> {

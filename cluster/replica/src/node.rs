@@ -1,21 +1,23 @@
-//! The replica server process: opens the log and the replicas found on disk, serves gRPC, sends
-//! beacons to the meta (which grant the lease and carry the configurations), ticks every replica
-//! and garbage-collects the log.
+//! The replica server process: opens the log and the replicas found on disk, serves gRPC, and
+//! carries out what its IO-free host (`tandem_host::Host`) decides: beacons to the meta (which
+//! grant the lease and carry the configurations), replicas opened and deleted, ticks, engine
+//! flushes and log garbage collection.
 
 use crate::checkpoint::Checkpoints;
 use crate::metrics::Metrics;
 use crate::options::ReplicaServerOptions;
-use crate::replica_task::{self, Event, ReplicaHandle, SharedEngine};
+use crate::replica_task::{self, Event, ReplicaHandle, Rt, SharedEngine};
 use anyhow::Context;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_client::batch::BatchConn;
 use tandem_client::meta_conn::{endpoint, stream_endpoint, MetaConn};
-use tandem_core::replica::{Ctx, Input, Replica};
+use tandem_core::replica::{Ctx, Replica, ReplicaOptions};
 use tandem_core::{Gpid, LogRecord, Mutation};
+use tandem_host::{Host, HostAction, HostInput, HostedReplica, ReplicaEvent};
 use tandem_proto::convert::config_from_wire;
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
@@ -32,21 +34,20 @@ pub struct Node {
     pub checkpoints: Checkpoints,
     /// The block cache and memtable budget every replica's RocksDB shares.
     pub engine_memory: EngineMemory,
+    /// Where requests are routed: the replicas the host opened and has not removed.
     replicas: RwLock<HashMap<Gpid, ReplicaHandle>>,
     partition_counts: RwLock<HashMap<u32, u32>>,
     lease_until_ms: AtomicU64,
     start: Instant,
     incarnation: u64,
-    /// No beacon of this process has been answered yet (see `BeaconRequest.restarted`).
-    restarted: AtomicBool,
+    /// The decisions; never held across IO.
+    host: Mutex<Host>,
+    /// Set when the host stops the server.
+    stop: watch::Sender<Option<String>>,
+    beacon_failures: AtomicU32,
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
     /// The batch stream to each peer, which carries the prepares of every partition.
     peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
-    /// Since when (server ms) each local replica has been outside its partition's configuration
-    /// while that configuration had a primary; see `collect_inactive`.
-    outside_since: Mutex<HashMap<Gpid, u64>>,
-    /// Replicas being stopped and deleted: not recreated until their directory is gone.
-    removing: Mutex<HashSet<Gpid>>,
 }
 
 impl Node {
@@ -96,154 +97,193 @@ impl Node {
         Ok(conn)
     }
 
-    /// The core's options for one of `hosted` replicas: its share of the server's log cache.
-    fn replica_options(&self, hosted: usize) -> tandem_core::replica::ReplicaOptions {
-        let mut options = self.opts.replica.clone();
-        options.log_cache_bytes_max = self.log_cache_share(hosted);
-        options
-    }
-
-    pub fn log_cache_share(&self, hosted: usize) -> usize {
-        self.opts.log_cache_bytes_max / hosted.max(1)
-    }
-
-    pub fn hosted_replicas(&self) -> usize {
-        self.replicas.read().expect("replicas lock").len()
-    }
-
     fn replica_dir(&self, gpid: Gpid) -> PathBuf {
         replica_dir(&self.opts.data_dir, gpid)
     }
 
-    /// The replica of `gpid`, created empty if this server does not have it yet.
-    pub fn get_or_create_replica(self: &Arc<Self>, gpid: Gpid) -> anyhow::Result<ReplicaHandle> {
-        if let Some(h) = self.replica(gpid) {
-            return Ok(h);
+    /// A prepare arrived for a partition this server does not host: the host decides whether
+    /// to create it (a new partition's first prepare may beat the meta's beacon answer).
+    /// Returns the replica, or why there is none.
+    pub fn replica_for_prepare(self: &Arc<Self>, config: &tandem_core::PartitionConfig) -> Result<Option<ReplicaHandle>, String> {
+        if let Some(h) = self.replica(config.gpid) {
+            return Ok(Some(h));
         }
+        self.host_step(HostInput::PrepareForUnknown { config: config.clone() });
+        if let Some(h) = self.replica(config.gpid) {
+            return Ok(Some(h));
+        }
+        if self.host.lock().expect("host lock").is_removing(config.gpid) {
+            return Err(format!("replica {} is being removed from this server; it can be created again once that is done", config.gpid));
+        }
+        Ok(None)
+    }
+
+    /// Feeds the host, then carries out what it decided. Actions that must take effect before
+    /// the host's next input (opening a replica, the lease, partition counts) run under its
+    /// lock; the others after it, and none of them waits for IO there.
+    pub fn host_step(self: &Arc<Self>, input: HostInput) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let actions = {
+                let mut host = self.host.lock().expect("host lock");
+                host.step(input);
+                let mut later = Vec::new();
+                for action in host.take_actions() {
+                    match action {
+                        HostAction::OpenReplica { gpid, options } => {
+                            if let Err(e) = self.open_replica(gpid, options) {
+                                tracing::error!("cannot create replica {gpid}: {e:#}");
+                                inputs.push_back(HostInput::OpenFailed { gpid, error: format!("{e:#}") });
+                            }
+                        }
+                        HostAction::ExtendLease { until_ms } => {
+                            self.lease_until_ms.fetch_max(until_ms, Ordering::AcqRel);
+                        }
+                        HostAction::SetPartitionCount { table_id, partition_count } => {
+                            self.partition_counts.write().expect("partition counts lock").insert(table_id, partition_count);
+                        }
+                        other => later.push(other),
+                    }
+                }
+                later
+            };
+            for action in actions {
+                self.execute(action, &mut inputs);
+            }
+        }
+    }
+
+    fn execute(self: &Arc<Self>, action: HostAction, inputs: &mut VecDeque<HostInput>) {
+        match action {
+            HostAction::Configure { gpid, config } => {
+                let sent = self.replica(gpid).is_some_and(|h| h.send(ReplicaEvent::Configure { config }));
+                if !sent {
+                    inputs.push_back(HostInput::Configured { gpid, status: None });
+                }
+            }
+            HostAction::TickReplicas { log_cache_bytes_max } => {
+                for h in self.replica_handles() {
+                    h.send(ReplicaEvent::Tick { log_cache_bytes_max });
+                }
+            }
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms } => {
+                let node = self.clone();
+                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms).await });
+            }
+            HostAction::RemoveReplica { gpid, why } => {
+                let node = self.clone();
+                tokio::spawn(async move { node.remove_replica(gpid, &why).await });
+            }
+            HostAction::FlushEngine { gpid } => {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let decree = match node.replica(gpid) {
+                        Some(h) if h.send(Event::Flush { done: tx }) => rx.await.ok().flatten(),
+                        _ => None,
+                    };
+                    node.host_step(HostInput::EngineFlushed { gpid, decree });
+                });
+            }
+            HostAction::CollectLog { keep_after } => {
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || match log.gc(&|g| keep_after.get(&g).copied()) {
+                    Ok(n) if n > 0 => tracing::info!("log gc removed {n} segments"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("log gc failed: {e}"),
+                });
+            }
+            HostAction::Stop { error } => {
+                let _ = self.stop.send(Some(error));
+            }
+            HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } => {
+                unreachable!("run under the host's lock")
+            }
+        }
+    }
+
+    /// Opens (or creates empty) the replica of `gpid` and starts its task.
+    fn open_replica(self: &Arc<Self>, gpid: Gpid, options: ReplicaOptions) -> anyhow::Result<()> {
         let mut replicas = self.replicas.write().expect("replicas lock");
-        if let Some(h) = replicas.get(&gpid) {
-            return Ok(h.clone());
-        }
-        if self.removing.lock().expect("removing lock").contains(&gpid) {
-            anyhow::bail!("replica {gpid} is being removed from this server; it can be created again once that is done");
+        if replicas.contains_key(&gpid) {
+            return Ok(());
         }
         let dir = self.replica_dir(gpid);
         let engine = open_engine(&dir, &self.engine_memory)?;
-        let replica = Replica::open(gpid, self.me.clone(), self.replica_options(replicas.len() + 1), Box::new(engine.clone()), vec![]);
-        let handle = replica_task::spawn(self.clone(), replica, engine, dir);
-        replicas.insert(gpid, handle.clone());
-        Ok(handle)
+        let core = Replica::open(gpid, self.me.clone(), options, Box::new(engine.clone()), vec![]);
+        let hosted = HostedReplica::new(core, self.incarnation, &self.opts.host);
+        replicas.insert(gpid, replica_task::spawn(self.clone(), hosted, engine, dir));
+        Ok(())
     }
 
     /// Stops a replica and deletes its data; `why` goes into the server's log.
-    async fn remove_replica(&self, gpid: Gpid, why: &str) {
-        let handle = {
-            let mut replicas = self.replicas.write().expect("replicas lock");
-            let handle = replicas.remove(&gpid);
-            if handle.is_some() {
-                self.removing.lock().expect("removing lock").insert(gpid);
-            }
-            handle
-        };
+    async fn remove_replica(self: &Arc<Self>, gpid: Gpid, why: &str) {
+        let handle = self.replicas.write().expect("replicas lock").remove(&gpid);
         if let Some(h) = handle {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if h.send(Event::Stop { done: tx }) {
                 let _ = rx.await;
             }
-            let dir = self.replica_dir(gpid);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!("could not remove {}: {e}", dir.display());
-            }
-            self.removing.lock().expect("removing lock").remove(&gpid);
-            self.outside_since.lock().expect("outside lock").remove(&gpid);
-            tracing::info!("removed replica {gpid}: {why}");
         }
+        let dir = self.replica_dir(gpid);
+        let checkpoints = self.checkpoints.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            checkpoints.delete_partition(gpid);
+            std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => tracing::info!("removed replica {gpid}: {why}"),
+            Ok(Err(e)) => tracing::warn!("could not remove the data of replica {gpid}: {e}"),
+            Err(e) => tracing::warn!("could not remove the data of replica {gpid}: {e}"),
+        }
+        self.host_step(HostInput::ReplicaRemoved { gpid });
     }
 
-    /// Tracks the local replicas that a configuration from the meta leaves out, and returns those
-    /// left out for `inactive_replica_gc_delay`. Only while the configuration has a primary: its
-    /// members then hold every committed write, so this copy is a stale subset; a partition
-    /// without a primary may need it back (the meta revives the last dropped member when every
-    /// member is gone), and a copy the meta adds again as a learner stops the clock.
-    /// `configs`: those of this beacon reply that a local replica took.
-    fn collect_inactive(&self, configs: &[tandem_core::PartitionConfig], now_ms: u64) -> Vec<Gpid> {
-        let mut outside = self.outside_since.lock().expect("outside lock");
-        for config in configs {
-            if config.hosts(&self.me) || config.primary.is_none() {
-                outside.remove(&config.gpid);
-            } else {
-                outside.entry(config.gpid).or_insert(now_ms);
-            }
-        }
-        let delay = self.opts.inactive_replica_gc_delay_ms;
-        outside.iter().filter(|(_, since)| now_ms.saturating_sub(**since) >= delay).map(|(g, _)| *g).collect()
-    }
-
-    async fn beacon_once(self: &Arc<Self>) -> anyhow::Result<()> {
-        let sent_at = self.now_ms();
-        let replicas = self.replica_handles().iter().map(|h| h.report()).collect();
+    async fn beacon(self: &Arc<Self>, sent_at_ms: u64, restarted: bool, lease_period_ms: u64) {
         let req = v1::BeaconRequest {
             node: self.me.clone(),
-            replicas,
+            replicas: self.replica_handles().iter().map(|h| h.report()).collect(),
             incarnation: self.incarnation,
-            lease_period_ms: self.opts.lease_period_ms,
-            restarted: self.restarted.load(Ordering::Acquire),
+            lease_period_ms,
+            restarted,
         };
-        let resp = self.meta.call(|mut c| {
-            let req = req.clone();
-            async move { c.beacon(req).await }
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("beacon to meta failed: {}", s.message()))?;
-        self.restarted.store(false, Ordering::Release);
-        // Configurations first, lease after: a primary the meta has replaced learns it before
-        // the renewed lease would let it serve another read.
-        let mut configured = Vec::new();
-        let mut seen = Vec::new();
-        for wire in resp.configs {
-            let config = match config_from_wire(&wire) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("meta sent a malformed configuration: {e}");
-                    continue;
-                }
-            };
-            if wire.partition_count > 0 {
-                self.partition_counts.write().expect("partition counts lock").insert(config.gpid.table_id, wire.partition_count);
-            }
-            let handle = match self.replica(config.gpid) {
-                Some(h) => h,
-                None if config.hosts(&self.me) => match self.get_or_create_replica(config.gpid) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        tracing::error!("cannot create replica {}: {e:#}", config.gpid);
-                        continue;
+        let answer = self
+            .meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.beacon(req).await }
+            })
+            .await;
+        let input = match answer {
+            Ok(resp) => {
+                self.beacon_failures.store(0, Ordering::Relaxed);
+                let mut configs = Vec::new();
+                let mut partition_counts = Vec::new();
+                for wire in resp.configs {
+                    match config_from_wire(&wire) {
+                        Ok(c) => {
+                            if wire.partition_count > 0 {
+                                partition_counts.push((c.gpid.table_id, wire.partition_count));
+                            }
+                            configs.push(c);
+                        }
+                        Err(e) => tracing::warn!("meta sent a malformed configuration: {e}"),
                     }
-                },
-                None => continue,
-            };
-            seen.push(config.clone());
-            let (done, rx) = tokio::sync::oneshot::channel();
-            if handle.send(Event::Configure { config, done }) {
-                configured.push(rx);
+                }
+                let gone = resp.gone.into_iter().map(|g| Gpid::new(g.table_id, g.partition)).collect();
+                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone }
             }
-        }
-        for rx in configured {
-            // An error means the replica's task stopped: it serves nothing any more.
-            let _ = rx.await;
-        }
-        self.lease_until_ms.fetch_max(sent_at + self.opts.lease_period_ms, Ordering::AcqRel);
-        for g in resp.gone {
-            self.remove_replica(Gpid::new(g.table_id, g.partition), "its table was purged").await;
-        }
-        for gpid in self.collect_inactive(&seen, self.now_ms()) {
-            // The replica's own view must agree that it has no role any more.
-            if self.replica(gpid).is_some_and(|h| h.state().status == tandem_core::PartitionStatus::Inactive) {
-                let why = format!("outside its partition's configuration for {} ms", self.opts.inactive_replica_gc_delay_ms);
-                self.remove_replica(gpid, &why).await;
+            Err(status) => {
+                let failures = self.beacon_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                // The meta may still be starting: say so only when it persists.
+                if failures == 3 || failures % 30 == 0 {
+                    tracing::warn!("beacon to meta failed: {}", status.message());
+                }
+                HostInput::BeaconFailed { now_ms: self.now_ms() }
             }
-        }
-        Ok(())
+        };
+        self.host_step(input);
     }
 
     fn update_gauges(&self) {
@@ -263,31 +303,6 @@ impl Node {
         self.metrics.log.with_label_values(&["bytes"]).set(self.log.total_bytes() as i64);
         self.metrics.memory.with_label_values(&["memtables"]).set(self.engine_memory.memtable_bytes() as i64);
         self.metrics.memory.with_label_values(&["block_cache"]).set(self.engine_memory.block_cache_bytes() as i64);
-    }
-
-    async fn gc_log(self: &Arc<Self>) {
-        let mut durable = HashMap::new();
-        for h in self.replica_handles() {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if h.send(Event::Flush { done: tx })
-                && let Ok(Some(d)) = rx.await
-            {
-                durable.insert(h.gpid(), d);
-            }
-        }
-        let known: Vec<Gpid> = self.replicas.read().expect("replicas lock").keys().copied().collect();
-        let log = self.log.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            // A replica we have but could not flush keeps its entries (Some(0)); one we no longer
-            // have needs none (None).
-            log.gc(&|g| durable.get(&g).copied().or(if known.contains(&g) { Some(0) } else { None }))
-        })
-        .await;
-        match result {
-            Ok(Ok(n)) if n > 0 => tracing::info!("log gc removed {n} segments"),
-            Ok(Err(e)) => tracing::warn!("log gc failed: {e}"),
-            _ => {}
-        }
     }
 }
 
@@ -319,6 +334,7 @@ pub(crate) fn active_db_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Runs a replica server until `shutdown` fires.
 pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    opts.host.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("create data dir {}", opts.data_dir.display()))?;
     // Replay the shared log: per partition, the mutations after its last reset, in log order.
     let mut replayed: HashMap<Gpid, Vec<Mutation>> = HashMap::new();
@@ -342,29 +358,10 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     // A quarter of the lease per meta server: a frozen one costs a beacon or two, not the lease.
     let meta = MetaConn::new(&opts.meta, Duration::from_millis(opts.rpc_timeout_ms))
         .map_err(anyhow::Error::msg)?
-        .with_attempt_timeout(Duration::from_millis((opts.lease_period_ms / 4).max(200)));
+        .with_attempt_timeout(Duration::from_millis((opts.host.lease_period_ms / 4).max(200)));
     let checkpoint_root = opts.data_dir.join("checkpoints");
     let _ = std::fs::remove_dir_all(&checkpoint_root);
-    let node = Arc::new(Node {
-        me: opts.advertise.clone(),
-        log: Arc::new(log),
-        meta,
-        metrics: Metrics::new("tandem_replica"),
-        checkpoints: Checkpoints::new(checkpoint_root),
-        engine_memory: EngineMemory::new(opts.block_cache_bytes, opts.memtable_bytes_max),
-        replicas: RwLock::new(HashMap::new()),
-        partition_counts: RwLock::new(HashMap::new()),
-        lease_until_ms: AtomicU64::new(0),
-        start: Instant::now(),
-        incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
-        restarted: AtomicBool::new(true),
-        peers: Mutex::new(HashMap::new()),
-        peer_batches: Mutex::new(HashMap::new()),
-        outside_since: Mutex::new(HashMap::new()),
-        removing: Mutex::new(HashSet::new()),
-        opts: opts.clone(),
-    });
-    // Open every replica found on disk.
+    // Every replica found on disk is opened.
     let replicas_dir = opts.data_dir.join("replicas");
     std::fs::create_dir_all(&replicas_dir)?;
     let mut found = Vec::new();
@@ -375,12 +372,34 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         let (Ok(t), Ok(p)) = (t.parse::<u32>(), p.parse::<u32>()) else { continue };
         found.push((Gpid::new(t, p), entry.path()));
     }
+    let start = Instant::now();
+    let (stop, mut stopped) = watch::channel(None);
+    let node = Arc::new(Node {
+        me: opts.advertise.clone(),
+        log: Arc::new(log),
+        meta,
+        metrics: Metrics::new("tandem_replica"),
+        checkpoints: Checkpoints::new(checkpoint_root),
+        engine_memory: EngineMemory::new(opts.block_cache_bytes, opts.memtable_bytes_max),
+        replicas: RwLock::new(HashMap::new()),
+        partition_counts: RwLock::new(HashMap::new()),
+        lease_until_ms: AtomicU64::new(0),
+        start,
+        incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
+        host: Mutex::new(Host::new(opts.advertise.clone(), opts.host.clone(), found.iter().map(|(g, _)| *g), 0)),
+        stop,
+        beacon_failures: AtomicU32::new(0),
+        peers: Mutex::new(HashMap::new()),
+        peer_batches: Mutex::new(HashMap::new()),
+        opts: opts.clone(),
+    });
     let opened = found.len();
     for (gpid, path) in found {
         let engine = open_engine(&path, &node.engine_memory)?;
         let mutations = replayed.remove(&gpid).unwrap_or_default();
-        let replica = Replica::open(gpid, node.me.clone(), node.replica_options(opened), Box::new(engine.clone()), mutations);
-        let handle = replica_task::spawn(node.clone(), replica, engine, path);
+        let core = Replica::open(gpid, node.me.clone(), opts.host.replica_options(opened), Box::new(engine.clone()), mutations);
+        let hosted: HostedReplica<Rt> = HostedReplica::new(core, node.incarnation, &opts.host);
+        let handle = replica_task::spawn(node.clone(), hosted, engine, path);
         node.replicas.write().expect("replicas lock").insert(gpid, handle);
     }
     tracing::info!(address = %node.me, replicas = opened, "replica server starting");
@@ -409,57 +428,30 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         tracing::info!("metrics on http://{local}/metrics");
     }
 
-    let mut beacon = tokio::time::interval(Duration::from_millis(opts.beacon_interval_ms));
-    let mut tick = tokio::time::interval(Duration::from_millis(opts.tick_interval_ms));
-    let mut gc = tokio::time::interval(Duration::from_millis(opts.log_gc_interval_ms));
-    beacon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(Duration::from_millis(opts.host.tick_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let beacon_node = node.clone();
-    let beacon_task = tokio::spawn(async move {
-        let mut failures = 0u32;
-        loop {
-            beacon.tick().await;
-            match beacon_node.beacon_once().await {
-                Ok(()) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    // The meta may still be starting: say so only when it persists.
-                    if failures == 3 || failures % 30 == 0 {
-                        tracing::warn!("{e:#}");
-                    }
-                }
-            }
-        }
-    });
     let stop = crate::stopped(shutdown.clone());
     tokio::pin!(stop);
-    let mut log_failure = None;
     let mut cpu = crate::cpu::CpuMeter::default();
     let mut cpu_busy = false;
-    loop {
+    let failure = loop {
         tokio::select! {
             _ = tick.tick() => {
                 // A failed log takes no more writes for any replica: a server that kept
-                // beaconing would hold its partitions hostage. Stop, so the meta declares it
-                // dead and moves them; a restart replays what the log holds.
-                if let Some(e) = node.log.failure() {
-                    log_failure = Some(e);
-                    break;
+                // beaconing would hold its partitions hostage.
+                if let Some(error) = node.log.failure() {
+                    node.host_step(HostInput::LogFailed { error });
                 }
                 if let Some(busy_share) = cpu.sample() {
                     cpu_busy = crate::cpu::cpu_busy(cpu_busy, busy_share);
                     node.log.set_cpu_busy(cpu_busy);
                 }
-                for h in node.replica_handles() {
-                    h.send(Event::Input(Input::Tick));
-                }
+                node.host_step(HostInput::Tick { now_ms: node.now_ms() });
             }
-            _ = gc.tick() => node.gc_log().await,
-            _ = stop.as_mut() => break,
+            reason = stopped.wait_for(Option::is_some) => break reason.map(|r| r.clone()).unwrap_or(None),
+            _ = stop.as_mut() => break None,
         }
-    }
-    beacon_task.abort();
+    };
     tracing::info!("replica server stopping");
     for h in node.replica_handles() {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -470,7 +462,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let _ = give_up.send(true);
     let _ = grpc.await;
     node.log.close();
-    if let Some(e) = log_failure {
+    if let Some(e) = failure {
         anyhow::bail!(
             "the mutation log in {} failed ({e}); the server stopped so the meta moves its partitions elsewhere. \
              Fix the disk and restart it: the log replays what it holds",

@@ -1,17 +1,15 @@
-//! One task per replica: receives events, feeds the core, executes its actions. No protocol
-//! decisions here: this is plumbing between the core and IO.
+//! One task per replica: receives events, feeds them to its `HostedReplica` (tandem-host) a turn
+//! at a time, and carries out the actions of each turn. No protocol decision is made here: the
+//! hosted replica decides; this file does the IO (log appends, RPCs, RocksDB, files).
 
-use crate::node::Node;
-use std::collections::HashMap;
-use std::path::PathBuf;
+use crate::node::{active_db_dir, Node};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tandem_core::replica::{
-    Action, Input, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, Replica, ReplicaState, RequestId, WriteRequest,
-    WriteResponse,
-};
+use tandem_core::replica::{LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, ReplicaState, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Decree, Error, Gpid, LogRecord, Mutation, WriteOp};
+use tandem_host::{Carrier, HostInput, HostedReplica, ReplicaAction, ReplicaEvent};
 use tandem_proto::convert::config_to_wire;
 use tandem_proto::v1;
 use tandem_storage::RocksEngine;
@@ -83,33 +81,29 @@ impl<T: 'static> Drop for Reply<T> {
     }
 }
 
+/// The server's carriers: reply sinks and channels (dropped unanswered, they answer "dropped").
+pub struct Rt;
+
+impl Carrier for Rt {
+    type Write = Reply<Result<WriteResponse, Error>>;
+    type Prepare = Reply<PrepareReply>;
+    type Learn = oneshot::Sender<LearnReply>;
+    type Read = ReadFn;
+}
+
 pub enum Event {
-    Input(Input),
-    /// A configuration from the meta; `done` is answered once the core has taken it, so the
-    /// server extends its lease only after every replica knows its role under it.
-    Configure { config: tandem_core::PartitionConfig, done: oneshot::Sender<()> },
-    Write { request: WriteRequest, reply: Reply<Result<WriteResponse, Error>> },
-    Prepare { from: String, msg: PrepareMsg, reply: Reply<PrepareReply> },
-    Learn { request: LearnRequest, reply: oneshot::Sender<LearnReply> },
-    /// Runs `f` on the engine if the replica may serve reads now (or with the reason it may not).
-    Read(ReadFn),
-    /// A fetched checkpoint in `db_dir` (inside the replica directory) holding state up to `decree`.
-    InstallCheckpoint { db_name: String, decree: Decree },
+    /// Stepped by the hosted replica, in turns.
+    Replica(ReplicaEvent<Rt>),
+    /// `ActivateCheckpoint` finished: the engine to switch to, or why not.
+    Activated { result: Result<SharedEngine, String> },
     /// Flush the engine; answers the decree now durable in it.
     Flush { done: oneshot::Sender<Option<Decree>> },
     Stop { done: oneshot::Sender<()> },
-    /// One log append is durable: the (ballot, decree) of each mutation it held, in order.
-    LogAppended { ids: Vec<(u64, Decree)> },
 }
 
-/// Plain events a turn of the task takes at most before running their actions.
-const STEPS_PER_TURN_MAX: usize = 256;
-
-impl Event {
-    /// A step of the core and nothing else: such events may share a turn of the task (their
-    /// actions run together after the last). The others run alone, at the start of a turn.
-    fn is_plain(&self) -> bool {
-        matches!(self, Event::Input(_) | Event::LogAppended { .. } | Event::Write { .. } | Event::Prepare { .. } | Event::Learn { .. } | Event::Read(_))
+impl From<ReplicaEvent<Rt>> for Event {
+    fn from(e: ReplicaEvent<Rt>) -> Self {
+        Event::Replica(e)
     }
 }
 
@@ -118,8 +112,8 @@ pub struct ReplicaHandle {
     gpid: Gpid,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
-    /// The engine while `Replica::read_ready` holds (set by the task after every step), else
-    /// None: reads use it directly, without a trip through the task.
+    /// The engine while the hosted replica holds its read gate open (set at the end of each
+    /// turn), else None: reads use it directly, without a trip through the task.
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
 }
 
@@ -129,8 +123,8 @@ impl ReplicaHandle {
     }
 
     /// False when the replica's task has stopped.
-    pub fn send(&self, event: Event) -> bool {
-        self.tx.send(event).is_ok()
+    pub fn send(&self, event: impl Into<Event>) -> bool {
+        self.tx.send(event.into()).is_ok()
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -160,47 +154,24 @@ impl ReplicaHandle {
     }
 }
 
-pub fn spawn(node: Arc<Node>, replica: Replica, engine: SharedEngine, dir: PathBuf) -> ReplicaHandle {
+pub fn spawn(node: Arc<Node>, replica: HostedReplica<Rt>, engine: SharedEngine, dir: PathBuf) -> ReplicaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let state = Arc::new(Mutex::new(replica.state()));
     let read_gate = Arc::new(RwLock::new(None));
     let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), read_gate: read_gate.clone() };
-    let task = ReplicaTask {
-        node,
-        replica,
-        engine,
-        dir,
-        tx,
-        state,
-        read_gate,
-        read_gate_open: false,
-        next_id: 1,
-        writes: HashMap::new(),
-        prepares: HashMap::new(),
-        learns: HashMap::new(),
-        log_cache_share: 0,
-    };
+    let task = ReplicaTask { node, replica, engine, dir, tx, state, read_gate };
     tokio::spawn(task.run(rx));
     handle
 }
 
 struct ReplicaTask {
     node: Arc<Node>,
-    replica: Replica,
+    replica: HostedReplica<Rt>,
     engine: SharedEngine,
     dir: PathBuf,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
-    /// Whether `read_gate` holds the engine: the gate's lock is taken only when this changes,
-    /// not on every event, so reads do not wait behind the task.
-    read_gate_open: bool,
-    next_id: RequestId,
-    writes: HashMap<RequestId, Reply<Result<WriteResponse, Error>>>,
-    prepares: HashMap<RequestId, Reply<PrepareReply>>,
-    learns: HashMap<RequestId, oneshot::Sender<LearnReply>>,
-    /// This replica's share of the server's log cache, as last given to the core.
-    log_cache_share: usize,
 }
 
 impl ReplicaTask {
@@ -214,13 +185,7 @@ impl ReplicaTask {
                     None => break,
                 },
             };
-            let mut configured = None;
             match event {
-                Event::Configure { config, done } => {
-                    self.replica.step(&self.node.ctx(), Input::ConfigUpdate { config });
-                    configured = Some(done);
-                }
-                Event::InstallCheckpoint { db_name, decree } => self.install_checkpoint(db_name, decree).await,
                 Event::Flush { done } => {
                     let engine = self.engine.clone();
                     let flushed = tokio::task::spawn_blocking(move || engine.with(|e| e.flush().map(|_| e.last_flushed_decree())))
@@ -228,156 +193,144 @@ impl ReplicaTask {
                         .ok()
                         .and_then(|r| r.ok());
                     let _ = done.send(flushed);
+                    continue;
                 }
                 Event::Stop { done } => {
                     let _ = done.send(());
-                    return;
+                    break;
                 }
-                plain => self.step(plain),
+                other => self.step(other),
             }
-            // Steps queued meanwhile go in before the actions run, so the actions of many client
-            // writes leave together (one log append for all their mutations, one prepare each).
-            for _ in 1..STEPS_PER_TURN_MAX {
+            // Events queued meanwhile join the turn, so the actions of many client writes leave
+            // together (one log append for all their mutations, one prepare each).
+            while !self.replica.turn_full() {
                 match rx.try_recv() {
-                    Ok(e) if e.is_plain() => self.step(e),
-                    Ok(e) => {
+                    Ok(e @ (Event::Flush { .. } | Event::Stop { .. })) => {
                         next = Some(e);
                         break;
                     }
+                    Ok(e) => self.step(e),
                     Err(_) => break,
                 }
             }
-            let actions = self.replica.take_actions();
+            let actions = self.replica.end_turn(&self.node.ctx());
             self.execute(actions);
             *self.state.lock().expect("state lock") = self.replica.state();
-            self.update_read_gate();
-            if let Some(done) = configured {
-                let _ = done.send(());
-            }
         }
         // Stopped: no more reads from this engine.
         *self.read_gate.write().expect("read gate lock") = None;
     }
 
-    /// Feeds one plain event (see `Event::is_plain`) to the core; its actions wait in the core.
     fn step(&mut self, event: Event) {
         let ctx = self.node.ctx();
         match event {
-            Event::Input(input) => {
-                if matches!(input, Input::Tick) {
-                    // Replicas come and go: keep this one to its share of the server's budget.
-                    let share = self.node.log_cache_share(self.node.hosted_replicas());
-                    if share != self.log_cache_share {
-                        self.replica.set_log_cache_bytes_max(share);
-                        self.log_cache_share = share;
-                    }
-                }
-                self.replica.step(&ctx, input)
+            Event::Replica(e) => self.replica.step(&ctx, e),
+            Event::Activated { result } => {
+                let result = result.map(|engine| {
+                    self.engine = engine.clone();
+                    Box::new(engine) as Box<dyn KvEngine>
+                });
+                self.replica.step(&ctx, ReplicaEvent::CheckpointActivated { result });
             }
-            Event::LogAppended { ids } => {
-                for (ballot, decree) in ids {
-                    self.replica.step(&ctx, Input::LogAppended { ballot, decree });
-                }
-            }
-            Event::Write { request, reply } => {
-                let id = self.id();
-                self.writes.insert(id, reply);
-                self.replica.step(&ctx, Input::ClientWrite { request_id: id, request });
-            }
-            Event::Prepare { from, msg, reply } => {
-                let token = self.id();
-                self.prepares.insert(token, reply);
-                self.replica.step(&ctx, Input::Prepare { token, from, msg });
-            }
-            Event::Learn { request, reply } => {
-                let token = self.id();
-                self.learns.insert(token, reply);
-                self.replica.step(&ctx, Input::LearnRequest { token, request });
-            }
-            Event::Read(f) => match self.replica.check_read(&ctx) {
-                Ok(()) => f(Ok(self.replica.engine()), ctx.now_s()),
-                Err(e) => f(Err(e), ctx.now_s()),
-            },
-            Event::Configure { .. } | Event::InstallCheckpoint { .. } | Event::Flush { .. } | Event::Stop { .. } => {
-                unreachable!("not a plain event")
-            }
+            Event::Flush { .. } | Event::Stop { .. } => unreachable!("handled by the loop"),
         }
     }
 
-    /// Opens the read gate while the core says reads may be served, closes it otherwise.
-    fn update_read_gate(&mut self) {
-        let ready = self.replica.read_ready().is_ok();
-        if ready != self.read_gate_open {
-            *self.read_gate.write().expect("read gate lock") = ready.then(|| self.engine.clone());
-            self.read_gate_open = ready;
-        }
+    fn send_later(&self, event: ReplicaEvent<Rt>) {
+        let _ = self.tx.send(Event::Replica(event));
     }
 
-    fn id(&mut self) -> RequestId {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn execute(&mut self, actions: Vec<Action>) {
+    fn execute(&mut self, actions: Vec<ReplicaAction<Rt>>) {
         let gpid = self.replica.gpid();
-        // Every AppendLog of the turn goes out as one append, in the order they were emitted.
-        let mut appends = Vec::new();
         for action in actions {
             match action {
-                Action::AppendLog { mutations } => appends.extend(mutations),
-                Action::SendPrepare { to, msg } => self.send_prepare(to, msg),
-                Action::ReplyPrepare { token, reply } => {
-                    if let Some(to) = self.prepares.remove(&token) {
-                        to.send(reply);
+                ReplicaAction::AppendLog { mutations } => self.append_log(mutations),
+                ReplicaAction::AppendReset { decree } => {
+                    let tx = self.tx.clone();
+                    self.node.log.append(
+                        vec![LogRecord::Reset { gpid, decree }],
+                        Box::new(move |result| {
+                            let event = match result {
+                                Ok(()) => ReplicaEvent::ResetLogged,
+                                Err(e) => ReplicaEvent::LogFailed { error: e.to_string() },
+                            };
+                            let _ = tx.send(Event::Replica(event));
+                        }),
+                    );
+                }
+                ReplicaAction::SendPrepare { to, msg } => self.send_prepare(to, msg),
+                ReplicaAction::ReplyPrepare { to, reply } => to.send(reply),
+                ReplicaAction::ReplyWrite { to, result } => to.send(result),
+                ReplicaAction::ReplyLearn { to, reply } => {
+                    let _ = to.send(reply);
+                }
+                ReplicaAction::ServeRead { to, result } => {
+                    let now_s = self.node.ctx().now_s();
+                    match result {
+                        Ok(()) => to(Ok(&self.engine), now_s),
+                        Err(e) => to(Err(e), now_s),
                     }
                 }
-                Action::ReplyClient { request_id, result } => {
-                    if let Some(to) = self.writes.remove(&request_id) {
-                        to.send(result);
-                    }
-                }
-                Action::ProposeConfig { proposal } => self.propose(proposal),
-                Action::SendLearnRequest { to, request } => self.send_learn(to, request),
-                Action::ReplyLearn { token, reply } => {
-                    if let Some(tx) = self.learns.remove(&token) {
-                        let _ = tx.send(reply);
-                    }
-                }
-                Action::ServeCheckpoint { token } => {
+                ReplicaAction::ProposeConfig { proposal } => self.propose(proposal),
+                ReplicaAction::SendLearnRequest { to, request } => self.send_learn(to, request),
+                ReplicaAction::MakeCheckpoint { id } => {
                     let node = self.node.clone();
                     let engine = self.engine.clone();
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
-                        let result = node.checkpoints.create(gpid, engine).await.map_err(|e| format!("{e:#}"));
-                        let _ = tx.send(Event::Input(Input::CheckpointReady { token, result }));
+                        let result = node.checkpoints.create(gpid, &id, engine).await.map_err(|e| format!("{e:#}"));
+                        let _ = tx.send(Event::Replica(ReplicaEvent::CheckpointMade { id, result }));
                     });
                 }
-                Action::FetchCheckpoint { from, checkpoint_id, decree } => {
+                ReplicaAction::DeleteCheckpoint { id } => self.node.checkpoints.delete(gpid, &id),
+                ReplicaAction::FetchCheckpoint { from, checkpoint_id, decree } => {
                     let node = self.node.clone();
                     let tx = self.tx.clone();
                     let dir = self.dir.clone();
                     tokio::spawn(async move {
-                        match crate::checkpoint::fetch(&node, gpid, &from, &checkpoint_id, &dir).await {
-                            Ok((db_name, fetched_decree)) if fetched_decree == decree => {
-                                let _ = tx.send(Event::InstallCheckpoint { db_name, decree });
-                            }
-                            Ok((db_name, fetched_decree)) => {
-                                let _ = std::fs::remove_dir_all(dir.join(db_name));
-                                let error = format!("checkpoint holds decree {fetched_decree}, expected {decree}");
-                                let _ = tx.send(Event::Input(Input::CheckpointFailed { error }));
+                        let result = match crate::checkpoint::fetch(&node, gpid, &from, &checkpoint_id, &dir).await {
+                            Ok((db, fetched)) if fetched == decree => Ok((db, decree)),
+                            Ok((db, fetched)) => {
+                                let _ = std::fs::remove_dir_all(dir.join(db));
+                                Err(format!("checkpoint holds decree {fetched}, expected {decree}"))
                             }
                             Err(e) => {
                                 tracing::warn!("{gpid}: fetching checkpoint {checkpoint_id} from {from} failed: {e:#}");
-                                let _ = tx.send(Event::Input(Input::CheckpointFailed { error: format!("{e:#}") }));
+                                Err(format!("{e:#}"))
                             }
-                        }
+                        };
+                        let _ = tx.send(Event::Replica(ReplicaEvent::CheckpointFetched { result }));
                     });
                 }
-                Action::Failed { error } => tracing::error!("replica {gpid} failed: {error}"),
+                ReplicaAction::ActivateCheckpoint { db, decree } => {
+                    let (dir, memory, tx) = (self.dir.clone(), self.node.engine_memory.clone(), self.tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let result = activate(&dir, &db, decree, &memory).map_err(|e| format!("{e:#}"));
+                        if result.is_ok() {
+                            tracing::info!("{gpid}: installed checkpoint at decree {decree}");
+                        }
+                        let _ = tx.send(Event::Activated { result });
+                    });
+                }
+                ReplicaAction::DeleteDatabasesExcept { keep } => {
+                    // Learners install checkpoints, so the read gate is closed already.
+                    let dir = self.dir.clone();
+                    tokio::task::spawn_blocking(move || delete_databases_except(&dir, &keep));
+                }
+                ReplicaAction::DeleteDatabase { db } => {
+                    let path = self.dir.join(db);
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path));
+                }
+                ReplicaAction::SetReadGate { open } => {
+                    *self.read_gate.write().expect("read gate lock") = open.then(|| self.engine.clone());
+                }
+                ReplicaAction::Configured { status } => {
+                    // Last in its turn: the replica took its configuration.
+                    *self.state.lock().expect("state lock") = self.replica.state();
+                    self.node.host_step(HostInput::Configured { gpid, status: Some(status) });
+                }
+                ReplicaAction::Failed { error } => tracing::error!("replica {gpid} failed: {error}"),
             }
-        }
-        if !appends.is_empty() {
-            self.append_log(appends);
         }
     }
 
@@ -388,19 +341,18 @@ impl ReplicaTask {
         self.node.log.append_mutations(
             gpid,
             mutations.iter().map(|m| m.as_ref()),
-            Box::new(move |result| match result {
-                Ok(()) => {
-                    let _ = tx.send(Event::LogAppended { ids });
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::Input(Input::LogFailed { error: e.to_string() }));
-                }
+            Box::new(move |result| {
+                let event = match result {
+                    Ok(()) => ReplicaEvent::LogAppended { ids },
+                    Err(e) => ReplicaEvent::LogFailed { error: e.to_string() },
+                };
+                let _ = tx.send(Event::Replica(event));
             }),
         );
     }
 
     /// Sends a prepare on the peer's batch stream; its answer comes back to this task as an
-    /// input, from the stream's reader (no task waits for it).
+    /// event, from the stream's reader (no task waits for it).
     fn send_prepare(&self, to: String, msg: PrepareMsg) {
         let tx = self.tx.clone();
         let node = &self.node;
@@ -413,24 +365,24 @@ impl ReplicaTask {
         };
         // A few attempts fit in prepare_timeout: one prepare lost on its way (a connection
         // reset mid-request) is sent again instead of costing the member its place.
-        let attempt = Duration::from_millis((node.opts.replica.prepare_timeout_ms / 4).max(200));
+        let attempt = Duration::from_millis((node.opts.host.replica.prepare_timeout_ms / 4).max(200));
         let conn = match node.peer_batch(&to) {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!("{gpid}: prepare to {to} failed: {e}");
-                let _ = tx.send(Event::Input(Input::PrepareFailed { to }));
+                self.send_later(ReplicaEvent::PrepareFailed { to });
                 return;
             }
         };
         conn.call_then(v1::batch_call::Call::Prepare(req), attempt, move |answer| {
-            let input = match answer {
+            let event = match answer {
                 Ok(v1::batch_reply::Reply::Prepare(resp)) => {
                     let outcome = match v1::prepare_response::Outcome::try_from(resp.outcome) {
                         Ok(v1::prepare_response::Outcome::Ok) => PrepareOutcome::Ok { prepared: resp.prepared },
                         Ok(v1::prepare_response::Outcome::StaleBallot) => PrepareOutcome::StaleBallot { ballot: resp.ballot },
                         Ok(v1::prepare_response::Outcome::NotMember) | Err(_) => PrepareOutcome::NotMember,
                     };
-                    Input::PrepareReply { from: to, reply: PrepareReply { ballot: resp.ballot, outcome } }
+                    ReplicaEvent::PrepareReply { from: to, reply: PrepareReply { ballot: resp.ballot, outcome } }
                 }
                 other => {
                     let why = match other {
@@ -438,10 +390,10 @@ impl ReplicaTask {
                         Ok(_) => "answered with another reply kind".to_string(),
                     };
                     tracing::debug!("{gpid}: prepare to {to} failed: {why}");
-                    Input::PrepareFailed { to }
+                    ReplicaEvent::PrepareFailed { to }
                 }
             };
-            let _ = tx.send(Event::Input(input));
+            let _ = tx.send(Event::Replica(event));
         });
     }
 
@@ -480,7 +432,7 @@ impl ReplicaTask {
             if let Err(e) = &result {
                 tracing::info!("{gpid}: proposal {proposal:?} refused: {e}");
             }
-            let _ = tx.send(Event::Input(Input::ProposalReply { result }));
+            let _ = tx.send(Event::Replica(ReplicaEvent::ProposalReply { result }));
         });
     }
 
@@ -511,54 +463,34 @@ impl ReplicaTask {
                 },
                 Err(_) => None,
             };
-            let _ = tx.send(Event::Input(Input::LearnReply { reply }));
+            let _ = tx.send(Event::Replica(ReplicaEvent::LearnReply { reply }));
         });
     }
+}
 
-    /// Makes a fetched checkpoint this replica's engine: log a reset first (so replay after a
-    /// crash ignores older entries), then switch `CURRENT`, then hand the engine to the core.
-    async fn install_checkpoint(&mut self, db_name: String, decree: Decree) {
-        let gpid = self.replica.gpid();
-        let ctx = self.node.ctx();
-        let result: anyhow::Result<SharedEngine> = async {
-            let (tx, rx) = oneshot::channel();
-            self.node.log.append(vec![LogRecord::Reset { gpid, decree }], Box::new(move |r| {
-                let _ = tx.send(r);
-            }));
-            rx.await.map_err(|_| anyhow::anyhow!("log closed"))??;
-            let db_dir = self.dir.join(&db_name);
-            let engine = RocksEngine::open(&db_dir, &self.node.engine_memory)?;
-            if engine.last_applied_decree() != decree {
-                anyhow::bail!("installed checkpoint holds decree {}, expected {decree}", engine.last_applied_decree());
-            }
-            let tmp = self.dir.join("CURRENT.tmp");
-            std::fs::write(&tmp, &db_name)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, self.dir.join("CURRENT"))?;
-            Ok(SharedEngine::new(engine))
-        }
-        .await;
-        match result {
-            Ok(engine) => {
-                // Learners install checkpoints, so the gate is closed already; closing it again
-                // makes sure no read sees the old engine after the swap.
-                *self.read_gate.write().expect("read gate lock") = None;
-                self.read_gate_open = false;
-                self.engine = engine.clone();
-                self.replica.step(&ctx, Input::CheckpointInstalled { engine: Box::new(engine) });
-                // The core dropped the old engine; remove its files.
-                for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-                    let name = entry.file_name().to_string_lossy().to_string();
-                    if name != db_name && (name == "db" || name.starts_with("db-") || name.starts_with("learn-")) && entry.path().is_dir() {
-                        let _ = std::fs::remove_dir_all(entry.path());
-                    }
-                }
-                tracing::info!("{gpid}: installed checkpoint at decree {decree}");
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.dir.join(&db_name));
-                self.replica.step(&ctx, Input::CheckpointFailed { error: format!("{e:#}") });
-            }
+/// Opens fetched database `db` of replica directory `dir`, checks it holds `decree`, and makes it
+/// the one a restart opens (`CURRENT`, written atomically).
+fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory) -> anyhow::Result<SharedEngine> {
+    let engine = RocksEngine::open(&dir.join(db), memory)?;
+    if engine.last_applied_decree() != decree {
+        anyhow::bail!("installed checkpoint holds decree {}, expected {decree}", engine.last_applied_decree());
+    }
+    let tmp = dir.join("CURRENT.tmp");
+    std::fs::write(&tmp, db)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("CURRENT"))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    debug_assert_eq!(active_db_dir(dir).ok(), Some(dir.join(db)));
+    Ok(SharedEngine::new(engine))
+}
+
+/// Removes the database directories of a replica other than `keep` (earlier engines, fetches
+/// that were never installed).
+fn delete_databases_except(dir: &Path, keep: &str) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name != keep && (name == "db" || name.starts_with("db-") || name.starts_with("learn-")) && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -3,13 +3,14 @@
 
 use crate::node::Node;
 use crate::metrics::Metrics;
-use crate::replica_task::{Event, ReplicaHandle, Reply as ReplyTo};
+use crate::replica_task::{ReadFn, ReplicaHandle, Reply as ReplyTo};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_core::partition::partition_index;
 use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
+use tandem_host::ReplicaEvent;
 use tandem_proto::convert::{config_from_wire, gpid_from, write_request_from_wire};
 use tandem_proto::errors::{batch_error, core_status, ErrorKind};
 use tandem_proto::v1;
@@ -109,9 +110,10 @@ impl Service {
             }
         }
         let (tx, rx) = oneshot::channel();
-        let sent = handle.send(Event::Read(Box::new(move |engine, now_s| {
+        let reply: ReadFn = Box::new(move |engine: Result<&dyn KvEngine, Error>, now_s| {
             let _ = tx.send(engine.and_then(|e| f(e, now_s)));
-        })));
+        });
+        let sent = handle.send(ReplicaEvent::Read { reply });
         if !sent {
             return Err(ErrorKind::NotPrimary.status(format!("replica {} stopped", handle.gpid())));
         }
@@ -144,7 +146,7 @@ impl Service {
         let checked = (|| {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let request = write_request_from_wire(req).map_err(|e| core_status(&e))?;
-            request.validate(&self.node.opts.replica.limits).map_err(|e| core_status(&e))?;
+            request.validate(&self.node.opts.host.replica.limits).map_err(|e| core_status(&e))?;
             Ok((handle, request))
         })();
         let (handle, request) = match checked {
@@ -170,14 +172,14 @@ impl Service {
             })
         });
         // Refused only when the task stopped meanwhile: then the reply, dropped, answers.
-        handle.send(Event::Write { request, reply });
+        handle.send(ReplicaEvent::Write { request, reply });
     }
 
     async fn do_get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
         let start = Instant::now();
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
-            let limits = self.node.opts.replica.limits;
+            let limits = self.node.opts.host.replica.limits;
             limits.check_sort_key(&req.sort_key).map_err(|e| core_status(&e))?;
             let (hk, sk) = (req.hash_key, req.sort_key);
             self.read(&handle, move |engine, now_s| read::get_with_expiry(engine, &hk, &sk, now_s)).await
@@ -215,12 +217,8 @@ impl Service {
                 expect = Some(m.decree + 1);
                 mutations.push(Arc::new(m));
             }
-            let handle = match self.node.replica(config.gpid) {
+            let handle = match self.node.replica_for_prepare(&config).map_err(|e| ErrorKind::Busy.status(e))? {
                 Some(h) => h,
-                // A new partition's first prepare may beat the meta's beacon reply.
-                None if config.hosts(&self.node.me) => {
-                    self.node.get_or_create_replica(config.gpid).map_err(|e| ErrorKind::Internal.status(format!("{e:#}")))?
-                }
                 None => return Ok(None),
             };
             Ok(Some((handle, PrepareMsg { config, mutations, last_committed: req.last_committed })))
@@ -243,7 +241,14 @@ impl Service {
                 }
             })
         });
-        handle.send(Event::Prepare { from: req.from, msg, reply });
+        handle.send(ReplicaEvent::Prepare { from: req.from, msg, reply });
+    }
+
+    /// A learner reads checkpoint `id`: its replica keeps it while it is in use.
+    fn checkpoint_read(&self, gpid: Gpid, id: &str) {
+        if let Some(h) = self.node.replica(gpid) {
+            h.send(ReplicaEvent::CheckpointRead { id: id.to_string() });
+        }
     }
 
     fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
@@ -442,7 +447,7 @@ impl ReplicaService for Service {
         let handle = self.node.replica(gpid).ok_or_else(|| ErrorKind::NotPrimary.status(format!("no replica {gpid} here")))?;
         let (tx, rx) = oneshot::channel();
         let request = LearnRequest { ballot: req.ballot, learner: req.learner, last_committed: req.last_committed };
-        if !handle.send(Event::Learn { request, reply: tx }) {
+        if !handle.send(ReplicaEvent::Learn { request, reply: tx }) {
             return Err(ErrorKind::Busy.status("replica stopped"));
         }
         let reply = rx.await.map_err(|_| ErrorKind::Busy.status("replica dropped the learn request"))?;
@@ -464,6 +469,7 @@ impl ReplicaService for Service {
             .checkpoints
             .get(gpid, &req.checkpoint_id)
             .ok_or_else(|| ErrorKind::NotFound.status(format!("no checkpoint {} of {gpid}", req.checkpoint_id)))?;
+        self.checkpoint_read(gpid, &req.checkpoint_id);
         Ok(Response::new(v1::CheckpointManifestResponse { decree: cp.decree, files: cp.files }))
     }
 
@@ -472,6 +478,7 @@ impl ReplicaService for Service {
         let gpid: Gpid = gpid_from(req.gpid.as_ref()).map_err(|e| core_status(&e))?;
         let length_max = (req.length_max as usize).clamp(1, 8 << 20);
         let node = self.node.clone();
+        self.checkpoint_read(gpid, &req.checkpoint_id);
         let data = tokio::task::spawn_blocking(move || node.checkpoints.read_chunk(gpid, &req.checkpoint_id, &req.name, req.offset, length_max))
             .await
             .map_err(|e| ErrorKind::Internal.status(e.to_string()))?

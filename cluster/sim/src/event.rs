@@ -5,19 +5,21 @@ use crate::msg::{Endpoint, Envelope, RpcId};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use tandem_core::Gpid;
-use tandem_core::replica::RequestId;
 
 #[derive(Debug)]
 pub enum Event {
     Deliver(Envelope),
     /// Node timers carry the incarnation they were set in: a crash voids them.
-    ReplicaTick {
+    /// The host's tick: replica ticks, beacons, log GC.
+    HostTick {
         node: usize,
         incarnation: u64,
     },
-    Beacon {
+    /// A replica's task runs a turn of its queued events.
+    ReplicaTurn {
         node: usize,
         incarnation: u64,
+        gpid: Gpid,
     },
     /// The log writer takes the queued appends and writes them out (not yet synced).
     LogWrite {
@@ -29,16 +31,26 @@ pub enum Event {
         node: usize,
         incarnation: u64,
     },
-    Flush {
-        node: usize,
-        incarnation: u64,
-    },
     /// The runtime's asynchronous checkpoint creation finished.
     CheckpointMade {
         node: usize,
         incarnation: u64,
         gpid: Gpid,
-        token: RequestId,
+        id: String,
+    },
+    /// A fetched checkpoint database was opened and made current.
+    CheckpointActivated {
+        node: usize,
+        incarnation: u64,
+        gpid: Gpid,
+        db: String,
+        decree: tandem_core::Decree,
+    },
+    /// A removed replica's files are deleted.
+    ReplicaDeleted {
+        node: usize,
+        incarnation: u64,
+        gpid: Gpid,
     },
     /// A server whose log failed is restarted by its supervisor.
     SupervisorRestart {
@@ -85,10 +97,10 @@ impl Event {
     pub fn code(&self) -> u64 {
         match self {
             Event::Deliver(_) => 1,
-            Event::ReplicaTick { .. } => 2,
-            Event::Beacon { .. } => 3,
+            Event::HostTick { .. } => 2,
+            Event::ReplicaTurn { .. } => 3,
             Event::LogSync { .. } => 4,
-            Event::Flush { .. } => 5,
+            Event::CheckpointActivated { .. } => 5,
             Event::CheckpointMade { .. } => 6,
             Event::SupervisorRestart { .. } => 7,
             Event::RpcTimeout { .. } => 8,
@@ -104,6 +116,7 @@ impl Event {
             Event::LogWrite { .. } => 18,
             Event::CrashReplica { .. } => 19,
             Event::CrashArmExpired { .. } => 20,
+            Event::ReplicaDeleted { .. } => 21,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! store and starts every known node alive, as the real meta does.
 
 use crate::event::{Event, Io};
-use crate::msg::{Endpoint, Envelope, Msg};
+use crate::msg::{BeaconAnswer, Endpoint, Envelope, Msg};
 use crate::replica_server::NodeClock;
 use crate::stats::path;
 use std::collections::BTreeMap;
@@ -212,9 +212,9 @@ impl SimMeta {
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
         match msg {
-            Msg::Beacon { node, incarnation, reports, sent_at_ms, lease_period_ms, restarted } => {
+            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted } => {
                 if let Err(e) = check_lease(&node, lease_period_ms, self.opts.grace_period_ms) {
-                    self.reply(io, from, Msg::BeaconResp { incarnation, sent_at_ms, result: Err(e) });
+                    self.reply(io, from, Msg::BeaconResp { rpc, result: Err(e) });
                     return;
                 }
                 let now = self.now_ms(io.now_us);
@@ -246,7 +246,9 @@ impl SimMeta {
                     self.reports.entry(s.gpid).or_default().insert(node.clone(), report);
                 }
                 let configs = configs_for_node(self.partitions.values(), &node, &reported).into_iter().cloned().collect();
-                self.reply(io, from, Msg::BeaconResp { incarnation, sent_at_ms, result: Ok(configs) });
+                let partition_counts = self.tables.values().map(|t| (t.id, t.partition_count)).collect();
+                let gone = reported.into_iter().filter(|g| !self.tables.contains_key(&g.table_id)).collect();
+                self.reply(io, from, Msg::BeaconResp { rpc, result: Ok(BeaconAnswer { configs, partition_counts, gone }) });
             }
             Msg::Propose { rpc, gpid, proposal, from: proposer } => {
                 let result = self.on_propose(io, gpid, &proposer, &proposal);

@@ -46,6 +46,15 @@ pub type RpcId = u64;
 
 pub type Checkpoint = (BTreeMap<Vec<u8>, Vec<u8>>, Decree);
 
+/// What the meta answers a beacon: the configurations the server hosts or reported, the
+/// partition count of their tables, and the reported partitions whose table is gone.
+#[derive(Clone, Debug, Default)]
+pub struct BeaconAnswer {
+    pub configs: Vec<PartitionConfig>,
+    pub partition_counts: Vec<(u32, u32)>,
+    pub gone: Vec<Gpid>,
+}
+
 #[derive(Clone, Debug)]
 pub enum Msg {
     Prepare {
@@ -74,21 +83,20 @@ pub enum Msg {
         rpc: RpcId,
         result: Result<Checkpoint, String>,
     },
-    /// `incarnation`: the sending process; its answer reaches only that process (as a real
-    /// answer dies with the connection of a process that crashed).
+    /// `incarnation`: the sending process. Its answer reaches only that process (its RPC id
+    /// dies with it, as a real answer dies with the connection of a process that crashed).
     Beacon {
+        rpc: RpcId,
         node: NodeAddr,
         incarnation: u64,
         reports: Vec<ReplicaState>,
-        sent_at_ms: u64,
         lease_period_ms: u64,
         /// No beacon of this process was answered yet.
         restarted: bool,
     },
     BeaconResp {
-        incarnation: u64,
-        sent_at_ms: u64,
-        result: Result<Vec<PartitionConfig>, String>,
+        rpc: RpcId,
+        result: Result<BeaconAnswer, String>,
     },
     Propose {
         rpc: RpcId,
@@ -163,6 +171,7 @@ impl Msg {
     pub fn request_rpc(&self) -> Option<RpcId> {
         match self {
             Msg::Prepare { rpc, .. }
+            | Msg::Beacon { rpc, .. }
             | Msg::Learn { rpc, .. }
             | Msg::FetchCheckpoint { rpc, .. }
             | Msg::Propose { rpc, .. }
@@ -177,6 +186,7 @@ impl Msg {
     pub fn response_rpc(&self) -> Option<RpcId> {
         match self {
             Msg::PrepareResp { rpc, .. }
+            | Msg::BeaconResp { rpc, .. }
             | Msg::LearnResp { rpc, .. }
             | Msg::FetchCheckpointResp { rpc, .. }
             | Msg::ProposeResp { rpc, .. }

@@ -1,46 +1,40 @@
-//! A simulated replica server: the same plumbing as `cluster/replica` (`node.rs`,
-//! `replica_task.rs`, `checkpoint.rs`) around the production `Replica`, with the simulated log,
-//! engines, clock and network. It makes no protocol decision: it feeds inputs and executes
-//! actions, and every IO completion (log append, RPC answer or failure, checkpoint) comes back as
-//! an input.
+//! A simulated replica server: glue that carries out what the production host decides
+//! (`tandem_host::Host` for the server, `HostedReplica` per replica) on the simulated log,
+//! engines, clock and network, as `cluster/replica` does on real ones. It makes no protocol
+//! decision; every IO completion comes back as an input, after a simulated delay where the real
+//! one is asynchronous.
 //!
-//! What survives a crash is what is on the simulated disk: the log (`SimLog`, synced part and
-//! whatever of the rest the crash kept) and each replica's flushed engine state.
+//! Each replica has its own queue, as each has its own task in the server: events wait there and
+//! a turn takes a random number of them, so the turn batching of the server is explored.
+//!
+//! What survives a crash is what is on the simulated disk: the log (`SimLog`: synced part and
+//! whatever of the rest the crash kept), each replica's flushed engine state (`disk_engines`, the
+//! database `CURRENT` names), and replicas whose deletion had not finished.
 
 use crate::disk::{CrashOutcome, SimLog};
 use crate::engine::SimEngine;
 use crate::event::{Event, Io};
-use crate::msg::{Checkpoint, Endpoint, Msg, RpcId, replica_index};
+use crate::msg::{BeaconAnswer, Checkpoint, Endpoint, Msg, RpcId, replica_index};
 use crate::stats::path;
-use std::collections::BTreeMap;
-use tandem_core::replica::{Action, Ctx, Input, LearnReply, PrepareOutcome, PrepareReply, Replica, ReplicaOptions, RequestId, read};
-use tandem_core::{Ballot, Decree, Error, Gpid, LogRecord, Mutation, NodeAddr, PartitionConfig, PartitionStatus};
+use std::collections::{BTreeMap, VecDeque};
+use tandem_core::replica::{Ctx, LearnReply, PrepareOutcome, PrepareReply, Replica, ReplicaOptions, read};
+use tandem_core::{Ballot, Decree, Error, Gpid, LogRecord, Mutation, NodeAddr, PartitionStatus};
+use tandem_host::{Carrier, Host, HostAction, HostInput, HostOptions, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 
 /// Wall clock of the simulated world at true time zero (2023-11-14).
 pub const EPOCH_US: u64 = 1_700_000_000_000_000;
+/// A replica's task wakes up to this long after an event reaches its empty queue.
+const TURN_DELAY_US_MAX: u64 = 200;
 
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    pub beacon_interval_ms: u64,
-    pub lease_period_ms: u64,
-    pub tick_interval_ms: u64,
     pub rpc_timeout_ms: u64,
-    /// Engines are flushed (and the log collected) at a random interval up to this.
-    pub flush_interval_ms_max: u64,
-    pub replica: ReplicaOptions,
+    pub host: HostOptions,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        // The production defaults (ops/src/config.rs).
-        ServerOptions {
-            beacon_interval_ms: 1_000,
-            lease_period_ms: 6_000,
-            tick_interval_ms: 100,
-            rpc_timeout_ms: 5_000,
-            flush_interval_ms_max: 10_000,
-            replica: ReplicaOptions::default(),
-        }
+        ServerOptions { rpc_timeout_ms: 5_000, host: HostOptions::default() }
     }
 }
 
@@ -69,15 +63,8 @@ impl NodeClock {
 /// What a log append was for, to route its completion.
 #[derive(Debug)]
 pub enum Waiter {
-    Mutations {
-        gpid: Gpid,
-        ids: Vec<(Ballot, Decree)>,
-    },
-    /// The reset record before a learned checkpoint is installed.
-    Reset {
-        gpid: Gpid,
-        engine: SimEngine,
-    },
+    Mutations { gpid: Gpid, ids: Vec<(Ballot, Decree)> },
+    Reset { gpid: Gpid },
 }
 
 /// An RPC this server is waiting on.
@@ -85,15 +72,42 @@ pub enum Waiter {
 enum Outgoing {
     Prepare { gpid: Gpid, to: NodeAddr },
     Learn { gpid: Gpid },
-    FetchCheckpoint { gpid: Gpid, decree: Decree },
+    FetchCheckpoint { gpid: Gpid, checkpoint_id: String, decree: Decree },
     Propose { gpid: Gpid },
+    Beacon { sent_at_ms: u64 },
 }
 
-/// An RPC this server must answer when the replica says so (by token or request id).
+/// Who waits for an answer.
 #[derive(Clone, Copy, Debug)]
-struct Incoming {
+pub struct Incoming {
     from: Endpoint,
     rpc: RpcId,
+}
+
+/// A read the read gate did not let through.
+#[derive(Debug)]
+pub struct ReadRequest {
+    incoming: Incoming,
+    hash_key: Vec<u8>,
+    sort_keys: Vec<Vec<u8>>,
+}
+
+pub struct SimCarrier;
+
+impl Carrier for SimCarrier {
+    type Write = Incoming;
+    type Prepare = Incoming;
+    type Learn = Incoming;
+    type Read = ReadRequest;
+}
+
+pub type SimEvent = ReplicaEvent<SimCarrier>;
+
+/// One replica in the process: its hosted state machine and its task's queue.
+pub struct Slot {
+    pub hosted: HostedReplica<SimCarrier>,
+    queue: VecDeque<SimEvent>,
+    turn_scheduled: bool,
 }
 
 pub struct ReplicaServer {
@@ -103,50 +117,57 @@ pub struct ReplicaServer {
     pub clock: NodeClock,
     pub up: bool,
     pub incarnation: u64,
-    /// No beacon of this process has been answered yet.
-    restarted: bool,
     // On disk.
     pub log: SimLog<Waiter>,
     disk_engines: BTreeMap<Gpid, SimEngine>,
     // In the process.
-    pub replicas: BTreeMap<Gpid, Replica>,
+    pub host: Host,
+    pub replicas: BTreeMap<Gpid, Slot>,
     engines: BTreeMap<Gpid, SimEngine>,
     boot_us: u64,
     lease_until_ms: u64,
-    next_id: RequestId,
-    incoming: BTreeMap<(Gpid, RequestId), Incoming>,
     outgoing: BTreeMap<RpcId, Outgoing>,
-    checkpoints: BTreeMap<Gpid, Vec<(String, Checkpoint)>>,
-    checkpoint_seq: u64,
+    checkpoints: BTreeMap<(Gpid, String), Checkpoint>,
+    /// Fetched, verified checkpoint databases not installed yet.
+    fetched: BTreeMap<(Gpid, String), Checkpoint>,
     /// Fail the next log write / sync (scripts).
     pub fail_next_write: bool,
     pub fail_next_sync: bool,
 }
 
-/// Checkpoints kept per partition, as `checkpoint.rs` keeps them.
-const CHECKPOINTS_PER_PARTITION_MAX: usize = 2;
+/// Feeds a host input and carries out its actions (and the inputs they produce).
+macro_rules! host_step {
+    ($self:ident, $io:expr, $input:expr) => {{
+        let mut inputs = VecDeque::from([$input]);
+        while let Some(input) = inputs.pop_front() {
+            $self.host.step(input);
+            for action in $self.host.take_actions() {
+                $self.execute_host($io, action, &mut inputs);
+            }
+        }
+    }};
+}
 
 impl ReplicaServer {
     pub fn new(index: usize, opts: ServerOptions, clock: NodeClock) -> ReplicaServer {
+        let me = crate::msg::replica_addr(index);
         ReplicaServer {
             index,
-            me: crate::msg::replica_addr(index),
+            host: Host::new(me.clone(), opts.host.clone(), [], 0),
+            me,
             opts,
             clock,
             up: false,
             incarnation: 0,
-            restarted: true,
             log: SimLog::default(),
             disk_engines: BTreeMap::new(),
             replicas: BTreeMap::new(),
             engines: BTreeMap::new(),
             boot_us: 0,
             lease_until_ms: 0,
-            next_id: 0,
-            incoming: BTreeMap::new(),
             outgoing: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
-            checkpoint_seq: 0,
+            fetched: BTreeMap::new(),
             fail_next_write: false,
             fail_next_sync: false,
         }
@@ -160,6 +181,10 @@ impl ReplicaServer {
         Ctx { now_ms: self.clock.mono_ms(self.boot_us, now_us), wall_us: self.clock.wall_us(now_us), lease_until_ms: self.lease_until_ms }
     }
 
+    pub fn replica(&self, gpid: Gpid) -> Option<&Replica> {
+        self.replicas.get(&gpid).map(|s| s.hosted.core())
+    }
+
     pub fn engine(&self, gpid: Gpid) -> Option<&SimEngine> {
         self.engines.get(&gpid)
     }
@@ -171,15 +196,14 @@ impl ReplicaServer {
     /// Whether this server's replica of `gpid` serves as primary now: primary status and a
     /// valid lease, by its own clock.
     pub fn serving(&self, gpid: Gpid, now_us: u64) -> bool {
-        self.up && self.replicas.get(&gpid).is_some_and(|r| r.status() == PartitionStatus::Primary) && self.ctx(now_us).lease_valid()
+        self.up && self.replica(gpid).is_some_and(|r| r.status() == PartitionStatus::Primary) && self.ctx(now_us).lease_valid()
     }
 
-    /// Process start: replay the log into fresh replicas, as `node::run` does.
+    /// Process start: replay the log into replicas of the engines on disk, as `node::run` does.
     pub fn boot(&mut self, io: &mut Io<'_>) {
         assert!(!self.up, "{} is already up", self.me);
         self.up = true;
         self.incarnation += 1;
-        self.restarted = true;
         self.boot_us = io.now_us;
         self.lease_until_ms = 0;
         let (records, cut) = self.log.replay();
@@ -200,26 +224,20 @@ impl ReplicaServer {
             io.note(|| format!("{me}: restarted, its log replays {n} mutations{}", if cut { " (a torn tail cut)" } else { "" }));
         }
         let gpids: Vec<Gpid> = self.disk_engines.keys().copied().collect();
-        for gpid in gpids {
-            let engine = self.disk_engines[&gpid].reopen();
-            self.disk_engines.insert(gpid, engine.clone());
+        let options = self.opts.host.replica_options(gpids.len());
+        for &gpid in &gpids {
             let mutations = replayed.remove(&gpid).unwrap_or_default();
             if !mutations.is_empty() {
                 io.stats.path(path::LOG_REPLAY);
             }
-            let replica = Replica::open(gpid, self.me.clone(), self.opts.replica.clone(), Box::new(engine.clone()), mutations);
-            let (me, committed, prepared) = (self.me.clone(), replica.last_committed(), replica.last_prepared());
+            self.open_replica(gpid, options.clone(), mutations);
+            let r = self.replicas[&gpid].hosted.core();
+            let (me, committed, prepared) = (self.me.clone(), r.last_committed(), r.last_prepared());
             io.note(|| format!("{me} {gpid}: reopened, committed {committed} prepared {prepared}"));
-            self.engines.insert(gpid, engine);
-            self.replicas.insert(gpid, replica);
         }
-        let inc = self.incarnation;
-        let node = self.index;
-        io.timer(self.opts.tick_interval_ms * 1_000, Event::ReplicaTick { node, incarnation: inc });
-        let first_beacon = io.rng.range(0, self.opts.beacon_interval_ms * 1_000);
-        io.timer(first_beacon, Event::Beacon { node, incarnation: inc });
-        let flush = io.rng.range(1_000_000, self.opts.flush_interval_ms_max * 1_000);
-        io.timer(flush, Event::Flush { node, incarnation: inc });
+        self.host = Host::new(self.me.clone(), self.opts.host.clone(), gpids, self.ctx(io.now_us).now_ms);
+        let first_tick = io.rng.range(0, self.opts.host.tick_interval_ms * 1_000);
+        io.timer(first_tick, Event::HostTick { node: self.index, incarnation: self.incarnation });
     }
 
     /// The machine stops. Returns what the crash did to the log.
@@ -230,9 +248,9 @@ impl ReplicaServer {
         let outcome = self.log.crash(io.rng, torn_allowed);
         self.replicas.clear();
         self.engines.clear();
-        self.incoming.clear();
         self.outgoing.clear();
         self.checkpoints.clear();
+        self.fetched.clear();
         self.lease_until_ms = 0;
         if outcome.unsynced_lost > 0 {
             io.stats.path(path::UNSYNCED_LOST);
@@ -240,118 +258,177 @@ impl ReplicaServer {
         outcome
     }
 
-    fn create_replica(&mut self, gpid: Gpid) {
-        let engine = SimEngine::default();
+    /// Opens the replica of `gpid`: its engine on disk (flushed state), or a new empty one.
+    fn open_replica(&mut self, gpid: Gpid, options: ReplicaOptions, replayed: Vec<Mutation>) {
+        let engine = match self.disk_engines.get(&gpid) {
+            Some(e) => e.reopen(),
+            None => SimEngine::default(),
+        };
         self.disk_engines.insert(gpid, engine.clone());
         self.engines.insert(gpid, engine.clone());
-        let replica = Replica::open(gpid, self.me.clone(), self.opts.replica.clone(), Box::new(engine), vec![]);
-        self.replicas.insert(gpid, replica);
+        let core = Replica::open(gpid, self.me.clone(), options, Box::new(engine), replayed);
+        let hosted = HostedReplica::new(core, self.incarnation, &self.opts.host);
+        self.replicas.insert(gpid, Slot { hosted, queue: VecDeque::new(), turn_scheduled: false });
     }
 
-    fn next_id(&mut self) -> RequestId {
-        self.next_id += 1;
-        self.next_id
+    /// Queues an event for a replica's task (dropped if the replica is gone).
+    pub fn deliver(&mut self, io: &mut Io<'_>, gpid: Gpid, event: SimEvent) {
+        let Some(slot) = self.replicas.get_mut(&gpid) else { return };
+        slot.queue.push_back(event);
+        if !slot.turn_scheduled {
+            slot.turn_scheduled = true;
+            let delay = io.rng.range(0, TURN_DELAY_US_MAX);
+            io.timer(delay, Event::ReplicaTurn { node: self.index, incarnation: self.incarnation, gpid });
+        }
     }
 
-    /// Feeds one input to a replica and executes its actions.
-    pub fn step(&mut self, io: &mut Io<'_>, gpid: Gpid, input: Input) {
+    /// A replica's task runs a turn: a random number of its queued events, then their actions.
+    pub fn on_turn(&mut self, io: &mut Io<'_>, gpid: Gpid) {
         let ctx = self.ctx(io.now_us);
-        let Some(r) = self.replicas.get_mut(&gpid) else { return };
-        let before = (r.status(), r.ballot());
-        let reconcile = r.last_prepared() > r.last_committed();
-        let (committed, prepared) = (r.last_committed(), r.last_prepared());
         let me = self.me.clone();
-        match &input {
-            Input::LearnReply { reply: Some(LearnReply::Log { start }) } if r.status() == PartitionStatus::Learner => {
-                io.stats.path(path::LEARN_BY_LOG);
-                io.note(|| format!("{me} {gpid}: learns by log from decree {start}"));
-            }
-            Input::LearnReply { reply: Some(LearnReply::Checkpoint { decree, .. }) } => {
-                io.note(|| format!("{me} {gpid}: learns by checkpoint up to decree {decree}"));
-            }
-            Input::CheckpointInstalled { .. } => {
-                io.stats.path(path::LEARN_BY_CHECKPOINT);
-                io.note(|| format!("{me} {gpid}: checkpoint installed after its reset record"));
-            }
-            Input::CheckpointFailed { error } => {
-                io.stats.path(path::CHECKPOINT_FAILED);
-                io.note(|| format!("{me} {gpid}: checkpoint failed: {error}"));
-            }
-            _ => {}
+        let Some(slot) = self.replicas.get_mut(&gpid) else { return };
+        slot.turn_scheduled = false;
+        let queued = slot.queue.len().min(STEPS_PER_TURN_MAX);
+        let take = if queued <= 1 || io.rng.chance(0.5) { queued } else { io.rng.range(1, queued as u64) as usize };
+        if take > 1 {
+            io.stats.path(path::TURN_BATCHED);
         }
-        r.step(&ctx, input);
-        let after = (r.status(), r.ballot());
-        if after.0 == PartitionStatus::Primary && before.0 != PartitionStatus::Primary && reconcile {
-            io.stats.path(path::RECONCILE);
-            io.note(|| format!("{me} {gpid}: promoted with decrees {}..={prepared} prepared, not committed: reconciles them", committed + 1));
+        for _ in 0..take {
+            let event = slot.queue.pop_front().expect("counted");
+            let before = (slot.hosted.core().status(), slot.hosted.core().ballot(), slot.hosted.core().last_committed(), slot.hosted.core().last_prepared());
+            note_event(io, &me, gpid, &event, slot.hosted.core().status());
+            slot.hosted.step(&ctx, event);
+            note_change(io, &me, gpid, before, slot.hosted.core());
         }
-        if before.0 == PartitionStatus::Primary && after == (PartitionStatus::Inactive, before.1) {
-            io.stats.path(path::STEP_DOWN);
+        let actions = slot.hosted.end_turn(&ctx);
+        if !slot.queue.is_empty() {
+            slot.turn_scheduled = true;
+            let delay = io.rng.range(0, TURN_DELAY_US_MAX);
+            io.timer(delay, Event::ReplicaTurn { node: self.index, incarnation: self.incarnation, gpid });
         }
-        if before != after {
-            io.note(|| format!("{me} {gpid}: {:?}@{} -> {:?}@{}", before.0, before.1, after.0, after.1));
+        for action in actions {
+            self.execute(io, gpid, action);
         }
-        let actions = r.take_actions();
-        self.execute(io, gpid, actions);
     }
 
-    fn execute(&mut self, io: &mut Io<'_>, gpid: Gpid, actions: Vec<Action>) {
+    fn execute(&mut self, io: &mut Io<'_>, gpid: Gpid, action: ReplicaAction<SimCarrier>) {
         let me = self.endpoint();
-        for action in actions {
-            match action {
-                Action::AppendLog { mutations } => {
-                    let ids = mutations.iter().map(|m| (m.ballot, m.decree)).collect();
-                    let records: Vec<LogRecord> =
-                        mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
-                    if self.log.append(&records, Waiter::Mutations { gpid, ids }) {
-                        self.schedule_log_write(io);
-                    }
-                }
-                Action::SendPrepare { to, msg } => {
-                    let Some(i) = replica_index(&to) else { continue };
-                    let rpc = self.call(io, Outgoing::Prepare { gpid, to });
-                    io.send(me, Endpoint::Replica(i), Msg::Prepare { rpc, msg });
-                }
-                Action::ReplyPrepare { token, reply } => {
-                    if let Some(inc) = self.incoming.remove(&(gpid, token)) {
-                        io.send(me, inc.from, Msg::PrepareResp { rpc: inc.rpc, reply });
-                    }
-                }
-                Action::ReplyClient { request_id, result } => {
-                    if let Some(inc) = self.incoming.remove(&(gpid, request_id)) {
-                        io.send(me, inc.from, Msg::ClientWriteResp { rpc: inc.rpc, result });
-                    }
-                }
-                Action::ProposeConfig { proposal } => {
-                    let rpc = self.call(io, Outgoing::Propose { gpid });
-                    let from = self.me.clone();
-                    io.send(me, Endpoint::Meta, Msg::Propose { rpc, gpid, proposal, from });
-                }
-                Action::SendLearnRequest { to, request } => {
-                    let Some(i) = replica_index(&to) else { continue };
-                    let rpc = self.call(io, Outgoing::Learn { gpid });
-                    io.send(me, Endpoint::Replica(i), Msg::Learn { rpc, gpid, request });
-                }
-                Action::ReplyLearn { token, reply } => {
-                    if let Some(inc) = self.incoming.remove(&(gpid, token)) {
-                        io.send(me, inc.from, Msg::LearnResp { rpc: inc.rpc, reply });
-                    }
-                }
-                Action::ServeCheckpoint { token } => {
-                    let delay = io.rng.range(1_000, 20_000);
-                    io.timer(delay, Event::CheckpointMade { node: self.index, incarnation: self.incarnation, gpid, token });
-                }
-                Action::FetchCheckpoint { from, checkpoint_id, decree } => {
-                    let Some(i) = replica_index(&from) else { continue };
-                    let rpc = self.call(io, Outgoing::FetchCheckpoint { gpid, decree });
-                    io.send(me, Endpoint::Replica(i), Msg::FetchCheckpoint { rpc, gpid, checkpoint_id });
-                }
-                Action::Failed { error } => {
-                    io.stats.path(path::REPLICA_ERROR);
-                    let who = self.me.clone();
-                    io.note(|| format!("{who} {gpid}: failed: {error}"));
+        match action {
+            ReplicaAction::AppendLog { mutations } => {
+                let ids = mutations.iter().map(|m| (m.ballot, m.decree)).collect();
+                let records: Vec<LogRecord> = mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
+                self.append(io, &records, Waiter::Mutations { gpid, ids });
+            }
+            ReplicaAction::AppendReset { decree } => self.append(io, &[LogRecord::Reset { gpid, decree }], Waiter::Reset { gpid }),
+            ReplicaAction::SendPrepare { to, msg } => {
+                let Some(i) = replica_index(&to) else { return };
+                let rpc = self.call(io, Outgoing::Prepare { gpid, to });
+                io.send(me, Endpoint::Replica(i), Msg::Prepare { rpc, msg });
+            }
+            ReplicaAction::ReplyPrepare { to, reply } => io.send(me, to.from, Msg::PrepareResp { rpc: to.rpc, reply }),
+            ReplicaAction::ReplyWrite { to, result } => io.send(me, to.from, Msg::ClientWriteResp { rpc: to.rpc, result }),
+            ReplicaAction::ReplyLearn { to, reply } => io.send(me, to.from, Msg::LearnResp { rpc: to.rpc, reply }),
+            ReplicaAction::ServeRead { to, result } => {
+                io.stats.path(path::READ_THROUGH_TURN);
+                let now_s = self.ctx(io.now_us).now_s();
+                let engine = self.engines.get(&gpid).expect("a replica has an engine");
+                let result = result.and_then(|()| to.sort_keys.iter().map(|sk| read::get(engine, &to.hash_key, sk, now_s)).collect());
+                io.send(me, to.incoming.from, Msg::ClientReadResp { rpc: to.incoming.rpc, result });
+            }
+            ReplicaAction::ProposeConfig { proposal } => {
+                let rpc = self.call(io, Outgoing::Propose { gpid });
+                io.send(me, Endpoint::Meta, Msg::Propose { rpc, gpid, proposal, from: self.me.clone() });
+            }
+            ReplicaAction::SendLearnRequest { to, request } => {
+                let Some(i) = replica_index(&to) else { return };
+                let rpc = self.call(io, Outgoing::Learn { gpid });
+                io.send(me, Endpoint::Replica(i), Msg::Learn { rpc, gpid, request });
+            }
+            ReplicaAction::MakeCheckpoint { id } => {
+                let delay = io.rng.range(1_000, 20_000);
+                io.timer(delay, Event::CheckpointMade { node: self.index, incarnation: self.incarnation, gpid, id });
+            }
+            ReplicaAction::DeleteCheckpoint { id } => {
+                io.stats.path(path::CHECKPOINT_DELETED);
+                self.checkpoints.remove(&(gpid, id));
+            }
+            ReplicaAction::FetchCheckpoint { from, checkpoint_id, decree } => {
+                let Some(i) = replica_index(&from) else { return };
+                let rpc = self.call(io, Outgoing::FetchCheckpoint { gpid, checkpoint_id: checkpoint_id.clone(), decree });
+                io.send(me, Endpoint::Replica(i), Msg::FetchCheckpoint { rpc, gpid, checkpoint_id });
+            }
+            ReplicaAction::ActivateCheckpoint { db, decree } => {
+                // Opening the database takes a while: a crash may come before it is current.
+                let delay = io.rng.range(500, 5_000);
+                io.timer(delay, Event::CheckpointActivated { node: self.index, incarnation: self.incarnation, gpid, db, decree });
+            }
+            ReplicaAction::DeleteDatabasesExcept { .. } => self.fetched.retain(|(g, _), _| *g != gpid),
+            ReplicaAction::DeleteDatabase { db } => {
+                self.fetched.remove(&(gpid, db));
+            }
+            ReplicaAction::SetReadGate { .. } => {}
+            ReplicaAction::Configured { status } => host_step!(self, io, HostInput::Configured { gpid, status: Some(status) }),
+            ReplicaAction::Failed { error } => {
+                io.stats.path(path::REPLICA_ERROR);
+                let who = self.me.clone();
+                io.note(|| format!("{who} {gpid}: failed: {error}"));
+            }
+        }
+    }
+
+    fn execute_host(&mut self, io: &mut Io<'_>, action: HostAction, inputs: &mut VecDeque<HostInput>) {
+        match action {
+            HostAction::OpenReplica { gpid, options } => self.open_replica(gpid, options, vec![]),
+            HostAction::Configure { gpid, config } => {
+                if self.replicas.contains_key(&gpid) {
+                    self.deliver(io, gpid, ReplicaEvent::Configure { config });
+                } else {
+                    inputs.push_back(HostInput::Configured { gpid, status: None });
                 }
             }
+            HostAction::TickReplicas { log_cache_bytes_max } => {
+                for gpid in self.replicas.keys().copied().collect::<Vec<_>>() {
+                    self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
+                }
+            }
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms } => {
+                let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
+                let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
+                let (node, incarnation) = (self.me.clone(), self.incarnation);
+                io.send(self.endpoint(), Endpoint::Meta, Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted });
+            }
+            HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
+            HostAction::SetPartitionCount { .. } => {}
+            HostAction::RemoveReplica { gpid, why } => {
+                io.stats.path(path::REPLICA_REMOVED);
+                let me = self.me.clone();
+                io.note(|| format!("{me} {gpid}: removed ({why})"));
+                self.replicas.remove(&gpid);
+                self.engines.remove(&gpid);
+                self.checkpoints.retain(|(g, _), _| *g != gpid);
+                self.fetched.retain(|(g, _), _| *g != gpid);
+                // Deleting the files takes a while; a crash meanwhile leaves them.
+                let delay = io.rng.range(1_000, 50_000);
+                io.timer(delay, Event::ReplicaDeleted { node: self.index, incarnation: self.incarnation, gpid });
+            }
+            HostAction::FlushEngine { gpid } => {
+                let decree = self.engines.get(&gpid).map(SimEngine::flush);
+                inputs.push_back(HostInput::EngineFlushed { gpid, decree });
+            }
+            HostAction::CollectLog { keep_after } => {
+                self.log.gc(&|g| keep_after.get(&g).copied());
+            }
+            HostAction::Stop { .. } => {
+                // The server exits; its supervisor restarts it.
+                let delay = io.rng.range(500_000, 3_000_000);
+                io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
+            }
+        }
+    }
+
+    fn append(&mut self, io: &mut Io<'_>, records: &[LogRecord], waiter: Waiter) {
+        if self.log.append(records, waiter) {
+            self.schedule_log_write(io);
         }
     }
 
@@ -359,9 +436,11 @@ impl ReplicaServer {
     fn call(&mut self, io: &mut Io<'_>, what: Outgoing) -> RpcId {
         let rpc = io.rpc_id();
         // As the real server: a prepare attempt gets a quarter of prepare_timeout (at least
-        // 200 ms), so a lost prepare is sent again before the member would be removed.
+        // 200 ms), so a lost prepare is sent again before the member would be removed; a beacon
+        // attempt a quarter of the lease.
         let timeout_ms = match what {
-            Outgoing::Prepare { .. } => (self.opts.replica.prepare_timeout_ms / 4).max(200),
+            Outgoing::Prepare { .. } => (self.opts.host.replica.prepare_timeout_ms / 4).max(200),
+            Outgoing::Beacon { .. } => (self.opts.host.lease_period_ms / 4).max(200),
             _ => self.opts.rpc_timeout_ms,
         };
         self.outgoing.insert(rpc, what);
@@ -374,53 +453,23 @@ impl ReplicaServer {
     pub fn on_rpc_failed(&mut self, io: &mut Io<'_>, rpc: RpcId) {
         let Some(what) = self.outgoing.remove(&rpc) else { return };
         match what {
-            Outgoing::Prepare { gpid, to } => self.step(io, gpid, Input::PrepareFailed { to }),
-            Outgoing::Learn { gpid } => self.step(io, gpid, Input::LearnReply { reply: None }),
+            Outgoing::Prepare { gpid, to } => self.deliver(io, gpid, ReplicaEvent::PrepareFailed { to }),
+            Outgoing::Learn { gpid } => self.deliver(io, gpid, ReplicaEvent::LearnReply { reply: None }),
             Outgoing::FetchCheckpoint { gpid, .. } => {
-                self.step(io, gpid, Input::CheckpointFailed { error: "fetching the checkpoint failed".into() })
+                self.deliver(io, gpid, ReplicaEvent::CheckpointFetched { result: Err("fetching the checkpoint failed".into()) })
             }
-            Outgoing::Propose { gpid } => self.step(io, gpid, Input::ProposalReply { result: Err("proposal RPC failed".into()) }),
-        }
-    }
-
-    pub fn on_tick(&mut self, io: &mut Io<'_>) {
-        let gpids: Vec<Gpid> = self.replicas.keys().copied().collect();
-        for gpid in gpids {
-            self.step(io, gpid, Input::Tick);
-        }
-        io.timer(self.opts.tick_interval_ms * 1_000, Event::ReplicaTick { node: self.index, incarnation: self.incarnation });
-    }
-
-    pub fn send_beacon(&mut self, io: &mut Io<'_>) {
-        let sent_at_ms = self.ctx(io.now_us).now_ms;
-        let reports = self.replicas.values().map(Replica::state).collect();
-        let msg = Msg::Beacon {
-            node: self.me.clone(),
-            incarnation: self.incarnation,
-            reports,
-            sent_at_ms,
-            lease_period_ms: self.opts.lease_period_ms,
-            restarted: self.restarted,
-        };
-        io.send(self.endpoint(), Endpoint::Meta, msg);
-        io.timer(self.opts.beacon_interval_ms * 1_000, Event::Beacon { node: self.index, incarnation: self.incarnation });
-    }
-
-    /// The meta acked a beacon: configurations to adopt, and a lease counted from the send.
-    fn on_beacon_reply(&mut self, io: &mut Io<'_>, sent_at_ms: u64, configs: Vec<PartitionConfig>) {
-        // Configurations first, lease second: a replica the meta no longer names primary must not
-        // see a fresh lease before it sees that configuration.
-        for config in configs {
-            let gpid = config.gpid;
-            if !self.replicas.contains_key(&gpid) {
-                if !config.hosts(&self.me) {
-                    continue;
-                }
-                self.create_replica(gpid);
+            Outgoing::Propose { gpid } => self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Err("proposal RPC failed".into()) }),
+            Outgoing::Beacon { .. } => {
+                let now_ms = self.ctx(io.now_us).now_ms;
+                host_step!(self, io, HostInput::BeaconFailed { now_ms })
             }
-            self.step(io, gpid, Input::ConfigUpdate { config });
         }
-        self.lease_until_ms = self.lease_until_ms.max(sent_at_ms + self.opts.lease_period_ms);
+    }
+
+    pub fn on_host_tick(&mut self, io: &mut Io<'_>) {
+        let now_ms = self.ctx(io.now_us).now_ms;
+        host_step!(self, io, HostInput::Tick { now_ms });
+        io.timer(self.opts.host.tick_interval_ms * 1_000, Event::HostTick { node: self.index, incarnation: self.incarnation });
     }
 
     /// Group commit: the writer thread wakes a little later, and every append queued until
@@ -430,11 +479,10 @@ impl ReplicaServer {
         io.timer(delay, Event::LogWrite { node: self.index, incarnation: self.incarnation });
     }
 
-    /// The log failed for the first time: the replica server's supervisor restarts it.
+    /// The log failed for the first time: the host stops the server (its supervisor restarts it).
     fn on_log_failed(&mut self, io: &mut Io<'_>, kind: &'static str) {
         io.stats.fault(kind);
-        let delay = io.rng.range(500_000, 3_000_000);
-        io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
+        host_step!(self, io, HostInput::LogFailed { error: format!("simulated {kind} failure") });
     }
 
     /// The writer writes the queued appends out. Returns when their fsync will return, if one
@@ -472,47 +520,41 @@ impl ReplicaServer {
 
     fn complete(&mut self, io: &mut Io<'_>, done: Vec<crate::disk::Completion<Waiter>>) {
         for (waiter, result) in done {
-            match (waiter, result) {
-                (Waiter::Mutations { gpid, ids }, Ok(())) => {
-                    for (ballot, decree) in ids {
-                        self.step(io, gpid, Input::LogAppended { ballot, decree });
-                    }
-                }
-                (Waiter::Mutations { gpid, .. }, Err(error)) => self.step(io, gpid, Input::LogFailed { error }),
-                (Waiter::Reset { gpid, engine }, Ok(())) => {
-                    // The reset is durable: switch the replica's directory to the checkpoint.
-                    self.disk_engines.insert(gpid, engine.clone());
-                    self.engines.insert(gpid, engine.clone());
-                    self.step(io, gpid, Input::CheckpointInstalled { engine: Box::new(engine) });
-                }
-                (Waiter::Reset { gpid, .. }, Err(error)) => self.step(io, gpid, Input::CheckpointFailed { error }),
-            }
+            let (gpid, event) = match (waiter, result) {
+                (Waiter::Mutations { gpid, ids }, Ok(())) => (gpid, ReplicaEvent::LogAppended { ids }),
+                (Waiter::Reset { gpid }, Ok(())) => (gpid, ReplicaEvent::ResetLogged),
+                (Waiter::Mutations { gpid, .. } | Waiter::Reset { gpid }, Err(error)) => (gpid, ReplicaEvent::LogFailed { error }),
+            };
+            self.deliver(io, gpid, event);
         }
-    }
-
-    /// Flushes every engine and collects the log, as `node.rs` does every `log_gc_interval`.
-    pub fn on_flush(&mut self, io: &mut Io<'_>) {
-        let mut flushed = BTreeMap::new();
-        for (gpid, e) in &self.engines {
-            flushed.insert(*gpid, e.flush());
-        }
-        self.log.gc(&|g| flushed.get(&g).copied());
-        let next = io.rng.range(1_000_000, self.opts.flush_interval_ms_max * 1_000);
-        io.timer(next, Event::Flush { node: self.index, incarnation: self.incarnation });
     }
 
     /// The runtime made the checkpoint a learner asked for.
-    pub fn on_checkpoint_made(&mut self, io: &mut Io<'_>, gpid: Gpid, token: RequestId) {
+    pub fn on_checkpoint_made(&mut self, io: &mut Io<'_>, gpid: Gpid, id: String) {
         let Some(engine) = self.engines.get(&gpid) else { return };
         let (data, decree) = engine.checkpoint();
-        self.checkpoint_seq += 1;
-        let id = format!("{}-{}-{}", self.me, self.incarnation, self.checkpoint_seq);
-        let list = self.checkpoints.entry(gpid).or_default();
-        list.push((id.clone(), (data, decree)));
-        while list.len() > CHECKPOINTS_PER_PARTITION_MAX {
-            list.remove(0);
-        }
-        self.step(io, gpid, Input::CheckpointReady { token, result: Ok((id, decree)) });
+        self.checkpoints.insert((gpid, id.clone()), (data, decree));
+        self.deliver(io, gpid, ReplicaEvent::CheckpointMade { id, result: Ok(decree) });
+    }
+
+    /// The fetched database is open and current (the reset record was durable before).
+    pub fn on_checkpoint_activated(&mut self, io: &mut Io<'_>, gpid: Gpid, db: String, decree: Decree) {
+        let result = match self.fetched.remove(&(gpid, db)) {
+            Some((data, d)) if d == decree => {
+                let engine = SimEngine::from_checkpoint(data, decree);
+                self.disk_engines.insert(gpid, engine.clone());
+                self.engines.insert(gpid, engine.clone());
+                Ok(Box::new(engine) as Box<dyn tandem_core::storage::KvEngine>)
+            }
+            _ => Err("the fetched database is gone".to_string()),
+        };
+        self.deliver(io, gpid, ReplicaEvent::CheckpointActivated { result });
+    }
+
+    /// A removed replica's files are gone.
+    pub fn on_replica_deleted(&mut self, io: &mut Io<'_>, gpid: Gpid) {
+        self.disk_engines.remove(&gpid);
+        host_step!(self, io, HostInput::ReplicaRemoved { gpid });
     }
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
@@ -521,31 +563,30 @@ impl ReplicaServer {
             Msg::Prepare { rpc, msg } => {
                 let gpid = msg.config.gpid;
                 if !self.replicas.contains_key(&gpid) {
-                    if !msg.config.hosts(&self.me) {
-                        let reply = PrepareReply { ballot: 0, outcome: PrepareOutcome::NotMember };
-                        io.send(me, from, Msg::PrepareResp { rpc, reply });
-                        return;
-                    }
-                    // A new partition's first prepare may beat the meta's beacon reply.
-                    self.create_replica(gpid);
+                    host_step!(self, io, HostInput::PrepareForUnknown { config: msg.config.clone() });
                 }
-                let token = self.next_id();
-                self.incoming.insert((gpid, token), Incoming { from, rpc });
-                let sender = from.name();
-                self.step(io, gpid, Input::Prepare { token, from: sender, msg });
+                if self.replicas.contains_key(&gpid) {
+                    self.deliver(io, gpid, ReplicaEvent::Prepare { from: from.name(), msg, reply: Incoming { from, rpc } });
+                } else if self.host.is_removing(gpid) {
+                    io.send(me, from, Msg::RpcFailed { rpc, not_sent: false });
+                } else {
+                    let reply = PrepareReply { ballot: 0, outcome: PrepareOutcome::NotMember };
+                    io.send(me, from, Msg::PrepareResp { rpc, reply });
+                }
             }
             Msg::Learn { rpc, gpid, request } => {
                 if !self.replicas.contains_key(&gpid) {
                     io.send(me, from, Msg::RpcFailed { rpc, not_sent: false });
                     return;
                 }
-                let token = self.next_id();
-                self.incoming.insert((gpid, token), Incoming { from, rpc });
-                self.step(io, gpid, Input::LearnRequest { token, request });
+                self.deliver(io, gpid, ReplicaEvent::Learn { request, reply: Incoming { from, rpc } });
             }
             Msg::FetchCheckpoint { rpc, gpid, checkpoint_id } => {
-                let found = self.checkpoints.get(&gpid).and_then(|l| l.iter().find(|(id, _)| *id == checkpoint_id)).map(|(_, c)| c.clone());
+                let found = self.checkpoints.get(&(gpid, checkpoint_id.clone())).cloned();
                 let result = found.ok_or_else(|| format!("no checkpoint {checkpoint_id} of {gpid} (expired?)"));
+                if result.is_ok() {
+                    self.deliver(io, gpid, ReplicaEvent::CheckpointRead { id: checkpoint_id });
+                }
                 io.send(me, from, Msg::FetchCheckpointResp { rpc, result });
             }
             Msg::ClientWrite { rpc, gpid, request } => {
@@ -554,75 +595,104 @@ impl ReplicaServer {
                     io.send(me, from, Msg::ClientWriteResp { rpc, result: Err(err) });
                     return;
                 }
-                let request_id = self.next_id();
-                self.incoming.insert((gpid, request_id), Incoming { from, rpc });
-                self.step(io, gpid, Input::ClientWrite { request_id, request });
+                self.deliver(io, gpid, ReplicaEvent::Write { request, reply: Incoming { from, rpc } });
             }
             Msg::ClientRead { rpc, gpid, hash_key, sort_keys } => {
                 let ctx = self.ctx(io.now_us);
-                let result = match self.replicas.get(&gpid) {
-                    None => Err(Error::NotPrimary { gpid, status: "absent", ballot: 0 }),
-                    Some(r) => r.check_read(&ctx).and_then(|()| {
-                        sort_keys.iter().map(|sk| read::get(r.engine(), &hash_key, sk, ctx.now_s())).collect::<Result<Vec<_>, _>>()
-                    }),
+                let Some(slot) = self.replicas.get(&gpid) else {
+                    let result = Err(Error::NotPrimary { gpid, status: "absent", ballot: 0 });
+                    io.send(me, from, Msg::ClientReadResp { rpc, result });
+                    return;
                 };
-                io.send(me, from, Msg::ClientReadResp { rpc, result });
-            }
-            Msg::BeaconResp { incarnation, sent_at_ms, result } => {
-                // `sent_at_ms` is on the clock of the process that sent the beacon.
-                if let Ok(configs) = result
-                    && incarnation == self.incarnation
-                {
-                    self.restarted = false;
-                    self.on_beacon_reply(io, sent_at_ms, configs);
+                // As the server's read path: through the gate while it is open and the lease
+                // holds, else through the replica's queue.
+                if slot.hosted.read_gate_open() && ctx.lease_valid() {
+                    let engine = self.engines.get(&gpid).expect("a replica has an engine");
+                    let result = sort_keys.iter().map(|sk| read::get(engine, &hash_key, sk, ctx.now_s())).collect();
+                    io.send(me, from, Msg::ClientReadResp { rpc, result });
+                } else {
+                    let reply = ReadRequest { incoming: Incoming { from, rpc }, hash_key, sort_keys };
+                    self.deliver(io, gpid, ReplicaEvent::Read { reply });
                 }
+            }
+            Msg::BeaconResp { rpc, result } => {
+                let Some(Outgoing::Beacon { sent_at_ms }) = self.outgoing.remove(&rpc) else { return };
+                let input = match result {
+                    Ok(BeaconAnswer { configs, partition_counts, gone }) => HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone },
+                    Err(_) => HostInput::BeaconFailed { now_ms: self.ctx(io.now_us).now_ms },
+                };
+                host_step!(self, io, input);
             }
             Msg::PrepareResp { rpc, reply } => {
                 if let Some(Outgoing::Prepare { gpid, to }) = self.outgoing.remove(&rpc) {
-                    self.step(io, gpid, Input::PrepareReply { from: to, reply });
+                    self.deliver(io, gpid, ReplicaEvent::PrepareReply { from: to, reply });
                 }
             }
             Msg::LearnResp { rpc, reply } => {
                 if let Some(Outgoing::Learn { gpid }) = self.outgoing.remove(&rpc) {
-                    self.step(io, gpid, Input::LearnReply { reply: Some(reply) });
+                    self.deliver(io, gpid, ReplicaEvent::LearnReply { reply: Some(reply) });
                 }
             }
             Msg::ProposeResp { rpc, result } => {
                 if let Some(Outgoing::Propose { gpid }) = self.outgoing.remove(&rpc) {
-                    self.step(io, gpid, Input::ProposalReply { result });
+                    self.deliver(io, gpid, ReplicaEvent::ProposalReply { result });
                 }
             }
             Msg::FetchCheckpointResp { rpc, result } => {
-                let Some(Outgoing::FetchCheckpoint { gpid, decree }) = self.outgoing.remove(&rpc) else { return };
-                match result {
-                    Ok((data, d)) if d == decree => self.install_checkpoint(io, gpid, data, decree),
-                    Ok((_, d)) => {
-                        let error = format!("checkpoint holds decree {d}, expected {decree}");
-                        self.step(io, gpid, Input::CheckpointFailed { error });
+                let Some(Outgoing::FetchCheckpoint { gpid, checkpoint_id, decree }) = self.outgoing.remove(&rpc) else { return };
+                let result = match result {
+                    Ok((data, d)) if d == decree => {
+                        let db = format!("db-{checkpoint_id}");
+                        self.fetched.insert((gpid, db.clone()), (data, d));
+                        Ok((db, decree))
                     }
-                    Err(error) => self.step(io, gpid, Input::CheckpointFailed { error }),
-                }
+                    Ok((_, d)) => Err(format!("checkpoint holds decree {d}, expected {decree}")),
+                    Err(error) => Err(error),
+                };
+                self.deliver(io, gpid, ReplicaEvent::CheckpointFetched { result });
             }
             Msg::RpcFailed { rpc, .. } => self.on_rpc_failed(io, rpc),
             Msg::Beacon { .. } | Msg::Propose { .. } | Msg::QueryConfig { .. } => {}
             Msg::QueryConfigResp { .. } | Msg::ClientWriteResp { .. } | Msg::ClientReadResp { .. } => {}
         }
     }
+}
 
-    /// Logs the reset and switches the engine. The runtime does this inside the replica's task,
-    /// awaiting the append, so nothing else reaches the replica meanwhile: here the log is
-    /// synced at once (a group commit of its own).
-    fn install_checkpoint(&mut self, io: &mut Io<'_>, gpid: Gpid, data: BTreeMap<Vec<u8>, Vec<u8>>, decree: Decree) {
-        let engine = SimEngine::from_checkpoint(data, decree);
-        self.log.append(&[LogRecord::Reset { gpid, decree }], Waiter::Reset { gpid, engine });
-        let write_fails = std::mem::take(&mut self.fail_next_write);
-        let sync_fails = std::mem::take(&mut self.fail_next_sync);
-        let was_failed = self.log.failed();
-        let done = self.log.write_and_sync(write_fails, sync_fails);
-        if !was_failed && self.log.failed() {
-            self.on_log_failed(io, if write_fails { "disk-write" } else { "disk-sync" });
+/// Trace notes and path counts of what an event is about to do.
+fn note_event(io: &mut Io<'_>, me: &str, gpid: Gpid, event: &SimEvent, status: PartitionStatus) {
+    match event {
+        ReplicaEvent::LearnReply { reply: Some(LearnReply::Log { start }) } if status == PartitionStatus::Learner => {
+            io.stats.path(path::LEARN_BY_LOG);
+            io.note(|| format!("{me} {gpid}: learns by log from decree {start}"));
         }
-        self.complete(io, done);
+        ReplicaEvent::LearnReply { reply: Some(LearnReply::Checkpoint { decree, .. }) } => {
+            io.note(|| format!("{me} {gpid}: learns by checkpoint up to decree {decree}"));
+        }
+        ReplicaEvent::CheckpointActivated { result: Ok(_) } => {
+            io.stats.path(path::LEARN_BY_CHECKPOINT);
+            io.note(|| format!("{me} {gpid}: checkpoint installed after its reset record"));
+        }
+        ReplicaEvent::CheckpointFetched { result: Err(error) } | ReplicaEvent::CheckpointActivated { result: Err(error) } => {
+            io.stats.path(path::CHECKPOINT_FAILED);
+            io.note(|| format!("{me} {gpid}: checkpoint failed: {error}"));
+        }
+        _ => {}
+    }
+}
+
+/// Trace notes and path counts of what an event did to a replica's role.
+fn note_change(io: &mut Io<'_>, me: &str, gpid: Gpid, before: (PartitionStatus, Ballot, Decree, Decree), r: &Replica) {
+    let (status, ballot, committed, prepared) = before;
+    let after = (r.status(), r.ballot());
+    if after.0 == PartitionStatus::Primary && status != PartitionStatus::Primary && prepared > committed {
+        io.stats.path(path::RECONCILE);
+        io.note(|| format!("{me} {gpid}: promoted with decrees {}..={prepared} prepared, not committed: reconciles them", committed + 1));
+    }
+    if status == PartitionStatus::Primary && after == (PartitionStatus::Inactive, ballot) {
+        io.stats.path(path::STEP_DOWN);
+    }
+    if (status, ballot) != after {
+        io.note(|| format!("{me} {gpid}: {status:?}@{ballot} -> {:?}@{}", after.0, after.1));
     }
 }
 

@@ -291,7 +291,7 @@ impl Runner {
                 let Endpoint::Replica(i) = endpoint(node)? else { return Err("expect a replica server's state".into()) };
                 let sim = self.sim()?;
                 let s = &sim.servers[i];
-                let state = s.replicas.get(&gpid()).filter(|_| s.up).map(|r| r.state());
+                let state = s.replica(gpid()).filter(|_| s.up).map(|r| r.state());
                 let got_status = state.as_ref().map_or("absent", |st| st.status.as_str());
                 if got_status != *status {
                     return Err(format!("{node} is {got_status}, expected {status} ({state:?})"));
@@ -448,6 +448,9 @@ pub fn run_script(text: &str, trace: bool) -> Result<ScriptRun, String> {
         clients: 1,
         register_keys: 0,
         log_cache_bytes_max: 64 << 20,
+        inactive_replica_gc_delay_ms: tandem_host::HostOptions::default().inactive_replica_gc_delay_ms,
+        checkpoints_per_partition_max: tandem_host::HostOptions::default().checkpoints_per_partition_max,
+        checkpoint_hold_ms: tandem_host::HostOptions::default().checkpoint_hold_ms,
         fault_time_us: u64::MAX / 4,
     };
     let items = parse(text);

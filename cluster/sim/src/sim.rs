@@ -54,6 +54,11 @@ pub struct Params {
     pub clients: usize,
     pub register_keys: usize,
     pub log_cache_bytes_max: usize,
+    /// The host's deletion of left-out replicas and its checkpoint retention, shortened so
+    /// that a run of a minute reaches them.
+    pub inactive_replica_gc_delay_ms: u64,
+    pub checkpoints_per_partition_max: usize,
+    pub checkpoint_hold_ms: u64,
     /// How long faults are injected, from the start.
     pub fault_time_us: u64,
 }
@@ -69,6 +74,9 @@ impl Params {
             register_keys: rng.range(2, 6) as usize,
             // A small log cache sends learners to checkpoints.
             log_cache_bytes_max: if rng.chance(0.4) { rng.range(512, 8_192) as usize } else { 64 << 20 },
+            inactive_replica_gc_delay_ms: rng.range(3_000, 30_000),
+            checkpoints_per_partition_max: rng.range(1, 3) as usize,
+            checkpoint_hold_ms: rng.range(500, 20_000),
             fault_time_us,
         }
     }
@@ -184,8 +192,20 @@ impl Sim {
         };
         let meta = SimMeta::new(MetaOptions::default(), clock(&mut rng));
         let mut opts = ServerOptions::default();
-        opts.replica.log_cache_bytes_max = params.log_cache_bytes_max;
-        let servers = (0..params.servers).map(|i| ReplicaServer::new(i, opts.clone(), clock(&mut rng))).collect();
+        // The server's log cache is shared among its replicas: a small one sends learners to
+        // checkpoints.
+        opts.host.log_cache_bytes_max = params.log_cache_bytes_max * params.partitions as usize;
+        opts.host.inactive_replica_gc_delay_ms = params.inactive_replica_gc_delay_ms;
+        opts.host.checkpoints_per_partition_max = params.checkpoints_per_partition_max;
+        opts.host.checkpoint_hold_ms = params.checkpoint_hold_ms;
+        let servers = (0..params.servers)
+            .map(|i| {
+                let mut opts = opts.clone();
+                // Engines are flushed and the log collected at a different pace on each server.
+                opts.host.log_gc_interval_ms = rng.range(1_000, 10_000);
+                ReplicaServer::new(i, opts, clock(&mut rng))
+            })
+            .collect();
         let clients = (0..params.clients).map(SimClient::new).collect();
         let net = Network::new(plan.loss, plan.duplicate, plan.jitter_us);
         // Scenario scripts (no register keys) drive the clients themselves.
@@ -343,14 +363,14 @@ impl Sim {
                     _ => {}
                 }
             }
-            Event::ReplicaTick { node, incarnation } => {
+            Event::HostTick { node, incarnation } => {
                 if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_tick(&mut io!(self, &mut out));
+                    self.servers[node].on_host_tick(&mut io!(self, &mut out));
                 }
             }
-            Event::Beacon { node, incarnation } => {
+            Event::ReplicaTurn { node, incarnation, gpid } => {
                 if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].send_beacon(&mut io!(self, &mut out));
+                    self.servers[node].on_turn(&mut io!(self, &mut out), gpid);
                 }
             }
             Event::LogWrite { node, incarnation } => {
@@ -373,14 +393,19 @@ impl Sim {
                     self.servers[node].on_log_sync(&mut io!(self, &mut out), sync_fails);
                 }
             }
-            Event::Flush { node, incarnation } => {
+            Event::CheckpointMade { node, incarnation, gpid, id } => {
                 if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_flush(&mut io!(self, &mut out));
+                    self.servers[node].on_checkpoint_made(&mut io!(self, &mut out), gpid, id);
                 }
             }
-            Event::CheckpointMade { node, incarnation, gpid, token } => {
+            Event::CheckpointActivated { node, incarnation, gpid, db, decree } => {
                 if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_checkpoint_made(&mut io!(self, &mut out), gpid, token);
+                    self.servers[node].on_checkpoint_activated(&mut io!(self, &mut out), gpid, db, decree);
+                }
+            }
+            Event::ReplicaDeleted { node, incarnation, gpid } => {
+                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                    self.servers[node].on_replica_deleted(&mut io!(self, &mut out), gpid);
                 }
             }
             Event::SupervisorRestart { node, incarnation } => {
@@ -705,7 +730,7 @@ impl Sim {
                 .iter()
                 .filter(|s| s.up && config.members().any(|m| *m == s.me))
                 .filter_map(|s| {
-                    let r = s.replicas.get(&gpid)?;
+                    let r = s.replica(gpid)?;
                     Some(convergence::MemberView {
                         node: s.me.clone(),
                         status: r.status().as_str(),
@@ -764,8 +789,8 @@ impl Sim {
             if !s.up {
                 continue;
             }
-            for (gpid, r) in &s.replicas {
-                if r.status() == PartitionStatus::Primary && s.serving(*gpid, self.now_us) {
+            for (gpid, slot) in &s.replicas {
+                if slot.hosted.core().status() == PartitionStatus::Primary && s.serving(*gpid, self.now_us) {
                     serving.push((*gpid, (i, *gpid)));
                 }
             }
@@ -774,7 +799,7 @@ impl Sim {
         let describe = |(i, gpid): (usize, Gpid)| {
             let s = &self.servers[i];
             let ctx = s.ctx(now);
-            let ballot = s.replicas.get(&gpid).map_or(0, |r| r.ballot());
+            let ballot = s.replica(gpid).map_or(0, |r| r.ballot());
             format!("{} (ballot {ballot}, lease until {} ms, its clock {} ms)", s.me, ctx.lease_until_ms, ctx.now_ms)
         };
         if let Err(e) = self.single_primary.check(now, &serving, describe) {

@@ -25,6 +25,13 @@ pub mod path {
     pub const CLIENT_REROUTE: &str = "client-reroute";
     pub const CHECKPOINT_FAILED: &str = "checkpoint-failed";
     pub const RESTARTED_PRIMARY_REBALLOT: &str = "restarted-primary-new-ballot";
+    /// A replica's turn stepped several queued events before running their actions.
+    pub const TURN_BATCHED: &str = "turn-batched";
+    /// A read waited for a turn (the read gate was closed or the lease had run out).
+    pub const READ_THROUGH_TURN: &str = "read-through-turn";
+    pub const CHECKPOINT_DELETED: &str = "checkpoint-deleted";
+    /// The host deleted a replica (left out of its configuration, or of a purged table).
+    pub const REPLICA_REMOVED: &str = "replica-removed";
 }
 
 #[derive(Clone, Debug, Default)]

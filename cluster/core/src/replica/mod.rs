@@ -277,6 +277,10 @@ pub struct Replica {
     /// Until this decree commits the new primary has not reconciled; it serves no reads.
     reconcile_until: Decree,
     proposal: Option<(ConfigProposal, u64)>,
+    /// The meta refused the last proposal (or it failed): none is made again before this, or a
+    /// primary whose reason to propose persists asks again on every tick. A new ballot clears it
+    /// (found by the simulator with turns, scenario meta_restart_mid_reconfiguration).
+    proposal_refused_until_ms: u64,
     /// A learner this primary proposed to upgrade under the current ballot. The meta may have
     /// made it a secondary already (its answer can be late or lost): from the proposal on, a
     /// commit waits for this learner's ack too, or a decree committed meanwhile would be missing
@@ -338,6 +342,7 @@ impl Replica {
             pending_writes: BTreeMap::new(),
             reconcile_until: 0,
             proposal: None,
+            proposal_refused_until_ms: 0,
             upgrading: None,
             ballot_known: last_committed == 0 && replayed.is_empty(),
             learn: LearnState::Idle,

@@ -20,6 +20,7 @@ impl Replica {
         if ballot_changed {
             // A proposal made under the old ballot can no longer apply.
             self.proposal = None;
+            self.proposal_refused_until_ms = 0;
         }
         if ballot_changed || self.upgrading.as_ref().is_some_and(|l| !self.config.learners.contains(l)) {
             self.upgrading = None;
@@ -67,6 +68,13 @@ impl Replica {
         let secondaries = self.config.secondaries.clone();
         let learners = self.config.learners.clone();
         self.members.retain(|node, _| secondaries.contains(node) || learners.contains(node));
+        // A secondary the configuration made a learner again is tracked as one: it is dropped
+        // when silent, not proposed for removal as a secondary it no longer is.
+        for (node, p) in self.members.iter_mut() {
+            if learners.contains(node) {
+                p.learner = true;
+            }
+        }
         for node in &secondaries {
             let last_committed = self.last_committed;
             let p = self.members.entry(node.clone()).or_insert_with(|| MemberProgress::new(last_committed, false));
@@ -91,7 +99,7 @@ impl Replica {
     }
 
     pub(super) fn propose(&mut self, ctx: &Ctx, proposal: ConfigProposal) {
-        if self.proposal.is_some() {
+        if self.proposal.is_some() || ctx.now_ms < self.proposal_refused_until_ms {
             return;
         }
         self.proposal = Some((proposal.clone(), ctx.now_ms));
@@ -99,15 +107,19 @@ impl Replica {
     }
 
     pub(super) fn on_proposal_reply(&mut self, ctx: &Ctx, result: Result<PartitionConfig, String>) {
-        self.proposal = None;
-        if let Ok(config) = result {
-            self.on_config_update(ctx, config);
+        // A failure with no proposal in flight is a late one (an RPC that timed out after it was
+        // sent again): it says nothing about the proposals to come.
+        let in_flight = self.proposal.take().is_some();
+        match result {
+            Ok(config) => self.on_config_update(ctx, config),
+            Err(_) if in_flight => self.proposal_refused_until_ms = ctx.now_ms + self.options.proposal_retry_ms,
+            Err(_) => {}
         }
     }
 
     /// A learner that holds every committed decree joins the configuration as a secondary.
     pub(super) fn maybe_upgrade_learner(&mut self, ctx: &Ctx) {
-        if self.status != PartitionStatus::Primary || self.proposal.is_some() {
+        if self.status != PartitionStatus::Primary || self.proposal.is_some() || ctx.now_ms < self.proposal_refused_until_ms {
             return;
         }
         let ready = self

@@ -168,6 +168,39 @@ fn silent_secondary_is_proposed_for_removal_after_the_prepare_timeout() {
     assert_eq!(r.take_actions(), vec![Action::ReplyClient { request_id: 1, result: Ok(WriteResponse::Done) }]);
 }
 
+/// A refused proposal (the meta's configuration moved on) is not made again on every tick: the
+/// primary waits `proposal_retry_ms`, as for an unanswered one (found with turns in the
+/// simulator: scenario meta_restart_mid_reconfiguration proposed ten times a second).
+#[test]
+fn a_refused_proposal_is_not_made_again_before_the_retry_interval() {
+    let mut r = primary_of(&[S1, S2]);
+    r.step(&ctx(10), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(20), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    r.step(&ctx(20), Input::LogAppended { ballot: 1, decree: 1 });
+    r.take_actions();
+    r.step(&ctx(5_011), Input::Tick);
+    assert_eq!(r.take_actions()[0], Action::ProposeConfig { proposal: ConfigProposal::RemoveSecondary { ballot: 1, node: S2.into() } });
+    r.step(&ctx(5_020), Input::ProposalReply { result: Err("stale proposal: ballot 1 but the partition is at 2".into()) });
+    r.step(&ctx(5_111), Input::Tick);
+    assert!(!r.take_actions().iter().any(|a| matches!(a, Action::ProposeConfig { .. })));
+    r.step(&ctx(8_020), Input::Tick);
+    assert_eq!(r.take_actions()[0], Action::ProposeConfig { proposal: ConfigProposal::RemoveSecondary { ballot: 1, node: S2.into() } });
+}
+
+/// The meta made a silent secondary a learner (cure after a reload): the primary tracks it as a
+/// learner, dropped when silent, and does not propose removing a secondary it no longer is.
+#[test]
+fn a_secondary_made_a_learner_again_is_not_proposed_for_removal() {
+    let mut r = primary_of(&[S1, S2]);
+    r.step(&ctx(10), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(20), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    r.step(&ctx(20), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(30), Input::ConfigUpdate { config: config(2, P, &[S1], &[S2]) });
+    r.take_actions();
+    r.step(&ctx(5_011), Input::Tick);
+    assert!(!r.take_actions().iter().any(|a| matches!(a, Action::ProposeConfig { .. })));
+}
+
 #[test]
 fn lease_expired_primary_refuses_writes_and_reads() {
     let mut r = primary_of(&[]);

@@ -1,0 +1,74 @@
+//! The knobs of a replica server's host, with the one set of defaults that the server's config,
+//! the playground and the simulator all start from.
+
+use tandem_core::replica::ReplicaOptions;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostOptions {
+    /// How often the server beacons to the meta (one beacon in flight at a time).
+    pub beacon_interval_ms: u64,
+    /// How long an acked beacon lets this server serve as primary, from when it was sent.
+    pub lease_period_ms: u64,
+    /// How often the runtime feeds `HostInput::Tick` (and the replicas their core ticks).
+    pub tick_interval_ms: u64,
+    /// How often engines are flushed and the shared log collected.
+    pub log_gc_interval_ms: u64,
+    /// A local replica that its partition's configuration has left out this long (while the
+    /// partition has a primary) is deleted, with its hold on the shared log.
+    pub inactive_replica_gc_delay_ms: u64,
+    /// Committed mutations kept in memory for catch-up by log, by all replicas together: each
+    /// gets an equal share (the core's `log_cache_bytes_max`).
+    pub log_cache_bytes_max: usize,
+    /// Checkpoints kept per partition for learners; a newer one replaces the oldest unheld one.
+    pub checkpoints_per_partition_max: usize,
+    /// A checkpoint read (by a learner fetching it, or an upload) within this long is in use and
+    /// is not deleted; a new checkpoint is held this long before anyone read it.
+    pub checkpoint_hold_ms: u64,
+    /// The replica core's options; `log_cache_bytes_max` in it is overwritten with the share.
+    pub replica: ReplicaOptions,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions {
+            beacon_interval_ms: 1_000,
+            lease_period_ms: 6_000,
+            tick_interval_ms: 100,
+            log_gc_interval_ms: 30_000,
+            inactive_replica_gc_delay_ms: 600_000,
+            log_cache_bytes_max: 256 << 20,
+            checkpoints_per_partition_max: 2,
+            checkpoint_hold_ms: 60_000,
+            replica: ReplicaOptions::default(),
+        }
+    }
+}
+
+impl HostOptions {
+    /// Rules across fields; each message names the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.beacon_interval_ms == 0 || self.tick_interval_ms == 0 || self.log_gc_interval_ms == 0 {
+            return Err("beacon_interval, tick_interval and log_gc_interval must be above zero".into());
+        }
+        if self.beacon_interval_ms >= self.lease_period_ms {
+            return Err(format!(
+                "beacon_interval ({} ms) must be shorter than lease_period ({} ms), or every lease runs out before the next beacon",
+                self.beacon_interval_ms, self.lease_period_ms
+            ));
+        }
+        if self.checkpoints_per_partition_max == 0 {
+            return Err("checkpoints_per_partition_max must be at least 1 (a learner needs one)".into());
+        }
+        Ok(())
+    }
+
+    /// Each replica's share of the server's log cache when it hosts `hosted` replicas.
+    pub fn log_cache_share(&self, hosted: usize) -> usize {
+        self.log_cache_bytes_max / hosted.max(1)
+    }
+
+    /// The core's options for a replica of a server hosting `hosted` replicas.
+    pub fn replica_options(&self, hosted: usize) -> ReplicaOptions {
+        ReplicaOptions { log_cache_bytes_max: self.log_cache_share(hosted), ..self.replica.clone() }
+    }
+}

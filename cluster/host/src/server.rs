@@ -1,0 +1,556 @@
+//! The host of one replica server: the decisions that span its replicas. The server runtime
+//! feeds it ticks, beacon answers and IO completions and carries out its actions; the simulator
+//! runs the same code.
+//!
+//! ```text
+//!  Tick ─────────────▶ TickReplicas{share} · SendBeacon (when due, one in flight) · FlushEngine… (log GC due)
+//!  BeaconAnswered ───▶ OpenReplica / Configure (each config) · RemoveReplica (purged tables)
+//!  Configured (all) ─▶ ExtendLease · RemoveReplica (left out of its configuration long enough)
+//!  EngineFlushed (all) ▶ CollectLog{keep_after: min(flushed, holds)}
+//!  PrepareForUnknown ▶ OpenReplica (a new partition's prepare can beat the beacon answer)
+//!  LogFailed ────────▶ Stop
+//! ```
+//!
+//! Rules kept here, each with its reason:
+//! - **Configurations before the lease.** A beacon's lease (`sent_at + lease_period`) is granted
+//!   only after every replica it configured has taken its configuration, so a primary the meta
+//!   replaced never sees a renewed lease before it sees that it was replaced.
+//! - **When replica data is deleted.** A replica of a purged table at once; a replica its
+//!   partition's configuration leaves out only after `inactive_replica_gc_delay`, only while that
+//!   configuration has a primary (its members then hold every committed write; without one the
+//!   meta may revive this copy), and only if the replica itself agrees it has no role. A replica
+//!   being deleted is not created again until its data is gone.
+//! - **What the shared log keeps** for each replica: everything after the decree its engine
+//!   flushed, and after every hold (a duplication that has not shipped it yet). A replica that
+//!   did not answer its flush keeps everything.
+
+use crate::options::HostOptions;
+use std::collections::{BTreeMap, BTreeSet};
+use tandem_core::replica::ReplicaOptions;
+use tandem_core::{Decree, Gpid, NodeAddr, PartitionConfig, PartitionStatus};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostInput {
+    /// Time passes (every `tick_interval_ms`).
+    Tick { now_ms: u64 },
+    /// The meta answered the beacon sent at `sent_at_ms`: the configurations of the partitions
+    /// this server hosts or reported, the partition count of their tables, and the reported
+    /// partitions whose table is gone.
+    BeaconAnswered { sent_at_ms: u64, configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid> },
+    BeaconFailed { now_ms: u64 },
+    /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
+    Configured { gpid: Gpid, status: Option<PartitionStatus> },
+    /// A prepare arrived for a partition this server does not host.
+    PrepareForUnknown { config: PartitionConfig },
+    /// `OpenReplica` failed (the replica is not hosted).
+    OpenFailed { gpid: Gpid, error: String },
+    /// `RemoveReplica` is done: the replica stopped and its data is deleted.
+    ReplicaRemoved { gpid: Gpid },
+    /// `FlushEngine` is done: the decree the engine holds durably (None: the flush failed).
+    EngineFlushed { gpid: Gpid, decree: Option<Decree> },
+    /// Keep the log of `gpid` after `keep_after` for `holder` (None releases the hold).
+    HoldLog { gpid: Gpid, holder: String, keep_after: Option<Decree> },
+    /// The shared mutation log failed.
+    LogFailed { error: String },
+}
+
+/// What the runtime must do, in order. Each says what to report back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostAction {
+    /// Create an empty replica of `gpid` (or open it, if its data exists) with these options, and
+    /// route its requests to it. Before the next input: a prepare may be waiting for it. Report
+    /// `OpenFailed` if it cannot be opened.
+    OpenReplica { gpid: Gpid, options: ReplicaOptions },
+    /// Give the replica its configuration; report `Configured` once it took it.
+    Configure { gpid: Gpid, config: PartitionConfig },
+    /// Tick every replica, each with its share of the log cache.
+    TickReplicas { log_cache_bytes_max: usize },
+    /// Beacon to the meta with every replica's state; report `BeaconAnswered` or `BeaconFailed`.
+    SendBeacon { sent_at_ms: u64, restarted: bool, lease_period_ms: u64 },
+    /// Primaries of this server may serve until `until_ms` (server clock).
+    ExtendLease { until_ms: u64 },
+    /// Requests for `table_id` must route with this partition count.
+    SetPartitionCount { table_id: u32, partition_count: u32 },
+    /// Stop the replica and delete its data (database, checkpoints); report `ReplicaRemoved`.
+    RemoveReplica { gpid: Gpid, why: String },
+    /// Flush the replica's engine; report `EngineFlushed`.
+    FlushEngine { gpid: Gpid },
+    /// Drop log records no replica needs: a partition's records at or before `keep_after[gpid]`
+    /// go; those of a partition not in the map all go.
+    CollectLog { keep_after: BTreeMap<Gpid, Decree> },
+    /// The server cannot go on: stop it (the meta moves its partitions; a restart replays).
+    Stop { error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Beacon {
+    Idle { next_due_ms: u64 },
+    InFlight { sent_at_ms: u64 },
+    /// Answered; waiting for replicas to take their configurations before the lease.
+    Configuring { sent_at_ms: u64, waiting: BTreeSet<Gpid>, statuses: BTreeMap<Gpid, PartitionStatus>, seen: Vec<PartitionConfig> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Gc {
+    Idle { next_due_ms: u64 },
+    Flushing { started_ms: u64, waiting: BTreeSet<Gpid>, flushed: BTreeMap<Gpid, Decree> },
+}
+
+pub struct Host {
+    me: NodeAddr,
+    options: HostOptions,
+    replicas: BTreeSet<Gpid>,
+    removing: BTreeSet<Gpid>,
+    /// Since when each local replica has been outside its partition's configuration while that
+    /// configuration had a primary.
+    outside_since: BTreeMap<Gpid, u64>,
+    partition_counts: BTreeMap<u32, u32>,
+    lease_until_ms: u64,
+    /// No beacon of this process has been answered yet.
+    restarted: bool,
+    beacon: Beacon,
+    gc: Gc,
+    log_holds: BTreeMap<Gpid, BTreeMap<String, Decree>>,
+    stopped: bool,
+    actions: Vec<HostAction>,
+}
+
+impl Host {
+    /// A server that opened `replicas` from its disk. The first tick beacons.
+    pub fn new(me: NodeAddr, options: HostOptions, replicas: impl IntoIterator<Item = Gpid>, now_ms: u64) -> Host {
+        assert!(options.validate().is_ok(), "host options not validated: {:?}", options.validate());
+        let gc_first = now_ms + options.log_gc_interval_ms;
+        Host {
+            me,
+            options,
+            replicas: replicas.into_iter().collect(),
+            removing: BTreeSet::new(),
+            outside_since: BTreeMap::new(),
+            partition_counts: BTreeMap::new(),
+            lease_until_ms: 0,
+            restarted: true,
+            beacon: Beacon::Idle { next_due_ms: now_ms },
+            gc: Gc::Idle { next_due_ms: gc_first },
+            log_holds: BTreeMap::new(),
+            stopped: false,
+            actions: Vec::new(),
+        }
+    }
+
+    pub fn options(&self) -> &HostOptions {
+        &self.options
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Until when (server clock) this server's primaries may serve.
+    pub fn lease_until_ms(&self) -> u64 {
+        self.lease_until_ms
+    }
+
+    pub fn hosts(&self, gpid: Gpid) -> bool {
+        self.replicas.contains(&gpid)
+    }
+
+    pub fn hosted(&self) -> impl Iterator<Item = Gpid> + '_ {
+        self.replicas.iter().copied()
+    }
+
+    pub fn is_removing(&self, gpid: Gpid) -> bool {
+        self.removing.contains(&gpid)
+    }
+
+    pub fn partition_count(&self, table_id: u32) -> Option<u32> {
+        self.partition_counts.get(&table_id).copied()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    pub fn take_actions(&mut self) -> Vec<HostAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn step(&mut self, input: HostInput) {
+        if self.stopped {
+            return;
+        }
+        match input {
+            HostInput::Tick { now_ms } => self.on_tick(now_ms),
+            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone } => {
+                self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone)
+            }
+            HostInput::BeaconFailed { now_ms } => {
+                if let Beacon::InFlight { sent_at_ms } = self.beacon {
+                    self.beacon = Beacon::Idle { next_due_ms: (sent_at_ms + self.options.beacon_interval_ms).max(now_ms) };
+                }
+            }
+            HostInput::Configured { gpid, status } => {
+                if let Beacon::Configuring { waiting, statuses, .. } = &mut self.beacon
+                    && waiting.remove(&gpid)
+                    && let Some(s) = status
+                {
+                    statuses.insert(gpid, s);
+                }
+                self.finish_beacon_if_configured();
+            }
+            HostInput::PrepareForUnknown { config } => {
+                if config.hosts(&self.me) {
+                    self.open(config.gpid);
+                }
+            }
+            HostInput::OpenFailed { gpid, .. } => {
+                self.replicas.remove(&gpid);
+                self.forget(gpid);
+            }
+            HostInput::ReplicaRemoved { gpid } => {
+                self.removing.remove(&gpid);
+                self.forget(gpid);
+            }
+            HostInput::EngineFlushed { gpid, decree } => {
+                if let Gc::Flushing { waiting, flushed, .. } = &mut self.gc
+                    && waiting.remove(&gpid)
+                    && let Some(d) = decree
+                {
+                    flushed.insert(gpid, d);
+                }
+                self.finish_gc_if_flushed();
+            }
+            HostInput::HoldLog { gpid, holder, keep_after } => {
+                let holds = self.log_holds.entry(gpid).or_default();
+                match keep_after {
+                    Some(d) => {
+                        holds.insert(holder, d);
+                    }
+                    None => {
+                        holds.remove(&holder);
+                    }
+                }
+                if holds.is_empty() {
+                    self.log_holds.remove(&gpid);
+                }
+            }
+            HostInput::LogFailed { error } => {
+                self.stopped = true;
+                self.actions.push(HostAction::Stop { error });
+            }
+        }
+    }
+
+    /// A replica is gone (not opened, removed): nothing waits for it any more.
+    fn forget(&mut self, gpid: Gpid) {
+        self.outside_since.remove(&gpid);
+        if let Beacon::Configuring { waiting, .. } = &mut self.beacon {
+            waiting.remove(&gpid);
+        }
+        if let Gc::Flushing { waiting, .. } = &mut self.gc {
+            waiting.remove(&gpid);
+        }
+        self.finish_beacon_if_configured();
+        self.finish_gc_if_flushed();
+    }
+
+    /// Opens `gpid` unless it is hosted already or still being deleted.
+    fn open(&mut self, gpid: Gpid) -> bool {
+        if self.replicas.contains(&gpid) {
+            return true;
+        }
+        if self.removing.contains(&gpid) {
+            return false;
+        }
+        self.replicas.insert(gpid);
+        let options = self.options.replica_options(self.replicas.len());
+        self.actions.push(HostAction::OpenReplica { gpid, options });
+        true
+    }
+
+    fn remove(&mut self, gpid: Gpid, why: String) {
+        if self.replicas.remove(&gpid) {
+            self.removing.insert(gpid);
+            self.actions.push(HostAction::RemoveReplica { gpid, why });
+        }
+    }
+
+    fn on_tick(&mut self, now_ms: u64) {
+        self.actions.push(HostAction::TickReplicas { log_cache_bytes_max: self.options.log_cache_share(self.replicas.len()) });
+        if let Beacon::Idle { next_due_ms } = self.beacon
+            && now_ms >= next_due_ms
+        {
+            self.beacon = Beacon::InFlight { sent_at_ms: now_ms };
+            self.actions.push(HostAction::SendBeacon {
+                sent_at_ms: now_ms,
+                restarted: self.restarted,
+                lease_period_ms: self.options.lease_period_ms,
+            });
+        }
+        if let Gc::Idle { next_due_ms } = self.gc
+            && now_ms >= next_due_ms
+        {
+            self.gc = Gc::Flushing { started_ms: now_ms, waiting: self.replicas.clone(), flushed: BTreeMap::new() };
+            for gpid in self.replicas.clone() {
+                self.actions.push(HostAction::FlushEngine { gpid });
+            }
+            self.finish_gc_if_flushed();
+        }
+    }
+
+    fn on_beacon_answered(&mut self, sent_at_ms: u64, configs: Vec<PartitionConfig>, counts: Vec<(u32, u32)>, gone: Vec<Gpid>) {
+        let Beacon::InFlight { sent_at_ms: in_flight } = self.beacon else { return };
+        if in_flight != sent_at_ms {
+            return;
+        }
+        self.restarted = false;
+        for (table_id, partition_count) in counts {
+            if partition_count > 0 && self.partition_counts.insert(table_id, partition_count) != Some(partition_count) {
+                self.actions.push(HostAction::SetPartitionCount { table_id, partition_count });
+            }
+        }
+        let mut waiting = BTreeSet::new();
+        let mut seen = Vec::new();
+        for config in configs {
+            let gpid = config.gpid;
+            let hosted = self.replicas.contains(&gpid) || (config.hosts(&self.me) && self.open(gpid));
+            if !hosted {
+                continue;
+            }
+            waiting.insert(gpid);
+            seen.push(config.clone());
+            self.actions.push(HostAction::Configure { gpid, config });
+        }
+        for gpid in gone {
+            self.remove(gpid, "its table was purged".into());
+        }
+        self.beacon = Beacon::Configuring { sent_at_ms, waiting, statuses: BTreeMap::new(), seen };
+        self.finish_beacon_if_configured();
+    }
+
+    /// Every replica took its configuration: grant the lease, then delete replicas left out.
+    fn finish_beacon_if_configured(&mut self) {
+        let Beacon::Configuring { sent_at_ms, waiting, .. } = &self.beacon else { return };
+        if !waiting.is_empty() {
+            return;
+        }
+        let sent_at_ms = *sent_at_ms;
+        let Beacon::Configuring { statuses, seen, .. } =
+            std::mem::replace(&mut self.beacon, Beacon::Idle { next_due_ms: sent_at_ms + self.options.beacon_interval_ms })
+        else {
+            unreachable!("matched above")
+        };
+        let until_ms = sent_at_ms + self.options.lease_period_ms;
+        if until_ms > self.lease_until_ms {
+            self.lease_until_ms = until_ms;
+            self.actions.push(HostAction::ExtendLease { until_ms });
+        }
+        // The clock of a left-out replica runs from the beacon that first showed it.
+        for config in &seen {
+            if config.hosts(&self.me) || config.primary.is_none() {
+                self.outside_since.remove(&config.gpid);
+            } else {
+                self.outside_since.entry(config.gpid).or_insert(sent_at_ms);
+            }
+        }
+        let delay = self.options.inactive_replica_gc_delay_ms;
+        let due: Vec<Gpid> = self
+            .outside_since
+            .iter()
+            .filter(|(gpid, since)| sent_at_ms.saturating_sub(**since) >= delay && statuses.get(gpid) == Some(&PartitionStatus::Inactive))
+            .map(|(gpid, _)| *gpid)
+            .collect();
+        for gpid in due {
+            self.remove(gpid, format!("outside its partition's configuration for {delay} ms"));
+        }
+    }
+
+    fn finish_gc_if_flushed(&mut self) {
+        let Gc::Flushing { waiting, .. } = &self.gc else { return };
+        if !waiting.is_empty() {
+            return;
+        }
+        let Gc::Flushing { started_ms, .. } = self.gc else { unreachable!("matched above") };
+        let next_due_ms = started_ms + self.options.log_gc_interval_ms;
+        let Gc::Flushing { flushed, .. } = std::mem::replace(&mut self.gc, Gc::Idle { next_due_ms }) else { unreachable!("matched above") };
+        let keep_after = self
+            .replicas
+            .iter()
+            .map(|gpid| {
+                let flushed = flushed.get(gpid).copied().unwrap_or(0);
+                let held = self.log_holds.get(gpid).and_then(|h| h.values().min().copied()).unwrap_or(Decree::MAX);
+                (*gpid, flushed.min(held))
+            })
+            .collect();
+        self.actions.push(HostAction::CollectLog { keep_after });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> HostOptions {
+        HostOptions { inactive_replica_gc_delay_ms: 5_000, log_gc_interval_ms: 30_000, log_cache_bytes_max: 1_000, ..HostOptions::default() }
+    }
+
+    fn cfg(partition: u32, ballot: u64, primary: Option<&str>, secondaries: &[&str]) -> PartitionConfig {
+        PartitionConfig {
+            gpid: Gpid::new(1, partition),
+            ballot,
+            primary: primary.map(String::from),
+            secondaries: secondaries.iter().map(|s| s.to_string()).collect(),
+            learners: vec![],
+            last_drops: vec![],
+        }
+    }
+
+    fn g(p: u32) -> Gpid {
+        Gpid::new(1, p)
+    }
+
+    fn answer(host: &mut Host, sent_at_ms: u64, configs: Vec<PartitionConfig>, gone: Vec<Gpid>) -> Vec<HostAction> {
+        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], gone });
+        host.take_actions()
+    }
+
+    #[test]
+    fn the_lease_waits_until_every_replica_took_its_configuration() {
+        let mut host = Host::new("a".into(), options(), [g(0)], 0);
+        host.step(HostInput::Tick { now_ms: 0 });
+        assert_eq!(
+            host.take_actions(),
+            vec![
+                HostAction::TickReplicas { log_cache_bytes_max: 1_000 },
+                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000 },
+            ]
+        );
+        host.step(HostInput::Tick { now_ms: 1_500 });
+        assert_eq!(host.take_actions(), vec![HostAction::TickReplicas { log_cache_bytes_max: 1_000 }], "one beacon in flight");
+        let actions = answer(&mut host, 0, vec![cfg(0, 2, Some("a"), &["b"]), cfg(1, 1, Some("b"), &["a"])], vec![]);
+        assert_eq!(
+            actions,
+            vec![
+                HostAction::SetPartitionCount { table_id: 1, partition_count: 4 },
+                HostAction::Configure { gpid: g(0), config: cfg(0, 2, Some("a"), &["b"]) },
+                HostAction::OpenReplica { gpid: g(1), options: options().replica_options(2) },
+                HostAction::Configure { gpid: g(1), config: cfg(1, 1, Some("b"), &["a"]) },
+            ]
+        );
+        host.step(HostInput::Configured { gpid: g(0), status: Some(PartitionStatus::Primary) });
+        assert_eq!(host.take_actions(), vec![]);
+        assert_eq!(host.lease_until_ms(), 0, "g(1) has not taken its configuration");
+        host.step(HostInput::Configured { gpid: g(1), status: Some(PartitionStatus::Secondary) });
+        assert_eq!(host.take_actions(), vec![HostAction::ExtendLease { until_ms: 6_000 }]);
+        // The next beacon is due a beacon interval after the last was sent, and no longer says
+        // the server restarted.
+        host.step(HostInput::Tick { now_ms: 999 });
+        assert_eq!(host.take_actions(), vec![HostAction::TickReplicas { log_cache_bytes_max: 500 }]);
+        host.step(HostInput::Tick { now_ms: 1_000 });
+        assert_eq!(
+            host.take_actions(),
+            vec![
+                HostAction::TickReplicas { log_cache_bytes_max: 500 },
+                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000 },
+            ]
+        );
+        // A late answer to an older beacon grants nothing.
+        assert_eq!(answer(&mut host, 0, vec![], vec![]), vec![]);
+        host.step(HostInput::BeaconFailed { now_ms: 1_200 });
+        host.step(HostInput::Tick { now_ms: 1_900 });
+        assert_eq!(host.take_actions(), vec![HostAction::TickReplicas { log_cache_bytes_max: 500 }]);
+        host.step(HostInput::Tick { now_ms: 2_000 });
+        assert!(matches!(host.take_actions()[1], HostAction::SendBeacon { sent_at_ms: 2_000, .. }));
+    }
+
+    #[test]
+    fn a_left_out_replica_is_deleted_after_the_delay_only_while_its_partition_has_a_primary() {
+        let mut host = Host::new("a".into(), options(), [g(0)], 0);
+        let mut now = 0;
+        let mut beacon = |host: &mut Host, config: PartitionConfig, status: PartitionStatus| {
+            host.step(HostInput::Tick { now_ms: now });
+            host.take_actions();
+            let actions = answer(host, now, vec![config.clone()], vec![]);
+            assert!(actions.contains(&HostAction::Configure { gpid: g(0), config }));
+            host.step(HostInput::Configured { gpid: g(0), status: Some(status) });
+            now += 1_000;
+            host.take_actions()
+        };
+        let outside = cfg(0, 3, Some("b"), &["c"]);
+        let mut all = beacon(&mut host, outside.clone(), PartitionStatus::Inactive);
+        // No primary for a while: the clock stops and starts again.
+        all.extend(beacon(&mut host, cfg(0, 4, None, &[]), PartitionStatus::Inactive));
+        for _ in 0..5 {
+            all.extend(beacon(&mut host, outside.clone(), PartitionStatus::Inactive));
+        }
+        assert!(!all.iter().any(|a| matches!(a, HostAction::RemoveReplica { .. })), "{all:?}");
+        let last = beacon(&mut host, outside.clone(), PartitionStatus::Inactive);
+        assert!(last.contains(&HostAction::RemoveReplica { gpid: g(0), why: "outside its partition's configuration for 5000 ms".into() }));
+        assert!(host.is_removing(g(0)) && !host.hosts(g(0)));
+        // Being deleted: a prepare for it does not recreate it until the data is gone.
+        host.step(HostInput::PrepareForUnknown { config: cfg(0, 5, Some("b"), &["a"]) });
+        assert_eq!(host.take_actions(), vec![]);
+        host.step(HostInput::ReplicaRemoved { gpid: g(0) });
+        host.step(HostInput::PrepareForUnknown { config: cfg(0, 5, Some("b"), &["a"]) });
+        assert_eq!(host.take_actions(), vec![HostAction::OpenReplica { gpid: g(0), options: options().replica_options(1) }]);
+    }
+
+    #[test]
+    fn a_replica_that_still_has_a_role_is_kept() {
+        let mut host = Host::new("a".into(), options(), [g(0)], 0);
+        for i in 0..8 {
+            let now = i * 1_000;
+            host.step(HostInput::Tick { now_ms: now });
+            answer(&mut host, now, vec![cfg(0, 3, Some("b"), &["c"])], vec![]);
+            // The replica has not heard (it is a learner of an older configuration, say).
+            host.step(HostInput::Configured { gpid: g(0), status: Some(PartitionStatus::Learner) });
+            assert!(!host.take_actions().iter().any(|a| matches!(a, HostAction::RemoveReplica { .. })));
+        }
+    }
+
+    #[test]
+    fn purged_tables_go_at_once() {
+        let mut host = Host::new("a".into(), options(), [g(0), g(1)], 0);
+        host.step(HostInput::Tick { now_ms: 0 });
+        host.take_actions();
+        let actions = answer(&mut host, 0, vec![cfg(1, 1, Some("a"), &[])], vec![g(0)]);
+        assert!(actions.contains(&HostAction::RemoveReplica { gpid: g(0), why: "its table was purged".into() }));
+        host.step(HostInput::Configured { gpid: g(1), status: Some(PartitionStatus::Primary) });
+        assert_eq!(host.take_actions(), vec![HostAction::ExtendLease { until_ms: 6_000 }]);
+    }
+
+    #[test]
+    fn the_log_keeps_what_engines_did_not_flush_and_what_holds_need() {
+        let mut host = Host::new("a".into(), options(), [g(0), g(1), g(2)], 0);
+        host.step(HostInput::HoldLog { gpid: g(1), holder: "dup".into(), keep_after: Some(7) });
+        host.step(HostInput::Tick { now_ms: 30_000 });
+        let actions = host.take_actions();
+        assert_eq!(&actions[2..], &[HostAction::FlushEngine { gpid: g(0) }, HostAction::FlushEngine { gpid: g(1) }, HostAction::FlushEngine { gpid: g(2) }]);
+        host.step(HostInput::EngineFlushed { gpid: g(0), decree: Some(10) });
+        host.step(HostInput::EngineFlushed { gpid: g(1), decree: Some(10) });
+        // A replica created meanwhile keeps everything; one removed meanwhile needs nothing.
+        host.step(HostInput::PrepareForUnknown { config: cfg(3, 1, Some("b"), &["a"]) });
+        host.step(HostInput::OpenFailed { gpid: g(2), error: "gone".into() });
+        let actions = host.take_actions();
+        let keep: BTreeMap<Gpid, Decree> = [(g(0), 10), (g(1), 7), (g(3), 0)].into();
+        assert_eq!(actions.last(), Some(&HostAction::CollectLog { keep_after: keep }));
+        // The next round is due an interval after this one started.
+        host.step(HostInput::Tick { now_ms: 59_999 });
+        assert!(!host.take_actions().iter().any(|a| matches!(a, HostAction::FlushEngine { .. })));
+        host.step(HostInput::HoldLog { gpid: g(1), holder: "dup".into(), keep_after: None });
+        host.step(HostInput::Tick { now_ms: 60_000 });
+        for gpid in [g(0), g(1), g(3)] {
+            host.step(HostInput::EngineFlushed { gpid, decree: None });
+        }
+        let keep: BTreeMap<Gpid, Decree> = [(g(0), 0), (g(1), 0), (g(3), 0)].into();
+        assert_eq!(host.take_actions().last(), Some(&HostAction::CollectLog { keep_after: keep }), "a failed flush keeps everything");
+    }
+
+    #[test]
+    fn a_failed_log_stops_the_server() {
+        let mut host = Host::new("a".into(), options(), [], 0);
+        host.step(HostInput::LogFailed { error: "EIO".into() });
+        assert_eq!(host.take_actions(), vec![HostAction::Stop { error: "EIO".into() }]);
+        host.step(HostInput::Tick { now_ms: 1 });
+        assert_eq!(host.take_actions(), vec![], "a stopped server beacons no more");
+    }
+}
