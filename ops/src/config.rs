@@ -41,19 +41,23 @@ pub struct MetaSection {
 }
 
 impl Default for MetaSection {
+    /// The state machine's own defaults (`tandem_meta_core::MetaOptions`), so each value is
+    /// written once.
     fn default() -> Self {
+        let m = tandem_meta_core::MetaOptions::default();
+        let ms = Duration::from_millis;
         MetaSection {
             listen: "127.0.0.1:34601".into(),
             store: "sqlite://./tandem-data/meta.db".into(),
             metrics_listen: String::new(),
-            grace_period: Duration::from_secs(8),
-            recall_window: Duration::from_secs(7 * 24 * 3600),
+            grace_period: ms(m.grace_period_ms),
+            recall_window: ms(m.recall_window_ms),
             tick_interval: Duration::from_millis(500),
             advertise: String::new(),
-            lease_ttl: Duration::from_secs(30),
-            site: "local".into(),
-            peer_sites: Vec::new(),
-            backup_target: String::new(),
+            lease_ttl: ms(m.lease_ttl_ms),
+            site: m.site,
+            peer_sites: m.peer_sites,
+            backup_target: m.backup_target,
         }
     }
 }
@@ -362,14 +366,16 @@ impl Config {
             listen: m.listen.parse()?,
             store_url: m.store.clone(),
             metrics_listen: if m.metrics_listen.is_empty() { None } else { Some(m.metrics_listen.parse()?) },
-            grace_period_ms: m.grace_period.as_millis() as u64,
             tick_interval_ms: m.tick_interval.as_millis() as u64,
-            recall_window_ms: m.recall_window.as_millis() as u64,
             advertise: m.advertise.clone(),
-            lease_ttl_ms: m.lease_ttl.as_millis() as u64,
-            site: m.site.clone(),
-            peer_sites: m.peer_sites.clone(),
-            backup_target: m.backup_target.clone(),
+            machine: tandem_meta_core::MetaOptions {
+                grace_period_ms: m.grace_period.as_millis() as u64,
+                recall_window_ms: m.recall_window.as_millis() as u64,
+                lease_ttl_ms: m.lease_ttl.as_millis() as u64,
+                site: m.site.clone(),
+                peer_sites: m.peer_sites.clone(),
+                backup_target: m.backup_target.clone(),
+            },
         })
     }
 

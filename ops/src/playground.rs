@@ -69,7 +69,7 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
         let _ = stop_tx.send(true);
     } else {
         let signal = crate::shutdown_on_signal();
-        tandem_replica::stopped(signal).await;
+        tandem_runtime::stopped(signal).await;
         outln!("stopping…");
         let _ = stop_tx.send(true);
     }

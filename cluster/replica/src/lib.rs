@@ -1,20 +1,21 @@
-//! tandem-replica: the replica server. A thin runtime around the IO-free replica state machines
-//! of `tandem-core`: one task and one event queue per replica; RocksDB engines and the shared
-//! mutation log from `tandem-storage`; gRPC (tonic) to clients, peers and the meta.
+//! tandem-replica: the replica server, a runtime that decides nothing. The IO-free host
+//! (`tandem-host`) decides; this crate carries its actions out with tokio, tonic, RocksDB and
+//! files: one task and one event queue per replica, each driving its `HostedReplica` a turn at a
+//! time, and the server's `Host` behind a lock no IO is done under.
 //!
 //! ```text
-//!  gRPC Write/Prepare/Learn ─┐                 ┌─▶ MutationLog::append (group commit) ─▶ LogAppended ─┐
-//!  beacon reply (configs) ───┼─▶ replica queue ─▶ Replica::step ─▶ actions ─┼─▶ peer RPCs (prepare, learn) ─▶ replies ───┤
-//!  tick (100 ms) ────────────┘        ▲                                    └─▶ meta RPCs (proposals) ───────────────────┤
+//!  gRPC Write/Prepare/Learn ─┐                   ┌─▶ MutationLog::append (group commit) ─▶ LogAppended ─┐
+//!  Configure, Tick (host) ───┼─▶ replica queue ──▶ HostedReplica turn ─┼─▶ peer RPCs (prepare, learn) ─▶ replies ─────┤
+//!  IO completions ───────────┘        ▲                                 └─▶ meta (proposals), checkpoints, read gate ──┤
 //!                                     └──────────────────────────────────────────────────────────────────────────────┘
+//!  tick (100 ms) ─▶ Host ─▶ beacons ─▶ BeaconAnswered ─▶ Host ─▶ open / configure / remove replicas, lease, log GC
 //! ```
 //!
-//! Reads are served inside the replica's task, from the engine, after the core confirms the
-//! replica is a primary with a valid lease.
+//! Reads skip the queue while the replica's read gate is open (set at the end of each turn) and
+//! the server holds its lease; otherwise they wait for a turn, which answers with the reason.
 
 mod checkpoint;
 mod cpu;
-pub mod grpc_tools;
 pub mod metrics;
 mod node;
 pub mod options;
@@ -23,12 +24,3 @@ mod service;
 
 pub use node::{run, Node};
 pub use options::ReplicaServerOptions;
-
-/// Resolves once `shutdown` holds true (or its sender is gone).
-pub async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
-}

@@ -1,7 +1,6 @@
-//! Prometheus metrics of a server and the `/metrics` HTTP endpoint.
+//! Prometheus metrics of a replica server (served by `tandem_runtime::metrics`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use std::net::SocketAddr;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -43,34 +42,6 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+        tandem_runtime::metrics::render(&self.registry)
     }
-}
-
-/// Refreshes gauges from live state right before a scrape.
-pub type Refresh = std::sync::Arc<dyn Fn() + Send + Sync>;
-
-/// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    refresh: Refresh,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let m = metrics.clone();
-            refresh();
-            async move { m.render() }
-        }),
-    );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-            tracing::warn!("metrics server stopped: {e}");
-        }
-    });
-    Ok(local)
 }

@@ -410,8 +410,8 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         let rx = shutdown.clone();
         async move {
             tokio::select! {
-                _ = crate::stopped(rx) => {}
-                _ = crate::stopped(gave_up) => {}
+                _ = tandem_runtime::stopped(rx) => {}
+                _ = tandem_runtime::stopped(gave_up) => {}
             }
         }
     };
@@ -419,9 +419,9 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
         let gauges = node.clone();
-        let refresh: crate::metrics::Refresh = Arc::new(move || gauges.update_gauges());
-        let local = crate::metrics::serve(addr, node.metrics.clone(), refresh, async move {
-            crate::stopped(rx).await;
+        let refresh: tandem_runtime::metrics::Refresh = Arc::new(move || gauges.update_gauges());
+        let local = tandem_runtime::metrics::serve(addr, node.metrics.registry.clone(), refresh, async move {
+            tandem_runtime::stopped(rx).await;
         })
         .await
         .with_context(|| format!("bind metrics on {addr}"))?;
@@ -430,7 +430,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
 
     let mut tick = tokio::time::interval(Duration::from_millis(opts.host.tick_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = crate::stopped(shutdown.clone());
+    let stop = tandem_runtime::stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut cpu = crate::cpu::CpuMeter::default();
     let mut cpu_busy = false;

@@ -2,10 +2,10 @@
 //! PostgreSQL (production, several meta servers) or SQLite (embedded default, one meta).
 //!
 //! ```text
-//!  meta core action ("persist config", "create table", ...)
+//!  MetaAction::Persist { epoch, write }   (the meta state machine decided it)
 //!        │
 //!        ▼
-//!  SqlStore::<write method> ──► one write transaction ──► commit ──► result back to the core
+//!  SqlStore::apply(fence, write) ──► one write transaction ──► commit ──► MetaInput::Stored
 //!                               (writers serialized: Postgres advisory lock / SQLite
 //!                                BEGIN IMMEDIATE; the ballot compare-and-set is inside it)
 //! ```
@@ -14,9 +14,10 @@
 //! logical schema, embedded from `migrations/{postgres,sqlite}` and applied at connect.
 //!
 //! Every write goes through [`write_transaction!`], which serializes metadata writers and is
-//! fenced: it runs only while this process holds the leader lease ([`SqlStore::set_fence`]),
-//! and it checks the lease row's holder and epoch inside the same transaction, before the
-//! write's own statements, so a deposed leader's writes fail (`StoreError::Fenced`). The lease
+//! fenced: it takes the lease (holder and epoch) the write was decided under and checks the lease
+//! row against it inside the same transaction, before the write's own statements, so a deposed
+//! leader's writes fail (`StoreError::Fenced`) — including one decided before a takeover and
+//! carried out after this process led again at a newer epoch. The lease
 //! row itself is claimed by one compare-and-set statement ([`SqlStore::claim_lease`]).
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use sqlx::sqlite::{
 };
 use tandem_core::{Ballot, Gpid, NodeAddr, PartitionConfig};
 use tandem_meta_core::policy::{BackupPolicy, Policy, PolicyHistoryEntry};
+use tandem_meta_core::store::{StoreDone, StoreFailure, StoreFailureKind, StoreWrite};
 use tandem_meta_core::{MetaSnapshot, TableInfo, TableStatus};
 
 /// Errors of the metadata store. Each message names the thing and, where there is one, the fix.
@@ -101,9 +103,6 @@ pub enum StoreError {
     #[error("{what} value {value} does not fit the store's 64-bit signed integer column")]
     OutOfRange { what: &'static str, value: u64 },
 
-    #[error("this meta server does not hold the leader lease, so it may not write metadata")]
-    NotLeader,
-
     #[error("the metadata store is unreachable ({reason}); configuration changes wait until it is back")]
     Unreachable { reason: String },
 
@@ -125,6 +124,33 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+impl StoreError {
+    /// What the meta state machine learns of a failed write.
+    pub fn failure(&self) -> StoreFailure {
+        let kind = match self {
+            StoreError::Fenced { .. } => StoreFailureKind::Fenced,
+            StoreError::Unreachable { .. } => StoreFailureKind::Unreachable,
+            StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } => StoreFailureKind::AlreadyExists,
+            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } => StoreFailureKind::NotFound,
+            StoreError::InvalidTable { .. } | StoreError::AlreadyDropped { .. } | StoreError::NotDropped { .. } | StoreError::PurgeAvailable { .. } => {
+                StoreFailureKind::Invalid
+            }
+            _ => StoreFailureKind::Other,
+        };
+        StoreFailure::new(kind, self.to_string())
+    }
+}
+
+/// A store error as the meta answers it (reads outside the state machine).
+pub fn meta_error(e: StoreError) -> tandem_meta_core::MetaError {
+    let failure = e.failure();
+    match failure.kind {
+        StoreFailureKind::Unreachable => tandem_meta_core::MetaError::Busy(failure.message),
+        StoreFailureKind::NotFound => tandem_meta_core::MetaError::NotFound(failure.message),
+        _ => tandem_meta_core::MetaError::Internal(failure.message),
+    }
+}
 
 /// How long a SQLite writer waits for another writer before failing with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,8 +191,6 @@ pub enum Claim {
 /// The metadata store. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct SqlStore {
     pool: Pool,
-    /// Writes are refused unless this is set and matches the lease row (leader fencing).
-    fence: std::sync::Mutex<Option<Fence>>,
     /// After a failed connection, writes fail at once until then instead of each waiting for
     /// the pool's acquire timeout while the caller holds the meta's state lock.
     unreachable_until: std::sync::Mutex<Option<(std::time::Instant, String)>>,
@@ -179,10 +203,10 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(1);
 /// (a `return`/`?` inside `$body` rolls back). Writers are serialized; the leader fencing check
 /// goes right after the lock, before `$body`.
 macro_rules! write_transaction {
-    ($store:expr, $tx:ident => $body:block) => {
+    ($store:expr, $fence:expr, $tx:ident => $body:block) => {
         match &$store.pool {
             Pool::Postgres(pool) => {
-                let fence = $store.fence()?;
+                let fence: &Fence = $fence;
                 $store.check_reachable()?;
                 let mut $tx = pool.begin().await.map_err(|e| $store.begin_failed(e))?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -195,7 +219,7 @@ macro_rules! write_transaction {
                     sqlx::query_as("SELECT holder, epoch FROM meta_lease WHERE singleton = 1 FOR SHARE")
                         .fetch_optional(&mut *$tx)
                         .await?;
-                check_fence(&fence, row)?;
+                check_fence(fence, row)?;
                 let output = $body;
                 $tx.commit().await?;
                 output
@@ -203,14 +227,14 @@ macro_rules! write_transaction {
             Pool::Sqlite(pool) => {
                 // IMMEDIATE takes the write lock up front (waiting up to the busy timeout), so a
                 // transaction never fails to upgrade from reader to writer halfway through.
-                let fence = $store.fence()?;
+                let fence: &Fence = $fence;
                 $store.check_reachable()?;
                 let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| $store.begin_failed(e))?;
                 let row: Option<(String, i64)> =
                     sqlx::query_as("SELECT holder, epoch FROM meta_lease WHERE singleton = 1")
                         .fetch_optional(&mut *$tx)
                         .await?;
-                check_fence(&fence, row)?;
+                check_fence(fence, row)?;
                 let output = $body;
                 $tx.commit().await?;
                 output
@@ -382,7 +406,7 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl { url: shown_url });
         };
         tracing::info!(url = %shown_url, "metadata store connected and migrated");
-        Ok(SqlStore { pool, fence: std::sync::Mutex::new(None), unreachable_until: std::sync::Mutex::new(None) })
+        Ok(SqlStore { pool, unreachable_until: std::sync::Mutex::new(None) })
     }
 
     /// Fails fast while the store is known to be unreachable.
@@ -408,16 +432,6 @@ impl SqlStore {
             }
             other => StoreError::Database(other),
         }
-    }
-
-    fn fence(&self) -> Result<Fence> {
-        self.fence.lock().expect("fence lock").clone().ok_or(StoreError::NotLeader)
-    }
-
-    /// Sets (or with None, clears) the lease this process writes under. The meta server sets it
-    /// when it becomes leader, before loading, and clears it when it steps down.
-    pub fn set_fence(&self, fence: Option<Fence>) {
-        *self.fence.lock().expect("fence lock") = fence;
     }
 
     /// One compare-and-set statement on the lease row: takes it when it is free, expired, or
@@ -544,8 +558,7 @@ impl SqlStore {
     /// `partition_count` partitions at ballot 0 with no members, in one transaction.
     /// The table is created with `policy` (its replica count is `policy.replicas`), recorded in
     /// the policy history as set by `who`.
-    pub async fn create_table(
-        &self,
+    pub async fn create_table(&self, fence: &Fence,
         name: &str,
         partition_count: u32,
         policy: &Policy,
@@ -570,7 +583,7 @@ impl SqlStore {
             return Err(invalid("replica_count must be at least 1"));
         }
         let created_ms_column = to_i64(created_ms, "created_ms")?;
-        let id = write_transaction!(self, tx => {
+        let id = write_transaction!(self, fence, tx => {
             let existing: Option<(i64,)> =
                 sqlx::query_as("SELECT id FROM tables WHERE name = $1 AND status = 'available'")
                     .bind(name)
@@ -645,9 +658,9 @@ impl SqlStore {
 
     /// Replaces table `id`'s policy (replica count included) and records who changed it from
     /// `old` to `new`, in one transaction.
-    pub async fn set_policy(&self, id: u32, old: &Policy, new: &Policy, who: &str, at_ms: u64) -> Result<()> {
+    pub async fn set_policy(&self, fence: &Fence, id: u32, old: &Policy, new: &Policy, who: &str, at_ms: u64) -> Result<()> {
         let at = to_i64(at_ms, "at_ms")?;
-        write_transaction!(self, tx => {
+        write_transaction!(self, fence, tx => {
             let (_name, _status) = select_name_status!(tx, id);
             sqlx::query("UPDATE tables SET replica_count = $2 WHERE id = $1")
                 .bind(i64::from(id))
@@ -691,8 +704,7 @@ impl SqlStore {
     /// `expected_ballot`. Returns false when it does not (someone else changed the partition).
     /// `config.ballot` may equal `expected_ballot` (learners change without a new ballot) but
     /// never be smaller.
-    pub async fn update_partition(
-        &self,
+    pub async fn update_partition(&self, fence: &Fence,
         config: &PartitionConfig,
         expected_ballot: Ballot,
     ) -> Result<bool> {
@@ -709,7 +721,7 @@ impl SqlStore {
         let secondaries = nodes_to_json(&config.secondaries);
         let learners = nodes_to_json(&config.learners);
         let last_drops = nodes_to_json(&config.last_drops);
-        let updated = write_transaction!(self, tx => {
+        let updated = write_transaction!(self, fence, tx => {
             let updated = sqlx::query(
                 "UPDATE partitions SET ballot = $3, primary_node = $4, secondaries = $5, \
                  learners = $6, last_drops = $7 \
@@ -745,9 +757,9 @@ impl SqlStore {
     }
 
     /// Soft-deletes an available table: it stays recallable until purged.
-    pub async fn drop_table(&self, id: u32, drop_time_ms: u64) -> Result<()> {
+    pub async fn drop_table(&self, fence: &Fence, id: u32, drop_time_ms: u64) -> Result<()> {
         let drop_time = to_i64(drop_time_ms, "drop_time_ms")?;
-        write_transaction!(self, tx => {
+        write_transaction!(self, fence, tx => {
             let (name, status) = select_name_status!(tx, id);
             if status != "available" {
                 return Err(StoreError::AlreadyDropped { id, name });
@@ -763,8 +775,8 @@ impl SqlStore {
     }
 
     /// Makes a dropped table available again, unless an available table now has its name.
-    pub async fn recall_table(&self, id: u32) -> Result<()> {
-        write_transaction!(self, tx => {
+    pub async fn recall_table(&self, fence: &Fence, id: u32) -> Result<()> {
+        write_transaction!(self, fence, tx => {
             let (name, status) = select_name_status!(tx, id);
             if status != "dropped" {
                 return Err(StoreError::NotDropped { id, name });
@@ -791,8 +803,8 @@ impl SqlStore {
     }
 
     /// Deletes a dropped table and its partitions for good.
-    pub async fn purge_table(&self, id: u32) -> Result<()> {
-        write_transaction!(self, tx => {
+    pub async fn purge_table(&self, fence: &Fence, id: u32) -> Result<()> {
+        write_transaction!(self, fence, tx => {
             let (name, status) = select_name_status!(tx, id);
             if status != "dropped" {
                 return Err(StoreError::PurgeAvailable { id, name });
@@ -811,9 +823,9 @@ impl SqlStore {
     }
 
     /// Records a replica server; a node already known keeps its first `first_seen_ms`.
-    pub async fn register_node(&self, address: &str, now_ms: u64) -> Result<()> {
+    pub async fn register_node(&self, fence: &Fence, address: &str, now_ms: u64) -> Result<()> {
         let now = to_i64(now_ms, "now_ms")?;
-        write_transaction!(self, tx => {
+        write_transaction!(self, fence, tx => {
             sqlx::query(
                 "INSERT INTO nodes (address, first_seen_ms) VALUES ($1, $2) \
                  ON CONFLICT (address) DO NOTHING",
@@ -824,6 +836,38 @@ impl SqlStore {
             .await?;
         });
         Ok(())
+    }
+
+    /// Carries out one write the meta state machine decided, fenced by `fence`.
+    pub async fn apply(&self, fence: &Fence, write: &StoreWrite) -> Result<StoreDone> {
+        Ok(match write {
+            StoreWrite::RegisterNode { address, at_ms } => {
+                self.register_node(fence, address, *at_ms).await?;
+                StoreDone::Done
+            }
+            StoreWrite::UpdatePartition { config, expected_ballot } => {
+                StoreDone::Compared { updated: self.update_partition(fence, config, *expected_ballot).await? }
+            }
+            StoreWrite::CreateTable { name, partition_count, policy, owner, who, at_ms } => {
+                StoreDone::Created { table: self.create_table(fence, name, *partition_count, policy, owner, who, *at_ms).await? }
+            }
+            StoreWrite::SetPolicy { table_id, old, new, who, at_ms } => {
+                self.set_policy(fence, *table_id, old, new, who, *at_ms).await?;
+                StoreDone::Done
+            }
+            StoreWrite::DropTable { table_id, at_ms } => {
+                self.drop_table(fence, *table_id, *at_ms).await?;
+                StoreDone::Done
+            }
+            StoreWrite::RecallTable { table_id } => {
+                self.recall_table(fence, *table_id).await?;
+                StoreDone::Done
+            }
+            StoreWrite::PurgeTable { table_id } => {
+                self.purge_table(fence, *table_id).await?;
+                StoreDone::Done
+            }
+        })
     }
 
     /// Closes every pooled connection, waiting for checked-out ones to come back.

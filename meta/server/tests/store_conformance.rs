@@ -137,16 +137,16 @@ fn nodes(names: &[&str]) -> Vec<String> {
 async fn conformance(store: SqlStore, url: &str) {
     // Fresh store: empty.
     assert_eq!(store.load().await.unwrap(), MetaSnapshot::default());
-    lease_and_fencing(&store, url).await;
+    let f = lease_and_fencing(&store, url).await;
 
     // Create / load round trip; ids start at 1 and grow by one.
     let alpha = store
-        .create_table("alpha", 4, &Policy::with_replicas(3), "alice", "alice", 1_000)
+        .create_table(&f, "alpha", 4, &Policy::with_replicas(3), "alice", "alice", 1_000)
         .await
         .unwrap();
     assert_eq!(alpha, table(1, "alpha", 4, TableStatus::Available, 1_000));
     let beta = store
-        .create_table("beta", 2, &Policy::with_replicas(3), "alice", "alice", 2_000)
+        .create_table(&f, "beta", 2, &Policy::with_replicas(3), "alice", "alice", 2_000)
         .await
         .unwrap();
     assert_eq!(beta.id, 2);
@@ -159,7 +159,7 @@ async fn conformance(store: SqlStore, url: &str) {
 
     // Duplicate name refused, nothing written.
     let error = store
-        .create_table("alpha", 8, &Policy::with_replicas(3), "bob", "bob", 3_000)
+        .create_table(&f, "alpha", 8, &Policy::with_replicas(3), "bob", "bob", 3_000)
         .await
         .unwrap_err();
     assert!(
@@ -180,7 +180,7 @@ async fn conformance(store: SqlStore, url: &str) {
         ("gamma", 4, 0),
     ] {
         let error = store
-            .create_table(name, partition_count, &Policy::with_replicas(replica_count), "alice", "alice", 0)
+            .create_table(&f, name, partition_count, &Policy::with_replicas(replica_count), "alice", "alice", 0)
             .await
             .unwrap_err();
         assert!(
@@ -200,7 +200,7 @@ async fn conformance(store: SqlStore, url: &str) {
         last_drops: nodes(&["n5:34801"]),
     };
     assert!(
-        store.update_partition(&config, 0).await.unwrap(),
+        store.update_partition(&f, &config, 0).await.unwrap(),
         "CAS from the stored ballot 0"
     );
     expected.partitions[2] = config.clone();
@@ -212,7 +212,7 @@ async fn conformance(store: SqlStore, url: &str) {
         ..config.clone()
     };
     assert!(
-        !store.update_partition(&stale, 0).await.unwrap(),
+        !store.update_partition(&f, &stale, 0).await.unwrap(),
         "CAS from a stale ballot must fail"
     );
     assert_eq!(
@@ -223,12 +223,12 @@ async fn conformance(store: SqlStore, url: &str) {
 
     // Learners change without a new ballot.
     config.learners.clear();
-    assert!(store.update_partition(&config, 1).await.unwrap());
+    assert!(store.update_partition(&f, &config, 1).await.unwrap());
     config.ballot = 2;
     config.primary = None;
     config.secondaries = vec![];
     config.last_drops = nodes(&["n5:34801", "n3:34801", "n2:34801", "n1:34801"]);
-    assert!(store.update_partition(&config, 1).await.unwrap());
+    assert!(store.update_partition(&f, &config, 1).await.unwrap());
     expected.partitions[2] = config.clone();
     assert_eq!(store.load().await.unwrap(), expected);
 
@@ -236,7 +236,7 @@ async fn conformance(store: SqlStore, url: &str) {
         gpid: Gpid::new(1, 4),
         ..Default::default()
     };
-    let error = store.update_partition(&missing, 0).await.unwrap_err();
+    let error = store.update_partition(&f, &missing, 0).await.unwrap_err();
     assert!(
         matches!(error, StoreError::PartitionNotFound { gpid } if gpid == Gpid::new(1, 4)),
         "{error:?}"
@@ -250,8 +250,8 @@ async fn conformance(store: SqlStore, url: &str) {
         config
     });
     let results = futures::future::join_all(racers.clone().map(|c| {
-        let store = &store;
-        async move { store.update_partition(&c, 2).await.unwrap() }
+        let (store, f) = (&store, &f);
+        async move { store.update_partition(f, &c, 2).await.unwrap() }
     }))
     .await;
     assert_eq!(results.iter().filter(|won| **won).count(), 1, "{results:?}");
@@ -260,7 +260,7 @@ async fn conformance(store: SqlStore, url: &str) {
     assert_eq!(store.load().await.unwrap(), expected);
 
     // Drop → recall.
-    store.drop_table(2, 5_000).await.unwrap();
+    store.drop_table(&f, 2, 5_000).await.unwrap();
     expected.tables[1].status = TableStatus::Dropped {
         drop_time_ms: 5_000,
     };
@@ -269,41 +269,41 @@ async fn conformance(store: SqlStore, url: &str) {
         expected,
         "a dropped table and its partitions stay"
     );
-    let error = store.drop_table(2, 6_000).await.unwrap_err();
+    let error = store.drop_table(&f, 2, 6_000).await.unwrap_err();
     assert!(
         matches!(error, StoreError::AlreadyDropped { id: 2, .. }),
         "{error:?}"
     );
-    store.recall_table(2).await.unwrap();
+    store.recall_table(&f, 2).await.unwrap();
     expected.tables[1].status = TableStatus::Available;
     assert_eq!(store.load().await.unwrap(), expected);
-    let error = store.recall_table(2).await.unwrap_err();
+    let error = store.recall_table(&f, 2).await.unwrap_err();
     assert!(
         matches!(error, StoreError::NotDropped { id: 2, .. }),
         "{error:?}"
     );
     assert!(matches!(
-        store.drop_table(77, 0).await.unwrap_err(),
+        store.drop_table(&f, 77, 0).await.unwrap_err(),
         StoreError::TableNotFound { id: 77 }
     ));
     assert!(matches!(
-        store.recall_table(77).await.unwrap_err(),
+        store.recall_table(&f, 77).await.unwrap_err(),
         StoreError::TableNotFound { id: 77 }
     ));
 
     // Drop → create the same name → recall refused.
-    store.drop_table(2, 7_000).await.unwrap();
+    store.drop_table(&f, 2, 7_000).await.unwrap();
     expected.tables[1].status = TableStatus::Dropped {
         drop_time_ms: 7_000,
     };
     let new_beta = store
-        .create_table("beta", 8, &Policy::with_replicas(3), "alice", "alice", 8_000)
+        .create_table(&f, "beta", 8, &Policy::with_replicas(3), "alice", "alice", 8_000)
         .await
         .unwrap();
     assert_eq!(new_beta, table(3, "beta", 8, TableStatus::Available, 8_000));
     expected.tables.push(new_beta);
     expected.partitions.extend(empty_partitions(3, 8));
-    let error = store.recall_table(2).await.unwrap_err();
+    let error = store.recall_table(&f, 2).await.unwrap_err();
     assert!(
         matches!(&error, StoreError::NameTaken { id: 2, other_id: 3, name } if name == "beta"),
         "{error:?}"
@@ -319,34 +319,34 @@ async fn conformance(store: SqlStore, url: &str) {
     );
 
     // Purge: only dropped tables, partitions go with them.
-    let error = store.purge_table(3).await.unwrap_err();
+    let error = store.purge_table(&f, 3).await.unwrap_err();
     assert!(
         matches!(error, StoreError::PurgeAvailable { id: 3, .. }),
         "{error:?}"
     );
-    store.purge_table(2).await.unwrap();
+    store.purge_table(&f, 2).await.unwrap();
     expected.tables.remove(1);
     expected.partitions.retain(|p| p.gpid.table_id != 2);
     assert_eq!(store.load().await.unwrap(), expected);
     assert!(matches!(
-        store.purge_table(2).await.unwrap_err(),
+        store.purge_table(&f, 2).await.unwrap_err(),
         StoreError::TableNotFound { id: 2 }
     ));
 
     // Node registration is idempotent and keeps the first sighting.
-    store.register_node("n2:34801", 200).await.unwrap();
-    store.register_node("n1:34801", 100).await.unwrap();
-    store.register_node("n1:34801", 300).await.unwrap();
-    store.register_node("n2:34801", 400).await.unwrap();
+    store.register_node(&f, "n2:34801", 200).await.unwrap();
+    store.register_node(&f, "n1:34801", 100).await.unwrap();
+    store.register_node(&f, "n1:34801", 300).await.unwrap();
+    store.register_node(&f, "n2:34801", 400).await.unwrap();
     expected.nodes = vec![("n1:34801".to_string(), 100), ("n2:34801".to_string(), 200)];
     assert_eq!(store.load().await.unwrap(), expected);
 
     // Concurrent creates: distinct names all succeed with distinct ids; one name wins once.
     let created = futures::future::join_all((0..5).map(|i| {
-        let store = &store;
+        let (store, f) = (&store, &f);
         async move {
             store
-                .create_table(&format!("concurrent{i}"), 1, &Policy::with_replicas(3), "carol", "carol", 9_000)
+                .create_table(f, &format!("concurrent{i}"), 1, &Policy::with_replicas(3), "carol", "carol", 9_000)
                 .await
                 .unwrap()
         }
@@ -356,8 +356,8 @@ async fn conformance(store: SqlStore, url: &str) {
     ids.sort();
     assert_eq!(ids, vec![4, 5, 6, 7, 8]);
     let same_name = futures::future::join_all((0..5).map(|_| {
-        let store = &store;
-        async move { store.create_table("contended", 2, &Policy::with_replicas(3), "carol", "carol", 9_500).await }
+        let (store, f) = (&store, &f);
+        async move { store.create_table(f, "contended", 2, &Policy::with_replicas(3), "carol", "carol", 9_500).await }
     }))
     .await;
     assert_eq!(
@@ -388,9 +388,9 @@ async fn conformance(store: SqlStore, url: &str) {
         .await
         .expect("reconnect to the same URL");
     assert_eq!(reopened.load().await.unwrap(), expected);
-    lead(&reopened, "a").await;
+    let f = Fence { holder: "a".into(), epoch: lead(&reopened, "a").await };
     let more = reopened
-        .create_table("after_reopen", 2, &Policy::with_replicas(1), "dave", "dave", 10_000)
+        .create_table(&f, "after_reopen", 2, &Policy::with_replicas(1), "dave", "dave", 10_000)
         .await
         .unwrap();
     assert_eq!(more.id, 10);
@@ -398,24 +398,23 @@ async fn conformance(store: SqlStore, url: &str) {
     let again = SqlStore::connect(url)
         .await
         .expect("reconnect a second time");
-    lead(&again, "a").await;
+    let f = Fence { holder: "a".into(), epoch: lead(&again, "a").await };
     assert_eq!(again.load().await.unwrap().tables.last(), Some(&more));
 
     // Purging the newest table does not give its id to the next one: replica servers may still
     // hold data under the purged table's partition ids.
-    again.drop_table(more.id, 11_000).await.unwrap();
-    again.purge_table(more.id).await.unwrap();
-    let next = again.create_table("after_purge", 1, &Policy::with_replicas(1), "dave", "dave", 12_000).await.unwrap();
+    again.drop_table(&f, more.id, 11_000).await.unwrap();
+    again.purge_table(&f, more.id).await.unwrap();
+    let next = again.create_table(&f, "after_purge", 1, &Policy::with_replicas(1), "dave", "dave", 12_000).await.unwrap();
     assert_eq!(next.id, more.id + 1);
-    policies(&again).await;
+    policies(&again, &f).await;
     again.close().await;
 }
 
-/// Claims (or renews) the lease as `holder` and fences the store with it.
+/// Claims (or renews) the lease as `holder`; returns its epoch.
 async fn lead(store: &SqlStore, holder: &str) -> u64 {
     match store.claim_lease(holder, &format!("{holder}:1"), 60_000).await.unwrap() {
         Claim::Won { epoch } => {
-            store.set_fence(Some(Fence { holder: holder.to_string(), epoch }));
             epoch
         }
         held => panic!("{holder} could not take the lease: {held:?}"),
@@ -428,7 +427,6 @@ async fn take_over(store: &SqlStore, holder: &str) -> u64 {
     loop {
         match store.claim_lease(holder, &format!("{holder}:1"), 60_000).await.unwrap() {
             Claim::Won { epoch } => {
-                store.set_fence(Some(Fence { holder: holder.to_string(), epoch }));
                 return epoch;
             }
             Claim::Held { .. } if std::time::Instant::now() < deadline => {
@@ -441,10 +439,12 @@ async fn take_over(store: &SqlStore, holder: &str) -> u64 {
 
 /// The lease row: one holder at a time, the epoch grows on takeover only, and a deposed
 /// holder's writes fail inside their transaction. Leaves `store` leading as "a".
-async fn lease_and_fencing(store: &SqlStore, url: &str) {
+async fn lease_and_fencing(store: &SqlStore, url: &str) -> Fence {
     let policy = Policy::with_replicas(1);
-    let error = store.create_table("unfenced", 1, &policy, "x", "x", 0).await.unwrap_err();
-    assert!(matches!(error, StoreError::NotLeader), "{error:?}");
+    // Nobody holds the lease yet: a write under any fence is refused.
+    let nobody = Fence { holder: "a".into(), epoch: 1 };
+    let error = store.create_table(&nobody, "unfenced", 1, &policy, "x", "x", 0).await.unwrap_err();
+    assert!(matches!(&error, StoreError::Fenced { mine: 1, current: 0, holder } if holder == "nobody"), "{error:?}");
 
     assert_eq!(lead(store, "a").await, 1);
     let other = SqlStore::connect(url).await.unwrap();
@@ -455,14 +455,13 @@ async fn lease_and_fencing(store: &SqlStore, url: &str) {
     // Renewing keeps the epoch.
     assert_eq!(lead(store, "a").await, 1);
     // A write while another holds the lease is refused even if that one set a fence.
-    other.set_fence(Some(Fence { holder: "b".into(), epoch: 1 }));
-    let error = other.create_table("by_b", 1, &policy, "x", "x", 0).await.unwrap_err();
+    let error = other.create_table(&Fence { holder: "b".into(), epoch: 1 }, "by_b", 1, &policy, "x", "x", 0).await.unwrap_err();
     assert!(matches!(&error, StoreError::Fenced { mine: 1, current: 1, holder } if holder == "a"), "{error:?}");
 
     // "a" lets its lease run out; "b" takes over at a new epoch and "a" is fenced.
     assert!(matches!(store.claim_lease("a", "a:1", 1).await.unwrap(), Claim::Won { epoch: 1 }));
     assert_eq!(take_over(&other, "b").await, 2);
-    let error = store.create_table("by_a", 1, &policy, "x", "x", 0).await.unwrap_err();
+    let error = store.create_table(&Fence { holder: "a".into(), epoch: 1 }, "by_a", 1, &policy, "x", "x", 0).await.unwrap_err();
     assert!(matches!(&error, StoreError::Fenced { mine: 1, current: 2, holder } if holder == "b"), "{error:?}");
     assert!(error.to_string().contains("writes nothing more"), "{error}");
     assert_eq!(store.load().await.unwrap(), MetaSnapshot::default(), "a fenced write writes nothing");
@@ -489,7 +488,6 @@ async fn lease_and_fencing(store: &SqlStore, url: &str) {
     // Back to "a" for the rest of the suite.
     let winner = claims.iter().position(|c| matches!(c, Claim::Won { .. })).unwrap();
     let helper = SqlStore::connect(url).await.unwrap();
-    helper.set_fence(None);
     // The winner's lease is long; expire it as its holder would on a clean stop.
     helper.release_lease(&format!("r{winner}")).await.unwrap();
     helper.close().await;
@@ -498,12 +496,13 @@ async fn lease_and_fencing(store: &SqlStore, url: &str) {
     assert_eq!(restarted.claim_lease("a-restarted", "a:1", 60_000).await.unwrap(), Claim::Won { epoch: 5 });
     restarted.close().await;
     assert_eq!(take_over(store, "a").await, 6);
+    Fence { holder: "a".into(), epoch: 6 }
 }
 
 /// Policies: written with the table, replaced with a history entry, loaded back.
-async fn policies(store: &SqlStore) {
+async fn policies(store: &SqlStore, f: &Fence) {
     let initial = Policy { duplication: Some("east".into()), ..Policy::with_replicas(2) };
-    let table = store.create_table("with_policy", 2, &initial, "erin", "frank", 20_000).await.unwrap();
+    let table = store.create_table(&f, "with_policy", 2, &initial, "erin", "frank", 20_000).await.unwrap();
     assert_eq!((table.replica_count, &table.policy), (2, &initial));
     let loaded = store.load().await.unwrap();
     assert_eq!(loaded.tables.iter().find(|t| t.id == table.id), Some(&table));
@@ -514,7 +513,7 @@ async fn policies(store: &SqlStore) {
         backup: Some(BackupPolicy { every_ms: 3_600_000, keep: 4, target: "s3://bucket/prefix".into() }),
         tombstone_retention_ms: 7_200_000,
     };
-    store.set_policy(table.id, &initial, &next, "grace", 21_000).await.unwrap();
+    store.set_policy(&f, table.id, &initial, &next, "grace", 21_000).await.unwrap();
     let loaded = store.load().await.unwrap();
     let reloaded = loaded.tables.iter().find(|t| t.id == table.id).unwrap();
     assert_eq!((reloaded.replica_count, &reloaded.policy), (5, &next));
@@ -525,10 +524,10 @@ async fn policies(store: &SqlStore) {
             PolicyHistoryEntry { at_ms: 21_000, who: "grace".into(), old: Some(initial), new: next.clone() },
         ]
     );
-    let error = store.set_policy(4_000_000, &next, &next, "x", 0).await.unwrap_err();
+    let error = store.set_policy(&f, 4_000_000, &next, &next, "x", 0).await.unwrap_err();
     assert!(matches!(error, StoreError::TableNotFound { id: 4_000_000 }), "{error:?}");
     // The history outlives the table.
-    store.drop_table(table.id, 22_000).await.unwrap();
-    store.purge_table(table.id).await.unwrap();
+    store.drop_table(&f, table.id, 22_000).await.unwrap();
+    store.purge_table(&f, table.id).await.unwrap();
     assert_eq!(store.policy_history(table.id).await.unwrap().len(), 2);
 }

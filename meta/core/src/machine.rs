@@ -1,0 +1,745 @@
+//! The meta server's state machine: leadership, the metadata it leads with, and every decision
+//! the meta makes — beacon answers and leases, failure detection, cure, placement, proposals,
+//! table and policy changes. The meta runtime (`meta/server`) and the simulator run it alike; it
+//! does no IO: store writes leave as `Persist` actions and come back as `Stored` inputs.
+//!
+//! ```text
+//!  Claimed ───────▶ leadership ─▶ Load / drop state           Loaded ─▶ serve
+//!  Request ───────▶ answered now (reads, beacons that change nothing)
+//!            └────▶ queue ─▶ one write at a time: Persist ─▶ Stored ─▶ adopt ─▶ Reply
+//!  Tick ──────────▶ failure detector · queue Cure and Purge
+//! ```
+//!
+//! Rules, each with its reason:
+//! - **Write first, act after.** A change is adopted in memory and answered only once the store
+//!   holds it (the partition's ballot compared and set). Decisions are made when a queued item
+//!   reaches the head of the queue, on the state as it is then, so no decision is made on a
+//!   state that a write in flight is about to change.
+//! - **No lock across the store.** One write is in flight at a time; reads and beacons that need
+//!   no write are answered at once, so a slow store delays changes, not beacons.
+//! - **A beacon never outruns a configuration change.** A beacon whose answer would carry a
+//!   partition whose write is in flight waits for that write: answered before it, the old
+//!   configuration would grant a lease to a primary the write is replacing.
+//! - **A server is registered before its first lease**, because a new leader starts only the
+//!   registered servers alive; an unregistered one would be taken for dead while it serves.
+//! - **Serving is checked again when answering**: a leader whose own lease lapsed while a write
+//!   was in flight grants nothing.
+
+use crate::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
+use crate::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
+use crate::failure_detector::FailureDetector;
+use crate::leadership::{ClaimOutcome, Leadership, NotServing, Transition};
+use crate::placement::{learner_placement, place_table};
+use crate::policy::{Policy, PolicyChange, PolicyContext};
+use crate::request::{BeaconRequest, MetaError, MetaReply, MetaRequest, Token};
+use crate::status::MetaState;
+use crate::store::{StoreDone, StoreFailure, StoreFailureKind, StoreResult, StoreWrite};
+use crate::table::{MetaSnapshot, TableInfo, TableStatus};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use tandem_core::replica::ConfigProposal;
+use tandem_core::{Gpid, NodeAddr, PartitionConfig};
+
+pub type OpId = u64;
+
+pub const PARTITION_COUNT_MAX: u32 = 1024;
+pub const TABLE_NAME_BYTES_MAX: usize = 128;
+
+/// Both clocks, read once per input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic (timeouts, leases, liveness).
+    pub mono_ms: u64,
+    /// Wall clock, ms since the Unix epoch (drop times, the recall window).
+    pub wall_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaOptions {
+    /// A replica server silent for this long is declared dead (must exceed its lease).
+    pub grace_period_ms: u64,
+    /// How long a dropped table can be recalled before it is purged.
+    pub recall_window_ms: u64,
+    /// The leader lease's time to live.
+    pub lease_ttl_ms: u64,
+    /// This site's name, and the sites tables can be duplicated to.
+    pub site: String,
+    pub peer_sites: Vec<String>,
+    /// Where level-3 policies back up when no target is given ("" = none).
+    pub backup_target: String,
+}
+
+impl Default for MetaOptions {
+    fn default() -> Self {
+        MetaOptions {
+            grace_period_ms: 8_000,
+            recall_window_ms: 7 * 24 * 3_600_000,
+            lease_ttl_ms: 30_000,
+            site: "local".into(),
+            peer_sites: Vec::new(),
+            backup_target: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaInput {
+    /// Failure detection, cure, purges (every `tick_interval`).
+    Tick,
+    /// The claim of the lease row sent at `sent_at_ms` returned.
+    Claimed { sent_at_ms: u64, outcome: ClaimOutcome },
+    /// `Load { epoch }` finished.
+    Loaded { epoch: u64, result: Result<MetaSnapshot, String> },
+    Request { token: Token, request: MetaRequest },
+    /// `Persist { op }` finished.
+    Stored { op: OpId, result: StoreResult },
+}
+
+/// Why a configuration changed, for the log and the simulator's path counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    Placement,
+    Cure,
+    Proposal(ConfigProposal),
+    /// The primary's server restarted: same members, new ballot.
+    Restart,
+}
+
+/// What an operator should see in the server's log (and the simulator in its trace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaEvent {
+    Leading { epoch: u64, tables: usize, partitions: usize, nodes: usize },
+    LoadFailed { epoch: u64, error: String },
+    SteppedDown { leader: String },
+    NodeAlive { node: NodeAddr },
+    NodeDead { node: NodeAddr },
+    Committed { previous: PartitionConfig, config: PartitionConfig, cause: Cause },
+    ChangeFailed { gpid: Gpid, cause: Cause, error: String },
+    ProposalRefused { gpid: Gpid, from: NodeAddr, proposal: ConfigProposal, reason: String },
+    TableCreated { table: TableInfo, who: String },
+    PolicyChanged { table: String, old: Policy, new: Policy, who: String },
+    TableDropped { table_id: u32 },
+    TableRecalled { table_id: u32 },
+    TablePurged { table_id: u32 },
+    PurgeFailed { table_id: u32, error: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaAction {
+    /// Read the whole store (one snapshot) and report `Loaded { epoch }`.
+    Load { epoch: u64 },
+    /// Carry out `write` in one transaction that first checks this process still holds the
+    /// lease row at `epoch` (else it fails as `Fenced`); report `Stored { op }`.
+    Persist { op: OpId, epoch: u64, write: StoreWrite },
+    /// Answer request `token`.
+    Reply { token: Token, result: Result<MetaReply, MetaError> },
+    Event(MetaEvent),
+}
+
+/// A request (or a tick's job) that may write, in the order it arrived.
+#[derive(Clone, Debug)]
+enum Work {
+    Beacon { token: Token, request: BeaconRequest, reballot: bool, done: BTreeSet<Gpid> },
+    Propose { token: Token, gpid: Gpid, from: NodeAddr, proposal: ConfigProposal },
+    CreateTable { token: Token, name: String, partition_count: u32, change: PolicyChange, owner: String, who: String, placing: Option<(TableInfo, VecDeque<PartitionConfig>)> },
+    SetPolicy { token: Token, table: String, change: PolicyChange, who: String },
+    DropTable { token: Token, name: String },
+    RecallTable { token: Token, name: String },
+    /// One pass of cure over the partitions from `from` on.
+    Cure { from: Gpid },
+    Purge { table_id: u32 },
+}
+
+/// A write in flight and what to do when it returns.
+#[derive(Clone, Debug)]
+struct InFlight {
+    op: OpId,
+    write: StoreWrite,
+    work: Work,
+}
+
+pub struct MetaMachine {
+    options: MetaOptions,
+    leadership: Leadership,
+    /// Some while leading with the store loaded.
+    state: Option<MetaState>,
+    queue: VecDeque<Work>,
+    in_flight: Option<InFlight>,
+    next_op: OpId,
+    now: Now,
+    actions: Vec<MetaAction>,
+}
+
+impl MetaMachine {
+    pub fn new(options: MetaOptions) -> MetaMachine {
+        let leadership = Leadership::new(options.lease_ttl_ms);
+        MetaMachine { options, leadership, state: None, queue: VecDeque::new(), in_flight: None, next_op: 0, now: Now::default(), actions: Vec::new() }
+    }
+
+    pub fn options(&self) -> &MetaOptions {
+        &self.options
+    }
+
+    /// How often the runtime claims the lease row: renewing while leading, polling otherwise
+    /// (at least every second, so a standby takes over soon after the lease expires).
+    pub fn claim_interval_ms(&self) -> u64 {
+        let renew = self.leadership.renew_interval_ms();
+        if self.leadership.is_leader() { renew } else { renew.min(1_000) }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// The loaded metadata, while leading.
+    pub fn state(&self) -> Option<&MetaState> {
+        self.state.as_ref()
+    }
+
+    /// Whether a write is in flight or waits.
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some() || !self.queue.is_empty()
+    }
+
+    pub fn take_actions(&mut self) -> Vec<MetaAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn step(&mut self, now: Now, input: MetaInput) {
+        self.now = now;
+        match input {
+            MetaInput::Tick => self.on_tick(),
+            MetaInput::Claimed { sent_at_ms, outcome } => self.on_claimed(sent_at_ms, outcome),
+            MetaInput::Loaded { epoch, result } => self.on_loaded(epoch, result),
+            MetaInput::Request { token, request } => self.on_request(token, request),
+            MetaInput::Stored { op, result } => self.on_stored(op, result),
+        }
+        self.pump();
+    }
+
+    fn reply(&mut self, token: Token, result: Result<MetaReply, MetaError>) {
+        self.actions.push(MetaAction::Reply { token, result });
+    }
+
+    fn event(&mut self, e: MetaEvent) {
+        self.actions.push(MetaAction::Event(e));
+    }
+
+    /// The epoch to serve under with loaded state, or why not.
+    fn serving(&self) -> Result<u64, MetaError> {
+        let epoch = self.leadership.serving(self.now.mono_ms).map_err(not_serving)?;
+        if self.state.is_none() {
+            return Err(MetaError::NotLeader { leader: None, message: "this meta server is loading the metadata store; retry".into() });
+        }
+        Ok(epoch)
+    }
+
+    fn on_claimed(&mut self, sent_at_ms: u64, outcome: ClaimOutcome) {
+        match self.leadership.on_claim(sent_at_ms, outcome, self.now.mono_ms) {
+            Transition::SteppedDown { leader } => {
+                self.drop_state(MetaError::NotLeader { leader: Some(leader.clone()), message: format!("this meta server does not lead; {leader} does") });
+                self.event(MetaEvent::SteppedDown { leader });
+            }
+            Transition::BecameLeader { epoch } => {
+                self.drop_state(MetaError::NotLeader { leader: None, message: "this meta server is loading the metadata store; retry".into() });
+                self.actions.push(MetaAction::Load { epoch });
+            }
+            Transition::Unchanged => {
+                // A load after an earlier takeover failed: try again.
+                if let Ok(epoch) = self.leadership.serving(self.now.mono_ms)
+                    && self.state.is_none()
+                {
+                    self.actions.push(MetaAction::Load { epoch });
+                }
+            }
+        }
+    }
+
+    /// Forgets everything in memory (it may be stale) and refuses what waited.
+    fn drop_state(&mut self, why: MetaError) {
+        self.state = None;
+        let waiting: Vec<Work> = self.in_flight.take().map(|f| f.work).into_iter().chain(self.queue.drain(..)).collect();
+        for work in waiting {
+            if let Some(token) = work.token() {
+                self.reply(token, Err(why.clone()));
+            }
+        }
+    }
+
+    fn on_loaded(&mut self, epoch: u64, result: Result<MetaSnapshot, String>) {
+        if self.leadership.serving(self.now.mono_ms) != Ok(epoch) || self.state.is_some() {
+            return;
+        }
+        match result {
+            Ok(snapshot) => {
+                let registered: BTreeSet<NodeAddr> = snapshot.nodes.iter().map(|(n, _)| n.clone()).collect();
+                let state = MetaState {
+                    tables: snapshot.tables.into_iter().map(|t| (t.id, t)).collect(),
+                    partitions: snapshot.partitions.into_iter().map(|c| (c.gpid, c)).collect(),
+                    // Every registered server starts alive with a full grace period: a new leader
+                    // causes no failover by itself, and a lease granted by a previous leader has
+                    // run out before anyone is declared dead.
+                    fd: FailureDetector::new(self.options.grace_period_ms, registered.iter().cloned(), self.now.mono_ms),
+                    reports: BTreeMap::new(),
+                    registered,
+                };
+                self.event(MetaEvent::Leading { epoch, tables: state.tables.len(), partitions: state.partitions.len(), nodes: state.registered.len() });
+                self.state = Some(state);
+            }
+            Err(error) => self.event(MetaEvent::LoadFailed { epoch, error }),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.serving().is_err() {
+            return;
+        }
+        let now = self.now;
+        let state = self.state.as_mut().expect("serving");
+        let dead = state.fd.tick(now.mono_ms);
+        let expired: Vec<u32> = state
+            .tables
+            .values()
+            .filter(|t| matches!(t.status, TableStatus::Dropped { drop_time_ms } if now.wall_ms > drop_time_ms + self.options.recall_window_ms))
+            .map(|t| t.id)
+            .collect();
+        for node in dead {
+            self.event(MetaEvent::NodeDead { node });
+        }
+        if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Cure { .. })) {
+            self.queue.push_back(Work::Cure { from: Gpid::default() });
+        }
+        for table_id in expired {
+            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Purge { table_id: t } if *t == table_id)) {
+                self.queue.push_back(Work::Purge { table_id });
+            }
+        }
+    }
+
+    fn on_request(&mut self, token: Token, request: MetaRequest) {
+        if let Err(e) = self.serving() {
+            return self.reply(token, Err(e));
+        }
+        let state = self.state.as_ref().expect("serving");
+        let not_found = |name: &str| MetaError::NotFound(format!("table {name:?} does not exist"));
+        let result = match request {
+            MetaRequest::Beacon(request) => return self.on_beacon(token, request),
+            MetaRequest::QueryConfig { table } => state
+                .available_table(&table)
+                .map(|t| MetaReply::Config { table: t.clone(), partitions: state.table_partitions(t.id).map(|(_, c)| c.clone()).collect() })
+                .ok_or_else(|| not_found(&table)),
+            MetaRequest::ListTables { include_dropped } => Ok(MetaReply::Tables {
+                tables: state.tables.values().filter(|t| include_dropped || t.status == TableStatus::Available).cloned().collect(),
+            }),
+            MetaRequest::ShowTable { name } => {
+                state.available_table(&name).map(|t| MetaReply::Table { table: t.clone(), partitions: state.partition_views(t) }).ok_or_else(|| not_found(&name))
+            }
+            MetaRequest::ListNodes => Ok(MetaReply::Nodes { nodes: state.node_views(self.now.mono_ms) }),
+            MetaRequest::ClusterStatus => Ok(MetaReply::Status(state.cluster_status())),
+            MetaRequest::PolicyStatus { table } => state.available_table(&table).map(|t| MetaReply::PolicyStatus(state.policy_status(t))).ok_or_else(|| not_found(&table)),
+            MetaRequest::PolicyHistory { table } => state.available_table(&table).map(|t| MetaReply::History { table: t.clone() }).ok_or_else(|| not_found(&table)),
+            MetaRequest::Propose { gpid, from, proposal } => return self.queue.push_back(Work::Propose { token, gpid, from, proposal }),
+            MetaRequest::CreateTable { name, partition_count, change, owner, who } => {
+                if let Err(e) = validate_table_name(&name) {
+                    return self.reply(token, Err(MetaError::InvalidArgument(e)));
+                }
+                if !partition_count.is_power_of_two() || partition_count > PARTITION_COUNT_MAX {
+                    return self.reply(
+                        token,
+                        Err(MetaError::InvalidArgument(format!("partition count {partition_count} must be a power of two from 1 to {PARTITION_COUNT_MAX} (e.g. 8)"))),
+                    );
+                }
+                return self.queue.push_back(Work::CreateTable { token, name, partition_count, change, owner, who, placing: None });
+            }
+            MetaRequest::SetPolicy { table, change, who } => {
+                if change.is_empty() {
+                    return self.reply(
+                        token,
+                        Err(MetaError::InvalidArgument(
+                            "nothing to change: give --level, --replicas, --dup, --backup, --backup-keep, --backup-target or --tombstone-retention".into(),
+                        )),
+                    );
+                }
+                return self.queue.push_back(Work::SetPolicy { token, table, change, who });
+            }
+            MetaRequest::DropTable { name } => return self.queue.push_back(Work::DropTable { token, name }),
+            MetaRequest::RecallTable { name } => return self.queue.push_back(Work::RecallTable { token, name }),
+        };
+        self.reply(token, result);
+    }
+
+    fn on_beacon(&mut self, token: Token, request: BeaconRequest) {
+        if request.node.is_empty() {
+            return self.reply(token, Err(MetaError::InvalidArgument("beacon without a node address".into())));
+        }
+        if let Err(e) = check_lease(&request.node, request.lease_period_ms, self.options.grace_period_ms) {
+            return self.reply(token, Err(MetaError::InvalidArgument(e)));
+        }
+        let now = self.now.mono_ms;
+        let state = self.state.as_mut().expect("serving");
+        let node = request.node.clone();
+        let alive_again = state.fd.on_beacon(&node, now);
+        let reballot = state.fd.on_incarnation(&node, request.incarnation, request.restarted);
+        for reports in state.reports.values_mut() {
+            reports.remove(&node);
+        }
+        for (gpid, report) in &request.reports {
+            state.reports.entry(*gpid).or_default().insert(node.clone(), report.clone());
+        }
+        let registered = state.registered.contains(&node);
+        let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
+        let touched = self.in_flight.as_ref().and_then(|f| f.write.partition()).is_some_and(|gpid| {
+            state.partitions.get(&gpid).is_some_and(|c| c.hosts(&node) || reported.contains(&gpid))
+        });
+        if alive_again {
+            self.event(MetaEvent::NodeAlive { node });
+        }
+        let work = Work::Beacon { token, request, reballot, done: BTreeSet::new() };
+        if reballot || !registered || touched {
+            self.queue.push_back(work);
+        } else {
+            self.run(work);
+        }
+    }
+
+    fn on_stored(&mut self, op: OpId, result: StoreResult) {
+        let Some(f) = self.in_flight.take_if(|f| f.op == op) else { return };
+        if matches!(&result, Err(StoreFailure { kind: StoreFailureKind::Fenced, .. })) {
+            // Another meta server took over: the claim loop will say so; nothing more is
+            // written under this epoch.
+            self.leadership_lost_to_fencing(&f, &result);
+            return;
+        }
+        self.resume(f, result);
+    }
+
+    fn leadership_lost_to_fencing(&mut self, f: &InFlight, result: &StoreResult) {
+        let message = match result {
+            Err(e) => format!("this meta server lost its leadership: {}", e.message),
+            Ok(_) => unreachable!("a fenced write failed"),
+        };
+        let error = MetaError::NotLeader { leader: None, message };
+        if let Some(token) = f.work.token() {
+            self.reply(token, Err(error.clone()));
+        }
+        self.drop_state(error);
+    }
+
+    /// Runs queued work until a write is in flight or nothing waits.
+    fn pump(&mut self) {
+        while self.in_flight.is_none() && self.serving().is_ok() {
+            let Some(work) = self.queue.pop_front() else { break };
+            self.run(work);
+        }
+    }
+
+    /// Starts a write for `work` (it continues in `resume`).
+    fn persist(&mut self, write: StoreWrite, work: Work) {
+        let epoch = self.serving().expect("persist only while serving");
+        self.next_op += 1;
+        let op = self.next_op;
+        self.actions.push(MetaAction::Persist { op, epoch, write: write.clone() });
+        self.in_flight = Some(InFlight { op, write, work });
+    }
+
+    /// Takes `work` as far as it goes now: answered, or waiting for a write.
+    fn run(&mut self, work: Work) {
+        if let Err(e) = self.serving() {
+            if let Some(token) = work.token() {
+                self.reply(token, Err(e));
+            }
+            return;
+        }
+        let now = self.now;
+        let state = self.state.as_mut().expect("serving");
+        match work {
+            Work::Beacon { token, request, reballot, mut done } => {
+                if !state.registered.contains(&request.node) {
+                    let write = StoreWrite::RegisterNode { address: request.node.clone(), at_ms: now.wall_ms };
+                    return self.persist(write, Work::Beacon { token, request, reballot, done });
+                }
+                if reballot {
+                    // A restarted server lost its unsynced log tail: its primaries continue under
+                    // a new ballot, so members can tell its new stream from its previous life's.
+                    let next = state.partitions.values().filter(|c| !done.contains(&c.gpid)).find_map(|c| reassign_restarted_primary(c, &request.node));
+                    if let Some(next) = next {
+                        done.insert(next.gpid);
+                        let write = StoreWrite::UpdatePartition { expected_ballot: next.ballot - 1, config: next };
+                        return self.persist(write, Work::Beacon { token, request, reballot, done });
+                    }
+                }
+                let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
+                let configs: Vec<PartitionConfig> = configs_for_node(state.partitions.values(), &request.node, &reported).into_iter().cloned().collect();
+                let mut tables: Vec<u32> = configs.iter().map(|c| c.gpid.table_id).collect();
+                tables.dedup();
+                let partition_counts = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.partition_count))).collect();
+                let gone = reported.into_iter().filter(|g| !state.tables.contains_key(&g.table_id)).collect();
+                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, gone }));
+            }
+            Work::Propose { token, gpid, from, proposal } => {
+                let Some(config) = state.partitions.get(&gpid).cloned() else {
+                    return self.reply(token, Err(MetaError::NotFound(format!("no partition {gpid}"))));
+                };
+                let replica_count = state.tables.get(&gpid.table_id).map_or(0, |t| t.replica_count) as usize;
+                match apply_proposal_from(&config, &from, &proposal, replica_count) {
+                    Ok(next) => self.persist(StoreWrite::UpdatePartition { config: next, expected_ballot: config.ballot }, Work::Propose { token, gpid, from, proposal }),
+                    Err(reason) => {
+                        self.event(MetaEvent::ProposalRefused { gpid, from, proposal, reason: reason.clone() });
+                        self.reply(token, Err(MetaError::InvalidArgument(reason)));
+                    }
+                }
+            }
+            Work::CreateTable { token, name, partition_count, change, owner, who, placing: None } => {
+                let mut change = change;
+                let cx = policy_context(&self.options, state);
+                // Validated as a change from "no replicas": the count must fit the live servers.
+                let policy = match Policy::with_replicas(0).apply(&change, &cx) {
+                    Ok(p) => p,
+                    Err(e) => return self.reply(token, Err(MetaError::InvalidArgument(e))),
+                };
+                change.replicas = Some(policy.replicas);
+                if state.available_table(&name).is_some() {
+                    return self.reply(token, Err(MetaError::AlreadyExists(format!("table {name:?} already exists"))));
+                }
+                let write = StoreWrite::CreateTable { name: name.clone(), partition_count, policy, owner: owner.clone(), who: who.clone(), at_ms: now.wall_ms };
+                self.persist(write, Work::CreateTable { token, name, partition_count, change, owner, who, placing: None });
+            }
+            Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, mut left)) } => match left.pop_front() {
+                Some(config) => {
+                    let write = StoreWrite::UpdatePartition { config, expected_ballot: 0 };
+                    self.persist(write, Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, left)) });
+                }
+                None => {
+                    self.event(MetaEvent::TableCreated { table: table.clone(), who });
+                    self.reply(token, Ok(MetaReply::Created { table }));
+                }
+            },
+            Work::SetPolicy { token, table, change, who } => {
+                let Some(t) = state.available_table(&table).cloned() else {
+                    return self.reply(token, Err(MetaError::NotFound(format!("table {table:?} does not exist"))));
+                };
+                let cx = policy_context(&self.options, state);
+                match t.policy.apply(&change, &cx) {
+                    Ok(next) if next == t.policy => self.reply(token, Ok(MetaReply::PolicySet { old: t.policy.clone(), table: t, changed: false })),
+                    Ok(next) => {
+                        let write = StoreWrite::SetPolicy { table_id: t.id, old: t.policy.clone(), new: next, who: who.clone(), at_ms: now.wall_ms };
+                        self.persist(write, Work::SetPolicy { token, table, change, who });
+                    }
+                    Err(e) => self.reply(token, Err(MetaError::InvalidArgument(e))),
+                }
+            }
+            Work::DropTable { token, name } => match state.available_table(&name) {
+                Some(t) => {
+                    let write = StoreWrite::DropTable { table_id: t.id, at_ms: now.wall_ms };
+                    self.persist(write, Work::DropTable { token, name });
+                }
+                None => self.reply(token, Err(MetaError::NotFound(format!("table {name:?} does not exist")))),
+            },
+            Work::RecallTable { token, name } => {
+                let latest = state
+                    .tables
+                    .values()
+                    .filter(|t| t.name == name && matches!(t.status, TableStatus::Dropped { .. }))
+                    .max_by_key(|t| match t.status {
+                        TableStatus::Dropped { drop_time_ms } => drop_time_ms,
+                        TableStatus::Available => 0,
+                    });
+                match latest {
+                    Some(t) => {
+                        let write = StoreWrite::RecallTable { table_id: t.id };
+                        self.persist(write, Work::RecallTable { token, name });
+                    }
+                    None => self.reply(token, Err(MetaError::NotFound(format!("no dropped table {name:?} to recall (its recall window may have passed)")))),
+                }
+            }
+            Work::Cure { from } => {
+                let next = state.partitions.range(from..).find_map(|(gpid, config)| {
+                    let table = state.tables.get(&gpid.table_id)?;
+                    if config.ballot == 0 {
+                        return None;
+                    }
+                    let placement = learner_placement(&state.load());
+                    let empty = BTreeMap::new();
+                    let reports: &BTreeMap<NodeAddr, ReplicaReport> = state.reports.get(gpid).unwrap_or(&empty);
+                    let fd = &state.fd;
+                    let alive = |n: &str| fd.is_alive(n);
+                    let view = CureView { replica_count: table.replica_count as usize, alive: &alive, reports, placement: &placement };
+                    cure(config, &view).map(|next| (config.ballot, next))
+                });
+                if let Some((expected_ballot, next)) = next {
+                    let from = next.gpid;
+                    self.persist(StoreWrite::UpdatePartition { config: next, expected_ballot }, Work::Cure { from });
+                }
+            }
+            Work::Purge { table_id } => {
+                if state.tables.get(&table_id).is_some_and(|t| t.status != TableStatus::Available) {
+                    self.persist(StoreWrite::PurgeTable { table_id }, Work::Purge { table_id });
+                }
+            }
+        }
+    }
+
+    /// The write of `f` returned: adopt it and continue its work.
+    fn resume(&mut self, f: InFlight, result: StoreResult) {
+        let InFlight { write, work, .. } = f;
+        let state = self.state.as_mut().expect("a write in flight implies state");
+        let error = match (&write, result) {
+            (StoreWrite::UpdatePartition { config, .. }, Ok(StoreDone::Compared { updated: true })) => {
+                let previous = state.partitions.insert(config.gpid, config.clone()).unwrap_or_default();
+                let cause = match &work {
+                    Work::Propose { proposal, .. } => Cause::Proposal(proposal.clone()),
+                    Work::Beacon { .. } => Cause::Restart,
+                    Work::CreateTable { .. } => Cause::Placement,
+                    _ => Cause::Cure,
+                };
+                self.event(MetaEvent::Committed { previous, config: config.clone(), cause });
+                None
+            }
+            (StoreWrite::UpdatePartition { config, .. }, Ok(_)) => {
+                Some(MetaError::Internal(format!("partition {} changed in the store behind this meta server", config.gpid)))
+            }
+            (StoreWrite::RegisterNode { address, .. }, Ok(_)) => {
+                state.registered.insert(address.clone());
+                None
+            }
+            (StoreWrite::CreateTable { .. }, Ok(StoreDone::Created { table })) => {
+                for p in 0..table.partition_count {
+                    state.partitions.insert(Gpid::new(table.id, p), PartitionConfig { gpid: Gpid::new(table.id, p), ..Default::default() });
+                }
+                state.tables.insert(table.id, table.clone());
+                let configs = place_table(table.id, table.partition_count, table.replica_count as usize, &state.load()).into();
+                let Work::CreateTable { token, name, partition_count, change, owner, who, .. } = work else { unreachable!("a table is created by CreateTable") };
+                return self.run(Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, configs)) });
+            }
+            (StoreWrite::SetPolicy { table_id, old, new, who, .. }, Ok(_)) => {
+                let t = state.tables.get_mut(table_id).expect("the table exists");
+                t.replica_count = new.replicas;
+                t.policy = new.clone();
+                let table = t.clone();
+                self.event(MetaEvent::PolicyChanged { table: table.name.clone(), old: old.clone(), new: new.clone(), who: who.clone() });
+                if let Some(token) = work.token() {
+                    self.reply(token, Ok(MetaReply::PolicySet { table, old: old.clone(), changed: true }));
+                }
+                return;
+            }
+            (StoreWrite::DropTable { table_id, at_ms }, Ok(_)) => {
+                let t = state.tables.get_mut(table_id).expect("the table exists");
+                t.status = TableStatus::Dropped { drop_time_ms: *at_ms };
+                let reply = MetaReply::Dropped { table: t.clone(), recall_until_ms: at_ms + self.options.recall_window_ms };
+                self.event(MetaEvent::TableDropped { table_id: *table_id });
+                if let Some(token) = work.token() {
+                    self.reply(token, Ok(reply));
+                }
+                return;
+            }
+            (StoreWrite::RecallTable { table_id }, Ok(_)) => {
+                let t = state.tables.get_mut(table_id).expect("the table exists");
+                t.status = TableStatus::Available;
+                let reply = MetaReply::Recalled { table: t.clone() };
+                self.event(MetaEvent::TableRecalled { table_id: *table_id });
+                if let Some(token) = work.token() {
+                    self.reply(token, Ok(reply));
+                }
+                return;
+            }
+            (StoreWrite::PurgeTable { table_id }, Ok(_)) => {
+                state.tables.remove(table_id);
+                state.partitions.retain(|g, _| g.table_id != *table_id);
+                state.reports.retain(|g, _| g.table_id != *table_id);
+                self.event(MetaEvent::TablePurged { table_id: *table_id });
+                return;
+            }
+            (_, Ok(done)) => Some(MetaError::Internal(format!("the store answered {done:?} to {write:?}"))),
+            (_, Err(e)) => Some(store_error(e)),
+        };
+        match (work, error) {
+            (work @ (Work::Beacon { .. } | Work::CreateTable { .. }), None) => self.run(work),
+            (Work::Propose { token, .. }, None) => {
+                let StoreWrite::UpdatePartition { config, .. } = write else { unreachable!("a proposal writes a partition") };
+                self.reply(token, Ok(MetaReply::Proposed { config }));
+            }
+            (Work::Cure { from }, error) => {
+                if let Some(e) = error {
+                    self.event(MetaEvent::ChangeFailed { gpid: from, cause: Cause::Cure, error: e.to_string() });
+                }
+                // The rest of the pass, after this partition.
+                let next = Gpid::new(from.table_id, from.partition + 1);
+                self.queue.push_front(Work::Cure { from: next });
+            }
+            (Work::Purge { table_id }, error) => {
+                let error = error.map_or_else(|| "unexpected answer".to_string(), |e| e.to_string());
+                self.event(MetaEvent::PurgeFailed { table_id, error });
+            }
+            (Work::Beacon { token, request, .. }, Some(e)) => {
+                if matches!(write, StoreWrite::UpdatePartition { .. }) {
+                    // The next beacon tries again; until then the answer carries the old
+                    // configurations, which the restarted server holds inactive replicas of.
+                    self.state.as_mut().expect("state").fd.forget_incarnation(&request.node);
+                    self.event(MetaEvent::ChangeFailed { gpid: write.partition().expect("a partition"), cause: Cause::Restart, error: e.to_string() });
+                }
+                self.reply(token, Err(e));
+            }
+            (work, Some(e)) => {
+                if let Some(token) = work.token() {
+                    self.reply(token, Err(e));
+                }
+            }
+            (work, None) => unreachable!("{work:?} finished above"),
+        }
+    }
+}
+
+impl Work {
+    fn token(&self) -> Option<Token> {
+        match self {
+            Work::Beacon { token, .. }
+            | Work::Propose { token, .. }
+            | Work::CreateTable { token, .. }
+            | Work::SetPolicy { token, .. }
+            | Work::DropTable { token, .. }
+            | Work::RecallTable { token, .. } => Some(*token),
+            Work::Cure { .. } | Work::Purge { .. } => None,
+        }
+    }
+}
+
+fn policy_context<'a>(options: &'a MetaOptions, state: &MetaState) -> PolicyContext<'a> {
+    PolicyContext {
+        live_nodes: state.fd.alive_nodes().len(),
+        site: &options.site,
+        peer_sites: &options.peer_sites,
+        default_backup_target: &options.backup_target,
+    }
+}
+
+fn not_serving(why: NotServing) -> MetaError {
+    match why {
+        NotServing::Follower { leader: Some(leader) } => MetaError::NotLeader { message: format!("this meta server does not lead; {leader} does"), leader: Some(leader) },
+        NotServing::Follower { leader: None } => MetaError::NotLeader { leader: None, message: "no meta server leads yet (an election is under way); retry".into() },
+        NotServing::Lapsed => MetaError::NotLeader { leader: None, message: "this meta server's leader lease lapsed (the metadata store is unreachable); retry".into() },
+    }
+}
+
+fn store_error(e: StoreFailure) -> MetaError {
+    match e.kind {
+        StoreFailureKind::Fenced => MetaError::NotLeader { leader: None, message: e.message },
+        StoreFailureKind::Unreachable => MetaError::Busy(e.message),
+        StoreFailureKind::AlreadyExists => MetaError::AlreadyExists(e.message),
+        StoreFailureKind::NotFound => MetaError::NotFound(e.message),
+        StoreFailureKind::Invalid => MetaError::InvalidArgument(e.message),
+        StoreFailureKind::Other => MetaError::Internal(e.message),
+    }
+}
+
+pub fn validate_table_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TABLE_NAME_BYTES_MAX {
+        return Err(format!("table name must be 1 to {TABLE_NAME_BYTES_MAX} characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+        return Err(format!("table name {name:?} may contain only letters, digits, '_', '-' and '.'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -1,0 +1,221 @@
+//! Unit tests of the meta state machine: each asserts the exact actions of its inputs.
+
+use super::*;
+use crate::cure::ReplicaReport;
+use crate::request::ClusterStatus;
+use crate::store::MemStore;
+
+const TTL: u64 = 6_000;
+
+fn options() -> MetaOptions {
+    MetaOptions { grace_period_ms: 8_000, lease_ttl_ms: TTL, ..MetaOptions::default() }
+}
+
+fn at(mono_ms: u64) -> Now {
+    Now { mono_ms, wall_ms: 1_700_000_000_000 + mono_ms }
+}
+
+fn beacon(node: &str, incarnation: u64, restarted: bool) -> MetaRequest {
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![] })
+}
+
+fn config(table_id: u32, partition: u32, ballot: u64, primary: &str, secondaries: &[&str]) -> PartitionConfig {
+    PartitionConfig {
+        gpid: Gpid::new(table_id, partition),
+        ballot,
+        primary: Some(primary.into()),
+        secondaries: secondaries.iter().map(|s| s.to_string()).collect(),
+        learners: vec![],
+        last_drops: vec![],
+    }
+}
+
+/// A machine leading at epoch 1 over a store holding table 1 (one partition: r1 primary,
+/// r2 r3 secondaries) and the three servers registered.
+fn leader() -> (MetaMachine, MemStore) {
+    let mut store = MemStore::default();
+    store.claim("m1", "m1", TTL, 0);
+    let create = StoreWrite::CreateTable { name: "t".into(), partition_count: 1, policy: Policy::with_replicas(3), owner: "o".into(), who: "o".into(), at_ms: 0 };
+    store.write("m1", 1, &create).unwrap();
+    store.write("m1", 1, &StoreWrite::UpdatePartition { config: config(1, 0, 1, "r1", &["r2", "r3"]), expected_ballot: 0 }).unwrap();
+    for n in ["r1", "r2", "r3"] {
+        store.write("m1", 1, &StoreWrite::RegisterNode { address: n.into(), at_ms: 0 }).unwrap();
+    }
+    let mut m = MetaMachine::new(options());
+    m.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Won { epoch: 1 } });
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 1 }]);
+    m.step(at(1), MetaInput::Loaded { epoch: 1, result: Ok(store.load()) });
+    assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::Leading { epoch: 1, tables: 1, partitions: 1, nodes: 3 })]);
+    (m, store)
+}
+
+fn beacon_reply(configs: Vec<PartitionConfig>) -> Result<MetaReply, MetaError> {
+    let partition_counts = if configs.is_empty() { vec![] } else { vec![(1, 1)] };
+    Ok(MetaReply::Beacon { configs, partition_counts, gone: vec![] })
+}
+
+#[test]
+fn a_follower_and_a_loading_leader_refuse_with_a_hint() {
+    let mut m = MetaMachine::new(options());
+    m.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Lost { leader: "m2:1".into() } });
+    m.step(at(1), MetaInput::Request { token: 7, request: MetaRequest::ListNodes });
+    let refused = MetaError::NotLeader { leader: Some("m2:1".into()), message: "this meta server does not lead; m2:1 does".into() };
+    assert_eq!(m.take_actions(), vec![MetaAction::Reply { token: 7, result: Err(refused) }]);
+    m.step(at(2), MetaInput::Claimed { sent_at_ms: 2, outcome: ClaimOutcome::Won { epoch: 2 } });
+    m.step(at(3), MetaInput::Request { token: 8, request: MetaRequest::ClusterStatus });
+    let loading = MetaError::NotLeader { leader: None, message: "this meta server is loading the metadata store; retry".into() };
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 2 }, MetaAction::Reply { token: 8, result: Err(loading) }]);
+    m.step(at(4), MetaInput::Loaded { epoch: 2, result: Ok(MetaSnapshot::default()) });
+    m.step(at(5), MetaInput::Request { token: 9, request: MetaRequest::ClusterStatus });
+    assert_eq!(m.take_actions()[1], MetaAction::Reply { token: 9, result: Ok(MetaReply::Status(ClusterStatus::default())) });
+}
+
+#[test]
+fn a_server_is_registered_before_its_first_lease_and_answered_at_once_after() {
+    let (mut m, _) = leader();
+    m.step(at(10), MetaInput::Request { token: 1, request: beacon("r4", 1, false) });
+    let register = StoreWrite::RegisterNode { address: "r4".into(), at_ms: at(10).wall_ms };
+    assert_eq!(
+        m.take_actions(),
+        vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r4".into() }), MetaAction::Persist { op: 1, epoch: 1, write: register }]
+    );
+    assert!(m.busy());
+    m.step(at(20), MetaInput::Stored { op: 1, result: Ok(StoreDone::Done) });
+    assert_eq!(m.take_actions(), vec![MetaAction::Reply { token: 1, result: beacon_reply(vec![]) }]);
+    m.step(at(1_000), MetaInput::Request { token: 2, request: beacon("r4", 1, false) });
+    assert_eq!(m.take_actions(), vec![MetaAction::Reply { token: 2, result: beacon_reply(vec![]) }]);
+}
+
+/// The rule this machine exists for: a beacon whose answer would carry a partition with a write
+/// in flight waits for the write, or the old configuration would renew the lease of the primary
+/// that the write replaces.
+#[test]
+fn a_beacon_never_outruns_a_configuration_change() {
+    let (mut m, _) = leader();
+    // r2 and r3 beacon; r1 stays silent past the grace period.
+    for t in [1_000, 5_000, 8_500] {
+        m.step(at(t), MetaInput::Claimed { sent_at_ms: t, outcome: ClaimOutcome::Won { epoch: 1 } });
+        for n in ["r2", "r3"] {
+            m.step(at(t), MetaInput::Request { token: t, request: beacon(n, 1, false) });
+        }
+    }
+    m.take_actions();
+    m.step(at(8_600), MetaInput::Tick);
+    let promoted = PartitionConfig { last_drops: vec!["r1".into()], ..config(1, 0, 2, "r2", &["r3"]) };
+    let actions = m.take_actions();
+    assert_eq!(
+        actions,
+        vec![
+            MetaAction::Event(MetaEvent::NodeDead { node: "r1".into() }),
+            MetaAction::Persist { op: 1, epoch: 1, write: StoreWrite::UpdatePartition { config: promoted.clone(), expected_ballot: 1 } },
+        ]
+    );
+    // r1 comes back while the promotion is in flight, reporting its replica: its beacon waits.
+    let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 0, last_prepared: 0 };
+    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)] };
+    m.step(at(8_700), MetaInput::Request { token: 42, request: MetaRequest::Beacon(r1) });
+    assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r1".into() })]);
+    // So does r3's (its answer carries the partition too); a read does not.
+    m.step(at(8_710), MetaInput::Request { token: 43, request: beacon("r3", 1, false) });
+    m.step(at(8_750), MetaInput::Request { token: 44, request: MetaRequest::ListTables { include_dropped: false } });
+    assert!(matches!(&m.take_actions()[..], [MetaAction::Reply { token: 44, result: Ok(MetaReply::Tables { .. }) }]));
+    m.step(at(8_800), MetaInput::Stored { op: 1, result: Ok(StoreDone::Compared { updated: true }) });
+    assert_eq!(
+        m.take_actions(),
+        vec![
+            MetaAction::Event(MetaEvent::Committed { previous: config(1, 0, 1, "r1", &["r2", "r3"]), config: promoted.clone(), cause: Cause::Cure }),
+            MetaAction::Reply { token: 42, result: beacon_reply(vec![promoted.clone()]) },
+            MetaAction::Reply { token: 43, result: beacon_reply(vec![promoted]) },
+        ]
+    );
+}
+
+#[test]
+fn a_restarted_primary_continues_under_a_new_ballot_before_its_beacon_is_answered() {
+    let (mut m, _) = leader();
+    m.step(at(100), MetaInput::Request { token: 1, request: beacon("r1", 9, true) });
+    let bumped = config(1, 0, 2, "r1", &["r2", "r3"]);
+    let write = StoreWrite::UpdatePartition { config: bumped.clone(), expected_ballot: 1 };
+    assert_eq!(m.take_actions(), vec![MetaAction::Persist { op: 1, epoch: 1, write }]);
+    // The store is unreachable: the beacon fails, and the next one tries again.
+    m.step(at(200), MetaInput::Stored { op: 1, result: Err(StoreFailure::new(StoreFailureKind::Unreachable, "down")) });
+    let actions = m.take_actions();
+    assert_eq!(actions[1], MetaAction::Reply { token: 1, result: Err(MetaError::Busy("down".into())) });
+    m.step(at(1_100), MetaInput::Request { token: 2, request: beacon("r1", 9, true) });
+    m.step(at(1_200), MetaInput::Stored { op: 2, result: Ok(StoreDone::Compared { updated: true }) });
+    let actions = m.take_actions();
+    assert_eq!(actions.last(), Some(&MetaAction::Reply { token: 2, result: beacon_reply(vec![bumped]) }));
+    // Answered once: the same process does not get another ballot.
+    m.step(at(2_100), MetaInput::Request { token: 3, request: beacon("r1", 9, true) });
+    assert!(matches!(&m.take_actions()[..], [MetaAction::Reply { token: 3, .. }]));
+}
+
+#[test]
+fn proposals_are_written_then_answered_or_refused_with_the_reason() {
+    let (mut m, _) = leader();
+    let remove = ConfigProposal::RemoveSecondary { ballot: 1, node: "r3".into() };
+    m.step(at(10), MetaInput::Request { token: 1, request: MetaRequest::Propose { gpid: Gpid::new(1, 0), from: "r2".into(), proposal: remove.clone() } });
+    let reason = "r2 is not the primary of 1.0".to_string();
+    assert_eq!(
+        m.take_actions(),
+        vec![
+            MetaAction::Event(MetaEvent::ProposalRefused { gpid: Gpid::new(1, 0), from: "r2".into(), proposal: remove.clone(), reason: reason.clone() }),
+            MetaAction::Reply { token: 1, result: Err(MetaError::InvalidArgument(reason)) },
+        ]
+    );
+    m.step(at(20), MetaInput::Request { token: 2, request: MetaRequest::Propose { gpid: Gpid::new(1, 0), from: "r1".into(), proposal: remove.clone() } });
+    let next = PartitionConfig { last_drops: vec!["r3".into()], ..config(1, 0, 2, "r1", &["r2"]) };
+    let write = StoreWrite::UpdatePartition { config: next.clone(), expected_ballot: 1 };
+    assert_eq!(m.take_actions(), vec![MetaAction::Persist { op: 1, epoch: 1, write }]);
+    m.step(at(30), MetaInput::Stored { op: 1, result: Ok(StoreDone::Compared { updated: true }) });
+    assert_eq!(m.take_actions()[1], MetaAction::Reply { token: 2, result: Ok(MetaReply::Proposed { config: next }) });
+}
+
+#[test]
+fn a_fenced_write_drops_everything_the_machine_held() {
+    let (mut m, _) = leader();
+    m.step(at(10), MetaInput::Request { token: 1, request: MetaRequest::DropTable { name: "t".into() } });
+    m.step(at(11), MetaInput::Request { token: 2, request: MetaRequest::RecallTable { name: "t".into() } });
+    assert!(matches!(&m.take_actions()[..], [MetaAction::Persist { op: 1, .. }]));
+    m.step(at(20), MetaInput::Stored { op: 1, result: Err(StoreFailure::new(StoreFailureKind::Fenced, "fenced: epoch 2")) });
+    let lost = MetaError::NotLeader { leader: None, message: "this meta server lost its leadership: fenced: epoch 2".into() };
+    assert_eq!(
+        m.take_actions(),
+        vec![MetaAction::Reply { token: 1, result: Err(lost.clone()) }, MetaAction::Reply { token: 2, result: Err(lost) }]
+    );
+    assert!(m.state().is_none());
+}
+
+#[test]
+fn a_new_table_is_written_then_placed_partition_by_partition() {
+    let (mut m, mut store) = leader();
+    for n in ["r1", "r2", "r3"] {
+        m.step(at(10), MetaInput::Request { token: 0, request: beacon(n, 1, false) });
+    }
+    m.take_actions();
+    let create = MetaRequest::CreateTable { name: "u".into(), partition_count: 2, change: PolicyChange { replicas: Some(2), ..Default::default() }, owner: "o".into(), who: "w".into() };
+    m.step(at(20), MetaInput::Request { token: 5, request: create });
+    // Carry out every write on the in-memory store until the request is answered.
+    let mut answer = None;
+    let mut writes = Vec::new();
+    for _ in 0..10 {
+        for action in m.take_actions() {
+            match action {
+                MetaAction::Persist { op, epoch, write } => {
+                    let result = store.write("m1", epoch, &write);
+                    writes.push(write);
+                    m.step(at(30), MetaInput::Stored { op, result });
+                }
+                MetaAction::Reply { token: 5, result } => answer = Some(result),
+                _ => {}
+            }
+        }
+    }
+    let Some(Ok(MetaReply::Created { table })) = answer else { panic!("{answer:?}") };
+    assert_eq!((table.name.as_str(), table.partition_count, table.replica_count), ("u", 2, 2));
+    assert_eq!(writes.len(), 3, "the table, then each partition's placement: {writes:?}");
+    let placed: Vec<PartitionConfig> = store.load().partitions.into_iter().filter(|c| c.gpid.table_id == table.id).collect();
+    assert_eq!(placed.len(), 2);
+    assert!(placed.iter().all(|c| c.ballot == 1 && c.replica_count() == 2), "{placed:?}");
+    assert_eq!(m.state().expect("leading").table_partitions(table.id).map(|(_, c)| c.clone()).collect::<Vec<_>>(), placed);
+}

@@ -1,0 +1,171 @@
+//! What the meta is asked and what it answers, as core types: the meta runtime converts them
+//! from and to the wire, the simulator sends them as they are.
+
+use crate::cure::ReplicaReport;
+use crate::policy::{Policy, PolicyChange};
+use crate::table::TableInfo;
+use tandem_core::replica::ConfigProposal;
+use tandem_core::{Gpid, NodeAddr, PartitionConfig};
+
+/// Identifies a request until it is answered (`MetaAction::Reply`).
+pub type Token = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BeaconRequest {
+    pub node: NodeAddr,
+    /// Unique per process of the server.
+    pub incarnation: u64,
+    /// No beacon of this process has been answered yet.
+    pub restarted: bool,
+    /// The lease the server takes from an answered beacon.
+    pub lease_period_ms: u64,
+    pub reports: Vec<(Gpid, ReplicaReport)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaRequest {
+    Beacon(BeaconRequest),
+    /// The configurations of a table's partitions (clients route with them).
+    QueryConfig { table: String },
+    /// A primary asks for a configuration change (compare-and-set on its ballot).
+    Propose { gpid: Gpid, from: NodeAddr, proposal: ConfigProposal },
+    CreateTable { name: String, partition_count: u32, change: PolicyChange, owner: String, who: String },
+    SetPolicy { table: String, change: PolicyChange, who: String },
+    DropTable { name: String },
+    RecallTable { name: String },
+    ListTables { include_dropped: bool },
+    ShowTable { name: String },
+    ListNodes,
+    ClusterStatus,
+    PolicyStatus { table: String },
+    /// Resolves the table whose history the runtime then reads from the store.
+    PolicyHistory { table: String },
+}
+
+impl MetaRequest {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetaRequest::Beacon(_) => "beacon",
+            MetaRequest::QueryConfig { .. } => "query_config",
+            MetaRequest::Propose { .. } => "propose",
+            MetaRequest::CreateTable { .. } => "create_table",
+            MetaRequest::SetPolicy { .. } => "set_policy",
+            MetaRequest::DropTable { .. } => "drop_table",
+            MetaRequest::RecallTable { .. } => "recall_table",
+            MetaRequest::ListTables { .. } => "list_tables",
+            MetaRequest::ShowTable { .. } => "show_table",
+            MetaRequest::ListNodes => "list_nodes",
+            MetaRequest::ClusterStatus => "cluster_status",
+            MetaRequest::PolicyStatus { .. } => "policy_status",
+            MetaRequest::PolicyHistory { .. } => "policy_history",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaReply {
+    /// The configurations the server hosts or reported, its tables' partition counts, and the
+    /// reported partitions whose table is gone. The lease runs from the beacon's send.
+    Beacon { configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid> },
+    Config { table: TableInfo, partitions: Vec<PartitionConfig> },
+    Proposed { config: PartitionConfig },
+    Created { table: TableInfo },
+    PolicySet { table: TableInfo, old: Policy, changed: bool },
+    Dropped { table: TableInfo, recall_until_ms: u64 },
+    Recalled { table: TableInfo },
+    Tables { tables: Vec<TableInfo> },
+    Table { table: TableInfo, partitions: Vec<PartitionView> },
+    Nodes { nodes: Vec<NodeView> },
+    Status(ClusterStatus),
+    PolicyStatus(PolicyStatusView),
+    History { table: TableInfo },
+}
+
+/// Why a request was refused. Each message names the thing and, where there is one, the fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    /// Another meta server leads (its address, when known), or none does right now.
+    #[error("{message}")]
+    NotLeader { leader: Option<String>, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Not done; try again (the store is unreachable, …).
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The health of a partition: its primary is alive, and how many live members it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unavailable,
+}
+
+impl Health {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionView {
+    pub config: PartitionConfig,
+    pub reports: Vec<(NodeAddr, ReplicaReport)>,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub address: NodeAddr,
+    pub alive: bool,
+    pub last_beacon_ms_ago: u64,
+    pub primaries: u32,
+    pub secondaries: u32,
+    pub learners: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub tables: u32,
+    pub partitions: u32,
+    pub healthy: u32,
+    pub degraded: u32,
+    pub unavailable: u32,
+    pub nodes_alive: u32,
+    pub nodes_dead: u32,
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LevelStatus {
+    pub level: String,
+    pub desired: String,
+    pub actual: String,
+    pub satisfied: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionReplicas {
+    pub partition: u32,
+    pub healthy: u32,
+    pub members: u32,
+    pub learners: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyStatusView {
+    pub table: TableInfo,
+    pub levels: Vec<LevelStatus>,
+    pub partitions: Vec<PartitionReplicas>,
+}

@@ -1,0 +1,158 @@
+//! What the meta reports about its metadata: partition health, the nodes, the cluster's status
+//! and how far each table is from its policy. Read-only views of the state machine's state.
+
+use crate::cure::ReplicaReport;
+use crate::failure_detector::FailureDetector;
+use crate::request::{ClusterStatus, Health, LevelStatus, NodeView, PartitionReplicas, PartitionView, PolicyStatusView};
+use crate::table::{TableInfo, TableStatus};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tandem_core::{Gpid, NodeAddr, PartitionConfig, PartitionStatus};
+
+/// The metadata the meta leader holds, loaded from the store and kept in step with it.
+#[derive(Clone, Debug)]
+pub struct MetaState {
+    pub tables: BTreeMap<u32, TableInfo>,
+    pub partitions: BTreeMap<Gpid, PartitionConfig>,
+    pub fd: FailureDetector,
+    /// What each server last reported of each replica it holds.
+    pub reports: BTreeMap<Gpid, BTreeMap<NodeAddr, ReplicaReport>>,
+    /// Servers recorded in the store: a new leader starts them alive.
+    pub registered: std::collections::BTreeSet<NodeAddr>,
+}
+
+impl MetaState {
+    pub fn available_table(&self, name: &str) -> Option<&TableInfo> {
+        self.tables.values().find(|t| t.name == name && t.status == TableStatus::Available)
+    }
+
+    pub fn table_partitions(&self, table_id: u32) -> impl Iterator<Item = (&Gpid, &PartitionConfig)> {
+        self.partitions.range(Gpid::new(table_id, 0)..Gpid::new(table_id + 1, 0))
+    }
+
+    /// Replicas each alive node hosts: what placement balances.
+    pub fn load(&self) -> BTreeMap<NodeAddr, usize> {
+        crate::placement::node_load(self.fd.alive_nodes(), self.partitions.values())
+    }
+
+    pub fn health(&self, c: &PartitionConfig, replica_count: u32) -> Health {
+        let primary_alive = c.primary.as_deref().is_some_and(|p| self.fd.is_alive(p));
+        if !primary_alive {
+            return Health::Unavailable;
+        }
+        let alive_members = c.members().filter(|n| self.fd.is_alive(n)).count();
+        if alive_members >= replica_count as usize { Health::Healthy } else { Health::Degraded }
+    }
+
+    pub fn partition_views(&self, table: &TableInfo) -> Vec<PartitionView> {
+        self.table_partitions(table.id)
+            .map(|(gpid, c)| PartitionView {
+                config: c.clone(),
+                reports: self.reports.get(gpid).map(|rs| rs.iter().map(|(n, r)| (n.clone(), r.clone())).collect()).unwrap_or_default(),
+                health: self.health(c, table.replica_count),
+            })
+            .collect()
+    }
+
+    pub fn node_views(&self, now_ms: u64) -> Vec<NodeView> {
+        self.fd
+            .nodes()
+            .iter()
+            .map(|(addr, l)| {
+                let mut view = NodeView {
+                    address: addr.clone(),
+                    alive: l.alive,
+                    last_beacon_ms_ago: now_ms.saturating_sub(l.last_beacon_ms),
+                    primaries: 0,
+                    secondaries: 0,
+                    learners: 0,
+                };
+                for c in self.partitions.values() {
+                    match c.status_of(addr) {
+                        PartitionStatus::Primary => view.primaries += 1,
+                        PartitionStatus::Secondary => view.secondaries += 1,
+                        PartitionStatus::Learner => view.learners += 1,
+                        _ => {}
+                    }
+                }
+                view
+            })
+            .collect()
+    }
+
+    pub fn cluster_status(&self) -> ClusterStatus {
+        let mut s = ClusterStatus::default();
+        for t in self.tables.values().filter(|t| t.status == TableStatus::Available) {
+            s.tables += 1;
+            for (gpid, c) in self.table_partitions(t.id) {
+                s.partitions += 1;
+                match self.health(c, t.replica_count) {
+                    Health::Healthy => s.healthy += 1,
+                    Health::Degraded => {
+                        s.degraded += 1;
+                        s.problems.push(format!("{}:{} ({gpid}) has {} of {} replicas", t.name, gpid.partition, c.replica_count(), t.replica_count));
+                    }
+                    Health::Unavailable => {
+                        s.unavailable += 1;
+                        s.problems.push(format!("{}:{} ({gpid}) has no live primary", t.name, gpid.partition));
+                    }
+                }
+            }
+        }
+        for (addr, l) in self.fd.nodes() {
+            if l.alive {
+                s.nodes_alive += 1;
+            } else {
+                s.nodes_dead += 1;
+                s.problems.push(format!("replica server {addr} is dead"));
+            }
+        }
+        s
+    }
+
+    /// Desired against actual, level by level.
+    pub fn policy_status(&self, table: &TableInfo) -> PolicyStatusView {
+        let desired = table.policy.replicas;
+        let partitions: Vec<PartitionReplicas> = self
+            .table_partitions(table.id)
+            .map(|(gpid, c)| PartitionReplicas {
+                partition: gpid.partition,
+                healthy: c.members().filter(|n| self.fd.is_alive(n)).count() as u32,
+                members: c.replica_count() as u32,
+                learners: c.learners.len() as u32,
+            })
+            .collect();
+        let at_desired = partitions.iter().filter(|p| p.healthy == desired && p.members == desired).count();
+        let fewest = partitions.iter().map(|p| p.healthy).min().unwrap_or(0);
+        let replicas = LevelStatus {
+            level: "replicas".into(),
+            desired: format!("{desired} per partition"),
+            actual: if at_desired == partitions.len() {
+                format!("healthy {desired} of {desired} on all {} partitions", partitions.len())
+            } else {
+                format!(
+                    "{at_desired} of {} partitions at {desired} healthy replicas; fewest healthy: {fewest}; reconciling ({} learners catching up)",
+                    partitions.len(),
+                    partitions.iter().map(|p| p.learners).sum::<u32>()
+                )
+            },
+            satisfied: at_desired == partitions.len(),
+        };
+        let duplication = LevelStatus {
+            level: "duplication".into(),
+            desired: table.policy.duplication.as_ref().map_or_else(|| "off".to_string(), |site| format!("to site {site}")),
+            actual: if table.policy.duplication.is_some() { "not available yet (duplication is not built)".into() } else { "off".into() },
+            satisfied: table.policy.duplication.is_none(),
+        };
+        let backup = LevelStatus {
+            level: "backup".into(),
+            desired: table.policy.backup.as_ref().map_or_else(
+                || "off".to_string(),
+                |b| format!("every {}, keep {}, to {}", humantime::format_duration(Duration::from_millis(b.every_ms)), b.keep, b.target),
+            ),
+            actual: if table.policy.backup.is_some() { "not available yet (backup is not built)".into() } else { "off".into() },
+            satisfied: table.policy.backup.is_none(),
+        };
+        PolicyStatusView { table: table.clone(), levels: vec![replicas, duplication, backup], partitions }
+    }
+}

@@ -1,0 +1,267 @@
+//! The meta's writes to its store, as data: the state machine decides them
+//! (`MetaAction::Persist`), the runtime carries them out in one fenced transaction each, and
+//! their outcome comes back as `MetaInput::Stored`. `MemStore` is the in-memory twin the
+//! simulator runs, with the same lease row (claims judged by the store's clock) and fencing.
+
+use crate::leadership::ClaimOutcome;
+use crate::policy::Policy;
+use crate::table::{MetaSnapshot, TableInfo, TableStatus};
+use std::collections::BTreeMap;
+use tandem_core::{Ballot, Gpid, NodeAddr, PartitionConfig};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreWrite {
+    /// Records a replica server (a known one keeps its first time).
+    RegisterNode { address: NodeAddr, at_ms: u64 },
+    /// Compare-and-set: writes `config` only if the stored ballot is `expected_ballot`.
+    UpdatePartition { config: PartitionConfig, expected_ballot: Ballot },
+    /// A new available table with the next unused id, its partitions at ballot 0.
+    CreateTable { name: String, partition_count: u32, policy: Policy, owner: String, who: String, at_ms: u64 },
+    /// Replaces a table's policy and appends `old → new` to its history.
+    SetPolicy { table_id: u32, old: Policy, new: Policy, who: String, at_ms: u64 },
+    DropTable { table_id: u32, at_ms: u64 },
+    RecallTable { table_id: u32 },
+    /// Deletes a dropped table and its partitions for good.
+    PurgeTable { table_id: u32 },
+}
+
+impl StoreWrite {
+    /// The partition a write changes the configuration of.
+    pub fn partition(&self) -> Option<Gpid> {
+        match self {
+            StoreWrite::UpdatePartition { config, .. } => Some(config.gpid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreDone {
+    Done,
+    /// `UpdatePartition`: whether the stored ballot matched.
+    Compared { updated: bool },
+    Created { table: TableInfo },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailureKind {
+    /// This process no longer holds the lease at the epoch it wrote under.
+    Fenced,
+    Unreachable,
+    AlreadyExists,
+    NotFound,
+    Invalid,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreFailure {
+    pub kind: StoreFailureKind,
+    pub message: String,
+}
+
+impl StoreFailure {
+    pub fn new(kind: StoreFailureKind, message: impl Into<String>) -> Self {
+        StoreFailure { kind, message: message.into() }
+    }
+}
+
+pub type StoreResult = Result<StoreDone, StoreFailure>;
+
+/// The lease row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Lease {
+    holder: String,
+    address: String,
+    epoch: u64,
+    expires_ms: u64,
+}
+
+/// The in-memory twin of the SQL store: same lease claim rule, same fencing, same
+/// compare-and-set; `now_ms` is the store's own clock.
+#[derive(Clone, Debug, Default)]
+pub struct MemStore {
+    lease: Option<Lease>,
+    next_table_id: u32,
+    tables: BTreeMap<u32, TableInfo>,
+    partitions: BTreeMap<Gpid, PartitionConfig>,
+    nodes: BTreeMap<NodeAddr, u64>,
+    history: Vec<(u32, Option<Policy>, Policy)>,
+}
+
+impl MemStore {
+    /// The claim statement: takes the row when it is free, expired, or held at the same address
+    /// (a restarted process); the epoch grows unless `holder` renews its own.
+    pub fn claim(&mut self, holder: &str, address: &str, ttl_ms: u64, now_ms: u64) -> ClaimOutcome {
+        match &mut self.lease {
+            Some(l) if l.holder == holder => {
+                l.expires_ms = now_ms + ttl_ms;
+                l.address = address.to_string();
+                ClaimOutcome::Won { epoch: l.epoch }
+            }
+            Some(l) if l.address == address || l.expires_ms < now_ms => {
+                *l = Lease { holder: holder.into(), address: address.into(), epoch: l.epoch + 1, expires_ms: now_ms + ttl_ms };
+                ClaimOutcome::Won { epoch: l.epoch }
+            }
+            Some(l) => ClaimOutcome::Lost { leader: l.address.clone() },
+            None => {
+                self.lease = Some(Lease { holder: holder.into(), address: address.into(), epoch: 1, expires_ms: now_ms + ttl_ms });
+                ClaimOutcome::Won { epoch: 1 }
+            }
+        }
+    }
+
+    /// A clean shutdown gives the lease up at once.
+    pub fn release(&mut self, holder: &str) {
+        if let Some(l) = self.lease.as_mut().filter(|l| l.holder == holder) {
+            l.expires_ms = 0;
+        }
+    }
+
+    pub fn load(&self) -> MetaSnapshot {
+        MetaSnapshot {
+            tables: self.tables.values().cloned().collect(),
+            partitions: self.partitions.values().cloned().collect(),
+            nodes: self.nodes.iter().map(|(n, t)| (n.clone(), *t)).collect(),
+        }
+    }
+
+    pub fn partition(&self, gpid: Gpid) -> Option<&PartitionConfig> {
+        self.partitions.get(&gpid)
+    }
+
+    /// One write, fenced: refused unless `holder` holds the row at `epoch`.
+    pub fn write(&mut self, holder: &str, epoch: u64, write: &StoreWrite) -> StoreResult {
+        match &self.lease {
+            Some(l) if l.holder == holder && l.epoch == epoch => {}
+            other => {
+                let current = other.as_ref().map_or(0, |l| l.epoch);
+                return Err(StoreFailure::new(StoreFailureKind::Fenced, format!("fenced: wrote at epoch {epoch}, the lease is at {current}")));
+            }
+        }
+        let not_found = |id: u32| StoreFailure::new(StoreFailureKind::NotFound, format!("table {id} does not exist"));
+        match write {
+            StoreWrite::RegisterNode { address, at_ms } => {
+                self.nodes.entry(address.clone()).or_insert(*at_ms);
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::UpdatePartition { config, expected_ballot } => {
+                assert!(config.ballot >= *expected_ballot, "the ballot never goes back: {expected_ballot} -> {}", config.ballot);
+                let stored = self
+                    .partitions
+                    .get_mut(&config.gpid)
+                    .ok_or_else(|| StoreFailure::new(StoreFailureKind::NotFound, format!("partition {} does not exist", config.gpid)))?;
+                if stored.ballot != *expected_ballot {
+                    return Ok(StoreDone::Compared { updated: false });
+                }
+                *stored = config.clone();
+                Ok(StoreDone::Compared { updated: true })
+            }
+            StoreWrite::CreateTable { name, partition_count, policy, owner, who: _, at_ms } => {
+                if let Some(t) = self.tables.values().find(|t| t.name == *name && t.status == TableStatus::Available) {
+                    return Err(StoreFailure::new(StoreFailureKind::AlreadyExists, format!("table '{name}' already exists (id {})", t.id)));
+                }
+                self.next_table_id += 1;
+                let id = self.next_table_id;
+                let table = TableInfo {
+                    id,
+                    name: name.clone(),
+                    partition_count: *partition_count,
+                    replica_count: policy.replicas,
+                    status: TableStatus::Available,
+                    created_ms: *at_ms,
+                    owner: owner.clone(),
+                    policy: policy.clone(),
+                };
+                for p in 0..*partition_count {
+                    let gpid = Gpid::new(id, p);
+                    self.partitions.insert(gpid, PartitionConfig { gpid, ..Default::default() });
+                }
+                self.tables.insert(id, table.clone());
+                self.history.push((id, None, policy.clone()));
+                Ok(StoreDone::Created { table })
+            }
+            StoreWrite::SetPolicy { table_id, old, new, .. } => {
+                let t = self.tables.get_mut(table_id).ok_or_else(|| not_found(*table_id))?;
+                t.policy = new.clone();
+                t.replica_count = new.replicas;
+                self.history.push((*table_id, Some(old.clone()), new.clone()));
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::DropTable { table_id, at_ms } => {
+                let t = self.tables.get_mut(table_id).ok_or_else(|| not_found(*table_id))?;
+                if t.status != TableStatus::Available {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("table {table_id} is already dropped")));
+                }
+                t.status = TableStatus::Dropped { drop_time_ms: *at_ms };
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::RecallTable { table_id } => {
+                let name = self.tables.get(table_id).ok_or_else(|| not_found(*table_id))?.name.clone();
+                if self.tables.values().any(|t| t.name == name && t.status == TableStatus::Available) {
+                    return Err(StoreFailure::new(StoreFailureKind::AlreadyExists, format!("an available table is named '{name}'")));
+                }
+                let t = self.tables.get_mut(table_id).expect("checked");
+                if t.status == TableStatus::Available {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("table {table_id} is not dropped")));
+                }
+                t.status = TableStatus::Available;
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::PurgeTable { table_id } => {
+                let t = self.tables.get(table_id).ok_or_else(|| not_found(*table_id))?;
+                if t.status == TableStatus::Available {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("table {table_id} is available; drop it before purging")));
+                }
+                self.tables.remove(table_id);
+                self.partitions.retain(|g, _| g.table_id != *table_id);
+                Ok(StoreDone::Done)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_claimed_renewed_taken_over_and_fences_writes() {
+        let mut s = MemStore::default();
+        assert_eq!(s.claim("a#1", "a", 1_000, 0), ClaimOutcome::Won { epoch: 1 });
+        assert_eq!(s.claim("b#1", "b", 1_000, 500), ClaimOutcome::Lost { leader: "a".into() });
+        assert_eq!(s.claim("a#1", "a", 1_000, 900), ClaimOutcome::Won { epoch: 1 }, "a renewal keeps the epoch");
+        assert_eq!(s.claim("b#1", "b", 1_000, 1_901), ClaimOutcome::Won { epoch: 2 }, "expired: taken over");
+        let register = StoreWrite::RegisterNode { address: "r1".into(), at_ms: 5 };
+        assert_eq!(s.write("a#1", 1, &register).unwrap_err().kind, StoreFailureKind::Fenced);
+        assert_eq!(s.write("b#1", 2, &register), Ok(StoreDone::Done));
+        // A process restarted at the same address takes the row at once.
+        assert_eq!(s.claim("b#2", "b", 1_000, 2_000), ClaimOutcome::Won { epoch: 3 });
+        s.release("b#2");
+        assert_eq!(s.claim("a#2", "a", 1_000, 2_001), ClaimOutcome::Won { epoch: 4 });
+    }
+
+    #[test]
+    fn partitions_change_by_compare_and_set() {
+        let mut s = MemStore::default();
+        s.claim("a", "a", 1_000, 0);
+        let create = StoreWrite::CreateTable {
+            name: "t".into(),
+            partition_count: 2,
+            policy: Policy::with_replicas(3),
+            owner: "o".into(),
+            who: "o".into(),
+            at_ms: 1,
+        };
+        let Ok(StoreDone::Created { table }) = s.write("a", 1, &create) else { panic!() };
+        assert_eq!(s.write("a", 1, &create).unwrap_err().kind, StoreFailureKind::AlreadyExists);
+        let config = PartitionConfig { gpid: Gpid::new(table.id, 1), ballot: 1, primary: Some("r1".into()), ..Default::default() };
+        let update = |expected_ballot| StoreWrite::UpdatePartition { config: config.clone(), expected_ballot };
+        assert_eq!(s.write("a", 1, &update(0)), Ok(StoreDone::Compared { updated: true }));
+        assert_eq!(s.write("a", 1, &update(0)), Ok(StoreDone::Compared { updated: false }));
+        assert_eq!(s.load().partitions[1], config);
+        s.write("a", 1, &StoreWrite::DropTable { table_id: table.id, at_ms: 2 }).unwrap();
+        s.write("a", 1, &StoreWrite::PurgeTable { table_id: table.id }).unwrap();
+        assert!(s.load().partitions.is_empty());
+    }
+}

@@ -1,0 +1,92 @@
+//! The meta server's own metrics: leadership, requests (beacons, proposals, admin) by kind and
+//! result, store writes and their latency, lease claims.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use std::time::Duration;
+use tandem_meta_core::leadership::ClaimOutcome;
+use tandem_meta_core::store::{StoreResult, StoreWrite};
+use tandem_meta_core::{MetaError, MetaReply};
+
+#[derive(Clone)]
+pub struct MetaMetrics {
+    pub registry: Registry,
+    is_leader: IntGauge,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    store_writes: IntCounterVec,
+    store_write_seconds: HistogramVec,
+    claims: IntCounterVec,
+}
+
+impl MetaMetrics {
+    pub fn new() -> MetaMetrics {
+        let registry = Registry::new();
+        let buckets = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let is_leader = IntGauge::new("tandem_meta_is_leader", "1 while this meta server leads").expect("valid metric");
+        let requests =
+            IntCounterVec::new(Opts::new("tandem_meta_requests_total", "requests by kind and result"), &["kind", "result"]).expect("valid metric");
+        let request_seconds = HistogramVec::new(HistogramOpts::new("tandem_meta_request_seconds", "request latency").buckets(buckets.clone()), &["kind"])
+            .expect("valid metric");
+        let store_writes =
+            IntCounterVec::new(Opts::new("tandem_meta_store_writes_total", "metadata store writes by kind and result"), &["kind", "result"])
+                .expect("valid metric");
+        let store_write_seconds =
+            HistogramVec::new(HistogramOpts::new("tandem_meta_store_write_seconds", "metadata store write latency").buckets(buckets), &["kind"])
+                .expect("valid metric");
+        let claims = IntCounterVec::new(Opts::new("tandem_meta_lease_claims_total", "leader lease claims by outcome"), &["outcome"]).expect("valid metric");
+        for m in [Box::new(is_leader.clone()) as Box<dyn prometheus::core::Collector>, Box::new(requests.clone()), Box::new(request_seconds.clone())] {
+            registry.register(m).expect("register once");
+        }
+        for m in [Box::new(store_writes.clone()) as Box<dyn prometheus::core::Collector>, Box::new(store_write_seconds.clone()), Box::new(claims.clone())] {
+            registry.register(m).expect("register once");
+        }
+        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims }
+    }
+
+    pub fn leading(&self, leader: bool) {
+        self.is_leader.set(leader as i64);
+    }
+
+    pub fn request(&self, kind: &str, result: &Result<MetaReply, MetaError>, elapsed: Duration) {
+        let result = match result {
+            Ok(_) => "ok",
+            Err(MetaError::NotLeader { .. }) => "not_leader",
+            Err(MetaError::NotFound(_)) => "not_found",
+            Err(MetaError::InvalidArgument(_)) => "invalid_argument",
+            Err(MetaError::AlreadyExists(_)) => "already_exists",
+            Err(MetaError::Busy(_)) => "busy",
+            Err(MetaError::Internal(_)) => "internal",
+        };
+        self.requests.with_label_values(&[kind, result]).inc();
+        self.request_seconds.with_label_values(&[kind]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn store_write(&self, write: &StoreWrite, result: &StoreResult, elapsed: Duration) {
+        let kind = match write {
+            StoreWrite::RegisterNode { .. } => "register_node",
+            StoreWrite::UpdatePartition { .. } => "update_partition",
+            StoreWrite::CreateTable { .. } => "create_table",
+            StoreWrite::SetPolicy { .. } => "set_policy",
+            StoreWrite::DropTable { .. } => "drop_table",
+            StoreWrite::RecallTable { .. } => "recall_table",
+            StoreWrite::PurgeTable { .. } => "purge_table",
+        };
+        self.store_writes.with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }]).inc();
+        self.store_write_seconds.with_label_values(&[kind]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn claim(&self, outcome: &ClaimOutcome) {
+        let outcome = match outcome {
+            ClaimOutcome::Won { .. } => "won",
+            ClaimOutcome::Lost { .. } => "lost",
+            ClaimOutcome::Failed => "failed",
+        };
+        self.claims.with_label_values(&[outcome]).inc();
+    }
+}
+
+impl Default for MetaMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
