@@ -2,6 +2,7 @@
 //! (the leader), and follows a "not leader" hint.
 
 use std::sync::Mutex;
+use tandem_core::meta_route::MetaRoute;
 use std::time::Duration;
 use tandem_proto::errors::{leader_hint, ErrorKind};
 use tandem_proto::v1::meta_service_client::MetaServiceClient;
@@ -10,7 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug)]
 pub struct MetaConn {
     addrs: Vec<String>,
-    current: Mutex<usize>,
+    route: Mutex<MetaRoute>,
     channels: Vec<Channel>,
     timeout: Duration,
     /// How long one meta server gets before the next is tried.
@@ -49,7 +50,7 @@ impl MetaConn {
             .iter()
             .map(|a| endpoint(a, timeout).map(|e| e.connect_lazy()).map_err(|e| format!("bad meta address {a:?}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(MetaConn { addrs: addrs.to_vec(), current: Mutex::new(0), channels, timeout, attempt_timeout: timeout })
+        Ok(MetaConn { addrs: addrs.to_vec(), route: Mutex::new(MetaRoute::new(addrs.len())), channels, timeout, attempt_timeout: timeout })
     }
 
     /// Gives each meta server at most `attempt` before trying the next one (default: the whole
@@ -78,20 +79,17 @@ impl MetaConn {
         // the whole timeout.
         let per_address = self.attempt_timeout * self.channels.len().max(1) as u32;
         let deadline = tokio::time::Instant::now() + self.timeout.max(per_address);
-        let mut idx = *self.current.lock().expect("meta index lock");
         let mut last;
         let mut tried_since_progress = 0;
         loop {
+            let idx = self.route.lock().expect("meta route lock").current();
             let client = MetaServiceClient::new(self.channels[idx].clone())
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).min(self.attempt_timeout);
-            let mut next = (idx + 1) % self.channels.len();
+            // Remembered even if the caller gives up on this call: the next one starts elsewhere.
             match tokio::time::timeout(remaining, f(client)).await {
-                Ok(Ok(resp)) => {
-                    *self.current.lock().expect("meta index lock") = idx;
-                    return Ok(resp.into_inner());
-                }
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => {
                     let not_leader = matches!(ErrorKind::of(&status), Some(ErrorKind::NotLeader));
                     // Transport trouble (no Tandem error kind): refused, reset, or the channel's
@@ -101,17 +99,16 @@ impl MetaConn {
                     if !not_leader && !unreachable {
                         return Err(status);
                     }
-                    if let Some(hinted) = leader_hint(&status).and_then(|hint| self.addrs.iter().position(|a| a == &hint || a.ends_with(&format!("//{hint}"))))
-                        && hinted != idx
-                    {
-                        next = hinted;
-                    }
+                    let hint = leader_hint(&status).and_then(|hint| self.addrs.iter().position(|a| a == &hint || a.ends_with(&format!("//{hint}"))));
+                    let mut route = self.route.lock().expect("meta route lock");
+                    if not_leader { route.not_leader(hint) } else { route.unreachable() }
                     last = Some(status);
                 }
-                Err(_) => last = Some(tonic::Status::deadline_exceeded(format!("meta server {} did not answer in time", self.addrs[idx]))),
+                Err(_) => {
+                    self.route.lock().expect("meta route lock").unreachable();
+                    last = Some(tonic::Status::deadline_exceeded(format!("meta server {} did not answer in time", self.addrs[idx])));
+                }
             }
-            // Remembered even if the caller gives up on this call: the next one starts elsewhere.
-            *self.current.lock().expect("meta index lock") = next;
             tried_since_progress += 1;
             if tokio::time::Instant::now() >= deadline {
                 break;
@@ -122,7 +119,6 @@ impl MetaConn {
                 let pause = Duration::from_millis(200).min(deadline.saturating_duration_since(tokio::time::Instant::now()));
                 tokio::time::sleep(pause).await;
             }
-            idx = next;
         }
         Err(last.unwrap_or_else(|| tonic::Status::unavailable("no meta server reachable")))
     }

@@ -16,6 +16,7 @@
 pub mod error;
 pub mod key;
 pub mod limits;
+pub mod meta_route;
 pub mod mutation;
 pub mod partition;
 pub mod replica;

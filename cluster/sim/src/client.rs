@@ -12,6 +12,7 @@ use crate::history::{BANK_ACCOUNTS, BANK_HASH_KEY, BANK_INITIAL_BALANCE, BANK_VE
 use crate::msg::{Endpoint, Msg, RpcId, replica_index};
 use crate::stats::path;
 use std::collections::{BTreeMap, VecDeque};
+use tandem_core::meta_route::MetaRoute;
 use tandem_core::partition::partition_index;
 use tandem_core::replica::{CheckType, MutateOp, WriteRequest, WriteResponse};
 use tandem_core::{Error, Gpid, PartitionConfig};
@@ -56,6 +57,8 @@ pub fn register_key(i: usize) -> Vec<u8> {
 pub struct SimClient {
     pub index: usize,
     route: Vec<PartitionConfig>,
+    /// Which meta server to ask for the route.
+    meta: MetaRoute,
     current: Option<Current>,
     /// Operations to run before random ones (probes, final reads, scripted writes).
     pub queue: VecDeque<(Vec<u8>, OpKind)>,
@@ -117,10 +120,11 @@ fn request_of(key: &[u8], kind: &OpKind) -> Request {
 }
 
 impl SimClient {
-    pub fn new(index: usize) -> SimClient {
+    pub fn new(index: usize, metas: usize) -> SimClient {
         SimClient {
             index,
             route: Vec::new(),
+            meta: MetaRoute::new(metas),
             current: None,
             queue: VecDeque::new(),
             seq: 0,
@@ -220,7 +224,7 @@ impl SimClient {
         match primary {
             None => {
                 cur.rpc = Some((rpc, Stage::Route));
-                io.send(me, Endpoint::Meta, Msg::QueryConfig { rpc });
+                io.send(me, Endpoint::Meta(self.meta.current()), Msg::QueryConfig { rpc });
                 io.timer(ROUTE_RPC_TIMEOUT_MS * 1_000, Event::RpcTimeout { at: me, incarnation: 0, rpc });
             }
             Some((gpid, node)) => {
@@ -298,6 +302,10 @@ impl SimClient {
     pub fn on_timeout(&mut self, io: &mut Io<'_>, history: &mut History, rpc: RpcId) {
         match self.take_rpc(rpc) {
             Some(Stage::Request) if self.is_write() => self.finish(io, history, Outcome::Unknown),
+            Some(Stage::Route) => {
+                self.meta.unreachable();
+                self.retry(io)
+            }
             Some(_) => self.retry(io),
             None => {}
         }
@@ -315,7 +323,16 @@ impl SimClient {
                     self.attempt(io, history);
                 }
             }
+            Msg::MetaError { error, .. } => {
+                if matches!(error, tandem_meta_core::MetaError::NotLeader { .. }) {
+                    self.meta.not_leader(crate::meta::hinted(&error));
+                }
+                self.retry(io);
+            }
             Msg::RpcFailed { not_sent, .. } => {
+                if stage == Stage::Route {
+                    self.meta.unreachable();
+                }
                 if stage == Stage::Request && self.is_write() && !not_sent {
                     self.finish(io, history, Outcome::Unknown);
                 } else {

@@ -63,12 +63,25 @@ pub enum Event {
         rpc: RpcId,
     },
     MetaTick {
+        meta: usize,
         incarnation: u64,
     },
-    /// A meta answer leaves only after the store write it depends on.
-    MetaReply {
+    /// A meta server claims (or renews) the store's lease row.
+    MetaClaim {
+        meta: usize,
         incarnation: u64,
-        envelope: Envelope,
+    },
+    /// A meta server's store call reaches the store (applied only if that process still runs).
+    MetaStoreApply {
+        meta: usize,
+        incarnation: u64,
+        call: crate::meta::StoreCall,
+    },
+    /// The store's answer reaches the meta server (lost if it crashed meanwhile).
+    MetaStoreDone {
+        meta: usize,
+        incarnation: u64,
+        answer: crate::meta::StoreAnswer,
     },
     CreateTable,
     ClientWake {
@@ -105,7 +118,7 @@ impl Event {
             Event::SupervisorRestart { .. } => 7,
             Event::RpcTimeout { .. } => 8,
             Event::MetaTick { .. } => 9,
-            Event::MetaReply { .. } => 10,
+            Event::MetaClaim { .. } => 10,
             Event::CreateTable => 11,
             Event::ClientWake { .. } => 12,
             Event::Fault => 13,
@@ -117,6 +130,8 @@ impl Event {
             Event::CrashReplica { .. } => 19,
             Event::CrashArmExpired { .. } => 20,
             Event::ReplicaDeleted { .. } => 21,
+            Event::MetaStoreApply { .. } => 22,
+            Event::MetaStoreDone { .. } => 23,
         }
     }
 }

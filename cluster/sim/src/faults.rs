@@ -9,7 +9,7 @@ use std::fmt;
 pub enum FaultKind {
     /// Crash a replica server (losing unsynced log data and unflushed engine state) and restart it.
     Crash,
-    /// Crash the meta server; it restarts from its durable store.
+    /// Crash a meta server; it restarts with nothing in memory and claims the store again.
     MetaCrash,
     /// Split the nodes in two groups that cannot talk.
     Partition,
@@ -31,10 +31,13 @@ pub enum FaultKind {
     TornTail,
     /// Node clocks run at different rates and show different wall times.
     Drift,
+    /// A meta server's calls to its store hang for a while, then go through late: its lease
+    /// lapses, another meta may take over, and its late writes must be fenced.
+    StoreClog,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Crash,
         FaultKind::MetaCrash,
         FaultKind::Partition,
@@ -47,6 +50,7 @@ impl FaultKind {
         FaultKind::DiskSync,
         FaultKind::TornTail,
         FaultKind::Drift,
+        FaultKind::StoreClog,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -63,6 +67,7 @@ impl FaultKind {
             FaultKind::DiskSync => "disk-sync",
             FaultKind::TornTail => "torn-tail",
             FaultKind::Drift => "drift",
+            FaultKind::StoreClog => "store-clog",
         }
     }
 

@@ -1,15 +1,18 @@
 //! tandem-sim: the deterministic simulator (DESIGN.md §8). One thread, a virtual clock and one
-//! seeded RNG run a meta and several replica servers whose protocol code is the production code:
-//! `tandem_core::replica::Replica` with the in-memory engine, and the meta-core functions
-//! (failure detector, cure, placement, proposals, beacon answers). Only IO is simulated: the
-//! network, the disks (mutation log with group commit, flushed engine state), clocks and crashes.
+//! seeded RNG run one site — one to three meta servers sharing a store, several replica servers,
+//! clients — whose protocol code is the production code: replica servers run the IO-free host
+//! (`tandem_host::Host`, `HostedReplica`, which drive `tandem_core::replica::Replica` over the
+//! in-memory engine), meta servers run `tandem_meta_core::MetaMachine` over the in-memory twin
+//! of the SQL store (`MemStore`: lease row, fencing, compare-and-set). Only IO is simulated: the
+//! network, the disks (mutation log with group commit, flushed engine state), the store's
+//! latency, clocks and crashes.
 //!
 //! ```text
 //!  seed ─▶ Rng ─▶ Params (cluster shape) + FaultPlan (kinds, rates)
 //!            │
 //!            ▼
 //!   event queue ─▶ Sim::handle ─▶ ReplicaServer / SimMeta / SimClient ─▶ sends, timers ─▶ Network
-//!            │                        (Replica::step, cure(), …)
+//!            │                     (Host + HostedReplica turns, MetaMachine)
 //!            ▼
 //!   checkers after every event (single primary, decree agreement, bank reads, linearizability
 //!   of each key as its operations return)

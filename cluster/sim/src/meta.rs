@@ -1,288 +1,307 @@
-//! The simulated meta server: the same decisions as `meta/server` (beacons grant leases and carry
-//! configurations, failure detection and cure on a timer, proposals from primaries), made by the
-//! meta-core functions, over a simulated durable store. Every configuration change is written to
-//! the store (compare-and-set on the ballot) before it is adopted, and a restart reloads the
-//! store and starts every known node alive, as the real meta does.
+//! A simulated meta server: glue that runs the production meta state machine
+//! (`tandem_meta_core::MetaMachine`) over the simulated store, clock and network, as
+//! `meta/server` runs it over SQL and gRPC. Several may run at once: they claim the shared
+//! store's lease row, the winner loads the store and leads, and every write it makes is fenced
+//! by its epoch, so leader failover is simulated with the production rules.
+//!
+//! A store call takes a simulated latency each way: a write is applied when it reaches the
+//! store (if the meta is still up), and its answer can be lost to a crash after that, leaving a
+//! durable change its meta never learned of.
 
 use crate::event::{Event, Io};
-use crate::msg::{BeaconAnswer, Endpoint, Envelope, Msg};
+use crate::msg::{BeaconAnswer, Endpoint, Msg, RpcId, meta_index};
 use crate::replica_server::NodeClock;
 use crate::stats::path;
 use std::collections::BTreeMap;
-use tandem_core::replica::ConfigProposal;
-use tandem_core::{Gpid, NodeAddr, PartitionConfig};
-use tandem_meta_core::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
-use tandem_meta_core::cure::{CureView, ReplicaReport, apply_proposal_from, cure};
-use tandem_meta_core::failure_detector::FailureDetector;
-use tandem_meta_core::placement::{learner_placement, node_load, place_table};
-use tandem_meta_core::{TableInfo, TableStatus};
+use tandem_core::PartitionConfig;
+use tandem_meta_core::cure::ReplicaReport;
+use tandem_meta_core::leadership::ClaimOutcome;
+use tandem_meta_core::machine::{Cause, MetaEvent};
+use tandem_meta_core::request::{BeaconRequest, Token};
+use tandem_meta_core::store::{MemStore, StoreResult, StoreWrite};
+use tandem_meta_core::{MetaAction, MetaError, MetaInput, MetaMachine, MetaOptions, MetaReply, MetaRequest, MetaSnapshot, Now};
 
-/// The SQL store's content: survives meta crashes.
-#[derive(Clone, Debug, Default)]
-pub struct MetaStore {
-    pub tables: BTreeMap<u32, TableInfo>,
-    pub partitions: BTreeMap<Gpid, PartitionConfig>,
-    pub nodes: Vec<NodeAddr>,
+/// What a store call carries back.
+#[derive(Clone, Debug)]
+pub enum StoreCall {
+    Claim { sent_at_ms: u64 },
+    Load { epoch: u64 },
+    Persist { op: u64, epoch: u64, write: StoreWrite },
 }
 
+/// What a store call returned.
+#[derive(Clone, Debug)]
+pub enum StoreAnswer {
+    Claimed { sent_at_ms: u64, outcome: ClaimOutcome },
+    Loaded { epoch: u64, snapshot: MetaSnapshot },
+    Stored { op: u64, result: StoreResult },
+}
+
+/// Who waits for an answer of the machine.
 #[derive(Clone, Copy, Debug)]
-pub struct MetaOptions {
-    pub grace_period_ms: u64,
-    pub tick_interval_ms: u64,
-}
-
-impl Default for MetaOptions {
-    fn default() -> Self {
-        MetaOptions { grace_period_ms: 8_000, tick_interval_ms: 500 }
-    }
+enum Waiting {
+    Rpc { to: Endpoint, rpc: RpcId },
+    /// The simulation itself (table creation, scripts): the answer is kept for it.
+    Admin,
 }
 
 pub struct SimMeta {
-    pub opts: MetaOptions,
+    pub index: usize,
     pub clock: NodeClock,
-    pub store: MetaStore,
     pub up: bool,
     pub incarnation: u64,
     boot_us: u64,
-    pub partitions: BTreeMap<Gpid, PartitionConfig>,
-    tables: BTreeMap<u32, TableInfo>,
-    fd: FailureDetector,
-    reports: BTreeMap<Gpid, BTreeMap<NodeAddr, ReplicaReport>>,
+    options: MetaOptions,
+    pub tick_interval_ms: u64,
+    /// A store call takes up to this long each way.
+    pub store_latency_us_max: u64,
+    pub machine: MetaMachine,
+    next_token: Token,
+    waiting: BTreeMap<Token, Waiting>,
+    /// Answers to admin requests, by token.
+    pub admin_answers: BTreeMap<Token, Result<MetaReply, MetaError>>,
 }
 
-pub const TABLE_ID: u32 = 1;
-pub const TABLE_NAME: &str = "sim";
-
 impl SimMeta {
-    pub fn new(opts: MetaOptions, clock: NodeClock) -> SimMeta {
+    pub fn new(index: usize, options: MetaOptions, clock: NodeClock) -> SimMeta {
         SimMeta {
-            opts,
+            index,
             clock,
-            store: MetaStore::default(),
             up: false,
             incarnation: 0,
             boot_us: 0,
-            partitions: BTreeMap::new(),
-            tables: BTreeMap::new(),
-            fd: FailureDetector::new(opts.grace_period_ms, Vec::new(), 0),
-            reports: BTreeMap::new(),
+            machine: MetaMachine::new(options.clone()),
+            options,
+            tick_interval_ms: 500,
+            store_latency_us_max: 3_000,
+            next_token: 0,
+            waiting: BTreeMap::new(),
+            admin_answers: BTreeMap::new(),
         }
     }
 
-    fn now_ms(&self, now_us: u64) -> u64 {
-        self.clock.mono_ms(self.boot_us, now_us)
+    pub fn name(&self) -> String {
+        Endpoint::Meta(self.index).name()
     }
 
-    pub fn config(&self, gpid: Gpid) -> Option<&PartitionConfig> {
-        self.partitions.get(&gpid)
+    /// The lease row's holder: unique per process.
+    fn holder(&self) -> String {
+        format!("{}#{}", self.name(), self.incarnation)
     }
 
-    pub fn table(&self) -> Option<&TableInfo> {
-        self.tables.get(&TABLE_ID)
+    fn now(&self, now_us: u64) -> Now {
+        let wall_us = self.clock.wall_us(now_us);
+        Now { mono_ms: self.clock.mono_ms(self.boot_us, now_us), wall_ms: wall_us / 1_000 }
     }
 
-    /// Start: load the store; every known node starts alive (no failover from a restart alone).
+    /// Process start: nothing in memory; the claim loop and the tick begin.
     pub fn boot(&mut self, io: &mut Io<'_>) {
-        assert!(!self.up, "the meta is already up");
+        assert!(!self.up, "{} is already up", self.name());
         self.up = true;
         self.incarnation += 1;
         self.boot_us = io.now_us;
+        self.machine = MetaMachine::new(self.options.clone());
+        self.waiting.clear();
         if self.incarnation > 1 {
-            io.stats.path(path::META_RELOAD);
+            let name = self.name();
+            io.note(|| format!("{name}: restarted"));
         }
-        self.tables = self.store.tables.clone();
-        self.partitions = self.store.partitions.clone();
-        self.fd = FailureDetector::new(self.opts.grace_period_ms, self.store.nodes.clone(), self.now_ms(io.now_us));
-        self.reports.clear();
-        if self.incarnation > 1 {
-            let n = self.partitions.len();
-            io.note(|| format!("meta: restarted, {n} partition(s) reloaded from the store"));
-        }
-        io.timer(self.opts.tick_interval_ms * 1_000, Event::MetaTick { incarnation: self.incarnation });
+        // The first claim goes out before the first request is served, as in `meta/server`.
+        self.claim(io);
+        io.timer(self.tick_interval_ms * 1_000, Event::MetaTick { meta: self.index, incarnation: self.incarnation });
     }
 
     pub fn crash(&mut self) {
-        assert!(self.up, "the meta is already down");
+        assert!(self.up, "{} is already down", self.name());
         self.up = false;
         self.incarnation += 1;
-        self.partitions.clear();
-        self.tables.clear();
-        self.reports.clear();
+        self.waiting.clear();
     }
 
-    /// Persists `next` (compare-and-set against the ballot this meta holds) and adopts it.
-    fn commit_config(&mut self, io: &mut Io<'_>, next: PartitionConfig) -> Result<(), String> {
-        let current = self.partitions.get(&next.gpid).ok_or_else(|| format!("no partition {}", next.gpid))?.clone();
-        let stored = self.store.partitions.get(&next.gpid).map(|c| c.ballot);
-        if stored != Some(current.ballot) {
-            return Err(format!("partition {} changed in the store behind this meta server", next.gpid));
-        }
-        assert!(next.ballot >= current.ballot, "the ballot never goes back: {current:?} -> {next:?}");
-        if current.primary.is_some() && next.primary != current.primary {
-            io.stats.path(path::PROMOTION);
-        }
-        if next.learners.len() > current.learners.len() {
-            io.stats.path(path::LEARNER_ADDED);
-        }
-        io.note(|| {
-            format!(
-                "meta: {} ballot {}: primary {}, secondaries [{}], learners [{}]",
-                next.gpid,
-                next.ballot,
-                next.primary.as_deref().unwrap_or("none"),
-                next.secondaries.join(" "),
-                next.learners.join(" ")
-            )
-        });
-        self.store.partitions.insert(next.gpid, next.clone());
-        self.partitions.insert(next.gpid, next);
-        Ok(())
+    /// A claim of the lease row leaves now; the next one after the machine's claim interval.
+    pub fn claim(&mut self, io: &mut Io<'_>) {
+        let sent_at_ms = self.now(io.now_us).mono_ms;
+        self.store_call(io, StoreCall::Claim { sent_at_ms });
+        let every_us = self.machine.claim_interval_ms() * 1_000;
+        io.timer(every_us, Event::MetaClaim { meta: self.index, incarnation: self.incarnation });
     }
 
-    /// Creates the simulated table once enough servers are alive, as `create_table` does.
-    pub fn create_table(&mut self, io: &mut Io<'_>, partition_count: u32, replica_count: u32) -> bool {
-        if !self.up || self.tables.contains_key(&TABLE_ID) {
-            return self.tables.contains_key(&TABLE_ID);
-        }
-        let load = node_load(self.fd.alive_nodes(), self.partitions.values());
-        if (replica_count as usize) > load.len() {
-            return false;
-        }
-        let table = TableInfo {
-            id: TABLE_ID,
-            name: TABLE_NAME.into(),
-            partition_count,
-            replica_count,
-            status: TableStatus::Available,
-            created_ms: 0,
-            owner: "sim".into(),
-            policy: tandem_meta_core::policy::Policy::with_replicas(replica_count),
+    fn store_call(&mut self, io: &mut Io<'_>, call: StoreCall) {
+        let latency = io.rng.range(100, self.store_latency_us_max);
+        io.timer(latency, Event::MetaStoreApply { meta: self.index, incarnation: self.incarnation, call });
+    }
+
+    /// The call reaches the store: carry it out there (the store outlives this process).
+    pub fn apply_at_store(&self, io: &mut Io<'_>, store: &mut MemStore, call: StoreCall) {
+        let store_now_ms = io.now_us / 1_000;
+        let answer = match call {
+            StoreCall::Claim { sent_at_ms } => {
+                let outcome = store.claim(&self.holder(), &self.name(), self.options.lease_ttl_ms, store_now_ms);
+                StoreAnswer::Claimed { sent_at_ms, outcome }
+            }
+            StoreCall::Load { epoch } => StoreAnswer::Loaded { epoch, snapshot: store.load() },
+            StoreCall::Persist { op, epoch, write } => {
+                let result = store.write(&self.holder(), epoch, &write);
+                if result.as_ref().is_err_and(|e| e.kind == tandem_meta_core::store::StoreFailureKind::Fenced) {
+                    io.stats.path(path::FENCED_WRITE);
+                }
+                StoreAnswer::Stored { op, result }
+            }
         };
-        self.store.tables.insert(TABLE_ID, table.clone());
-        self.tables.insert(TABLE_ID, table);
-        for p in 0..partition_count {
-            let empty = PartitionConfig { gpid: Gpid::new(TABLE_ID, p), ..Default::default() };
-            self.store.partitions.insert(empty.gpid, empty.clone());
-            self.partitions.insert(empty.gpid, empty);
-        }
-        for config in place_table(TABLE_ID, partition_count, replica_count as usize, &load) {
-            self.commit_config(io, config).expect("a new table's partitions are committed by this meta alone");
-        }
-        true
+        let latency = io.rng.range(100, self.store_latency_us_max);
+        io.timer(latency, Event::MetaStoreDone { meta: self.index, incarnation: self.incarnation, answer });
+    }
+
+    /// The store's answer is back.
+    pub fn on_store_answer(&mut self, io: &mut Io<'_>, answer: StoreAnswer) {
+        let input = match answer {
+            StoreAnswer::Claimed { sent_at_ms, outcome } => MetaInput::Claimed { sent_at_ms, outcome },
+            StoreAnswer::Loaded { epoch, snapshot } => MetaInput::Loaded { epoch, result: Ok(snapshot) },
+            StoreAnswer::Stored { op, result } => MetaInput::Stored { op, result },
+        };
+        self.step(io, input);
     }
 
     pub fn on_tick(&mut self, io: &mut Io<'_>) {
-        let now = self.now_ms(io.now_us);
-        for dead in self.fd.tick(now) {
-            io.note(|| format!("meta: {dead} declared dead"));
-        }
-        let gpids: Vec<Gpid> = self.partitions.keys().copied().collect();
-        for gpid in gpids {
-            let Some(table) = self.tables.get(&gpid.table_id).cloned() else { continue };
-            let config = self.partitions[&gpid].clone();
-            if config.ballot == 0 {
-                continue;
-            }
-            let load = node_load(self.fd.alive_nodes(), self.partitions.values());
-            let placement = learner_placement(&load);
-            let empty = BTreeMap::new();
-            let reports = self.reports.get(&gpid).unwrap_or(&empty);
-            let fd = &self.fd;
-            let alive = |n: &str| fd.is_alive(n);
-            let view = CureView { replica_count: table.replica_count as usize, alive: &alive, reports, placement: &placement };
-            if let Some(next) = cure(&config, &view) {
-                let removed = config.secondaries.iter().any(|s| !next.secondaries.contains(s) && next.primary.as_ref() != Some(s));
-                if removed && next.primary == config.primary {
-                    io.stats.path(path::SECONDARY_REMOVED_BY_CURE);
-                }
-                if let Err(e) = self.commit_config(io, next) {
-                    io.note(|| format!("meta: cure of {gpid} failed: {e}"));
-                }
-            }
-        }
-        io.timer(self.opts.tick_interval_ms * 1_000, Event::MetaTick { incarnation: self.incarnation });
+        self.step(io, MetaInput::Tick);
+        io.timer(self.tick_interval_ms * 1_000, Event::MetaTick { meta: self.index, incarnation: self.incarnation });
     }
 
-    /// Answers after the store latency: the reply is lost if the meta crashes meanwhile.
-    fn reply(&self, io: &mut Io<'_>, to: Endpoint, msg: Msg) {
-        let delay = io.rng.range(100, 3_000);
-        let envelope = Envelope { from: Endpoint::Meta, to, msg };
-        io.timer(delay, Event::MetaReply { incarnation: self.incarnation, envelope });
+    /// A request from the simulation itself; its answer lands in `admin_answers`.
+    pub fn admin(&mut self, io: &mut Io<'_>, request: MetaRequest) -> Token {
+        self.request(io, Waiting::Admin, request)
+    }
+
+    fn request(&mut self, io: &mut Io<'_>, waiting: Waiting, request: MetaRequest) -> Token {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.waiting.insert(token, waiting);
+        self.step(io, MetaInput::Request { token, request });
+        token
+    }
+
+    fn step(&mut self, io: &mut Io<'_>, input: MetaInput) {
+        let was_leading = self.machine.state().is_some();
+        self.machine.step(self.now(io.now_us), input);
+        for action in self.machine.take_actions() {
+            match action {
+                MetaAction::Load { epoch } => self.store_call(io, StoreCall::Load { epoch }),
+                MetaAction::Persist { op, epoch, write } => self.store_call(io, StoreCall::Persist { op, epoch, write }),
+                MetaAction::Reply { token, result } => self.answer(io, token, result),
+                MetaAction::Event(e) => self.note_event(io, e),
+            }
+        }
+        if was_leading && self.machine.state().is_none() {
+            io.stats.path(path::META_STEPPED_DOWN);
+        }
+    }
+
+    fn answer(&mut self, io: &mut Io<'_>, token: Token, result: Result<MetaReply, MetaError>) {
+        let me = Endpoint::Meta(self.index);
+        match self.waiting.remove(&token) {
+            Some(Waiting::Admin) => {
+                self.admin_answers.insert(token, result);
+            }
+            Some(Waiting::Rpc { to, rpc }) => {
+                let msg = match result {
+                    Ok(MetaReply::Beacon { configs, partition_counts, gone }) => Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone } },
+                    Ok(MetaReply::Proposed { config }) => Msg::ProposeResp { rpc, config },
+                    Ok(MetaReply::Config { partitions, .. }) => Msg::QueryConfigResp { rpc, configs: partitions },
+                    Ok(other) => unreachable!("no RPC of the simulation asks for {other:?}"),
+                    Err(error) => Msg::MetaError { rpc, error },
+                };
+                io.send(me, to, msg);
+            }
+            None => {}
+        }
     }
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
-        match msg {
+        let (rpc, request) = match msg {
             Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted } => {
-                if let Err(e) = check_lease(&node, lease_period_ms, self.opts.grace_period_ms) {
-                    self.reply(io, from, Msg::BeaconResp { rpc, result: Err(e) });
-                    return;
-                }
-                let now = self.now_ms(io.now_us);
-                if self.fd.on_beacon(&node, now) && !self.store.nodes.contains(&node) {
-                    self.store.nodes.push(node.clone());
-                }
-                if self.fd.on_incarnation(&node, incarnation, restarted) {
-                    let gpids: Vec<Gpid> = self.partitions.keys().copied().collect();
-                    for gpid in gpids {
-                        if let Some(next) = reassign_restarted_primary(&self.partitions[&gpid], &node)
-                            && self.commit_config(io, next).is_ok()
-                        {
-                            io.stats.path(path::RESTARTED_PRIMARY_REBALLOT);
-                        }
-                    }
-                }
-                for r in self.reports.values_mut() {
-                    r.remove(&node);
-                }
-                let mut reported = Vec::new();
-                for s in &reports {
-                    reported.push(s.gpid);
-                    let report = ReplicaReport {
-                        ballot: s.ballot,
-                        status: s.status.as_str().to_string(),
-                        last_committed: s.last_committed,
-                        last_prepared: s.last_prepared,
-                    };
-                    self.reports.entry(s.gpid).or_default().insert(node.clone(), report);
-                }
-                let configs = configs_for_node(self.partitions.values(), &node, &reported).into_iter().cloned().collect();
-                let partition_counts = self.tables.values().map(|t| (t.id, t.partition_count)).collect();
-                let gone = reported.into_iter().filter(|g| !self.tables.contains_key(&g.table_id)).collect();
-                self.reply(io, from, Msg::BeaconResp { rpc, result: Ok(BeaconAnswer { configs, partition_counts, gone }) });
+                let reports = reports
+                    .iter()
+                    .map(|s| {
+                        let report = ReplicaReport { ballot: s.ballot, status: s.status.as_str().to_string(), last_committed: s.last_committed, last_prepared: s.last_prepared };
+                        (s.gpid, report)
+                    })
+                    .collect();
+                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports }))
             }
-            Msg::Propose { rpc, gpid, proposal, from: proposer } => {
-                let result = self.on_propose(io, gpid, &proposer, &proposal);
-                self.reply(io, from, Msg::ProposeResp { rpc, result });
+            Msg::Propose { rpc, gpid, proposal, from: proposer } => (rpc, MetaRequest::Propose { gpid, from: proposer, proposal }),
+            Msg::QueryConfig { rpc } => (rpc, MetaRequest::QueryConfig { table: crate::sim::TABLE_NAME.into() }),
+            _ => return,
+        };
+        self.request(io, Waiting::Rpc { to: from, rpc }, request);
+    }
+
+    /// Trace lines and path counts of what the machine reports.
+    fn note_event(&self, io: &mut Io<'_>, e: MetaEvent) {
+        let name = self.name();
+        match e {
+            MetaEvent::Leading { epoch, partitions, .. } => {
+                if epoch > 1 {
+                    io.stats.path(path::META_RELOAD);
+                }
+                io.note(|| format!("{name}: leads at epoch {epoch}, {partitions} partition(s) loaded from the store"));
             }
-            Msg::QueryConfig { rpc } => {
-                let configs = self.partitions.values().filter(|c| c.gpid.table_id == TABLE_ID).cloned().collect();
-                self.reply(io, from, Msg::QueryConfigResp { rpc, configs });
+            MetaEvent::SteppedDown { leader } => io.note(|| format!("{name}: stepped down, {leader} leads")),
+            MetaEvent::NodeDead { node } => io.note(|| format!("{name}: {node} declared dead")),
+            MetaEvent::Committed { previous, config, cause } => {
+                note_config_paths(io, &previous, &config, &cause);
+                io.note(|| {
+                    format!(
+                        "{name}: {} ballot {}: primary {}, secondaries [{}], learners [{}]",
+                        config.gpid,
+                        config.ballot,
+                        config.primary.as_deref().unwrap_or("none"),
+                        config.secondaries.join(" "),
+                        config.learners.join(" ")
+                    )
+                });
             }
-            _ => {}
+            MetaEvent::ProposalRefused { from, proposal, reason, .. } => {
+                io.stats.path(path::PROPOSAL_REFUSED);
+                io.note(|| format!("{name}: proposal {proposal:?} from {from} refused: {reason}"));
+            }
+            MetaEvent::ChangeFailed { gpid, cause, error } => io.note(|| format!("{name}: {cause:?} of {gpid} failed: {error}")),
+            MetaEvent::TablePurged { table_id } => io.note(|| format!("{name}: purged table {table_id}")),
+            MetaEvent::LoadFailed { .. }
+            | MetaEvent::NodeAlive { .. }
+            | MetaEvent::TableCreated { .. }
+            | MetaEvent::PolicyChanged { .. }
+            | MetaEvent::TableDropped { .. }
+            | MetaEvent::TableRecalled { .. }
+            | MetaEvent::PurgeFailed { .. } => {}
         }
     }
+}
 
-    fn on_propose(&mut self, io: &mut Io<'_>, gpid: Gpid, from: &str, proposal: &ConfigProposal) -> Result<PartitionConfig, String> {
-        let config = self.partitions.get(&gpid).cloned().ok_or_else(|| format!("no partition {gpid}"))?;
-        let replica_count = self.tables.get(&gpid.table_id).map_or(0, |t| t.replica_count) as usize;
-        let next = match apply_proposal_from(&config, from, proposal, replica_count) {
-            Ok(next) => next,
-            Err(e) => {
-                io.stats.path(path::PROPOSAL_REFUSED);
-                io.note(|| format!("meta: proposal {proposal:?} from {from} refused: {e}"));
-                return Err(e);
-            }
-        };
-        self.commit_config(io, next.clone())?;
-        io.stats.path(match proposal {
-            ConfigProposal::RemoveSecondary { .. } => path::SECONDARY_REMOVED_BY_PRIMARY,
-            ConfigProposal::UpgradeLearner { .. } => path::LEARNER_UPGRADED,
-        });
-        Ok(next)
+fn note_config_paths(io: &mut Io<'_>, previous: &PartitionConfig, config: &PartitionConfig, cause: &Cause) {
+    if previous.primary.is_some() && config.primary != previous.primary {
+        io.stats.path(path::PROMOTION);
     }
+    if config.learners.len() > previous.learners.len() {
+        io.stats.path(path::LEARNER_ADDED);
+    }
+    match cause {
+        Cause::Cure => {
+            let removed = previous.secondaries.iter().any(|s| !config.secondaries.contains(s) && config.primary.as_ref() != Some(s));
+            if removed && config.primary == previous.primary {
+                io.stats.path(path::SECONDARY_REMOVED_BY_CURE);
+            }
+        }
+        Cause::Proposal(tandem_core::replica::ConfigProposal::RemoveSecondary { .. }) => io.stats.path(path::SECONDARY_REMOVED_BY_PRIMARY),
+        Cause::Proposal(tandem_core::replica::ConfigProposal::UpgradeLearner { .. }) => io.stats.path(path::LEARNER_UPGRADED),
+        Cause::Restart => io.stats.path(path::RESTARTED_PRIMARY_REBALLOT),
+        Cause::Placement => {}
+    }
+}
 
-    /// A proposal injected by a scenario script, as if `from` had sent it.
-    pub fn propose_now(&mut self, io: &mut Io<'_>, gpid: Gpid, from: &str, proposal: &ConfigProposal) -> Result<PartitionConfig, String> {
-        self.on_propose(io, gpid, from, proposal)
+/// The meta a leader hint names.
+pub fn hinted(error: &MetaError) -> Option<usize> {
+    match error {
+        MetaError::NotLeader { leader: Some(leader), .. } => meta_index(leader),
+        _ => None,
     }
 }

@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use tandem_core::replica::{ConfigProposal, LearnReply, LearnRequest, PrepareMsg, PrepareReply, ReplicaState, WriteRequest, WriteResponse};
 use tandem_core::{Decree, Error, Gpid, NodeAddr, PartitionConfig};
+use tandem_meta_core::MetaError;
 
-/// Who sends and receives: the meta, replica server `i` (address `r{i+1}`), or client `i`.
+/// Who sends and receives: meta server `i` (`meta`, `meta2`, …), replica server `i` (address
+/// `r{i+1}`), or client `i`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Endpoint {
-    Meta,
+    Meta(usize),
     Replica(usize),
     Client(usize),
 }
@@ -16,7 +18,8 @@ pub enum Endpoint {
 impl Endpoint {
     pub fn name(&self) -> String {
         match self {
-            Endpoint::Meta => "meta".into(),
+            Endpoint::Meta(0) => "meta".into(),
+            Endpoint::Meta(i) => format!("meta{}", i + 1),
             Endpoint::Replica(i) => replica_addr(*i),
             Endpoint::Client(i) => format!("c{}", i + 1),
         }
@@ -25,7 +28,8 @@ impl Endpoint {
     /// A small number for the trace hash.
     pub fn code(&self) -> u64 {
         match self {
-            Endpoint::Meta => 0,
+            Endpoint::Meta(0) => 0,
+            Endpoint::Meta(i) => 80 + *i as u64,
             Endpoint::Replica(i) => 1 + *i as u64,
             Endpoint::Client(i) => 100 + *i as u64,
         }
@@ -34,6 +38,14 @@ impl Endpoint {
 
 pub fn replica_addr(i: usize) -> NodeAddr {
     format!("r{}", i + 1)
+}
+
+/// The meta server of a name (`meta` → 0, `meta3` → 2).
+pub fn meta_index(name: &str) -> Option<usize> {
+    match name.strip_prefix("meta")? {
+        "" => Some(0),
+        n => n.parse::<usize>().ok()?.checked_sub(1).filter(|i| *i > 0),
+    }
 }
 
 /// The replica server of an address (`r3` → 2).
@@ -48,7 +60,7 @@ pub type Checkpoint = (BTreeMap<Vec<u8>, Vec<u8>>, Decree);
 
 /// What the meta answers a beacon: the configurations the server hosts or reported, the
 /// partition count of their tables, and the reported partitions whose table is gone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BeaconAnswer {
     pub configs: Vec<PartitionConfig>,
     pub partition_counts: Vec<(u32, u32)>,
@@ -96,7 +108,7 @@ pub enum Msg {
     },
     BeaconResp {
         rpc: RpcId,
-        result: Result<BeaconAnswer, String>,
+        answer: BeaconAnswer,
     },
     Propose {
         rpc: RpcId,
@@ -106,7 +118,7 @@ pub enum Msg {
     },
     ProposeResp {
         rpc: RpcId,
-        result: Result<PartitionConfig, String>,
+        config: PartitionConfig,
     },
     QueryConfig {
         rpc: RpcId,
@@ -114,6 +126,11 @@ pub enum Msg {
     QueryConfigResp {
         rpc: RpcId,
         configs: Vec<PartitionConfig>,
+    },
+    /// A meta server refused a request (not the leader, a refused proposal, …).
+    MetaError {
+        rpc: RpcId,
+        error: MetaError,
     },
     ClientWrite {
         rpc: RpcId,
@@ -159,6 +176,7 @@ impl Msg {
             Msg::ProposeResp { .. } => "propose-reply",
             Msg::QueryConfig { .. } => "query-config",
             Msg::QueryConfigResp { .. } => "query-config-reply",
+            Msg::MetaError { .. } => "meta-error",
             Msg::ClientWrite { .. } => "write",
             Msg::ClientWriteResp { .. } => "write-reply",
             Msg::ClientRead { .. } => "read",
@@ -191,6 +209,7 @@ impl Msg {
             | Msg::FetchCheckpointResp { rpc, .. }
             | Msg::ProposeResp { rpc, .. }
             | Msg::QueryConfigResp { rpc, .. }
+            | Msg::MetaError { rpc, .. }
             | Msg::ClientWriteResp { rpc, .. }
             | Msg::ClientReadResp { rpc, .. }
             | Msg::RpcFailed { rpc, .. } => Some(*rpc),

@@ -18,7 +18,9 @@ use crate::msg::{BeaconAnswer, Checkpoint, Endpoint, Msg, RpcId, replica_index};
 use crate::stats::path;
 use std::collections::{BTreeMap, VecDeque};
 use tandem_core::replica::{Ctx, LearnReply, PrepareOutcome, PrepareReply, Replica, ReplicaOptions, read};
+use tandem_core::meta_route::MetaRoute;
 use tandem_core::{Ballot, Decree, Error, Gpid, LogRecord, Mutation, NodeAddr, PartitionStatus};
+use tandem_meta_core::MetaError;
 use tandem_host::{Carrier, Host, HostAction, HostInput, HostOptions, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 
 /// Wall clock of the simulated world at true time zero (2023-11-14).
@@ -127,6 +129,8 @@ pub struct ReplicaServer {
     boot_us: u64,
     lease_until_ms: u64,
     outgoing: BTreeMap<RpcId, Outgoing>,
+    /// Which meta server to ask.
+    meta: MetaRoute,
     checkpoints: BTreeMap<(Gpid, String), Checkpoint>,
     /// Fetched, verified checkpoint databases not installed yet.
     fetched: BTreeMap<(Gpid, String), Checkpoint>,
@@ -149,7 +153,7 @@ macro_rules! host_step {
 }
 
 impl ReplicaServer {
-    pub fn new(index: usize, opts: ServerOptions, clock: NodeClock) -> ReplicaServer {
+    pub fn new(index: usize, opts: ServerOptions, clock: NodeClock, metas: usize) -> ReplicaServer {
         let me = crate::msg::replica_addr(index);
         ReplicaServer {
             index,
@@ -166,6 +170,7 @@ impl ReplicaServer {
             boot_us: 0,
             lease_until_ms: 0,
             outgoing: BTreeMap::new(),
+            meta: MetaRoute::new(metas),
             checkpoints: BTreeMap::new(),
             fetched: BTreeMap::new(),
             fail_next_write: false,
@@ -337,7 +342,7 @@ impl ReplicaServer {
             }
             ReplicaAction::ProposeConfig { proposal } => {
                 let rpc = self.call(io, Outgoing::Propose { gpid });
-                io.send(me, Endpoint::Meta, Msg::Propose { rpc, gpid, proposal, from: self.me.clone() });
+                io.send(me, Endpoint::Meta(self.meta.current()), Msg::Propose { rpc, gpid, proposal, from: self.me.clone() });
             }
             ReplicaAction::SendLearnRequest { to, request } => {
                 let Some(i) = replica_index(&to) else { return };
@@ -395,7 +400,7 @@ impl ReplicaServer {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
                 let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
                 let (node, incarnation) = (self.me.clone(), self.incarnation);
-                io.send(self.endpoint(), Endpoint::Meta, Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted });
+                io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted });
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
             HostAction::SetPartitionCount { .. } => {}
@@ -458,8 +463,12 @@ impl ReplicaServer {
             Outgoing::FetchCheckpoint { gpid, .. } => {
                 self.deliver(io, gpid, ReplicaEvent::CheckpointFetched { result: Err("fetching the checkpoint failed".into()) })
             }
-            Outgoing::Propose { gpid } => self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Err("proposal RPC failed".into()) }),
+            Outgoing::Propose { gpid } => {
+                self.meta.unreachable();
+                self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Err("proposal RPC failed".into()) })
+            }
             Outgoing::Beacon { .. } => {
+                self.meta.unreachable();
                 let now_ms = self.ctx(io.now_us).now_ms;
                 host_step!(self, io, HostInput::BeaconFailed { now_ms })
             }
@@ -615,13 +624,24 @@ impl ReplicaServer {
                     self.deliver(io, gpid, ReplicaEvent::Read { reply });
                 }
             }
-            Msg::BeaconResp { rpc, result } => {
+            Msg::BeaconResp { rpc, answer } => {
                 let Some(Outgoing::Beacon { sent_at_ms }) = self.outgoing.remove(&rpc) else { return };
-                let input = match result {
-                    Ok(BeaconAnswer { configs, partition_counts, gone }) => HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone },
-                    Err(_) => HostInput::BeaconFailed { now_ms: self.ctx(io.now_us).now_ms },
-                };
-                host_step!(self, io, input);
+                let BeaconAnswer { configs, partition_counts, gone } = answer;
+                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone });
+            }
+            Msg::MetaError { rpc, error } => {
+                let Some(what) = self.outgoing.remove(&rpc) else { return };
+                if matches!(error, MetaError::NotLeader { .. }) {
+                    self.meta.not_leader(crate::meta::hinted(&error));
+                }
+                match what {
+                    Outgoing::Beacon { .. } => {
+                        let now_ms = self.ctx(io.now_us).now_ms;
+                        host_step!(self, io, HostInput::BeaconFailed { now_ms });
+                    }
+                    Outgoing::Propose { gpid } => self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Err(error.to_string()) }),
+                    _ => {}
+                }
             }
             Msg::PrepareResp { rpc, reply } => {
                 if let Some(Outgoing::Prepare { gpid, to }) = self.outgoing.remove(&rpc) {
@@ -633,9 +653,9 @@ impl ReplicaServer {
                     self.deliver(io, gpid, ReplicaEvent::LearnReply { reply: Some(reply) });
                 }
             }
-            Msg::ProposeResp { rpc, result } => {
+            Msg::ProposeResp { rpc, config } => {
                 if let Some(Outgoing::Propose { gpid }) = self.outgoing.remove(&rpc) {
-                    self.deliver(io, gpid, ReplicaEvent::ProposalReply { result });
+                    self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Ok(config) });
                 }
             }
             Msg::FetchCheckpointResp { rpc, result } => {

@@ -6,8 +6,11 @@
 //! ```text
 //! # comments and blank lines are ignored
 //! servers 4                        # before `start`: cluster shape and options
+//! metas 2                          # meta servers (one leads; `meta`, `meta2`, …)
+//! partitions 4                     # of the table (default 1)
 //! option log_cache_bytes_max 200
-//! start                            # boot, place the table (one partition; r1 primary, r2 r3)
+//! option store_latency 50ms        # each way, at most (also: option meta_lease_ttl 6s)
+//! start [2500ms]                   # boot, place the table (r1 primary, r2 r3); run to 3 s or the time given
 //! ----
 //! meta: 1.0 ballot 1 primary Some("r1") secondaries ["r2", "r3"] learners []
 //! r1 1.0: Inactive@0 -> Primary@1
@@ -22,6 +25,7 @@
 //! clog r2 3s
 //! crash r2 [torn]                  # restart r2;  crash meta;  restart meta
 //! fail-disk r2 write|sync          # the next log write / fsync of r2 fails
+//! store-hang meta 5s               # the meta's store calls hang, then go through late
 //! propose r1 remove-secondary r2 ballot=2    # handed to the meta as if r1 sent it
 //! expect r1 primary ballot=2 committed=3 prepared=3
 //! expect config ballot=3 primary=r1 secondaries=r2,r3 learners=
@@ -30,6 +34,7 @@
 //! expect proposal ok|refused
 //! expect path learn-by-checkpoint
 //! expect converged
+//! expect placed                    # every partition of the table has a configuration
 //! ```
 //!
 //! A command's output is its trace without times and without delivered messages: faults and
@@ -46,8 +51,8 @@
 use crate::cli::SimFailure;
 use crate::faults::FaultPlan;
 use crate::history::{OpKind, Outcome, Output};
-use crate::meta::TABLE_ID;
-use crate::msg::{Endpoint, replica_index};
+use crate::sim::TABLE_ID;
+use crate::msg::{Endpoint, meta_index, replica_index};
 use crate::network::DropRule;
 use crate::rng::Rng;
 use crate::sim::{Params, Sim};
@@ -60,10 +65,10 @@ fn gpid() -> Gpid {
 }
 
 fn endpoint(name: &str) -> Result<Endpoint, String> {
-    if name == "meta" {
-        return Ok(Endpoint::Meta);
+    if let Some(i) = meta_index(name) {
+        return Ok(Endpoint::Meta(i));
     }
-    replica_index(name).map(Endpoint::Replica).ok_or_else(|| format!("{name:?} is not a node (r1, r2, … or meta)"))
+    replica_index(name).map(Endpoint::Replica).ok_or_else(|| format!("{name:?} is not a node (r1, r2, …, meta, meta2, …)"))
 }
 
 fn link(s: &str) -> Result<(Endpoint, Endpoint), String> {
@@ -107,17 +112,39 @@ impl Runner {
     fn command(&mut self, words: &[&str]) -> Result<(), String> {
         match words {
             ["servers", n] => self.params.servers = n.parse().map_err(|_| format!("{n:?} is not a number"))?,
+            ["metas", n] => self.params.metas = n.parse().map_err(|_| format!("{n:?} is not a number"))?,
+            ["option", "meta_lease_ttl", d] => self.params.meta_lease_ttl_ms = duration_us(d)? / 1_000,
             ["replicas", n] => self.params.replica_count = n.parse().map_err(|_| format!("{n:?} is not a number"))?,
             ["option", "log_cache_bytes_max", n] => {
                 self.params.log_cache_bytes_max = n.parse().map_err(|_| format!("{n:?} is not a number"))?
             }
-            ["start"] => {
+            ["store-hang", node, d] => {
+                let Endpoint::Meta(i) = endpoint(node)? else { return Err(format!("{node:?} is not a meta server")) };
+                let d = duration_us(d)?;
+                let sim = self.sim()?;
+                let until = sim.now_us + d;
+                sim.hang_store(i, until);
+            }
+            ["partitions", n] => {
+                let n: u32 = n.parse().map_err(|_| format!("{n:?} is not a number"))?;
+                if !n.is_power_of_two() {
+                    return Err(format!("partitions {n} is not a power of two"));
+                }
+                self.params.partitions = n;
+            }
+            ["option", "store_latency", d] => self.params.store_latency_us_max = duration_us(d)?.max(101),
+            ["start", rest @ ..] => {
                 // Always traced: the trace is the command's output.
                 let sim = Sim::with(0, Rng::new(0), self.params.clone(), FaultPlan::quiet(), true);
                 self.sim = Some(sim);
-                // Let the servers beacon and the meta place the table.
-                let sim = self.sim()?;
-                sim.run_until(3_000_000);
+                // Let the servers beacon and the meta place the table (created at 2 s), or stop
+                // at the time given.
+                let until = match rest {
+                    [] => 3_000_000,
+                    [d] => duration_us(d)?,
+                    _ => return Err("start takes at most a time, like start 2500ms".into()),
+                };
+                self.sim()?.run_until(until);
             }
             ["run", d] => {
                 let d = duration_us(d)?;
@@ -231,7 +258,7 @@ impl Runner {
         };
         match words {
             ["config", rest @ ..] => {
-                let config = self.sim()?.meta.config(gpid()).cloned().ok_or("the meta has no configuration (is it down?)")?;
+                let config = self.sim()?.config(gpid()).cloned().ok_or("the store has no configuration of the partition")?;
                 let list = |v: &[String]| v.join(",");
                 for (k, want) in fields(rest)? {
                     let got = match k.as_str() {
@@ -287,6 +314,16 @@ impl Runner {
                 }
             }
             ["converged"] => self.sim()?.check_convergence()?,
+            ["placed"] => {
+                let sim = self.sim()?;
+                for p in 0..sim.params.partitions {
+                    let gpid = Gpid::new(TABLE_ID, p);
+                    let ballot = sim.config(gpid).map_or(0, |c| c.ballot);
+                    if ballot == 0 {
+                        return Err(format!("partition {gpid} is not placed"));
+                    }
+                }
+            }
             [node, status, rest @ ..] => {
                 let Endpoint::Replica(i) = endpoint(node)? else { return Err("expect a replica server's state".into()) };
                 let sim = self.sim()?;
@@ -442,6 +479,9 @@ pub struct ScriptRun {
 /// `ScriptRun::mismatches`.
 pub fn run_script(text: &str, trace: bool) -> Result<ScriptRun, String> {
     let params = Params {
+        metas: 1,
+        meta_lease_ttl_ms: tandem_meta_core::MetaOptions::default().lease_ttl_ms,
+        store_latency_us_max: 3_000,
         servers: 3,
         partitions: 1,
         replica_count: 3,

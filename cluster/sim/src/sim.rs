@@ -20,7 +20,7 @@ use crate::event::{Event, Io, Out, TraceLine};
 use crate::faults::{FaultKind, FaultPlan, FaultSet};
 use crate::hash::Fnv64;
 use crate::history::{BANK_HASH_KEY, History, OpKind, Outcome, Output};
-use crate::meta::{MetaOptions, SimMeta, TABLE_ID};
+use crate::meta::SimMeta;
 use crate::msg::{Endpoint, Envelope};
 use crate::network::{Fate, Network};
 use crate::replica_server::{NodeClock, ReplicaServer, ServerOptions};
@@ -29,6 +29,12 @@ use crate::stats::Stats;
 use std::collections::BTreeMap;
 use tandem_core::partition::partition_index;
 use tandem_core::{Gpid, PartitionStatus};
+use tandem_meta_core::store::MemStore;
+use tandem_meta_core::{MetaOptions, MetaReply, MetaRequest};
+
+/// The table the workload runs on (the first table the store creates).
+pub const TABLE_ID: u32 = 1;
+pub const TABLE_NAME: &str = "sim";
 
 /// When the table is created and clients start (simulated).
 const CREATE_TABLE_US: u64 = 2_000_000;
@@ -48,6 +54,12 @@ const CRASH_ARM_TIMEOUT_US: u64 = 2_000_000;
 /// The shape of one run, drawn from the seed (or written by a scenario script).
 #[derive(Clone, Debug)]
 pub struct Params {
+    /// Meta servers sharing the store (one leads).
+    pub metas: usize,
+    /// Their leader lease's time to live.
+    pub meta_lease_ttl_ms: u64,
+    /// A store call takes up to this long each way.
+    pub store_latency_us_max: u64,
     pub servers: usize,
     pub partitions: u32,
     pub replica_count: u32,
@@ -67,6 +79,10 @@ impl Params {
     pub fn draw(rng: &mut Rng, fault_time_us: u64) -> Params {
         let servers = rng.range(3, 5) as usize;
         Params {
+            metas: *rng.pick(&[1, 1, 2, 2, 3]),
+            meta_lease_ttl_ms: rng.range(2_000, 12_000),
+            // Now and then a slow store: beacons must not wait behind it.
+            store_latency_us_max: if rng.chance(0.2) { rng.range(50_000, 400_000) } else { 3_000 },
             servers,
             partitions: 1 << rng.range(0, 2),
             replica_count: 3,
@@ -107,7 +123,13 @@ pub struct Sim {
     queue: BTreeMap<(u64, u64), Event>,
     seq: u64,
     pub net: Network,
-    pub meta: SimMeta,
+    pub metas: Vec<SimMeta>,
+    /// The meta servers' shared SQL store (its lease row, its tables and configurations).
+    pub store: MemStore,
+    /// The table creation asked of meta `.0` as request `.1`, until it is answered.
+    create_table: Option<(usize, u64)>,
+    /// Until when each meta server's store calls hang (`store-clog`).
+    store_clogs: Vec<u64>,
     pub servers: Vec<ReplicaServer>,
     pub clients: Vec<SimClient>,
     pub history: History,
@@ -190,7 +212,15 @@ impl Sim {
                 NodeClock::default()
             }
         };
-        let meta = SimMeta::new(MetaOptions::default(), clock(&mut rng));
+        let metas_count = params.metas;
+        let meta_options = MetaOptions { lease_ttl_ms: params.meta_lease_ttl_ms, ..MetaOptions::default() };
+        let metas = (0..params.metas)
+            .map(|i| {
+                let mut m = SimMeta::new(i, meta_options.clone(), clock(&mut rng));
+                m.store_latency_us_max = params.store_latency_us_max;
+                m
+            })
+            .collect();
         let mut opts = ServerOptions::default();
         // The server's log cache is shared among its replicas: a small one sends learners to
         // checkpoints.
@@ -203,10 +233,10 @@ impl Sim {
                 let mut opts = opts.clone();
                 // Engines are flushed and the log collected at a different pace on each server.
                 opts.host.log_gc_interval_ms = rng.range(1_000, 10_000);
-                ReplicaServer::new(i, opts, clock(&mut rng))
+                ReplicaServer::new(i, opts, clock(&mut rng), params.metas)
             })
             .collect();
-        let clients = (0..params.clients).map(SimClient::new).collect();
+        let clients = (0..params.clients).map(|c| SimClient::new(c, params.metas)).collect();
         let net = Network::new(plan.loss, plan.duplicate, plan.jitter_us);
         // Scenario scripts (no register keys) drive the clients themselves.
         let workload = Workload { register_keys: params.register_keys, active: params.register_keys > 0 };
@@ -220,7 +250,10 @@ impl Sim {
             queue: BTreeMap::new(),
             seq: 0,
             net,
-            meta,
+            metas,
+            store: MemStore::default(),
+            create_table: None,
+            store_clogs: vec![0; metas_count],
             servers,
             clients,
             history: History::default(),
@@ -259,7 +292,9 @@ impl Sim {
     fn start(&mut self) {
         let mut out = Vec::new();
         let mut io = io!(self, &mut out);
-        self.meta.boot(&mut io);
+        for m in &mut self.metas {
+            m.boot(&mut io);
+        }
         for s in &mut self.servers {
             // Staggered starts, as real servers never start at the same instant.
             s.boot(&mut io);
@@ -349,7 +384,7 @@ impl Sim {
             Event::Deliver(env) => {
                 let mut io = io!(self, &mut out);
                 match env.to {
-                    Endpoint::Meta if self.meta.up => self.meta.on_message(&mut io, env.from, env.msg),
+                    Endpoint::Meta(i) if self.metas[i].up => self.metas[i].on_message(&mut io, env.from, env.msg),
                     Endpoint::Replica(i) if self.servers[i].up => self.servers[i].on_message(&mut io, env.from, env.msg),
                     Endpoint::Client(i) => {
                         if let crate::msg::Msg::ClientReadResp { result: Ok(values), .. } = &env.msg
@@ -423,24 +458,33 @@ impl Sim {
                     }
                 }
                 Endpoint::Client(i) => self.clients[i].on_timeout(&mut io!(self, &mut out), &mut self.history, rpc),
-                Endpoint::Meta => {}
+                Endpoint::Meta(_) => {}
             },
-            Event::MetaTick { incarnation } => {
-                if self.meta.up && self.meta.incarnation == incarnation {
-                    self.meta.on_tick(&mut io!(self, &mut out));
+            Event::MetaTick { meta, incarnation } => {
+                if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
+                    self.metas[meta].on_tick(&mut io!(self, &mut out));
                 }
             }
-            Event::MetaReply { incarnation, envelope } => {
-                if self.meta.up && self.meta.incarnation == incarnation {
-                    out.push(Out::Send(envelope));
+            Event::MetaClaim { meta, incarnation } => {
+                if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
+                    self.metas[meta].claim(&mut io!(self, &mut out));
                 }
             }
-            Event::CreateTable => {
-                let (p, r) = (self.params.partitions, self.params.replica_count);
-                if !self.meta.create_table(&mut io!(self, &mut out), p, r) {
-                    self.schedule(self.now_us + 500_000, Event::CreateTable);
+            Event::MetaStoreApply { meta, incarnation, call } => {
+                // A call from a process that crashed meanwhile dies with its connection.
+                if self.store_clogs[meta] > self.now_us && self.faults_active {
+                    let at = self.store_clogs[meta] + self.rng.range(0, 1_000);
+                    self.schedule(at, Event::MetaStoreApply { meta, incarnation, call });
+                } else if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
+                    self.metas[meta].apply_at_store(&mut io!(self, &mut out), &mut self.store, call);
                 }
             }
+            Event::MetaStoreDone { meta, incarnation, answer } => {
+                if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
+                    self.metas[meta].on_store_answer(&mut io!(self, &mut out), answer);
+                }
+            }
+            Event::CreateTable => self.create_table(&mut out),
             Event::ClientWake { client } => {
                 let w = self.workload.clone();
                 self.clients[client].wake(&mut io!(self, &mut out), &mut self.history, &w);
@@ -466,7 +510,7 @@ impl Sim {
             Event::Restart(ep) => {
                 let mut io = io!(self, &mut out);
                 match ep {
-                    Endpoint::Meta if !self.meta.up => self.meta.boot(&mut io),
+                    Endpoint::Meta(i) if !self.metas[i].up => self.metas[i].boot(&mut io),
                     Endpoint::Replica(i) if !self.servers[i].up => self.servers[i].boot(&mut io),
                     _ => {}
                 }
@@ -484,11 +528,11 @@ impl Sim {
     }
 
     fn endpoints(&self) -> Vec<Endpoint> {
-        std::iter::once(Endpoint::Meta).chain((0..self.servers.len()).map(Endpoint::Replica)).collect()
+        (0..self.metas.len()).map(Endpoint::Meta).chain((0..self.servers.len()).map(Endpoint::Replica)).collect()
     }
 
     fn inject_fault(&mut self, out: &mut Vec<Out>) {
-        let discrete = [FaultKind::Crash, FaultKind::MetaCrash, FaultKind::Partition, FaultKind::AsymPartition, FaultKind::Clog];
+        let discrete = [FaultKind::Crash, FaultKind::MetaCrash, FaultKind::Partition, FaultKind::AsymPartition, FaultKind::Clog, FaultKind::StoreClog];
         let kinds: Vec<FaultKind> = discrete.into_iter().filter(|k| self.plan.on(*k)).collect();
         if kinds.is_empty() {
             return;
@@ -507,14 +551,17 @@ impl Sim {
                 }
             }
             FaultKind::MetaCrash => {
-                if !self.meta.up {
+                let up: Vec<usize> = (0..self.metas.len()).filter(|i| self.metas[*i].up).collect();
+                if up.is_empty() {
                     return;
                 }
-                self.meta.crash();
+                let i = *self.rng.pick(&up);
+                self.metas[i].crash();
                 self.stats.fault("meta-crash");
-                self.note(|| "fault: crash meta".into());
+                let name = Endpoint::Meta(i).name();
+                self.note(|| format!("fault: crash {name}"));
                 let back = self.rng.range(500_000, 10_000_000);
-                self.schedule(self.now_us + back, Event::Restart(Endpoint::Meta));
+                self.schedule(self.now_us + back, Event::Restart(Endpoint::Meta(i)));
             }
             FaultKind::Partition => {
                 if self.partition_active {
@@ -562,6 +609,15 @@ impl Sim {
                 self.stats.fault("clog");
                 self.note(|| format!("fault: clog {} until {until}µs", e.name()));
             }
+            FaultKind::StoreClog => {
+                let m = self.rng.range(0, self.metas.len() as u64 - 1) as usize;
+                // Longer than most lease TTLs now and then, so a standby takes over.
+                let until = self.now_us + self.rng.range(500_000, 15_000_000);
+                self.store_clogs[m] = self.store_clogs[m].max(until);
+                self.stats.fault("store-clog");
+                let name = Endpoint::Meta(m).name();
+                self.note(|| format!("fault: {name}'s store calls hang until {until}µs"));
+            }
             _ => unreachable!("only discrete kinds are drawn"),
         }
     }
@@ -606,8 +662,10 @@ impl Sim {
         self.partition_active = false;
         self.note(|| "heal: faults stop".into());
         let mut io = io!(self, out);
-        if !self.meta.up {
-            self.meta.boot(&mut io);
+        for m in &mut self.metas {
+            if !m.up {
+                m.boot(&mut io);
+            }
         }
         for s in &mut self.servers {
             if !s.up {
@@ -724,7 +782,7 @@ impl Sim {
     pub fn check_convergence(&self) -> Result<(), String> {
         for p in 0..self.params.partitions {
             let gpid = Gpid::new(TABLE_ID, p);
-            let config = self.meta.config(gpid).ok_or_else(|| format!("the meta has no partition {gpid}"))?;
+            let config = self.store.partition(gpid).ok_or_else(|| format!("the store has no partition {gpid}"))?;
             let members: Vec<convergence::MemberView> = self
                 .servers
                 .iter()
@@ -842,9 +900,10 @@ impl Sim {
     pub fn crash(&mut self, ep: Endpoint, torn: bool) {
         let mut out = Vec::new();
         match ep {
-            Endpoint::Meta if self.meta.up => {
-                self.meta.crash();
-                self.note(|| "crash meta".into());
+            Endpoint::Meta(i) if self.metas[i].up => {
+                self.metas[i].crash();
+                let name = ep.name();
+                self.note(|| format!("crash {name}"));
             }
             Endpoint::Replica(i) if self.servers[i].up => {
                 let outcome = self.servers[i].crash(&mut io!(self, &mut out), torn);
@@ -861,7 +920,7 @@ impl Sim {
         let mut out = Vec::new();
         let mut io = io!(self, &mut out);
         match ep {
-            Endpoint::Meta if !self.meta.up => self.meta.boot(&mut io),
+            Endpoint::Meta(i) if !self.metas[i].up => self.metas[i].boot(&mut io),
             Endpoint::Replica(i) if !self.servers[i].up => self.servers[i].boot(&mut io),
             _ => {}
         }
@@ -876,17 +935,81 @@ impl Sim {
         self.apply(out);
     }
 
-    /// A proposal handed to the meta as if `from` sent it (scripts).
+    /// A proposal handed to the leading meta server as if `from` sent it (scripts): the answer,
+    /// once the store write it waits for is done.
     pub fn propose(
         &mut self,
         gpid: Gpid,
         from: &str,
         proposal: &tandem_core::replica::ConfigProposal,
     ) -> Result<tandem_core::PartitionConfig, String> {
+        let request = MetaRequest::Propose { gpid, from: from.to_string(), proposal: proposal.clone() };
+        match self.admin(request, 10_000_000)? {
+            MetaReply::Proposed { config } => Ok(config),
+            other => Err(format!("the meta answered {other:?}")),
+        }
+    }
+
+    /// Asks the leading meta server as an operator would and runs the simulation until it
+    /// answers (scripts), at most `within_us`.
+    pub fn admin(&mut self, request: MetaRequest, within_us: u64) -> Result<MetaReply, String> {
+        let i = self.leading_meta().ok_or("no meta server leads")?;
         let mut out = Vec::new();
-        let result = self.meta.propose_now(&mut io!(self, &mut out), gpid, from, proposal);
+        let token = self.metas[i].admin(&mut io!(self, &mut out), request);
         self.apply(out);
-        result
+        let deadline = self.now_us + within_us;
+        loop {
+            if let Some(answer) = self.metas[i].admin_answers.remove(&token) {
+                return answer.map_err(|e| e.to_string());
+            }
+            let next = self.queue.first_key_value().map(|(k, _)| k.0);
+            match next {
+                Some(at) if at <= deadline && self.failure.is_none() => self.run_until(at),
+                _ => return Err("the meta did not answer in time".into()),
+            }
+        }
+    }
+
+    /// Meta server `i`'s store calls hang until `until_us`, then go through (scripts).
+    pub fn hang_store(&mut self, i: usize, until_us: u64) {
+        self.store_clogs[i] = self.store_clogs[i].max(until_us);
+        let name = Endpoint::Meta(i).name();
+        self.note(|| format!("{name}'s store calls hang until {until_us}µs"));
+    }
+
+    /// The meta server that leads with its store loaded, if one does.
+    pub fn leading_meta(&self) -> Option<usize> {
+        (0..self.metas.len()).find(|i| self.metas[*i].up && self.metas[*i].machine.state().is_some())
+    }
+
+    /// The configuration of `gpid` the store holds (what the leading meta answers with).
+    pub fn config(&self, gpid: Gpid) -> Option<&tandem_core::PartitionConfig> {
+        self.store.partition(gpid)
+    }
+
+    /// Creates the workload's table through the leading meta, as `tandem table create` would,
+    /// until it exists.
+    fn create_table(&mut self, out: &mut Vec<Out>) {
+        if let Some((i, token)) = self.create_table
+            && let Some(answer) = self.metas[i].admin_answers.remove(&token)
+        {
+            self.create_table = None;
+            if answer.is_ok() || self.store.load().tables.iter().any(|t| t.id == TABLE_ID) {
+                return;
+            }
+        }
+        if self.store.load().tables.iter().any(|t| t.id == TABLE_ID) {
+            return;
+        }
+        if self.create_table.is_none()
+            && let Some(i) = self.leading_meta()
+        {
+            let change = tandem_meta_core::policy::PolicyChange { replicas: Some(self.params.replica_count), ..Default::default() };
+            let request = MetaRequest::CreateTable { name: TABLE_NAME.into(), partition_count: self.params.partitions, change, owner: "sim".into(), who: "sim".into() };
+            let token = self.metas[i].admin(&mut io!(self, out), request);
+            self.create_table = Some((i, token));
+        }
+        self.schedule(self.now_us + 500_000, Event::CreateTable);
     }
 
     /// Number of servers that are up.

@@ -20,7 +20,13 @@ pub mod path {
     pub const UNSYNCED_LOST: &str = "unsynced-log-lost";
     pub const REPLICA_ERROR: &str = "replica-error";
     pub const STEP_DOWN: &str = "step-down";
+    /// A meta server took the lead at a later epoch (after a restart or a failover) and loaded
+    /// the store.
     pub const META_RELOAD: &str = "meta-reload";
+    /// A leading meta server dropped its state (stepped down, lapsed, or was fenced).
+    pub const META_STEPPED_DOWN: &str = "meta-stepped-down";
+    /// The store refused a write decided under an older epoch.
+    pub const FENCED_WRITE: &str = "fenced-write";
     pub const WRITE_UNKNOWN: &str = "write-unknown-outcome";
     pub const CLIENT_REROUTE: &str = "client-reroute";
     pub const CHECKPOINT_FAILED: &str = "checkpoint-failed";

@@ -29,7 +29,7 @@ use crate::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
 use crate::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
 use crate::failure_detector::FailureDetector;
 use crate::leadership::{ClaimOutcome, Leadership, NotServing, Transition};
-use crate::placement::{learner_placement, place_table};
+use crate::placement::{learner_placement, place_partition, place_table};
 use crate::policy::{Policy, PolicyChange, PolicyContext};
 use crate::request::{BeaconRequest, MetaError, MetaReply, MetaRequest, Token};
 use crate::status::MetaState;
@@ -555,7 +555,13 @@ impl MetaMachine {
                 let next = state.partitions.range(from..).find_map(|(gpid, config)| {
                     let table = state.tables.get(&gpid.table_id)?;
                     if config.ballot == 0 {
-                        return None;
+                        // Created, never placed: its meta stopped halfway through placing the
+                        // table (found by the simulator with meta crashes, seed 765).
+                        if table.status != TableStatus::Available {
+                            return None;
+                        }
+                        let placed = place_partition(*gpid, table.replica_count as usize, &state.load(), state.partitions.values())?;
+                        return Some((0, placed));
                     }
                     let placement = learner_placement(&state.load());
                     let empty = BTreeMap::new();

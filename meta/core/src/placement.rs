@@ -32,6 +32,31 @@ pub fn place_table(table_id: u32, partition_count: u32, replica_count: usize, lo
         .collect()
 }
 
+/// A configuration (ballot 1) for one partition of a table that was created but never placed
+/// (its meta stopped halfway through placing it): the least loaded alive nodes, the one leading
+/// the fewest partitions as primary. None while fewer than `replica_count` nodes live.
+pub fn place_partition<'a>(
+    gpid: Gpid,
+    replica_count: usize,
+    load: &BTreeMap<NodeAddr, usize>,
+    partitions: impl IntoIterator<Item = &'a PartitionConfig>,
+) -> Option<PartitionConfig> {
+    if replica_count == 0 || replica_count > load.len() {
+        return None;
+    }
+    let mut led: BTreeMap<&str, usize> = load.keys().map(|n| (n.as_str(), 0)).collect();
+    for c in partitions {
+        if let Some(l) = c.primary.as_deref().and_then(|p| led.get_mut(p)) {
+            *l += 1;
+        }
+    }
+    let mut nodes: Vec<&NodeAddr> = load.keys().collect();
+    nodes.sort_by_key(|n| (load[*n], (*n).clone()));
+    let mut members: Vec<NodeAddr> = nodes.into_iter().take(replica_count).cloned().collect();
+    members.sort_by_key(|n| (led[n.as_str()], load[n], n.clone()));
+    Some(PartitionConfig { gpid, ballot: 1, primary: Some(members[0].clone()), secondaries: members[1..].to_vec(), learners: vec![], last_drops: vec![] })
+}
+
 /// Replicas (members and learners) that each alive node hosts: the load placement balances.
 pub fn node_load<'a>(alive: impl IntoIterator<Item = NodeAddr>, partitions: impl IntoIterator<Item = &'a PartitionConfig>) -> BTreeMap<NodeAddr, usize> {
     let mut load: BTreeMap<NodeAddr, usize> = alive.into_iter().map(|n| (n, 0)).collect();
@@ -69,6 +94,16 @@ mod tests {
         let load = node_load(["a".to_string(), "b".to_string(), "c".to_string()], [&c]);
         assert_eq!(load.values().copied().collect::<Vec<_>>(), vec![0, 1, 1], "x is not alive, so not counted");
         assert_eq!(learner_placement(&load), vec!["a".to_string(), "b".to_string(), "c".to_string()]);
+    }
+
+    #[test]
+    fn an_unplaced_partition_goes_to_the_least_loaded_nodes() {
+        let busy = PartitionConfig { gpid: Gpid::new(1, 0), ballot: 1, primary: Some("a".into()), secondaries: vec!["b".into()], ..Default::default() };
+        let load = node_load(["a".to_string(), "b".to_string(), "c".to_string()], [&busy]);
+        let placed = place_partition(Gpid::new(1, 1), 2, &load, [&busy]).unwrap();
+        assert_eq!(placed.primary.as_deref(), Some("c"), "c is least loaded and leads nothing");
+        assert_eq!(placed.secondaries, vec!["a".to_string()], "then a (load 1, before b by name)");
+        assert_eq!(place_partition(Gpid::new(1, 1), 4, &load, [&busy]), None, "three nodes cannot hold four replicas");
     }
 
     #[test]
