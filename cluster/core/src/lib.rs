@@ -16,6 +16,7 @@
 pub mod error;
 pub mod key;
 pub mod limits;
+pub mod log_read;
 pub mod meta_route;
 pub mod mutation;
 pub mod partition;

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::options::ReplicaServerOptions;
 use crate::replica_task::{self, Event, ReplicaHandle, Rt, SharedEngine};
 use anyhow::Context;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_client::batch::BatchConn;
 use tandem_client::meta_conn::{endpoint, stream_endpoint, MetaConn};
 use tandem_core::replica::{Ctx, Replica, ReplicaOptions};
-use tandem_core::{Gpid, LogRecord, Mutation};
+use tandem_core::log_read::PartitionLog;
+use tandem_core::Gpid;
 use tandem_host::{Host, HostAction, HostInput, HostedReplica, ReplicaEvent};
 use tandem_proto::convert::config_from_wire;
 use tandem_proto::v1;
@@ -336,20 +337,14 @@ pub(crate) fn active_db_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     opts.host.validate().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("create data dir {}", opts.data_dir.display()))?;
-    // Replay the shared log: per partition, the mutations after its last reset, in log order.
-    let mut replayed: HashMap<Gpid, Vec<Mutation>> = HashMap::new();
+    // Replay the shared log: per partition, its mutations by the replay rule (log_read).
     let log_dir = opts.data_dir.join("log");
     let log = {
         let dir = log_dir.clone();
         let log_options = opts.log.clone();
         tokio::task::spawn_blocking(move || {
-            MutationLog::open(&dir, log_options, |rec| match rec {
-                LogRecord::Mutation { gpid, mutation } => replayed.entry(gpid).or_default().push(mutation),
-                LogRecord::Reset { gpid, .. } => {
-                    replayed.remove(&gpid);
-                }
-            })
-            .map(|log| (log, replayed))
+            let mut replayed: BTreeMap<Gpid, PartitionLog> = BTreeMap::new();
+            MutationLog::open(&dir, log_options, |rec| replayed.entry(rec.gpid()).or_default().push(rec)).map(|log| (log, replayed))
         })
         .await?
         .with_context(|| format!("open mutation log in {}", log_dir.display()))?
@@ -396,7 +391,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let opened = found.len();
     for (gpid, path) in found {
         let engine = open_engine(&path, &node.engine_memory)?;
-        let mutations = replayed.remove(&gpid).unwrap_or_default();
+        let mutations = replayed.remove(&gpid).map(PartitionLog::into_mutations).unwrap_or_default();
         let core = Replica::open(gpid, node.me.clone(), opts.host.replica_options(opened), Box::new(engine.clone()), mutations);
         let hosted: HostedReplica<Rt> = HostedReplica::new(core, node.incarnation, &opts.host);
         let handle = replica_task::spawn(node.clone(), hosted, engine, path);

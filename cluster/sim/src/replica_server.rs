@@ -215,15 +215,8 @@ impl ReplicaServer {
         if cut {
             io.stats.path(path::TORN_TAIL_CUT);
         }
-        let mut replayed: BTreeMap<Gpid, Vec<Mutation>> = BTreeMap::new();
-        for rec in records {
-            match rec {
-                LogRecord::Mutation { gpid, mutation } => replayed.entry(gpid).or_default().push(mutation),
-                LogRecord::Reset { gpid, .. } => {
-                    replayed.remove(&gpid);
-                }
-            }
-        }
+        let mut replayed: BTreeMap<Gpid, Vec<Mutation>> =
+            tandem_core::log_read::replay_all(records).into_iter().map(|(g, p)| (g, p.into_mutations())).collect();
         if self.incarnation > 1 {
             let (me, n) = (self.me.clone(), replayed.values().map(Vec::len).sum::<usize>());
             io.note(|| format!("{me}: restarted, its log replays {n} mutations{}", if cut { " (a torn tail cut)" } else { "" }));

@@ -28,9 +28,14 @@
 //! before the next one is created (under every sync policy). `open` cuts such a tail; anything
 //! wrong in an older segment is corruption and an error.
 //!
-//! Garbage collection: each segment remembers, per gpid, the largest decree it holds. A segment
-//! can go once every replica in it has that decree durable in RocksDB (or no longer lives here).
-//! Segments go oldest first only, so what remains always replays in order.
+//! Garbage collection: each segment indexes, per gpid, where its records are and their decrees.
+//! A segment can go once every replica in it has its largest decree there durable in RocksDB
+//! (or no longer lives here) and no hold needs it. Segments go oldest first only, so what remains
+//! always replays in order.
+//!
+//! Reading a partition back (`read_partition`, for a duplicator): the same index finds its
+//! records without reading any other partition's, and `tandem_core::log_read`'s replay rule
+//! decides which of them count.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -118,17 +123,49 @@ pub type AppendDone = Box<dyn FnOnce(Result<()>) + Send>;
 struct Request {
     frames: Vec<u8>,
     record_count: u64,
-    decrees: Vec<(Gpid, Decree)>,
+    /// One per record, in order.
+    keys: Vec<RecordKey>,
     done: AppendDone,
 }
 
-#[derive(Clone, Debug)]
+/// What the index knows of a record without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RecordKey {
+    gpid: Gpid,
+    decree: Decree,
+    reset: bool,
+}
+
+/// Where a partition's record sits in a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexEntry {
+    decree: Decree,
+    offset: u64,
+    reset: bool,
+}
+
+#[derive(Debug)]
 struct Segment {
     path: PathBuf,
     bytes: u64,
-    /// Per gpid, the largest decree of its records here: the segment is garbage once each of
-    /// them is durable elsewhere.
-    decree_max: HashMap<Gpid, Decree>,
+    /// Per gpid, its records here in order: a partition's records are read without reading
+    /// another partition's. The largest decree of each tells when the segment is garbage: once
+    /// each is durable elsewhere.
+    index: HashMap<Gpid, Vec<IndexEntry>>,
+}
+
+impl Segment {
+    fn new(path: PathBuf) -> Segment {
+        Segment { path, bytes: 0, index: HashMap::new() }
+    }
+
+    fn decree_max(&self, gpid: Gpid) -> Decree {
+        self.index.get(&gpid).map_or(0, |entries| entries.iter().map(|e| e.decree).max().unwrap_or(0))
+    }
+
+    fn add(&mut self, key: RecordKey, offset: u64) {
+        self.index.entry(key.gpid).or_default().push(IndexEntry { decree: key.decree, offset, reset: key.reset });
+    }
 }
 
 struct Shared {
@@ -178,7 +215,7 @@ impl MutationLog {
             let is_last = i + 1 == found.len();
             let scanned = scan_segment(path, is_last, &mut replay)?;
             next_index = Some(start_index + scanned.record_count);
-            segments.push(Segment { path: path.clone(), bytes: scanned.bytes, decree_max: scanned.decree_max });
+            segments.push(Segment { path: path.clone(), bytes: scanned.bytes, index: scanned.index });
         }
 
         let (file, path, bytes, next_index) = match segments.last() {
@@ -189,7 +226,7 @@ impl MutationLog {
             None => {
                 let path = segment_path(dir, 0);
                 let file = create_segment(dir, &path)?;
-                segments.push(Segment { path: path.clone(), bytes: 0, decree_max: HashMap::new() });
+                segments.push(Segment::new(path.clone()));
                 (file, path, 0, 0)
             }
         };
@@ -224,30 +261,30 @@ impl MutationLog {
     /// gets an error: what reached the disk is unknown until the log is reopened.
     pub fn append(&self, records: Vec<LogRecord>, done: AppendDone) {
         let mut frames = Vec::new();
-        let mut decrees = Vec::with_capacity(records.len());
+        let mut keys = Vec::with_capacity(records.len());
         for record in &records {
             if let Err(e) = push_frame(&mut frames, |out| record.encode_into(out)) {
                 done(Err(e));
                 return;
             }
-            decrees.push(record_decree(record));
+            keys.push(record_key(record));
         }
-        self.submit(Request { frames, record_count: records.len() as u64, decrees, done });
+        self.submit(Request { frames, record_count: records.len() as u64, keys, done });
     }
 
     /// `append` of `LogRecord::Mutation { gpid, mutation }` for each of `mutations`, encoded
     /// from them directly.
     pub fn append_mutations<'a>(&self, gpid: Gpid, mutations: impl ExactSizeIterator<Item = &'a Mutation>, done: AppendDone) {
         let mut frames = Vec::new();
-        let mut decrees = Vec::with_capacity(mutations.len());
+        let mut keys = Vec::with_capacity(mutations.len());
         for m in mutations {
             if let Err(e) = push_frame(&mut frames, |out| LogRecord::encode_mutation_into(gpid, m, out)) {
                 done(Err(e));
                 return;
             }
-            decrees.push((gpid, m.decree));
+            keys.push(RecordKey { gpid, decree: m.decree, reset: false });
         }
-        self.submit(Request { frames, record_count: decrees.len() as u64, decrees, done });
+        self.submit(Request { frames, record_count: keys.len() as u64, keys, done });
     }
 
     fn submit(&self, request: Request) {
@@ -285,25 +322,23 @@ impl MutationLog {
     /// `durable` must not call back into this log.
     pub fn gc(&self, durable: &dyn Fn(Gpid) -> Option<Decree>) -> Result<usize> {
         let _serial = lock(&self.gc_lock);
-        // Decide without holding the segment lock: `durable` may be slow and the writer needs
-        // that lock on every group.
-        let candidates: Vec<Segment> = {
+        let candidates: Vec<PathBuf> = {
             let segments = lock(&self.shared.segments);
-            segments[..segments.len() - 1].to_vec()
+            segments[..segments.len() - 1]
+                .iter()
+                .take_while(|s| s.index.keys().all(|gpid| durable(*gpid).is_none_or(|d| d >= s.decree_max(*gpid))))
+                .map(|s| s.path.clone())
+                .collect()
         };
-        let covered = candidates
-            .iter()
-            .take_while(|s| s.decree_max.iter().all(|(gpid, decree)| durable(*gpid).is_none_or(|d| d >= *decree)))
-            .count();
 
         let mut removed = 0;
         let mut result = Ok(());
-        for segment in &candidates[..covered] {
-            match fs::remove_file(&segment.path) {
+        for path in &candidates {
+            match fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    result = Err(Error::io("remove", &segment.path, e));
+                    result = Err(Error::io("remove", path, e));
                     break;
                 }
             }
@@ -317,6 +352,49 @@ impl MutationLog {
             }
         }
         result.map(|()| removed)
+    }
+
+    /// Partition `gpid`'s mutations from decree `from` on, by the replay rule of
+    /// `tandem_core::log_read`, read from the segments still here. Only the partition's own
+    /// records are read (each segment indexes them); the rule is applied to the index first, so
+    /// only the records that survive it and are at or after `from` are read. Blocking: call it
+    /// off the async runtime. A segment collected meanwhile is an error (hold the log first).
+    pub fn read_partition(&self, gpid: Gpid, from: Decree) -> Result<Vec<Mutation>> {
+        // Per segment, the partition's entries, in log order.
+        let located: Vec<(PathBuf, Vec<IndexEntry>)> = {
+            let segments = lock(&self.shared.segments);
+            segments.iter().filter_map(|s| Some((s.path.clone(), s.index.get(&gpid)?.clone()))).collect()
+        };
+        // The rule, on the index alone: what survives, by decree, and where it is.
+        let mut surviving: std::collections::BTreeMap<Decree, (usize, u64)> = std::collections::BTreeMap::new();
+        for (i, (_, entries)) in located.iter().enumerate() {
+            for e in entries {
+                if e.reset {
+                    surviving.clear();
+                } else {
+                    surviving.split_off(&e.decree);
+                    surviving.insert(e.decree, (i, e.offset));
+                }
+            }
+        }
+        let mut files: HashMap<usize, File> = HashMap::new();
+        let mut out = Vec::new();
+        for (decree, (i, offset)) in surviving.range(from..) {
+            let path = &located[*i].0;
+            let file = match files.entry(*i) {
+                std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(File::open(path).map_err(|e| Error::io("open", path, e))?),
+            };
+            match read_record_at(file, *offset).map_err(|e| Error::io("read", path, e))? {
+                Ok(LogRecord::Mutation { gpid: g, mutation }) if g == gpid && mutation.decree == *decree => out.push(mutation),
+                Ok(other) => {
+                    let detail = format!("the index says {gpid} decree {decree}, the record is {:?} decree {}", other.gpid(), record_key(&other).decree);
+                    return Err(Error::CorruptLog { path: path.clone(), offset: *offset, detail });
+                }
+                Err(detail) => return Err(Error::CorruptLog { path: path.clone(), offset: *offset, detail }),
+            }
+        }
+        Ok(out)
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -468,15 +546,19 @@ impl Writer {
             return Ok(());
         }
         self.file.write_all(&pending.frames).map_err(|e| Error::io("write", &self.path, e))?;
+        let start = self.bytes;
         self.bytes += pending.frames.len() as u64;
         self.next_index += pending.record_count;
         {
             let mut segments = lock(&self.shared.segments);
             let current = segments.last_mut().expect("the current segment is always listed");
             current.bytes = self.bytes;
-            for (gpid, decree) in pending.decree_max.drain() {
-                let max = current.decree_max.entry(gpid).or_insert(decree);
-                *max = (*max).max(decree);
+            // Each frame is `len ‖ crc ‖ payload`: its offset follows from the lengths.
+            let mut offset = 0usize;
+            for key in pending.keys.drain(..) {
+                current.add(key, start + offset as u64);
+                let len = u32::from_be_bytes(pending.frames[offset..offset + 4].try_into().expect("4 bytes")) as usize;
+                offset += HEADER_BYTES + len;
             }
         }
         self.shared.appended_records.fetch_add(pending.record_count, Ordering::Relaxed);
@@ -497,7 +579,7 @@ impl Writer {
         self.sync()?;
         let path = segment_path(&self.dir, self.next_index);
         let file = create_segment(&self.dir, &path)?;
-        lock(&self.shared.segments).push(Segment { path: path.clone(), bytes: 0, decree_max: HashMap::new() });
+        lock(&self.shared.segments).push(Segment::new(path.clone()));
         self.file = file;
         self.path = path;
         self.bytes = 0;
@@ -509,17 +591,14 @@ impl Writer {
 struct Pending {
     frames: Vec<u8>,
     record_count: u64,
-    decree_max: HashMap<Gpid, Decree>,
+    keys: Vec<RecordKey>,
 }
 
 impl Pending {
     fn add(&mut self, request: &Request) {
         self.frames.extend_from_slice(&request.frames);
         self.record_count += request.record_count;
-        for &(gpid, decree) in &request.decrees {
-            let max = self.decree_max.entry(gpid).or_insert(decree);
-            *max = (*max).max(decree);
-        }
+        self.keys.extend_from_slice(&request.keys);
     }
 }
 
@@ -541,10 +620,10 @@ fn push_frame(frames: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result
     Ok(())
 }
 
-fn record_decree(record: &LogRecord) -> (Gpid, Decree) {
+fn record_key(record: &LogRecord) -> RecordKey {
     match record {
-        LogRecord::Mutation { gpid, mutation } => (*gpid, mutation.decree),
-        LogRecord::Reset { gpid, decree } => (*gpid, *decree),
+        LogRecord::Mutation { gpid, mutation } => RecordKey { gpid: *gpid, decree: mutation.decree, reset: false },
+        LogRecord::Reset { gpid, decree } => RecordKey { gpid: *gpid, decree: *decree, reset: true },
     }
 }
 
@@ -594,21 +673,20 @@ struct Scanned {
     record_count: u64,
     /// Bytes of valid records: the file's length once a torn tail is cut.
     bytes: u64,
-    decree_max: HashMap<Gpid, Decree>,
+    index: HashMap<Gpid, Vec<IndexEntry>>,
 }
 
 fn scan_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(LogRecord)) -> Result<Scanned> {
     let file = OpenOptions::new().read(true).write(is_last).open(path).map_err(|e| Error::io("open", path, e))?;
     let file_bytes = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut scanned = Scanned { record_count: 0, bytes: 0, decree_max: HashMap::new() };
+    let mut scanned = Scanned { record_count: 0, bytes: 0, index: HashMap::new() };
     while scanned.bytes < file_bytes {
         let rest_bytes = file_bytes - scanned.bytes;
         match read_record(&mut reader, rest_bytes).map_err(|e| Error::io("read", path, e))? {
             Ok((record, record_bytes)) => {
-                let (gpid, decree) = record_decree(&record);
-                let max = scanned.decree_max.entry(gpid).or_insert(decree);
-                *max = (*max).max(decree);
+                let key = record_key(&record);
+                scanned.index.entry(key.gpid).or_default().push(IndexEntry { decree: key.decree, offset: scanned.bytes, reset: key.reset });
                 replay(record);
                 scanned.bytes += record_bytes;
                 scanned.record_count += 1;
@@ -630,6 +708,26 @@ fn scan_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(LogRecord)) 
         }
     }
     Ok(scanned)
+}
+
+/// Reads the record at `offset` of `file` (written and indexed earlier). The outer error is an
+/// IO failure; the inner one says why the bytes are not a valid record.
+fn read_record_at(file: &File, offset: u64) -> io::Result<std::result::Result<LogRecord, String>> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header, offset)?;
+    let payload_bytes = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().expect("4 bytes"));
+    if payload_bytes > RECORD_BYTES_MAX {
+        return Ok(Err(format!("record length {payload_bytes} exceeds record_bytes_max {RECORD_BYTES_MAX}")));
+    }
+    let mut payload = vec![0u8; payload_bytes];
+    file.read_exact_at(&mut payload, offset + HEADER_BYTES as u64)?;
+    let actual_crc = crc32c::crc32c(&payload);
+    if actual_crc != crc {
+        return Ok(Err(format!("crc32c {actual_crc:#010x} does not match the recorded {crc:#010x}")));
+    }
+    Ok(LogRecord::decode(&payload).map_err(|e| format!("payload does not decode: {e}")))
 }
 
 /// Reads one record with `rest_bytes` left in the file. The outer error is an IO failure; the
@@ -1020,5 +1118,65 @@ mod tests {
         log.close();
         assert!(matches!(log.append_blocking(vec![mutation(Gpid::new(1, 0), 2, 8)]), Err(Error::LogClosed { .. })));
         assert_eq!(log.fsyncs(), 0, "SyncPolicy::None never syncs an append");
+    }
+
+    /// The real log, driven through `tandem_core::log_read::reader_conformance`.
+    struct RealLog {
+        dir: PathBuf,
+        options: LogOptions,
+        log: Option<MutationLog>,
+    }
+
+    impl tandem_core::log_read::LogUnderTest for RealLog {
+        fn append(&mut self, records: Vec<LogRecord>) {
+            self.log.as_ref().unwrap().append_blocking(records).unwrap();
+        }
+        fn read_partition(&mut self, gpid: Gpid, from: Decree) -> Vec<Mutation> {
+            self.log.as_ref().unwrap().read_partition(gpid, from).unwrap()
+        }
+        fn collect(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>) {
+            self.log.as_ref().unwrap().gc(keep_after).unwrap();
+        }
+        fn reopen(&mut self) -> Vec<LogRecord> {
+            drop(self.log.take());
+            let (log, replayed) = open(&self.dir, self.options.clone());
+            self.log = Some(log);
+            replayed
+        }
+    }
+
+    #[test]
+    fn reads_a_partition_back_by_the_replay_rule_through_rolls_gc_and_reopen() {
+        for segment_bytes_max in [512, 64 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = LogOptions { segment_bytes_max, ..LogOptions::default() };
+            let (log, _) = open(dir.path(), options.clone());
+            let mut real = RealLog { dir: dir.path().to_path_buf(), options, log: Some(log) };
+            tandem_core::log_read::reader_conformance(&mut real);
+        }
+    }
+
+    #[test]
+    fn reading_a_partition_reads_no_other_partitions_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), LogOptions::default());
+        let (a, b) = (Gpid::new(1, 0), Gpid::new(2, 0));
+        for d in 1..=50 {
+            log.append_blocking(vec![mutation(a, d, 8), mutation(b, d, 8)]).unwrap();
+        }
+        // Corrupt every record of b in place: a still reads, b's corruption is reported.
+        let (path, entries) = {
+            let segments = lock(&log.shared.segments);
+            (segments[0].path.clone(), segments[0].index[&b].clone())
+        };
+        {
+            use std::os::unix::fs::FileExt;
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            for e in &entries {
+                f.write_all_at(&[0xff; 12], e.offset + HEADER_BYTES as u64).unwrap();
+            }
+        }
+        assert_eq!(log.read_partition(a, 1).unwrap().len(), 50);
+        assert!(matches!(log.read_partition(b, 1), Err(Error::CorruptLog { .. })));
     }
 }

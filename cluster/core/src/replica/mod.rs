@@ -314,7 +314,8 @@ pub struct ReplicaState {
 
 impl Replica {
     /// A replica opened from its engine and the mutations replayed from the log for this gpid
-    /// (in log order). It starts inactive; the meta's configuration gives it a role.
+    /// (in log order, after its last reset: `log_read::replay_all`). It starts inactive; the
+    /// meta's configuration gives it a role.
     pub fn open(
         gpid: Gpid,
         me: NodeAddr,
@@ -349,14 +350,17 @@ impl Replica {
             last_prepare_ms: 0,
             actions: Vec::new(),
         };
+        // The replay rule of every log reader (a later record for a decree replaces it and
+        // everything after it, as it did live), then what the engine does not hold yet.
+        let mut history = crate::log_read::PartitionLog::default();
         for m in replayed {
             r.clock.observe(m.timestamp_us);
-            if m.decree <= last_committed {
-                continue;
+            history.push_mutation(m);
+        }
+        for m in history.into_mutations() {
+            if m.decree > last_committed {
+                r.insert_log(Arc::new(m));
             }
-            // A later record for a decree replaces it and everything after it, as it did live.
-            r.truncate_from(m.decree);
-            r.insert_log(Arc::new(m));
         }
         // Replayed entries must be contiguous after the engine's decree to be usable.
         let mut expect = last_committed + 1;
