@@ -103,6 +103,10 @@ pub enum Event {
     },
     Heal,
     CheckProgress,
+    /// The operator changes the workload table's replica count.
+    PolicyChange,
+    /// The operator creates, drops or recalls the scratch table.
+    TableChurn,
 }
 
 impl Event {
@@ -132,6 +136,8 @@ impl Event {
             Event::ReplicaDeleted { .. } => 21,
             Event::MetaStoreApply { .. } => 22,
             Event::MetaStoreDone { .. } => 23,
+            Event::PolicyChange => 24,
+            Event::TableChurn => 25,
         }
     }
 }

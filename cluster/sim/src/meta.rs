@@ -43,6 +43,8 @@ enum Waiting {
     Rpc { to: Endpoint, rpc: RpcId },
     /// The simulation itself (table creation, scripts): the answer is kept for it.
     Admin,
+    /// The simulation as an operator that does not wait for the answer.
+    Ignored,
 }
 
 pub struct SimMeta {
@@ -172,6 +174,11 @@ impl SimMeta {
         self.request(io, Waiting::Admin, request)
     }
 
+    /// A request from the simulation whose answer nobody waits for.
+    pub fn admin_ignored(&mut self, io: &mut Io<'_>, request: MetaRequest) {
+        self.request(io, Waiting::Ignored, request);
+    }
+
     fn request(&mut self, io: &mut Io<'_>, waiting: Waiting, request: MetaRequest) -> Token {
         self.next_token += 1;
         let token = self.next_token;
@@ -202,6 +209,7 @@ impl SimMeta {
             Some(Waiting::Admin) => {
                 self.admin_answers.insert(token, result);
             }
+            Some(Waiting::Ignored) | None => {}
             Some(Waiting::Rpc { to, rpc }) => {
                 let msg = match result {
                     Ok(MetaReply::Beacon { configs, partition_counts, gone }) => Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone } },
@@ -212,7 +220,6 @@ impl SimMeta {
                 };
                 io.send(me, to, msg);
             }
-            None => {}
         }
     }
 
@@ -265,14 +272,28 @@ impl SimMeta {
                 io.note(|| format!("{name}: proposal {proposal:?} from {from} refused: {reason}"));
             }
             MetaEvent::ChangeFailed { gpid, cause, error } => io.note(|| format!("{name}: {cause:?} of {gpid} failed: {error}")),
-            MetaEvent::TablePurged { table_id } => io.note(|| format!("{name}: purged table {table_id}")),
-            MetaEvent::LoadFailed { .. }
-            | MetaEvent::NodeAlive { .. }
-            | MetaEvent::TableCreated { .. }
-            | MetaEvent::PolicyChanged { .. }
-            | MetaEvent::TableDropped { .. }
-            | MetaEvent::TableRecalled { .. }
-            | MetaEvent::PurgeFailed { .. } => {}
+            MetaEvent::TablePurged { table_id } => {
+                io.stats.path(path::TABLE_PURGED);
+                io.note(|| format!("{name}: purged table {table_id}"));
+            }
+            MetaEvent::PolicyChanged { table, new, .. } => {
+                io.stats.path(path::POLICY_CHANGED);
+                io.note(|| format!("{name}: policy of {table} now {} replicas", new.replicas));
+            }
+            MetaEvent::TableCreated { table, .. } => io.note(|| format!("{name}: created table {} (id {})", table.name, table.id)),
+            MetaEvent::TableDropped { table_id } => {
+                io.stats.path(path::TABLE_DROPPED);
+                io.note(|| format!("{name}: dropped table {table_id}"));
+            }
+            MetaEvent::TableRecalled { table_id } => {
+                io.stats.path(path::TABLE_RECALLED);
+                io.note(|| format!("{name}: recalled table {table_id}"));
+            }
+            MetaEvent::Reloading { why, .. } => {
+                io.stats.path(path::META_RELOAD_STALE);
+                io.note(|| format!("{name}: reloads the store: {why}"));
+            }
+            MetaEvent::LoadFailed { .. } | MetaEvent::NodeAlive { .. } | MetaEvent::PurgeFailed { .. } => {}
         }
     }
 }

@@ -35,6 +35,8 @@ use tandem_meta_core::{MetaOptions, MetaReply, MetaRequest};
 /// The table the workload runs on (the first table the store creates).
 pub const TABLE_ID: u32 = 1;
 pub const TABLE_NAME: &str = "sim";
+/// The table that is created, dropped, recalled and purged (`Params::table_churn`).
+pub const SCRATCH_TABLE: &str = "scratch";
 
 /// When the table is created and clients start (simulated).
 const CREATE_TABLE_US: u64 = 2_000_000;
@@ -66,6 +68,12 @@ pub struct Params {
     pub clients: usize,
     pub register_keys: usize,
     pub log_cache_bytes_max: usize,
+    /// The operator changes the workload table's replica count now and then (`policy set`).
+    pub policy_changes: bool,
+    /// A second table is created, dropped, recalled and purged over and over.
+    pub table_churn: bool,
+    /// How long a dropped table can be recalled before the meta purges it.
+    pub recall_window_ms: u64,
     /// The host's deletion of left-out replicas and its checkpoint retention, shortened so
     /// that a run of a minute reaches them.
     pub inactive_replica_gc_delay_ms: u64,
@@ -85,11 +93,14 @@ impl Params {
             store_latency_us_max: if rng.chance(0.2) { rng.range(50_000, 400_000) } else { 3_000 },
             servers,
             partitions: 1 << rng.range(0, 2),
-            replica_count: 3,
+            replica_count: (*rng.pick(&[1, 2, 3, 3, 3, 3]) as usize).min(servers) as u32,
             clients: rng.range(2, 4) as usize,
             register_keys: rng.range(2, 6) as usize,
             // A small log cache sends learners to checkpoints.
             log_cache_bytes_max: if rng.chance(0.4) { rng.range(512, 8_192) as usize } else { 64 << 20 },
+            policy_changes: rng.chance(0.5),
+            table_churn: rng.chance(0.5),
+            recall_window_ms: rng.range(2_000, 20_000),
             inactive_replica_gc_delay_ms: rng.range(3_000, 30_000),
             checkpoints_per_partition_max: rng.range(1, 3) as usize,
             checkpoint_hold_ms: rng.range(500, 20_000),
@@ -213,7 +224,7 @@ impl Sim {
             }
         };
         let metas_count = params.metas;
-        let meta_options = MetaOptions { lease_ttl_ms: params.meta_lease_ttl_ms, ..MetaOptions::default() };
+        let meta_options = MetaOptions { lease_ttl_ms: params.meta_lease_ttl_ms, recall_window_ms: params.recall_window_ms, ..MetaOptions::default() };
         let metas = (0..params.metas)
             .map(|i| {
                 let mut m = SimMeta::new(i, meta_options.clone(), clock(&mut rng));
@@ -315,6 +326,14 @@ impl Sim {
         }
         if self.workload.active {
             self.schedule(self.params.fault_time_us.max(CLIENTS_START_US + 1_000_000), Event::Heal);
+            if self.params.policy_changes {
+                let at = CLIENTS_START_US + self.rng.range(1_000_000, 10_000_000);
+                self.schedule(at, Event::PolicyChange);
+            }
+            if self.params.table_churn {
+                let at = CLIENTS_START_US + self.rng.range(500_000, 5_000_000);
+                self.schedule(at, Event::TableChurn);
+            }
         }
     }
 
@@ -522,6 +541,8 @@ impl Sim {
                 self.partition_active = false;
             }
             Event::Heal => self.heal(&mut out),
+            Event::PolicyChange => self.change_policy(&mut out),
+            Event::TableChurn => self.churn_table(&mut out),
             Event::CheckProgress => self.check_progress(&mut out),
         }
         self.apply(out);
@@ -780,6 +801,8 @@ impl Sim {
     }
 
     pub fn check_convergence(&self) -> Result<(), String> {
+        // The replica count the policy asks for now (it may have changed during the run).
+        let replica_count = self.store.load().tables.iter().find(|t| t.id == TABLE_ID).map_or(self.params.replica_count, |t| t.replica_count);
         for p in 0..self.params.partitions {
             let gpid = Gpid::new(TABLE_ID, p);
             let config = self.store.partition(gpid).ok_or_else(|| format!("the store has no partition {gpid}"))?;
@@ -798,7 +821,7 @@ impl Sim {
                     })
                 })
                 .collect();
-            convergence::check_partition(config, self.params.replica_count as usize, &members)?;
+            convergence::check_partition(config, replica_count as usize, &members)?;
             for m in &members {
                 bank::check_engine(&m.data).map_err(|e| format!("{} {gpid}: {e}", m.node))?;
             }
@@ -985,6 +1008,51 @@ impl Sim {
     /// The configuration of `gpid` the store holds (what the leading meta answers with).
     pub fn config(&self, gpid: Gpid) -> Option<&tandem_core::PartitionConfig> {
         self.store.partition(gpid)
+    }
+
+    /// The operator sets the workload table's replica count (1 to the servers there are, at most
+    /// 5), while faults go on; the meta reconciles it.
+    fn change_policy(&mut self, out: &mut Vec<Out>) {
+        if !self.faults_active {
+            return;
+        }
+        if let Some(i) = self.leading_meta() {
+            let max = self.params.servers.min(5) as u64;
+            let replicas = self.rng.range(1, max) as u32;
+            let change = tandem_meta_core::policy::PolicyChange { replicas: Some(replicas), ..Default::default() };
+            self.metas[i].admin_ignored(&mut io!(self, out), MetaRequest::SetPolicy { table: TABLE_NAME.into(), change, who: "sim".into() });
+            self.note(|| format!("operator: policy set {TABLE_NAME} --replicas {replicas}"));
+        }
+        let next = self.rng.range(3_000_000, 15_000_000);
+        self.schedule(self.now_us + next, Event::PolicyChange);
+    }
+
+    /// A second table comes and goes: created, dropped, sometimes recalled, purged once its
+    /// recall window passes (and its replicas deleted by their servers).
+    fn churn_table(&mut self, out: &mut Vec<Out>) {
+        if !self.faults_active {
+            return;
+        }
+        let tables = self.store.load().tables;
+        // The workload's table comes first: it is the store's table 1.
+        let workload_table = tables.iter().any(|t| t.id == TABLE_ID && t.name == TABLE_NAME);
+        if let Some(i) = self.leading_meta().filter(|_| workload_table) {
+            let scratch: Vec<&tandem_meta_core::TableInfo> = tables.iter().filter(|t| t.name == SCRATCH_TABLE).collect();
+            let available = scratch.iter().any(|t| t.status == tandem_meta_core::TableStatus::Available);
+            let (request, what) = if available {
+                (MetaRequest::DropTable { name: SCRATCH_TABLE.into() }, "table drop")
+            } else if !scratch.is_empty() && self.rng.chance(0.3) {
+                (MetaRequest::RecallTable { name: SCRATCH_TABLE.into() }, "table recall")
+            } else {
+                let replicas = self.rng.range(1, self.params.servers.min(3) as u64) as u32;
+                let change = tandem_meta_core::policy::PolicyChange { replicas: Some(replicas), ..Default::default() };
+                (MetaRequest::CreateTable { name: SCRATCH_TABLE.into(), partition_count: 2, change, owner: "sim".into(), who: "sim".into() }, "table create")
+            };
+            self.metas[i].admin_ignored(&mut io!(self, out), request);
+            self.note(|| format!("operator: {what} {SCRATCH_TABLE}"));
+        }
+        let next = self.rng.range(1_000_000, 8_000_000);
+        self.schedule(self.now_us + next, Event::TableChurn);
     }
 
     /// Creates the workload's table through the leading meta, as `tandem table create` would,

@@ -27,6 +27,14 @@ pub mod path {
     pub const META_STEPPED_DOWN: &str = "meta-stepped-down";
     /// The store refused a write decided under an older epoch.
     pub const FENCED_WRITE: &str = "fenced-write";
+    /// A leading meta found its state stale (a write it stopped waiting for went through after
+    /// its load) and loaded the store again.
+    pub const META_RELOAD_STALE: &str = "meta-reload-stale";
+    /// The operator changed the workload table's replica count.
+    pub const POLICY_CHANGED: &str = "policy-changed";
+    pub const TABLE_DROPPED: &str = "table-dropped";
+    pub const TABLE_RECALLED: &str = "table-recalled";
+    pub const TABLE_PURGED: &str = "table-purged";
     pub const WRITE_UNKNOWN: &str = "write-unknown-outcome";
     pub const CLIENT_REROUTE: &str = "client-reroute";
     pub const CHECKPOINT_FAILED: &str = "checkpoint-failed";

@@ -100,3 +100,21 @@ fn regression_seed_13953_restarted_replica_forgot_its_ballot_and_acked_a_deposed
 fn regression_seed_765_meta_crashed_while_placing_a_table() {
     regression(765);
 }
+
+/// A meta's lease lapsed behind a hung store; when its claim came back it reloaded the store,
+/// but a write it had sent before went through after that load. Its state held the old ballot
+/// and every later change of the partition failed its compare-and-set, forever: the partition
+/// took no write. Fixed in the meta machine: a ballot mismatch, or a late success of a write it
+/// no longer waits for, makes it load the store again.
+#[test]
+fn regression_seed_3025_meta_state_stale_after_a_late_write() {
+    regression(3025);
+}
+
+/// A server died between the check of a new table's replica count and its placement: the
+/// meta's placement asserted there were enough alive servers and the meta panicked. Fixed in
+/// the meta machine: the partitions stay unplaced and cure places them when servers are back.
+#[test]
+fn regression_seed_3957_too_few_servers_left_to_place_a_new_table() {
+    regression(3957);
+}

@@ -109,6 +109,8 @@ pub enum Cause {
 pub enum MetaEvent {
     Leading { epoch: u64, tables: usize, partitions: usize, nodes: usize },
     LoadFailed { epoch: u64, error: String },
+    /// The state in memory may be stale: it is loaded again.
+    Reloading { epoch: u64, why: String },
     SteppedDown { leader: String },
     NodeAlive { node: NodeAddr },
     NodeDead { node: NodeAddr },
@@ -252,6 +254,14 @@ impl MetaMachine {
                 }
             }
         }
+    }
+
+    /// Drops the state and loads the store again under the same epoch.
+    fn reload(&mut self, why: &str) {
+        let Ok(epoch) = self.leadership.serving(self.now.mono_ms) else { return };
+        self.drop_state(MetaError::NotLeader { leader: None, message: format!("this meta server is reloading the metadata store ({why}); retry") });
+        self.event(MetaEvent::Reloading { epoch, why: why.to_string() });
+        self.actions.push(MetaAction::Load { epoch });
     }
 
     /// Forgets everything in memory (it may be stale) and refuses what waited.
@@ -402,7 +412,15 @@ impl MetaMachine {
     }
 
     fn on_stored(&mut self, op: OpId, result: StoreResult) {
-        let Some(f) = self.in_flight.take_if(|f| f.op == op) else { return };
+        let Some(f) = self.in_flight.take_if(|f| f.op == op) else {
+            // A write this machine stopped waiting for (its state was dropped and loaded again
+            // meanwhile) went through: the snapshot loaded since may lack it (found by the
+            // simulator, seed 3025).
+            if result.is_ok() && self.state.is_some() {
+                self.reload("a write from before the last load went through after it");
+            }
+            return;
+        };
         if matches!(&result, Err(StoreFailure { kind: StoreFailureKind::Fenced, .. })) {
             // Another meta server took over: the claim loop will say so; nothing more is
             // written under this epoch.
@@ -601,7 +619,18 @@ impl MetaMachine {
                 None
             }
             (StoreWrite::UpdatePartition { config, .. }, Ok(_)) => {
-                Some(MetaError::Internal(format!("partition {} changed in the store behind this meta server", config.gpid)))
+                // The store holds another ballot: this state is stale. Load it again, or every
+                // later change of the partition would fail the same way.
+                let gpid = config.gpid;
+                let error = MetaError::Busy(format!("partition {gpid} changed in the store behind this meta server; it reloads the store"));
+                if let Some(token) = work.token() {
+                    self.reply(token, Err(error.clone()));
+                }
+                if matches!(work, Work::Cure { .. } | Work::Beacon { .. }) {
+                    self.event(MetaEvent::ChangeFailed { gpid, cause: if matches!(work, Work::Cure { .. }) { Cause::Cure } else { Cause::Restart }, error: error.to_string() });
+                }
+                self.reload("a partition's ballot in the store differs from this meta server's");
+                return;
             }
             (StoreWrite::RegisterNode { address, .. }, Ok(_)) => {
                 state.registered.insert(address.clone());
@@ -612,7 +641,15 @@ impl MetaMachine {
                     state.partitions.insert(Gpid::new(table.id, p), PartitionConfig { gpid: Gpid::new(table.id, p), ..Default::default() });
                 }
                 state.tables.insert(table.id, table.clone());
-                let configs = place_table(table.id, table.partition_count, table.replica_count as usize, &state.load()).into();
+                // Servers may have died since the policy was checked: with too few alive, the
+                // partitions stay unplaced and cure places them once enough are back (found by
+                // the simulator, seed 3957, where place_table's assertion stopped the meta).
+                let load = state.load();
+                let configs = if table.replica_count as usize <= load.len() {
+                    place_table(table.id, table.partition_count, table.replica_count as usize, &load).into()
+                } else {
+                    VecDeque::new()
+                };
                 let Work::CreateTable { token, name, partition_count, change, owner, who, .. } = work else { unreachable!("a table is created by CreateTable") };
                 return self.run(Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, configs)) });
             }

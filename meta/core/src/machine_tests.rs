@@ -219,3 +219,27 @@ fn a_new_table_is_written_then_placed_partition_by_partition() {
     assert!(placed.iter().all(|c| c.ballot == 1 && c.replica_count() == 2), "{placed:?}");
     assert_eq!(m.state().expect("leading").table_partitions(table.id).map(|(_, c)| c.clone()).collect::<Vec<_>>(), placed);
 }
+
+/// A partition's ballot in the store differs from the machine's (a write it had stopped waiting
+/// for went through after its last load): it reloads instead of failing every later change of
+/// the partition (found by the simulator, seed 3025).
+#[test]
+fn a_stale_state_is_loaded_again() {
+    let (mut m, mut store) = leader();
+    let remove = ConfigProposal::RemoveSecondary { ballot: 1, node: "r3".into() };
+    m.step(at(10), MetaInput::Request { token: 1, request: MetaRequest::Propose { gpid: Gpid::new(1, 0), from: "r1".into(), proposal: remove } });
+    assert!(matches!(&m.take_actions()[..], [MetaAction::Persist { op: 1, .. }]));
+    // Behind the machine's back the store moved on.
+    store.write("m1", 1, &StoreWrite::UpdatePartition { config: config(1, 0, 5, "r2", &["r3"]), expected_ballot: 1 }).unwrap();
+    m.step(at(20), MetaInput::Stored { op: 1, result: Ok(StoreDone::Compared { updated: false }) });
+    let busy = MetaError::Busy("partition 1.0 changed in the store behind this meta server; it reloads the store".into());
+    let actions = m.take_actions();
+    assert_eq!(actions[0], MetaAction::Reply { token: 1, result: Err(busy) });
+    assert_eq!(actions.last(), Some(&MetaAction::Load { epoch: 1 }));
+    m.step(at(30), MetaInput::Loaded { epoch: 1, result: Ok(store.load()) });
+    assert_eq!(m.state().unwrap().partitions[&Gpid::new(1, 0)].ballot, 5);
+    // A late success of a write it no longer waits for also means the state may be stale.
+    m.take_actions();
+    m.step(at(40), MetaInput::Stored { op: 77, result: Ok(StoreDone::Done) });
+    assert_eq!(m.take_actions().last(), Some(&MetaAction::Load { epoch: 1 }));
+}

@@ -147,6 +147,7 @@ impl Meta {
 fn log_event(e: &MetaEvent) {
     match e {
         MetaEvent::Leading { epoch, tables, partitions, nodes } => tracing::info!(epoch, tables, partitions, nodes, "this meta server leads"),
+        MetaEvent::Reloading { epoch, why } => tracing::warn!("reloading the metadata store at epoch {epoch}: {why}"),
         MetaEvent::LoadFailed { epoch, error } => tracing::warn!("leading at epoch {epoch}, but loading the metadata store failed (retrying): {error}"),
         MetaEvent::SteppedDown { leader } => tracing::warn!("stepped down: {leader} holds the meta lease now"),
         MetaEvent::NodeAlive { node } => tracing::info!("replica server {node} is alive"),
