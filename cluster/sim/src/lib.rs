@@ -24,6 +24,7 @@
 //! the invariants and the scenario script format (whose expected output is the trace).
 
 pub mod check;
+pub mod clock;
 pub mod cli;
 pub mod client;
 pub mod disk;
@@ -39,6 +40,7 @@ pub mod replica_server;
 pub mod rng;
 pub mod script;
 pub mod sim;
+pub mod site;
 pub mod stats;
 
 pub use cli::{SimArgs, SimFailure, run, run_seed};

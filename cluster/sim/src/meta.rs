@@ -10,7 +10,7 @@
 
 use crate::event::{Event, Io};
 use crate::msg::{BeaconAnswer, Endpoint, Msg, RpcId, meta_index};
-use crate::replica_server::NodeClock;
+use crate::clock::NodeClock;
 use crate::stats::path;
 use std::collections::BTreeMap;
 use tandem_core::PartitionConfig;

@@ -216,7 +216,7 @@ impl Runner {
             }
             ["fail-disk", node, what] => {
                 let Endpoint::Replica(i) = endpoint(node)? else { return Err("only replica servers have a log".into()) };
-                let s = &mut self.sim()?.servers[i];
+                let s = &mut self.sim()?.site.servers[i];
                 match *what {
                     "write" => s.fail_next_write = true,
                     "sync" => s.fail_next_sync = true,
@@ -327,7 +327,7 @@ impl Runner {
             [node, status, rest @ ..] => {
                 let Endpoint::Replica(i) = endpoint(node)? else { return Err("expect a replica server's state".into()) };
                 let sim = self.sim()?;
-                let s = &sim.servers[i];
+                let s = &sim.site.servers[i];
                 let state = s.replica(gpid()).filter(|_| s.up).map(|r| r.state());
                 let got_status = state.as_ref().map_or("absent", |st| st.status.as_str());
                 if got_status != *status {

@@ -21,9 +21,11 @@ use crate::faults::{FaultKind, FaultPlan, FaultSet};
 use crate::hash::Fnv64;
 use crate::history::{BANK_HASH_KEY, History, OpKind, Outcome, Output};
 use crate::meta::SimMeta;
+use crate::site::Site;
 use crate::msg::{Endpoint, Envelope};
 use crate::network::{Fate, Network};
-use crate::replica_server::{NodeClock, ReplicaServer, ServerOptions};
+use crate::clock::NodeClock;
+use crate::replica_server::{ReplicaServer, ServerOptions};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use std::collections::BTreeMap;
@@ -134,14 +136,10 @@ pub struct Sim {
     queue: BTreeMap<(u64, u64), Event>,
     seq: u64,
     pub net: Network,
-    pub metas: Vec<SimMeta>,
-    /// The meta servers' shared SQL store (its lease row, its tables and configurations).
-    pub store: MemStore,
+    /// The site: its meta servers, their store and its replica servers.
+    pub site: Site,
     /// The table creation asked of meta `.0` as request `.1`, until it is answered.
     create_table: Option<(usize, u64)>,
-    /// Until when each meta server's store calls hang (`store-clog`).
-    store_clogs: Vec<u64>,
-    pub servers: Vec<ReplicaServer>,
     pub clients: Vec<SimClient>,
     pub history: History,
     pub stats: Stats,
@@ -261,11 +259,8 @@ impl Sim {
             queue: BTreeMap::new(),
             seq: 0,
             net,
-            metas,
-            store: MemStore::default(),
+            site: Site { metas, store: MemStore::default(), servers, store_clogs: vec![0; metas_count] },
             create_table: None,
-            store_clogs: vec![0; metas_count],
-            servers,
             clients,
             history: History::default(),
             next_rpc: 0,
@@ -303,10 +298,10 @@ impl Sim {
     fn start(&mut self) {
         let mut out = Vec::new();
         let mut io = io!(self, &mut out);
-        for m in &mut self.metas {
+        for m in &mut self.site.metas {
             m.boot(&mut io);
         }
-        for s in &mut self.servers {
+        for s in &mut self.site.servers {
             // Staggered starts, as real servers never start at the same instant.
             s.boot(&mut io);
         }
@@ -403,8 +398,8 @@ impl Sim {
             Event::Deliver(env) => {
                 let mut io = io!(self, &mut out);
                 match env.to {
-                    Endpoint::Meta(i) if self.metas[i].up => self.metas[i].on_message(&mut io, env.from, env.msg),
-                    Endpoint::Replica(i) if self.servers[i].up => self.servers[i].on_message(&mut io, env.from, env.msg),
+                    Endpoint::Meta(i) if self.site.metas[i].up => self.site.metas[i].on_message(&mut io, env.from, env.msg),
+                    Endpoint::Replica(i) if self.site.servers[i].up => self.site.servers[i].on_message(&mut io, env.from, env.msg),
                     Endpoint::Client(i) => {
                         if let crate::msg::Msg::ClientReadResp { result: Ok(values), .. } = &env.msg
                             && values.len() > 1
@@ -418,19 +413,19 @@ impl Sim {
                 }
             }
             Event::HostTick { node, incarnation } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_host_tick(&mut io!(self, &mut out));
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].on_host_tick(&mut io!(self, &mut out));
                 }
             }
             Event::ReplicaTurn { node, incarnation, gpid } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_turn(&mut io!(self, &mut out), gpid);
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].on_turn(&mut io!(self, &mut out), gpid);
                 }
             }
             Event::LogWrite { node, incarnation } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
                     let write_fails = self.faults_active && self.rng.chance(self.plan.disk_write_fail);
-                    let sync_at = self.servers[node].on_log_write(&mut io!(self, &mut out), write_fails);
+                    let sync_at = self.site.servers[node].on_log_write(&mut io!(self, &mut out), write_fails);
                     if let Some(sync_at) = sync_at
                         && self.faults_active
                         && self.crash_armed.take().is_some()
@@ -442,65 +437,65 @@ impl Sim {
                 }
             }
             Event::LogSync { node, incarnation } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
                     let sync_fails = self.faults_active && self.rng.chance(self.plan.disk_sync_fail);
-                    self.servers[node].on_log_sync(&mut io!(self, &mut out), sync_fails);
+                    self.site.servers[node].on_log_sync(&mut io!(self, &mut out), sync_fails);
                 }
             }
             Event::CheckpointMade { node, incarnation, gpid, id } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_checkpoint_made(&mut io!(self, &mut out), gpid, id);
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].on_checkpoint_made(&mut io!(self, &mut out), gpid, id);
                 }
             }
             Event::CheckpointActivated { node, incarnation, gpid, db, decree } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_checkpoint_activated(&mut io!(self, &mut out), gpid, db, decree);
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].on_checkpoint_activated(&mut io!(self, &mut out), gpid, db, decree);
                 }
             }
             Event::ReplicaDeleted { node, incarnation, gpid } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].on_replica_deleted(&mut io!(self, &mut out), gpid);
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].on_replica_deleted(&mut io!(self, &mut out), gpid);
                 }
             }
             Event::SupervisorRestart { node, incarnation } => {
-                if self.servers[node].incarnation == incarnation && self.servers[node].up {
-                    self.servers[node].crash(&mut io!(self, &mut out), false);
-                    let name = self.servers[node].me.clone();
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].crash(&mut io!(self, &mut out), false);
+                    let name = self.site.servers[node].me.clone();
                     self.note(|| format!("{name}: its log failed; the supervisor restarts it"));
                     self.schedule(self.now_us + 100_000, Event::Restart(Endpoint::Replica(node)));
                 }
             }
             Event::RpcTimeout { at, incarnation, rpc } => match at {
                 Endpoint::Replica(i) => {
-                    if self.servers[i].incarnation == incarnation && self.servers[i].up {
-                        self.servers[i].on_rpc_failed(&mut io!(self, &mut out), rpc);
+                    if self.site.servers[i].incarnation == incarnation && self.site.servers[i].up {
+                        self.site.servers[i].on_rpc_failed(&mut io!(self, &mut out), rpc);
                     }
                 }
                 Endpoint::Client(i) => self.clients[i].on_timeout(&mut io!(self, &mut out), &mut self.history, rpc),
                 Endpoint::Meta(_) => {}
             },
             Event::MetaTick { meta, incarnation } => {
-                if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
-                    self.metas[meta].on_tick(&mut io!(self, &mut out));
+                if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
+                    self.site.metas[meta].on_tick(&mut io!(self, &mut out));
                 }
             }
             Event::MetaClaim { meta, incarnation } => {
-                if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
-                    self.metas[meta].claim(&mut io!(self, &mut out));
+                if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
+                    self.site.metas[meta].claim(&mut io!(self, &mut out));
                 }
             }
             Event::MetaStoreApply { meta, incarnation, call } => {
                 // A call from a process that crashed meanwhile dies with its connection.
-                if self.store_clogs[meta] > self.now_us && self.faults_active {
-                    let at = self.store_clogs[meta] + self.rng.range(0, 1_000);
+                if self.site.store_clogs[meta] > self.now_us && self.faults_active {
+                    let at = self.site.store_clogs[meta] + self.rng.range(0, 1_000);
                     self.schedule(at, Event::MetaStoreApply { meta, incarnation, call });
-                } else if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
-                    self.metas[meta].apply_at_store(&mut io!(self, &mut out), &mut self.store, call);
+                } else if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
+                    self.site.metas[meta].apply_at_store(&mut io!(self, &mut out), &mut self.site.store, call);
                 }
             }
             Event::MetaStoreDone { meta, incarnation, answer } => {
-                if self.metas[meta].up && self.metas[meta].incarnation == incarnation {
-                    self.metas[meta].on_store_answer(&mut io!(self, &mut out), answer);
+                if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
+                    self.site.metas[meta].on_store_answer(&mut io!(self, &mut out), answer);
                 }
             }
             Event::CreateTable => self.create_table(&mut out),
@@ -516,7 +511,7 @@ impl Sim {
                 }
             }
             Event::CrashReplica { node, incarnation } => {
-                if self.faults_active && self.servers[node].incarnation == incarnation && self.servers[node].up {
+                if self.faults_active && self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
                     self.crash_replica(node, &mut out);
                 }
             }
@@ -529,8 +524,8 @@ impl Sim {
             Event::Restart(ep) => {
                 let mut io = io!(self, &mut out);
                 match ep {
-                    Endpoint::Meta(i) if !self.metas[i].up => self.metas[i].boot(&mut io),
-                    Endpoint::Replica(i) if !self.servers[i].up => self.servers[i].boot(&mut io),
+                    Endpoint::Meta(i) if !self.site.metas[i].up => self.site.metas[i].boot(&mut io),
+                    Endpoint::Replica(i) if !self.site.servers[i].up => self.site.servers[i].boot(&mut io),
                     _ => {}
                 }
             }
@@ -549,7 +544,7 @@ impl Sim {
     }
 
     fn endpoints(&self) -> Vec<Endpoint> {
-        (0..self.metas.len()).map(Endpoint::Meta).chain((0..self.servers.len()).map(Endpoint::Replica)).collect()
+        self.site.endpoints()
     }
 
     fn inject_fault(&mut self, out: &mut Vec<Out>) {
@@ -572,12 +567,12 @@ impl Sim {
                 }
             }
             FaultKind::MetaCrash => {
-                let up: Vec<usize> = (0..self.metas.len()).filter(|i| self.metas[*i].up).collect();
+                let up: Vec<usize> = (0..self.site.metas.len()).filter(|i| self.site.metas[*i].up).collect();
                 if up.is_empty() {
                     return;
                 }
                 let i = *self.rng.pick(&up);
-                self.metas[i].crash();
+                self.site.metas[i].crash();
                 self.stats.fault("meta-crash");
                 let name = Endpoint::Meta(i).name();
                 self.note(|| format!("fault: crash {name}"));
@@ -631,10 +626,10 @@ impl Sim {
                 self.note(|| format!("fault: clog {} until {until}µs", e.name()));
             }
             FaultKind::StoreClog => {
-                let m = self.rng.range(0, self.metas.len() as u64 - 1) as usize;
+                let m = self.rng.range(0, self.site.metas.len() as u64 - 1) as usize;
                 // Longer than most lease TTLs now and then, so a standby takes over.
                 let until = self.now_us + self.rng.range(500_000, 15_000_000);
-                self.store_clogs[m] = self.store_clogs[m].max(until);
+                self.site.store_clogs[m] = self.site.store_clogs[m].max(until);
                 self.stats.fault("store-clog");
                 let name = Endpoint::Meta(m).name();
                 self.note(|| format!("fault: {name}'s store calls hang until {until}µs"));
@@ -644,7 +639,7 @@ impl Sim {
     }
 
     fn crash_random_replica(&mut self, out: &mut Vec<Out>) {
-        let up: Vec<usize> = (0..self.servers.len()).filter(|i| self.servers[*i].up).collect();
+        let up: Vec<usize> = (0..self.site.servers.len()).filter(|i| self.site.servers[*i].up).collect();
         if up.is_empty() {
             return;
         }
@@ -655,12 +650,12 @@ impl Sim {
     /// The crash fault: server `i` stops, and restarts 0.5–10 s later.
     fn crash_replica(&mut self, i: usize, out: &mut Vec<Out>) {
         let torn_allowed = self.plan.on(FaultKind::TornTail);
-        let outcome = self.servers[i].crash(&mut io!(self, out), torn_allowed);
+        let outcome = self.site.servers[i].crash(&mut io!(self, out), torn_allowed);
         self.stats.fault("crash");
         if outcome.torn {
             self.stats.fault("torn-tail");
         }
-        let name = self.servers[i].me.clone();
+        let name = self.site.servers[i].me.clone();
         self.note(|| format!("fault: crash {name}{}", describe_crash(outcome)));
         let back = self.rng.range(500_000, 10_000_000);
         self.schedule(self.now_us + back, Event::Restart(Endpoint::Replica(i)));
@@ -683,12 +678,12 @@ impl Sim {
         self.partition_active = false;
         self.note(|| "heal: faults stop".into());
         let mut io = io!(self, out);
-        for m in &mut self.metas {
+        for m in &mut self.site.metas {
             if !m.up {
                 m.boot(&mut io);
             }
         }
-        for s in &mut self.servers {
+        for s in &mut self.site.servers {
             if !s.up {
                 s.boot(&mut io);
             }
@@ -802,11 +797,12 @@ impl Sim {
 
     pub fn check_convergence(&self) -> Result<(), String> {
         // The replica count the policy asks for now (it may have changed during the run).
-        let replica_count = self.store.load().tables.iter().find(|t| t.id == TABLE_ID).map_or(self.params.replica_count, |t| t.replica_count);
+        let replica_count = self.site.store.load().tables.iter().find(|t| t.id == TABLE_ID).map_or(self.params.replica_count, |t| t.replica_count);
         for p in 0..self.params.partitions {
             let gpid = Gpid::new(TABLE_ID, p);
-            let config = self.store.partition(gpid).ok_or_else(|| format!("the store has no partition {gpid}"))?;
+            let config = self.site.store.partition(gpid).ok_or_else(|| format!("the store has no partition {gpid}"))?;
             let members: Vec<convergence::MemberView> = self
+                .site
                 .servers
                 .iter()
                 .filter(|s| s.up && config.members().any(|m| *m == s.me))
@@ -866,7 +862,7 @@ impl Sim {
     /// linearizability of each key whose operations returned since.
     fn check_step(&mut self) {
         let mut serving = Vec::new();
-        for (i, s) in self.servers.iter().enumerate() {
+        for (i, s) in self.site.servers.iter().enumerate() {
             if !s.up {
                 continue;
             }
@@ -878,7 +874,7 @@ impl Sim {
         }
         let now = self.now_us;
         let describe = |(i, gpid): (usize, Gpid)| {
-            let s = &self.servers[i];
+            let s = &self.site.servers[i];
             let ctx = s.ctx(now);
             let ballot = s.replica(gpid).map_or(0, |r| r.ballot());
             format!("{} (ballot {ballot}, lease until {} ms, its clock {} ms)", s.me, ctx.lease_until_ms, ctx.now_ms)
@@ -886,7 +882,7 @@ impl Sim {
         if let Err(e) = self.single_primary.check(now, &serving, describe) {
             return self.fail(e);
         }
-        for s in &self.servers {
+        for s in &self.site.servers {
             for (gpid, e) in s.engines() {
                 for (decree, fp) in e.take_applied() {
                     if let Err(msg) = self.decree_agreement.observe(&s.me, *gpid, decree, fp) {
@@ -923,14 +919,14 @@ impl Sim {
     pub fn crash(&mut self, ep: Endpoint, torn: bool) {
         let mut out = Vec::new();
         match ep {
-            Endpoint::Meta(i) if self.metas[i].up => {
-                self.metas[i].crash();
+            Endpoint::Meta(i) if self.site.metas[i].up => {
+                self.site.metas[i].crash();
                 let name = ep.name();
                 self.note(|| format!("crash {name}"));
             }
-            Endpoint::Replica(i) if self.servers[i].up => {
-                let outcome = self.servers[i].crash(&mut io!(self, &mut out), torn);
-                let name = self.servers[i].me.clone();
+            Endpoint::Replica(i) if self.site.servers[i].up => {
+                let outcome = self.site.servers[i].crash(&mut io!(self, &mut out), torn);
+                let name = self.site.servers[i].me.clone();
                 self.note(|| format!("crash {name}{}", describe_crash(outcome)));
             }
             _ => {}
@@ -943,8 +939,8 @@ impl Sim {
         let mut out = Vec::new();
         let mut io = io!(self, &mut out);
         match ep {
-            Endpoint::Meta(i) if !self.metas[i].up => self.metas[i].boot(&mut io),
-            Endpoint::Replica(i) if !self.servers[i].up => self.servers[i].boot(&mut io),
+            Endpoint::Meta(i) if !self.site.metas[i].up => self.site.metas[i].boot(&mut io),
+            Endpoint::Replica(i) if !self.site.servers[i].up => self.site.servers[i].boot(&mut io),
             _ => {}
         }
         self.apply(out);
@@ -978,11 +974,11 @@ impl Sim {
     pub fn admin(&mut self, request: MetaRequest, within_us: u64) -> Result<MetaReply, String> {
         let i = self.leading_meta().ok_or("no meta server leads")?;
         let mut out = Vec::new();
-        let token = self.metas[i].admin(&mut io!(self, &mut out), request);
+        let token = self.site.metas[i].admin(&mut io!(self, &mut out), request);
         self.apply(out);
         let deadline = self.now_us + within_us;
         loop {
-            if let Some(answer) = self.metas[i].admin_answers.remove(&token) {
+            if let Some(answer) = self.site.metas[i].admin_answers.remove(&token) {
                 return answer.map_err(|e| e.to_string());
             }
             let next = self.queue.first_key_value().map(|(k, _)| k.0);
@@ -995,19 +991,19 @@ impl Sim {
 
     /// Meta server `i`'s store calls hang until `until_us`, then go through (scripts).
     pub fn hang_store(&mut self, i: usize, until_us: u64) {
-        self.store_clogs[i] = self.store_clogs[i].max(until_us);
+        self.site.store_clogs[i] = self.site.store_clogs[i].max(until_us);
         let name = Endpoint::Meta(i).name();
         self.note(|| format!("{name}'s store calls hang until {until_us}µs"));
     }
 
     /// The meta server that leads with its store loaded, if one does.
     pub fn leading_meta(&self) -> Option<usize> {
-        (0..self.metas.len()).find(|i| self.metas[*i].up && self.metas[*i].machine.state().is_some())
+        self.site.leading_meta()
     }
 
     /// The configuration of `gpid` the store holds (what the leading meta answers with).
     pub fn config(&self, gpid: Gpid) -> Option<&tandem_core::PartitionConfig> {
-        self.store.partition(gpid)
+        self.site.config(gpid)
     }
 
     /// The operator sets the workload table's replica count (1 to the servers there are, at most
@@ -1020,7 +1016,7 @@ impl Sim {
             let max = self.params.servers.min(5) as u64;
             let replicas = self.rng.range(1, max) as u32;
             let change = tandem_meta_core::policy::PolicyChange { replicas: Some(replicas), ..Default::default() };
-            self.metas[i].admin_ignored(&mut io!(self, out), MetaRequest::SetPolicy { table: TABLE_NAME.into(), change, who: "sim".into() });
+            self.site.metas[i].admin_ignored(&mut io!(self, out), MetaRequest::SetPolicy { table: TABLE_NAME.into(), change, who: "sim".into() });
             self.note(|| format!("operator: policy set {TABLE_NAME} --replicas {replicas}"));
         }
         let next = self.rng.range(3_000_000, 15_000_000);
@@ -1033,7 +1029,7 @@ impl Sim {
         if !self.faults_active {
             return;
         }
-        let tables = self.store.load().tables;
+        let tables = self.site.store.load().tables;
         // The workload's table comes first: it is the store's table 1.
         let workload_table = tables.iter().any(|t| t.id == TABLE_ID && t.name == TABLE_NAME);
         if let Some(i) = self.leading_meta().filter(|_| workload_table) {
@@ -1048,7 +1044,7 @@ impl Sim {
                 let change = tandem_meta_core::policy::PolicyChange { replicas: Some(replicas), ..Default::default() };
                 (MetaRequest::CreateTable { name: SCRATCH_TABLE.into(), partition_count: 2, change, owner: "sim".into(), who: "sim".into() }, "table create")
             };
-            self.metas[i].admin_ignored(&mut io!(self, out), request);
+            self.site.metas[i].admin_ignored(&mut io!(self, out), request);
             self.note(|| format!("operator: {what} {SCRATCH_TABLE}"));
         }
         let next = self.rng.range(1_000_000, 8_000_000);
@@ -1059,14 +1055,14 @@ impl Sim {
     /// until it exists.
     fn create_table(&mut self, out: &mut Vec<Out>) {
         if let Some((i, token)) = self.create_table
-            && let Some(answer) = self.metas[i].admin_answers.remove(&token)
+            && let Some(answer) = self.site.metas[i].admin_answers.remove(&token)
         {
             self.create_table = None;
-            if answer.is_ok() || self.store.load().tables.iter().any(|t| t.id == TABLE_ID) {
+            if answer.is_ok() || self.site.store.load().tables.iter().any(|t| t.id == TABLE_ID) {
                 return;
             }
         }
-        if self.store.load().tables.iter().any(|t| t.id == TABLE_ID) {
+        if self.site.store.load().tables.iter().any(|t| t.id == TABLE_ID) {
             return;
         }
         if self.create_table.is_none()
@@ -1074,7 +1070,7 @@ impl Sim {
         {
             let change = tandem_meta_core::policy::PolicyChange { replicas: Some(self.params.replica_count), ..Default::default() };
             let request = MetaRequest::CreateTable { name: TABLE_NAME.into(), partition_count: self.params.partitions, change, owner: "sim".into(), who: "sim".into() };
-            let token = self.metas[i].admin(&mut io!(self, out), request);
+            let token = self.site.metas[i].admin(&mut io!(self, out), request);
             self.create_table = Some((i, token));
         }
         self.schedule(self.now_us + 500_000, Event::CreateTable);
@@ -1082,6 +1078,6 @@ impl Sim {
 
     /// Number of servers that are up.
     pub fn up_count(&self) -> usize {
-        self.servers.iter().filter(|s| s.up).count()
+        self.site.up_count()
     }
 }

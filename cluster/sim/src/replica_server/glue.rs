@@ -1,0 +1,169 @@
+//! The glue between the production host and the simulated world: the host's actions and each
+//! replica's turn and actions, carried out. No protocol decision is made here.
+
+use super::*;
+use super::trace::{note_change, note_event};
+
+impl ReplicaServer {
+
+    /// Queues an event for a replica's task (dropped if the replica is gone).
+    pub fn deliver(&mut self, io: &mut Io<'_>, gpid: Gpid, event: SimEvent) {
+        let Some(slot) = self.replicas.get_mut(&gpid) else { return };
+        slot.queue.push_back(event);
+        if !slot.turn_scheduled {
+            slot.turn_scheduled = true;
+            let delay = io.rng.range(0, TURN_DELAY_US_MAX);
+            io.timer(delay, Event::ReplicaTurn { node: self.index, incarnation: self.incarnation, gpid });
+        }
+    }
+
+    /// A replica's task runs a turn: a random number of its queued events, then their actions.
+    pub fn on_turn(&mut self, io: &mut Io<'_>, gpid: Gpid) {
+        let ctx = self.ctx(io.now_us);
+        let me = self.me.clone();
+        let Some(slot) = self.replicas.get_mut(&gpid) else { return };
+        slot.turn_scheduled = false;
+        let queued = slot.queue.len().min(STEPS_PER_TURN_MAX);
+        let take = if queued <= 1 || io.rng.chance(0.5) { queued } else { io.rng.range(1, queued as u64) as usize };
+        if take > 1 {
+            io.stats.path(path::TURN_BATCHED);
+        }
+        for _ in 0..take {
+            let event = slot.queue.pop_front().expect("counted");
+            let before = (slot.hosted.core().status(), slot.hosted.core().ballot(), slot.hosted.core().last_committed(), slot.hosted.core().last_prepared());
+            note_event(io, &me, gpid, &event, slot.hosted.core().status());
+            slot.hosted.step(&ctx, event);
+            note_change(io, &me, gpid, before, slot.hosted.core());
+        }
+        let actions = slot.hosted.end_turn(&ctx);
+        if !slot.queue.is_empty() {
+            slot.turn_scheduled = true;
+            let delay = io.rng.range(0, TURN_DELAY_US_MAX);
+            io.timer(delay, Event::ReplicaTurn { node: self.index, incarnation: self.incarnation, gpid });
+        }
+        for action in actions {
+            self.execute(io, gpid, action);
+        }
+    }
+
+    pub(super) fn execute(&mut self, io: &mut Io<'_>, gpid: Gpid, action: ReplicaAction<SimCarrier>) {
+        let me = self.endpoint();
+        match action {
+            ReplicaAction::AppendLog { mutations } => {
+                let ids = mutations.iter().map(|m| (m.ballot, m.decree)).collect();
+                let records: Vec<LogRecord> = mutations.iter().map(|m| LogRecord::Mutation { gpid, mutation: Mutation::clone(m) }).collect();
+                self.append(io, &records, Waiter::Mutations { gpid, ids });
+            }
+            ReplicaAction::AppendReset { decree } => self.append(io, &[LogRecord::Reset { gpid, decree }], Waiter::Reset { gpid }),
+            ReplicaAction::SendPrepare { to, msg } => {
+                let Some(i) = replica_index(&to) else { return };
+                let rpc = self.call(io, Outgoing::Prepare { gpid, to });
+                io.send(me, Endpoint::Replica(i), Msg::Prepare { rpc, msg });
+            }
+            ReplicaAction::ReplyPrepare { to, reply } => io.send(me, to.from, Msg::PrepareResp { rpc: to.rpc, reply }),
+            ReplicaAction::ReplyWrite { to, result } => io.send(me, to.from, Msg::ClientWriteResp { rpc: to.rpc, result }),
+            ReplicaAction::ReplyLearn { to, reply } => io.send(me, to.from, Msg::LearnResp { rpc: to.rpc, reply }),
+            ReplicaAction::ServeRead { to, result } => {
+                io.stats.path(path::READ_THROUGH_TURN);
+                let now_s = self.ctx(io.now_us).now_s();
+                let engine = self.engines.get(&gpid).expect("a replica has an engine");
+                let result = result.and_then(|()| to.sort_keys.iter().map(|sk| read::get(engine, &to.hash_key, sk, now_s)).collect());
+                io.send(me, to.incoming.from, Msg::ClientReadResp { rpc: to.incoming.rpc, result });
+            }
+            ReplicaAction::ProposeConfig { proposal } => {
+                let rpc = self.call(io, Outgoing::Propose { gpid });
+                io.send(me, Endpoint::Meta(self.meta.current()), Msg::Propose { rpc, gpid, proposal, from: self.me.clone() });
+            }
+            ReplicaAction::SendLearnRequest { to, request } => {
+                let Some(i) = replica_index(&to) else { return };
+                let rpc = self.call(io, Outgoing::Learn { gpid });
+                io.send(me, Endpoint::Replica(i), Msg::Learn { rpc, gpid, request });
+            }
+            ReplicaAction::MakeCheckpoint { id } => {
+                let delay = io.rng.range(1_000, 20_000);
+                io.timer(delay, Event::CheckpointMade { node: self.index, incarnation: self.incarnation, gpid, id });
+            }
+            ReplicaAction::DeleteCheckpoint { id } => {
+                io.stats.path(path::CHECKPOINT_DELETED);
+                self.checkpoints.remove(&(gpid, id));
+            }
+            ReplicaAction::FetchCheckpoint { from, checkpoint_id, decree } => {
+                let Some(i) = replica_index(&from) else { return };
+                let rpc = self.call(io, Outgoing::FetchCheckpoint { gpid, checkpoint_id: checkpoint_id.clone(), decree });
+                io.send(me, Endpoint::Replica(i), Msg::FetchCheckpoint { rpc, gpid, checkpoint_id });
+            }
+            ReplicaAction::ActivateCheckpoint { db, decree } => {
+                // Opening the database takes a while: a crash may come before it is current.
+                let delay = io.rng.range(500, 5_000);
+                io.timer(delay, Event::CheckpointActivated { node: self.index, incarnation: self.incarnation, gpid, db, decree });
+            }
+            ReplicaAction::DeleteDatabasesExcept { .. } => self.fetched.retain(|(g, _), _| *g != gpid),
+            ReplicaAction::DeleteDatabase { db } => {
+                self.fetched.remove(&(gpid, db));
+            }
+            ReplicaAction::SetReadGate { .. } => {}
+            ReplicaAction::Configured { status } => host_step!(self, io, HostInput::Configured { gpid, status: Some(status) }),
+            ReplicaAction::Failed { error } => {
+                io.stats.path(path::REPLICA_ERROR);
+                let who = self.me.clone();
+                io.note(|| format!("{who} {gpid}: failed: {error}"));
+            }
+        }
+    }
+
+    pub(super) fn execute_host(&mut self, io: &mut Io<'_>, action: HostAction, inputs: &mut VecDeque<HostInput>) {
+        match action {
+            HostAction::OpenReplica { gpid, options } => self.open_replica(gpid, options, vec![]),
+            HostAction::Configure { gpid, config } => {
+                if self.replicas.contains_key(&gpid) {
+                    self.deliver(io, gpid, ReplicaEvent::Configure { config });
+                } else {
+                    inputs.push_back(HostInput::Configured { gpid, status: None });
+                }
+            }
+            HostAction::TickReplicas { log_cache_bytes_max } => {
+                for gpid in self.replicas.keys().copied().collect::<Vec<_>>() {
+                    self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
+                }
+            }
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms } => {
+                let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
+                let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
+                let (node, incarnation) = (self.me.clone(), self.incarnation);
+                io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted });
+            }
+            HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
+            HostAction::SetPartitionCount { .. } => {}
+            HostAction::RemoveReplica { gpid, why } => {
+                io.stats.path(path::REPLICA_REMOVED);
+                let me = self.me.clone();
+                io.note(|| format!("{me} {gpid}: removed ({why})"));
+                self.replicas.remove(&gpid);
+                self.engines.remove(&gpid);
+                self.checkpoints.retain(|(g, _), _| *g != gpid);
+                self.fetched.retain(|(g, _), _| *g != gpid);
+                // Deleting the files takes a while; a crash meanwhile leaves them.
+                let delay = io.rng.range(1_000, 50_000);
+                io.timer(delay, Event::ReplicaDeleted { node: self.index, incarnation: self.incarnation, gpid });
+            }
+            HostAction::FlushEngine { gpid } => {
+                let decree = self.engines.get(&gpid).map(SimEngine::flush);
+                inputs.push_back(HostInput::EngineFlushed { gpid, decree });
+            }
+            HostAction::CollectLog { keep_after } => {
+                self.log.gc(&|g| keep_after.get(&g).copied());
+            }
+            HostAction::Stop { .. } => {
+                // The server exits; its supervisor restarts it.
+                let delay = io.rng.range(500_000, 3_000_000);
+                io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
+            }
+        }
+    }
+
+    pub fn on_host_tick(&mut self, io: &mut Io<'_>) {
+        let now_ms = self.ctx(io.now_us).now_ms;
+        host_step!(self, io, HostInput::Tick { now_ms });
+        io.timer(self.opts.host.tick_interval_ms * 1_000, Event::HostTick { node: self.index, incarnation: self.incarnation });
+    }
+}
