@@ -55,7 +55,7 @@ pub async fn meta(command: MetaCommand) -> CmdResult {
         return print_section(&c, "meta");
     }
     let opts = c.meta_options()?;
-    tandem_meta::server::run(opts, crate::shutdown_on_signal()).await?;
+    tandem_meta::server::run(opts, crate::shutdown_on_signal()).await.map_err(|e| Failure::new(crate::EXIT_ERROR, e.to_string()))?;
     Ok(())
 }
 
@@ -90,6 +90,6 @@ pub async fn replica(command: ReplicaCommand) -> CmdResult {
         return print_section(&c, "replica");
     }
     let opts = c.replica_options()?;
-    tandem_replica::run(opts, crate::shutdown_on_signal()).await?;
+    tandem_replica::run(opts, crate::shutdown_on_signal()).await.map_err(|e| Failure::new(crate::EXIT_ERROR, e.to_string()))?;
     Ok(())
 }

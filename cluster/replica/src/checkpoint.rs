@@ -4,7 +4,7 @@
 
 use crate::node::Node;
 use crate::replica_task::SharedEngine;
-use anyhow::{bail, Context};
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -33,20 +33,20 @@ impl Checkpoints {
     }
 
     /// Makes checkpoint `id` of `engine`; returns its decree.
-    pub async fn create(&self, gpid: Gpid, id: &str, engine: SharedEngine) -> anyhow::Result<Decree> {
+    pub async fn create(&self, gpid: Gpid, id: &str, engine: SharedEngine) -> Result<Decree> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-            bail!("checkpoint id {id:?} is not a safe directory name");
+            return Err(Error::Checkpoint { gpid, id: id.into(), detail: "the id is not a safe directory name".into() });
         }
         let dir = self.root.join(format!("{}.{}-{id}", gpid.table_id, gpid.partition));
-        std::fs::create_dir_all(&self.root)?;
+        std::fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
         let served = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<ServedCheckpoint> {
+            tokio::task::spawn_blocking(move || -> Result<ServedCheckpoint> {
                 let decree = engine.with(|e| e.checkpoint(&dir))?;
                 let mut files = Vec::new();
-                for entry in std::fs::read_dir(&dir)? {
-                    let entry = entry?;
-                    if !entry.file_type()?.is_file() {
+                for entry in std::fs::read_dir(&dir).map_err(Error::io("list", &dir))? {
+                    let entry = entry.map_err(Error::io("list", &dir))?;
+                    if !entry.file_type().map_err(Error::io("stat", &entry.path()))?.is_file() {
                         continue;
                     }
                     let name = entry.file_name().to_string_lossy().to_string();
@@ -94,27 +94,29 @@ impl Checkpoints {
 
     /// Reads a chunk of a checkpoint file; names are checked against the manifest, so a peer
     /// cannot read anything else.
-    pub fn read_chunk(&self, gpid: Gpid, id: &str, name: &str, offset: u64, length_max: usize) -> anyhow::Result<Vec<u8>> {
-        let cp = self.get(gpid, id).with_context(|| format!("no checkpoint {id} of {gpid} (expired?)"))?;
-        let file = cp.files.iter().find(|f| f.name == name).with_context(|| format!("checkpoint {id} has no file {name:?}"))?;
+    pub fn read_chunk(&self, gpid: Gpid, id: &str, name: &str, offset: u64, length_max: usize) -> Result<Vec<u8>> {
+        let fail = |detail: String| Error::Checkpoint { gpid, id: id.into(), detail };
+        let cp = self.get(gpid, id).ok_or_else(|| fail("there is no such checkpoint (expired?)".into()))?;
+        let file = cp.files.iter().find(|f| f.name == name).ok_or_else(|| fail(format!("it has no file {name:?}")))?;
         if offset > file.size {
-            bail!("offset {offset} beyond the {} bytes of {name}", file.size);
+            return Err(fail(format!("offset {offset} beyond the {} bytes of {name}", file.size)));
         }
         let len = length_max.min((file.size - offset) as usize);
-        let mut f = std::fs::File::open(cp.dir.join(name))?;
-        f.seek(SeekFrom::Start(offset))?;
+        let path = cp.dir.join(name);
+        let mut f = std::fs::File::open(&path).map_err(Error::io("open", &path))?;
+        f.seek(SeekFrom::Start(offset)).map_err(Error::io("seek", &path))?;
         let mut buf = vec![0; len];
-        f.read_exact(&mut buf)?;
+        f.read_exact(&mut buf).map_err(Error::io("read", &path))?;
         Ok(buf)
     }
 }
 
-fn file_crc(path: &Path) -> anyhow::Result<(u64, u32)> {
-    let mut f = std::fs::File::open(path)?;
+fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    let mut f = std::fs::File::open(path).map_err(Error::io("open", path))?;
     let mut buf = vec![0; 1 << 20];
     let (mut size, mut crc) = (0u64, 0u32);
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(&mut buf).map_err(Error::io("read", path))?;
         if n == 0 {
             return Ok((size, crc));
         }
@@ -125,24 +127,25 @@ fn file_crc(path: &Path) -> anyhow::Result<(u64, u32)> {
 
 /// Fetches checkpoint `id` of `gpid` from `from` into a new directory under `replica_dir`;
 /// returns the directory's name and the checkpoint's decree.
-pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &Path) -> anyhow::Result<(String, Decree)> {
-    let mut client = node.peer(from).map_err(anyhow::Error::msg)?;
+pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &Path) -> Result<(String, Decree)> {
+    let fail = |detail: String| Error::Checkpoint { gpid, id: id.into(), detail };
+    let mut client = node.peer(from)?;
     let manifest = client
         .checkpoint_manifest(v1::CheckpointManifestRequest { gpid: Some(gpid.into()), checkpoint_id: id.to_string() })
         .await
-        .map_err(|s| anyhow::anyhow!("manifest: {}", s.message()))?
+        .map_err(|s| fail(format!("manifest from {from}: {}", s.message())))?
         .into_inner();
     let db_name = format!("db-{}", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
     let dir = replica_dir.join(&db_name);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
     let chunk = node.opts.checkpoint_chunk_bytes as u32;
     for file in &manifest.files {
         if file.name.is_empty() || file.name.contains('/') || file.name.contains("..") {
-            bail!("checkpoint lists an unsafe file name {:?}", file.name);
+            return Err(fail(format!("the manifest lists an unsafe file name {:?}", file.name)));
         }
         let path = dir.join(&file.name);
-        let mut out = std::fs::File::create(&path)?;
+        let mut out = std::fs::File::create(&path).map_err(Error::io("create", &path))?;
         let mut offset = 0u64;
         let mut crc = 0u32;
         while offset < file.size {
@@ -155,23 +158,23 @@ pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &
                     length_max: chunk,
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("chunk of {} at {offset}: {}", file.name, s.message()))?
+                .map_err(|s| fail(format!("chunk of {} at {offset} from {from}: {}", file.name, s.message())))?
                 .into_inner();
             if resp.data.is_empty() {
-                bail!("{} ended at {offset} of {} bytes", file.name, file.size);
+                return Err(fail(format!("{} ended at {offset} of {} bytes", file.name, file.size)));
             }
             if crc32c::crc32c(&resp.data) != resp.crc32c {
-                bail!("chunk of {} at {offset} failed its checksum", file.name);
+                return Err(fail(format!("chunk of {} at {offset} failed its checksum", file.name)));
             }
             crc = crc32c::crc32c_append(crc, &resp.data);
-            out.write_all(&resp.data)?;
+            out.write_all(&resp.data).map_err(Error::io("write", &path))?;
             offset += resp.data.len() as u64;
         }
         if offset != file.size || crc != file.crc32c {
-            bail!("{} does not match its manifest (size {offset}/{}, crc {crc:#x}/{:#x})", file.name, file.size, file.crc32c);
+            return Err(fail(format!("{} does not match its manifest (size {offset}/{}, crc {crc:#x}/{:#x})", file.name, file.size, file.crc32c)));
         }
-        out.sync_all()?;
+        out.sync_all().map_err(Error::io("fsync", &path))?;
     }
-    std::fs::File::open(&dir)?.sync_all()?;
+    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync", &dir))?;
     Ok((db_name, manifest.decree))
 }

@@ -16,11 +16,13 @@
 
 mod checkpoint;
 mod cpu;
+pub mod error;
 pub mod metrics;
 mod node;
 pub mod options;
 mod replica_task;
 mod service;
 
+pub use error::{Error, Result};
 pub use node::{run, Node};
 pub use options::ReplicaServerOptions;

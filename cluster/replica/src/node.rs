@@ -7,7 +7,7 @@ use crate::checkpoint::Checkpoints;
 use crate::metrics::Metrics;
 use crate::options::ReplicaServerOptions;
 use crate::replica_task::{self, Event, ReplicaHandle, Rt, SharedEngine};
-use anyhow::Context;
+use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -73,12 +73,14 @@ impl Node {
         self.partition_counts.read().expect("partition counts lock").get(&table_id).copied()
     }
 
-    pub fn peer(&self, addr: &str) -> Result<ReplicaServiceClient<Channel>, String> {
+    pub fn peer(&self, addr: &str) -> Result<ReplicaServiceClient<Channel>> {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let channel = endpoint(addr, Duration::from_millis(self.opts.rpc_timeout_ms)).map_err(|e| e.to_string())?.connect_lazy();
+        let channel = endpoint(addr, Duration::from_millis(self.opts.rpc_timeout_ms))
+            .map_err(|e| Error::PeerAddress { addr: addr.into(), detail: e.to_string() })?
+            .connect_lazy();
         let client = ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
@@ -86,12 +88,12 @@ impl Node {
 
     /// The batch stream to peer `addr` (on its own connection, without a per-request timeout:
     /// the caller times each call).
-    pub fn peer_batch(&self, addr: &str) -> Result<Arc<BatchConn>, String> {
+    pub fn peer_batch(&self, addr: &str) -> Result<Arc<BatchConn>> {
         let mut peers = self.peer_batches.lock().expect("peer batches lock");
         if let Some(c) = peers.get(addr) {
             return Ok(c.clone());
         }
-        let channel = stream_endpoint(addr).map_err(|e| e.to_string())?.connect_lazy();
+        let channel = stream_endpoint(addr).map_err(|e| Error::PeerAddress { addr: addr.into(), detail: e.to_string() })?.connect_lazy();
         let client = ReplicaServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
         let conn = Arc::new(BatchConn::new(addr, client));
         peers.insert(addr.to_string(), conn.clone());
@@ -105,7 +107,7 @@ impl Node {
     /// A prepare arrived for a partition this server does not host: the host decides whether
     /// to create it (a new partition's first prepare may beat the meta's beacon answer).
     /// Returns the replica, or why there is none.
-    pub fn replica_for_prepare(self: &Arc<Self>, config: &tandem_core::PartitionConfig) -> Result<Option<ReplicaHandle>, String> {
+    pub fn replica_for_prepare(self: &Arc<Self>, config: &tandem_core::PartitionConfig) -> std::result::Result<Option<ReplicaHandle>, String> {
         if let Some(h) = self.replica(config.gpid) {
             return Ok(Some(h));
         }
@@ -133,8 +135,8 @@ impl Node {
                     match action {
                         HostAction::OpenReplica { gpid, options } => {
                             if let Err(e) = self.open_replica(gpid, options) {
-                                tracing::error!("cannot create replica {gpid}: {e:#}");
-                                inputs.push_back(HostInput::OpenFailed { gpid, error: format!("{e:#}") });
+                                tracing::error!("cannot create replica {gpid}: {e}");
+                                inputs.push_back(HostInput::OpenFailed { gpid, error: e.to_string() });
                             }
                         }
                         HostAction::ExtendLease { until_ms } => {
@@ -204,7 +206,7 @@ impl Node {
     }
 
     /// Opens (or creates empty) the replica of `gpid` and starts its task.
-    fn open_replica(self: &Arc<Self>, gpid: Gpid, options: ReplicaOptions) -> anyhow::Result<()> {
+    fn open_replica(self: &Arc<Self>, gpid: Gpid, options: ReplicaOptions) -> Result<()> {
         let mut replicas = self.replicas.write().expect("replicas lock");
         if replicas.contains_key(&gpid) {
             return Ok(());
@@ -313,30 +315,30 @@ pub(crate) fn replica_dir(data_dir: &Path, gpid: Gpid) -> PathBuf {
 
 /// The engine of a replica directory: `CURRENT` names the active database directory (it changes
 /// when a learned checkpoint is installed), `db` by default.
-pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory) -> anyhow::Result<SharedEngine> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory) -> Result<SharedEngine> {
+    std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     let db = active_db_dir(dir)?;
-    let engine = RocksEngine::open(&db, memory).with_context(|| format!("open RocksDB at {}", db.display()))?;
+    let engine = RocksEngine::open(&db, memory)?;
     Ok(SharedEngine::new(engine))
 }
 
-pub(crate) fn active_db_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn active_db_dir(dir: &Path) -> Result<PathBuf> {
     let current = dir.join("CURRENT");
     let name = match std::fs::read_to_string(&current) {
         Ok(s) => s.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "db".to_string(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", current.display())),
+        Err(e) => return Err(Error::io("read", &current)(e)),
     };
     if name.is_empty() || name.contains('/') || name.contains("..") {
-        anyhow::bail!("{} names an invalid directory {name:?}", current.display());
+        return Err(Error::InvalidCurrent { path: current, name });
     }
     Ok(dir.join(name))
 }
 
 /// Runs a replica server until `shutdown` fires.
-pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    opts.host.validate().map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("create data dir {}", opts.data_dir.display()))?;
+pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
+    opts.host.validate().map_err(Error::Options)?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("create data dir", &opts.data_dir))?;
     // Replay the shared log: per partition, its mutations by the replay rule (log_read).
     let log_dir = opts.data_dir.join("log");
     let log = {
@@ -346,22 +348,21 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
             let mut replayed: BTreeMap<Gpid, PartitionLog> = BTreeMap::new();
             MutationLog::open(&dir, log_options, |rec| replayed.entry(rec.gpid()).or_default().push(rec)).map(|log| (log, replayed))
         })
-        .await?
-        .with_context(|| format!("open mutation log in {}", log_dir.display()))?
+        .await??
     };
     let (log, mut replayed) = log;
     // A quarter of the lease per meta server: a frozen one costs a beacon or two, not the lease.
     let meta = MetaConn::new(&opts.meta, Duration::from_millis(opts.rpc_timeout_ms))
-        .map_err(anyhow::Error::msg)?
+        .map_err(Error::Options)?
         .with_attempt_timeout(Duration::from_millis((opts.host.lease_period_ms / 4).max(200)));
     let checkpoint_root = opts.data_dir.join("checkpoints");
     let _ = std::fs::remove_dir_all(&checkpoint_root);
     // Every replica found on disk is opened.
     let replicas_dir = opts.data_dir.join("replicas");
-    std::fs::create_dir_all(&replicas_dir)?;
+    std::fs::create_dir_all(&replicas_dir).map_err(Error::io("create", &replicas_dir))?;
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(&replicas_dir)? {
-        let entry = entry?;
+    for entry in std::fs::read_dir(&replicas_dir).map_err(Error::io("list", &replicas_dir))? {
+        let entry = entry.map_err(Error::io("list", &replicas_dir))?;
         let name = entry.file_name().to_string_lossy().to_string();
         let Some((t, p)) = name.split_once('.') else { continue };
         let (Ok(t), Ok(p)) = (t.parse::<u32>(), p.parse::<u32>()) else { continue };
@@ -419,7 +420,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
             tandem_runtime::stopped(rx).await;
         })
         .await
-        .with_context(|| format!("bind metrics on {addr}"))?;
+        .map_err(|source| Error::Bind { addr, source })?;
         tracing::info!("metrics on http://{local}/metrics");
     }
 
@@ -457,12 +458,8 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let _ = give_up.send(true);
     let _ = grpc.await;
     node.log.close();
-    if let Some(e) = failure {
-        anyhow::bail!(
-            "the mutation log in {} failed ({e}); the server stopped so the meta moves its partitions elsewhere. \
-             Fix the disk and restart it: the log replays what it holds",
-            node.log.dir().display()
-        );
+    if let Some(detail) = failure {
+        return Err(Error::LogFailed { dir: node.log.dir().to_path_buf(), detail });
     }
     Ok(())
 }

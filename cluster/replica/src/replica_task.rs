@@ -2,6 +2,7 @@
 //! at a time, and carries out the actions of each turn. No protocol decision is made here: the
 //! hosted replica decides; this file does the IO (log appends, RPCs, RocksDB, files).
 
+use crate::error::Error as ServerError;
 use crate::node::{active_db_dir, Node};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -278,7 +279,7 @@ impl ReplicaTask {
                     let engine = self.engine.clone();
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
-                        let result = node.checkpoints.create(gpid, &id, engine).await.map_err(|e| format!("{e:#}"));
+                        let result = node.checkpoints.create(gpid, &id, engine).await.map_err(|e| e.to_string());
                         let _ = tx.send(Event::Replica(ReplicaEvent::CheckpointMade { id, result }));
                     });
                 }
@@ -295,8 +296,8 @@ impl ReplicaTask {
                                 Err(format!("checkpoint holds decree {fetched}, expected {decree}"))
                             }
                             Err(e) => {
-                                tracing::warn!("{gpid}: fetching checkpoint {checkpoint_id} from {from} failed: {e:#}");
-                                Err(format!("{e:#}"))
+                                tracing::warn!("{gpid}: fetching checkpoint {checkpoint_id} from {from} failed: {e}");
+                                Err(e.to_string())
                             }
                         };
                         let _ = tx.send(Event::Replica(ReplicaEvent::CheckpointFetched { result }));
@@ -305,7 +306,7 @@ impl ReplicaTask {
                 ReplicaAction::ActivateCheckpoint { db, decree } => {
                     let (dir, memory, tx) = (self.dir.clone(), self.node.engine_memory.clone(), self.tx.clone());
                     tokio::task::spawn_blocking(move || {
-                        let result = activate(&dir, &db, decree, &memory).map_err(|e| format!("{e:#}"));
+                        let result = activate(&dir, &db, decree, &memory).map_err(|e| e.to_string());
                         if result.is_ok() {
                             tracing::info!("{gpid}: installed checkpoint at decree {decree}");
                         }
@@ -470,16 +471,16 @@ impl ReplicaTask {
 
 /// Opens fetched database `db` of replica directory `dir`, checks it holds `decree`, and makes it
 /// the one a restart opens (`CURRENT`, written atomically).
-fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory) -> anyhow::Result<SharedEngine> {
+fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory) -> crate::error::Result<SharedEngine> {
     let engine = RocksEngine::open(&dir.join(db), memory)?;
     if engine.last_applied_decree() != decree {
-        anyhow::bail!("installed checkpoint holds decree {}, expected {decree}", engine.last_applied_decree());
+        return Err(ServerError::WrongDecree { found: engine.last_applied_decree(), expected: decree });
     }
     let tmp = dir.join("CURRENT.tmp");
-    std::fs::write(&tmp, db)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join("CURRENT"))?;
-    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::write(&tmp, db).map_err(ServerError::io("write", &tmp))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(ServerError::io("fsync", &tmp))?;
+    std::fs::rename(&tmp, dir.join("CURRENT")).map_err(ServerError::io("rename", &tmp))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(ServerError::io("fsync", dir))?;
     debug_assert_eq!(active_db_dir(dir).ok(), Some(dir.join(db)));
     Ok(SharedEngine::new(engine))
 }

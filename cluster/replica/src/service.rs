@@ -35,8 +35,9 @@ const BATCH_CALLS_MAX: usize = 4096;
 /// Replies in one batch answer at most.
 const BATCH_REPLIES_MAX: usize = 1024;
 
-pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(node.opts.listen).await.map_err(|e| anyhow::anyhow!("bind {}: {e}", node.opts.listen))?;
+pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> crate::error::Result<tokio::task::JoinHandle<()>> {
+    let addr = node.opts.listen;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::error::Error::Bind { addr, source })?;
     let (health, reflection_v1, reflection_v1alpha) = tandem_runtime::grpc_tools::health_and_reflection::<ReplicaServiceServer<Service>>().await?;
     let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {

@@ -6,11 +6,13 @@ use tonic_reflection::server::{v1, v1alpha};
 
 /// Health (reporting `S` as serving) and reflection v1 and v1alpha over Tandem's descriptors.
 #[allow(clippy::type_complexity)]
-pub async fn health_and_reflection<S: tonic::server::NamedService>() -> anyhow::Result<(
-    HealthServer<impl Health>,
-    v1::ServerReflectionServer<impl v1::ServerReflection>,
-    v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
-)> {
+pub async fn health_and_reflection<S: tonic::server::NamedService>() -> Result<(
+        HealthServer<impl Health>,
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    tonic_reflection::server::Error,
+> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<S>().await;
     let builder = || {

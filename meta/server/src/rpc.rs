@@ -19,7 +19,7 @@ pub async fn serve(
     meta: Arc<Meta>,
     listener: tokio::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+) -> Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>, crate::server::Error> {
     let (health, reflection_v1, reflection_v1alpha) = tandem_runtime::grpc_tools::health_and_reflection::<MetaServiceServer<MetaRpc>>().await?;
     let service = MetaServiceServer::new(MetaRpc(meta)).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     Ok(tokio::spawn(

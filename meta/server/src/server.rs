@@ -13,7 +13,6 @@
 
 use crate::metrics::MetaMetrics;
 use crate::store::{Claim, Fence, SqlStore};
-use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +23,23 @@ use tandem_meta_core::machine::{Cause, MetaEvent};
 use tandem_meta_core::request::Token;
 use tandem_meta_core::{MetaAction, MetaError, MetaInput, MetaMachine, MetaReply, MetaRequest, Now};
 use tokio::sync::{oneshot, watch};
+
+/// Why a meta server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid meta server settings: {0}")]
+    Options(String),
+    #[error("open the metadata store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("bind {addr}: {source} (is another server on that port?)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
 
 #[derive(Clone, Debug)]
 pub struct MetaOptions {
@@ -180,9 +196,9 @@ fn log_event(e: &MetaEvent) {
 }
 
 /// Runs a meta server until `shutdown` fires.
-pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    tandem_meta_core::leadership::validate_ttl(opts.machine.lease_ttl_ms).map_err(anyhow::Error::msg)?;
-    let store = SqlStore::connect(&opts.store_url).await.with_context(|| "open the metadata store")?;
+pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    tandem_meta_core::leadership::validate_ttl(opts.machine.lease_ttl_ms).map_err(Error::Options)?;
+    let store = SqlStore::connect(&opts.store_url).await?;
     let holder = format!("{}#{}-{}", opts.advertise_address(), std::process::id(), wall_ms());
     let meta = Arc::new(Meta {
         store,
@@ -195,7 +211,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
         next_token: AtomicU64::new(1),
     });
 
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("bind {}", opts.listen))?;
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|source| Error::Bind { addr: opts.listen, source })?;
     // Claim the lease before serving, so a single meta server answers its first request as
     // leader; a standby just learns who leads.
     let renew = meta.claim_interval();
@@ -206,7 +222,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> anyhow::
             tandem_runtime::stopped(rx).await;
         })
         .await
-        .with_context(|| format!("bind metrics on {addr}"))?;
+        .map_err(|source| Error::Bind { addr, source })?;
         tracing::info!("metrics on http://{local}/metrics");
     }
     let server = crate::rpc::serve(meta.clone(), listener, shutdown.clone()).await?;
