@@ -58,9 +58,67 @@ impl CheckpointRetention {
     }
 }
 
+/// The files of a replica's checkpoints, as a runtime keeps them (the server's registry of
+/// checkpoint directories, the simulator's map): what `holds_conformance` drives.
+pub trait CheckpointFilesUnderTest {
+    /// Makes checkpoint `id` of the replica's engine as it is now.
+    fn make(&mut self, id: &str);
+    /// Reads the whole checkpoint as a learner fetching it would; false if it is gone.
+    fn read(&mut self, id: &str) -> bool;
+    fn delete(&mut self, id: &str);
+}
+
+/// A checkpoint being read is never deleted, whatever is made meanwhile; one nobody reads goes
+/// once newer ones replace it. The retention decides, `files` carries it out.
+pub fn holds_conformance(files: &mut dyn CheckpointFilesUnderTest) {
+    let (hold, max) = (100, 1);
+    let mut retention = CheckpointRetention::default();
+    let make = |files: &mut dyn CheckpointFilesUnderTest, retention: &mut CheckpointRetention, id: &str, now| {
+        files.make(id);
+        for gone in retention.on_made(id.to_string(), 1, now, hold, max) {
+            files.delete(&gone);
+        }
+    };
+    make(files, &mut retention, "c1", 0);
+    // A slow learner keeps reading c1 while two newer checkpoints are made.
+    for (now, newer) in [(60, "c2"), (130, "c3")] {
+        assert!(retention.on_read("c1", now - 10, hold));
+        assert!(files.read("c1"), "c1 is being read at {now}");
+        make(files, &mut retention, newer, now);
+        assert!(files.read("c1"), "c1 survives {newer}");
+    }
+    // Nobody reads c1 any more: past its hold, the next decision deletes it.
+    for gone in retention.evict(300, max) {
+        files.delete(&gone);
+    }
+    assert!(!files.read("c1"), "c1 is deleted once unread past its hold");
+    assert!(files.read("c3"), "the newest stays");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The retention against a map of names: the reference the runtimes match.
+    #[derive(Default)]
+    struct Names(std::collections::BTreeSet<String>);
+
+    impl CheckpointFilesUnderTest for Names {
+        fn make(&mut self, id: &str) {
+            self.0.insert(id.to_string());
+        }
+        fn read(&mut self, id: &str) -> bool {
+            self.0.contains(id)
+        }
+        fn delete(&mut self, id: &str) {
+            self.0.remove(id);
+        }
+    }
+
+    #[test]
+    fn holds_conform_on_the_reference() {
+        holds_conformance(&mut Names::default());
+    }
 
     #[test]
     fn a_third_checkpoint_evicts_the_oldest_unheld_one() {

@@ -24,7 +24,7 @@ pub mod options;
 pub mod replica;
 pub mod server;
 
-pub use checkpoints::CheckpointRetention;
+pub use checkpoints::{holds_conformance, CheckpointFilesUnderTest, CheckpointRetention};
 pub use options::HostOptions;
 pub use replica::{Carrier, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 pub use server::{Host, HostAction, HostInput};

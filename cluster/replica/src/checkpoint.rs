@@ -178,3 +178,60 @@ pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &
     std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync", &dir))?;
     Ok((db_name, manifest.decree))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_core::storage::KvEngine;
+    use tandem_core::WriteOp;
+
+    /// The server's registry over a real RocksDB engine, driven by the host's conformance.
+    struct Real {
+        runtime: tokio::runtime::Runtime,
+        checkpoints: Checkpoints,
+        engine: SharedEngine,
+        decree: Decree,
+    }
+
+    const GPID: Gpid = Gpid { table_id: 1, partition: 0 };
+
+    impl tandem_host::CheckpointFilesUnderTest for Real {
+        fn make(&mut self, id: &str) {
+            self.decree += 1;
+            let op = WriteOp::Put { key: format!("k{}", self.decree).into_bytes(), value: vec![1; 4_000] };
+            self.engine.apply(self.decree, &[op]).unwrap();
+            let made = self.runtime.block_on(self.checkpoints.create(GPID, id, self.engine.clone())).unwrap();
+            assert_eq!(made, self.decree);
+        }
+
+        fn read(&mut self, id: &str) -> bool {
+            let Some(cp) = self.checkpoints.get(GPID, id) else { return false };
+            cp.files.iter().all(|f| {
+                let data = self.checkpoints.read_chunk(GPID, id, &f.name, 0, f.size as usize).unwrap();
+                data.len() as u64 == f.size && crc32c::crc32c(&data) == f.crc32c
+            })
+        }
+
+        fn delete(&mut self, id: &str) {
+            let dir = self.checkpoints.get(GPID, id).unwrap().dir;
+            self.runtime.block_on(async { self.checkpoints.delete(GPID, id) });
+            // The files go in the background: wait until they are gone.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while dir.exists() {
+                assert!(std::time::Instant::now() < deadline, "{} was not deleted", dir.display());
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_being_read_is_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = tandem_storage::EngineMemory::new(8 << 20, 64 << 20);
+        let engine = SharedEngine::new(tandem_storage::RocksEngine::open(&dir.path().join("db"), &memory).unwrap());
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let checkpoints = Checkpoints::new(dir.path().join("checkpoints"));
+        let mut real = Real { runtime, checkpoints, engine, decree: 0 };
+        tandem_host::holds_conformance(&mut real);
+    }
+}

@@ -24,6 +24,7 @@
 //! the invariants and the scenario script format (whose expected output is the trace).
 
 pub mod check;
+pub mod checkpoints;
 pub mod clock;
 pub mod cli;
 pub mod client;

@@ -85,7 +85,7 @@ impl ReplicaServer {
             }
             ReplicaAction::DeleteCheckpoint { id } => {
                 io.stats.path(path::CHECKPOINT_DELETED);
-                self.checkpoints.remove(&(gpid, id));
+                self.checkpoints.delete(gpid, &id);
             }
             ReplicaAction::FetchCheckpoint { from, checkpoint_id, decree } => {
                 let Some(i) = replica_index(&from) else { return };
@@ -140,7 +140,7 @@ impl ReplicaServer {
                 io.note(|| format!("{me} {gpid}: removed ({why})"));
                 self.replicas.remove(&gpid);
                 self.engines.remove(&gpid);
-                self.checkpoints.retain(|(g, _), _| *g != gpid);
+                self.checkpoints.delete_partition(gpid);
                 self.fetched.retain(|(g, _), _| *g != gpid);
                 // Deleting the files takes a while; a crash meanwhile leaves them.
                 let delay = io.rng.range(1_000, 50_000);

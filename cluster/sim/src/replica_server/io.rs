@@ -72,8 +72,7 @@ impl ReplicaServer {
     /// The runtime made the checkpoint a learner asked for.
     pub fn on_checkpoint_made(&mut self, io: &mut Io<'_>, gpid: Gpid, id: String) {
         let Some(engine) = self.engines.get(&gpid) else { return };
-        let (data, decree) = engine.checkpoint();
-        self.checkpoints.insert((gpid, id.clone()), (data, decree));
+        let decree = self.checkpoints.make(gpid, id.clone(), engine);
         self.deliver(io, gpid, ReplicaEvent::CheckpointMade { id, result: Ok(decree) });
     }
 

@@ -17,6 +17,7 @@
 //! - `trace.rs`: what the trace shows of a replica's steps.
 
 pub use crate::clock::{EPOCH_US, NodeClock};
+use crate::checkpoints::SimCheckpoints;
 use crate::disk::{CrashOutcome, SimLog};
 use crate::engine::SimEngine;
 use crate::event::{Event, Io};
@@ -113,7 +114,7 @@ pub struct ReplicaServer {
     outgoing: BTreeMap<RpcId, Outgoing>,
     /// Which meta server to ask.
     meta: MetaRoute,
-    checkpoints: BTreeMap<(Gpid, String), Checkpoint>,
+    checkpoints: SimCheckpoints,
     /// Fetched, verified checkpoint databases not installed yet.
     fetched: BTreeMap<(Gpid, String), Checkpoint>,
     /// Fail the next log write / sync (scripts).
@@ -158,7 +159,7 @@ impl ReplicaServer {
             lease_until_ms: 0,
             outgoing: BTreeMap::new(),
             meta: MetaRoute::new(metas),
-            checkpoints: BTreeMap::new(),
+            checkpoints: SimCheckpoints::default(),
             fetched: BTreeMap::new(),
             fail_next_write: false,
             fail_next_sync: false,

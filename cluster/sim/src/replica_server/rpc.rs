@@ -68,7 +68,7 @@ impl ReplicaServer {
                 self.deliver(io, gpid, ReplicaEvent::Learn { request, reply: Incoming { from, rpc } });
             }
             Msg::FetchCheckpoint { rpc, gpid, checkpoint_id } => {
-                let found = self.checkpoints.get(&(gpid, checkpoint_id.clone())).cloned();
+                let found = self.checkpoints.get(gpid, &checkpoint_id).cloned();
                 let result = found.ok_or_else(|| format!("no checkpoint {checkpoint_id} of {gpid} (expired?)"));
                 if result.is_ok() {
                     self.deliver(io, gpid, ReplicaEvent::CheckpointRead { id: checkpoint_id });
