@@ -250,6 +250,31 @@ async fn health_reflection_and_metrics_on_every_server() {
     cluster.kill_replica(0);
 }
 
+/// The meta server's /metrics describes the meta: leadership, requests by kind and result,
+/// store writes, lease claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_metrics_describe_the_meta() {
+    let metrics_port = support::free_port();
+    let mut cluster = Cluster::start_ha(1, 1, Store::Sqlite, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).await;
+    cluster.create_table("t", 1, 1).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    for expected in [
+        "tandem_meta_is_leader 1",
+        "tandem_meta_requests_total{kind=\"beacon\",result=\"ok\"}",
+        "tandem_meta_requests_total{kind=\"create_table\",result=\"ok\"} 1",
+        "tandem_meta_store_writes_total{kind=\"create_table\",result=\"ok\"} 1",
+        "tandem_meta_store_write_seconds_bucket",
+        "tandem_meta_lease_claims_total{outcome=\"won\"}",
+    ] {
+        assert!(body.contains(expected), "{expected} missing from:\n{body}");
+    }
+    cluster.kill_replica(0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_commands_record_who_changed_what() {
     let cluster = Cluster::start(3, Store::Sqlite).await;

@@ -271,7 +271,12 @@ impl SimMeta {
                 io.stats.path(path::PROPOSAL_REFUSED);
                 io.note(|| format!("{name}: proposal {proposal:?} from {from} refused: {reason}"));
             }
-            MetaEvent::ChangeFailed { gpid, cause, error } => io.note(|| format!("{name}: {cause:?} of {gpid} failed: {error}")),
+            MetaEvent::ChangeFailed { gpid, cause, error } => {
+                if cause == Cause::Restart {
+                    io.stats.path(path::REBALLOT_FAILED);
+                }
+                io.note(|| format!("{name}: {cause:?} of {gpid} failed: {error}"))
+            }
             MetaEvent::TablePurged { table_id } => {
                 io.stats.path(path::TABLE_PURGED);
                 io.note(|| format!("{name}: purged table {table_id}"));

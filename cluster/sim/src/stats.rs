@@ -39,6 +39,9 @@ pub mod path {
     pub const CLIENT_REROUTE: &str = "client-reroute";
     pub const CHECKPOINT_FAILED: &str = "checkpoint-failed";
     pub const RESTARTED_PRIMARY_REBALLOT: &str = "restarted-primary-new-ballot";
+    /// The store write giving a restarted primary its new ballot failed: the meta forgot the
+    /// server's incarnation, so its next beacon tries again.
+    pub const REBALLOT_FAILED: &str = "restarted-primary-reballot-failed";
     /// A replica's turn stepped several queued events before running their actions.
     pub const TURN_BATCHED: &str = "turn-batched";
     /// A read waited for a turn (the read gate was closed or the lease had run out).
