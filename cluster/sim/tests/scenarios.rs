@@ -41,7 +41,8 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
+    "late_prepare_of_a_restarted_primary.txt",
     "learner_by_checkpoint.txt",
     "learner_by_log.txt",
     "meta_crash_while_placing_a_table.txt",
@@ -90,4 +91,9 @@ fn meta_crash_while_placing_a_table() {
 #[test]
 fn meta_failover_fences_the_old_leader() {
     run("meta_failover_fences_the_old_leader.txt");
+}
+
+#[test]
+fn late_prepare_of_a_restarted_primary() {
+    run("late_prepare_of_a_restarted_primary.txt");
 }
