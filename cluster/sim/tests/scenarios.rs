@@ -41,16 +41,18 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 11] = [
     "late_prepare_of_a_restarted_primary.txt",
     "learner_by_checkpoint.txt",
     "learner_by_log.txt",
     "meta_crash_while_placing_a_table.txt",
     "meta_failover_fences_the_old_leader.txt",
     "meta_restart_mid_reconfiguration.txt",
+    "meta_stale_after_a_late_write.txt",
     "prepare_lost_to_one_secondary.txt",
     "primary_crash_with_uncommitted_prepares.txt",
     "proposals_race_on_one_ballot.txt",
+    "too_few_servers_left_to_place_a_new_table.txt",
 ];
 
 #[test]
@@ -96,4 +98,14 @@ fn meta_failover_fences_the_old_leader() {
 #[test]
 fn late_prepare_of_a_restarted_primary() {
     run("late_prepare_of_a_restarted_primary.txt");
+}
+
+#[test]
+fn meta_stale_after_a_late_write() {
+    run("meta_stale_after_a_late_write.txt");
+}
+
+#[test]
+fn too_few_servers_left_to_place_a_new_table() {
+    run("too_few_servers_left_to_place_a_new_table.txt");
 }
