@@ -15,29 +15,62 @@ use crate::mutation::{LogRecord, Mutation};
 use crate::types::{Decree, Gpid};
 use std::collections::BTreeMap;
 
+/// The rule over what stands for a partition's records (the records themselves, or an index
+/// of where they are): `reset` voids everything, `put(decree, entry)` replaces that decree and
+/// every later one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayRule<T> {
+    entries: BTreeMap<Decree, T>,
+}
+
+impl<T> Default for ReplayRule<T> {
+    fn default() -> Self {
+        ReplayRule { entries: BTreeMap::new() }
+    }
+}
+
+impl<T> ReplayRule<T> {
+    pub fn reset(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn put(&mut self, decree: Decree, entry: T) {
+        self.entries.split_off(&decree);
+        self.entries.insert(decree, entry);
+    }
+
+    /// What stands from `from` on, in decree order.
+    pub fn from(&self, from: Decree) -> impl Iterator<Item = (&Decree, &T)> {
+        self.entries.range(from..)
+    }
+
+    pub fn into_values(self) -> impl Iterator<Item = T> {
+        self.entries.into_values()
+    }
+}
+
 /// The mutations one partition's records leave, by the rule above.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionLog {
-    mutations: BTreeMap<Decree, Mutation>,
+    mutations: ReplayRule<Mutation>,
 }
 
 impl PartitionLog {
     /// Takes the partition's next record in log order.
     pub fn push(&mut self, record: LogRecord) {
         match record {
-            LogRecord::Reset { .. } => self.mutations.clear(),
+            LogRecord::Reset { .. } => self.mutations.reset(),
             LogRecord::Mutation { mutation, .. } => self.push_mutation(mutation),
         }
     }
 
     pub fn push_mutation(&mut self, mutation: Mutation) {
-        self.mutations.split_off(&mutation.decree);
-        self.mutations.insert(mutation.decree, mutation);
+        self.mutations.put(mutation.decree, mutation);
     }
 
     /// The mutations from `from` on, in decree order.
     pub fn from(&self, from: Decree) -> impl Iterator<Item = &Mutation> {
-        self.mutations.range(from..).map(|(_, m)| m)
+        self.mutations.from(from).map(|(_, m)| m)
     }
 
     pub fn into_mutations(self) -> Vec<Mutation> {

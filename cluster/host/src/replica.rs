@@ -147,7 +147,9 @@ pub enum ReplicaAction<C: Carrier> {
     /// Open (or close) the read gate: while open, reads may skip the queue, the server's lease
     /// checked at read time.
     SetReadGate { open: bool },
-    /// The `Configure` of this turn is taken; the replica's status now. Report to the host.
+    /// The `Configure` of this turn is taken; the replica's status now. Report it to the host
+    /// only after every earlier action of the turn (the read gate above all) took effect: the
+    /// host may extend the server's lease at once.
     Configured { status: PartitionStatus },
     /// The engine or log failed; the replica stopped serving.
     Failed { error: String },
@@ -443,14 +445,16 @@ impl<C: Carrier> HostedReplica<C> {
             let result = self.core.check_read(ctx);
             self.actions.push(ReplicaAction::ServeRead { to, result });
         }
-        if std::mem::take(&mut self.configured) {
-            self.actions.push(ReplicaAction::Configured { status: self.core.status() });
-        }
         self.flush_appends();
         let ready = self.install == Install::Idle && self.core.read_ready().is_ok();
         if ready != self.read_gate_open {
             self.read_gate_open = ready;
             self.actions.push(ReplicaAction::SetReadGate { open: ready });
+        }
+        // Last: the host may extend the lease as soon as it hears this, so a replica the
+        // configuration demoted must have closed its read gate before.
+        if std::mem::take(&mut self.configured) {
+            self.actions.push(ReplicaAction::Configured { status: self.core.status() });
         }
         self.steps = 0;
         std::mem::take(&mut self.actions)
@@ -541,7 +545,7 @@ mod tests {
     fn a_turn_merges_its_appends_and_answers_reads_with_what_it_applied() {
         let mut r = hosted(&HostOptions::default());
         r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "a", &[], &[]) });
-        assert_eq!(debug(&r.end_turn(&ctx(0))), vec!["Configured Primary", "SetReadGate true"]);
+        assert_eq!(debug(&r.end_turn(&ctx(0))), vec!["SetReadGate true", "Configured Primary"]);
         r.step(&ctx(1), ReplicaEvent::Write { request: set("x"), reply: 10 });
         r.step(&ctx(1), ReplicaEvent::Write { request: set("y"), reply: 11 });
         r.step(&ctx(1), ReplicaEvent::Read { reply: 12 });
@@ -550,6 +554,19 @@ mod tests {
         let actions = r.end_turn(&ctx(2));
         assert!(matches!(actions[..], [ReplicaAction::ReplyWrite { to: 10, result: Ok(_) }, ReplicaAction::ReplyWrite { to: 11, result: Ok(_) }]));
         assert_eq!(r.core().last_committed(), 2);
+    }
+
+    /// The lease follows `Configured` at once: a primary the configuration demotes must have
+    /// closed its read gate before, or a read through the gate could be served under the
+    /// renewed lease while the new primary commits.
+    #[test]
+    fn a_demoted_primary_closes_its_read_gate_before_it_reports_its_configuration() {
+        let mut r = hosted(&HostOptions::default());
+        r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "a", &[], &[]) });
+        r.end_turn(&ctx(0));
+        assert!(r.read_gate_open());
+        r.step(&ctx(1), ReplicaEvent::Configure { config: config(2, "b", &["a"], &[]) });
+        assert_eq!(debug(&r.end_turn(&ctx(1))), vec!["SetReadGate false", "Configured Secondary"]);
     }
 
     #[test]

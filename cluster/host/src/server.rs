@@ -208,6 +208,8 @@ impl Host {
             }
             HostInput::ReplicaRemoved { gpid } => {
                 self.removing.remove(&gpid);
+                // A replica created again later starts without its predecessor's holds.
+                self.log_holds.remove(&gpid);
                 self.forget(gpid);
             }
             HostInput::EngineFlushed { gpid, decree } => {

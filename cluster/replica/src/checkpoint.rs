@@ -128,6 +128,17 @@ fn file_crc(path: &Path) -> Result<(u64, u32)> {
 /// Fetches checkpoint `id` of `gpid` from `from` into a new directory under `replica_dir`;
 /// returns the directory's name and the checkpoint's decree.
 pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &Path) -> Result<(String, Decree)> {
+    let db_name = format!("db-{}", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
+    let result = fetch_into(node, gpid, from, id, &replica_dir.join(&db_name)).await;
+    if result.is_err() {
+        // A partial fetch is garbage: every retry fetches a new checkpoint into a new directory.
+        let _ = std::fs::remove_dir_all(replica_dir.join(&db_name));
+    }
+    result.map(|decree| (db_name, decree))
+}
+
+/// Fetches checkpoint `id` into `dir`, verifying every chunk and file; returns its decree.
+async fn fetch_into(node: &Node, gpid: Gpid, from: &str, id: &str, dir: &Path) -> Result<Decree> {
     let fail = |detail: String| Error::Checkpoint { gpid, id: id.into(), detail };
     let mut client = node.peer(from)?;
     let manifest = client
@@ -135,10 +146,8 @@ pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &
         .await
         .map_err(|s| fail(format!("manifest from {from}: {}", s.message())))?
         .into_inner();
-    let db_name = format!("db-{}", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
-    let dir = replica_dir.join(&db_name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     let chunk = node.opts.checkpoint_chunk_bytes as u32;
     for file in &manifest.files {
         if file.name.is_empty() || file.name.contains('/') || file.name.contains("..") {
@@ -175,8 +184,8 @@ pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &
         }
         out.sync_all().map_err(Error::io("fsync", &path))?;
     }
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync", &dir))?;
-    Ok((db_name, manifest.decree))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("fsync", dir))?;
+    Ok(manifest.decree)
 }
 
 #[cfg(test)]

@@ -206,16 +206,18 @@ impl Node {
     }
 
     /// Opens (or creates empty) the replica of `gpid` and starts its task.
+    /// Runs under the host's lock (which is what keeps two opens of one replica apart); the
+    /// routing map's lock is taken only to insert, so requests are not held up by the open.
     fn open_replica(self: &Arc<Self>, gpid: Gpid, options: ReplicaOptions) -> Result<()> {
-        let mut replicas = self.replicas.write().expect("replicas lock");
-        if replicas.contains_key(&gpid) {
+        if self.replica(gpid).is_some() {
             return Ok(());
         }
         let dir = self.replica_dir(gpid);
         let engine = open_engine(&dir, &self.engine_memory)?;
         let core = Replica::open(gpid, self.me.clone(), options, Box::new(engine.clone()), vec![]);
         let hosted = HostedReplica::new(core, self.incarnation, &self.opts.host);
-        replicas.insert(gpid, replica_task::spawn(self.clone(), hosted, engine, dir));
+        let handle = replica_task::spawn(self.clone(), hosted, engine, dir);
+        self.replicas.write().expect("replicas lock").insert(gpid, handle);
         Ok(())
     }
 

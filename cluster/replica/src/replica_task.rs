@@ -15,6 +15,7 @@ use tandem_proto::convert::config_to_wire;
 use tandem_proto::v1;
 use tandem_storage::RocksEngine;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 /// The RocksDB engine shared between the core (which applies to it), the runtime (which flushes
 /// and checkpoints it) and the read path (which reads it outside the replica's task). Reads
@@ -160,7 +161,7 @@ pub fn spawn(node: Arc<Node>, replica: HostedReplica<Rt>, engine: SharedEngine, 
     let state = Arc::new(Mutex::new(replica.state()));
     let read_gate = Arc::new(RwLock::new(None));
     let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), read_gate: read_gate.clone() };
-    let task = ReplicaTask { node, replica, engine, dir, tx, state, read_gate };
+    let task = ReplicaTask { node, replica, engine, dir, tx, state, read_gate, fetches: JoinSet::new(), disk_work: JoinSet::new() };
     tokio::spawn(task.run(rx));
     handle
 }
@@ -173,6 +174,11 @@ struct ReplicaTask {
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
+    /// Checkpoint fetches in flight: stopped with the replica.
+    fetches: JoinSet<()>,
+    /// IO on the replica's directory and checkpoints (make, activate, delete): the replica does
+    /// not stop before it is done, so nothing writes into a directory being deleted.
+    disk_work: JoinSet<()>,
 }
 
 impl ReplicaTask {
@@ -197,6 +203,9 @@ impl ReplicaTask {
                     continue;
                 }
                 Event::Stop { done } => {
+                    self.fetches.abort_all();
+                    while self.fetches.join_next().await.is_some() {}
+                    while self.disk_work.join_next().await.is_some() {}
                     let _ = done.send(());
                     break;
                 }
@@ -216,6 +225,8 @@ impl ReplicaTask {
             }
             let actions = self.replica.end_turn(&self.node.ctx());
             self.execute(actions);
+            while self.fetches.try_join_next().is_some() {}
+            while self.disk_work.try_join_next().is_some() {}
             *self.state.lock().expect("state lock") = self.replica.state();
         }
         // Stopped: no more reads from this engine.
@@ -278,7 +289,7 @@ impl ReplicaTask {
                     let node = self.node.clone();
                     let engine = self.engine.clone();
                     let tx = self.tx.clone();
-                    tokio::spawn(async move {
+                    self.disk_work.spawn(async move {
                         let result = node.checkpoints.create(gpid, &id, engine).await.map_err(|e| e.to_string());
                         let _ = tx.send(Event::Replica(ReplicaEvent::CheckpointMade { id, result }));
                     });
@@ -288,7 +299,7 @@ impl ReplicaTask {
                     let node = self.node.clone();
                     let tx = self.tx.clone();
                     let dir = self.dir.clone();
-                    tokio::spawn(async move {
+                    self.fetches.spawn(async move {
                         let result = match crate::checkpoint::fetch(&node, gpid, &from, &checkpoint_id, &dir).await {
                             Ok((db, fetched)) if fetched == decree => Ok((db, decree)),
                             Ok((db, fetched)) => {
@@ -305,28 +316,35 @@ impl ReplicaTask {
                 }
                 ReplicaAction::ActivateCheckpoint { db, decree } => {
                     let (dir, memory, tx) = (self.dir.clone(), self.node.engine_memory.clone(), self.tx.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let result = activate(&dir, &db, decree, &memory).map_err(|e| e.to_string());
-                        if result.is_ok() {
-                            tracing::info!("{gpid}: installed checkpoint at decree {decree}");
-                        }
-                        let _ = tx.send(Event::Activated { result });
+                    self.disk_work.spawn(async move {
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let result = activate(&dir, &db, decree, &memory).map_err(|e| e.to_string());
+                            if result.is_ok() {
+                                tracing::info!("{gpid}: installed checkpoint at decree {decree}");
+                            }
+                            let _ = tx.send(Event::Activated { result });
+                        })
+                        .await;
                     });
                 }
                 ReplicaAction::DeleteDatabasesExcept { keep } => {
                     // Learners install checkpoints, so the read gate is closed already.
                     let dir = self.dir.clone();
-                    tokio::task::spawn_blocking(move || delete_databases_except(&dir, &keep));
+                    self.disk_work.spawn(async move {
+                        let _ = tokio::task::spawn_blocking(move || delete_databases_except(&dir, &keep)).await;
+                    });
                 }
                 ReplicaAction::DeleteDatabase { db } => {
                     let path = self.dir.join(db);
-                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path));
+                    self.disk_work.spawn(async move {
+                        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(path)).await;
+                    });
                 }
                 ReplicaAction::SetReadGate { open } => {
                     *self.read_gate.write().expect("read gate lock") = open.then(|| self.engine.clone());
                 }
                 ReplicaAction::Configured { status } => {
-                    // Last in its turn: the replica took its configuration.
+                    // Last in its turn, after the read gate: the host may extend the lease now.
                     *self.state.lock().expect("state lock") = self.replica.state();
                     self.node.host_step(HostInput::Configured { gpid, status: Some(status) });
                 }
@@ -490,7 +508,7 @@ fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::Engin
 fn delete_databases_except(dir: &Path, keep: &str) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name != keep && (name == "db" || name.starts_with("db-") || name.starts_with("learn-")) && entry.path().is_dir() {
+        if name != keep && (name == "db" || name.starts_with("db-")) && entry.path().is_dir() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

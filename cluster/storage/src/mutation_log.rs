@@ -149,22 +149,22 @@ struct Segment {
     path: PathBuf,
     bytes: u64,
     /// Per gpid, its records here in order: a partition's records are read without reading
-    /// another partition's. The largest decree of each tells when the segment is garbage: once
-    /// each is durable elsewhere.
+    /// another partition's.
     index: HashMap<Gpid, Vec<IndexEntry>>,
+    /// Per gpid, the largest decree of its records here: the segment is garbage once each is
+    /// durable elsewhere.
+    decree_max: HashMap<Gpid, Decree>,
 }
 
 impl Segment {
     fn new(path: PathBuf) -> Segment {
-        Segment { path, bytes: 0, index: HashMap::new() }
-    }
-
-    fn decree_max(&self, gpid: Gpid) -> Decree {
-        self.index.get(&gpid).map_or(0, |entries| entries.iter().map(|e| e.decree).max().unwrap_or(0))
+        Segment { path, bytes: 0, index: HashMap::new(), decree_max: HashMap::new() }
     }
 
     fn add(&mut self, key: RecordKey, offset: u64) {
         self.index.entry(key.gpid).or_default().push(IndexEntry { decree: key.decree, offset, reset: key.reset });
+        let max = self.decree_max.entry(key.gpid).or_insert(key.decree);
+        *max = (*max).max(key.decree);
     }
 }
 
@@ -213,9 +213,11 @@ impl MutationLog {
                 });
             }
             let is_last = i + 1 == found.len();
-            let scanned = scan_segment(path, is_last, &mut replay)?;
+            let mut segment = Segment::new(path.clone());
+            let scanned = scan_segment(path, is_last, &mut segment, &mut replay)?;
             next_index = Some(start_index + scanned.record_count);
-            segments.push(Segment { path: path.clone(), bytes: scanned.bytes, index: scanned.index });
+            segment.bytes = scanned.bytes;
+            segments.push(segment);
         }
 
         let (file, path, bytes, next_index) = match segments.last() {
@@ -322,14 +324,17 @@ impl MutationLog {
     /// `durable` must not call back into this log.
     pub fn gc(&self, durable: &dyn Fn(Gpid) -> Option<Decree>) -> Result<usize> {
         let _serial = lock(&self.gc_lock);
-        let candidates: Vec<PathBuf> = {
+        // Decide without holding the segment lock (the writer takes it on every group): on a
+        // copy of what gc needs, which only the writer's current segment changes.
+        let candidates: Vec<(PathBuf, HashMap<Gpid, Decree>)> = {
             let segments = lock(&self.shared.segments);
-            segments[..segments.len() - 1]
-                .iter()
-                .take_while(|s| s.index.keys().all(|gpid| durable(*gpid).is_none_or(|d| d >= s.decree_max(*gpid))))
-                .map(|s| s.path.clone())
-                .collect()
+            segments[..segments.len() - 1].iter().map(|s| (s.path.clone(), s.decree_max.clone())).collect()
         };
+        let candidates: Vec<PathBuf> = candidates
+            .into_iter()
+            .take_while(|(_, max)| max.iter().all(|(gpid, decree)| durable(*gpid).is_none_or(|d| d >= *decree)))
+            .map(|(path, _)| path)
+            .collect();
 
         let mut removed = 0;
         let mut result = Ok(());
@@ -365,21 +370,20 @@ impl MutationLog {
             let segments = lock(&self.shared.segments);
             segments.iter().filter_map(|s| Some((s.path.clone(), s.index.get(&gpid)?.clone()))).collect()
         };
-        // The rule, on the index alone: what survives, by decree, and where it is.
-        let mut surviving: std::collections::BTreeMap<Decree, (usize, u64)> = std::collections::BTreeMap::new();
+        // The replay rule, on the index alone: what survives, by decree, and where it is.
+        let mut surviving = tandem_core::log_read::ReplayRule::default();
         for (i, (_, entries)) in located.iter().enumerate() {
             for e in entries {
                 if e.reset {
-                    surviving.clear();
+                    surviving.reset();
                 } else {
-                    surviving.split_off(&e.decree);
-                    surviving.insert(e.decree, (i, e.offset));
+                    surviving.put(e.decree, (i, e.offset));
                 }
             }
         }
         let mut files: HashMap<usize, File> = HashMap::new();
         let mut out = Vec::new();
-        for (decree, (i, offset)) in surviving.range(from..) {
+        for (decree, (i, offset)) in surviving.from(from) {
             let path = &located[*i].0;
             let file = match files.entry(*i) {
                 std::collections::hash_map::Entry::Occupied(f) => f.into_mut(),
@@ -673,20 +677,19 @@ struct Scanned {
     record_count: u64,
     /// Bytes of valid records: the file's length once a torn tail is cut.
     bytes: u64,
-    index: HashMap<Gpid, Vec<IndexEntry>>,
 }
 
-fn scan_segment(path: &Path, is_last: bool, replay: &mut impl FnMut(LogRecord)) -> Result<Scanned> {
+/// Reads a segment, indexing its records into `segment` and handing each to `replay`.
+fn scan_segment(path: &Path, is_last: bool, segment: &mut Segment, replay: &mut impl FnMut(LogRecord)) -> Result<Scanned> {
     let file = OpenOptions::new().read(true).write(is_last).open(path).map_err(|e| Error::io("open", path, e))?;
     let file_bytes = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, &file);
-    let mut scanned = Scanned { record_count: 0, bytes: 0, index: HashMap::new() };
+    let mut scanned = Scanned { record_count: 0, bytes: 0 };
     while scanned.bytes < file_bytes {
         let rest_bytes = file_bytes - scanned.bytes;
         match read_record(&mut reader, rest_bytes).map_err(|e| Error::io("read", path, e))? {
             Ok((record, record_bytes)) => {
-                let key = record_key(&record);
-                scanned.index.entry(key.gpid).or_default().push(IndexEntry { decree: key.decree, offset: scanned.bytes, reset: key.reset });
+                segment.add(record_key(&record), scanned.bytes);
                 replay(record);
                 scanned.bytes += record_bytes;
                 scanned.record_count += 1;

@@ -166,6 +166,12 @@ pub struct MetaMachine {
     state: Option<MetaState>,
     queue: VecDeque<Work>,
     in_flight: Option<InFlight>,
+    /// Beacons waiting for the write in flight (it changes a partition their answer carries):
+    /// answered right after it, ahead of the queue.
+    parked: Vec<Work>,
+    /// A write this machine had stopped waiting for succeeded while a load was under way: that
+    /// load may have missed it, so its snapshot is not taken.
+    load_stale: bool,
     next_op: OpId,
     now: Now,
     actions: Vec<MetaAction>,
@@ -174,7 +180,18 @@ pub struct MetaMachine {
 impl MetaMachine {
     pub fn new(options: MetaOptions) -> MetaMachine {
         let leadership = Leadership::new(options.lease_ttl_ms);
-        MetaMachine { options, leadership, state: None, queue: VecDeque::new(), in_flight: None, next_op: 0, now: Now::default(), actions: Vec::new() }
+        MetaMachine {
+            options,
+            leadership,
+            state: None,
+            queue: VecDeque::new(),
+            in_flight: None,
+            parked: Vec::new(),
+            load_stale: false,
+            next_op: 0,
+            now: Now::default(),
+            actions: Vec::new(),
+        }
     }
 
     pub fn options(&self) -> &MetaOptions {
@@ -267,7 +284,8 @@ impl MetaMachine {
     /// Forgets everything in memory (it may be stale) and refuses what waited.
     fn drop_state(&mut self, why: MetaError) {
         self.state = None;
-        let waiting: Vec<Work> = self.in_flight.take().map(|f| f.work).into_iter().chain(self.queue.drain(..)).collect();
+        let waiting: Vec<Work> =
+            self.in_flight.take().map(|f| f.work).into_iter().chain(self.parked.drain(..)).chain(self.queue.drain(..)).collect();
         for work in waiting {
             if let Some(token) = work.token() {
                 self.reply(token, Err(why.clone()));
@@ -277,6 +295,11 @@ impl MetaMachine {
 
     fn on_loaded(&mut self, epoch: u64, result: Result<MetaSnapshot, String>) {
         if self.leadership.serving(self.now.mono_ms) != Ok(epoch) || self.state.is_some() {
+            return;
+        }
+        if std::mem::take(&mut self.load_stale) {
+            self.event(MetaEvent::Reloading { epoch, why: "a write from before this load went through while it ran".into() });
+            self.actions.push(MetaAction::Load { epoch });
             return;
         }
         match result {
@@ -404,8 +427,11 @@ impl MetaMachine {
             self.event(MetaEvent::NodeAlive { node });
         }
         let work = Work::Beacon { token, request, reballot, done: BTreeSet::new() };
-        if reballot || !registered || touched {
-            self.queue.push_back(work);
+        if touched {
+            self.parked.push(work);
+        } else if reballot || !registered {
+            // Ahead of queued changes: its lease waits for it, and a cure pass can be long.
+            self.queue.push_front(work);
         } else {
             self.run(work);
         }
@@ -416,8 +442,12 @@ impl MetaMachine {
             // A write this machine stopped waiting for (its state was dropped and loaded again
             // meanwhile) went through: the snapshot loaded since may lack it (found by the
             // simulator, seed 3025).
-            if result.is_ok() && self.state.is_some() {
-                self.reload("a write from before the last load went through after it");
+            if result.is_ok() {
+                if self.state.is_some() {
+                    self.reload("a write from before the last load went through after it");
+                } else {
+                    self.load_stale = true;
+                }
             }
             return;
         };
@@ -428,6 +458,10 @@ impl MetaMachine {
             return;
         }
         self.resume(f, result);
+        // The beacons that waited for this write go first.
+        for work in self.parked.drain(..).rev() {
+            self.queue.push_front(work);
+        }
     }
 
     fn leadership_lost_to_fencing(&mut self, f: &InFlight, result: &StoreResult) {
@@ -704,9 +738,9 @@ impl MetaMachine {
                 if let Some(e) = error {
                     self.event(MetaEvent::ChangeFailed { gpid: from, cause: Cause::Cure, error: e.to_string() });
                 }
-                // The rest of the pass, after this partition.
+                // The rest of the pass, after this partition, behind what waits meanwhile.
                 let next = Gpid::new(from.table_id, from.partition + 1);
-                self.queue.push_front(Work::Cure { from: next });
+                self.queue.push_back(Work::Cure { from: next });
             }
             (Work::Purge { table_id }, error) => {
                 let error = error.map_or_else(|| "unexpected answer".to_string(), |e| e.to_string());
@@ -722,8 +756,14 @@ impl MetaMachine {
                 self.reply(token, Err(e));
             }
             (work, Some(e)) => {
+                let disagrees = matches!(e, MetaError::AlreadyExists(_) | MetaError::NotFound(_) | MetaError::InvalidArgument(_));
                 if let Some(token) = work.token() {
                     self.reply(token, Err(e));
+                }
+                // This state said the write would go through and the store refused it: the
+                // state is stale (a write it had stopped waiting for went through).
+                if disagrees {
+                    self.reload("the store refused a change this meta server's state allowed");
                 }
             }
             (work, None) => unreachable!("{work:?} finished above"),

@@ -243,3 +243,27 @@ fn a_stale_state_is_loaded_again() {
     m.step(at(40), MetaInput::Stored { op: 77, result: Ok(StoreDone::Done) });
     assert_eq!(m.take_actions().last(), Some(&MetaAction::Load { epoch: 1 }));
 }
+
+/// A beacon that waited for the write in flight is answered right after it, ahead of the changes
+/// queued meanwhile (a cure pass over many partitions could outlast its lease).
+#[test]
+fn a_beacon_waiting_for_a_write_goes_ahead_of_the_queue() {
+    let (mut m, _) = leader();
+    for t in [1_000, 5_000, 8_500] {
+        m.step(at(t), MetaInput::Claimed { sent_at_ms: t, outcome: ClaimOutcome::Won { epoch: 1 } });
+        for n in ["r2", "r3"] {
+            m.step(at(t), MetaInput::Request { token: t, request: beacon(n, 1, false) });
+        }
+    }
+    m.step(at(8_600), MetaInput::Tick);
+    m.take_actions();
+    let create = MetaRequest::CreateTable { name: "u".into(), partition_count: 1, change: PolicyChange { replicas: Some(1), ..Default::default() }, owner: "o".into(), who: "w".into() };
+    m.step(at(8_650), MetaInput::Request { token: 50, request: create });
+    m.step(at(8_700), MetaInput::Request { token: 51, request: beacon("r3", 1, false) });
+    assert_eq!(m.take_actions(), vec![], "the create waits for the write in flight; r3's beacon too");
+    m.step(at(8_800), MetaInput::Stored { op: 1, result: Ok(StoreDone::Compared { updated: true }) });
+    let actions = m.take_actions();
+    let beacon_at = actions.iter().position(|a| matches!(a, MetaAction::Reply { token: 51, .. })).expect("the beacon is answered");
+    let create_at = actions.iter().position(|a| matches!(a, MetaAction::Persist { write: StoreWrite::CreateTable { .. }, .. })).expect("then the create goes");
+    assert!(beacon_at < create_at, "{actions:?}");
+}

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tandem_meta_core::leadership::ClaimOutcome;
 use tandem_meta_core::machine::{Cause, MetaEvent};
 use tandem_meta_core::request::Token;
+use tandem_meta_core::store::{StoreFailure, StoreFailureKind};
 use tandem_meta_core::{MetaAction, MetaError, MetaInput, MetaMachine, MetaReply, MetaRequest, Now};
 use tokio::sync::{oneshot, watch};
 
@@ -71,6 +72,9 @@ pub struct Meta {
     next_token: AtomicU64,
 }
 
+/// How long one store write may take before it counts as failed.
+const STORE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -107,7 +111,15 @@ impl Meta {
                 tokio::spawn(async move {
                     let fence = Fence { holder: meta.holder.clone(), epoch };
                     let started = Instant::now();
-                    let result = meta.store.apply(&fence, &write).await.map_err(|e| e.failure());
+                    // A write that never answers would hold every later change: after this long
+                    // it counts as failed (it may still commit; a later compare-and-set finds out).
+                    let result = match tokio::time::timeout(STORE_WRITE_TIMEOUT, meta.store.apply(&fence, &write)).await {
+                        Ok(result) => result.map_err(|e| e.failure()),
+                        Err(_) => Err(StoreFailure::new(
+                            StoreFailureKind::Unreachable,
+                            format!("the metadata store did not answer a write within {STORE_WRITE_TIMEOUT:?}"),
+                        )),
+                    };
                     meta.metrics.store_write(&write, &result, started.elapsed());
                     meta.step(MetaInput::Stored { op, result });
                 });
