@@ -26,6 +26,7 @@
 //! crash r2 [torn]                  # restart r2;  crash meta;  restart meta
 //! fail-disk r2 write|sync          # the next log write / fsync of r2 fails
 //! store-hang meta 5s               # the meta's store calls hang, then go through late
+//! policy-set replicas 2            # the operator changes the table's replica count
 //! propose r1 remove-secondary r2 ballot=2    # handed to the meta as if r1 sent it
 //! expect r1 primary ballot=2 committed=3 prepared=3
 //! expect config ballot=3 primary=r1 secondaries=r2,r3 learners=
@@ -117,6 +118,14 @@ impl Runner {
             ["replicas", n] => self.params.replica_count = n.parse().map_err(|_| format!("{n:?} is not a number"))?,
             ["option", "log_cache_bytes_max", n] => {
                 self.params.log_cache_bytes_max = n.parse().map_err(|_| format!("{n:?} is not a number"))?
+            }
+            ["policy-set", "replicas", n] => {
+                let replicas: u32 = n.parse().map_err(|_| format!("{n:?} is not a number"))?;
+                let change = tandem_meta_core::policy::PolicyChange { replicas: Some(replicas), ..Default::default() };
+                let request = tandem_meta_core::MetaRequest::SetPolicy { table: crate::sim::TABLE_NAME.into(), change, who: "script".into() };
+                let answer = self.sim()?.admin(request, 10_000_000);
+                self.out.push(format!("  -> {}", answer.as_ref().map_or_else(|e| format!("refused: {e}"), |_| "ok".to_string())));
+                answer?;
             }
             ["store-hang", node, d] => {
                 let Endpoint::Meta(i) = endpoint(node)? else { return Err(format!("{node:?} is not a meta server")) };

@@ -41,10 +41,11 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "late_prepare_of_a_restarted_primary.txt",
     "learner_by_checkpoint.txt",
     "learner_by_log.txt",
+    "learner_upgrade_in_flight.txt",
     "meta_crash_while_placing_a_table.txt",
     "meta_failover_fences_the_old_leader.txt",
     "meta_restart_mid_reconfiguration.txt",
@@ -108,4 +109,9 @@ fn meta_stale_after_a_late_write() {
 #[test]
 fn too_few_servers_left_to_place_a_new_table() {
     run("too_few_servers_left_to_place_a_new_table.txt");
+}
+
+#[test]
+fn learner_upgrade_in_flight() {
+    run("learner_upgrade_in_flight.txt");
 }
