@@ -69,10 +69,10 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::InvalidArgument(_) | ClientError::Internal(_) => EXIT_ERROR,
+            ClientError::InvalidArgument(_) | ClientError::Internal(_) | ClientError::TooLarge(_) => EXIT_ERROR,
             ClientError::NotFound(_) => EXIT_NOT_FOUND,
             ClientError::AlreadyExists(_) => EXIT_CONFLICT,
-            ClientError::Unavailable(_) => EXIT_UNAVAILABLE,
+            ClientError::Unavailable(_) | ClientError::ClockAhead(_) => EXIT_UNAVAILABLE,
         };
         Failure { code, message: e.to_string() }
     }

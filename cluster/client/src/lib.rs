@@ -18,8 +18,8 @@ pub mod batch;
 pub mod meta_conn;
 mod table;
 
-pub use table::{FullScanPage, ScanOptions, Table};
-pub use tandem_core::replica::{CheckType, MutateOp};
+pub use table::{DupApplied, FullScanPage, ScanOptions, Table};
+pub use tandem_core::replica::{CheckType, DupRecord, MutateOp};
 
 use meta_conn::{endpoint, stream_endpoint, MetaConn};
 use std::collections::HashMap;
@@ -42,6 +42,12 @@ pub enum ClientError {
     Unavailable(String),
     #[error("server error: {0}")]
     Internal(String),
+    /// Over a size limit a smaller request would pass (the message names the limit).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Duplicated records too far ahead of the receiving site's clock; retry later.
+    #[error("{0}")]
+    ClockAhead(String),
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -54,6 +60,8 @@ impl ClientError {
             Some(ErrorKind::NotFound) => ClientError::NotFound(msg),
             Some(ErrorKind::AlreadyExists) => ClientError::AlreadyExists(msg),
             Some(ErrorKind::Internal) => ClientError::Internal(msg),
+            Some(ErrorKind::TooLarge) => ClientError::TooLarge(msg),
+            Some(ErrorKind::ClockAhead) => ClientError::ClockAhead(msg),
             Some(ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader) => ClientError::Unavailable(msg),
             None => match s.code() {
                 tonic::Code::InvalidArgument => ClientError::InvalidArgument(msg),

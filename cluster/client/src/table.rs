@@ -4,7 +4,7 @@ use crate::{Client, ClientError, Result};
 use std::time::{Duration, Instant};
 use tandem_core::limits::Limits;
 use tandem_core::partition::partition_index;
-use tandem_core::replica::{CheckType, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DupRecord, MutateOp, WriteRequest};
 use tandem_proto::convert::write_request_to_wire;
 use tandem_proto::errors::ErrorKind;
 use tandem_proto::v1;
@@ -36,6 +36,21 @@ pub struct ScanOptions {
 pub struct FullScanPage {
     pub records: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     pub next: Option<String>,
+}
+
+/// Sends a write on the replica's batch stream.
+async fn send_write(c: Arc<ReplicaConn>, req: v1::WriteRequest) -> std::result::Result<tonic::Response<v1::WriteResponse>, tonic::Status> {
+    match c.batch.call(batch_call::Call::Write(req)).await? {
+        batch_reply::Reply::Write(r) => Ok(tonic::Response::new(r)),
+        _ => Err(tonic::Status::internal("a write was answered with another reply kind")),
+    }
+}
+
+/// What `Table::duplicate` did at this site.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DupApplied {
+    pub applied: u64,
+    pub superseded: u64,
 }
 
 enum Retry {
@@ -132,22 +147,47 @@ impl Table {
         }
     }
 
+    /// Applies records shipped from the other site, each on the partition that owns its key here
+    /// (partition counts of the two sites may differ), all partitions at once. Each record is
+    /// written only if its timetag beats the stored one, so sending a batch again is harmless:
+    /// every error is retried within the request timeout except a refusal. Returns how many
+    /// records were written and how many lost to a stored record.
+    pub async fn duplicate(&self, records: Vec<DupRecord>) -> Result<DupApplied> {
+        let route = self.client.route(&self.name, false).await?;
+        let mut groups: std::collections::BTreeMap<u32, Vec<DupRecord>> = std::collections::BTreeMap::new();
+        for r in records {
+            let (hash_key, _) = tandem_core::key::decode_key(&r.key).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+            groups.entry(partition_index(hash_key, route.partition_count)).or_default().push(r);
+        }
+        let calls = groups.into_iter().map(|(p, records)| {
+            let request = WriteRequest::Duplicate { records };
+            async move {
+                request.validate(&self.limits).map_err(|e| match e {
+                    tandem_core::Error::TooLarge(m) => ClientError::TooLarge(m),
+                    e => ClientError::InvalidArgument(e.to_string()),
+                })?;
+                self.call(None, Some(p), Retry::Always, |c, route| send_write(c, write_request_to_wire(route, request.clone()))).await
+            }
+        });
+        let mut total = DupApplied::default();
+        for reply in futures::future::join_all(calls).await {
+            let reply = reply?;
+            total.applied += reply.dup_applied as u64;
+            total.superseded += reply.dup_superseded as u64;
+        }
+        Ok(total)
+    }
+
     async fn write(&self, request: WriteRequest) -> Result<v1::WriteResponse> {
         request.validate(&self.limits).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
         let retry = match request {
             WriteRequest::Incr { .. } | WriteRequest::CheckAndMutate { .. } => Retry::IfNotTaken,
             _ => Retry::Always,
         };
-        let hash_key = request.hash_key().to_vec();
-        self.call(Some(&hash_key), None, retry, |c, route| {
-            let req = write_request_to_wire(route, request.clone());
-            async move {
-                match c.batch.call(batch_call::Call::Write(req)).await? {
-                    batch_reply::Reply::Write(r) => Ok(tonic::Response::new(r)),
-                    _ => Err(tonic::Status::internal("a write was answered with another reply kind")),
-                }
-            }
-        })
+        let Some(hash_key) = request.hash_key().map(<[u8]>::to_vec) else {
+            return Err(ClientError::InvalidArgument("a duplicate batch is sent with Table::duplicate".into()));
+        };
+        self.call(Some(&hash_key), None, retry, |c, route| send_write(c, write_request_to_wire(route, request.clone())))
         .await
     }
 

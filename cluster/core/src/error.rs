@@ -18,6 +18,17 @@ pub enum Error {
     CheckFailed(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// A request over a size limit that a smaller one would pass (the message names the limit).
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Records from the other site stamped further ahead of this site's clock than
+    /// `max_clock_offset`: applying them would pin the partition's clock. Nothing was applied;
+    /// the sender retries later.
+    #[error(
+        "replica {gpid}: a duplicated record is {ahead_ms} ms ahead of this site's clock (max_clock_offset {max_ms} ms); \
+         check the clocks (NTP) of both sites"
+    )]
+    ClockAhead { gpid: Gpid, ahead_ms: u64, max_ms: u64 },
 }
 
 impl Error {

@@ -31,6 +31,12 @@ pub fn human_bytes(n: usize) -> String {
 }
 
 impl Limits {
+    /// Bytes of keys and values in one request of many records (`multi_set`, a duplicate batch):
+    /// 4 × `value_bytes_max`.
+    pub fn batch_bytes_max(&self) -> usize {
+        4 * self.value_bytes_max
+    }
+
     pub fn check_hash_key(&self, hash_key: &[u8]) -> Result<()> {
         if hash_key.is_empty() {
             return Err(Error::InvalidArgument("hash key is empty (it must be 1 to 1024 bytes)".into()));

@@ -14,9 +14,10 @@ pub trait KvEngine: Send {
     /// Up to `limit` records with `start <= key < end` (no end = to the last key), in key order.
     fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
-    /// Applies the ops of committed decree `decree` and records it as the last applied decree,
+    /// Applies the ops of committed decree `decree`, whose mutation carries `timestamp_us`, and
+    /// records it as the last applied decree and the clock bound (the largest timestamp applied),
     /// atomically. `decree` must be `last_applied_decree() + 1`.
-    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> Result<()>;
+    fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> Result<()>;
 
     /// Applies the ops of committed mutations of consecutive decrees, the first being
     /// `last_applied_decree() + 1`, and records the last one as the last applied decree. An
@@ -25,12 +26,17 @@ pub trait KvEngine: Send {
     /// applied in turn.
     fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> Result<()> {
         for m in mutations {
-            self.apply(m.decree, &m.ops)?;
+            self.apply(m.decree, m.timestamp_us, &m.ops)?;
         }
         Ok(())
     }
 
     fn last_applied_decree(&self) -> Decree;
+
+    /// The largest mutation timestamp applied (persisted with the last applied decree): a
+    /// partition's hybrid clock resumes above it after a restart or from a learned checkpoint,
+    /// so its timetags never go back (DESIGN.md §5) even once the log that carried them is gone.
+    fn clock_bound_us(&self) -> u64;
 }
 
 /// The in-memory twin: a BTreeMap.
@@ -38,6 +44,7 @@ pub trait KvEngine: Send {
 pub struct MemEngine {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     last_applied: Decree,
+    clock_bound_us: u64,
 }
 
 impl MemEngine {
@@ -50,8 +57,8 @@ impl MemEngine {
     }
 
     /// A state that starts at `decree` (a learned checkpoint).
-    pub fn from_parts(data: BTreeMap<Vec<u8>, Vec<u8>>, last_applied: Decree) -> Self {
-        MemEngine { data, last_applied }
+    pub fn from_parts(data: BTreeMap<Vec<u8>, Vec<u8>>, last_applied: Decree, clock_bound_us: u64) -> Self {
+        MemEngine { data, last_applied, clock_bound_us }
     }
 
     pub fn data(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
@@ -78,8 +85,9 @@ impl KvEngine for MemEngine {
             .collect())
     }
 
-    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> Result<()> {
+    fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> Result<()> {
         assert_eq!(decree, self.last_applied + 1, "decrees are applied in order");
+        self.clock_bound_us = self.clock_bound_us.max(timestamp_us);
         for op in ops {
             match op {
                 WriteOp::Put { key, value } => {
@@ -97,17 +105,21 @@ impl KvEngine for MemEngine {
     fn last_applied_decree(&self) -> Decree {
         self.last_applied
     }
+
+    fn clock_bound_us(&self) -> u64 {
+        self.clock_bound_us
+    }
 }
 
 /// Conformance tests every `KvEngine` must pass; call from each implementation's tests.
 pub fn engine_conformance(mut fresh: impl FnMut() -> Box<dyn KvEngine>) {
     let mut e = fresh();
-    assert_eq!(e.last_applied_decree(), 0);
+    assert_eq!((e.last_applied_decree(), e.clock_bound_us()), (0, 0));
     assert_eq!(e.get(b"a").unwrap(), None);
-    e.apply(1, &[WriteOp::Put { key: b"a".to_vec(), value: b"1".to_vec() }, WriteOp::Put { key: b"b".to_vec(), value: b"2".to_vec() }])
+    e.apply(1, 100, &[WriteOp::Put { key: b"a".to_vec(), value: b"1".to_vec() }, WriteOp::Put { key: b"b".to_vec(), value: b"2".to_vec() }])
         .unwrap();
-    e.apply(2, &[WriteOp::Put { key: b"c".to_vec(), value: b"3".to_vec() }, WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
-    assert_eq!(e.last_applied_decree(), 2);
+    e.apply(2, 200, &[WriteOp::Put { key: b"c".to_vec(), value: b"3".to_vec() }, WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+    assert_eq!((e.last_applied_decree(), e.clock_bound_us()), (2, 200));
     assert_eq!(e.get(b"a").unwrap(), None);
     assert_eq!(e.get(b"b").unwrap(), Some(b"2".to_vec()));
     let all = e.scan(b"", None, 10).unwrap();
@@ -115,22 +127,25 @@ pub fn engine_conformance(mut fresh: impl FnMut() -> Box<dyn KvEngine>) {
     assert_eq!(e.scan(b"b", Some(b"c"), 10).unwrap().len(), 1);
     assert_eq!(e.scan(b"", None, 1).unwrap().len(), 1);
     // Deleting a missing key is fine; an empty op list still advances the decree.
-    e.apply(3, &[WriteOp::Delete { key: b"zz".to_vec() }]).unwrap();
-    e.apply(4, &[]).unwrap();
+    e.apply(3, 300, &[WriteOp::Delete { key: b"zz".to_vec() }]).unwrap();
+    e.apply(4, 400, &[]).unwrap();
     assert_eq!(e.last_applied_decree(), 4);
     // Several decrees at once: later ones win, and the last is the last applied.
-    let m = |decree, ops| Arc::new(Mutation { ballot: 1, decree, timestamp_us: 0, ops });
+    let m = |decree, ops| Arc::new(Mutation { ballot: 1, decree, timestamp_us: decree * 100, ops });
     e.apply_many(&[
         m(5, vec![WriteOp::Put { key: b"d".to_vec(), value: b"4".to_vec() }, WriteOp::Delete { key: b"b".to_vec() }]),
         m(6, vec![]),
         m(7, vec![WriteOp::Put { key: b"d".to_vec(), value: b"5".to_vec() }, WriteOp::Put { key: b"b".to_vec(), value: b"6".to_vec() }]),
     ])
     .unwrap();
-    assert_eq!(e.last_applied_decree(), 7);
+    assert_eq!((e.last_applied_decree(), e.clock_bound_us()), (7, 700));
     assert_eq!(e.get(b"d").unwrap(), Some(b"5".to_vec()));
     assert_eq!(e.get(b"b").unwrap(), Some(b"6".to_vec()));
     e.apply_many(&[]).unwrap();
     assert_eq!(e.last_applied_decree(), 7);
+    // The clock bound never goes back, whatever a mutation carries.
+    e.apply(8, 5, &[]).unwrap();
+    assert_eq!(e.clock_bound_us(), 700);
 }
 
 #[cfg(test)]
@@ -145,6 +160,6 @@ mod tests {
 
 impl std::fmt::Debug for dyn KvEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KvEngine(last_applied={})", self.last_applied_decree())
+        write!(f, "KvEngine(last_applied={}, clock_bound_us={})", self.last_applied_decree(), self.clock_bound_us())
     }
 }

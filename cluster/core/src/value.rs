@@ -1,7 +1,13 @@
 //! Stored value: `u8 format_version ‖ u32 expire_ts (BE) ‖ u64 timetag (BE) ‖ user bytes`.
+//!
+//! A delete writes a **tombstone**: a value-less record whose timetag carries the delete flag.
+//! Reads treat it as absent; the last-writer-wins rule of duplication compares it like any other
+//! record, so a delete is never undone by an older put arriving late from the other site;
+//! compaction drops it once it is older than the table's tombstone retention
+//! (`compaction_drops`).
 
 use crate::error::{Error, Result};
-use crate::timetag::Timetag;
+use crate::timetag::{Timetag, timetag_is_delete, timetag_timestamp_us};
 
 pub const VALUE_FORMAT_VERSION: u8 = 1;
 pub const VALUE_HEADER_BYTES: usize = 13;
@@ -34,6 +40,34 @@ pub fn decode_value(stored: &[u8]) -> Result<(ValueHeader, &[u8])> {
     Ok((ValueHeader { expire_ts, timetag }, &stored[VALUE_HEADER_BYTES..]))
 }
 
+/// A tombstone: no expiry, no user bytes, `timetag` with its delete flag set.
+pub fn encode_tombstone(timetag: Timetag) -> Vec<u8> {
+    assert!(timetag_is_delete(timetag), "a tombstone's timetag carries the delete flag");
+    encode_value(0, timetag, &[])
+}
+
+impl ValueHeader {
+    pub fn is_tombstone(&self) -> bool {
+        timetag_is_delete(self.timetag)
+    }
+
+    /// Whether reads see this value at `now_s`: not a tombstone, not expired.
+    pub fn is_live(&self, now_s: u32) -> bool {
+        !self.is_tombstone() && !is_expired(self.expire_ts, now_s)
+    }
+}
+
+/// Whether compaction may drop a stored value at `now_us`: an expired value, or a tombstone whose
+/// timetag is older than `tombstone_retention_ms`. A value that does not decode is kept: compaction
+/// must never destroy data it does not understand.
+pub fn compaction_drops(stored: &[u8], now_us: u64, tombstone_retention_ms: u64) -> bool {
+    let Ok((header, _)) = decode_value(stored) else { return false };
+    if header.is_tombstone() {
+        return timetag_timestamp_us(header.timetag).saturating_add(tombstone_retention_ms.saturating_mul(1000)) < now_us;
+    }
+    is_expired(header.expire_ts, (now_us / 1_000_000).min(u32::MAX as u64) as u32)
+}
+
 /// True when a value with this `expire_ts` is invisible at `now_s` (seconds since the epoch).
 pub fn is_expired(expire_ts: u32, now_s: u32) -> bool {
     expire_ts != 0 && expire_ts <= now_s
@@ -59,5 +93,21 @@ mod tests {
         bad[0] = 9;
         assert!(decode_value(&bad).is_err());
         assert!(is_expired(10, 10) && !is_expired(0, 10) && !is_expired(11, 10));
+    }
+
+    #[test]
+    fn tombstones_are_not_live_and_go_after_their_retention() {
+        use crate::timetag::make_timetag;
+        let t = encode_tombstone(make_timetag(5_000_000, 1, true));
+        let (h, user) = decode_value(&t).unwrap();
+        assert!(h.is_tombstone() && !h.is_live(0) && user.is_empty());
+        let (live, _) = decode_value(&encode_value(0, make_timetag(5_000_000, 1, false), b"v")).unwrap();
+        assert!(live.is_live(u32::MAX));
+        // Retention 1 s: kept at the timetag + 1 s, dropped after.
+        assert!(!compaction_drops(&t, 6_000_000, 1000));
+        assert!(compaction_drops(&t, 6_000_001, 1000));
+        assert!(compaction_drops(&encode_value(3, 6, b"x"), 3_000_000, 0));
+        assert!(!compaction_drops(&encode_value(0, 6, b"x"), u64::MAX, 0));
+        assert!(!compaction_drops(b"xx", u64::MAX, 0));
     }
 }

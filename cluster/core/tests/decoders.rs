@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use tandem_core::key::{decode_key, encode_key};
 use tandem_core::limits::Limits;
 use tandem_core::replica::write::{evaluate, PendingView};
-use tandem_core::replica::{CheckType, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DupRecord, MutateOp, WriteRequest};
 use tandem_core::storage::{KvEngine, MemEngine};
 use tandem_core::value::{decode_value, encode_value};
 use tandem_core::{Gpid, LogRecord, Mutation, WriteOp};
@@ -123,6 +123,17 @@ proptest! {
     }
 }
 
+/// A record from the other site: well formed or not, with any timetag.
+fn dup_record() -> impl Strategy<Value = DupRecord> {
+    let key = prop_oneof![4 => (bytes(12), bytes(12)).prop_map(|(h, s)| encode_key(&h, &s)), 1 => bytes(6)];
+    let value = prop_oneof![
+        4 => (any::<u32>(), any::<u64>(), bytes(24)).prop_map(|(e, t, v)| encode_value(e, t, &v)),
+        1 => any::<u64>().prop_map(|t| encode_value(0, t | 1, &[])),
+        1 => bytes(10),
+    ];
+    (key, value).prop_map(|(key, value)| DupRecord { key, value })
+}
+
 fn request() -> impl Strategy<Value = WriteRequest> {
     // Sizes straddle the limits (hash key 1024, sort key 4096, value 1 MiB) without making every
     // case huge: most are small, some are just over.
@@ -141,6 +152,7 @@ fn request() -> impl Strategy<Value = WriteRequest> {
         (key(), prop::collection::vec(sort(), 0..4)).prop_map(|(hash_key, sort_keys)| WriteRequest::MultiDel { hash_key, sort_keys }),
         (key(), sort(), any::<i64>(), any::<i64>())
             .prop_map(|(hash_key, sort_key, increment, ttl_s)| WriteRequest::Incr { hash_key, sort_key, increment, ttl_s }),
+        prop::collection::vec(dup_record(), 0..4).prop_map(|records| WriteRequest::Duplicate { records }),
         (key(), sort(), 0..CheckType::ALL.len() as u32, value(), prop::collection::vec(mutate, 0..3), any::<bool>()).prop_map(
             |(hash_key, check_sort_key, t, check_operand, mutations, return_check_value)| WriteRequest::CheckAndMutate {
                 hash_key,
@@ -169,13 +181,17 @@ proptest! {
             match request.validate(&limits) {
                 Err(e) => {
                     let text = e.to_string();
-                    prop_assert!(text.contains("limit") || text.contains("empty") || text.contains("needs") || text.contains("exceeds"), "unclear error: {}", text);
+                    prop_assert!(
+                        ["limit", "empty", "needs", "exceeds", "corrupt"].iter().any(|w| text.contains(w)),
+                        "unclear error: {}",
+                        text
+                    );
                 }
                 Ok(()) => {
                     let view = PendingView { engine: &engine, log: &log, last_committed: 0 };
                     if let Ok((ops, _response)) = evaluate(&view, request, 1_000 + i as u64, 1, 1_700_000_000) {
                         decree += 1;
-                        engine.apply(decree, &ops).unwrap();
+                        engine.apply(decree, 0, &ops).unwrap();
                     }
                 }
             }

@@ -20,11 +20,13 @@
 //! Time arrives as arguments; nothing here reads a clock, a socket, a file or a random source.
 
 pub mod checkpoints;
+pub mod duplication;
 pub mod options;
 pub mod replica;
 pub mod server;
 
 pub use checkpoints::{holds_conformance, CheckpointFilesUnderTest, CheckpointRetention};
+pub use duplication::{DupConfig, DupId, DupWork, Duplications};
 pub use options::HostOptions;
 pub use replica::{Carrier, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 pub use server::{Host, HostAction, HostInput};

@@ -2,6 +2,7 @@
 //! the playground and the simulator all start from.
 
 use tandem_core::replica::ReplicaOptions;
+use tandem_dup_core::DuplicatorOptions;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostOptions {
@@ -26,6 +27,9 @@ pub struct HostOptions {
     pub checkpoint_hold_ms: u64,
     /// The replica core's options; `log_cache_bytes_max` in it is overwritten with the share.
     pub replica: ReplicaOptions,
+    /// The duplicators' options; `cluster_id` and `fail_mode` come from the replica options and
+    /// each duplication.
+    pub duplicator: DuplicatorOptions,
 }
 
 impl Default for HostOptions {
@@ -40,6 +44,7 @@ impl Default for HostOptions {
             checkpoints_per_partition_max: 2,
             checkpoint_hold_ms: 60_000,
             replica: ReplicaOptions::default(),
+            duplicator: DuplicatorOptions::default(),
         }
     }
 }

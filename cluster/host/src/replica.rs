@@ -23,6 +23,7 @@
 //!   is never deleted (`CheckpointRetention`).
 
 use crate::checkpoints::CheckpointRetention;
+use crate::duplication::{DupConfig, DupId, DupWork, Duplications};
 use crate::options::HostOptions;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -76,6 +77,10 @@ pub enum ReplicaEvent<C: Carrier> {
     ResetLogged,
     /// `ActivateCheckpoint` finished: the engine opened on the checkpoint, or why it failed.
     CheckpointActivated { result: Result<Box<dyn KvEngine>, String> },
+    /// The duplications of this replica's table, from the meta (the whole list each time).
+    Duplications { configs: Vec<DupConfig> },
+    /// The answer to a `Dup` action of duplication `dup_id`.
+    Dup { dup_id: DupId, input: tandem_dup_core::Input },
 }
 
 impl<C: Carrier> std::fmt::Debug for ReplicaEvent<C> {
@@ -104,6 +109,8 @@ impl<C: Carrier> ReplicaEvent<C> {
             ReplicaEvent::CheckpointFetched { .. } => "checkpoint-fetched",
             ReplicaEvent::ResetLogged => "reset-logged",
             ReplicaEvent::CheckpointActivated { .. } => "checkpoint-activated",
+            ReplicaEvent::Duplications { .. } => "duplications",
+            ReplicaEvent::Dup { .. } => "dup",
         }
     }
 }
@@ -153,6 +160,11 @@ pub enum ReplicaAction<C: Carrier> {
     Configured { status: PartitionStatus },
     /// The engine or log failed; the replica stopped serving.
     Failed { error: String },
+    /// Work for duplication `dup_id`; report `ReplicaEvent::Dup` (see `DupWork`).
+    Dup { dup_id: DupId, work: DupWork },
+    /// The shared log must keep this partition's decrees after `keep_after` for its
+    /// duplications (None: nothing): pass it to the host as `HostInput::HoldLog`.
+    HoldLog { keep_after: Option<Decree> },
 }
 
 /// A learned checkpoint on its way in.
@@ -193,6 +205,7 @@ pub struct HostedReplica<C: Carrier> {
     checkpoint_seq: u64,
     /// Checkpoints being made, with the learn token of the core that asked.
     making: BTreeMap<String, RequestId>,
+    dups: Duplications,
 }
 
 impl<C: Carrier> HostedReplica<C> {
@@ -218,7 +231,15 @@ impl<C: Carrier> HostedReplica<C> {
             retention: CheckpointRetention::default(),
             checkpoint_seq: 0,
             making: BTreeMap::new(),
+            dups: Duplications::new(tandem_dup_core::DuplicatorOptions {
+                cluster_id: options.replica.cluster_id,
+                ..options.duplicator.clone()
+            }),
         }
+    }
+
+    pub fn duplications(&self) -> &Duplications {
+        &self.dups
     }
 
     pub fn core(&self) -> &Replica {
@@ -285,7 +306,10 @@ impl<C: Carrier> HostedReplica<C> {
                     self.actions.push(ReplicaAction::DeleteCheckpoint { id });
                 }
                 self.core_step(ctx, Input::Tick);
+                self.dups.tick(dup_now(ctx));
             }
+            ReplicaEvent::Duplications { configs } => self.dups.configure(dup_now(ctx), configs),
+            ReplicaEvent::Dup { dup_id, input } => self.dups.step(dup_now(ctx), dup_id, input),
             ReplicaEvent::Configure { config } => {
                 self.configured = true;
                 self.core_step(ctx, Input::ConfigUpdate { config });
@@ -451,6 +475,15 @@ impl<C: Carrier> HostedReplica<C> {
             self.read_gate_open = ready;
             self.actions.push(ReplicaAction::SetReadGate { open: ready });
         }
+        if self.install == Install::Idle {
+            let now = dup_now(ctx);
+            for (dup_id, work) in self.dups.end_turn(now, &self.core) {
+                self.actions.push(ReplicaAction::Dup { dup_id, work });
+            }
+            if let Some(keep_after) = self.dups.take_hold_change(now, self.core.last_committed()) {
+                self.actions.push(ReplicaAction::HoldLog { keep_after });
+            }
+        }
         // Last: the host may extend the lease as soon as it hears this, so a replica the
         // configuration demoted must have closed its read gate before.
         if std::mem::take(&mut self.configured) {
@@ -459,6 +492,10 @@ impl<C: Carrier> HostedReplica<C> {
         self.steps = 0;
         std::mem::take(&mut self.actions)
     }
+}
+
+fn dup_now(ctx: &Ctx) -> tandem_dup_core::Now {
+    tandem_dup_core::Now { now_ms: ctx.now_ms, wall_us: ctx.wall_us }
 }
 
 /// Carriers print as `_`: a runtime's are closures and channels.
@@ -490,6 +527,13 @@ impl<C: Carrier> std::fmt::Debug for ReplicaAction<C> {
             ReplicaAction::SetReadGate { open } => write!(f, "SetReadGate {open}"),
             ReplicaAction::Configured { status } => write!(f, "Configured {status:?}"),
             ReplicaAction::Failed { error } => write!(f, "Failed {error}"),
+            ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, .. } } => {
+                write!(f, "Dup {dup_id} ReadLog #{read} {from}..={to}")
+            }
+            ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, records } } => {
+                write!(f, "Dup {dup_id} Ship #{batch} to {remote_site}: {} records", records.len())
+            }
+            ReplicaAction::HoldLog { keep_after } => write!(f, "HoldLog {keep_after:?}"),
         }
     }
 }
@@ -600,7 +644,7 @@ mod tests {
         assert_eq!(debug(&r.end_turn(&ctx(2))), vec!["AppendReset 5"]);
         r.step(&ctx(3), ReplicaEvent::ResetLogged);
         assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["ActivateCheckpoint db-cp 5"]);
-        let engine = MemEngine::from_parts(Default::default(), 5);
+        let engine = MemEngine::from_parts(Default::default(), 5, 0);
         r.step(&ctx(4), ReplicaEvent::CheckpointActivated { result: Ok(Box::new(engine)) });
         // The core learns again from its new commit point, then takes the held prepare (which it
         // refuses until the primary streams to it again): nothing was logged between the reset
@@ -658,5 +702,71 @@ mod tests {
         assert!(!debug(&r.end_turn(&ctx(189))).iter().any(|a| a.starts_with("DeleteCheckpoint")));
         r.step(&ctx(190), ReplicaEvent::Tick { log_cache_bytes_max: 0 });
         assert!(debug(&r.end_turn(&ctx(190))).contains(&"DeleteCheckpoint 7-1.0-1".to_string()));
+    }
+
+    fn dup(confirmed: Option<Decree>) -> DupConfig {
+        DupConfig {
+            dup_id: 1,
+            remote_site: "b".into(),
+            paused: false,
+            fail_mode: tandem_dup_core::FailMode::Slow,
+            sync_existing: false,
+            confirmed,
+        }
+    }
+
+    /// Writes `key` on a single-replica primary and commits it; returns the commit turn's actions.
+    fn commit_one(r: &mut HostedReplica<T>, now: u64, key: &str, decree: Decree) -> Vec<String> {
+        r.step(&ctx(now), ReplicaEvent::Write { request: set(key), reply: decree as u32 });
+        r.end_turn(&ctx(now));
+        r.step(&ctx(now), ReplicaEvent::LogAppended { ids: vec![(1, decree)] });
+        debug(&r.end_turn(&ctx(now)))
+    }
+
+    #[test]
+    fn a_primary_ships_what_commits_and_the_log_is_held_until_the_remote_applied_it() {
+        let mut r = hosted(&HostOptions::default());
+        r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "a", &[], &[]) });
+        r.step(&ctx(0), ReplicaEvent::Duplications { configs: vec![dup(Some(0))] });
+        assert_eq!(debug(&r.end_turn(&ctx(0))), vec!["SetReadGate true", "HoldLog Some(0)", "Configured Primary"]);
+        // Read from the in-memory log at once, in the turn that committed it.
+        assert_eq!(commit_one(&mut r, 1, "x", 1), vec!["ReplyWrite Ok(Done)", "Dup 1 Ship #1 to b: 1 records"]);
+        let progress = r.duplications().progress(dup_now(&ctx(1)));
+        assert_eq!((progress[0].1.confirmed, progress[0].1.lag_decrees), (0, 1));
+        r.step(&ctx(2), ReplicaEvent::Dup { dup_id: 1, input: tandem_dup_core::Input::Shipped { batch: 1 } });
+        assert_eq!(debug(&r.end_turn(&ctx(2))), vec!["HoldLog Some(1)"]);
+        // Removed by the meta: nothing is held any more.
+        r.step(&ctx(3), ReplicaEvent::Duplications { configs: vec![] });
+        assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["HoldLog None"]);
+    }
+
+    #[test]
+    fn a_secondary_ships_nothing_and_holds_the_log_after_the_persisted_confirmed_decree() {
+        let mut r = hosted(&HostOptions::default());
+        r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "b", &["a"], &[]) });
+        r.step(&ctx(0), ReplicaEvent::Duplications { configs: vec![dup(Some(5))] });
+        assert_eq!(debug(&r.end_turn(&ctx(0))), vec!["HoldLog Some(5)", "Configured Secondary"]);
+        // A duplication never started holds nothing: its first primary starts from its own
+        // committed decree.
+        r.step(&ctx(1), ReplicaEvent::Duplications { configs: vec![dup(None)] });
+        assert_eq!(debug(&r.end_turn(&ctx(1))), vec!["HoldLog None"]);
+    }
+
+    #[test]
+    fn what_the_log_cache_lost_is_read_from_disk_and_a_demoted_primary_stops_shipping() {
+        let mut r = hosted(&HostOptions::default());
+        r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "a", &[], &[]) });
+        r.end_turn(&ctx(0));
+        commit_one(&mut r, 1, "x", 1);
+        commit_one(&mut r, 2, "y", 2);
+        r.step(&ctx(3), ReplicaEvent::Tick { log_cache_bytes_max: 0 });
+        r.step(&ctx(3), ReplicaEvent::Duplications { configs: vec![dup(Some(0))] });
+        assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["Dup 1 ReadLog #1 1..=2", "HoldLog Some(0)"]);
+        r.step(&ctx(4), ReplicaEvent::Configure { config: config(2, "b", &["a"], &[]) });
+        assert_eq!(debug(&r.end_turn(&ctx(4))), vec!["SetReadGate false", "Configured Secondary"]);
+        assert!(r.duplications().progress(dup_now(&ctx(4))).is_empty());
+        // The disk read's late answer finds no duplicator: ignored.
+        r.step(&ctx(5), ReplicaEvent::Dup { dup_id: 1, input: tandem_dup_core::Input::LogGap { read: 1 } });
+        assert_eq!(debug(&r.end_turn(&ctx(5))), Vec::<String>::new());
     }
 }

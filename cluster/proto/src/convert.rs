@@ -2,7 +2,7 @@
 //! a malformed message is an error, never a panic.
 
 use crate::v1;
-use tandem_core::replica::{CheckType, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DupRecord, MutateOp, WriteRequest};
 use tandem_core::{Error, Gpid, PartitionConfig, Result};
 
 impl From<Gpid> for v1::Gpid {
@@ -74,6 +74,12 @@ pub fn write_request_from_wire(req: v1::WriteRequest) -> Result<WriteRequest> {
                 return_check_value: c.return_check_value,
             }
         }
+        Op::Duplicate(d) => {
+            if !hash_key.is_empty() {
+                return Err(Error::InvalidArgument("a duplicate batch is routed per record: leave hash_key empty".into()));
+            }
+            WriteRequest::Duplicate { records: d.records.into_iter().map(|r| DupRecord { key: r.key, value: r.value }).collect() }
+        }
     })
 }
 
@@ -111,6 +117,12 @@ pub fn write_request_to_wire(route: v1::Route, req: WriteRequest) -> v1::WriteRe
                     })
                     .collect(),
                 return_check_value,
+            }),
+        ),
+        WriteRequest::Duplicate { records } => (
+            Vec::new(),
+            Op::Duplicate(v1::DuplicateOp {
+                records: records.into_iter().map(|r| v1::DupRecord { key: r.key, value: r.value }).collect(),
             }),
         ),
     };

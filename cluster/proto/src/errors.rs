@@ -32,6 +32,10 @@ pub enum ErrorKind {
     Internal,
     /// The meta server is not the leader; the message carries the leader's address.
     NotLeader,
+    /// Over a size limit that a smaller request would pass: split it.
+    TooLarge,
+    /// Duplicated records stamped too far ahead of the receiving site's clock: retry later.
+    ClockAhead,
 }
 
 impl ErrorKind {
@@ -44,6 +48,8 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "already-exists",
             ErrorKind::Internal => "internal",
             ErrorKind::NotLeader => "not-leader",
+            ErrorKind::TooLarge => "too-large",
+            ErrorKind::ClockAhead => "clock-ahead",
         }
     }
 
@@ -56,6 +62,8 @@ impl ErrorKind {
             ErrorKind::AlreadyExists,
             ErrorKind::Internal,
             ErrorKind::NotLeader,
+            ErrorKind::TooLarge,
+            ErrorKind::ClockAhead,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -64,7 +72,8 @@ impl ErrorKind {
     fn code(&self) -> tonic::Code {
         match self {
             ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader => tonic::Code::Unavailable,
-            ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorKind::InvalidArgument | ErrorKind::TooLarge => tonic::Code::InvalidArgument,
+            ErrorKind::ClockAhead => tonic::Code::FailedPrecondition,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorKind::Internal => tonic::Code::Internal,
@@ -90,6 +99,8 @@ impl From<&tandem_core::Error> for ErrorKind {
             Error::NotPrimary { .. } => ErrorKind::NotPrimary,
             Error::Busy { .. } => ErrorKind::Busy,
             Error::Corrupt { .. } | Error::Storage(_) => ErrorKind::Internal,
+            Error::TooLarge(_) => ErrorKind::TooLarge,
+            Error::ClockAhead { .. } => ErrorKind::ClockAhead,
         }
     }
 }

@@ -208,7 +208,7 @@ mod tests {
         fn make(&mut self, id: &str) {
             self.decree += 1;
             let op = WriteOp::Put { key: format!("k{}", self.decree).into_bytes(), value: vec![1; 4_000] };
-            self.engine.apply(self.decree, &[op]).unwrap();
+            self.engine.apply(self.decree, 0, &[op]).unwrap();
             let made = self.runtime.block_on(self.checkpoints.create(GPID, id, self.engine.clone())).unwrap();
             assert_eq!(made, self.decree);
         }

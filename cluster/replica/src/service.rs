@@ -7,7 +7,8 @@ use crate::replica_task::{ReadFn, ReplicaHandle, Reply as ReplyTo};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_core::partition::partition_index;
-use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, WriteResponse};
+use tandem_core::key::decode_key;
+use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, WriteRequest, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
 use tandem_host::ReplicaEvent;
@@ -137,6 +138,7 @@ impl Service {
             Some(v1::write_request::Op::MultiDel(_)) => "multi_del",
             Some(v1::write_request::Op::Incr(_)) => "incr",
             Some(v1::write_request::Op::CheckAndMutate(_)) => "check_and_mutate",
+            Some(v1::write_request::Op::Duplicate(_)) => "duplicate",
             None => "write",
         };
         let metrics = self.node.metrics.clone();
@@ -145,9 +147,21 @@ impl Service {
             done(result);
         };
         let checked = (|| {
-            let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
+            let duplicate = matches!(req.op, Some(v1::write_request::Op::Duplicate(_)));
+            let handle = self.route(req.route.as_ref(), (!duplicate).then_some(req.hash_key.as_slice()))?;
+            let partition_count = req.route.as_ref().map_or(0, |r| r.partition_count);
             let request = write_request_from_wire(req).map_err(|e| core_status(&e))?;
             request.validate(&self.node.opts.host.replica.limits).map_err(|e| core_status(&e))?;
+            if let WriteRequest::Duplicate { records } = &request {
+                // Routed per record by the sender: each must belong here.
+                for r in records {
+                    let (hash_key, _) = decode_key(&r.key).map_err(|e| core_status(&e))?;
+                    if partition_index(hash_key, partition_count) != handle.gpid().partition {
+                        return Err(ErrorKind::NotPrimary
+                            .status(format!("a duplicated record does not belong to partition {}: stale route", handle.gpid())));
+                    }
+                }
+            }
             Ok((handle, request))
         })();
         let (handle, request) = match checked {
@@ -170,6 +184,9 @@ impl Service {
                     check_value: check_value.unwrap_or_default(),
                     ..Default::default()
                 }),
+                Some(Ok(WriteResponse::Duplicated { applied, superseded })) => {
+                    Ok(v1::WriteResponse { dup_applied: applied, dup_superseded: superseded, ..Default::default() })
+                }
             })
         });
         // Refused only when the task stopped meanwhile: then the reply, dropped, answers.

@@ -5,6 +5,7 @@
 use crate::engine::SimEngine;
 use crate::msg::Checkpoint;
 use std::collections::BTreeMap;
+use tandem_core::storage::KvEngine;
 use tandem_core::{Decree, Gpid};
 
 #[derive(Debug, Default)]
@@ -15,8 +16,9 @@ pub struct SimCheckpoints {
 impl SimCheckpoints {
     /// Makes checkpoint `id` of `engine` (its applied state); returns its decree.
     pub fn make(&mut self, gpid: Gpid, id: String, engine: &SimEngine) -> Decree {
-        let (data, decree) = engine.checkpoint();
-        self.made.insert((gpid, id), (data, decree));
+        let checkpoint = engine.checkpoint();
+        let decree = checkpoint.last_applied_decree();
+        self.made.insert((gpid, id), checkpoint);
         decree
     }
 
@@ -56,7 +58,7 @@ mod tests {
     impl tandem_host::CheckpointFilesUnderTest for Sim {
         fn make(&mut self, id: &str) {
             self.decree += 1;
-            self.engine.apply(self.decree, &[WriteOp::Put { key: vec![self.decree as u8], value: vec![1] }]).unwrap();
+            self.engine.apply(self.decree, 0, &[WriteOp::Put { key: vec![self.decree as u8], value: vec![1] }]).unwrap();
             assert_eq!(self.checkpoints.make(GPID, id.to_string(), &self.engine), self.decree);
         }
         fn read(&mut self, id: &str) -> bool {

@@ -342,7 +342,9 @@ impl SimClient {
             Msg::ClientWriteResp { result, .. } => match result {
                 Ok(WriteResponse::Done) => self.finish(io, history, Outcome::Ok(Output::Done)),
                 Ok(WriteResponse::Checked { applied, .. }) => self.finish(io, history, Outcome::Ok(Output::Applied(applied))),
-                Ok(WriteResponse::Incr { .. }) => unreachable!("the workload sends no incr"),
+                Ok(WriteResponse::Incr { .. } | WriteResponse::Duplicated { .. }) => {
+                    unreachable!("the workload sends no incr and no duplicate batch")
+                }
                 Err(Error::NotPrimary { .. }) => self.retry(io),
                 // A primary stepping down answers "may or may not be applied".
                 Err(Error::Busy { .. }) => self.finish(io, history, Outcome::Unknown),

@@ -36,8 +36,7 @@ pub fn ops_fingerprint(ops: &[WriteOp]) -> u64 {
 
 impl SimEngine {
     /// An engine holding a checkpoint: on disk already, so flushed too.
-    pub fn from_checkpoint(data: BTreeMap<Vec<u8>, Vec<u8>>, decree: Decree) -> SimEngine {
-        let e = MemEngine::from_parts(data, decree);
+    pub fn from_checkpoint(e: MemEngine) -> SimEngine {
         SimEngine(Arc::new(Mutex::new(State { live: e.clone(), flushed: e, applied: Vec::new() })))
     }
 
@@ -63,9 +62,8 @@ impl SimEngine {
     }
 
     /// A checkpoint (the runtime flushes, then hard-links the files): the applied state.
-    pub fn checkpoint(&self) -> (BTreeMap<Vec<u8>, Vec<u8>>, Decree) {
-        let s = self.lock();
-        (s.live.data().clone(), s.live.last_applied_decree())
+    pub fn checkpoint(&self) -> MemEngine {
+        self.lock().live.clone()
     }
 
     pub fn data(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
@@ -86,15 +84,19 @@ impl KvEngine for SimEngine {
         self.lock().live.scan(start, end, limit)
     }
 
-    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
+    fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> tandem_core::Result<()> {
         let mut s = self.lock();
-        s.live.apply(decree, ops)?;
+        s.live.apply(decree, timestamp_us, ops)?;
         s.applied.push((decree, ops_fingerprint(ops)));
         Ok(())
     }
 
     fn last_applied_decree(&self) -> Decree {
         self.lock().live.last_applied_decree()
+    }
+
+    fn clock_bound_us(&self) -> u64 {
+        self.lock().live.clock_bound_us()
     }
 }
 
@@ -106,9 +108,9 @@ mod tests {
     fn conforms_and_loses_unflushed_state_on_reopen() {
         tandem_core::storage::engine_conformance(|| Box::new(SimEngine::default()));
         let mut e = SimEngine::default();
-        e.apply(1, &[WriteOp::Put { key: b"a".to_vec(), value: b"1".to_vec() }]).unwrap();
+        e.apply(1, 0, &[WriteOp::Put { key: b"a".to_vec(), value: b"1".to_vec() }]).unwrap();
         assert_eq!(e.flush(), 1);
-        e.apply(2, &[WriteOp::Put { key: b"b".to_vec(), value: b"2".to_vec() }]).unwrap();
+        e.apply(2, 0, &[WriteOp::Put { key: b"b".to_vec(), value: b"2".to_vec() }]).unwrap();
         let r = e.reopen();
         assert_eq!(r.last_applied_decree(), 1);
         assert_eq!(r.get(b"b").unwrap(), None);

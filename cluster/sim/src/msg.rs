@@ -1,9 +1,8 @@
 //! Messages between simulated nodes: the RPCs of the replica, meta and client protocols, carried
 //! as the core's own types (the wire encoding is tandem-proto's business and is not simulated).
 
-use std::collections::BTreeMap;
 use tandem_core::replica::{ConfigProposal, LearnReply, LearnRequest, PrepareMsg, PrepareReply, ReplicaState, WriteRequest, WriteResponse};
-use tandem_core::{Decree, Error, Gpid, NodeAddr, PartitionConfig};
+use tandem_core::{Error, Gpid, NodeAddr, PartitionConfig};
 use tandem_meta_core::MetaError;
 
 /// Who sends and receives: meta server `i` (`meta`, `meta2`, …), replica server `i` (address
@@ -56,7 +55,8 @@ pub fn replica_index(addr: &str) -> Option<usize> {
 /// Identifies one RPC so its answer (or its timeout) finds the caller.
 pub type RpcId = u64;
 
-pub type Checkpoint = (BTreeMap<Vec<u8>, Vec<u8>>, Decree);
+/// A checkpoint's state: data, decree and clock bound, as the files of a RocksDB checkpoint hold them.
+pub type Checkpoint = tandem_core::storage::MemEngine;
 
 /// What the meta answers a beacon: the configurations the server hosts or reported, the
 /// partition count of their tables, and the reported partitions whose table is gone.

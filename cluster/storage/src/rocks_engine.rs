@@ -34,12 +34,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tandem_core::storage::KvEngine;
-use tandem_core::value::{decode_value, is_expired};
+use tandem_core::value::compaction_drops;
 use tandem_core::{Decree, Mutation, WriteOp};
 
 const DATA_CF: &str = "default";
 const META_CF: &str = "meta";
 const LAST_APPLIED_KEY: &[u8] = b"last_applied_decree";
+/// The largest mutation timestamp applied, written with every last_applied_decree.
+const CLOCK_BOUND_KEY: &[u8] = b"clock_bound_us";
 const TTL_FILTER_NAME: &str = "tandem-ttl";
 
 /// The memory every RocksDB of one server shares: a block cache for reads, and a budget for the
@@ -91,6 +93,10 @@ pub struct RocksEngine {
     db: DB,
     dir: PathBuf,
     last_applied: Decree,
+    clock_bound_us: u64,
+    /// How long tombstones outlive their timetag before compaction drops them (shared with the
+    /// compaction filter; the host sets it from the table's policy).
+    tombstone_retention_ms: Arc<AtomicU64>,
     /// A lower bound of the decree in RocksDB's files: set at open and by our own flushes.
     /// RocksDB's background flushes may have persisted more; underestimating only keeps log
     /// segments a little longer.
@@ -111,25 +117,39 @@ impl RocksEngine {
 
         let mut data_options = Options::default();
         data_options.set_compression_type(DBCompressionType::Lz4);
-        data_options.set_compaction_filter(TTL_FILTER_NAME, ttl_filter);
+        let tombstone_retention_ms = Arc::new(AtomicU64::new(0));
+        let retention = tombstone_retention_ms.clone();
+        data_options.set_compaction_filter(TTL_FILTER_NAME, move |_level: u32, _key: &[u8], value: &[u8]| {
+            compaction_decision(value, now_us(), retention.load(Ordering::Relaxed))
+        });
         let mut meta_options = Options::default();
         memory.apply(&mut db_options, [&mut data_options, &mut meta_options]);
         let descriptors = vec![ColumnFamilyDescriptor::new(DATA_CF, data_options), ColumnFamilyDescriptor::new(META_CF, meta_options)];
         let db = DB::open_cf_descriptors(&db_options, dir, descriptors).map_err(|e| Error::rocks("open", dir, e))?;
 
-        let last_applied = {
+        let read_u64 = |key: &[u8], what: &str| -> Result<u64> {
             let meta = db.cf_handle(META_CF).expect("meta column family is created at open");
-            match db.get_pinned_cf(meta, LAST_APPLIED_KEY).map_err(|e| Error::rocks("read last_applied_decree", dir, e))? {
-                None => 0,
-                Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
+            match db.get_pinned_cf(meta, key).map_err(|e| Error::rocks("read the meta column family", dir, e))? {
+                None => Ok(0),
+                Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
                     dir: dir.to_path_buf(),
-                    detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
-                })?),
+                    detail: format!("{what} holds {} bytes, expected 8", bytes.len()),
+                })?)),
             }
         };
+        let last_applied = read_u64(LAST_APPLIED_KEY, "last_applied_decree")?;
+        let clock_bound_us = read_u64(CLOCK_BOUND_KEY, "clock_bound_us")?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        Ok(RocksEngine { db, dir: dir.to_path_buf(), last_applied, last_flushed: AtomicU64::new(last_applied), write_options })
+        Ok(RocksEngine {
+            db,
+            dir: dir.to_path_buf(),
+            last_applied,
+            clock_bound_us,
+            tombstone_retention_ms,
+            last_flushed: AtomicU64::new(last_applied),
+            write_options,
+        })
     }
 
     /// Removes a replica's data directory. The engine on it must be closed (dropped) first.
@@ -209,12 +229,22 @@ impl RocksEngine {
         }
     }
 
-    /// Writes `batch` with `decree` recorded as the last applied decree.
-    fn write_applied(&mut self, mut batch: WriteBatch, decree: Decree) -> tandem_core::Result<()> {
+    /// Writes `batch` with `decree` recorded as the last applied decree and `timestamp_us` folded
+    /// into the clock bound.
+    fn write_applied(&mut self, mut batch: WriteBatch, decree: Decree, timestamp_us: u64) -> tandem_core::Result<()> {
+        let clock_bound_us = self.clock_bound_us.max(timestamp_us);
         batch.put_cf(self.meta_cf(), LAST_APPLIED_KEY, decree.to_be_bytes());
+        batch.put_cf(self.meta_cf(), CLOCK_BOUND_KEY, clock_bound_us.to_be_bytes());
         self.db.write_opt(batch, &self.write_options).map_err(|e| Error::rocks("write", &self.dir, e))?;
         self.last_applied = decree;
+        self.clock_bound_us = clock_bound_us;
         Ok(())
+    }
+
+    /// Tombstones older than this (by their timetag) may be dropped by compaction. Until the host
+    /// sets it, 0: a tombstone goes at the next compaction, as a RocksDB delete would.
+    pub fn set_tombstone_retention_ms(&self, retention_ms: u64) {
+        self.tombstone_retention_ms.store(retention_ms, Ordering::Relaxed);
     }
 
     fn data_cf(&self) -> &ColumnFamily {
@@ -251,48 +281,53 @@ impl KvEngine for RocksEngine {
         Ok(records)
     }
 
-    fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
+    fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> tandem_core::Result<()> {
         assert_eq!(decree, self.last_applied + 1, "decrees are applied in order");
         let mut batch = WriteBatch::default();
         self.add_ops(&mut batch, ops);
-        self.write_applied(batch, decree)
+        self.write_applied(batch, decree, timestamp_us)
     }
 
     /// One write batch for all: atomic, and the last-applied key written once.
     fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> tandem_core::Result<()> {
         let Some(last) = mutations.last() else { return Ok(()) };
         let mut batch = WriteBatch::default();
+        let mut timestamp_us = 0;
         for (i, m) in mutations.iter().enumerate() {
             assert_eq!(m.decree, self.last_applied + 1 + i as u64, "decrees are applied in order");
             self.add_ops(&mut batch, &m.ops);
+            timestamp_us = timestamp_us.max(m.timestamp_us);
         }
-        self.write_applied(batch, last.decree)
+        self.write_applied(batch, last.decree, timestamp_us)
     }
 
     fn last_applied_decree(&self) -> Decree {
         self.last_applied
     }
-}
 
-/// Drops values whose expire_ts has passed. A value that does not decode is kept: the filter
-/// must never destroy data it does not understand.
-fn ttl_filter(_level: u32, _key: &[u8], value: &[u8]) -> Decision {
-    match decode_value(value) {
-        Ok((header, _)) if is_expired(header.expire_ts, now_s()) => Decision::Remove,
-        _ => Decision::Keep,
+    fn clock_bound_us(&self) -> u64 {
+        self.clock_bound_us
     }
 }
 
-fn now_s() -> u32 {
+/// What compaction does with a stored value: the rule is `value::compaction_drops`. A removed
+/// value becomes a deletion marker below the bottom level, so an older version underneath never
+/// shows through.
+fn compaction_decision(value: &[u8], now_us: u64, tombstone_retention_ms: u64) -> Decision {
+    if compaction_drops(value, now_us, tombstone_retention_ms) { Decision::Remove } else { Decision::Keep }
+}
+
+fn now_us() -> u64 {
     // A clock before 1970 expires nothing rather than everything.
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tandem_core::storage::engine_conformance;
-    use tandem_core::value::encode_value;
+    use tandem_core::timetag::make_timetag;
+    use tandem_core::value::{encode_tombstone, encode_value};
     use tempfile::TempDir;
 
     /// Keeps the directory alive exactly as long as the engine on it.
@@ -308,14 +343,17 @@ mod tests {
         fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> tandem_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
             self.engine.scan(start, end, limit)
         }
-        fn apply(&mut self, decree: Decree, ops: &[WriteOp]) -> tandem_core::Result<()> {
-            self.engine.apply(decree, ops)
+        fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> tandem_core::Result<()> {
+            self.engine.apply(decree, timestamp_us, ops)
         }
         fn apply_many(&mut self, mutations: &[Arc<Mutation>]) -> tandem_core::Result<()> {
             self.engine.apply_many(mutations)
         }
         fn last_applied_decree(&self) -> Decree {
             self.engine.last_applied_decree()
+        }
+        fn clock_bound_us(&self) -> u64 {
+            self.engine.clock_bound_us()
         }
     }
 
@@ -340,7 +378,7 @@ mod tests {
     fn scan_respects_bounds_and_limit() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
-        e.apply(1, &[put("a", "1"), put("b", "2"), put("c", "3"), put("d", "4")]).unwrap();
+        e.apply(1, 0, &[put("a", "1"), put("b", "2"), put("c", "3"), put("d", "4")]).unwrap();
         let keys = |records: Vec<(Vec<u8>, Vec<u8>)>| records.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(keys(e.scan(b"b", Some(b"d"), 10).unwrap()), [b"b".to_vec(), b"c".to_vec()]);
         assert_eq!(keys(e.scan(b"b", None, 2).unwrap()), [b"b".to_vec(), b"c".to_vec()]);
@@ -353,9 +391,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
-            e.apply(1, &[put("a", "1")]).unwrap();
-            e.apply(2, &[put("b", "2")]).unwrap();
-            e.apply(3, &[WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+            e.apply(1, 10, &[put("a", "1")]).unwrap();
+            e.apply(2, 30, &[put("b", "2")]).unwrap();
+            e.apply(3, 20, &[WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
             assert_eq!(e.last_flushed_decree(), 0);
             e.flush().unwrap();
             assert_eq!(e.last_flushed_decree(), 3);
@@ -364,8 +402,9 @@ mod tests {
         let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         assert_eq!(e.last_applied_decree(), 3);
         assert_eq!(e.last_flushed_decree(), 3);
+        assert_eq!(e.clock_bound_us(), 30, "the clock bound is persisted with the decree");
         assert_eq!(all(&e), [(b"b".to_vec(), b"2".to_vec())]);
-        e.apply(4, &[put("c", "3")]).unwrap();
+        e.apply(4, 0, &[put("c", "3")]).unwrap();
     }
 
     /// Copies every file of an open database, as a crash would leave them: unflushed memtables
@@ -385,19 +424,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let crashed = tempfile::tempdir().unwrap();
         let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
-        e.apply(1, &[put("a", "1")]).unwrap();
-        e.apply(2, &[put("b", "2")]).unwrap();
+        e.apply(1, 0, &[put("a", "1")]).unwrap();
+        e.apply(2, 0, &[put("b", "2")]).unwrap();
         e.flush().unwrap();
-        e.apply(3, &[put("c", "3"), WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
-        e.apply(4, &[put("d", "4")]).unwrap();
+        e.apply(3, 0, &[put("c", "3"), WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+        e.apply(4, 0, &[put("d", "4")]).unwrap();
         crash_image(dir.path(), crashed.path());
 
         let mut recovered = RocksEngine::open(crashed.path(), &EngineMemory::default()).unwrap();
         assert_eq!(recovered.last_applied_decree(), 2);
         assert_eq!(all(&recovered), [(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
         // Replaying the log from decree 3 brings it back to the state before the crash.
-        recovered.apply(3, &[put("c", "3"), WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
-        recovered.apply(4, &[put("d", "4")]).unwrap();
+        recovered.apply(3, 0, &[put("c", "3"), WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
+        recovered.apply(4, 0, &[put("d", "4")]).unwrap();
         assert_eq!(all(&recovered), all(&e));
     }
 
@@ -406,7 +445,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
-            e.apply(1, &[put("a", "1")]).unwrap();
+            e.apply(1, 0, &[put("a", "1")]).unwrap();
         }
         let e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         assert_eq!(e.last_applied_decree(), 1);
@@ -420,15 +459,15 @@ mod tests {
         let copy_dir = target.path().join("checkpoint");
         let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
         for decree in 1..=50 {
-            e.apply(decree, &[put(&format!("k{decree:03}"), &format!("v{decree}"))]).unwrap();
+            e.apply(decree, decree * 1000, &[put(&format!("k{decree:03}"), &format!("v{decree}"))]).unwrap();
         }
         assert_eq!(e.checkpoint(&copy_dir).unwrap(), 50);
         assert!(matches!(e.checkpoint(&copy_dir), Err(Error::CheckpointExists { .. })));
         // Writes after the checkpoint do not leak into it.
-        e.apply(51, &[put("late", "x")]).unwrap();
+        e.apply(51, 0, &[put("late", "x")]).unwrap();
 
         let copy = RocksEngine::open(&copy_dir, &EngineMemory::default()).unwrap();
-        assert_eq!(copy.last_applied_decree(), 50);
+        assert_eq!((copy.last_applied_decree(), copy.clock_bound_us()), (50, 50_000));
         let mut expected = all(&e);
         expected.retain(|(k, _)| k != b"late");
         assert_eq!(all(&copy), expected);
@@ -439,20 +478,33 @@ mod tests {
     }
 
     #[test]
-    fn ttl_filter_drops_only_expired_values() {
+    fn compaction_drops_expired_values_and_old_tombstones_only() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
-        let expired = encode_value(1, 7, b"old");
-        let later = encode_value(now_s() + 3600, 7, b"later");
-        let forever = encode_value(0, 7, b"forever");
+        e.set_tombstone_retention_ms(3_600_000);
+        let now_s = (now_us() / 1_000_000) as u32;
+        let hour_us = 3_600_000_000;
+        let expired = encode_value(1, 6, b"old");
+        let later = encode_value(now_s + 3600, 6, b"later");
+        let forever = encode_value(0, 6, b"forever");
         let undecodable = b"xx".to_vec();
+        let old_tombstone = encode_tombstone(make_timetag(now_us() - 2 * hour_us, 1, true));
+        let young_tombstone = encode_tombstone(make_timetag(now_us() - hour_us / 2, 1, true));
+        // An older put of a key lies in a lower level, under the tombstone that compaction drops:
+        // it must not come back.
+        e.apply(1, 0, &[WriteOp::Put { key: b"old-tombstone".to_vec(), value: forever.clone() }]).unwrap();
+        e.flush().unwrap();
+        e.compact();
         e.apply(
-            1,
+            2,
+            0,
             &[
                 WriteOp::Put { key: b"expired".to_vec(), value: expired.clone() },
                 WriteOp::Put { key: b"later".to_vec(), value: later.clone() },
                 WriteOp::Put { key: b"forever".to_vec(), value: forever.clone() },
                 WriteOp::Put { key: b"undecodable".to_vec(), value: undecodable.clone() },
+                WriteOp::Put { key: b"old-tombstone".to_vec(), value: old_tombstone.clone() },
+                WriteOp::Put { key: b"young-tombstone".to_vec(), value: young_tombstone.clone() },
             ],
         )
         .unwrap();
@@ -461,9 +513,11 @@ mod tests {
         assert_eq!(e.get(b"expired").unwrap(), Some(expired));
         e.compact();
         assert_eq!(e.get(b"expired").unwrap(), None);
+        assert_eq!(e.get(b"old-tombstone").unwrap(), None);
+        assert_eq!(e.get(b"young-tombstone").unwrap(), Some(young_tombstone));
         assert_eq!(e.get(b"later").unwrap(), Some(later));
         assert_eq!(e.get(b"forever").unwrap(), Some(forever));
         assert_eq!(e.get(b"undecodable").unwrap(), Some(undecodable));
-        assert_eq!(e.last_applied_decree(), 1);
+        assert_eq!(e.last_applied_decree(), 2);
     }
 }

@@ -69,6 +69,7 @@ impl Replica {
 
     pub(super) fn on_checkpoint_installed(&mut self, ctx: &Ctx, engine: Box<dyn KvEngine>) {
         self.engine = engine;
+        self.clock.observe(self.engine.clock_bound_us());
         self.log.clear();
         self.log_cache_bytes = 0;
         self.last_committed = self.engine.last_applied_decree();

@@ -34,7 +34,7 @@ use crate::types::{Ballot, Decree, Gpid, NodeAddr, PartitionConfig, PartitionSta
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-pub use write::{CheckType, MutateOp, WriteRequest, WriteResponse};
+pub use write::{CheckType, DupRecord, MutateOp, WriteRequest, WriteResponse};
 
 /// Knobs of the replica protocol. Validated by the server config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub struct ReplicaOptions {
     pub learn_retry_ms: u64,
     /// This site's cluster id, stamped into every timetag.
     pub cluster_id: u8,
+    /// Records from the other site stamped further ahead of the local wall clock are refused.
+    pub max_clock_offset_ms: u64,
     pub limits: crate::limits::Limits,
 }
 
@@ -71,6 +73,7 @@ impl Default for ReplicaOptions {
             proposal_retry_ms: 3_000,
             learn_retry_ms: 3_000,
             cluster_id: 1,
+            max_clock_offset_ms: 500,
             limits: crate::limits::Limits::default(),
         }
     }
@@ -352,6 +355,7 @@ impl Replica {
         };
         // The replay rule of every log reader (a later record for a decree replaces it and
         // everything after it, as it did live), then what the engine does not hold yet.
+        r.clock.observe(r.engine.clock_bound_us());
         let mut history = crate::log_read::PartitionLog::default();
         for m in replayed {
             r.clock.observe(m.timestamp_us);
@@ -425,6 +429,26 @@ impl Replica {
     /// the engine is the engine's business (flushed decree), this is only what catch-up needs.
     pub fn log_cache_start(&self) -> Decree {
         self.log.keys().next().copied().unwrap_or(self.last_committed + 1)
+    }
+
+    /// Committed mutations `from..=to` (`to` capped at the committed decree) from the in-memory
+    /// log, about `bytes_max` of them and at least one; None when the cache no longer starts at
+    /// `from` (read the log on disk instead).
+    pub fn committed_mutations(&self, from: Decree, to: Decree, bytes_max: usize) -> Option<Vec<Arc<Mutation>>> {
+        let to = to.min(self.last_committed);
+        if from > to || !self.log.contains_key(&from) {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (_, m) in self.log.range(from..=to) {
+            if !out.is_empty() && bytes + m.encoded_bytes() > bytes_max {
+                break;
+            }
+            bytes += m.encoded_bytes();
+            out.push(m.clone());
+        }
+        Some(out)
     }
 
     pub fn take_actions(&mut self) -> Vec<Action> {

@@ -1,10 +1,10 @@
 //! Reads over a replica's committed state (served by a primary with a valid lease). Expired
-//! values are invisible here even before the compaction filter drops them.
+//! values and tombstones are invisible here even before compaction drops them.
 
 use crate::error::{Error, Result};
 use crate::key::{decode_key, encode_key, hash_key_prefix, prefix_successor};
 use crate::storage::KvEngine;
-use crate::value::{decode_value, is_expired};
+use crate::value::decode_value;
 
 /// Records fetched from the engine per round while skipping expired ones.
 const SCAN_CHUNK: usize = 256;
@@ -13,7 +13,7 @@ const SCAN_CHUNK: usize = 256;
 pub fn get_with_expiry(engine: &dyn KvEngine, hash_key: &[u8], sort_key: &[u8], now_s: u32) -> Result<Option<(u32, Vec<u8>)>> {
     let Some(stored) = engine.get(&encode_key(hash_key, sort_key))? else { return Ok(None) };
     let (header, user) = decode_value(&stored)?;
-    if is_expired(header.expire_ts, now_s) {
+    if !header.is_live(now_s) {
         return Ok(None);
     }
     Ok(Some((header.expire_ts, user.to_vec())))
@@ -85,7 +85,7 @@ pub fn scan(engine: &dyn KvEngine, hash_key: &[u8], range: &SortKeyRange, count_
             let (header, user) = decode_value(&stored)?;
             start = key;
             start.push(0);
-            if is_expired(header.expire_ts, now_s) {
+            if !header.is_live(now_s) {
                 continue;
             }
             bytes += sort_key.len() + user.len();
@@ -157,7 +157,7 @@ pub fn full_scan(engine: &dyn KvEngine, after: Option<&[u8]>, count_max: usize, 
             let (header, user) = decode_value(&stored)?;
             start = key.clone();
             start.push(0);
-            if is_expired(header.expire_ts, now_s) {
+            if !header.is_live(now_s) {
                 continue;
             }
             page.records.push((hk, sk, user.to_vec()));

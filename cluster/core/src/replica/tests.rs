@@ -285,7 +285,7 @@ fn a_learner_proposed_for_upgrade_counts_for_commits_until_the_configuration_mov
 /// (simulator seed 13953). It waits for the meta's configuration.
 #[test]
 fn a_reopened_replica_that_forgot_its_ballot_takes_no_configuration_from_a_prepare() {
-    let engine = MemEngine::from_parts(BTreeMap::new(), 5);
+    let engine = MemEngine::from_parts(BTreeMap::new(), 5, 0);
     let mut s = Replica::open(gpid(), S1.into(), ReplicaOptions::default(), Box::new(engine), vec![]);
     let m = Arc::new(Mutation { ballot: 1, decree: 4, timestamp_us: 5, ops: vec![] });
     let stale = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![m], last_committed: 3 };
@@ -345,7 +345,7 @@ fn learner_installs_checkpoint_then_learns_by_log() {
     assert_eq!(l.take_actions(), vec![Action::FetchCheckpoint { from: P.into(), checkpoint_id: "cp".into(), decree: 5 }]);
     let mut engine = MemEngine::default();
     for d in 1..=5 {
-        engine.apply(d, &[]).unwrap();
+        engine.apply(d, 0, &[]).unwrap();
     }
     l.step(&ctx(2), Input::CheckpointInstalled { engine: Box::new(engine) });
     let request = LearnRequest { ballot: 1, learner: L.into(), last_committed: 5 };
@@ -468,4 +468,128 @@ fn a_lost_prepare_is_sent_again_from_what_the_member_acked() {
     let m2 = appended(&actions);
     let prepare = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![m1[0].clone(), m2[0].clone()], last_committed: 0 };
     assert_eq!(actions, vec![Action::AppendLog { mutations: m2.clone() }, Action::SendPrepare { to: S1.into(), msg: prepare }]);
+}
+
+fn stored_timetag(r: &Replica, key: &str) -> Option<crate::timetag::Timetag> {
+    let stored = r.engine().get(&crate::key::encode_key(key.as_bytes(), b"")).unwrap()?;
+    Some(crate::value::decode_value(&stored).unwrap().0.timetag)
+}
+
+/// Writes one request on a single-replica primary and commits it; returns the reply.
+fn write_alone(r: &mut Replica, now_ms: u64, request: WriteRequest) -> crate::Result<WriteResponse> {
+    r.step(&ctx(now_ms), Input::ClientWrite { request_id: now_ms, request });
+    let actions = r.take_actions();
+    if let Some(m) = appended(&actions).last() {
+        r.step(&ctx(now_ms), Input::LogAppended { ballot: m.ballot, decree: m.decree });
+        let mut replies = r.take_actions();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        match replies.remove(0) {
+            Action::ReplyClient { result, .. } => return result,
+            other => panic!("{other:?}"),
+        }
+    }
+    match actions.as_slice() {
+        [Action::ReplyClient { result, .. }] => result.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn remote_record(key: &str, timestamp_us: u64, delete: bool) -> DupRecord {
+    use crate::timetag::make_timetag;
+    let timetag = make_timetag(timestamp_us, 2, delete);
+    let value = if delete { crate::value::encode_tombstone(timetag) } else { crate::value::encode_value(0, timetag, key.as_bytes()) };
+    DupRecord { key: crate::key::encode_key(key.as_bytes(), b""), value }
+}
+
+#[test]
+fn a_delete_writes_a_tombstone_that_reads_do_not_see() {
+    let mut r = primary_of(&[]);
+    write_alone(&mut r, 1, set("k", "v")).unwrap();
+    write_alone(&mut r, 2, WriteRequest::Del { hash_key: b"k".to_vec(), sort_key: vec![] }).unwrap();
+    let t = stored_timetag(&r, "k").expect("a tombstone is stored");
+    assert!(crate::timetag::timetag_is_delete(t));
+    let now_s = ctx(2).now_s();
+    assert_eq!(read::get(r.engine(), b"k", b"", now_s).unwrap(), None);
+    assert_eq!(read::full_scan(r.engine(), None, 10, now_s).unwrap().records, vec![]);
+    assert_eq!(read::sortkey_count(r.engine(), b"k", now_s).unwrap(), 0);
+    // incr and check_and_mutate see it as absent too.
+    let incr = WriteRequest::Incr { hash_key: b"k".to_vec(), sort_key: vec![], increment: 5, ttl_s: 0 };
+    assert_eq!(write_alone(&mut r, 3, incr).unwrap(), WriteResponse::Incr { new_value: 5 });
+}
+
+#[test]
+fn duplicated_records_apply_only_over_older_timetags() {
+    let mut r = primary_of(&[]);
+    let wall_us = ctx(0).wall_us;
+    write_alone(&mut r, 1, set("local", "mine")).unwrap();
+    let local_t = stored_timetag(&r, "local").unwrap();
+    let records = vec![
+        // Older than the local write: loses.
+        remote_record("local", wall_us - 10, false),
+        // New key: applies.
+        remote_record("new", wall_us - 5, false),
+        // A delete, then an older put of the same key arriving after it: the put loses.
+        remote_record("gone", wall_us - 3, true),
+        remote_record("gone", wall_us - 4, false),
+    ];
+    let reply = write_alone(&mut r, 2, WriteRequest::Duplicate { records: records.clone() }).unwrap();
+    assert_eq!(reply, WriteResponse::Duplicated { applied: 2, superseded: 2 });
+    assert_eq!(stored_timetag(&r, "local"), Some(local_t));
+    let now_s = ctx(2).now_s();
+    assert_eq!(read::get(r.engine(), b"new", b"", now_s).unwrap(), Some(b"new".to_vec()));
+    assert_eq!(read::get(r.engine(), b"gone", b"", now_s).unwrap(), None);
+    // Shipped again (at-least-once): nothing changes.
+    let again = write_alone(&mut r, 3, WriteRequest::Duplicate { records }).unwrap();
+    assert_eq!(again, WriteResponse::Duplicated { applied: 0, superseded: 4 });
+}
+
+#[test]
+fn a_local_write_after_a_remote_one_always_wins() {
+    let mut r = primary_of(&[]);
+    // The other site's clock runs 400 ms ahead (within max_clock_offset of 500 ms).
+    let ahead_us = ctx(1).wall_us + 400_000;
+    write_alone(&mut r, 1, WriteRequest::Duplicate { records: vec![remote_record("k", ahead_us, false)] }).unwrap();
+    write_alone(&mut r, 2, set("k", "later")).unwrap();
+    let t = stored_timetag(&r, "k").unwrap();
+    assert!(crate::timetag::timetag_timestamp_us(t) > ahead_us, "the clock advanced past the remote timetag");
+    assert_eq!(crate::timetag::timetag_cluster_id(t), 1);
+    assert_eq!(read::get(r.engine(), b"k", b"", ctx(2).now_s()).unwrap(), Some(b"later".to_vec()));
+}
+
+#[test]
+fn duplicated_records_too_far_ahead_or_from_this_site_are_refused_whole() {
+    let mut r = primary_of(&[]);
+    let too_far = ctx(1).wall_us + 501_000;
+    let request = WriteRequest::Duplicate { records: vec![remote_record("a", 5, false), remote_record("b", too_far, false)] };
+    let err = write_alone(&mut r, 1, request).unwrap_err();
+    assert_eq!(err, Error::ClockAhead { gpid: gpid(), ahead_ms: 501, max_ms: 500 });
+    assert_eq!(stored_timetag(&r, "a"), None, "nothing of a refused batch is applied");
+    let own = DupRecord {
+        key: crate::key::encode_key(b"a", b""),
+        value: crate::value::encode_value(0, crate::timetag::make_timetag(5, 1, false), b"x"),
+    };
+    let err = write_alone(&mut r, 2, WriteRequest::Duplicate { records: vec![own] }).unwrap_err();
+    assert!(err.to_string().contains("this site's own"), "{err}");
+    // A batch over the limit is refused as too large; a single large record is not.
+    let big = |k: &str| DupRecord {
+        key: crate::key::encode_key(k.as_bytes(), b""),
+        value: crate::value::encode_value(0, crate::timetag::make_timetag(5, 2, false), &vec![0; 1 << 20]),
+    };
+    let err = write_alone(&mut r, 3, WriteRequest::Duplicate { records: (0..5).map(|i| big(&format!("k{i}"))).collect() }).unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err}");
+    assert!(write_alone(&mut r, 4, WriteRequest::Duplicate { records: vec![big("k")] }).is_ok());
+}
+
+#[test]
+fn the_clock_resumes_above_what_the_engine_holds() {
+    // A flushed state whose writes were stamped 10 s ahead of this wall clock (the log that
+    // carried them is gone): new timetags still go above them.
+    let bound = ctx(0).wall_us + 10_000_000;
+    let engine = MemEngine::from_parts(BTreeMap::new(), 0, bound);
+    let mut r = Replica::open(gpid(), P.to_string(), ReplicaOptions::default(), Box::new(engine), vec![]);
+    r.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, &[], &[]) });
+    r.take_actions();
+    write_alone(&mut r, 1, set("k", "v")).unwrap();
+    assert!(crate::timetag::timetag_timestamp_us(stored_timetag(&r, "k").unwrap()) > bound);
+    assert!(r.engine().clock_bound_us() > bound, "the engine's bound moved with the write");
 }

@@ -18,6 +18,19 @@ impl Replica {
             self.actions.push(Action::ReplyClient { request_id, result: Err(e) });
             return;
         }
+        if let Some(max_us) = request.duplicate_timestamp_max_us() {
+            // Records of the other site: refuse them whole while they are too far ahead (they
+            // would pin the clock); else advance the clock past them, so every later local write
+            // of this partition wins over what it has seen (DESIGN.md §2).
+            let limit_us = ctx.wall_us.saturating_add(self.options.max_clock_offset_ms * 1000);
+            if max_us > limit_us {
+                let ahead_ms = (max_us - ctx.wall_us) / 1000;
+                let error = Error::ClockAhead { gpid: self.gpid, ahead_ms, max_ms: self.options.max_clock_offset_ms };
+                self.actions.push(Action::ReplyClient { request_id, result: Err(error) });
+                return;
+            }
+            self.clock.observe(max_us);
+        }
         let timestamp_us = self.clock.next(ctx.wall_us);
         let effects = {
             let view = write::PendingView { engine: self.engine.as_ref(), log: &self.log, last_committed: self.last_committed };

@@ -1,16 +1,22 @@
-//! Client write requests and their evaluation into effects (puts and deletes of stored records).
-//! Read-modify-write requests (`incr`, `check_and_mutate`) read the latest state — committed
-//! state overlaid by prepared mutations — so their effects are exact and replay is idempotent.
+//! Client write requests and their evaluation into effects (puts of stored records; a delete is
+//! the put of a tombstone). Read-modify-write requests (`incr`, `check_and_mutate`) read the
+//! latest state — committed state overlaid by prepared mutations — so their effects are exact and
+//! replay is idempotent.
+//!
+//! `Duplicate` is the other site's records arriving: each is applied only if its timetag is
+//! greater than the one stored (last writer wins, tombstones included), inside this same write
+//! path, so the decision is replicated like any write and a re-shipped batch changes nothing.
 
 use crate::error::{Error, Result};
 use crate::key::encode_key;
 use crate::limits::Limits;
 use crate::mutation::{Mutation, WriteOp};
 use crate::storage::KvEngine;
-use crate::timetag::make_timetag;
+use crate::key::decode_key;
+use crate::timetag::{Timetag, make_timetag, timetag_cluster_id, timetag_timestamp_us};
 use crate::types::Decree;
-use crate::value::{decode_value, encode_value, expire_ts_from_ttl, is_expired};
-use std::collections::BTreeMap;
+use crate::value::{decode_value, encode_tombstone, encode_value, expire_ts_from_ttl};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// How `check_and_mutate` judges the current value of the check sort key.
@@ -119,6 +125,25 @@ pub enum MutateOp {
     Delete { sort_key: Vec<u8> },
 }
 
+/// A record shipped by the other site's duplicator: the stored key and the stored value (header
+/// included, a tombstone with its delete flag) exactly as its origin wrote them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DupRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl DupRecord {
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.value.len()
+    }
+
+    /// The record's timetag; the record must have passed `WriteRequest::validate`.
+    pub fn timetag(&self) -> Timetag {
+        decode_value(&self.value).expect("validated").0.timetag
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteRequest {
     /// `ttl_s` 0 = never expires.
@@ -138,23 +163,30 @@ pub enum WriteRequest {
         mutations: Vec<MutateOp>,
         return_check_value: bool,
     },
+    /// Records of the other site, applied where they win by timetag (see the module doc). Their
+    /// hash keys may differ; every one must belong to the partition it is sent to.
+    Duplicate { records: Vec<DupRecord> },
 }
 
 impl WriteRequest {
-    pub fn hash_key(&self) -> &[u8] {
+    /// The hash key a client request is routed by; None for `Duplicate`, routed per record.
+    pub fn hash_key(&self) -> Option<&[u8]> {
         match self {
             WriteRequest::Set { hash_key, .. }
             | WriteRequest::MultiSet { hash_key, .. }
             | WriteRequest::Del { hash_key, .. }
             | WriteRequest::MultiDel { hash_key, .. }
             | WriteRequest::Incr { hash_key, .. }
-            | WriteRequest::CheckAndMutate { hash_key, .. } => hash_key,
+            | WriteRequest::CheckAndMutate { hash_key, .. } => Some(hash_key),
+            WriteRequest::Duplicate { .. } => None,
         }
     }
 
     /// Limits and shape, checked before the request reaches a replica's queue.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        limits.check_hash_key(self.hash_key())?;
+        if let Some(hash_key) = self.hash_key() {
+            limits.check_hash_key(hash_key)?;
+        }
         match self {
             WriteRequest::Set { sort_key, value, .. } => {
                 limits.check_sort_key(sort_key)?;
@@ -165,11 +197,11 @@ impl WriteRequest {
                     return Err(Error::InvalidArgument("multi_set needs at least one sort key".into()));
                 }
                 let total: usize = kvs.iter().map(|(k, v)| k.len() + v.len()).sum();
-                if total > 4 * limits.value_bytes_max {
-                    return Err(Error::InvalidArgument(format!(
+                if total > limits.batch_bytes_max() {
+                    return Err(Error::TooLarge(format!(
                         "multi_set of {} exceeds {} (4 × max_value_bytes); split it",
                         crate::limits::human_bytes(total),
-                        crate::limits::human_bytes(4 * limits.value_bytes_max)
+                        crate::limits::human_bytes(limits.batch_bytes_max())
                     )));
                 }
                 kvs.iter().try_for_each(|(k, v)| limits.check_sort_key(k).and_then(|_| limits.check_value(v)))
@@ -191,6 +223,40 @@ impl WriteRequest {
                     MutateOp::Delete { sort_key } => limits.check_sort_key(sort_key),
                 })
             }
+            WriteRequest::Duplicate { records } => {
+                if records.is_empty() {
+                    return Err(Error::InvalidArgument("a duplicate batch needs at least one record".into()));
+                }
+                // A single record always fits (its parts are within limits): a large value still
+                // travels, alone.
+                let total: usize = records.iter().map(DupRecord::bytes).sum();
+                if records.len() > 1 && total > limits.batch_bytes_max() {
+                    return Err(Error::TooLarge(format!(
+                        "duplicate batch of {} exceeds {} (4 × max_value_bytes); send fewer records at a time",
+                        crate::limits::human_bytes(total),
+                        crate::limits::human_bytes(limits.batch_bytes_max())
+                    )));
+                }
+                records.iter().try_for_each(|r| {
+                    let (hash_key, sort_key) = decode_key(&r.key)?;
+                    limits.check_hash_key(hash_key)?;
+                    limits.check_sort_key(sort_key)?;
+                    let (header, user) = decode_value(&r.value)?;
+                    limits.check_value(user)?;
+                    if header.is_tombstone() && (!user.is_empty() || header.expire_ts != 0) {
+                        return Err(Error::corrupt("duplicated tombstone", "it carries a value or an expiry"));
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    /// `Duplicate`: the largest timestamp among the records (they must be valid).
+    pub fn duplicate_timestamp_max_us(&self) -> Option<u64> {
+        match self {
+            WriteRequest::Duplicate { records } => records.iter().map(|r| timetag_timestamp_us(r.timetag())).max(),
+            _ => None,
         }
     }
 }
@@ -200,6 +266,9 @@ pub enum WriteResponse {
     Done,
     Incr { new_value: i64 },
     Checked { applied: bool, check_value: Option<Vec<u8>> },
+    /// `Duplicate`: how many records won and were written, and how many lost to a stored record
+    /// with a greater or equal timetag (equal: the same record shipped again).
+    Duplicated { applied: u32, superseded: u32 },
 }
 
 /// Committed state overlaid by the prepared (uncommitted) mutations of the primary.
@@ -225,14 +294,20 @@ impl PendingView<'_> {
         self.engine.get(key)
     }
 
-    /// The live (unexpired) user value and expire_ts.
+    /// The live (unexpired, not deleted) user value and expire_ts.
     fn get_live(&self, key: &[u8], now_s: u32) -> Result<Option<(u32, Vec<u8>)>> {
         let Some(stored) = self.get(key)? else { return Ok(None) };
         let (header, user) = decode_value(&stored)?;
-        if is_expired(header.expire_ts, now_s) {
+        if !header.is_live(now_s) {
             return Ok(None);
         }
         Ok(Some((header.expire_ts, user.to_vec())))
+    }
+
+    /// The timetag of the stored record of `key`, tombstones and expired values included.
+    fn timetag(&self, key: &[u8]) -> Result<Option<Timetag>> {
+        let Some(stored) = self.get(key)? else { return Ok(None) };
+        Ok(Some(decode_value(&stored)?.0.timetag))
     }
 }
 
@@ -249,15 +324,15 @@ pub fn evaluate(
         key: encode_key(hk, sk),
         value: encode_value(expire_ts_from_ttl(ttl_s, now_s), timetag, v),
     };
+    let tombstone = make_timetag(timestamp_us, cluster_id, true);
+    let delete = |hk: &[u8], sk: &[u8]| WriteOp::Put { key: encode_key(hk, sk), value: encode_tombstone(tombstone) };
     Ok(match request {
         WriteRequest::Set { hash_key, sort_key, value, ttl_s } => (vec![put(hash_key, sort_key, value, *ttl_s)], WriteResponse::Done),
         WriteRequest::MultiSet { hash_key, kvs, ttl_s } => {
             (kvs.iter().map(|(k, v)| put(hash_key, k, v, *ttl_s)).collect(), WriteResponse::Done)
         }
-        WriteRequest::Del { hash_key, sort_key } => (vec![WriteOp::Delete { key: encode_key(hash_key, sort_key) }], WriteResponse::Done),
-        WriteRequest::MultiDel { hash_key, sort_keys } => {
-            (sort_keys.iter().map(|k| WriteOp::Delete { key: encode_key(hash_key, k) }).collect(), WriteResponse::Done)
-        }
+        WriteRequest::Del { hash_key, sort_key } => (vec![delete(hash_key, sort_key)], WriteResponse::Done),
+        WriteRequest::MultiDel { hash_key, sort_keys } => (sort_keys.iter().map(|k| delete(hash_key, k)).collect(), WriteResponse::Done),
         WriteRequest::Incr { hash_key, sort_key, increment, ttl_s } => {
             let key = encode_key(hash_key, sort_key);
             let (old_expire, old) = match view.get_live(&key, now_s)? {
@@ -294,13 +369,38 @@ pub fn evaluate(
                     .iter()
                     .map(|m| match m {
                         MutateOp::Put { sort_key, value, ttl_s } => put(hash_key, sort_key, value, *ttl_s),
-                        MutateOp::Delete { sort_key } => WriteOp::Delete { key: encode_key(hash_key, sort_key) },
+                        MutateOp::Delete { sort_key } => delete(hash_key, sort_key),
                     })
                     .collect()
             } else {
                 Vec::new()
             };
             (ops, WriteResponse::Checked { applied, check_value })
+        }
+        WriteRequest::Duplicate { records } => {
+            // Later records of the same key in this batch compare against earlier ones.
+            let mut written: HashMap<&[u8], Timetag> = HashMap::new();
+            let (mut ops, mut superseded) = (Vec::new(), 0u32);
+            for r in records {
+                let incoming = r.timetag();
+                if timetag_cluster_id(incoming) == cluster_id {
+                    return Err(Error::InvalidArgument(format!(
+                        "a duplicated record carries cluster id {cluster_id}, this site's own: give each site its own cluster id"
+                    )));
+                }
+                let stored = match written.get(r.key.as_slice()) {
+                    Some(t) => Some(*t),
+                    None => view.timetag(&r.key)?,
+                };
+                if stored.is_some_and(|s| s >= incoming) {
+                    superseded += 1;
+                    continue;
+                }
+                written.insert(&r.key, incoming);
+                ops.push(WriteOp::Put { key: r.key.clone(), value: r.value.clone() });
+            }
+            let applied = ops.len() as u32;
+            (ops, WriteResponse::Duplicated { applied, superseded })
         }
     })
 }

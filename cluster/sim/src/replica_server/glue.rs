@@ -3,6 +3,9 @@
 
 use super::*;
 use super::trace::{note_change, note_event};
+use std::sync::Arc;
+use tandem_dup_core::{Input as DupInput, ShipFailure as DupFailure};
+use tandem_host::DupWork;
 
 impl ReplicaServer {
 
@@ -107,6 +110,21 @@ impl ReplicaServer {
                 io.stats.path(path::REPLICA_ERROR);
                 let who = self.me.clone();
                 io.note(|| format!("{who} {gpid}: failed: {error}"));
+            }
+            ReplicaAction::HoldLog { keep_after } => host_step!(self, io, HostInput::HoldLog { gpid, holder: "duplication".into(), keep_after }),
+            ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, .. } } => {
+                let input = match self.log.read_partition(gpid, from) {
+                    Ok(m) if m.first().is_some_and(|m| m.decree == from) => {
+                        DupInput::LogRead { read, mutations: m.into_iter().take_while(|m| m.decree <= to).map(Arc::new).collect() }
+                    }
+                    Ok(_) => DupInput::LogGap { read },
+                    Err(error) => DupInput::ReadFailed { read, error },
+                };
+                self.deliver(io, gpid, ReplicaEvent::Dup { dup_id, input });
+            }
+            ReplicaAction::Dup { dup_id, work: DupWork::Ship { batch, .. } } => {
+                let failure = DupFailure::Refused("this simulation has no second site".into());
+                self.deliver(io, gpid, ReplicaEvent::Dup { dup_id, input: DupInput::ShipFailed { batch, failure } });
             }
         }
     }

@@ -79,8 +79,8 @@ impl ReplicaServer {
     /// The fetched database is open and current (the reset record was durable before).
     pub fn on_checkpoint_activated(&mut self, io: &mut Io<'_>, gpid: Gpid, db: String, decree: Decree) {
         let result = match self.fetched.remove(&(gpid, db)) {
-            Some((data, d)) if d == decree => {
-                let engine = SimEngine::from_checkpoint(data, decree);
+            Some(checkpoint) if checkpoint.last_applied_decree() == decree => {
+                let engine = SimEngine::from_checkpoint(checkpoint);
                 self.disk_engines.insert(gpid, engine.clone());
                 self.engines.insert(gpid, engine.clone());
                 Ok(Box::new(engine) as Box<dyn tandem_core::storage::KvEngine>)

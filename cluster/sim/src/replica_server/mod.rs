@@ -25,6 +25,7 @@ use crate::msg::{BeaconAnswer, Checkpoint, Endpoint, Msg, RpcId, replica_index};
 use crate::stats::path;
 use std::collections::{BTreeMap, VecDeque};
 use tandem_core::replica::{Ctx, LearnReply, PrepareOutcome, PrepareReply, Replica, ReplicaOptions, read};
+use tandem_core::storage::KvEngine;
 use tandem_core::meta_route::MetaRoute;
 use tandem_core::{Ballot, Decree, Error, Gpid, LogRecord, Mutation, NodeAddr, PartitionStatus};
 use tandem_meta_core::MetaError;

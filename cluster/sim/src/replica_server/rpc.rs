@@ -138,12 +138,12 @@ impl ReplicaServer {
             Msg::FetchCheckpointResp { rpc, result } => {
                 let Some(Outgoing::FetchCheckpoint { gpid, checkpoint_id, decree }) = self.outgoing.remove(&rpc) else { return };
                 let result = match result {
-                    Ok((data, d)) if d == decree => {
+                    Ok(checkpoint) if checkpoint.last_applied_decree() == decree => {
                         let db = format!("db-{checkpoint_id}");
-                        self.fetched.insert((gpid, db.clone()), (data, d));
+                        self.fetched.insert((gpid, db.clone()), checkpoint);
                         Ok((db, decree))
                     }
-                    Ok((_, d)) => Err(format!("checkpoint holds decree {d}, expected {decree}")),
+                    Ok(checkpoint) => Err(format!("checkpoint holds decree {}, expected {decree}", checkpoint.last_applied_decree())),
                     Err(error) => Err(error),
                 };
                 self.deliver(io, gpid, ReplicaEvent::CheckpointFetched { result });

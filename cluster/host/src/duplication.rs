@@ -1,0 +1,230 @@
+//! The duplications of one hosted replica: a `Duplicator` per duplication of its table while it
+//! is the primary, what the shared log keeps for them on every replica, and the reads a
+//! duplicator needs that the host can answer itself.
+//!
+//! Decisions made here, so that the simulator makes them too:
+//! - **Who ships**: only a primary that has reconciled (it serves reads). A replica that stops
+//!   being one drops its duplicators; the next primary starts from the confirmed decree the meta
+//!   persisted (at-least-once; the apply at the remote is idempotent).
+//! - **Reads**: from the core's in-memory log when it still starts at the decree asked for, else
+//!   from the shared log on disk (an action for the runtime). A snapshot is read from the engine
+//!   as it is (a scan in key order): every version it sees is at least as new as at its decree,
+//!   and the log from that decree on ships again whatever changed after, so last-writer-wins ends
+//!   at the same state as with a frozen checkpoint, without holding one.
+//! - **What the log keeps**: on the primary, what its duplicators still need
+//!   (`Duplicator::log_hold`); on every other replica, everything after the confirmed decree the
+//!   meta persisted, so that a new primary finds what it must ship (a `skip` duplication
+//!   lagging beyond its decree bound holds nothing).
+
+use std::collections::BTreeMap;
+use tandem_core::replica::{DupRecord, Replica};
+use tandem_core::Decree;
+use tandem_dup_core::duplicator::{Action, Input, Now, ReadId, Start};
+use tandem_dup_core::{BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode};
+
+pub type DupId = u32;
+
+/// Records read from the engine per scan while answering a snapshot read.
+const SNAPSHOT_SCAN_CHUNK: usize = 256;
+
+/// A duplication of the replica's table, as the meta hands it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DupConfig {
+    pub dup_id: DupId,
+    /// The site records are shipped to (the runtime knows its address).
+    pub remote_site: String,
+    pub paused: bool,
+    pub fail_mode: FailMode,
+    /// A new duplication ships a snapshot of each partition first.
+    pub sync_existing: bool,
+    /// This partition's confirmed decree as the meta persisted it; None: never started.
+    pub confirmed: Option<Decree>,
+}
+
+/// What the runtime must do for a duplicator; each reports back `ReplicaEvent::Dup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DupWork {
+    /// Read committed mutations `from..=to` of this partition from the shared log on disk, about
+    /// `bytes_max` of them (never past `to`, which is committed); report `LogRead`, `LogGap` when
+    /// the log no longer holds `from`, or `ReadFailed`.
+    ReadLog { read: ReadId, from: Decree, to: Decree, bytes_max: usize },
+    /// Send the records to `remote_site`, each to the partition that owns its key there; report
+    /// `Shipped` once all were applied or superseded, else `ShipFailed`.
+    Ship { remote_site: String, batch: BatchId, records: Vec<DupRecord> },
+}
+
+#[derive(Debug)]
+pub struct Duplications {
+    options: DuplicatorOptions,
+    configs: Vec<DupConfig>,
+    running: BTreeMap<DupId, Duplicator>,
+    /// The committed decree last fed to the running duplicators.
+    fed_committed: Decree,
+    /// The hold last reported to the host (a new replica holds nothing).
+    hold_reported: Option<Decree>,
+}
+
+impl Duplications {
+    pub fn new(options: DuplicatorOptions) -> Self {
+        Duplications { options, configs: Vec::new(), running: BTreeMap::new(), fed_committed: 0, hold_reported: None }
+    }
+
+    pub fn configs(&self) -> &[DupConfig] {
+        &self.configs
+    }
+
+    /// The meta's list for this table: duplications not in it are removed.
+    pub fn configure(&mut self, now: Now, configs: Vec<DupConfig>) {
+        self.running.retain(|id, _| configs.iter().any(|c| c.dup_id == *id));
+        for c in &configs {
+            if let Some(d) = self.running.get_mut(&c.dup_id) {
+                d.step(now, if c.paused { Input::Pause } else { Input::Resume });
+            }
+        }
+        self.configs = configs;
+    }
+
+    pub fn step(&mut self, now: Now, dup_id: DupId, input: Input) {
+        if let Some(d) = self.running.get_mut(&dup_id) {
+            d.step(now, input);
+        }
+    }
+
+    pub fn tick(&mut self, now: Now) {
+        for d in self.running.values_mut() {
+            d.step(now, Input::Tick);
+        }
+    }
+
+    /// The end of a turn: starts or stops the duplicators for the replica's role, feeds them the
+    /// committed decree, answers the reads the host can, and returns what the runtime must do.
+    pub fn end_turn(&mut self, now: Now, core: &Replica) -> Vec<(DupId, DupWork)> {
+        if core.read_ready().is_err() {
+            self.running.clear();
+            return Vec::new();
+        }
+        let committed = core.last_committed();
+        for c in &self.configs {
+            self.running.entry(c.dup_id).or_insert_with(|| {
+                let start = match (c.confirmed, c.sync_existing) {
+                    (Some(d), _) => Start::From(d),
+                    (None, true) => Start::Snapshot,
+                    (None, false) => Start::Now,
+                };
+                let mut d = Duplicator::new(DuplicatorOptions { fail_mode: c.fail_mode, ..self.options.clone() }, start);
+                if c.paused {
+                    d.step(now, Input::Pause);
+                }
+                d.step(now, Input::Committed { decree: committed });
+                d
+            });
+        }
+        if committed != self.fed_committed {
+            self.fed_committed = committed;
+            for d in self.running.values_mut() {
+                d.step(now, Input::Committed { decree: committed });
+            }
+        }
+        let mut work = Vec::new();
+        for (&dup_id, d) in self.running.iter_mut() {
+            let remote_site = self.configs.iter().find(|c| c.dup_id == dup_id).map(|c| c.remote_site.clone()).unwrap_or_default();
+            // Reads answered here lead to more (ships, the next read) until the duplicator's
+            // read-ahead is full or it read up to the committed decree.
+            let mut actions = d.take_actions();
+            while !actions.is_empty() {
+                let mut again = Vec::new();
+                for action in actions {
+                    match action {
+                        Action::ReadLog { read, from, to, bytes_max } => {
+                            match core.committed_mutations(from, to, bytes_max) {
+                                Some(mutations) => {
+                                    d.step(now, Input::LogRead { read, mutations });
+                                    again.extend(d.take_actions());
+                                }
+                                None => work.push((dup_id, DupWork::ReadLog { read, from, to, bytes_max })),
+                            }
+                        }
+                        Action::ReadSnapshot { read, decree, after, bytes_max } => {
+                            let input = snapshot_read(core, read, decree, after, bytes_max);
+                            d.step(now, input);
+                            again.extend(d.take_actions());
+                        }
+                        // Nothing is held for a snapshot read from the engine (see the module doc).
+                        Action::ReleaseSnapshot => {}
+                        Action::Ship { batch, records } => {
+                            work.push((dup_id, DupWork::Ship { remote_site: remote_site.clone(), batch, records }))
+                        }
+                    }
+                }
+                actions = again;
+            }
+        }
+        work
+    }
+
+    /// What the shared log must keep for this replica's duplications: every decree above the
+    /// returned one (None: nothing).
+    pub fn log_hold(&self, now: Now, committed: Decree) -> Option<Decree> {
+        self.configs
+            .iter()
+            .filter_map(|c| match self.running.get(&c.dup_id) {
+                Some(d) => d.log_hold(now),
+                None => {
+                    let confirmed = c.confirmed?;
+                    let lagging = committed.saturating_sub(confirmed) > self.options.skip_lag_decrees_max;
+                    (c.fail_mode == FailMode::Slow || !lagging).then_some(confirmed)
+                }
+            })
+            .min()
+    }
+
+    /// The hold when it changed since last reported.
+    pub fn take_hold_change(&mut self, now: Now, committed: Decree) -> Option<Option<Decree>> {
+        let hold = self.log_hold(now, committed);
+        (self.hold_reported != hold).then(|| {
+            self.hold_reported = hold;
+            hold
+        })
+    }
+
+    /// The progress of the duplicators this replica runs (it is the primary).
+    pub fn progress(&self, now: Now) -> Vec<(DupId, DuplicatorState)> {
+        self.running.iter().map(|(id, d)| (*id, d.state(now))).collect()
+    }
+}
+
+/// Reads about `bytes_max` of stored records after `after` from the replica's engine; the
+/// snapshot's decree is the committed one when it starts.
+fn snapshot_read(core: &Replica, read: ReadId, decree: Option<Decree>, after: Option<Vec<u8>>, bytes_max: usize) -> Input {
+    let decree = decree.unwrap_or(core.last_committed());
+    let mut start = match &after {
+        Some(k) => {
+            let mut s = k.clone();
+            s.push(0);
+            s
+        }
+        None => Vec::new(),
+    };
+    let mut records = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let chunk = match core.engine().scan(&start, None, SNAPSHOT_SCAN_CHUNK) {
+            Ok(chunk) => chunk,
+            Err(e) => return Input::ReadFailed { read, error: e.to_string() },
+        };
+        let exhausted = chunk.len() < SNAPSHOT_SCAN_CHUNK;
+        for (key, value) in chunk {
+            bytes += key.len() + value.len();
+            start = key.clone();
+            start.push(0);
+            records.push((key, value));
+            if bytes >= bytes_max {
+                let next = records.last().map(|(k, _)| k.clone());
+                return Input::SnapshotRead { read, decree, records, next };
+            }
+        }
+        if exhausted {
+            return Input::SnapshotRead { read, decree, records, next: None };
+        }
+    }
+}
