@@ -24,6 +24,27 @@ pub struct ClientArgs {
     pub timeout: std::time::Duration,
 }
 
+/// The client flags of `tandem site`, where `--meta` names the other site's meta servers: this
+/// site's come from `--local-meta` or `TANDEM_META`.
+#[derive(Args, Debug, Clone)]
+pub struct SiteClientArgs {
+    /// This site's meta server address(es), comma-separated.
+    #[arg(long, env = "TANDEM_META", default_value = "127.0.0.1:34601", global = true)]
+    pub local_meta: String,
+    /// Print JSON instead of a human table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up on a request after this long (retries included).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: std::time::Duration,
+}
+
+impl SiteClientArgs {
+    pub fn client_args(&self) -> ClientArgs {
+        ClientArgs { meta: self.local_meta.clone(), json: self.json, timeout: self.timeout }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start a local site (a meta server and 3 replica servers) and serve until Ctrl-C.
@@ -56,6 +77,20 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// The other sites tables are duplicated to: add, list, remove.
+    Site {
+        #[command(flatten)]
+        client: SiteClientArgs,
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
+    /// Duplication of tables to other sites: add, list, pause, resume, remove.
+    Dup {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: DupCommand,
     },
     /// Replica servers and their liveness.
     Nodes {
@@ -397,6 +432,51 @@ fn parse_backup_every(text: &str) -> Result<BackupEvery, String> {
         return Err("a backup interval of 0 means never: write `off`".into());
     }
     Ok(BackupEvery::Every(every))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SiteCommand {
+    /// Make another site known by name, with the addresses of its meta servers.
+    Add {
+        name: String,
+        /// HOST:PORT of the site's meta servers, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+    },
+    /// The known sites.
+    List,
+    /// Forget a site (refused while a duplication ships to it).
+    Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DupCommand {
+    /// Duplicate a table's writes to SITE (whose table of the same name must exist).
+    Add {
+        table: String,
+        #[arg(long = "to", value_name = "SITE")]
+        to: String,
+        /// First ship a snapshot of what the table holds already.
+        #[arg(long)]
+        sync_existing: bool,
+        /// slow: hold the log until everything shipped; skip: past the lag bounds, re-sync
+        /// from a snapshot instead of holding the log.
+        #[arg(long, default_value = "slow", value_parser = ["slow", "skip"])]
+        fail_mode: String,
+    },
+    /// Duplications with, per partition, the confirmed decree and the lag.
+    List {
+        table: Option<String>,
+        /// Include removed duplications.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop shipping (the log is still kept for it).
+    Pause { table: String, dup: String },
+    /// Ship again after a pause.
+    Resume { table: String, dup: String },
+    /// Stop shipping for good and release the log.
+    Remove { table: String, dup: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -18,6 +18,7 @@ macro_rules! outln {
 
 mod admin;
 mod bench;
+mod dup;
 mod cli;
 mod config;
 mod data;
@@ -141,6 +142,8 @@ async fn run(cli: Cli) -> CmdResult {
         }
         Command::Table { client, command } => admin::table(&client, command).await,
         Command::Policy { client, command } => policy::run(&client, command).await,
+        Command::Site { client, command } => dup::site(&client.client_args(), command).await,
+        Command::Dup { client, command } => dup::dup(&client, command).await,
         Command::Nodes { client } => admin::nodes(&client).await,
         Command::Status { client } => admin::status(&client).await,
         Command::Bench(args) => bench::run(args).await,

@@ -310,3 +310,40 @@ async fn policy_commands_record_who_changed_what() {
     let history: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "history", "p", "--json"])).unwrap();
     assert_eq!(history["history"].as_array().unwrap().len(), 2, "refused changes record nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_and_dup_commands_with_their_output_and_exit_codes() {
+    let cluster = Cluster::start(1, Store::Sqlite).await;
+    ok(&cluster, &["table", "create", "t", "--partitions", "2", "--replicas", "1"]);
+    fails(&cluster, &["dup", "add", "t", "--to", "b"], 4, "tandem site add b --meta HOST:PORT");
+    fails(&cluster, &["site", "add", "b", "--meta", "nohost"], 1, "is not HOST:PORT");
+    fails(&cluster, &["site", "add", "local", "--meta", "127.0.0.1:1"], 1, "this site's own name");
+    let out = ok(&cluster, &["site", "add", "b", "--meta", "127.0.0.1:1,127.0.0.1:2"]);
+    assert!(out.contains("tandem dup add TABLE --to b"), "{out}");
+    fails(&cluster, &["site", "add", "b", "--meta", "127.0.0.1:3"], 5, "already exists");
+    let sites: serde_json::Value = serde_json::from_str(&ok(&cluster, &["site", "list", "--json"])).unwrap();
+    assert_eq!(sites["sites"][0]["metas"], serde_json::json!(["127.0.0.1:1", "127.0.0.1:2"]));
+    fails(&cluster, &["dup", "add", "nosuch", "--to", "b"], 4, "table \"nosuch\" does not exist");
+    fails(&cluster, &["dup", "add", "t", "--to", "b", "--fail-mode", "fast"], 2, "possible values");
+    assert!(ok(&cluster, &["dup", "add", "t", "--to", "b", "--fail-mode", "skip"]).contains("duplication 1 of t to b added (skip)"));
+    fails(&cluster, &["dup", "add", "t", "--to", "b"], 5, "already duplicated to \"b\"");
+    let list: serde_json::Value = serde_json::from_str(&ok(&cluster, &["dup", "list", "t", "--json"])).unwrap();
+    let dup = &list["duplications"][0];
+    assert_eq!((dup["site"].as_str(), dup["status"].as_str(), dup["fail_mode"].as_str()), (Some("b"), Some("start"), Some("skip")));
+    assert_eq!(dup["partitions"].as_array().map(Vec::len), Some(2));
+    // Each partition starts confirmed at what it had committed when the duplication was added.
+    assert!(dup["partitions"].as_array().unwrap().iter().all(|p| p["confirmed"].is_u64()), "{dup}");
+    let text = ok(&cluster, &["dup", "list"]);
+    assert!(text.contains("duplication 1 of t to b: start (fail mode skip)") && text.contains("PARTITION"), "{text}");
+    fails(&cluster, &["site", "remove", "b"], 1, "tandem dup remove t 1");
+    assert!(ok(&cluster, &["dup", "pause", "t", "b"]).contains("duplication 1 of t paused"));
+    assert!(ok(&cluster, &["dup", "pause", "t", "1"]).contains("was paused already"));
+    assert!(ok(&cluster, &["dup", "resume", "t", "1"]).contains("resumed"));
+    fails(&cluster, &["dup", "pause", "t", "9"], 4, "its duplications: 1 (to b)");
+    assert!(ok(&cluster, &["dup", "remove", "t", "b"]).contains("removed"));
+    fails(&cluster, &["dup", "resume", "t", "1"], 1, "was removed");
+    assert!(ok(&cluster, &["dup", "list", "t"]).contains("no duplications of t"));
+    assert!(ok(&cluster, &["dup", "list", "t", "--all"]).contains("removed"));
+    assert!(ok(&cluster, &["site", "remove", "b"]).contains("site b removed"));
+    fails(&cluster, &["site", "remove", "b"], 4, "no site \"b\"");
+}

@@ -251,6 +251,56 @@ impl Client {
         .await
     }
 
+    pub async fn site_add(&self, name: &str, metas: &[String]) -> Result<v1::SiteAddResponse> {
+        let req = v1::SiteAddRequest { site: Some(v1::Site { name: name.into(), metas: metas.to_vec() }) };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.site_add(req).await }
+        })
+        .await
+    }
+
+    pub async fn site_remove(&self, name: &str) -> Result<v1::SiteRemoveResponse> {
+        let req = v1::SiteRemoveRequest { name: name.into() };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.site_remove(req).await }
+        })
+        .await
+    }
+
+    pub async fn site_list(&self) -> Result<v1::SiteListResponse> {
+        self.meta_call(|mut c| async move { c.site_list(v1::SiteListRequest {}).await }).await
+    }
+
+    pub async fn dup_add(&self, req: v1::DupAddRequest) -> Result<v1::DupAddResponse> {
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.dup_add(req).await }
+        })
+        .await
+    }
+
+    /// Duplications of `table` ("" = every table).
+    pub async fn dup_list(&self, table: &str, include_removed: bool) -> Result<v1::DupListResponse> {
+        let req = v1::DupListRequest { table: table.into(), include_removed };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.dup_list(req).await }
+        })
+        .await
+    }
+
+    /// `status`: "start" (resume), "pause" or "removed".
+    pub async fn dup_set_status(&self, dup_id: u32, status: &str) -> Result<v1::DupSetStatusResponse> {
+        let req = v1::DupSetStatusRequest { dup_id, status: status.into() };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.dup_set_status(req).await }
+        })
+        .await
+    }
+
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse> {
         self.meta_call(|mut c| async move { c.cluster_status(v1::ClusterStatusRequest {}).await }).await
     }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use tandem_core::replica::{DupRecord, Replica};
 use tandem_core::Decree;
 use tandem_dup_core::duplicator::{Action, Input, Now, ReadId, Start};
-use tandem_dup_core::{BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode};
+use tandem_dup_core::{BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode, TableDup};
 
 pub type DupId = u32;
 
@@ -31,6 +31,8 @@ const SNAPSHOT_SCAN_CHUNK: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DupConfig {
     pub dup_id: DupId,
+    /// The table's name, the same at both sites.
+    pub table: String,
     /// The site records are shipped to (the runtime knows its address).
     pub remote_site: String,
     pub paused: bool,
@@ -39,6 +41,19 @@ pub struct DupConfig {
     pub sync_existing: bool,
     /// This partition's confirmed decree as the meta persisted it; None: never started.
     pub confirmed: Option<Decree>,
+}
+
+/// A table's duplication as partition `partition`'s replica is given it.
+pub fn config_for(dup: &TableDup, partition: u32) -> DupConfig {
+    DupConfig {
+        dup_id: dup.dup_id,
+        table: dup.table.clone(),
+        remote_site: dup.remote_site.clone(),
+        paused: dup.paused,
+        fail_mode: dup.fail_mode,
+        sync_existing: dup.sync_existing,
+        confirmed: dup.confirmed.iter().find(|(p, _)| *p == partition).map(|(_, c)| *c),
+    }
 }
 
 /// What the runtime must do for a duplicator; each reports back `ReplicaEvent::Dup`.
@@ -50,7 +65,7 @@ pub enum DupWork {
     ReadLog { read: ReadId, from: Decree, to: Decree, bytes_max: usize },
     /// Send the records to `remote_site`, each to the partition that owns its key there; report
     /// `Shipped` once all were applied or superseded, else `ShipFailed`.
-    Ship { remote_site: String, batch: BatchId, records: Vec<DupRecord> },
+    Ship { table: String, remote_site: String, batch: BatchId, records: Vec<DupRecord> },
 }
 
 #[derive(Debug)]
@@ -127,7 +142,12 @@ impl Duplications {
         }
         let mut work = Vec::new();
         for (&dup_id, d) in self.running.iter_mut() {
-            let remote_site = self.configs.iter().find(|c| c.dup_id == dup_id).map(|c| c.remote_site.clone()).unwrap_or_default();
+            let (table, remote_site) = self
+                .configs
+                .iter()
+                .find(|c| c.dup_id == dup_id)
+                .map(|c| (c.table.clone(), c.remote_site.clone()))
+                .unwrap_or_default();
             // Reads answered here lead to more (ships, the next read) until the duplicator's
             // read-ahead is full or it read up to the committed decree.
             let mut actions = d.take_actions();
@@ -152,7 +172,7 @@ impl Duplications {
                         // Nothing is held for a snapshot read from the engine (see the module doc).
                         Action::ReleaseSnapshot => {}
                         Action::Ship { batch, records } => {
-                            work.push((dup_id, DupWork::Ship { remote_site: remote_site.clone(), batch, records }))
+                            work.push((dup_id, DupWork::Ship { table: table.clone(), remote_site: remote_site.clone(), batch, records }))
                         }
                     }
                 }

@@ -26,7 +26,8 @@ pub mod replica;
 pub mod server;
 
 pub use checkpoints::{holds_conformance, CheckpointFilesUnderTest, CheckpointRetention};
-pub use duplication::{DupConfig, DupId, DupWork, Duplications};
+pub use duplication::{config_for, DupConfig, DupId, DupWork, Duplications};
+pub use tandem_dup_core::TableDup;
 pub use options::HostOptions;
 pub use replica::{Carrier, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 pub use server::{Host, HostAction, HostInput};

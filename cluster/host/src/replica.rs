@@ -530,7 +530,7 @@ impl<C: Carrier> std::fmt::Debug for ReplicaAction<C> {
             ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, .. } } => {
                 write!(f, "Dup {dup_id} ReadLog #{read} {from}..={to}")
             }
-            ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, records } } => {
+            ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, records, .. } } => {
                 write!(f, "Dup {dup_id} Ship #{batch} to {remote_site}: {} records", records.len())
             }
             ReplicaAction::HoldLog { keep_after } => write!(f, "HoldLog {keep_after:?}"),
@@ -707,6 +707,7 @@ mod tests {
     fn dup(confirmed: Option<Decree>) -> DupConfig {
         DupConfig {
             dup_id: 1,
+            table: "t".into(),
             remote_site: "b".into(),
             paused: false,
             fail_mode: tandem_dup_core::FailMode::Slow,

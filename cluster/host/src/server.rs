@@ -24,6 +24,8 @@
 //!   flushed, and after every hold (a duplication that has not shipped it yet). A replica that
 //!   did not answer its flush keeps everything.
 
+use crate::duplication::{config_for, DupConfig};
+use tandem_dup_core::TableDup;
 use crate::options::HostOptions;
 use std::collections::{BTreeMap, BTreeSet};
 use tandem_core::replica::ReplicaOptions;
@@ -36,7 +38,8 @@ pub enum HostInput {
     /// The meta answered the beacon sent at `sent_at_ms`: the configurations of the partitions
     /// this server hosts or reported, the partition count of their tables, and the reported
     /// partitions whose table is gone.
-    BeaconAnswered { sent_at_ms: u64, configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid> },
+    /// Also the duplications of their tables.
+    BeaconAnswered { sent_at_ms: u64, configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid>, dups: Vec<TableDup> },
     BeaconFailed { now_ms: u64 },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
@@ -63,6 +66,8 @@ pub enum HostAction {
     OpenReplica { gpid: Gpid, options: ReplicaOptions },
     /// Give the replica its configuration; report `Configured` once it took it.
     Configure { gpid: Gpid, config: PartitionConfig },
+    /// Give the replica its table's duplications (`ReplicaEvent::Duplications`); they changed.
+    Duplications { gpid: Gpid, configs: Vec<DupConfig> },
     /// Tick every replica, each with its share of the log cache.
     TickReplicas { log_cache_bytes_max: usize },
     /// Beacon to the meta with every replica's state; report `BeaconAnswered` or `BeaconFailed`.
@@ -105,6 +110,8 @@ pub struct Host {
     /// configuration had a primary.
     outside_since: BTreeMap<Gpid, u64>,
     partition_counts: BTreeMap<u32, u32>,
+    /// The duplications last handed to each replica.
+    dups_sent: BTreeMap<Gpid, Vec<DupConfig>>,
     lease_until_ms: u64,
     /// No beacon of this process has been answered yet.
     restarted: bool,
@@ -127,6 +134,7 @@ impl Host {
             removing: BTreeSet::new(),
             outside_since: BTreeMap::new(),
             partition_counts: BTreeMap::new(),
+            dups_sent: BTreeMap::new(),
             lease_until_ms: 0,
             restarted: true,
             beacon: Beacon::Idle { next_due_ms: now_ms },
@@ -180,8 +188,8 @@ impl Host {
         }
         match input {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
-            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone } => {
-                self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone)
+            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone, dups } => {
+                self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
             HostInput::BeaconFailed { now_ms } => {
                 if let Beacon::InFlight { sent_at_ms } = self.beacon {
@@ -299,7 +307,7 @@ impl Host {
         }
     }
 
-    fn on_beacon_answered(&mut self, sent_at_ms: u64, configs: Vec<PartitionConfig>, counts: Vec<(u32, u32)>, gone: Vec<Gpid>) {
+    fn on_beacon_answered(&mut self, sent_at_ms: u64, configs: Vec<PartitionConfig>, counts: Vec<(u32, u32)>, gone: Vec<Gpid>, dups: Vec<TableDup>) {
         let Beacon::InFlight { sent_at_ms: in_flight } = self.beacon else { return };
         if in_flight != sent_at_ms {
             return;
@@ -325,8 +333,23 @@ impl Host {
         for gpid in gone {
             self.remove(gpid, "its table was purged".into());
         }
+        self.hand_out_duplications(&dups);
         self.beacon = Beacon::Configuring { sent_at_ms, waiting, statuses: BTreeMap::new(), seen };
         self.finish_beacon_if_configured();
+    }
+
+    /// Each hosted replica gets its table's duplications, with its partition's confirmed decree,
+    /// when they differ from what it was given last.
+    fn hand_out_duplications(&mut self, dups: &[TableDup]) {
+        self.dups_sent.retain(|gpid, _| self.replicas.contains(gpid));
+        for gpid in self.replicas.iter().copied().filter(|g| !self.removing.contains(g)) {
+            let configs: Vec<DupConfig> = dups.iter().filter(|d| d.table_id == gpid.table_id).map(|d| config_for(d, gpid.partition)).collect();
+            let last = self.dups_sent.get(&gpid);
+            if last != Some(&configs) && (last.is_some() || !configs.is_empty()) {
+                self.actions.push(HostAction::Duplications { gpid, configs: configs.clone() });
+                self.dups_sent.insert(gpid, configs);
+            }
+        }
     }
 
     /// Every replica took its configuration: grant the lease, then delete replicas left out.
@@ -411,7 +434,7 @@ mod tests {
     }
 
     fn answer(host: &mut Host, sent_at_ms: u64, configs: Vec<PartitionConfig>, gone: Vec<Gpid>) -> Vec<HostAction> {
-        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], gone });
+        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], gone, dups: vec![] });
         host.take_actions()
     }
 
@@ -554,5 +577,39 @@ mod tests {
         assert_eq!(host.take_actions(), vec![HostAction::Stop { error: "EIO".into() }]);
         host.step(HostInput::Tick { now_ms: 1 });
         assert_eq!(host.take_actions(), vec![], "a stopped server beacons no more");
+    }
+
+    #[test]
+    fn each_replica_is_handed_its_tables_duplications_when_they_change() {
+        let mut host = Host::new("a".into(), options(), [g(0), g(1)], 0);
+        let dup = |confirmed: Vec<(u32, Decree)>| TableDup {
+            table_id: 1,
+            dup_id: 3,
+            table: "t".into(),
+            remote_site: "b".into(),
+            paused: false,
+            fail_mode: tandem_dup_core::FailMode::Slow,
+            sync_existing: false,
+            confirmed,
+        };
+        let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
+            host.step(HostInput::Tick { now_ms });
+            host.take_actions();
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], gone: vec![], dups });
+            host.take_actions().into_iter().filter(|a| matches!(a, HostAction::Duplications { .. })).collect::<Vec<_>>()
+        };
+        let first = dup(vec![(0, 7)]);
+        assert_eq!(beacon(0, vec![first.clone()]), vec![
+            HostAction::Duplications { gpid: g(0), configs: vec![config_for(&first, 0)] },
+            HostAction::Duplications { gpid: g(1), configs: vec![config_for(&first, 1)] },
+        ]);
+        assert_eq!(config_for(&first, 1).confirmed, None, "partition 1 has no confirmed decree yet");
+        assert_eq!(beacon(1_000, vec![first.clone()]), vec![], "unchanged: nothing handed out again");
+        let moved = dup(vec![(0, 7), (1, 2)]);
+        assert_eq!(beacon(2_000, vec![moved.clone()]), vec![HostAction::Duplications { gpid: g(1), configs: vec![config_for(&moved, 1)] }]);
+        assert_eq!(beacon(3_000, vec![]), vec![
+            HostAction::Duplications { gpid: g(0), configs: vec![] },
+            HostAction::Duplications { gpid: g(1), configs: vec![] },
+        ]);
     }
 }

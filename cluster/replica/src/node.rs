@@ -18,7 +18,8 @@ use tandem_client::meta_conn::{endpoint, stream_endpoint, MetaConn};
 use tandem_core::replica::{Ctx, Replica, ReplicaOptions};
 use tandem_core::log_read::PartitionLog;
 use tandem_core::Gpid;
-use tandem_host::{Host, HostAction, HostInput, HostedReplica, ReplicaEvent};
+use tandem_dup_core::FailMode;
+use tandem_host::{Host, HostAction, HostInput, HostedReplica, ReplicaEvent, TableDup};
 use tandem_proto::convert::config_from_wire;
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
@@ -49,6 +50,9 @@ pub struct Node {
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
     /// The batch stream to each peer, which carries the prepares of every partition.
     peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
+    /// The other sites duplications ship to, as the meta last named them: their meta addresses
+    /// and a client of each (made on first use).
+    sites: Mutex<HashMap<String, (Vec<String>, Option<tandem_client::Client>)>>,
 }
 
 impl Node {
@@ -164,6 +168,11 @@ impl Node {
                     inputs.push_back(HostInput::Configured { gpid, status: None });
                 }
             }
+            HostAction::Duplications { gpid, configs } => {
+                if let Some(h) = self.replica(gpid) {
+                    h.send(ReplicaEvent::Duplications { configs });
+                }
+            }
             HostAction::TickReplicas { log_cache_bytes_max } => {
                 for h in self.replica_handles() {
                     h.send(ReplicaEvent::Tick { log_cache_bytes_max });
@@ -252,6 +261,7 @@ impl Node {
             incarnation: self.incarnation,
             lease_period_ms,
             restarted,
+            dup_progress: self.replica_handles().iter().flat_map(|h| h.dup_progress()).collect(),
         };
         let answer = self
             .meta
@@ -277,7 +287,8 @@ impl Node {
                     }
                 }
                 let gone = resp.gone.into_iter().map(|g| Gpid::new(g.table_id, g.partition)).collect();
-                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone }
+                let dups = self.take_duplications(resp.dups, resp.sites);
+                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone, dups }
             }
             Err(status) => {
                 let failures = self.beacon_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -289,6 +300,50 @@ impl Node {
             }
         };
         self.host_step(input);
+    }
+
+    /// The duplications of a beacon answer, for the host, and the addresses of the sites they
+    /// ship to, for this runtime's clients of them.
+    fn take_duplications(&self, dups: Vec<v1::DupInfo>, sites: Vec<v1::Site>) -> Vec<TableDup> {
+        {
+            let mut known = self.sites.lock().expect("sites lock");
+            known.retain(|name, _| sites.iter().any(|s| s.name == *name));
+            for s in sites {
+                let entry = known.entry(s.name).or_insert_with(|| (s.metas.clone(), None));
+                if entry.0 != s.metas {
+                    *entry = (s.metas, None);
+                }
+            }
+        }
+        dups.into_iter()
+            .filter_map(|d| {
+                let Some(fail_mode) = FailMode::from_name(&d.fail_mode) else {
+                    tracing::warn!("meta sent duplication {} with an unknown fail mode {:?}", d.id, d.fail_mode);
+                    return None;
+                };
+                Some(TableDup {
+                    table_id: d.table_id,
+                    dup_id: d.id,
+                    table: d.table,
+                    remote_site: d.remote_site,
+                    paused: d.status == "pause",
+                    fail_mode,
+                    sync_existing: d.sync_existing,
+                    confirmed: d.confirmed.iter().map(|c| (c.partition, c.confirmed)).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// A client of site `name`'s meta servers, as the meta named them last.
+    pub fn site_client(&self, name: &str) -> std::result::Result<tandem_client::Client, String> {
+        let mut sites = self.sites.lock().expect("sites lock");
+        let (metas, client) = sites.get_mut(name).ok_or_else(|| format!("site {name:?} is not known to this server (yet)"))?;
+        if client.is_none() {
+            let opts = tandem_client::ClientOptions { rpc_timeout: Duration::from_secs(5), request_timeout: Duration::from_secs(10) };
+            *client = Some(tandem_client::Client::new(metas, opts).map_err(|e| format!("site {name:?}: {e}"))?);
+        }
+        Ok(client.clone().expect("made above"))
     }
 
     fn update_gauges(&self) {
@@ -389,6 +444,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         beacon_failures: AtomicU32::new(0),
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
+        sites: Mutex::new(HashMap::new()),
         opts: opts.clone(),
     });
     let opened = found.len();

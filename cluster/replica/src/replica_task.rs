@@ -119,6 +119,8 @@ pub struct ReplicaHandle {
     gpid: Gpid,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
+    /// The progress of the duplicators this replica runs as primary, after its last turn.
+    dups: Arc<Mutex<Vec<v1::DupProgress>>>,
     /// The engine while the hosted replica holds its read gate open (set at the end of each
     /// turn), else None: reads use it directly, without a trip through the task.
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
@@ -148,6 +150,10 @@ impl ReplicaHandle {
         self.read_gate.read().expect("read gate lock").clone()
     }
 
+    pub fn dup_progress(&self) -> Vec<v1::DupProgress> {
+        self.dups.lock().expect("dup progress lock").clone()
+    }
+
     pub fn report(&self) -> v1::ReplicaReport {
         let s = self.state();
         v1::ReplicaReport {
@@ -161,12 +167,24 @@ impl ReplicaHandle {
     }
 }
 
+/// How the other site's refusal of a batch reads to the duplicator.
+fn ship_failure(e: tandem_client::ClientError) -> DupFailure {
+    use tandem_client::ClientError;
+    match e {
+        ClientError::TooLarge(_) => DupFailure::TooLarge,
+        ClientError::ClockAhead(_) => DupFailure::ClockAhead,
+        ClientError::Unavailable(m) | ClientError::Internal(m) => DupFailure::Unavailable(m),
+        ClientError::NotFound(m) | ClientError::InvalidArgument(m) | ClientError::AlreadyExists(m) => DupFailure::Refused(m),
+    }
+}
+
 pub fn spawn(node: Arc<Node>, replica: HostedReplica<Rt>, engine: SharedEngine, dir: PathBuf) -> ReplicaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let state = Arc::new(Mutex::new(replica.state()));
     let read_gate = Arc::new(RwLock::new(None));
-    let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), read_gate: read_gate.clone() };
-    let task = ReplicaTask { node, replica, engine, dir, tx, state, read_gate, fetches: JoinSet::new(), disk_work: JoinSet::new() };
+    let dups = Arc::new(Mutex::new(Vec::new()));
+    let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), dups: dups.clone(), read_gate: read_gate.clone() };
+    let task = ReplicaTask { node, replica, engine, dir, tx, state, dups, read_gate, fetches: JoinSet::new(), disk_work: JoinSet::new() };
     tokio::spawn(task.run(rx));
     handle
 }
@@ -178,6 +196,7 @@ struct ReplicaTask {
     dir: PathBuf,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
+    dups: Arc<Mutex<Vec<v1::DupProgress>>>,
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
     /// Checkpoint fetches in flight: stopped with the replica.
     fetches: JoinSet<()>,
@@ -233,6 +252,7 @@ impl ReplicaTask {
             while self.fetches.try_join_next().is_some() {}
             while self.disk_work.try_join_next().is_some() {}
             *self.state.lock().expect("state lock") = self.replica.state();
+            self.publish_dup_progress();
         }
         // Stopped: no more reads from this engine.
         *self.read_gate.write().expect("read gate lock") = None;
@@ -251,6 +271,28 @@ impl ReplicaTask {
             }
             Event::Flush { .. } | Event::Stop { .. } => unreachable!("handled by the loop"),
         }
+    }
+
+    fn publish_dup_progress(&self) {
+        let ctx = self.node.ctx();
+        let gpid = self.replica.gpid();
+        let now = tandem_dup_core::Now { now_ms: ctx.now_ms, wall_us: ctx.wall_us };
+        let progress = self
+            .replica
+            .duplications()
+            .progress(now)
+            .into_iter()
+            .map(|(dup_id, s)| v1::DupProgress {
+                gpid: Some(gpid.into()),
+                dup_id,
+                confirmed: s.confirmed,
+                lag_decrees: s.lag_decrees,
+                lag_ms: s.lag_ms,
+                phase: s.phase.to_string(),
+                last_error: s.last_error.unwrap_or_default(),
+            })
+            .collect();
+        *self.dups.lock().expect("dup progress lock") = progress;
     }
 
     fn send_later(&self, event: ReplicaEvent<Rt>) {
@@ -383,11 +425,19 @@ impl ReplicaTask {
                         let _ = tx.send(Event::Replica(ReplicaEvent::Dup { dup_id, input }));
                     });
                 }
-                ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, .. } } => {
-                    // Remote sites reach replica servers with the duplication machinery of the meta
-                    // (issue 12); until then no duplication is configured and none ships.
-                    let failure = DupFailure::Refused(format!("site {remote_site:?} is not known to this server"));
-                    self.send_later(ReplicaEvent::Dup { dup_id, input: DupInput::ShipFailed { batch, failure } });
+                ReplicaAction::Dup { dup_id, work: DupWork::Ship { table, remote_site, batch, records } } => {
+                    let (node, tx) = (self.node.clone(), self.tx.clone());
+                    // Not in disk_work: a replica that stops does not wait for the other site.
+                    tokio::spawn(async move {
+                        let input = match node.site_client(&remote_site) {
+                            Ok(client) => match client.table(&table).duplicate(records).await {
+                                Ok(_) => DupInput::Shipped { batch },
+                                Err(e) => DupInput::ShipFailed { batch, failure: ship_failure(e) },
+                            },
+                            Err(e) => DupInput::ShipFailed { batch, failure: DupFailure::Unavailable(e) },
+                        };
+                        let _ = tx.send(Event::Replica(ReplicaEvent::Dup { dup_id, input }));
+                    });
                 }
             }
         }

@@ -212,7 +212,7 @@ impl SimMeta {
             Some(Waiting::Ignored) | None => {}
             Some(Waiting::Rpc { to, rpc }) => {
                 let msg = match result {
-                    Ok(MetaReply::Beacon { configs, partition_counts, gone }) => Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone } },
+                    Ok(MetaReply::Beacon { configs, partition_counts, gone, .. }) => Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone } },
                     Ok(MetaReply::Proposed { config }) => Msg::ProposeResp { rpc, config },
                     Ok(MetaReply::Config { partitions, .. }) => Msg::QueryConfigResp { rpc, configs: partitions },
                     Ok(other) => unreachable!("no RPC of the simulation asks for {other:?}"),
@@ -233,7 +233,7 @@ impl SimMeta {
                         (s.gpid, report)
                     })
                     .collect();
-                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports }))
+                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports: vec![] }))
             }
             Msg::Propose { rpc, gpid, proposal, from: proposer } => (rpc, MetaRequest::Propose { gpid, from: proposer, proposal }),
             Msg::QueryConfig { rpc } => (rpc, MetaRequest::QueryConfig { table: crate::sim::TABLE_NAME.into() }),

@@ -25,5 +25,21 @@ pub mod duplicator;
 pub mod records;
 pub mod route;
 
+/// A duplication of a table as the meta hands it to the replica servers hosting the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDup {
+    pub dup_id: u32,
+    pub table_id: u32,
+    /// The table's name, the same at both sites.
+    pub table: String,
+    pub remote_site: String,
+    pub paused: bool,
+    pub fail_mode: FailMode,
+    /// A new duplication ships a snapshot of each partition first.
+    pub sync_existing: bool,
+    /// The persisted confirmed decree of each partition that has one.
+    pub confirmed: Vec<(u32, tandem_core::Decree)>,
+}
+
 pub use duplicator::{Action, BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode, Input, Now, Phase, ShipFailure};
 pub use records::{records_of_mutation, snapshot_record};

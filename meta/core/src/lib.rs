@@ -7,6 +7,7 @@
 //! SQL store; `status` the views it reports.
 pub mod beacon;
 pub mod cure;
+pub mod duplication;
 pub mod failure_detector;
 pub mod leadership;
 pub mod machine;

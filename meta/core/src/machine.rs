@@ -27,6 +27,8 @@
 
 use crate::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
 use crate::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
+use crate::duplication::{DupInfo, DupPartitionView, DupStatus, DupView, Site};
+use tandem_dup_core::{FailMode, TableDup};
 use crate::failure_detector::FailureDetector;
 use crate::leadership::{ClaimOutcome, Leadership, NotServing, Transition};
 use crate::placement::{learner_placement, place_partition, place_table};
@@ -149,6 +151,12 @@ enum Work {
     /// One pass of cure over the partitions from `from` on.
     Cure { from: Gpid },
     Purge { table_id: u32 },
+    SiteAdd { token: Token, site: Site },
+    SiteRemove { token: Token, name: String },
+    DupAdd { token: Token, table: String, remote_site: String, fail_mode: FailMode, sync_existing: bool },
+    DupSetStatus { token: Token, dup_id: u32, status: DupStatus },
+    /// Persists the confirmed decrees primaries reported since the last time.
+    SaveDupProgress,
 }
 
 /// A write in flight and what to do when it returns.
@@ -239,6 +247,12 @@ impl MetaMachine {
         self.actions.push(MetaAction::Reply { token, result });
     }
 
+    fn reply_to(&mut self, work: &Work, result: Result<MetaReply, MetaError>) {
+        if let Some(token) = work.token() {
+            self.reply(token, result);
+        }
+    }
+
     fn event(&mut self, e: MetaEvent) {
         self.actions.push(MetaAction::Event(e));
     }
@@ -314,6 +328,11 @@ impl MetaMachine {
                     fd: FailureDetector::new(self.options.grace_period_ms, registered.iter().cloned(), self.now.mono_ms),
                     reports: BTreeMap::new(),
                     registered,
+                    sites: snapshot.sites.into_iter().map(|s| (s.name.clone(), s)).collect(),
+                    dups: snapshot.dups.into_iter().map(|d| (d.id, d)).collect(),
+                    dup_confirmed: snapshot.dup_confirmed.into_iter().map(|(d, p, c)| ((d, p), c)).collect(),
+                    dup_unsaved: BTreeMap::new(),
+                    dup_reports: BTreeMap::new(),
                 };
                 self.event(MetaEvent::Leading { epoch, tables: state.tables.len(), partitions: state.partitions.len(), nodes: state.registered.len() });
                 self.state = Some(state);
@@ -335,11 +354,15 @@ impl MetaMachine {
             .filter(|t| matches!(t.status, TableStatus::Dropped { drop_time_ms } if now.wall_ms > drop_time_ms + self.options.recall_window_ms))
             .map(|t| t.id)
             .collect();
+        let unsaved = !state.dup_unsaved.is_empty();
         for node in dead {
             self.event(MetaEvent::NodeDead { node });
         }
         if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Cure { .. })) {
             self.queue.push_back(Work::Cure { from: Gpid::default() });
+        }
+        if unsaved && !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::SaveDupProgress)) {
+            self.queue.push_back(Work::SaveDupProgress);
         }
         for table_id in expired {
             if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Purge { table_id: t } if *t == table_id)) {
@@ -394,6 +417,34 @@ impl MetaMachine {
                 }
                 return self.queue.push_back(Work::SetPolicy { token, table, change, who });
             }
+            MetaRequest::SiteList => Ok(MetaReply::Sites { sites: state.sites.values().cloned().collect() }),
+            MetaRequest::DupList { table, include_removed } => {
+                let table_id = match &table {
+                    Some(name) => match state.available_table(name) {
+                        Some(t) => Some(t.id),
+                        None => return self.reply(token, Err(not_found(name))),
+                    },
+                    None => None,
+                };
+                let dups = state
+                    .dups
+                    .values()
+                    .filter(|d| table_id.is_none_or(|id| d.table_id == id) && (include_removed || d.status != DupStatus::Removed))
+                    .map(|d| dup_view(state, d))
+                    .collect();
+                Ok(MetaReply::Dups { dups })
+            }
+            MetaRequest::SiteAdd { site } => {
+                if let Err(e) = site.validate(&self.options.site) {
+                    return self.reply(token, Err(MetaError::InvalidArgument(e)));
+                }
+                return self.queue.push_back(Work::SiteAdd { token, site });
+            }
+            MetaRequest::SiteRemove { name } => return self.queue.push_back(Work::SiteRemove { token, name }),
+            MetaRequest::DupAdd { table, remote_site, fail_mode, sync_existing } => {
+                return self.queue.push_back(Work::DupAdd { token, table, remote_site, fail_mode, sync_existing });
+            }
+            MetaRequest::DupSetStatus { dup_id, status } => return self.queue.push_back(Work::DupSetStatus { token, dup_id, status }),
             MetaRequest::DropTable { name } => return self.queue.push_back(Work::DropTable { token, name }),
             MetaRequest::RecallTable { name } => return self.queue.push_back(Work::RecallTable { token, name }),
         };
@@ -417,6 +468,20 @@ impl MetaMachine {
         }
         for (gpid, report) in &request.reports {
             state.reports.entry(*gpid).or_default().insert(node.clone(), report.clone());
+        }
+        for (gpid, dup_id, report) in &request.dup_reports {
+            // Only the partition's primary ships; a report of a deposed one is stale.
+            let from_primary = state.partitions.get(gpid).is_some_and(|c| c.primary.as_deref() == Some(node.as_str()));
+            let live = state.dups.get(dup_id).is_some_and(|d| d.table_id == gpid.table_id && d.status != DupStatus::Removed);
+            if !from_primary || !live {
+                continue;
+            }
+            let key = (*dup_id, gpid.partition);
+            if state.dup_confirmed.get(&key).is_none_or(|c| report.confirmed > *c) {
+                let unsaved = state.dup_unsaved.entry(key).or_insert(report.confirmed);
+                *unsaved = (*unsaved).max(report.confirmed);
+            }
+            state.dup_reports.insert(key, report.clone());
         }
         let registered = state.registered.contains(&node);
         let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
@@ -525,7 +590,14 @@ impl MetaMachine {
                 tables.dedup();
                 let partition_counts = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.partition_count))).collect();
                 let gone = reported.into_iter().filter(|g| !state.tables.contains_key(&g.table_id)).collect();
-                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, gone }));
+                let dups: Vec<TableDup> = state
+                    .dups
+                    .values()
+                    .filter(|d| d.status != DupStatus::Removed && tables.contains(&d.table_id))
+                    .map(|d| dup_for_server(state, d))
+                    .collect();
+                let sites = state.sites.values().filter(|s| dups.iter().any(|d| d.remote_site == s.name)).cloned().collect();
+                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, gone, dups, sites }));
             }
             Work::Propose { token, gpid, from, proposal } => {
                 let Some(config) = state.partitions.get(&gpid).cloned() else {
@@ -633,6 +705,70 @@ impl MetaMachine {
                     self.persist(StoreWrite::PurgeTable { table_id }, Work::Purge { table_id });
                 }
             }
+            Work::SiteAdd { token, site } => {
+                if state.sites.contains_key(&site.name) {
+                    return self.reply(token, Err(MetaError::AlreadyExists(format!("site {:?} already exists; remove it first to change it", site.name))));
+                }
+                self.persist(StoreWrite::AddSite { site: site.clone() }, Work::SiteAdd { token, site });
+            }
+            Work::SiteRemove { token, name } => {
+                if !state.sites.contains_key(&name) {
+                    return self.reply(token, Err(MetaError::NotFound(format!("no site {name:?} (tandem site list shows the known ones)"))));
+                }
+                if let Some(d) = state.dups.values().find(|d| d.remote_site == name && d.status != DupStatus::Removed) {
+                    let table = state.tables.get(&d.table_id).map_or_else(|| d.table_id.to_string(), |t| t.name.clone());
+                    let message = format!("site {name:?} is used by duplication {} of table {table:?}; remove that first (tandem dup remove {table} {})", d.id, d.id);
+                    return self.reply(token, Err(MetaError::InvalidArgument(message)));
+                }
+                self.persist(StoreWrite::RemoveSite { name: name.clone() }, Work::SiteRemove { token, name });
+            }
+            Work::DupAdd { token, table, remote_site, fail_mode, sync_existing } => {
+                let Some(t) = state.available_table(&table) else {
+                    return self.reply(token, Err(MetaError::NotFound(format!("table {table:?} does not exist"))));
+                };
+                if !state.sites.contains_key(&remote_site) {
+                    let message = format!("no site {remote_site:?}; add it first with: tandem site add {remote_site} --meta HOST:PORT");
+                    return self.reply(token, Err(MetaError::NotFound(message)));
+                }
+                if let Some(d) = state.dups.values().find(|d| d.table_id == t.id && d.remote_site == remote_site && d.status != DupStatus::Removed) {
+                    let message = format!("table {table:?} is already duplicated to {remote_site:?} (duplication {})", d.id);
+                    return self.reply(token, Err(MetaError::AlreadyExists(message)));
+                }
+                // Without --sync-existing a duplication ships what commits from now on: every
+                // partition starts confirmed at what its replicas last reported committed (the
+                // lowest, so a write acknowledged before this request is at worst shipped again).
+                // Left to its primary's first turn instead, the writes committed until the next
+                // beacon handed it out would never ship (found by ops/tests/duplicate.rs).
+                let start = if sync_existing {
+                    Vec::new()
+                } else {
+                    (0..t.partition_count)
+                        .map(|p| {
+                            let reported = state.reports.get(&Gpid::new(t.id, p)).and_then(|r| r.values().map(|r| r.last_committed).min());
+                            (p, reported.unwrap_or(0))
+                        })
+                        .collect()
+                };
+                let write = StoreWrite::AddDuplication { table_id: t.id, remote_site: remote_site.clone(), fail_mode, sync_existing, at_ms: now.wall_ms, start };
+                self.persist(write, Work::DupAdd { token, table, remote_site, fail_mode, sync_existing });
+            }
+            Work::DupSetStatus { token, dup_id, status } => match state.dups.get(&dup_id) {
+                None => self.reply(token, Err(MetaError::NotFound(format!("no duplication {dup_id} (tandem dup list shows them)")))),
+                Some(d) if d.status == DupStatus::Removed => {
+                    self.reply(token, Err(MetaError::InvalidArgument(format!("duplication {dup_id} was removed; add a new one with tandem dup add"))))
+                }
+                Some(d) if d.status == status => {
+                    let dup = d.clone();
+                    self.reply(token, Ok(MetaReply::DupStatusSet { dup, changed: false }))
+                }
+                Some(_) => self.persist(StoreWrite::SetDupStatus { dup_id, status }, Work::DupSetStatus { token, dup_id, status }),
+            },
+            Work::SaveDupProgress => {
+                let confirmed: Vec<(u32, u32, tandem_core::Decree)> = state.dup_unsaved.iter().map(|(&(d, p), &c)| (d, p, c)).collect();
+                if !confirmed.is_empty() {
+                    self.persist(StoreWrite::SaveDupProgress { confirmed }, Work::SaveDupProgress);
+                }
+            }
         }
     }
 
@@ -718,7 +854,45 @@ impl MetaMachine {
                 }
                 return;
             }
+            (StoreWrite::AddSite { site }, Ok(_)) => {
+                state.sites.insert(site.name.clone(), site.clone());
+                return self.reply_to(&work, Ok(MetaReply::SiteAdded { site: site.clone() }));
+            }
+            (StoreWrite::RemoveSite { name }, Ok(_)) => {
+                state.sites.remove(name);
+                return self.reply_to(&work, Ok(MetaReply::SiteRemoved { name: name.clone() }));
+            }
+            (StoreWrite::AddDuplication { start, .. }, Ok(StoreDone::DupAdded { dup })) => {
+                state.dups.insert(dup.id, dup.clone());
+                for &(partition, decree) in start {
+                    state.dup_confirmed.insert((dup.id, partition), decree);
+                }
+                return self.reply_to(&work, Ok(MetaReply::DupAdded { dup }));
+            }
+            (StoreWrite::SetDupStatus { dup_id, status }, Ok(_)) => {
+                let d = state.dups.get_mut(dup_id).expect("the duplication exists");
+                d.status = *status;
+                if *status == DupStatus::Removed {
+                    state.dup_unsaved.retain(|(id, _), _| id != dup_id);
+                    state.dup_reports.retain(|(id, _), _| id != dup_id);
+                }
+                let dup = d.clone();
+                return self.reply_to(&work, Ok(MetaReply::DupStatusSet { dup, changed: true }));
+            }
+            (StoreWrite::SaveDupProgress { confirmed }, Ok(_)) => {
+                for &(dup_id, partition, decree) in confirmed {
+                    let c = state.dup_confirmed.entry((dup_id, partition)).or_insert(decree);
+                    *c = (*c).max(decree);
+                    if state.dup_unsaved.get(&(dup_id, partition)).is_some_and(|u| *u <= *c) {
+                        state.dup_unsaved.remove(&(dup_id, partition));
+                    }
+                }
+                return;
+            }
             (StoreWrite::PurgeTable { table_id }, Ok(_)) => {
+                for d in state.dups.values_mut().filter(|d| d.table_id == *table_id) {
+                    d.status = DupStatus::Removed;
+                }
                 state.tables.remove(table_id);
                 state.partitions.retain(|g, _| g.table_id != *table_id);
                 state.reports.retain(|g, _| g.table_id != *table_id);
@@ -779,9 +953,44 @@ impl Work {
             | Work::CreateTable { token, .. }
             | Work::SetPolicy { token, .. }
             | Work::DropTable { token, .. }
-            | Work::RecallTable { token, .. } => Some(*token),
-            Work::Cure { .. } | Work::Purge { .. } => None,
+            | Work::RecallTable { token, .. }
+            | Work::SiteAdd { token, .. }
+            | Work::SiteRemove { token, .. }
+            | Work::DupAdd { token, .. }
+            | Work::DupSetStatus { token, .. } => Some(*token),
+            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress => None,
         }
+    }
+}
+
+/// A duplication as `dup list` shows it.
+fn dup_view(state: &MetaState, d: &DupInfo) -> DupView {
+    let partition_count = state.tables.get(&d.table_id).map_or(0, |t| t.partition_count);
+    DupView {
+        info: d.clone(),
+        table: state.tables.get(&d.table_id).map_or_else(String::new, |t| t.name.clone()),
+        partitions: (0..partition_count)
+            .map(|p| DupPartitionView {
+                partition: p,
+                confirmed: state.dup_confirmed.get(&(d.id, p)).copied(),
+                report: state.dup_reports.get(&(d.id, p)).cloned(),
+            })
+            .collect(),
+    }
+}
+
+/// A duplication as a replica server is handed it: the persisted confirmed decrees only (a new
+/// primary resumes from what is persisted; the log is held from there).
+fn dup_for_server(state: &MetaState, d: &DupInfo) -> TableDup {
+    TableDup {
+        dup_id: d.id,
+        table_id: d.table_id,
+        table: state.tables.get(&d.table_id).map_or_else(String::new, |t| t.name.clone()),
+        remote_site: d.remote_site.clone(),
+        paused: d.status == DupStatus::Pause,
+        fail_mode: d.fail_mode,
+        sync_existing: d.sync_existing,
+        confirmed: state.dup_confirmed.range((d.id, 0)..(d.id + 1, 0)).map(|(&(_, p), &c)| (p, c)).collect(),
     }
 }
 

@@ -16,7 +16,7 @@ fn at(mono_ms: u64) -> Now {
 }
 
 fn beacon(node: &str, incarnation: u64, restarted: bool) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![] })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![] })
 }
 
 fn config(table_id: u32, partition: u32, ballot: u64, primary: &str, secondaries: &[&str]) -> PartitionConfig {
@@ -51,7 +51,7 @@ fn leader() -> (MetaMachine, MemStore) {
 
 fn beacon_reply(configs: Vec<PartitionConfig>) -> Result<MetaReply, MetaError> {
     let partition_counts = if configs.is_empty() { vec![] } else { vec![(1, 1)] };
-    Ok(MetaReply::Beacon { configs, partition_counts, gone: vec![] })
+    Ok(MetaReply::Beacon { configs, partition_counts, gone: vec![], dups: vec![], sites: vec![] })
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn a_beacon_never_outruns_a_configuration_change() {
     );
     // r1 comes back while the promotion is in flight, reporting its replica: its beacon waits.
     let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 0, last_prepared: 0 };
-    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)] };
+    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![] };
     m.step(at(8_700), MetaInput::Request { token: 42, request: MetaRequest::Beacon(r1) });
     assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r1".into() })]);
     // So does r3's (its answer carries the partition too); a read does not.
@@ -266,4 +266,107 @@ fn a_beacon_waiting_for_a_write_goes_ahead_of_the_queue() {
     let beacon_at = actions.iter().position(|a| matches!(a, MetaAction::Reply { token: 51, .. })).expect("the beacon is answered");
     let create_at = actions.iter().position(|a| matches!(a, MetaAction::Persist { write: StoreWrite::CreateTable { .. }, .. })).expect("then the create goes");
     assert!(beacon_at < create_at, "{actions:?}");
+}
+
+/// Carries out the one write the machine asked for against `store`; returns the other actions.
+fn store_and_answer(m: &mut MetaMachine, store: &mut MemStore, t: u64) -> Vec<MetaAction> {
+    let actions = m.take_actions();
+    let mut rest = Vec::new();
+    for a in actions {
+        match a {
+            MetaAction::Persist { op, epoch, write } => {
+                let result = store.write("m1", epoch, &write);
+                m.step(at(t), MetaInput::Stored { op, result });
+                rest.extend(store_and_answer(m, store, t));
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
+}
+
+fn ask(m: &mut MetaMachine, store: &mut MemStore, t: u64, request: MetaRequest) -> Result<MetaReply, MetaError> {
+    m.step(at(t), MetaInput::Request { token: t, request });
+    let mut replies: Vec<_> = store_and_answer(m, store, t)
+        .into_iter()
+        .filter_map(|a| match a {
+            MetaAction::Reply { token, result } if token == t => Some(result),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "one answer to request {t}");
+    replies.remove(0)
+}
+
+fn site_b() -> Site {
+    Site { name: "b".into(), metas: vec!["meta-b:34601".into()] }
+}
+
+#[test]
+fn sites_and_duplications_are_kept_and_bad_requests_name_the_fix() {
+    let (mut m, mut store) = leader();
+    let add_dup = |site: &str| MetaRequest::DupAdd { table: "t".into(), remote_site: site.into(), fail_mode: FailMode::Slow, sync_existing: false };
+    let err = ask(&mut m, &mut store, 10, add_dup("b")).unwrap_err();
+    assert!(err.to_string().contains("tandem site add b --meta"), "{err}");
+    let own = Site { name: "local".into(), metas: vec!["x:1".into()] };
+    assert!(ask(&mut m, &mut store, 11, MetaRequest::SiteAdd { site: own }).unwrap_err().to_string().contains("own name"));
+    assert_eq!(ask(&mut m, &mut store, 12, MetaRequest::SiteAdd { site: site_b() }), Ok(MetaReply::SiteAdded { site: site_b() }));
+    assert!(matches!(ask(&mut m, &mut store, 13, MetaRequest::SiteAdd { site: site_b() }), Err(MetaError::AlreadyExists(_))));
+    let Ok(MetaReply::DupAdded { dup }) = ask(&mut m, &mut store, 14, add_dup("b")) else { panic!() };
+    assert_eq!((dup.id, dup.table_id, dup.status), (1, 1, DupStatus::Start));
+    assert!(matches!(ask(&mut m, &mut store, 15, add_dup("b")), Err(MetaError::AlreadyExists(_))));
+    let err = ask(&mut m, &mut store, 16, MetaRequest::SiteRemove { name: "b".into() }).unwrap_err();
+    assert!(err.to_string().contains("tandem dup remove t 1"), "{err}");
+    let set = |status| MetaRequest::DupSetStatus { dup_id: 1, status };
+    assert!(matches!(ask(&mut m, &mut store, 17, set(DupStatus::Pause)), Ok(MetaReply::DupStatusSet { changed: true, .. })));
+    assert!(matches!(ask(&mut m, &mut store, 18, set(DupStatus::Pause)), Ok(MetaReply::DupStatusSet { changed: false, .. })));
+    assert!(matches!(ask(&mut m, &mut store, 19, set(DupStatus::Removed)), Ok(MetaReply::DupStatusSet { changed: true, .. })));
+    assert!(ask(&mut m, &mut store, 20, set(DupStatus::Start)).unwrap_err().to_string().contains("was removed"));
+    assert!(matches!(ask(&mut m, &mut store, 21, MetaRequest::DupSetStatus { dup_id: 9, status: DupStatus::Pause }), Err(MetaError::NotFound(_))));
+    let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 22, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
+    assert!(dups.is_empty());
+    let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 23, MetaRequest::DupList { table: Some("t".into()), include_removed: true }) else { panic!() };
+    assert_eq!(dups.len(), 1);
+    assert_eq!(ask(&mut m, &mut store, 24, MetaRequest::SiteRemove { name: "b".into() }), Ok(MetaReply::SiteRemoved { name: "b".into() }));
+    // What was written is what a new leader loads.
+    let loaded = store.load();
+    assert_eq!((loaded.sites.len(), loaded.dups[0].status), (0, DupStatus::Removed));
+}
+
+#[test]
+fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tick() {
+    let (mut m, mut store) = leader();
+    ask(&mut m, &mut store, 1, MetaRequest::SiteAdd { site: site_b() }).unwrap();
+    let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Skip, sync_existing: true };
+    ask(&mut m, &mut store, 2, add).unwrap();
+    let report = |confirmed| crate::duplication::DupReport { confirmed, phase: "log".into(), ..Default::default() };
+    let beacon_with = |node: &str, confirmed| {
+        MetaRequest::Beacon(BeaconRequest {
+            node: node.into(),
+            incarnation: 1,
+            restarted: false,
+            lease_period_ms: 6_000,
+            reports: vec![],
+            dup_reports: vec![(Gpid::new(1, 0), 1, report(confirmed))],
+        })
+    };
+    let Ok(MetaReply::Beacon { dups, sites, .. }) = ask(&mut m, &mut store, 3, beacon_with("r1", 7)) else { panic!() };
+    let expected = TableDup { dup_id: 1, table_id: 1, table: "t".into(), remote_site: "b".into(), paused: false, fail_mode: FailMode::Skip, sync_existing: true, confirmed: vec![] };
+    assert_eq!((dups, sites), (vec![expected.clone()], vec![site_b()]));
+    // A secondary's report is not a primary's progress.
+    ask(&mut m, &mut store, 4, beacon_with("r2", 99)).unwrap();
+    m.step(at(5), MetaInput::Tick);
+    let actions = m.take_actions();
+    let save = StoreWrite::SaveDupProgress { confirmed: vec![(1, 0, 7)] };
+    assert!(actions.iter().any(|a| matches!(a, MetaAction::Persist { write, .. } if *write == save)), "{actions:?}");
+    let MetaAction::Persist { op, epoch, write } = actions.into_iter().find(|a| matches!(a, MetaAction::Persist { .. })).unwrap() else { panic!() };
+    m.step(at(6), MetaInput::Stored { op, result: store.write("m1", epoch, &write) });
+    m.take_actions();
+    let Ok(MetaReply::Beacon { dups, .. }) = ask(&mut m, &mut store, 7, beacon_with("r1", 7)) else { panic!() };
+    assert_eq!(dups, vec![TableDup { confirmed: vec![(0, 7)], ..expected }]);
+    // Nothing new: no progress write on the next tick.
+    m.step(at(8), MetaInput::Tick);
+    assert!(!m.take_actions().iter().any(|a| matches!(a, MetaAction::Persist { write: StoreWrite::SaveDupProgress { .. }, .. })));
+    let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 9, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
+    assert_eq!((dups[0].partitions[0].confirmed, dups[0].partitions[0].report.as_ref().map(|r| r.confirmed)), (Some(7), Some(7)));
 }

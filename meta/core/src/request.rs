@@ -2,6 +2,8 @@
 //! from and to the wire, the simulator sends them as they are.
 
 use crate::cure::ReplicaReport;
+use crate::duplication::{DupInfo, DupReport, DupStatus, DupView, Site};
+use tandem_dup_core::{FailMode, TableDup};
 use crate::policy::{Policy, PolicyChange};
 use crate::table::TableInfo;
 use tandem_core::replica::ConfigProposal;
@@ -20,6 +22,8 @@ pub struct BeaconRequest {
     /// The lease the server takes from an answered beacon.
     pub lease_period_ms: u64,
     pub reports: Vec<(Gpid, ReplicaReport)>,
+    /// The duplicators this server's primaries run: (partition, dup id, progress).
+    pub dup_reports: Vec<(Gpid, u32, DupReport)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +44,14 @@ pub enum MetaRequest {
     PolicyStatus { table: String },
     /// Resolves the table whose history the runtime then reads from the store.
     PolicyHistory { table: String },
+    SiteAdd { site: Site },
+    SiteRemove { name: String },
+    SiteList,
+    DupAdd { table: String, remote_site: String, fail_mode: FailMode, sync_existing: bool },
+    /// Duplications of `table` (all tables if None); removed ones only with `include_removed`.
+    DupList { table: Option<String>, include_removed: bool },
+    /// Pause, resume (`Start`) or remove duplication `dup_id`.
+    DupSetStatus { dup_id: u32, status: DupStatus },
 }
 
 impl MetaRequest {
@@ -58,6 +70,12 @@ impl MetaRequest {
             MetaRequest::ClusterStatus => "cluster_status",
             MetaRequest::PolicyStatus { .. } => "policy_status",
             MetaRequest::PolicyHistory { .. } => "policy_history",
+            MetaRequest::SiteAdd { .. } => "site_add",
+            MetaRequest::SiteRemove { .. } => "site_remove",
+            MetaRequest::SiteList => "site_list",
+            MetaRequest::DupAdd { .. } => "dup_add",
+            MetaRequest::DupList { .. } => "dup_list",
+            MetaRequest::DupSetStatus { .. } => "dup_set_status",
         }
     }
 }
@@ -66,7 +84,8 @@ impl MetaRequest {
 pub enum MetaReply {
     /// The configurations the server hosts or reported, its tables' partition counts, and the
     /// reported partitions whose table is gone. The lease runs from the beacon's send.
-    Beacon { configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid> },
+    /// Also the duplications of those tables and the sites they ship to.
+    Beacon { configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid>, dups: Vec<TableDup>, sites: Vec<Site> },
     Config { table: TableInfo, partitions: Vec<PartitionConfig> },
     Proposed { config: PartitionConfig },
     Created { table: TableInfo },
@@ -79,6 +98,12 @@ pub enum MetaReply {
     Status(ClusterStatus),
     PolicyStatus(PolicyStatusView),
     History { table: TableInfo },
+    Sites { sites: Vec<Site> },
+    SiteAdded { site: Site },
+    SiteRemoved { name: String },
+    DupAdded { dup: DupInfo },
+    Dups { dups: Vec<DupView> },
+    DupStatusSet { dup: DupInfo, changed: bool },
 }
 
 /// Why a request was refused. Each message names the thing and, where there is one, the fix.

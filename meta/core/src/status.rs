@@ -19,6 +19,14 @@ pub struct MetaState {
     pub reports: BTreeMap<Gpid, BTreeMap<NodeAddr, ReplicaReport>>,
     /// Servers recorded in the store: a new leader starts them alive.
     pub registered: std::collections::BTreeSet<NodeAddr>,
+    pub sites: BTreeMap<String, crate::duplication::Site>,
+    pub dups: BTreeMap<u32, crate::duplication::DupInfo>,
+    /// Persisted confirmed decrees, by (dup id, partition).
+    pub dup_confirmed: BTreeMap<(u32, u32), tandem_core::Decree>,
+    /// Confirmed decrees reported above the persisted ones, waiting for the next progress write.
+    pub dup_unsaved: BTreeMap<(u32, u32), tandem_core::Decree>,
+    /// What primaries last reported, by (dup id, partition).
+    pub dup_reports: BTreeMap<(u32, u32), crate::duplication::DupReport>,
 }
 
 impl MetaState {

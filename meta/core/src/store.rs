@@ -3,11 +3,13 @@
 //! their outcome comes back as `MetaInput::Stored`. `MemStore` is the in-memory twin the
 //! simulator runs, with the same lease row (claims judged by the store's clock) and fencing.
 
+use crate::duplication::{DupInfo, DupStatus, Site};
 use crate::leadership::ClaimOutcome;
+use tandem_dup_core::FailMode;
 use crate::policy::Policy;
 use crate::table::{MetaSnapshot, TableInfo, TableStatus};
 use std::collections::BTreeMap;
-use tandem_core::{Ballot, Gpid, NodeAddr, PartitionConfig};
+use tandem_core::{Ballot, Decree, Gpid, NodeAddr, PartitionConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreWrite {
@@ -21,8 +23,17 @@ pub enum StoreWrite {
     SetPolicy { table_id: u32, old: Policy, new: Policy, who: String, at_ms: u64 },
     DropTable { table_id: u32, at_ms: u64 },
     RecallTable { table_id: u32 },
-    /// Deletes a dropped table and its partitions for good.
+    /// Deletes a dropped table and its partitions for good (its duplications are removed).
     PurgeTable { table_id: u32 },
+    AddSite { site: Site },
+    /// Refused while a duplication that is not removed ships to it.
+    RemoveSite { name: String },
+    /// A new duplication with the next unused id, status `Start`, and `start` as the confirmed
+    /// decree of those partitions (what was committed before it, not to be shipped).
+    AddDuplication { table_id: u32, remote_site: String, fail_mode: FailMode, sync_existing: bool, at_ms: u64, start: Vec<(u32, Decree)> },
+    SetDupStatus { dup_id: u32, status: DupStatus },
+    /// Raises confirmed decrees (never lowers one): `(dup id, partition, decree)`.
+    SaveDupProgress { confirmed: Vec<(u32, u32, Decree)> },
 }
 
 impl StoreWrite {
@@ -41,6 +52,7 @@ pub enum StoreDone {
     /// `UpdatePartition`: whether the stored ballot matched.
     Compared { updated: bool },
     Created { table: TableInfo },
+    DupAdded { dup: DupInfo },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +99,10 @@ pub struct MemStore {
     partitions: BTreeMap<Gpid, PartitionConfig>,
     nodes: BTreeMap<NodeAddr, u64>,
     history: Vec<(u32, Option<Policy>, Policy)>,
+    sites: BTreeMap<String, Site>,
+    next_dup_id: u32,
+    dups: BTreeMap<u32, DupInfo>,
+    dup_confirmed: BTreeMap<(u32, u32), Decree>,
 }
 
 impl MemStore {
@@ -123,6 +139,9 @@ impl MemStore {
             tables: self.tables.values().cloned().collect(),
             partitions: self.partitions.values().cloned().collect(),
             nodes: self.nodes.iter().map(|(n, t)| (n.clone(), *t)).collect(),
+            sites: self.sites.values().cloned().collect(),
+            dups: self.dups.values().cloned().collect(),
+            dup_confirmed: self.dup_confirmed.iter().map(|(&(d, p), &c)| (d, p, c)).collect(),
         }
     }
 
@@ -215,6 +234,62 @@ impl MemStore {
                 }
                 self.tables.remove(table_id);
                 self.partitions.retain(|g, _| g.table_id != *table_id);
+                for d in self.dups.values_mut().filter(|d| d.table_id == *table_id) {
+                    d.status = DupStatus::Removed;
+                }
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::AddSite { site } => {
+                if self.sites.contains_key(&site.name) {
+                    return Err(StoreFailure::new(StoreFailureKind::AlreadyExists, format!("site {:?} already exists", site.name)));
+                }
+                self.sites.insert(site.name.clone(), site.clone());
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::RemoveSite { name } => {
+                if let Some(d) = self.dups.values().find(|d| d.remote_site == *name && d.status != DupStatus::Removed) {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("site {name:?} is used by duplication {}", d.id)));
+                }
+                self.sites.remove(name).ok_or_else(|| StoreFailure::new(StoreFailureKind::NotFound, format!("no site {name:?}")))?;
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::AddDuplication { table_id, remote_site, fail_mode, sync_existing, at_ms, start } => {
+                self.tables.get(table_id).ok_or_else(|| not_found(*table_id))?;
+                if !self.sites.contains_key(remote_site) {
+                    return Err(StoreFailure::new(StoreFailureKind::NotFound, format!("no site {remote_site:?}")));
+                }
+                if let Some(d) = self.dups.values().find(|d| d.table_id == *table_id && d.remote_site == *remote_site && d.status != DupStatus::Removed) {
+                    return Err(StoreFailure::new(StoreFailureKind::AlreadyExists, format!("duplication {} already ships table {table_id} to {remote_site:?}", d.id)));
+                }
+                self.next_dup_id += 1;
+                let dup = DupInfo {
+                    id: self.next_dup_id,
+                    table_id: *table_id,
+                    remote_site: remote_site.clone(),
+                    status: DupStatus::Start,
+                    fail_mode: *fail_mode,
+                    sync_existing: *sync_existing,
+                    created_ms: *at_ms,
+                };
+                self.dups.insert(dup.id, dup.clone());
+                for &(partition, decree) in start {
+                    self.dup_confirmed.insert((dup.id, partition), decree);
+                }
+                Ok(StoreDone::DupAdded { dup })
+            }
+            StoreWrite::SetDupStatus { dup_id, status } => {
+                let d = self.dups.get_mut(dup_id).ok_or_else(|| StoreFailure::new(StoreFailureKind::NotFound, format!("no duplication {dup_id}")))?;
+                if d.status == DupStatus::Removed && *status != DupStatus::Removed {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("duplication {dup_id} was removed")));
+                }
+                d.status = *status;
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::SaveDupProgress { confirmed } => {
+                for &(dup_id, partition, decree) in confirmed {
+                    let c = self.dup_confirmed.entry((dup_id, partition)).or_insert(decree);
+                    *c = (*c).max(decree);
+                }
                 Ok(StoreDone::Done)
             }
         }

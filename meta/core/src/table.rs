@@ -32,4 +32,10 @@ pub struct MetaSnapshot {
     pub partitions: Vec<PartitionConfig>,
     /// Replica servers that ever registered, with the time they first did.
     pub nodes: Vec<(String, u64)>,
+    /// The other sites, by name.
+    pub sites: Vec<crate::duplication::Site>,
+    /// Every duplication, removed ones included.
+    pub dups: Vec<crate::duplication::DupInfo>,
+    /// `(dup id, partition, confirmed decree)` as persisted.
+    pub dup_confirmed: Vec<(u32, u32, tandem_core::Decree)>,
 }

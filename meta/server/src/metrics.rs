@@ -68,6 +68,11 @@ impl MetaMetrics {
             StoreWrite::CreateTable { .. } => "create_table",
             StoreWrite::SetPolicy { .. } => "set_policy",
             StoreWrite::DropTable { .. } => "drop_table",
+            StoreWrite::AddSite { .. } => "add_site",
+            StoreWrite::RemoveSite { .. } => "remove_site",
+            StoreWrite::AddDuplication { .. } => "add_duplication",
+            StoreWrite::SetDupStatus { .. } => "set_dup_status",
+            StoreWrite::SaveDupProgress { .. } => "save_dup_progress",
             StoreWrite::RecallTable { .. } => "recall_table",
             StoreWrite::PurgeTable { .. } => "purge_table",
         };

@@ -1,6 +1,7 @@
 //! The gRPC face of the meta server: each RPC becomes a `MetaRequest` for the state machine and
 //! its `MetaReply` (or `MetaError`) goes back on the wire. Conversions only.
 
+use crate::dup_rpc::{dup_for_server_to_wire, dup_to_wire, fail_mode_from_wire, report_from_wire, site_from_wire, site_to_wire, status_from_wire, view_to_wire};
 use crate::server::Meta;
 use std::sync::Arc;
 use tandem_meta_core::cure::ReplicaReport;
@@ -158,13 +159,20 @@ impl MetaService for MetaRpc {
                 Some((gpid, ReplicaReport { ballot: r.ballot, status: r.status.clone(), last_committed: r.last_committed, last_prepared: r.last_prepared }))
             })
             .collect();
-        let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports };
+        let dup_reports = req
+            .dup_progress
+            .iter()
+            .filter_map(|p| Some((gpid_from(p.gpid.as_ref()).ok()?, p.dup_id, report_from_wire(p))))
+            .collect();
+        let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports, dup_reports };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
-            MetaReply::Beacon { configs, partition_counts, gone } => {
+            MetaReply::Beacon { configs, partition_counts, gone, dups, sites } => {
                 let count = |table_id: u32| partition_counts.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, n)| *n);
                 Ok(Response::new(v1::BeaconResponse {
                     configs: configs.iter().map(|c| config_to_wire(c, count(c.gpid.table_id))).collect(),
                     gone: gone.into_iter().map(Into::into).collect(),
+                    dups: dups.iter().map(dup_for_server_to_wire).collect(),
+                    sites: sites.iter().map(site_to_wire).collect(),
                 }))
             }
             other => Err(unexpected(other)),
@@ -245,6 +253,57 @@ impl MetaService for MetaRpc {
     async fn policy_status(&self, request: Request<v1::PolicyStatusRequest>) -> Result<Response<v1::PolicyStatusResponse>, Status> {
         match self.ask(MetaRequest::PolicyStatus { table: request.into_inner().table }).await? {
             MetaReply::PolicyStatus(s) => Ok(Response::new(policy_status_to_wire(s))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn site_add(&self, request: Request<v1::SiteAddRequest>) -> Result<Response<v1::SiteAddResponse>, Status> {
+        let site = site_from_wire(request.into_inner().site)?;
+        match self.ask(MetaRequest::SiteAdd { site }).await? {
+            MetaReply::SiteAdded { .. } => Ok(Response::new(v1::SiteAddResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn site_remove(&self, request: Request<v1::SiteRemoveRequest>) -> Result<Response<v1::SiteRemoveResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.ask(MetaRequest::SiteRemove { name }).await? {
+            MetaReply::SiteRemoved { .. } => Ok(Response::new(v1::SiteRemoveResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn site_list(&self, _request: Request<v1::SiteListRequest>) -> Result<Response<v1::SiteListResponse>, Status> {
+        match self.ask(MetaRequest::SiteList).await? {
+            MetaReply::Sites { sites } => Ok(Response::new(v1::SiteListResponse { sites: sites.iter().map(site_to_wire).collect() })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn dup_add(&self, request: Request<v1::DupAddRequest>) -> Result<Response<v1::DupAddResponse>, Status> {
+        let req = request.into_inner();
+        let fail_mode = fail_mode_from_wire(&req.fail_mode)?;
+        let ask = MetaRequest::DupAdd { table: req.table, remote_site: req.remote_site, fail_mode, sync_existing: req.sync_existing };
+        match self.ask(ask).await? {
+            MetaReply::DupAdded { dup } => Ok(Response::new(v1::DupAddResponse { dup: Some(dup_to_wire(&dup, vec![])) })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn dup_list(&self, request: Request<v1::DupListRequest>) -> Result<Response<v1::DupListResponse>, Status> {
+        let req = request.into_inner();
+        let table = (!req.table.is_empty()).then_some(req.table);
+        match self.ask(MetaRequest::DupList { table, include_removed: req.include_removed }).await? {
+            MetaReply::Dups { dups } => Ok(Response::new(v1::DupListResponse { dups: dups.into_iter().map(view_to_wire).collect() })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn dup_set_status(&self, request: Request<v1::DupSetStatusRequest>) -> Result<Response<v1::DupSetStatusResponse>, Status> {
+        let req = request.into_inner();
+        let status = status_from_wire(&req.status)?;
+        match self.ask(MetaRequest::DupSetStatus { dup_id: req.dup_id, status }).await? {
+            MetaReply::DupStatusSet { dup, changed } => Ok(Response::new(v1::DupSetStatusResponse { dup: Some(dup_to_wire(&dup, vec![])), changed })),
             other => Err(unexpected(other)),
         }
     }

@@ -154,6 +154,7 @@ async fn conformance(store: SqlStore, url: &str) {
         tables: vec![alpha.clone(), beta.clone()],
         partitions: [empty_partitions(1, 4), empty_partitions(2, 2)].concat(),
         nodes: vec![],
+        ..Default::default()
     };
     assert_eq!(store.load().await.unwrap(), expected);
 
@@ -408,7 +409,48 @@ async fn conformance(store: SqlStore, url: &str) {
     let next = again.create_table(&f, "after_purge", 1, &Policy::with_replicas(1), "dave", "dave", 12_000).await.unwrap();
     assert_eq!(next.id, more.id + 1);
     policies(&again, &f).await;
+    duplications(&again, &f).await;
     again.close().await;
+}
+
+/// Sites, duplications and confirmed decrees: kept, refused as the in-memory twin refuses, and
+/// loaded back.
+async fn duplications(store: &SqlStore, f: &Fence) {
+    use tandem_dup_core::FailMode;
+    use tandem_meta_core::duplication::{DupStatus, Site};
+    let b = Site { name: "b".into(), metas: vec!["meta-b:34601".into(), "meta-b2:34601".into()] };
+    store.add_site(f, &b).await.unwrap();
+    assert!(matches!(store.add_site(f, &b).await.unwrap_err(), StoreError::SiteExists { .. }));
+    let table = store.create_table(f, "duplicated", 2, &Policy::with_replicas(1), "o", "o", 20_000).await.unwrap();
+    let missing = store.add_duplication(f, table.id, "nowhere", FailMode::Slow, false, 1, &[]).await.unwrap_err();
+    assert!(matches!(missing, StoreError::SiteNotFound { .. }), "{missing:?}");
+    let dup = store.add_duplication(f, table.id, "b", FailMode::Skip, true, 21_000, &[(0, 3)]).await.unwrap();
+    assert_eq!((dup.status, dup.fail_mode, dup.sync_existing), (DupStatus::Start, FailMode::Skip, true));
+    assert!(matches!(store.add_duplication(f, table.id, "b", FailMode::Slow, false, 1, &[]).await.unwrap_err(), StoreError::DupExists { .. }));
+    assert!(matches!(store.remove_site(f, "b").await.unwrap_err(), StoreError::SiteInUse { .. }));
+    assert_eq!(store.load().await.unwrap().dup_confirmed.last(), Some(&(dup.id, 0, 3)), "the start point is written with the duplication");
+    store.save_dup_progress(f, &[(dup.id, 0, 10), (dup.id, 1, 4)]).await.unwrap();
+    // Never lowered.
+    store.save_dup_progress(f, &[(dup.id, 0, 7), (dup.id, 1, 5)]).await.unwrap();
+    store.set_dup_status(f, dup.id, DupStatus::Pause).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.sites, vec![b.clone()]);
+    assert_eq!(loaded.dups.last().map(|d| (d.id, d.status)), Some((dup.id, DupStatus::Pause)));
+    let progress: Vec<_> = loaded.dup_confirmed.iter().filter(|(d, _, _)| *d == dup.id).copied().collect();
+    assert_eq!(progress, vec![(dup.id, 0, 10), (dup.id, 1, 5)]);
+    store.set_dup_status(f, dup.id, DupStatus::Removed).await.unwrap();
+    assert!(matches!(store.set_dup_status(f, dup.id, DupStatus::Start).await.unwrap_err(), StoreError::DupRemoved { .. }));
+    assert!(matches!(store.set_dup_status(f, 999, DupStatus::Pause).await.unwrap_err(), StoreError::DupNotFound { .. }));
+    store.remove_site(f, "b").await.unwrap();
+    assert!(matches!(store.remove_site(f, "b").await.unwrap_err(), StoreError::SiteNotFound { .. }));
+    // Ids are not reused after a removal.
+    store.add_site(f, &b).await.unwrap();
+    let again = store.add_duplication(f, table.id, "b", FailMode::Slow, false, 22_000, &[]).await.unwrap();
+    assert_eq!(again.id, dup.id + 1);
+    // A purged table's duplications are removed.
+    store.drop_table(f, table.id, 23_000).await.unwrap();
+    store.purge_table(f, table.id).await.unwrap();
+    assert_eq!(store.load().await.unwrap().dups.last().map(|d| d.status), Some(DupStatus::Removed));
 }
 
 /// Claims (or renews) the lease as `holder`; returns its epoch.

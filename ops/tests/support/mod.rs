@@ -155,6 +155,18 @@ impl Cluster {
         Cluster::start_on(dir, store_url, pg, 1, replicas, &[], replica_extra).await
     }
 
+    /// A site of its own: its meta named `site`, its replica servers stamping `cluster_id`
+    /// into every timetag (through a configuration file both read).
+    pub async fn start_site(site: &str, cluster_id: u8, replicas: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("site.toml");
+        std::fs::write(&config, format!("[meta]\nsite = \"{site}\"\n\n[replica]\ncluster_id = {cluster_id}\n")).expect("write the site config");
+        let (store_url, pg) = store_url(&dir, Store::Sqlite);
+        let flags = ["--config".to_string(), config.display().to_string()];
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Cluster::start_on(dir, store_url, pg, 1, replicas, &flags, &flags).await
+    }
+
     /// `metas` meta servers sharing one store, each started with `meta_extra` flags.
     pub async fn start_ha(metas: usize, replicas: usize, store: Store, meta_extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -132,6 +132,7 @@ impl ReplicaServer {
     pub(super) fn execute_host(&mut self, io: &mut Io<'_>, action: HostAction, inputs: &mut VecDeque<HostInput>) {
         match action {
             HostAction::OpenReplica { gpid, options } => self.open_replica(gpid, options, vec![]),
+            HostAction::Duplications { gpid, configs } => self.deliver(io, gpid, ReplicaEvent::Duplications { configs }),
             HostAction::Configure { gpid, config } => {
                 if self.replicas.contains_key(&gpid) {
                     self.deliver(io, gpid, ReplicaEvent::Configure { config });

@@ -28,7 +28,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use tandem_core::{Ballot, Gpid, NodeAddr, PartitionConfig};
+use tandem_core::{Ballot, Decree, Gpid, NodeAddr, PartitionConfig};
 use tandem_meta_core::policy::{BackupPolicy, Policy, PolicyHistoryEntry};
 use tandem_meta_core::store::{StoreDone, StoreFailure, StoreFailureKind, StoreWrite};
 use tandem_meta_core::{MetaSnapshot, TableInfo, TableStatus};
@@ -119,6 +119,24 @@ pub enum StoreError {
     #[error("corrupt metadata store: {0}")]
     Corrupt(String),
 
+    #[error("site {name:?} already exists; remove it first to change it")]
+    SiteExists { name: String },
+
+    #[error("no site {name:?} (tandem site list shows the known ones)")]
+    SiteNotFound { name: String },
+
+    #[error("site {name:?} is used by duplication {dup_id}; remove that first")]
+    SiteInUse { name: String, dup_id: i64 },
+
+    #[error("duplication {id} already ships table {table_id} to {site:?}")]
+    DupExists { id: i64, table_id: u32, site: String },
+
+    #[error("no duplication {id}")]
+    DupNotFound { id: u32 },
+
+    #[error("duplication {id} was removed")]
+    DupRemoved { id: u32 },
+
     #[error("metadata store query failed: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -131,11 +149,18 @@ impl StoreError {
         let kind = match self {
             StoreError::Fenced { .. } => StoreFailureKind::Fenced,
             StoreError::Unreachable { .. } => StoreFailureKind::Unreachable,
-            StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } => StoreFailureKind::AlreadyExists,
-            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } => StoreFailureKind::NotFound,
-            StoreError::InvalidTable { .. } | StoreError::AlreadyDropped { .. } | StoreError::NotDropped { .. } | StoreError::PurgeAvailable { .. } => {
-                StoreFailureKind::Invalid
+            StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } | StoreError::SiteExists { .. } | StoreError::DupExists { .. } => {
+                StoreFailureKind::AlreadyExists
             }
+            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } | StoreError::SiteNotFound { .. } | StoreError::DupNotFound { .. } => {
+                StoreFailureKind::NotFound
+            }
+            StoreError::InvalidTable { .. }
+            | StoreError::AlreadyDropped { .. }
+            | StoreError::NotDropped { .. }
+            | StoreError::PurgeAvailable { .. }
+            | StoreError::SiteInUse { .. }
+            | StoreError::DupRemoved { .. } => StoreFailureKind::Invalid,
             _ => StoreFailureKind::Other,
         };
         StoreFailure::new(kind, self.to_string())
@@ -336,6 +361,7 @@ macro_rules! write_policy {
     }};
 }
 
+mod duplications;
 mod lease;
 mod partitions;
 mod policies;
@@ -466,6 +492,25 @@ impl SqlStore {
             }
             StoreWrite::PurgeTable { table_id } => {
                 self.purge_table(fence, *table_id).await?;
+                StoreDone::Done
+            }
+            StoreWrite::AddSite { site } => {
+                self.add_site(fence, site).await?;
+                StoreDone::Done
+            }
+            StoreWrite::RemoveSite { name } => {
+                self.remove_site(fence, name).await?;
+                StoreDone::Done
+            }
+            StoreWrite::AddDuplication { table_id, remote_site, fail_mode, sync_existing, at_ms, start } => {
+                StoreDone::DupAdded { dup: self.add_duplication(fence, *table_id, remote_site, *fail_mode, *sync_existing, *at_ms, start).await? }
+            }
+            StoreWrite::SetDupStatus { dup_id, status } => {
+                self.set_dup_status(fence, *dup_id, *status).await?;
+                StoreDone::Done
+            }
+            StoreWrite::SaveDupProgress { confirmed } => {
+                self.save_dup_progress(fence, confirmed).await?;
                 StoreDone::Done
             }
         })

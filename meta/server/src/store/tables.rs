@@ -8,7 +8,7 @@ impl SqlStore {
     /// Everything persisted: all tables (dropped ones included) ordered by id, their partitions
     /// ordered by gpid, and the nodes ordered by address — read from one snapshot.
     pub async fn load(&self) -> Result<MetaSnapshot> {
-        let (table_rows, partition_rows, node_rows, policy_rows) = read_transaction!(self, tx => {
+        let (table_rows, partition_rows, node_rows, policy_rows, site_rows, dup_rows, progress_rows) = read_transaction!(self, tx => {
             let tables: Vec<TableRow> = sqlx::query_as(
                 "SELECT id, name, partition_count, replica_count, status, drop_time_ms, \
                  created_ms, owner FROM tables ORDER BY id",
@@ -31,7 +31,17 @@ impl SqlStore {
             )
             .fetch_all(&mut *tx)
             .await?;
-            (tables, partitions, nodes, policies)
+            let sites: Vec<(String, String)> = sqlx::query_as("SELECT name, metas FROM sites ORDER BY name").fetch_all(&mut *tx).await?;
+            let dups: Vec<duplications::DupRow> = sqlx::query_as(
+                "SELECT id, table_id, remote_site, status, fail_mode, sync_existing, created_ms FROM duplications ORDER BY id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let progress: Vec<(i64, i64, i64)> =
+                sqlx::query_as("SELECT dup_id, partition_index, confirmed FROM dup_progress ORDER BY dup_id, partition_index")
+                    .fetch_all(&mut *tx)
+                    .await?;
+            (tables, partitions, nodes, policies, sites, dups, progress)
         });
         let mut policies = std::collections::HashMap::new();
         for row in policy_rows {
@@ -59,10 +69,18 @@ impl SqlStore {
             })
             .collect::<Result<Vec<_>>>()?;
         check_partitions_complete(&tables, &partitions)?;
+        let dups = dup_rows.into_iter().map(duplications::dup_from_row).collect::<Result<Vec<_>>>()?;
+        let dup_confirmed = progress_rows
+            .into_iter()
+            .map(|(d, p, c)| Ok((to_u32(d, "dup_progress.dup_id")?, to_u32(p, "dup_progress.partition_index")?, to_u64(c, "dup_progress.confirmed")?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(MetaSnapshot {
             tables,
             partitions,
             nodes,
+            sites: site_rows.into_iter().map(duplications::site_from_row).collect(),
+            dups,
+            dup_confirmed,
         })
     }
 
@@ -222,6 +240,10 @@ impl SqlStore {
                 return Err(StoreError::PurgeAvailable { id, name });
             }
             sqlx::query("DELETE FROM partitions WHERE table_id = $1")
+                .bind(i64::from(id))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE duplications SET status = 'removed' WHERE table_id = $1")
                 .bind(i64::from(id))
                 .execute(&mut *tx)
                 .await?;
