@@ -244,6 +244,16 @@ impl Cluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// `kill -SIGNAL` to every process of the site (its metas and replica servers).
+    pub fn signal_all(&mut self, signal: &str) {
+        let pids: Vec<u32> =
+            std::iter::once(&self.meta).chain(self.standbys.iter()).chain(self.replicas.iter()).filter_map(|s| s.child.as_ref().map(|c| c.id())).collect();
+        for pid in pids {
+            let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("run kill");
+            assert!(status.success(), "kill -{signal} {pid}");
+        }
+    }
+
     /// A client of meta server `i` alone (it does not follow leader hints elsewhere).
     pub fn client_of_meta(&self, i: usize) -> Client {
         let addr = self.meta_addrs()[i].clone();
