@@ -47,7 +47,8 @@ impl SiteClientArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Start a local site (a meta server and 3 replica servers) and serve until Ctrl-C.
+    /// Start two local sites (each a meta server and 3 replica servers, table demo duplicated
+    /// both ways; --sites 1 for one) and serve until Ctrl-C.
     Playground(PlaygroundArgs),
     /// Run or configure a meta server.
     Meta {
@@ -258,13 +259,16 @@ pub struct PlaygroundArgs {
     /// Delete the data directory first.
     #[arg(long)]
     pub fresh: bool,
-    /// The meta listens on this port, replica servers on base+200, base+201, …
+    /// The first site's meta listens on this port and its replica servers on base+200,
+    /// base+201, …; the second site's meta on base+1, its replica servers on base+300, ….
     #[arg(long, default_value_t = 34601)]
     pub base_port: u16,
+    /// Replica servers per site.
     #[arg(long, default_value_t = 3)]
     pub replicas: u16,
-    /// Sites to start (duplication between sites arrives later; 1 for now).
-    #[arg(long, default_value_t = 1)]
+    /// 2: site-a (cluster id 1) and site-b (cluster id 2), table demo duplicated both ways;
+    /// 1: one site.
+    #[arg(long, default_value_t = 2)]
     pub sites: u8,
     /// Exit after the cluster is healthy instead of serving (for scripts and tests).
     #[arg(long, hide = true)]

@@ -1,5 +1,6 @@
-//! `tandem playground`: a whole site in one process — a meta server on SQLite and replica
-//! servers on 127.0.0.1 — with data kept across restarts under `--data-dir`.
+//! `tandem playground`: two sites in one process — each a meta server on SQLite and replica
+//! servers on 127.0.0.1, with table `demo` duplicated both ways — or one (`--sites 1`), with data
+//! kept across restarts under `--data-dir`.
 
 use crate::cli::PlaygroundArgs;
 use crate::config::Config;
@@ -7,9 +8,26 @@ use crate::{CmdResult, Failure};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// One site of the playground, started.
+struct Site {
+    name: String,
+    meta_addr: String,
+    replica_addrs: Vec<String>,
+    client: tandem_client::Client,
+}
+
+/// The sites of a two-site playground: name, cluster id, where its data lives.
+const SITES: [(&str, u8); 2] = [("site-a", 1), ("site-b", 2)];
+/// Each site's servers get a smaller share of memory than a lone server's defaults, so that six
+/// of them in one process stay light (`replica.block_cache_bytes`, `memtable_bytes_max`,
+/// `log_cache_bytes_max`).
+const PLAYGROUND_BLOCK_CACHE: &str = "16MiB";
+const PLAYGROUND_MEMTABLES: &str = "32MiB";
+const PLAYGROUND_LOG_CACHE: &str = "16MiB";
+
 pub async fn run(args: PlaygroundArgs) -> CmdResult {
-    if args.sites != 1 {
-        return Err(Failure::new(2, "--sites 2 needs duplication between sites, which is not built yet; use --sites 1"));
+    if args.sites == 0 || args.sites > 2 {
+        return Err(Failure::new(2, "--sites must be 1 (one site) or 2 (two sites duplicating to each other)"));
     }
     if args.replicas == 0 || args.replicas > 9 {
         return Err(Failure::new(2, "--replicas must be 1 to 9"));
@@ -19,48 +37,53 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     }
     std::fs::create_dir_all(&args.data_dir).map_err(|e| Failure::new(1, format!("create {}: {e}", args.data_dir.display())))?;
     let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|e| Failure::new(1, e.to_string()))?;
-    let meta_addr = format!("127.0.0.1:{}", args.base_port);
-    // Embedded defaults, with TANDEM_<SECTION>_<KEY> variables applied (addresses and data
-    // directories are the playground's own).
-    let mut config = Config::load(None)?;
-    config.meta.listen = meta_addr.clone();
-    config.meta.store = format!("sqlite://{}", data_dir.join("meta.db").display());
-    config.replica.meta = vec![meta_addr.clone()];
-    config.validate_site()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let meta_opts = config.meta_options()?;
-    let rx = stop_rx.clone();
-    tasks.push(tokio::spawn(async move { tandem_meta::server::run(meta_opts, rx).await.map_err(|e| format!("meta server: {e:#}")) }));
-    let mut replica_addrs = Vec::new();
-    for i in 1..=args.replicas {
-        let mut c = config.clone();
-        let port = args.base_port as u32 + 199 + i as u32;
-        let port = u16::try_from(port).map_err(|_| Failure::new(2, "--base-port too high"))?;
-        c.replica.listen = format!("127.0.0.1:{port}");
-        c.replica.data_dir = data_dir.join(format!("replica-{i}"));
-        let opts = c.replica_options()?;
-        replica_addrs.push(c.replica.listen.clone());
-        let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { tandem_replica::run(opts, rx).await.map_err(|e| format!("replica server {i}: {e:#}")) }));
+    let mut sites = Vec::new();
+    for s in 0..args.sites as usize {
+        // One site keeps today's layout (data directly under --data-dir); two get a directory each.
+        let (name, cluster_id, dir) = if args.sites == 1 {
+            ("local", 1, data_dir.clone())
+        } else {
+            let (name, id) = SITES[s];
+            (name, id, data_dir.join(name))
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Failure::new(1, format!("create {}: {e}", dir.display())))?;
+        let site = start_site(&args, s, name, cluster_id, &dir, &stop_rx, &mut tasks)?;
+        sites.push(site);
     }
-
-    let client = tandem_client::Client::new(&[meta_addr.clone()], Default::default())?;
-    let ready = wait_ready(&client, args.replicas as u32, &tasks).await;
-    if let Err(e) = ready {
+    for site in &sites {
+        if let Err(e) = wait_ready(&site.client, args.replicas as u32, &tasks).await {
+            let _ = stop_tx.send(true);
+            return Err(e);
+        }
+    }
+    if let [a, b] = &sites[..]
+        && let Err(e) = link(a, b).await.and(link(b, a).await)
+    {
         let _ = stop_tx.send(true);
         return Err(e);
     }
-    outln!("Tandem playground is up ({} replica servers, data in {})", args.replicas, data_dir.display());
-    outln!("  meta server:     {meta_addr}");
-    for (i, a) in replica_addrs.iter().enumerate() {
-        outln!("  replica server {}: {a}", i + 1);
+
+    let (a, b) = (&sites[0], sites.get(1));
+    let what = if b.is_some() { "two sites, each" } else { "one site:" };
+    outln!("Tandem playground is up ({what} 1 meta server + {} replica servers; data in {})", args.replicas, data_dir.display());
+    for site in &sites {
+        outln!("  {}: meta server {}, replica servers {}", site.name, site.meta_addr, site.replica_addrs.join(" "));
     }
     outln!();
-    outln!("Try, in another terminal (TANDEM_META={meta_addr} is the default):");
+    outln!("Try, in another terminal (TANDEM_META={} is the default):", a.meta_addr);
     outln!("  tandem set demo user1 name Alice");
-    outln!("  tandem get demo user1 name");
+    match b {
+        Some(b) => {
+            outln!("  tandem get demo user1 name --meta {}      # read it at {}: demo is duplicated both ways", b.meta_addr, b.name);
+            outln!("  tandem set demo user2 name Bob --meta {}  # write at {}, read at {}:", b.meta_addr, b.name, a.name);
+            outln!("  tandem get demo user2 name");
+            outln!("  tandem dup list demo                        # per partition: confirmed decree, lag");
+        }
+        None => outln!("  tandem get demo user1 name"),
+    }
     outln!("  tandem table show demo");
     outln!("  tandem status");
     outln!("  tandem bench --table demo --workload a --duration 10s");
@@ -79,6 +102,74 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
         }
     }
     Ok(())
+}
+
+/// Starts site number `index`: its meta on SQLite at base_port + index, its replica servers at
+/// base_port + 200 + 100 × index + 1, + 2, ….
+#[allow(clippy::too_many_arguments)]
+fn start_site(
+    args: &PlaygroundArgs,
+    index: usize,
+    name: &str,
+    cluster_id: u8,
+    dir: &std::path::Path,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<Result<(), String>>>,
+) -> Result<Site, Failure> {
+    let port = |offset: u32| {
+        u16::try_from(args.base_port as u32 + offset).map_err(|_| Failure::new(2, "--base-port too high: the playground uses it and the ports up to 400 above it"))
+    };
+    let meta_addr = format!("127.0.0.1:{}", port(index as u32)?);
+    // Embedded defaults, with TANDEM_<SECTION>_<KEY> variables applied (addresses, data
+    // directories and the site's identity are the playground's own).
+    let mut config = Config::load(None)?;
+    config.meta.listen = meta_addr.clone();
+    config.meta.store = format!("sqlite://{}", dir.join("meta.db").display());
+    config.meta.site = name.to_string();
+    config.replica.meta = vec![meta_addr.clone()];
+    config.replica.cluster_id = cluster_id;
+    if args.sites > 1 {
+        let light = [("block_cache_bytes", PLAYGROUND_BLOCK_CACHE), ("memtable_bytes_max", PLAYGROUND_MEMTABLES), ("log_cache_bytes_max", PLAYGROUND_LOG_CACHE)];
+        for (key, value) in light {
+            // A TANDEM_REPLICA_* variable the user set wins.
+            if std::env::var(format!("TANDEM_REPLICA_{}", key.to_uppercase())).is_err() {
+                config.set("replica", key, value)?;
+            }
+        }
+    }
+    config.validate_site()?;
+
+    let meta_opts = config.meta_options()?;
+    let rx = stop_rx.clone();
+    let who = name.to_string();
+    tasks.push(tokio::spawn(async move { tandem_meta::server::run(meta_opts, rx).await.map_err(|e| format!("{who} meta server: {e:#}")) }));
+    let mut replica_addrs = Vec::new();
+    for i in 1..=args.replicas {
+        let mut c = config.clone();
+        c.replica.listen = format!("127.0.0.1:{}", port(199 + 100 * index as u32 + i as u32)?);
+        c.replica.data_dir = dir.join(format!("replica-{i}"));
+        let opts = c.replica_options()?;
+        replica_addrs.push(c.replica.listen.clone());
+        let rx = stop_rx.clone();
+        let who = name.to_string();
+        tasks.push(tokio::spawn(async move { tandem_replica::run(opts, rx).await.map_err(|e| format!("{who} replica server {i}: {e:#}")) }));
+    }
+    let client = tandem_client::Client::new(std::slice::from_ref(&meta_addr), Default::default())?;
+    Ok(Site { name: name.to_string(), meta_addr, replica_addrs, client })
+}
+
+/// Site `from` knows `to` and duplicates `demo` to it (kept as they are on a restart).
+async fn link(from: &Site, to: &Site) -> CmdResult {
+    use tandem_client::ClientError::AlreadyExists;
+    match from.client.site_add(&to.name, std::slice::from_ref(&to.meta_addr)).await {
+        Ok(_) | Err(AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let req = tandem_proto::v1::DupAddRequest { table: "demo".into(), remote_site: to.name.clone(), fail_mode: String::new(), sync_existing: false };
+    match from.client.dup_add(req).await {
+        Ok(_) | Err(AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Polls the meta until every replica server is alive, a `demo` table exists and every

@@ -347,3 +347,53 @@ async fn site_and_dup_commands_with_their_output_and_exit_codes() {
     assert!(ok(&cluster, &["site", "remove", "b"]).contains("site b removed"));
     fails(&cluster, &["site", "remove", "b"], 4, "no site \"b\"");
 }
+
+/// The README's first command: two sites in one process, linked both ways, on ports below the
+/// ephemeral range that the other tests draw from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_starts_two_sites_duplicating_demo_both_ways() {
+    let needed = |base: u16| [0u16, 1, 200, 201, 202, 300, 301, 302].map(|o| base + o);
+    let base = (20_000..30_000)
+        .step_by(500)
+        .find(|&b| needed(b).iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
+        .expect("a free block of ports below 30000");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("playground.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["playground", "--fresh", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the playground");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Ctrl-C stops it") {
+            break text;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the playground exited: {text}");
+        assert!(std::time::Instant::now() < deadline, "the playground was not up within 90 s: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (a, b) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 1));
+    assert!(text.contains(&format!("site-a: meta server {a}")) && text.contains(&format!("site-b: meta server {b}")), "{text}");
+    assert!(text.contains(&format!("tandem get demo user1 name --meta {b}")), "{text}");
+    let client = |addr: &str| tandem_client::Client::new(&[addr.to_string()], Default::default()).unwrap();
+    let (ca, cb) = (client(&a), client(&b));
+    ca.table("demo").set(b"user1", b"name", b"Alice", 0).await.unwrap();
+    cb.table("demo").set(b"user2", b"name", b"Bob", 0).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let at_b = cb.table("demo").get(b"user1", b"name").await.unwrap();
+        let at_a = ca.table("demo").get(b"user2", b"name").await.unwrap();
+        if at_b.as_deref() == Some(&b"Alice"[..]) && at_a.as_deref() == Some(&b"Bob"[..]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "writes did not cross between the sites: {at_b:?} {at_a:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "the playground stops cleanly on Ctrl-C");
+}

@@ -1,6 +1,6 @@
 //! Prometheus metrics of a replica server (served by `tandem_runtime::metrics`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -15,6 +15,14 @@ pub struct Metrics {
     pub log: IntGaugeVec,
     /// Memory shared by the server's RocksDB instances, bytes.
     pub memory: IntGaugeVec,
+    /// Per duplication of a partition this server is the primary of: how far behind the other
+    /// site is, in decrees and in milliseconds since the oldest write not shipped yet, and the
+    /// confirmed decree.
+    pub dup_lag_decrees: IntGaugeVec,
+    pub dup_lag_ms: IntGaugeVec,
+    pub dup_confirmed: IntGaugeVec,
+    /// Records applied here from the other site: seconds from their origin timestamp to applied.
+    pub dup_apply_delay: Histogram,
 }
 
 impl Metrics {
@@ -33,7 +41,23 @@ impl Metrics {
         let memory = IntGaugeVec::new(Opts::new(format!("{prefix}_memory_bytes"), "memory by use"), &["use"]).expect("valid metric");
         registry.register(Box::new(log.clone())).expect("register once");
         registry.register(Box::new(memory.clone())).expect("register once");
-        Metrics { registry, requests, latency, replicas, log, memory }
+        let dup_labels = &["table_id", "partition", "dup"];
+        let dup_lag_decrees = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_lag_decrees"), "committed decrees not yet confirmed at the other site"), dup_labels)
+            .expect("valid metric");
+        let dup_lag_ms = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_lag_milliseconds"), "age of the oldest write not yet shipped"), dup_labels)
+            .expect("valid metric");
+        let dup_confirmed = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_confirmed_decree"), "decree up to which the other site applied"), dup_labels)
+            .expect("valid metric");
+        let delay_buckets = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+        let dup_apply_delay = Histogram::with_opts(
+            HistogramOpts::new(format!("{prefix}_dup_apply_delay_seconds"), "origin timestamp of records from the other site to applied here").buckets(delay_buckets),
+        )
+        .expect("valid metric");
+        for m in [&dup_lag_decrees, &dup_lag_ms, &dup_confirmed] {
+            registry.register(Box::new(m.clone())).expect("register once");
+        }
+        registry.register(Box::new(dup_apply_delay.clone())).expect("register once");
+        Metrics { registry, requests, latency, replicas, log, memory, dup_lag_decrees, dup_lag_ms, dup_confirmed, dup_apply_delay }
     }
 
     pub fn observe(&self, op: &str, result: &str, seconds: f64) {

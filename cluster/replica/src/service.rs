@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tandem_core::partition::partition_index;
 use tandem_core::key::decode_key;
+use tandem_core::timetag::timetag_timestamp_us;
+use tandem_core::value::decode_value;
 use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, WriteRequest, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
@@ -142,8 +144,17 @@ impl Service {
             None => "write",
         };
         let metrics = self.node.metrics.clone();
+        // Records of the other site: how long from their origin to applied here.
+        let oldest_origin_us = match &req.op {
+            Some(v1::write_request::Op::Duplicate(d)) => d.records.iter().filter_map(|r| decode_value(&r.value).ok()).map(|(h, _)| timetag_timestamp_us(h.timetag)).min(),
+            _ => None,
+        };
         let finish = move |result: Result<v1::WriteResponse, Status>| {
             observe(&metrics, op, start, &result);
+            if let (Some(origin_us), Ok(_)) = (oldest_origin_us, &result) {
+                let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+                metrics.dup_apply_delay.observe(now_us.saturating_sub(origin_us) as f64 / 1e6);
+            }
             done(result);
         };
         let checked = (|| {
