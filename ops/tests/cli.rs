@@ -346,6 +346,22 @@ async fn site_and_dup_commands_with_their_output_and_exit_codes() {
     assert!(ok(&cluster, &["dup", "list", "t", "--all"]).contains("removed"));
     assert!(ok(&cluster, &["site", "remove", "b"]).contains("site b removed"));
     fails(&cluster, &["site", "remove", "b"], 4, "no site \"b\"");
+
+    // A policy naming a site takes effect through a duplication, and shows its lag.
+    fails(&cluster, &["policy", "set", "t", "--dup", "b"], 1, "tandem site add NAME --meta");
+    ok(&cluster, &["site", "add", "b", "--meta", "127.0.0.1:1"]);
+    ok(&cluster, &["policy", "set", "t", "--dup", "b"]);
+    let list: serde_json::Value = serde_json::from_str(&ok(&cluster, &["dup", "list", "t", "--json"])).unwrap();
+    assert_eq!(list["duplications"][0]["site"].as_str(), Some("b"), "{list}");
+    fails(&cluster, &["dup", "remove", "t", "b"], 1, "tandem policy set t --dup off");
+    cluster
+        .poll(Duration::from_secs(30), "policy status shows the duplication's lag", || async {
+            let out = tandem(&cluster, &["policy", "status", "t"]);
+            String::from_utf8_lossy(&out.stdout).contains("shipping to b: site-loss RPO")
+        })
+        .await;
+    ok(&cluster, &["policy", "set", "t", "--dup", "off"]);
+    assert!(ok(&cluster, &["dup", "list", "t"]).contains("no duplications of t"));
 }
 
 /// The README's first command: two sites in one process, linked both ways, on ports below the

@@ -157,6 +157,9 @@ enum Work {
     DupSetStatus { token: Token, dup_id: u32, status: DupStatus },
     /// Persists the confirmed decrees primaries reported since the last time.
     SaveDupProgress,
+    /// Brings a table's duplications to what its policy names (`old_site`: the site it named
+    /// before a change).
+    ReconcileDup { table_id: u32, old_site: Option<String> },
 }
 
 /// A write in flight and what to do when it returns.
@@ -355,11 +358,17 @@ impl MetaMachine {
             .map(|t| t.id)
             .collect();
         let unsaved = !state.dup_unsaved.is_empty();
+        let unreconciled: Vec<u32> = state.tables.values().filter(|t| dup_reconcile(state, t, None).is_some()).map(|t| t.id).collect();
         for node in dead {
             self.event(MetaEvent::NodeDead { node });
         }
         if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Cure { .. })) {
             self.queue.push_back(Work::Cure { from: Gpid::default() });
+        }
+        for table_id in unreconciled {
+            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::ReconcileDup { table_id: t, .. } if *t == table_id)) {
+                self.queue.push_back(Work::ReconcileDup { table_id, old_site: None });
+            }
         }
         if unsaved && !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::SaveDupProgress)) {
             self.queue.push_back(Work::SaveDupProgress);
@@ -614,7 +623,8 @@ impl MetaMachine {
             }
             Work::CreateTable { token, name, partition_count, change, owner, who, placing: None } => {
                 let mut change = change;
-                let cx = policy_context(&self.options, state);
+                let peers = peer_sites(&self.options, state);
+                let cx = policy_context(&self.options, state, &peers);
                 // Validated as a change from "no replicas": the count must fit the live servers.
                 let policy = match Policy::with_replicas(0).apply(&change, &cx) {
                     Ok(p) => p,
@@ -641,7 +651,8 @@ impl MetaMachine {
                 let Some(t) = state.available_table(&table).cloned() else {
                     return self.reply(token, Err(MetaError::NotFound(format!("table {table:?} does not exist"))));
                 };
-                let cx = policy_context(&self.options, state);
+                let peers = peer_sites(&self.options, state);
+                let cx = policy_context(&self.options, state, &peers);
                 match t.policy.apply(&change, &cx) {
                     Ok(next) if next == t.policy => self.reply(token, Ok(MetaReply::PolicySet { old: t.policy.clone(), table: t, changed: false })),
                     Ok(next) => {
@@ -739,16 +750,7 @@ impl MetaMachine {
                 // lowest, so a write acknowledged before this request is at worst shipped again).
                 // Left to its primary's first turn instead, the writes committed until the next
                 // beacon handed it out would never ship (found by ops/tests/duplicate.rs).
-                let start = if sync_existing {
-                    Vec::new()
-                } else {
-                    (0..t.partition_count)
-                        .map(|p| {
-                            let reported = state.reports.get(&Gpid::new(t.id, p)).and_then(|r| r.values().map(|r| r.last_committed).min());
-                            (p, reported.unwrap_or(0))
-                        })
-                        .collect()
-                };
+                let start = if sync_existing { Vec::new() } else { dup_start(state, t) };
                 let write = StoreWrite::AddDuplication { table_id: t.id, remote_site: remote_site.clone(), fail_mode, sync_existing, at_ms: now.wall_ms, start };
                 self.persist(write, Work::DupAdd { token, table, remote_site, fail_mode, sync_existing });
             }
@@ -761,8 +763,28 @@ impl MetaMachine {
                     let dup = d.clone();
                     self.reply(token, Ok(MetaReply::DupStatusSet { dup, changed: false }))
                 }
+                Some(d)
+                    if status == DupStatus::Removed
+                        && state.tables.get(&d.table_id).is_some_and(|t| t.policy.duplication.as_deref() == Some(d.remote_site.as_str())) =>
+                {
+                    let table = state.tables.get(&d.table_id).map_or_else(String::new, |t| t.name.clone());
+                    let message = format!(
+                        "the policy of table {table:?} duplicates it to {:?}; change the policy instead: tandem policy set {table} --dup off",
+                        d.remote_site
+                    );
+                    self.reply(token, Err(MetaError::InvalidArgument(message)))
+                }
                 Some(_) => self.persist(StoreWrite::SetDupStatus { dup_id, status }, Work::DupSetStatus { token, dup_id, status }),
             },
+            Work::ReconcileDup { table_id, old_site } => {
+                let Some(table) = state.tables.get(&table_id) else { return };
+                if let Some(mut write) = dup_reconcile(state, table, old_site.as_deref()) {
+                    if let StoreWrite::AddDuplication { at_ms, .. } = &mut write {
+                        *at_ms = now.wall_ms;
+                    }
+                    self.persist(write, Work::ReconcileDup { table_id, old_site });
+                }
+            }
             Work::SaveDupProgress => {
                 let confirmed: Vec<(u32, u32, tandem_core::Decree)> = state.dup_unsaved.iter().map(|(&(d, p), &c)| (d, p, c)).collect();
                 if !confirmed.is_empty() {
@@ -829,6 +851,9 @@ impl MetaMachine {
                 t.policy = new.clone();
                 let table = t.clone();
                 self.event(MetaEvent::PolicyChanged { table: table.name.clone(), old: old.clone(), new: new.clone(), who: who.clone() });
+                if old.duplication != new.duplication {
+                    self.queue.push_back(Work::ReconcileDup { table_id: table.id, old_site: old.duplication.clone() });
+                }
                 if let Some(token) = work.token() {
                     self.reply(token, Ok(MetaReply::PolicySet { table, old: old.clone(), changed: true }));
                 }
@@ -958,7 +983,7 @@ impl Work {
             | Work::SiteRemove { token, .. }
             | Work::DupAdd { token, .. }
             | Work::DupSetStatus { token, .. } => Some(*token),
-            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress => None,
+            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress | Work::ReconcileDup { .. } => None,
         }
     }
 }
@@ -994,11 +1019,54 @@ fn dup_for_server(state: &MetaState, d: &DupInfo) -> TableDup {
     }
 }
 
-fn policy_context<'a>(options: &'a MetaOptions, state: &MetaState) -> PolicyContext<'a> {
+/// The sites a policy may duplicate to: those of the configuration and those added since.
+fn peer_sites(options: &MetaOptions, state: &MetaState) -> Vec<String> {
+    let mut peers: Vec<String> = options.peer_sites.iter().chain(state.sites.keys()).cloned().collect();
+    peers.sort();
+    peers.dedup();
+    peers
+}
+
+/// What a table's policy asks of its duplications now: the duplication to add (to a known site
+/// its policy names that none ships to), or the one to remove (shipping to a site its policy no
+/// longer names, `old_site`).
+fn dup_reconcile(state: &MetaState, table: &TableInfo, old_site: Option<&str>) -> Option<StoreWrite> {
+    let live = |site: &str| state.dups.values().find(|d| d.table_id == table.id && d.remote_site == site && d.status != DupStatus::Removed);
+    if let Some(old) = old_site.filter(|old| table.policy.duplication.as_deref() != Some(*old))
+        && let Some(d) = live(old)
+    {
+        return Some(StoreWrite::SetDupStatus { dup_id: d.id, status: DupStatus::Removed });
+    }
+    let site = table.policy.duplication.as_deref()?;
+    if table.status != TableStatus::Available || !state.sites.contains_key(site) || live(site).is_some() {
+        return None;
+    }
+    Some(StoreWrite::AddDuplication {
+        table_id: table.id,
+        remote_site: site.to_string(),
+        fail_mode: FailMode::Slow,
+        sync_existing: false,
+        at_ms: 0,
+        start: dup_start(state, table),
+    })
+}
+
+/// Each partition of a new duplication starts at the lowest decree its replicas reported
+/// committed: what commits after it is shipped.
+fn dup_start(state: &MetaState, table: &TableInfo) -> Vec<(u32, tandem_core::Decree)> {
+    (0..table.partition_count)
+        .map(|p| {
+            let reported = state.reports.get(&Gpid::new(table.id, p)).and_then(|r| r.values().map(|r| r.last_committed).min());
+            (p, reported.unwrap_or(0))
+        })
+        .collect()
+}
+
+fn policy_context<'a>(options: &'a MetaOptions, state: &MetaState, peers: &'a [String]) -> PolicyContext<'a> {
     PolicyContext {
         live_nodes: state.fd.alive_nodes().len(),
         site: &options.site,
-        peer_sites: &options.peer_sites,
+        peer_sites: peers,
         default_backup_target: &options.backup_target,
     }
 }

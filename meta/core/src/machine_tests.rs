@@ -3,6 +3,7 @@
 use super::*;
 use crate::cure::ReplicaReport;
 use crate::request::ClusterStatus;
+use crate::policy::Toggle;
 use crate::store::MemStore;
 
 const TTL: u64 = 6_000;
@@ -369,4 +370,47 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
     assert!(!m.take_actions().iter().any(|a| matches!(a, MetaAction::Persist { write: StoreWrite::SaveDupProgress { .. }, .. })));
     let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 9, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
     assert_eq!((dups[0].partitions[0].confirmed, dups[0].partitions[0].report.as_ref().map(|r| r.confirmed)), (Some(7), Some(7)));
+}
+
+#[test]
+fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
+    let (mut m, mut store) = leader();
+    let set = |dup: Toggle<String>| MetaRequest::SetPolicy {
+        table: "t".into(),
+        change: PolicyChange { duplication: Some(dup), ..Default::default() },
+        who: "alice".into(),
+    };
+    // An unknown site is refused with the command that adds one.
+    let err = ask(&mut m, &mut store, 1, set(Toggle::On("b".into()))).unwrap_err();
+    assert!(err.to_string().contains("tandem site add NAME --meta"), "{err}");
+    ask(&mut m, &mut store, 2, MetaRequest::SiteAdd { site: site_b() }).unwrap();
+    assert!(matches!(ask(&mut m, &mut store, 3, set(Toggle::On("b".into()))), Ok(MetaReply::PolicySet { changed: true, .. })));
+    // The reconciliation ran behind the answer: a duplication to b exists.
+    let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 4, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
+    assert_eq!(dups.iter().map(|d| (d.info.remote_site.as_str(), d.info.status)).collect::<Vec<_>>(), [("b", DupStatus::Start)]);
+    let id = dups[0].info.id;
+    // Removing it by hand would fight the policy: refused with the fix.
+    let err = ask(&mut m, &mut store, 5, MetaRequest::DupSetStatus { dup_id: id, status: DupStatus::Removed }).unwrap_err();
+    assert!(err.to_string().contains("tandem policy set t --dup off"), "{err}");
+    let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 6, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
+    let dup = status.levels.iter().find(|l| l.level == "duplication").unwrap();
+    assert_eq!((dup.actual.as_str(), dup.satisfied), ("duplication 1: 0 of 1 partitions reported so far", false));
+    // The primary reports: the level is met, with the lag as the site-loss RPO.
+    let report = crate::duplication::DupReport { confirmed: 5, lag_decrees: 2, lag_ms: 1500, phase: "log".into(), last_error: None };
+    let beacon = BeaconRequest {
+        node: "r1".into(),
+        incarnation: 1,
+        restarted: false,
+        lease_period_ms: 6_000,
+        reports: vec![],
+        dup_reports: vec![(Gpid::new(1, 0), id, report)],
+    };
+    ask(&mut m, &mut store, 7, MetaRequest::Beacon(beacon)).unwrap();
+    let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 8, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
+    let dup = status.levels.iter().find(|l| l.level == "duplication").unwrap();
+    assert_eq!((dup.actual.as_str(), dup.satisfied), ("shipping to b: site-loss RPO 1s 500ms (lag up to 2 decrees)", true));
+    // Off: the duplication goes.
+    ask(&mut m, &mut store, 9, set(Toggle::Off)).unwrap();
+    let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 10, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
+    assert!(dups.is_empty());
 }

@@ -123,7 +123,7 @@ impl Policy {
                 if next.duplication.is_none() && !matches!(change.duplication, Some(Toggle::On(_))) {
                     next.duplication = Some(match cx.peer_sites {
                         [only] => only.clone(),
-                        [] => return Err(format!("level {level} duplicates to another site, but this cluster knows none (configure meta.peer_sites, or choose --level 1)")),
+                        [] => return Err(format!("level {level} duplicates to another site, but this cluster knows none (add one with tandem site add NAME --meta HOST:PORT, or choose --level 1)")),
                         _ => return Err(format!("level {level} duplicates to another site: name it with --dup SITE (one of: {})", cx.peer_sites.join(", "))),
                     });
                 }
@@ -193,7 +193,7 @@ impl Policy {
                 return Err(format!("cannot duplicate to '{site}': that is this cluster's own site"));
             }
             if !cx.peer_sites.contains(site) {
-                let known = if cx.peer_sites.is_empty() { "none (configure meta.peer_sites)".to_string() } else { cx.peer_sites.join(", ") };
+                let known = if cx.peer_sites.is_empty() { "none (add one with tandem site add NAME --meta HOST:PORT)".to_string() } else { cx.peer_sites.join(", ") };
                 return Err(format!("unknown site '{site}'; known sites: {known}"));
             }
         }

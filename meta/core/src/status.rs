@@ -119,6 +119,31 @@ impl MetaState {
     }
 
     /// Desired against actual, level by level.
+    /// Where the table's duplication to the site its policy names stands, and whether it is
+    /// met: shipping, with the largest lag its primaries reported as the site-loss RPO.
+    fn duplication_status(&self, table: &TableInfo) -> (String, bool) {
+        use crate::duplication::DupStatus;
+        let Some(site) = table.policy.duplication.as_deref() else { return ("off".into(), true) };
+        if !self.sites.contains_key(site) {
+            return (format!("site {site} has no meta address: tandem site add {site} --meta HOST:PORT"), false);
+        }
+        let Some(d) = self.dups.values().find(|d| d.table_id == table.id && d.remote_site == site && d.status != DupStatus::Removed) else {
+            return ("being set up".into(), false);
+        };
+        if d.status == DupStatus::Pause {
+            return (format!("duplication {} is paused (tandem dup resume {} {site})", d.id, table.name), false);
+        }
+        let reports: Vec<&crate::duplication::DupReport> = (0..table.partition_count).filter_map(|p| self.dup_reports.get(&(d.id, p))).collect();
+        if reports.len() < table.partition_count as usize {
+            return (format!("duplication {}: {} of {} partitions reported so far", d.id, reports.len(), table.partition_count), false);
+        }
+        let lag_ms = reports.iter().map(|r| r.lag_ms).max().unwrap_or(0);
+        let lag_decrees = reports.iter().map(|r| r.lag_decrees).max().unwrap_or(0);
+        let rpo = humantime::format_duration(Duration::from_millis(lag_ms));
+        let error = reports.iter().find_map(|r| r.last_error.as_ref()).map_or_else(String::new, |e| format!("; last error: {e}"));
+        (format!("shipping to {site}: site-loss RPO {rpo} (lag up to {lag_decrees} decrees){error}"), true)
+    }
+
     pub fn policy_status(&self, table: &TableInfo) -> PolicyStatusView {
         let desired = table.policy.replicas;
         let partitions: Vec<PartitionReplicas> = self
@@ -146,11 +171,12 @@ impl MetaState {
             },
             satisfied: at_desired == partitions.len(),
         };
+        let (actual, satisfied) = self.duplication_status(table);
         let duplication = LevelStatus {
             level: "duplication".into(),
             desired: table.policy.duplication.as_ref().map_or_else(|| "off".to_string(), |site| format!("to site {site}")),
-            actual: if table.policy.duplication.is_some() { "not available yet (duplication is not built)".into() } else { "off".into() },
-            satisfied: table.policy.duplication.is_none(),
+            actual,
+            satisfied,
         };
         let backup = LevelStatus {
             level: "backup".into(),
