@@ -475,6 +475,17 @@ pub enum DupCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Compare the two sites' copies of a table, partition by partition; exits 3 when they
+    /// differ.
+    Verify {
+        table: String,
+        /// The other site (default: the one the table is duplicated to).
+        #[arg(long = "to", value_name = "SITE")]
+        to: Option<String>,
+        /// Leave out writes this recent (they may be on their way), e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration_with_unit)]
+        ignore_last: std::time::Duration,
+    },
     /// Stop shipping (the log is still kept for it).
     Pause { table: String, dup: String },
     /// Ship again after a pause.

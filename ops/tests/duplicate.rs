@@ -153,7 +153,23 @@ async fn two_sites_duplicate_both_ways_and_converge() {
             && dups[0].partitions.iter().all(|p| p.has_confirmed && p.report.as_ref().is_some_and(|r| r.lag_decrees == 0 && r.confirmed == p.confirmed))
     })
     .await;
-    // Removed: nothing more ships.
+    // dup verify: identical now.
+    let verify = |site: &Cluster, args: &[&str]| {
+        let out = std::process::Command::new(support::bin()).args(["dup", "verify", "t"]).args(args).env("TANDEM_META", &site.meta_addr).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, text) = verify(&a, &["--ignore-last", "0s"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("identical") && text.contains("299 records"), "{text}");
+    // A record at b that a never had (a batch forged as from a): verify names it.
+    tb.duplicate(vec![put("forged", b"x", now_us() - 1_000_000, 1)]).await.unwrap();
+    let (code, text) = verify(&a, &["--to", "b", "--ignore-last", "0s"]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("1 keys differ; the first: forged/s"), "{text}");
+    // Left out while within the window.
+    let (code, text) = verify(&a, &["--ignore-last", "1h"]);
+    assert_eq!(code, Some(0), "{text}");
+    // Removed: it no longer ships or shows.
     ca.dup_set_status(dup_ab.id, "removed").await.unwrap();
     assert_eq!(ca.dup_list("t", false).await.unwrap().dups.len(), 0);
 }

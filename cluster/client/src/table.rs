@@ -361,6 +361,34 @@ impl Table {
     }
 
     /// One page of a scan over every partition; pass the returned `next` to continue.
+    /// The table's partition count, as routed now.
+    pub async fn partition_count(&self) -> Result<u32> {
+        Ok(self.client.route(&self.name, false).await?.partition_count)
+    }
+
+    /// `dup verify`: partition `partition`'s digests per bucket of live records older than
+    /// `before_us` (see `tandem_dup_core::verify`).
+    pub async fn verify_digest(&self, partition: u32, buckets: u32, before_us: u64) -> Result<Vec<v1::BucketDigest>> {
+        let r = self
+            .call(None, Some(partition), Retry::Always, |c, route| {
+                let mut c = c.grpc.clone();
+                let req = v1::VerifyDigestRequest { route: Some(route), buckets, before_us };
+                async move { c.verify_digest(req).await }
+            })
+            .await?;
+        Ok(r.buckets)
+    }
+
+    /// `dup verify`: a page of the key versions of `bucket` that partition `partition` holds.
+    pub async fn verify_keys(&self, partition: u32, buckets: u32, bucket: u32, after: &[u8], limit: u32) -> Result<v1::VerifyKeysResponse> {
+        self.call(None, Some(partition), Retry::Always, |c, route| {
+            let mut c = c.grpc.clone();
+            let req = v1::VerifyKeysRequest { route: Some(route), buckets, bucket, after_key: after.to_vec(), limit };
+            async move { c.verify_keys(req).await }
+        })
+        .await
+    }
+
     pub async fn full_scan(&self, token: Option<&str>, count_max: u32) -> Result<FullScanPage> {
         let (mut partition, mut after) = match token {
             Some(t) => decode_token(t)?,

@@ -10,6 +10,7 @@ use tandem_core::partition::partition_index;
 use tandem_core::key::decode_key;
 use tandem_core::timetag::timetag_timestamp_us;
 use tandem_core::value::decode_value;
+use tandem_dup_core::verify;
 use tandem_core::replica::{read, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, WriteRequest, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
@@ -70,6 +71,17 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
 
 fn invalid(msg: impl Into<String>) -> Status {
     ErrorKind::InvalidArgument.status(msg)
+}
+
+/// More buckets than any table has partitions.
+const VERIFY_BUCKETS_MAX: u32 = 1 << 16;
+
+/// The bucket count of a verify request: a power of two, at most `VERIFY_BUCKETS_MAX`.
+fn verify_buckets(buckets: u32) -> Result<u32, Status> {
+    if !buckets.is_power_of_two() || buckets > VERIFY_BUCKETS_MAX {
+        return Err(invalid(format!("verify buckets {buckets} must be a power of two from 1 to {VERIFY_BUCKETS_MAX}")));
+    }
+    Ok(buckets)
 }
 
 impl Service {
@@ -463,6 +475,42 @@ impl ReplicaService for Service {
         }
         .await;
         self.observe("full_scan", start, &result);
+        result.map(Response::new)
+    }
+
+    async fn verify_digest(&self, request: Request<v1::VerifyDigestRequest>) -> Result<Response<v1::VerifyDigestResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let result = async {
+            let handle = self.route(req.route.as_ref(), None)?;
+            let buckets = verify_buckets(req.buckets)?;
+            let before_us = req.before_us;
+            let digests = self.read(&handle, move |e, now_s| verify::digest_engine(e, buckets, before_us, now_s)).await?;
+            let buckets = digests.buckets.into_iter().map(|(bucket, (records, digest))| v1::BucketDigest { bucket, records, digest }).collect();
+            Ok(v1::VerifyDigestResponse { buckets })
+        }
+        .await;
+        self.observe("verify_digest", start, &result);
+        result.map(Response::new)
+    }
+
+    async fn verify_keys(&self, request: Request<v1::VerifyKeysRequest>) -> Result<Response<v1::VerifyKeysResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let result = async {
+            let handle = self.route(req.route.as_ref(), None)?;
+            let buckets = verify_buckets(req.buckets)?;
+            let (bucket, after) = (req.bucket, req.after_key);
+            let limit = if req.limit == 0 { PAGE_COUNT_DEFAULT } else { (req.limit as usize).min(10 * PAGE_COUNT_DEFAULT) };
+            let (keys, more) = self.read(&handle, move |e, now_s| verify::bucket_keys(e, buckets, bucket, &after, limit, now_s)).await?;
+            let keys = keys
+                .into_iter()
+                .map(|k| v1::KeyVersion { key: k.key, timetag: k.timetag, live: k.value_hash.is_some(), value_hash: k.value_hash.unwrap_or(0) })
+                .collect();
+            Ok(v1::VerifyKeysResponse { keys, more })
+        }
+        .await;
+        self.observe("verify_keys", start, &result);
         result.map(Response::new)
     }
 

@@ -24,6 +24,7 @@
 pub mod duplicator;
 pub mod records;
 pub mod route;
+pub mod verify;
 
 /// A duplication of a table as the meta hands it to the replica servers hosting the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
