@@ -118,6 +118,9 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Operations per second at most, spread evenly (0: as fast as it goes).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
 }
 
 /// Zipfian generator over [0, n) (Gray et al., as YCSB uses), theta 0.99.
@@ -277,6 +280,9 @@ async fn run_workload(stores: &[Store], workload: Workload, args: &BenchArgs, zi
     let writes = Arc::new(Mutex::new(Histogram::<u64>::new(3).expect("histogram")));
     let start = Instant::now();
     let deadline = start + args.duration;
+    // --rate: operation n starts no earlier than n / rate seconds into the run.
+    let issued = Arc::new(AtomicU64::new(0));
+    let rate = args.rate;
     let mut workers = Vec::new();
     for w in 0..args.inflight {
         let mut store = stores[w % stores.len()].clone();
@@ -291,6 +297,7 @@ async fn run_workload(stores: &[Store], workload: Workload, args: &BenchArgs, zi
             writes.clone(),
         );
         let (records, seed) = (args.records, args.seed);
+        let issued = issued.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w as u64));
             let mut local_r = Histogram::<u64>::new(3).expect("histogram");
@@ -311,6 +318,14 @@ async fn run_workload(stores: &[Store], workload: Workload, args: &BenchArgs, zi
                         None => rng.random_range(0..records),
                     }
                 };
+                if rate > 0 {
+                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    let at = start + Duration::from_secs_f64(n as f64 / rate as f64);
+                    if at >= deadline && workload != Workload::Load {
+                        break;
+                    }
+                    tokio::time::sleep_until(at.into()).await;
+                }
                 let key = key_of(key_index);
                 let is_read = read_share > 0.0 && rng.random::<f64>() < read_share;
                 let t = Instant::now();

@@ -139,3 +139,14 @@ fn a_missing_or_unreachable_peer_is_named() {
     assert!(stderr.contains("redis did not accept a write within 1s"), "{stderr}");
     assert!(start.elapsed() < Duration::from_secs(20), "gave up after {:?}", start.elapsed());
 }
+
+/// `--rate` caps the operations per second (a busy machine can only make it slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_caps_the_operations_per_second() {
+    let cluster = Cluster::start(3, Store::Sqlite).await;
+    let out = bench(&["--meta", &cluster.meta_addr, "--create", "--workload", "write-only", "--rate", "200", "--duration", "2s", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ops, seconds) = (run["writes"]["ops"].as_f64().unwrap(), run["seconds"].as_f64().unwrap());
+    assert!(ops <= 200.0 * seconds + 1.0 && ops > 0.0, "{ops} writes in {seconds} s at --rate 200");
+}
