@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::timetag::{Timetag, timetag_is_delete, timetag_timestamp_us};
 
 pub const VALUE_FORMAT_VERSION: u8 = 1;
+/// How long a tombstone is kept when nothing says otherwise (a table policy's default).
+pub const TOMBSTONE_RETENTION_MS_DEFAULT: u64 = 24 * 3_600_000;
 pub const VALUE_HEADER_BYTES: usize = 13;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

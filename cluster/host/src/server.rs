@@ -39,7 +39,15 @@ pub enum HostInput {
     /// this server hosts or reported, the partition count of their tables, and the reported
     /// partitions whose table is gone.
     /// Also the duplications of their tables.
-    BeaconAnswered { sent_at_ms: u64, configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid>, dups: Vec<TableDup> },
+    /// Also the duplications of their tables, and each table's tombstone retention (ms).
+    BeaconAnswered {
+        sent_at_ms: u64,
+        configs: Vec<PartitionConfig>,
+        partition_counts: Vec<(u32, u32)>,
+        tombstone_retention: Vec<(u32, u64)>,
+        gone: Vec<Gpid>,
+        dups: Vec<TableDup>,
+    },
     BeaconFailed { now_ms: u64 },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
@@ -76,6 +84,9 @@ pub enum HostAction {
     ExtendLease { until_ms: u64 },
     /// Requests for `table_id` must route with this partition count.
     SetPartitionCount { table_id: u32, partition_count: u32 },
+    /// Compaction of `table_id`'s replicas (those open now and those opened later) drops a
+    /// tombstone once it is older than this.
+    SetTombstoneRetention { table_id: u32, retention_ms: u64 },
     /// Stop the replica and delete its data (database, checkpoints); report `ReplicaRemoved`.
     RemoveReplica { gpid: Gpid, why: String },
     /// Flush the replica's engine; report `EngineFlushed`.
@@ -112,6 +123,8 @@ pub struct Host {
     partition_counts: BTreeMap<u32, u32>,
     /// The duplications last handed to each replica.
     dups_sent: BTreeMap<Gpid, Vec<DupConfig>>,
+    /// The tombstone retention last given for each table.
+    tombstone_retention: BTreeMap<u32, u64>,
     lease_until_ms: u64,
     /// No beacon of this process has been answered yet.
     restarted: bool,
@@ -135,6 +148,7 @@ impl Host {
             outside_since: BTreeMap::new(),
             partition_counts: BTreeMap::new(),
             dups_sent: BTreeMap::new(),
+            tombstone_retention: BTreeMap::new(),
             lease_until_ms: 0,
             restarted: true,
             beacon: Beacon::Idle { next_due_ms: now_ms },
@@ -188,7 +202,12 @@ impl Host {
         }
         match input {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
-            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone, dups } => {
+            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups } => {
+                for (table_id, retention_ms) in tombstone_retention {
+                    if self.tombstone_retention.insert(table_id, retention_ms) != Some(retention_ms) {
+                        self.actions.push(HostAction::SetTombstoneRetention { table_id, retention_ms });
+                    }
+                }
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
             HostInput::BeaconFailed { now_ms } => {
@@ -434,7 +453,7 @@ mod tests {
     }
 
     fn answer(host: &mut Host, sent_at_ms: u64, configs: Vec<PartitionConfig>, gone: Vec<Gpid>) -> Vec<HostAction> {
-        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], gone, dups: vec![] });
+        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![] });
         host.take_actions()
     }
 
@@ -595,7 +614,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], gone: vec![], dups });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::Duplications { .. })).collect::<Vec<_>>()
         };
         let first = dup(vec![(0, 7)]);
@@ -611,5 +630,20 @@ mod tests {
             HostAction::Duplications { gpid: g(0), configs: vec![] },
             HostAction::Duplications { gpid: g(1), configs: vec![] },
         ]);
+    }
+
+    #[test]
+    fn a_tables_tombstone_retention_is_passed_on_when_it_changes() {
+        let mut host = Host::new("a".into(), options(), [g(0)], 0);
+        let mut beacon = |now_ms: u64, retention: u64| {
+            host.step(HostInput::Tick { now_ms });
+            host.take_actions();
+            let tombstone_retention = vec![(1, retention)];
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![] });
+            host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneRetention { .. })).collect::<Vec<_>>()
+        };
+        assert_eq!(beacon(0, 5_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 5_000 }]);
+        assert_eq!(beacon(1_000, 5_000), vec![]);
+        assert_eq!(beacon(2_000, 9_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 9_000 }]);
     }
 }

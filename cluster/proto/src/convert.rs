@@ -25,6 +25,7 @@ pub fn config_to_wire(c: &PartitionConfig, partition_count: u32) -> v1::Partitio
         learners: c.learners.clone(),
         last_drops: c.last_drops.clone(),
         partition_count,
+        tombstone_retention_ms: 0,
     }
 }
 

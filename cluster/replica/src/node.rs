@@ -53,6 +53,8 @@ pub struct Node {
     /// The other sites duplications ship to, as the meta last named them: their meta addresses
     /// and a client of each (made on first use).
     sites: Mutex<HashMap<String, (Vec<String>, Option<tandem_client::Client>)>>,
+    /// Each table's tombstone retention (ms), shared by the compaction filters of its engines.
+    tombstone_retention: Mutex<HashMap<u32, Arc<AtomicU64>>>,
 }
 
 impl Node {
@@ -149,6 +151,9 @@ impl Node {
                         HostAction::SetPartitionCount { table_id, partition_count } => {
                             self.partition_counts.write().expect("partition counts lock").insert(table_id, partition_count);
                         }
+                        HostAction::SetTombstoneRetention { table_id, retention_ms } => {
+                            self.retention_of(table_id).store(retention_ms, Ordering::Relaxed);
+                        }
                         other => later.push(other),
                     }
                 }
@@ -208,7 +213,7 @@ impl Node {
             HostAction::Stop { error } => {
                 let _ = self.stop.send(Some(error));
             }
-            HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } => {
+            HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. } => {
                 unreachable!("run under the host's lock")
             }
         }
@@ -222,7 +227,7 @@ impl Node {
             return Ok(());
         }
         let dir = self.replica_dir(gpid);
-        let engine = open_engine(&dir, &self.engine_memory)?;
+        let engine = open_engine(&dir, &self.engine_memory, self.retention_of(gpid.table_id))?;
         let core = Replica::open(gpid, self.me.clone(), options, Box::new(engine.clone()), vec![]);
         let hosted = HostedReplica::new(core, self.incarnation, &self.opts.host);
         let handle = replica_task::spawn(self.clone(), hosted, engine, dir);
@@ -275,11 +280,15 @@ impl Node {
                 self.beacon_failures.store(0, Ordering::Relaxed);
                 let mut configs = Vec::new();
                 let mut partition_counts = Vec::new();
+                let mut tombstone_retention = Vec::new();
                 for wire in resp.configs {
                     match config_from_wire(&wire) {
                         Ok(c) => {
                             if wire.partition_count > 0 {
                                 partition_counts.push((c.gpid.table_id, wire.partition_count));
+                            }
+                            if wire.tombstone_retention_ms > 0 {
+                                tombstone_retention.push((c.gpid.table_id, wire.tombstone_retention_ms));
                             }
                             configs.push(c);
                         }
@@ -288,7 +297,8 @@ impl Node {
                 }
                 let gone = resp.gone.into_iter().map(|g| Gpid::new(g.table_id, g.partition)).collect();
                 let dups = self.take_duplications(resp.dups, resp.sites);
-                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone, dups }
+                tombstone_retention.dedup();
+                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups }
             }
             Err(status) => {
                 let failures = self.beacon_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -333,6 +343,13 @@ impl Node {
                 })
             })
             .collect()
+    }
+
+    /// The tombstone retention shared by table `table_id`'s engines (the default policy's until
+    /// the meta says).
+    pub fn retention_of(&self, table_id: u32) -> Arc<AtomicU64> {
+        let mut all = self.tombstone_retention.lock().expect("retention lock");
+        all.entry(table_id).or_insert_with(|| Arc::new(AtomicU64::new(tandem_core::value::TOMBSTONE_RETENTION_MS_DEFAULT))).clone()
     }
 
     /// A client of site `name`'s meta servers, as the meta named them last.
@@ -384,10 +401,10 @@ pub(crate) fn replica_dir(data_dir: &Path, gpid: Gpid) -> PathBuf {
 
 /// The engine of a replica directory: `CURRENT` names the active database directory (it changes
 /// when a learned checkpoint is installed), `db` by default.
-pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory) -> Result<SharedEngine> {
+pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory, tombstone_retention_ms: Arc<AtomicU64>) -> Result<SharedEngine> {
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     let db = active_db_dir(dir)?;
-    let engine = RocksEngine::open(&db, memory)?;
+    let engine = RocksEngine::open_with_retention(&db, memory, tombstone_retention_ms)?;
     Ok(SharedEngine::new(engine))
 }
 
@@ -457,11 +474,12 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
         sites: Mutex::new(HashMap::new()),
+        tombstone_retention: Mutex::new(HashMap::new()),
         opts: opts.clone(),
     });
     let opened = found.len();
     for (gpid, path) in found {
-        let engine = open_engine(&path, &node.engine_memory)?;
+        let engine = open_engine(&path, &node.engine_memory, node.retention_of(gpid.table_id))?;
         let mutations = replayed.remove(&gpid).map(PartitionLog::into_mutations).unwrap_or_default();
         let core = Replica::open(gpid, node.me.clone(), opts.host.replica_options(opened), Box::new(engine.clone()), mutations);
         let hosted: HostedReplica<Rt> = HostedReplica::new(core, node.incarnation, &opts.host);

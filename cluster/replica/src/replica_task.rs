@@ -363,9 +363,10 @@ impl ReplicaTask {
                 }
                 ReplicaAction::ActivateCheckpoint { db, decree } => {
                     let (dir, memory, tx) = (self.dir.clone(), self.node.engine_memory.clone(), self.tx.clone());
+                    let retention = self.node.retention_of(gpid.table_id);
                     self.disk_work.spawn(async move {
                         let _ = tokio::task::spawn_blocking(move || {
-                            let result = activate(&dir, &db, decree, &memory).map_err(|e| e.to_string());
+                            let result = activate(&dir, &db, decree, &memory, retention).map_err(|e| e.to_string());
                             if result.is_ok() {
                                 tracing::info!("{gpid}: installed checkpoint at decree {decree}");
                             }
@@ -579,8 +580,8 @@ impl ReplicaTask {
 
 /// Opens fetched database `db` of replica directory `dir`, checks it holds `decree`, and makes it
 /// the one a restart opens (`CURRENT`, written atomically).
-fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory) -> crate::error::Result<SharedEngine> {
-    let engine = RocksEngine::open(&dir.join(db), memory)?;
+fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory, retention: Arc<std::sync::atomic::AtomicU64>) -> crate::error::Result<SharedEngine> {
+    let engine = RocksEngine::open_with_retention(&dir.join(db), memory, retention)?;
     if engine.last_applied_decree() != decree {
         return Err(ServerError::WrongDecree { found: engine.last_applied_decree(), expected: decree });
     }

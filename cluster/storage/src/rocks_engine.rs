@@ -107,6 +107,13 @@ pub struct RocksEngine {
 impl RocksEngine {
     /// Opens the replica's database in `dir`, creating it if missing, within the server's memory.
     pub fn open(dir: &Path, memory: &EngineMemory) -> Result<RocksEngine> {
+        let retention = Arc::new(AtomicU64::new(tandem_core::value::TOMBSTONE_RETENTION_MS_DEFAULT));
+        RocksEngine::open_with_retention(dir, memory, retention)
+    }
+
+    /// Opens with the tombstone retention (ms) that `tombstone_retention_ms` holds, shared with
+    /// whoever sets it (the server shares one per table among the table's engines).
+    pub fn open_with_retention(dir: &Path, memory: &EngineMemory, tombstone_retention_ms: Arc<AtomicU64>) -> Result<RocksEngine> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
@@ -117,7 +124,6 @@ impl RocksEngine {
 
         let mut data_options = Options::default();
         data_options.set_compression_type(DBCompressionType::Lz4);
-        let tombstone_retention_ms = Arc::new(AtomicU64::new(0));
         let retention = tombstone_retention_ms.clone();
         data_options.set_compaction_filter(TTL_FILTER_NAME, move |_level: u32, _key: &[u8], value: &[u8]| {
             compaction_decision(value, now_us(), retention.load(Ordering::Relaxed))
@@ -241,8 +247,8 @@ impl RocksEngine {
         Ok(())
     }
 
-    /// Tombstones older than this (by their timetag) may be dropped by compaction. Until the host
-    /// sets it, 0: a tombstone goes at the next compaction, as a RocksDB delete would.
+    /// Tombstones older than this (by their timetag) may be dropped by compaction (until set:
+    /// what `open_with_retention` was given, or the default policy's retention).
     pub fn set_tombstone_retention_ms(&self, retention_ms: u64) {
         self.tombstone_retention_ms.store(retention_ms, Ordering::Relaxed);
     }

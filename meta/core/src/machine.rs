@@ -598,6 +598,7 @@ impl MetaMachine {
                 let mut tables: Vec<u32> = configs.iter().map(|c| c.gpid.table_id).collect();
                 tables.dedup();
                 let partition_counts = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.partition_count))).collect();
+                let tombstone_retention = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.policy.tombstone_retention_ms))).collect();
                 let gone = reported.into_iter().filter(|g| !state.tables.contains_key(&g.table_id)).collect();
                 let dups: Vec<TableDup> = state
                     .dups
@@ -606,7 +607,7 @@ impl MetaMachine {
                     .map(|d| dup_for_server(state, d))
                     .collect();
                 let sites = state.sites.values().filter(|s| dups.iter().any(|d| d.remote_site == s.name)).cloned().collect();
-                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, gone, dups, sites }));
+                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites }));
             }
             Work::Propose { token, gpid, from, proposal } => {
                 let Some(config) = state.partitions.get(&gpid).cloned() else {

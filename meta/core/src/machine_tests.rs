@@ -52,7 +52,8 @@ fn leader() -> (MetaMachine, MemStore) {
 
 fn beacon_reply(configs: Vec<PartitionConfig>) -> Result<MetaReply, MetaError> {
     let partition_counts = if configs.is_empty() { vec![] } else { vec![(1, 1)] };
-    Ok(MetaReply::Beacon { configs, partition_counts, gone: vec![], dups: vec![], sites: vec![] })
+    let tombstone_retention = if configs.is_empty() { vec![] } else { vec![(1, crate::policy::DEFAULT_TOMBSTONE_RETENTION_MS)] };
+    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone: vec![], dups: vec![], sites: vec![] })
 }
 
 #[test]

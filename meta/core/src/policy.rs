@@ -24,7 +24,7 @@ pub const BACKUP_TARGET_BYTES_MAX: usize = 1024;
 /// What a level-3 preset schedules when no `--backup` is given.
 pub const PRESET_BACKUP_EVERY_MS: u64 = 24 * 3_600_000;
 pub const PRESET_BACKUP_KEEP: u32 = 7;
-pub const DEFAULT_TOMBSTONE_RETENTION_MS: u64 = 24 * 3_600_000;
+pub const DEFAULT_TOMBSTONE_RETENTION_MS: u64 = tandem_core::value::TOMBSTONE_RETENTION_MS_DEFAULT;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupPolicy {

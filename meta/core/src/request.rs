@@ -85,7 +85,15 @@ pub enum MetaReply {
     /// The configurations the server hosts or reported, its tables' partition counts, and the
     /// reported partitions whose table is gone. The lease runs from the beacon's send.
     /// Also the duplications of those tables and the sites they ship to.
-    Beacon { configs: Vec<PartitionConfig>, partition_counts: Vec<(u32, u32)>, gone: Vec<Gpid>, dups: Vec<TableDup>, sites: Vec<Site> },
+    /// And each table's tombstone retention (ms).
+    Beacon {
+        configs: Vec<PartitionConfig>,
+        partition_counts: Vec<(u32, u32)>,
+        tombstone_retention: Vec<(u32, u64)>,
+        gone: Vec<Gpid>,
+        dups: Vec<TableDup>,
+        sites: Vec<Site>,
+    },
     Config { table: TableInfo, partitions: Vec<PartitionConfig> },
     Proposed { config: PartitionConfig },
     Created { table: TableInfo },

@@ -166,10 +166,15 @@ impl MetaService for MetaRpc {
             .collect();
         let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports, dup_reports };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
-            MetaReply::Beacon { configs, partition_counts, gone, dups, sites } => {
+            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites } => {
                 let count = |table_id: u32| partition_counts.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, n)| *n);
+                let retention = |table_id: u32| tombstone_retention.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, ms)| *ms);
+                let wire = |c: &tandem_core::PartitionConfig| v1::PartitionConfig {
+                    tombstone_retention_ms: retention(c.gpid.table_id),
+                    ..config_to_wire(c, count(c.gpid.table_id))
+                };
                 Ok(Response::new(v1::BeaconResponse {
-                    configs: configs.iter().map(|c| config_to_wire(c, count(c.gpid.table_id))).collect(),
+                    configs: configs.iter().map(wire).collect(),
                     gone: gone.into_iter().map(Into::into).collect(),
                     dups: dups.iter().map(dup_for_server_to_wire).collect(),
                     sites: sites.iter().map(site_to_wire).collect(),

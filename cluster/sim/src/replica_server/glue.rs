@@ -152,7 +152,7 @@ impl ReplicaServer {
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted });
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
-            HostAction::SetPartitionCount { .. } => {}
+            HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. } => {}
             HostAction::RemoveReplica { gpid, why } => {
                 io.stats.path(path::REPLICA_REMOVED);
                 let me = self.me.clone();

@@ -104,7 +104,7 @@ impl ReplicaServer {
             Msg::BeaconResp { rpc, answer } => {
                 let Some(Outgoing::Beacon { sent_at_ms }) = self.outgoing.remove(&rpc) else { return };
                 let BeaconAnswer { configs, partition_counts, gone } = answer;
-                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, gone, dups: vec![] });
+                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention: vec![], gone, dups: vec![] });
             }
             Msg::MetaError { rpc, error } => {
                 let Some(what) = self.outgoing.remove(&rpc) else { return };
