@@ -214,6 +214,7 @@ fn view_json(v: &v1::DupView) -> serde_json::Value {
                 "lag_ms": p.report.as_ref().map(|r| r.lag_ms),
                 "phase": p.report.as_ref().map(|r| r.phase.clone()),
                 "last_error": p.report.as_ref().and_then(|r| (!r.last_error.is_empty()).then(|| r.last_error.clone())),
+                "resyncs": p.report.as_ref().map(|r| r.resyncs),
             })
         })
         .collect();

@@ -262,3 +262,55 @@ async fn sites_cut_apart_for_30_seconds_converge_after_the_heal() {
     // b's writes after the heal are the latest of their keys.
     assert!((40..90).all(|i| all[&(format!("k{i}").into_bytes(), b"s".to_vec())] == b"b-after"));
 }
+
+/// The GC test: a paused duplication holds the log through log GC (small segments, a
+/// GC every 5 s), and on resume everything ships from the log, with no re-sync from a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_duplication_holds_the_log_through_gc() {
+    let a = Cluster::start_site_with("a", 1, 1, "log_segment_bytes_max = \"256KiB\"\nlog_cache_bytes_max = \"64KiB\"").await;
+    let b = Cluster::start_site("b", 2, 1).await;
+    a.create_table("t", 2, 1).await;
+    a.create_table("u", 2, 1).await;
+    b.create_table("t", 2, 1).await;
+    duplicate(&a, &b, "b", false).await;
+    let ca = a.client();
+    // Paused once its primaries run it (their first report reached the meta).
+    a.poll(std::time::Duration::from_secs(30), "the duplication runs", || async {
+        ca.dup_list("t", false).await.unwrap().dups[0].partitions.iter().all(|p| p.report.is_some())
+    })
+    .await;
+    ca.dup_set_status(1, "pause").await.unwrap();
+    let gc_runs = || std::fs::read_to_string(&a.replicas[0].log).unwrap_or_default().matches("log gc removed").count();
+    // t's writes first, the oldest segments, then another table's; without the hold, GC would
+    // remove t's segments once its engines flushed them.
+    let value = vec![b'v'; 1024];
+    let (tu, tt) = (ca.table("u"), ca.table("t"));
+    for i in 0..1500 {
+        tt.set(format!("t-{i}").as_bytes(), b"s", &value, 0).await.unwrap();
+    }
+    for i in 0..1500 {
+        tu.set(format!("u-{i}").as_bytes(), b"s", &value, 0).await.unwrap();
+    }
+    let before = gc_runs();
+    a.poll(std::time::Duration::from_secs(60), "two log GC runs after the writes", || async { gc_runs() >= before + 2 }).await;
+    ca.dup_set_status(1, "start").await.unwrap();
+    let tb = b.client().table("t");
+    b.poll(std::time::Duration::from_secs(60), "every write of t reached b", || async {
+        for i in (0..1500).step_by(50).chain([1499]) {
+            if tb.get(format!("t-{i}").as_bytes(), b"s").await.ok().flatten().is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    wait_equal(&a, &b, std::time::Duration::from_secs(60)).await;
+    // The primaries' reports catch up a beacon later.
+    a.poll(std::time::Duration::from_secs(30), "the primaries report the duplication caught up", || async {
+        let dups = ca.dup_list("t", false).await.unwrap().dups;
+        dups[0].partitions.iter().all(|p| p.report.as_ref().is_some_and(|r| r.lag_decrees == 0 && r.confirmed >= 750))
+    })
+    .await;
+    let dups = ca.dup_list("t", false).await.unwrap().dups;
+    assert!(dups[0].partitions.iter().all(|p| p.report.as_ref().is_some_and(|r| r.resyncs == 0)), "{:?}", dups[0].partitions);
+}

@@ -59,15 +59,18 @@ impl ValueHeader {
     }
 }
 
-/// Whether compaction may drop a stored value at `now_us`: an expired value, or a tombstone whose
-/// timetag is older than `tombstone_retention_ms`. A value that does not decode is kept: compaction
-/// must never destroy data it does not understand.
+/// Whether compaction may drop a stored value at `now_us`: a tombstone whose timetag, or an
+/// expired value whose expiry, is older than `tombstone_retention_ms`. An expired value is a
+/// delete too: dropped at once, an older write of the other site arriving later would take its
+/// place (found in review). A value that does not decode is kept: compaction must never destroy
+/// data it does not understand.
 pub fn compaction_drops(stored: &[u8], now_us: u64, tombstone_retention_ms: u64) -> bool {
     let Ok((header, _)) = decode_value(stored) else { return false };
+    let retention_us = tombstone_retention_ms.saturating_mul(1000);
     if header.is_tombstone() {
-        return timetag_timestamp_us(header.timetag).saturating_add(tombstone_retention_ms.saturating_mul(1000)) < now_us;
+        return timetag_timestamp_us(header.timetag).saturating_add(retention_us) < now_us;
     }
-    is_expired(header.expire_ts, (now_us / 1_000_000).min(u32::MAX as u64) as u32)
+    header.expire_ts != 0 && (header.expire_ts as u64 * 1_000_000).saturating_add(retention_us) <= now_us
 }
 
 /// True when a value with this `expire_ts` is invisible at `now_s` (seconds since the epoch).
@@ -109,6 +112,9 @@ mod tests {
         assert!(!compaction_drops(&t, 6_000_000, 1000));
         assert!(compaction_drops(&t, 6_000_001, 1000));
         assert!(compaction_drops(&encode_value(3, 6, b"x"), 3_000_000, 0));
+        // An expired value is kept as long as a tombstone would be.
+        assert!(!compaction_drops(&encode_value(3, 6, b"x"), 3_999_999, 1000));
+        assert!(compaction_drops(&encode_value(3, 6, b"x"), 4_000_000, 1000));
         assert!(!compaction_drops(&encode_value(0, 6, b"x"), u64::MAX, 0));
         assert!(!compaction_drops(b"xx", u64::MAX, 0));
     }

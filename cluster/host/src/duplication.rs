@@ -77,11 +77,13 @@ pub struct Duplications {
     fed_committed: Decree,
     /// The hold last reported to the host (a new replica holds nothing).
     hold_reported: Option<Decree>,
+    /// Duplicators made so far: each numbers its reads and batches in a range of its own.
+    made: u64,
 }
 
 impl Duplications {
     pub fn new(options: DuplicatorOptions) -> Self {
-        Duplications { options, configs: Vec::new(), running: BTreeMap::new(), fed_committed: 0, hold_reported: None }
+        Duplications { options, configs: Vec::new(), running: BTreeMap::new(), fed_committed: 0, hold_reported: None, made: 0 }
     }
 
     pub fn configs(&self) -> &[DupConfig] {
@@ -120,13 +122,18 @@ impl Duplications {
         }
         let committed = core.last_committed();
         for c in &self.configs {
+            if self.running.contains_key(&c.dup_id) {
+                continue;
+            }
+            self.made += 1;
+            let first_id = self.made << 32;
             self.running.entry(c.dup_id).or_insert_with(|| {
                 let start = match (c.confirmed, c.sync_existing) {
                     (Some(d), _) => Start::From(d),
                     (None, true) => Start::Snapshot,
                     (None, false) => Start::Now,
                 };
-                let mut d = Duplicator::new(DuplicatorOptions { fail_mode: c.fail_mode, ..self.options.clone() }, start);
+                let mut d = Duplicator::new(DuplicatorOptions { fail_mode: c.fail_mode, ..self.options.clone() }, start).with_first_id(first_id);
                 if c.paused {
                     d.step(now, Input::Pause);
                 }
@@ -188,7 +195,9 @@ impl Duplications {
         self.configs
             .iter()
             .filter_map(|c| match self.running.get(&c.dup_id) {
-                Some(d) => d.log_hold(now),
+                // Never above what the meta persisted: a new primary (maybe this replica again)
+                // starts from there (found in review).
+                Some(d) => d.log_hold(now).map(|h| c.confirmed.map_or(h, |p| h.min(p))),
                 None => {
                     let confirmed = c.confirmed?;
                     let lagging = committed.saturating_sub(confirmed) > self.options.skip_lag_decrees_max;

@@ -731,10 +731,17 @@ mod tests {
         r.step(&ctx(0), ReplicaEvent::Duplications { configs: vec![dup(Some(0))] });
         assert_eq!(debug(&r.end_turn(&ctx(0))), vec!["SetReadGate true", "HoldLog Some(0)", "Configured Primary"]);
         // Read from the in-memory log at once, in the turn that committed it.
-        assert_eq!(commit_one(&mut r, 1, "x", 1), vec!["ReplyWrite Ok(Done)", "Dup 1 Ship #1 to b: 1 records"]);
+        assert_eq!(commit_one(&mut r, 1, "x", 1), vec!["ReplyWrite Ok(Done)", "Dup 1 Ship #4294967296 to b: 1 records"]);
         let progress = r.duplications().progress(dup_now(&ctx(1)));
         assert_eq!((progress[0].1.confirmed, progress[0].1.lag_decrees), (0, 1));
+        // A late answer meant for an earlier duplicator of this duplication is not this one's.
         r.step(&ctx(2), ReplicaEvent::Dup { dup_id: 1, input: tandem_dup_core::Input::Shipped { batch: 1 } });
+        assert_eq!(r.duplications().progress(dup_now(&ctx(2)))[0].1.confirmed, 0);
+        r.step(&ctx(2), ReplicaEvent::Dup { dup_id: 1, input: tandem_dup_core::Input::Shipped { batch: 1 << 32 } });
+        // Confirmed, but the log is held from what the meta persisted until it says more.
+        assert_eq!(debug(&r.end_turn(&ctx(2))), Vec::<String>::new());
+        assert_eq!(r.duplications().progress(dup_now(&ctx(2)))[0].1.confirmed, 1);
+        r.step(&ctx(2), ReplicaEvent::Duplications { configs: vec![dup(Some(1))] });
         assert_eq!(debug(&r.end_turn(&ctx(2))), vec!["HoldLog Some(1)"]);
         // Removed by the meta: nothing is held any more.
         r.step(&ctx(3), ReplicaEvent::Duplications { configs: vec![] });
@@ -762,7 +769,7 @@ mod tests {
         commit_one(&mut r, 2, "y", 2);
         r.step(&ctx(3), ReplicaEvent::Tick { log_cache_bytes_max: 0 });
         r.step(&ctx(3), ReplicaEvent::Duplications { configs: vec![dup(Some(0))] });
-        assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["Dup 1 ReadLog #1 1..=2", "HoldLog Some(0)"]);
+        assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["Dup 1 ReadLog #4294967296 1..=2", "HoldLog Some(0)"]);
         r.step(&ctx(4), ReplicaEvent::Configure { config: config(2, "b", &["a"], &[]) });
         assert_eq!(debug(&r.end_turn(&ctx(4))), vec!["SetReadGate false", "Configured Secondary"]);
         assert!(r.duplications().progress(dup_now(&ctx(4))).is_empty());

@@ -291,6 +291,9 @@ impl Host {
             return false;
         }
         self.replicas.insert(gpid);
+        // A new replica has been given no duplications yet (found in review: a replica removed
+        // and opened again between two beacons kept its predecessor's entry and got nothing).
+        self.dups_sent.remove(&gpid);
         let options = self.options.replica_options(self.replicas.len());
         self.actions.push(HostAction::OpenReplica { gpid, options });
         true
@@ -298,6 +301,7 @@ impl Host {
 
     fn remove(&mut self, gpid: Gpid, why: String) {
         if self.replicas.remove(&gpid) {
+            self.dups_sent.remove(&gpid);
             self.removing.insert(gpid);
             self.actions.push(HostAction::RemoveReplica { gpid, why });
         }

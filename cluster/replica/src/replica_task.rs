@@ -290,6 +290,7 @@ impl ReplicaTask {
                 lag_ms: s.lag_ms,
                 phase: s.phase.to_string(),
                 last_error: s.last_error.unwrap_or_default(),
+                resyncs: s.resyncs,
             })
             .collect();
         *self.dups.lock().expect("dup progress lock") = progress;

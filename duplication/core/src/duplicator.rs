@@ -279,6 +279,15 @@ impl Duplicator {
         }
     }
 
+    /// Numbers this duplicator's reads and batches from `first` on, so that a runtime's late
+    /// answer to an earlier duplicator of the same duplication (dropped when its replica stopped
+    /// being the primary, then made again) is never taken for an answer to this one.
+    pub fn with_first_id(mut self, first: u64) -> Duplicator {
+        self.next_read = first;
+        self.next_batch = first;
+        self
+    }
+
     pub fn confirmed(&self) -> Decree {
         self.confirmed
     }
@@ -469,13 +478,14 @@ impl Duplicator {
     fn on_ship_failed(&mut self, now: Now, batch: BatchId, failure: ShipFailure) {
         let Some(flight) = self.in_flight.take_if(|f| f.batch == batch) else { return };
         let bytes: usize = flight.records.iter().map(|p| p.record.bytes()).sum();
+        let several = flight.records.len() > 1;
         // Back in front, in order: shipped again, nothing skipped.
         for p in flight.records.into_iter().rev() {
             self.pending_bytes += p.record.bytes();
             self.pending.push_front(p);
         }
         match failure {
-            ShipFailure::TooLarge if bytes > 1 => {
+            ShipFailure::TooLarge if several => {
                 // apache/incubator-pegasus#1840: a duplicator that cannot shrink its batch stalls.
                 self.batch_bytes_limit = (bytes / 2).max(1);
                 self.last_error = Some(format!("the remote refused {bytes} bytes as too large: shipping smaller batches"));

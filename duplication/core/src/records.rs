@@ -12,8 +12,10 @@ use tandem_core::value::{decode_value, encode_tombstone};
 /// value that does not decode is not shipped: it cannot be ordered (the log's checksums make
 /// this a bug, not an input).
 pub fn records_of_mutation(m: &Mutation, cluster_id: u8) -> Vec<DupRecord> {
-    m.ops
-        .iter()
+    // One record per key, the last: a mutation logged before ops were collapsed per key may
+    // name a key twice with one timetag (see `tandem_core::replica::write::evaluate`).
+    let ops = tandem_core::replica::write::last_op_per_key(m.ops.clone());
+    ops.iter()
         .filter_map(|op| match op {
             WriteOp::Put { key, value } => snapshot_record(key, value, cluster_id),
             WriteOp::Delete { key } => {

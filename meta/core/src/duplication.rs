@@ -85,6 +85,8 @@ pub struct DupReport {
     /// "log" or "snapshot".
     pub phase: String,
     pub last_error: Option<String>,
+    /// Snapshots the primary shipped because its log had lost what was not shipped.
+    pub resyncs: u64,
 }
 
 /// One partition of a duplication in `dup list`.

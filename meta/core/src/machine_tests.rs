@@ -397,7 +397,7 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
     let dup = status.levels.iter().find(|l| l.level == "duplication").unwrap();
     assert_eq!((dup.actual.as_str(), dup.satisfied), ("duplication 1: 0 of 1 partitions reported so far", false));
     // The primary reports: the level is met, with the lag as the site-loss RPO.
-    let report = crate::duplication::DupReport { confirmed: 5, lag_decrees: 2, lag_ms: 1500, phase: "log".into(), last_error: None };
+    let report = crate::duplication::DupReport { confirmed: 5, lag_decrees: 2, lag_ms: 1500, phase: "log".into(), ..Default::default() };
     let beacon = BeaconRequest {
         node: "r1".into(),
         incarnation: 1,

@@ -61,6 +61,7 @@ pub fn report_from_wire(p: &v1::DupProgress) -> DupReport {
         lag_ms: p.lag_ms,
         phase: p.phase.clone(),
         last_error: (!p.last_error.is_empty()).then(|| p.last_error.clone()),
+        resyncs: p.resyncs,
     }
 }
 
@@ -80,6 +81,7 @@ pub fn view_to_wire(v: DupView) -> v1::DupView {
                 lag_ms: r.lag_ms,
                 phase: r.phase.clone(),
                 last_error: r.last_error.clone().unwrap_or_default(),
+                resyncs: r.resyncs,
             }),
         })
         .collect();

@@ -158,9 +158,15 @@ impl Cluster {
     /// A site of its own: its meta named `site`, its replica servers stamping `cluster_id`
     /// into every timetag (through a configuration file both read).
     pub async fn start_site(site: &str, cluster_id: u8, replicas: usize) -> Cluster {
+        Cluster::start_site_with(site, cluster_id, replicas, "").await
+    }
+
+    /// `start_site`, with more `[replica]` settings (TOML lines).
+    pub async fn start_site_with(site: &str, cluster_id: u8, replicas: usize, replica_toml: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("site.toml");
-        std::fs::write(&config, format!("[meta]\nsite = \"{site}\"\n\n[replica]\ncluster_id = {cluster_id}\n")).expect("write the site config");
+        let text = format!("[meta]\nsite = \"{site}\"\n\n[replica]\ncluster_id = {cluster_id}\n{replica_toml}\n");
+        std::fs::write(&config, text).expect("write the site config");
         let (store_url, pg) = store_url(&dir, Store::Sqlite);
         let flags = ["--config".to_string(), config.display().to_string()];
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();

@@ -593,3 +593,28 @@ fn the_clock_resumes_above_what_the_engine_holds() {
     assert!(crate::timetag::timetag_timestamp_us(stored_timetag(&r, "k").unwrap()) > bound);
     assert!(r.engine().clock_bound_us() > bound, "the engine's bound moved with the write");
 }
+
+#[test]
+fn a_mutation_carries_one_op_per_key_the_last() {
+    let mut r = primary_of(&[]);
+    let multi = WriteRequest::MultiSet { hash_key: b"h".to_vec(), kvs: vec![(b"a".to_vec(), b"1".to_vec()), (b"a".to_vec(), b"2".to_vec())], ttl_s: 0 };
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: multi });
+    let m = appended(&r.take_actions());
+    assert_eq!(m[0].ops.len(), 1, "{:?}", m[0].ops);
+    let cas = WriteRequest::CheckAndMutate {
+        hash_key: b"h".to_vec(),
+        check_sort_key: b"z".to_vec(),
+        check_type: CheckType::NoCheck,
+        check_operand: vec![],
+        mutations: vec![MutateOp::Delete { sort_key: b"a".to_vec() }, MutateOp::Put { sort_key: b"a".to_vec(), value: b"x".to_vec(), ttl_s: 0 }],
+        return_check_value: false,
+    };
+    r.step(&ctx(2), Input::ClientWrite { request_id: 2, request: cas });
+    let m = appended(&r.take_actions());
+    let (header, user) = crate::value::decode_value(match &m[0].ops[..] {
+        [crate::WriteOp::Put { value, .. }] => value,
+        other => panic!("{other:?}"),
+    })
+    .unwrap();
+    assert!(!header.is_tombstone() && user == b"x");
+}

@@ -311,8 +311,30 @@ impl PendingView<'_> {
     }
 }
 
-/// The effects of `request` on `view` and the response the client gets once they commit.
+/// The effects of `request` on `view` and the response the client gets once they commit: one op
+/// per key, the last one. Every op of a mutation carries the same timetag, so two ops of one key
+/// (a `multi_set` naming a sort key twice, a `check_and_mutate` deleting then putting it) would
+/// tie at the other site, which would keep whichever it applied first (found in review).
 pub fn evaluate(
+    view: &PendingView<'_>,
+    request: &WriteRequest,
+    timestamp_us: u64,
+    cluster_id: u8,
+    now_s: u32,
+) -> Result<(Vec<WriteOp>, WriteResponse)> {
+    let (ops, response) = evaluate_ops(view, request, timestamp_us, cluster_id, now_s)?;
+    Ok((last_op_per_key(ops), response))
+}
+
+/// `ops` with only the last op of each key, in the order of those last ops.
+pub fn last_op_per_key(ops: Vec<WriteOp>) -> Vec<WriteOp> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<WriteOp> = ops.into_iter().rev().filter(|op| seen.insert(op.key().to_vec())).collect();
+    kept.reverse();
+    kept
+}
+
+fn evaluate_ops(
     view: &PendingView<'_>,
     request: &WriteRequest,
     timestamp_us: u64,
