@@ -351,8 +351,13 @@ async fn site_and_dup_commands_with_their_output_and_exit_codes() {
     fails(&cluster, &["policy", "set", "t", "--dup", "b"], 1, "tandem site add NAME --meta");
     ok(&cluster, &["site", "add", "b", "--meta", "127.0.0.1:1"]);
     ok(&cluster, &["policy", "set", "t", "--dup", "b"]);
-    let list: serde_json::Value = serde_json::from_str(&ok(&cluster, &["dup", "list", "t", "--json"])).unwrap();
-    assert_eq!(list["duplications"][0]["site"].as_str(), Some("b"), "{list}");
+    // The meta adds the duplication right after it stored the policy.
+    cluster
+        .poll(Duration::from_secs(10), "the policy's duplication to b exists", || async {
+            let list: serde_json::Value = serde_json::from_str(&ok(&cluster, &["dup", "list", "t", "--json"])).unwrap();
+            list["duplications"][0]["site"].as_str() == Some("b")
+        })
+        .await;
     fails(&cluster, &["dup", "remove", "t", "b"], 1, "tandem policy set t --dup off");
     cluster
         .poll(Duration::from_secs(30), "policy status shows the duplication's lag", || async {
@@ -361,7 +366,9 @@ async fn site_and_dup_commands_with_their_output_and_exit_codes() {
         })
         .await;
     ok(&cluster, &["policy", "set", "t", "--dup", "off"]);
-    assert!(ok(&cluster, &["dup", "list", "t"]).contains("no duplications of t"));
+    cluster
+        .poll(Duration::from_secs(10), "the policy's duplication is removed", || async { ok(&cluster, &["dup", "list", "t"]).contains("no duplications of t") })
+        .await;
 }
 
 /// The README's first command: two sites in one process, linked both ways, on ports below the

@@ -802,6 +802,13 @@ impl MetaMachine {
         let error = match (&write, result) {
             (StoreWrite::UpdatePartition { config, .. }, Ok(StoreDone::Compared { updated: true })) => {
                 let previous = state.partitions.insert(config.gpid, config.clone()).unwrap_or_default();
+                if previous.primary != config.primary {
+                    // The former primary's duplicators stopped: their last reports say nothing
+                    // about the new one's (found in review).
+                    let gpid = config.gpid;
+                    let dups = &state.dups;
+                    state.dup_reports.retain(|(d, p), _| !(*p == gpid.partition && dups.get(d).is_some_and(|d| d.table_id == gpid.table_id)));
+                }
                 let cause = match &work {
                     Work::Propose { proposal, .. } => Cause::Proposal(proposal.clone()),
                     Work::Beacon { .. } => Cause::Restart,

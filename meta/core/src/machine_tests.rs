@@ -415,3 +415,35 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
     let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 10, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
     assert!(dups.is_empty());
 }
+
+#[test]
+fn a_new_primary_drops_its_predecessors_duplication_report() {
+    let (mut m, mut store) = leader();
+    ask(&mut m, &mut store, 1, MetaRequest::SiteAdd { site: site_b() }).unwrap();
+    let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Slow, sync_existing: false };
+    ask(&mut m, &mut store, 2, add).unwrap();
+    let report = crate::duplication::DupReport { confirmed: 3, phase: "log".into(), ..Default::default() };
+    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)] };
+    ask(&mut m, &mut store, 3, MetaRequest::Beacon(beacon)).unwrap();
+    let reported = |m: &mut MetaMachine, store: &mut MemStore, t| {
+        let Ok(MetaReply::Dups { dups }) = ask(m, store, t, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
+        dups[0].partitions[0].report.is_some()
+    };
+    assert!(reported(&mut m, &mut store, 4));
+    // r1 goes silent past the grace period: the meta moves the primary to r2.
+    for t in [1_000, 5_000, 8_500] {
+        m.step(at(t), MetaInput::Claimed { sent_at_ms: t, outcome: ClaimOutcome::Won { epoch: 1 } });
+        for n in ["r2", "r3"] {
+            m.step(at(t), MetaInput::Request { token: 100 + t, request: beacon_plain(n) });
+        }
+    }
+    m.take_actions();
+    m.step(at(8_600), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 8_600);
+    assert_eq!(m.state().unwrap().partitions[&Gpid::new(1, 0)].primary.as_deref(), Some("r2"));
+    assert!(!reported(&mut m, &mut store, 8_700));
+}
+
+fn beacon_plain(node: &str) -> MetaRequest {
+    beacon(node, 1, false)
+}
