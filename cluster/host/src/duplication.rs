@@ -127,19 +127,17 @@ impl Duplications {
             }
             self.made += 1;
             let first_id = self.made << 32;
-            self.running.entry(c.dup_id).or_insert_with(|| {
-                let start = match (c.confirmed, c.sync_existing) {
-                    (Some(d), _) => Start::From(d),
-                    (None, true) => Start::Snapshot,
-                    (None, false) => Start::Now,
-                };
-                let mut d = Duplicator::new(DuplicatorOptions { fail_mode: c.fail_mode, ..self.options.clone() }, start).with_first_id(first_id);
-                if c.paused {
-                    d.step(now, Input::Pause);
-                }
-                d.step(now, Input::Committed { decree: committed });
-                d
-            });
+            let start = match (c.confirmed, c.sync_existing) {
+                (Some(d), _) => Start::From(d),
+                (None, true) => Start::Snapshot,
+                (None, false) => Start::Now,
+            };
+            let mut d = Duplicator::new(DuplicatorOptions { fail_mode: c.fail_mode, ..self.options.clone() }, start).with_first_id(first_id);
+            if c.paused {
+                d.step(now, Input::Pause);
+            }
+            d.step(now, Input::Committed { decree: committed });
+            self.running.insert(c.dup_id, d);
         }
         if committed != self.fed_committed {
             self.fed_committed = committed;

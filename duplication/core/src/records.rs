@@ -14,8 +14,12 @@ use tandem_core::value::{decode_value, encode_tombstone};
 pub fn records_of_mutation(m: &Mutation, cluster_id: u8) -> Vec<DupRecord> {
     // One record per key, the last: a mutation logged before ops were collapsed per key may
     // name a key twice with one timetag (see `tandem_core::replica::write::evaluate`).
-    let ops = tandem_core::replica::write::last_op_per_key(m.ops.clone());
-    ops.iter()
+    let replaced = tandem_core::replica::write::replaced_ops(&m.ops);
+    m.ops
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !replaced.contains(i))
+        .map(|(_, op)| op)
         .filter_map(|op| match op {
             WriteOp::Put { key, value } => snapshot_record(key, value, cluster_id),
             WriteOp::Delete { key } => {

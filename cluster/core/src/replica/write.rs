@@ -326,12 +326,23 @@ pub fn evaluate(
     Ok((last_op_per_key(ops), response))
 }
 
+/// The positions in `ops` of ops that a later op of the same key replaces: none in the common
+/// case, found without copying a key.
+pub fn replaced_ops(ops: &[WriteOp]) -> std::collections::HashSet<usize> {
+    if ops.len() < 2 {
+        return std::collections::HashSet::new();
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ops.len());
+    (0..ops.len()).rev().filter(|&i| !seen.insert(ops[i].key())).collect()
+}
+
 /// `ops` with only the last op of each key, in the order of those last ops.
 pub fn last_op_per_key(ops: Vec<WriteOp>) -> Vec<WriteOp> {
-    let mut seen = std::collections::HashSet::new();
-    let mut kept: Vec<WriteOp> = ops.into_iter().rev().filter(|op| seen.insert(op.key().to_vec())).collect();
-    kept.reverse();
-    kept
+    let replaced = replaced_ops(&ops);
+    if replaced.is_empty() {
+        return ops;
+    }
+    ops.into_iter().enumerate().filter(|(i, _)| !replaced.contains(i)).map(|(_, op)| op).collect()
 }
 
 fn evaluate_ops(
