@@ -420,3 +420,16 @@ async fn the_playground_starts_two_sites_duplicating_demo_both_ways() {
     assert!(status.success());
     assert!(child.wait().unwrap().success(), "the playground stops cleanly on Ctrl-C");
 }
+
+/// `tandem sim`: one seed of two sites passes and prints its report; a bad `--sites` is refused
+/// before anything runs.
+#[test]
+fn sim_runs_two_sites_and_refuses_a_third() {
+    let out = std::process::Command::new(bin()).args(["sim", "--seed", "3", "--sites", "2", "--sim-time", "10s"]).output().expect("run tandem");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("seed 3: ok") && stdout.contains("dup-batch-shipped"), "{stdout}");
+    let out = std::process::Command::new(bin()).args(["sim", "--seed", "3", "--sites", "3"]).output().expect("run tandem");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sites"));
+}

@@ -17,8 +17,9 @@
 //!   lagging beyond its decree bound holds nothing).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tandem_core::replica::{DupRecord, Replica};
-use tandem_core::Decree;
+use tandem_core::{Decree, Mutation};
 use tandem_dup_core::duplicator::{Action, Input, Now, ReadId, Start};
 use tandem_dup_core::{BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode, TableDup};
 
@@ -66,6 +67,33 @@ pub enum DupWork {
     /// Send the records to `remote_site`, each to the partition that owns its key there; report
     /// `Shipped` once all were applied or superseded, else `ShipFailed`.
     Ship { table: String, remote_site: String, batch: BatchId, records: Vec<DupRecord> },
+}
+
+impl DupWork {
+    /// What a `ReadLog` reports, given what the log returned for the partition from `from` on:
+    /// the mutations `from..=to`, about `bytes_max` of them but at least one; `LogGap` when the
+    /// log no longer starts at `from`; `ReadFailed` on an error. The server and the simulator
+    /// both answer through this.
+    pub fn log_read_answer(read: ReadId, from: Decree, to: Decree, bytes_max: usize, result: Result<Vec<Mutation>, String>) -> Input {
+        match result {
+            Ok(m) if m.first().is_some_and(|m| m.decree == from) => {
+                let mut bytes = 0;
+                let mutations = m
+                    .into_iter()
+                    .take_while(|m| m.decree <= to)
+                    .take_while(|m| {
+                        let first = bytes == 0;
+                        bytes += m.encoded_bytes();
+                        first || bytes <= bytes_max
+                    })
+                    .map(Arc::new)
+                    .collect();
+                Input::LogRead { read, mutations }
+            }
+            Ok(_) => Input::LogGap { read },
+            Err(error) => Input::ReadFailed { read, error },
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -27,6 +27,11 @@ use tandem_storage::{EngineMemory, MutationLog, RocksEngine};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+/// A shipped batch's request to the other site gives up after this (the client retries within
+/// it); the ship task's own bound is this plus `SHIP_TIMEOUT_MARGIN`.
+pub const SHIP_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SHIP_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+
 pub struct Node {
     pub me: String,
     pub opts: ReplicaServerOptions,
@@ -354,11 +359,13 @@ impl Node {
     }
 
     /// A client of site `name`'s meta servers, as the meta named them last.
+    /// A client of site `name` for shipping duplicated batches (its requests give up after
+    /// `SHIP_REQUEST_TIMEOUT`; the ship task adds `SHIP_TIMEOUT_MARGIN` on top as its own bound).
     pub fn site_client(&self, name: &str) -> std::result::Result<tandem_client::Client, String> {
         let mut sites = self.sites.lock().expect("sites lock");
         let (metas, client) = sites.get_mut(name).ok_or_else(|| format!("site {name:?} is not known to this server (yet)"))?;
         if client.is_none() {
-            let opts = tandem_client::ClientOptions { rpc_timeout: Duration::from_secs(5), request_timeout: Duration::from_secs(10) };
+            let opts = tandem_client::ClientOptions { rpc_timeout: Duration::from_secs(5), request_timeout: SHIP_REQUEST_TIMEOUT };
             *client = Some(tandem_client::Client::new(metas, opts).map_err(|e| format!("site {name:?}: {e}"))?);
         }
         Ok(client.clone().expect("made above"))

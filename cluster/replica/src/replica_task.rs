@@ -404,23 +404,9 @@ impl ReplicaTask {
                 ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, bytes_max } } => {
                     let (node, tx) = (self.node.clone(), self.tx.clone());
                     self.disk_work.spawn(async move {
-                        let input = tokio::task::spawn_blocking(move || match node.log.read_partition(gpid, from) {
-                            Ok(m) if m.first().is_some_and(|m| m.decree == from) => {
-                                let mut bytes = 0;
-                                let mutations = m
-                                    .into_iter()
-                                    .take_while(|m| m.decree <= to)
-                                    .take_while(|m| {
-                                        let first = bytes == 0;
-                                        bytes += m.encoded_bytes();
-                                        first || bytes <= bytes_max
-                                    })
-                                    .map(Arc::new)
-                                    .collect();
-                                DupInput::LogRead { read, mutations }
-                            }
-                            Ok(_) => DupInput::LogGap { read },
-                            Err(e) => DupInput::ReadFailed { read, error: e.to_string() },
+                        let input = tokio::task::spawn_blocking(move || {
+                            let result = node.log.read_partition(gpid, from).map_err(|e| e.to_string());
+                            DupWork::log_read_answer(read, from, to, bytes_max, result)
                         })
                         .await
                         .unwrap_or_else(|e| DupInput::ReadFailed { read, error: e.to_string() });
@@ -432,9 +418,15 @@ impl ReplicaTask {
                     // Not in disk_work: a replica that stops does not wait for the other site.
                     tokio::spawn(async move {
                         let input = match node.site_client(&remote_site) {
-                            Ok(client) => match client.table(&table).duplicate(records).await {
-                                Ok(_) => DupInput::Shipped { batch },
-                                Err(e) => DupInput::ShipFailed { batch, failure: ship_failure(e) },
+                            // The ship's own bound, so that the duplicator always hears back
+                            // even if a call inside the client never returns.
+                            Ok(client) => match tokio::time::timeout(crate::node::SHIP_REQUEST_TIMEOUT + crate::node::SHIP_TIMEOUT_MARGIN, client.table(&table).duplicate(records)).await {
+                                Ok(Ok(_)) => DupInput::Shipped { batch },
+                                Ok(Err(e)) => DupInput::ShipFailed { batch, failure: ship_failure(e) },
+                                Err(_) => {
+                                    let why = format!("site {remote_site:?} did not take the batch within {:?}", crate::node::SHIP_REQUEST_TIMEOUT + crate::node::SHIP_TIMEOUT_MARGIN);
+                                    DupInput::ShipFailed { batch, failure: DupFailure::Unavailable(why) }
+                                }
                             },
                             Err(e) => DupInput::ShipFailed { batch, failure: DupFailure::Unavailable(e) },
                         };

@@ -29,11 +29,14 @@ pub struct SimArgs {
     /// Run a scenario script instead of seeds (see docs/simulation.md).
     #[arg(long, conflicts_with_all = ["seed", "seeds"])]
     pub script: Option<PathBuf>,
+    /// 1: one site; 2: two sites duplicating to each other, judged by the LWW oracle too.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub sites: u8,
 }
 
 impl Default for SimArgs {
     fn default() -> Self {
-        SimArgs { seed: None, seeds: None, sim_time: Duration::from_secs(40), faults: FaultSet::all(), trace: false, script: None }
+        SimArgs { seed: None, seeds: None, sim_time: Duration::from_secs(40), faults: FaultSet::all(), trace: false, script: None, sites: 1 }
     }
 }
 
@@ -70,10 +73,11 @@ impl fmt::Display for SimFailure {
 
 impl std::error::Error for SimFailure {}
 
-pub fn replay_command(seed: u64, sim_time: Duration, faults: &FaultSet) -> String {
+pub fn replay_command(seed: u64, sites: u8, sim_time: Duration, faults: &FaultSet) -> String {
     // One word, so the command pastes into a shell as it is.
     let time = if sim_time.subsec_millis() == 0 { format!("{}s", sim_time.as_secs()) } else { format!("{}ms", sim_time.as_millis()) };
-    format!("tandem sim --seed {seed} --sim-time {time} --faults {faults}")
+    let sites = if sites == 2 { " --sites 2" } else { "" };
+    format!("tandem sim --seed {seed}{sites} --sim-time {time} --faults {faults}")
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -86,11 +90,19 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs one seed. A panic in the protocol code (a failed assert) is a failure of the seed too.
+/// Runs one seed of one site. A panic in the protocol code (a failed assert) is a failure of the
+/// seed too.
 pub fn run_seed(seed: u64, sim_time: Duration, faults: &FaultSet, trace: bool) -> Result<(Stats, Option<Vec<String>>), SimFailure> {
+    run_seed_sites(seed, 1, sim_time, faults, trace)
+}
+
+/// Runs one seed of `sites` sites (1, or 2 duplicating to each other).
+pub fn run_seed_sites(seed: u64, sites: u8, sim_time: Duration, faults: &FaultSet, trace: bool) -> Result<(Stats, Option<Vec<String>>), SimFailure> {
     let fault_time_us = sim_time.as_micros() as u64;
-    let result = std::panic::catch_unwind(|| Sim::new(seed, fault_time_us, faults, trace).run());
-    let command = replay_command(seed, sim_time, faults);
+    let result = std::panic::catch_unwind(|| {
+        if sites == 2 { crate::world::run(seed, fault_time_us, faults, trace) } else { Sim::new(seed, fault_time_us, faults, trace).run() }
+    });
+    let command = replay_command(seed, sites, sim_time, faults);
     match result {
         Ok((stats, None, trace)) => Ok((stats, trace)),
         Ok((_, Some(f), trace)) => Err(SimFailure { seed: Some(seed), at_us: f.at_us, message: f.message, command, trace }),
@@ -135,7 +147,7 @@ pub fn run(args: &SimArgs) -> Result<String, SimFailure> {
     let start = Instant::now();
     for seed in from..to {
         let t = Instant::now();
-        let (stats, trace) = match run_seed(seed, args.sim_time, &args.faults, args.trace) {
+        let (stats, trace) = match run_seed_sites(seed, args.sites, args.sim_time, &args.faults, args.trace) {
             Ok(x) => x,
             Err(mut f) => {
                 if let Some(trace) = f.trace.take() {
@@ -196,7 +208,10 @@ mod tests {
         let cli = Cli::try_parse_from(["tandem", "--seed", "7", "--sim-time", "1m 30s", "--faults", "crash,loss"]).unwrap();
         assert_eq!(cli.sim.seed, Some(7));
         assert_eq!(cli.sim.sim_time, Duration::from_secs(90));
-        assert_eq!(replay_command(7, cli.sim.sim_time, &cli.sim.faults), "tandem sim --seed 7 --sim-time 90s --faults crash,loss");
+        assert_eq!(replay_command(7, cli.sim.sites, cli.sim.sim_time, &cli.sim.faults), "tandem sim --seed 7 --sim-time 90s --faults crash,loss");
+        let two = Cli::try_parse_from(["tandem", "--seed", "7", "--sites", "2"]).unwrap();
+        assert_eq!(replay_command(7, two.sim.sites, two.sim.sim_time, &two.sim.faults), "tandem sim --seed 7 --sites 2 --sim-time 40s --faults all");
+        assert!(Cli::try_parse_from(["tandem", "--sites", "3"]).is_err());
         assert!(Cli::try_parse_from(["tandem", "--faults", "nope"]).is_err());
     }
 }

@@ -44,14 +44,31 @@ struct Current {
 }
 
 /// What the random workload draws from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Workload {
     pub register_keys: usize,
     pub active: bool,
+    /// Put before this site's own keys (register, bank, probe) in a two-site run, so that each
+    /// site's linearizability and bank checks see only its own clients; empty in one site.
+    pub prefix: String,
+    /// Keys both sites write (sets and deletes only: what reads see there is the other site's
+    /// business too), judged by the two-site LWW oracle. None in one site.
+    pub shared_keys: usize,
 }
 
-pub fn register_key(i: usize) -> Vec<u8> {
-    format!("k{i}").into_bytes()
+impl Workload {
+    pub fn register_key(&self, i: usize) -> Vec<u8> {
+        format!("{}k{i}", self.prefix).into_bytes()
+    }
+
+    pub fn bank_key(&self) -> Vec<u8> {
+        [self.prefix.as_bytes(), BANK_HASH_KEY].concat()
+    }
+}
+
+/// A key both sites of a two-site run write.
+pub fn shared_key(i: usize) -> Vec<u8> {
+    format!("s{i}").into_bytes()
 }
 
 pub struct SimClient {
@@ -151,12 +168,22 @@ impl SimClient {
                     let to = (from + 1 + io.rng.index(BANK_ACCOUNTS - 1)) % BANK_ACCOUNTS;
                     let amount = io.rng.range(1, 30) as i64;
                     let kind = OpKind::BankTransfer { version: *version, from, to, amount, balances: balances.clone() };
-                    (BANK_HASH_KEY.to_vec(), kind)
+                    (w.bank_key(), kind)
                 }
-                _ => (BANK_HASH_KEY.to_vec(), OpKind::BankRead),
+                _ => (w.bank_key(), OpKind::BankRead),
             };
         }
-        let key = register_key(io.rng.index(w.register_keys));
+        if w.shared_keys > 0 && io.rng.chance(0.3) {
+            let key = shared_key(io.rng.index(w.shared_keys));
+            self.seq += 1;
+            let kind = if io.rng.chance(0.2) {
+                OpKind::Del
+            } else {
+                OpKind::Set { value: format!("{}c{}-{}", w.prefix, self.index + 1, self.seq).into_bytes() }
+            };
+            return (key, kind);
+        }
+        let key = w.register_key(io.rng.index(w.register_keys));
         self.seq += 1;
         let value = format!("c{}-{}", self.index + 1, self.seq).into_bytes();
         let kind = match roll {

@@ -17,6 +17,8 @@ struct State {
     live: MemEngine,
     flushed: MemEngine,
     applied: Vec<(Decree, u64)>,
+    /// Every stored record applied (key, stored value), for the two-site LWW oracle.
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -37,7 +39,7 @@ pub fn ops_fingerprint(ops: &[WriteOp]) -> u64 {
 impl SimEngine {
     /// An engine holding a checkpoint: on disk already, so flushed too.
     pub fn from_checkpoint(e: MemEngine) -> SimEngine {
-        SimEngine(Arc::new(Mutex::new(State { live: e.clone(), flushed: e, applied: Vec::new() })))
+        SimEngine(Arc::new(Mutex::new(State { live: e.clone(), flushed: e, ..Default::default() })))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -58,7 +60,7 @@ impl SimEngine {
     /// What a restarted server opens: the flushed state.
     pub fn reopen(&self) -> SimEngine {
         let flushed = self.lock().flushed.clone();
-        SimEngine(Arc::new(Mutex::new(State { live: flushed.clone(), flushed, applied: Vec::new() })))
+        SimEngine(Arc::new(Mutex::new(State { live: flushed.clone(), flushed, ..Default::default() })))
     }
 
     /// A checkpoint (the runtime flushes, then hard-links the files): the applied state.
@@ -72,6 +74,11 @@ impl SimEngine {
 
     pub fn take_applied(&self) -> Vec<(Decree, u64)> {
         std::mem::take(&mut self.lock().applied)
+    }
+
+    /// The records applied since the last call: (stored key, stored value).
+    pub fn take_puts(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut self.lock().puts)
     }
 }
 
@@ -88,6 +95,11 @@ impl KvEngine for SimEngine {
         let mut s = self.lock();
         s.live.apply(decree, timestamp_us, ops)?;
         s.applied.push((decree, ops_fingerprint(ops)));
+        for op in ops {
+            if let WriteOp::Put { key, value } = op {
+                s.puts.push((key.clone(), value.clone()));
+            }
+        }
         Ok(())
     }
 

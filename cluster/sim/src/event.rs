@@ -57,6 +57,16 @@ pub enum Event {
         node: usize,
         incarnation: u64,
     },
+    /// A batch shipped to the other site tries again what was not taken.
+    ShipRetry {
+        node: usize,
+        incarnation: u64,
+        ship: u64,
+    },
+    /// The operator adds the other site and the workload table's duplication to it (a two-site
+    /// run), and later pauses or resumes it.
+    DupSetup,
+    DupToggle,
     RpcTimeout {
         at: Endpoint,
         incarnation: u64,
@@ -138,6 +148,9 @@ impl Event {
             Event::MetaStoreDone { .. } => 23,
             Event::PolicyChange => 24,
             Event::TableChurn => 25,
+            Event::ShipRetry { .. } => 26,
+            Event::DupSetup => 27,
+            Event::DupToggle => 28,
         }
     }
 }

@@ -43,8 +43,9 @@ pub mod script;
 pub mod sim;
 pub mod site;
 pub mod stats;
+pub mod world;
 
-pub use cli::{SimArgs, SimFailure, run, run_seed};
+pub use cli::{SimArgs, SimFailure, run, run_seed, run_seed_sites};
 pub use faults::{FaultKind, FaultSet};
 pub use sim::Sim;
 pub use stats::{Stats, Summary};

@@ -25,7 +25,7 @@ use tandem_meta_core::{MetaAction, MetaError, MetaInput, MetaMachine, MetaOption
 #[derive(Clone, Debug)]
 pub enum StoreCall {
     Claim { sent_at_ms: u64 },
-    Load { epoch: u64 },
+    Load { epoch: u64, load: u64 },
     Persist { op: u64, epoch: u64, write: StoreWrite },
 }
 
@@ -33,7 +33,7 @@ pub enum StoreCall {
 #[derive(Clone, Debug)]
 pub enum StoreAnswer {
     Claimed { sent_at_ms: u64, outcome: ClaimOutcome },
-    Loaded { epoch: u64, snapshot: MetaSnapshot },
+    Loaded { epoch: u64, load: u64, snapshot: MetaSnapshot },
     Stored { op: u64, result: StoreResult },
 }
 
@@ -141,7 +141,7 @@ impl SimMeta {
                 let outcome = store.claim(&self.holder(), &self.name(), self.options.lease_ttl_ms, store_now_ms);
                 StoreAnswer::Claimed { sent_at_ms, outcome }
             }
-            StoreCall::Load { epoch } => StoreAnswer::Loaded { epoch, snapshot: store.load() },
+            StoreCall::Load { epoch, load } => StoreAnswer::Loaded { epoch, load, snapshot: store.load() },
             StoreCall::Persist { op, epoch, write } => {
                 let result = store.write(&self.holder(), epoch, &write);
                 if result.as_ref().is_err_and(|e| e.kind == tandem_meta_core::store::StoreFailureKind::Fenced) {
@@ -158,7 +158,7 @@ impl SimMeta {
     pub fn on_store_answer(&mut self, io: &mut Io<'_>, answer: StoreAnswer) {
         let input = match answer {
             StoreAnswer::Claimed { sent_at_ms, outcome } => MetaInput::Claimed { sent_at_ms, outcome },
-            StoreAnswer::Loaded { epoch, snapshot } => MetaInput::Loaded { epoch, result: Ok(snapshot) },
+            StoreAnswer::Loaded { epoch, load, snapshot } => MetaInput::Loaded { epoch, load, result: Ok(snapshot) },
             StoreAnswer::Stored { op, result } => MetaInput::Stored { op, result },
         };
         self.step(io, input);
@@ -192,7 +192,7 @@ impl SimMeta {
         self.machine.step(self.now(io.now_us), input);
         for action in self.machine.take_actions() {
             match action {
-                MetaAction::Load { epoch } => self.store_call(io, StoreCall::Load { epoch }),
+                MetaAction::Load { epoch, load } => self.store_call(io, StoreCall::Load { epoch, load }),
                 MetaAction::Persist { op, epoch, write } => self.store_call(io, StoreCall::Persist { op, epoch, write }),
                 MetaAction::Reply { token, result } => self.answer(io, token, result),
                 MetaAction::Event(e) => self.note_event(io, e),
@@ -212,7 +212,9 @@ impl SimMeta {
             Some(Waiting::Ignored) | None => {}
             Some(Waiting::Rpc { to, rpc }) => {
                 let msg = match result {
-                    Ok(MetaReply::Beacon { configs, partition_counts, gone, .. }) => Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone } },
+                    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites }) => {
+                        Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites } }
+                    }
                     Ok(MetaReply::Proposed { config }) => Msg::ProposeResp { rpc, config },
                     Ok(MetaReply::Config { partitions, .. }) => Msg::QueryConfigResp { rpc, configs: partitions },
                     Ok(other) => unreachable!("no RPC of the simulation asks for {other:?}"),
@@ -225,7 +227,7 @@ impl SimMeta {
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
         let (rpc, request) = match msg {
-            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted } => {
+            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports } => {
                 let reports = reports
                     .iter()
                     .map(|s| {
@@ -233,7 +235,7 @@ impl SimMeta {
                         (s.gpid, report)
                     })
                     .collect();
-                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports: vec![] }))
+                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports }))
             }
             Msg::Propose { rpc, gpid, proposal, from: proposer } => (rpc, MetaRequest::Propose { gpid, from: proposer, proposal }),
             Msg::QueryConfig { rpc } => (rpc, MetaRequest::QueryConfig { table: crate::sim::TABLE_NAME.into() }),

@@ -3,15 +3,20 @@
 
 use tandem_core::replica::{ConfigProposal, LearnReply, LearnRequest, PrepareMsg, PrepareReply, ReplicaState, WriteRequest, WriteResponse};
 use tandem_core::{Error, Gpid, NodeAddr, PartitionConfig};
+use tandem_dup_core::TableDup;
 use tandem_meta_core::MetaError;
+use tandem_meta_core::duplication::{DupReport, Site};
 
 /// Who sends and receives: meta server `i` (`meta`, `meta2`, …), replica server `i` (address
-/// `r{i+1}`), or client `i`.
+/// `r{i+1}`), or client `i` of this site; or a meta or replica server of the other site (a
+/// two-site run), as this site sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Endpoint {
     Meta(usize),
     Replica(usize),
     Client(usize),
+    PeerMeta(usize),
+    PeerReplica(usize),
 }
 
 impl Endpoint {
@@ -21,6 +26,24 @@ impl Endpoint {
             Endpoint::Meta(i) => format!("meta{}", i + 1),
             Endpoint::Replica(i) => replica_addr(*i),
             Endpoint::Client(i) => format!("c{}", i + 1),
+            Endpoint::PeerMeta(i) => format!("peer:{}", Endpoint::Meta(*i).name()),
+            Endpoint::PeerReplica(i) => format!("peer:{}", replica_addr(*i)),
+        }
+    }
+
+    /// Whether it is a node of the other site.
+    pub fn is_peer(&self) -> bool {
+        matches!(self, Endpoint::PeerMeta(_) | Endpoint::PeerReplica(_))
+    }
+
+    /// The same node as the other site sees it (clients never cross).
+    pub fn across(&self) -> Option<Endpoint> {
+        match *self {
+            Endpoint::Meta(i) => Some(Endpoint::PeerMeta(i)),
+            Endpoint::Replica(i) => Some(Endpoint::PeerReplica(i)),
+            Endpoint::PeerMeta(i) => Some(Endpoint::Meta(i)),
+            Endpoint::PeerReplica(i) => Some(Endpoint::Replica(i)),
+            Endpoint::Client(_) => None,
         }
     }
 
@@ -31,6 +54,8 @@ impl Endpoint {
             Endpoint::Meta(i) => 80 + *i as u64,
             Endpoint::Replica(i) => 1 + *i as u64,
             Endpoint::Client(i) => 100 + *i as u64,
+            Endpoint::PeerMeta(i) => 280 + *i as u64,
+            Endpoint::PeerReplica(i) => 201 + *i as u64,
         }
     }
 }
@@ -59,12 +84,16 @@ pub type RpcId = u64;
 pub type Checkpoint = tandem_core::storage::MemEngine;
 
 /// What the meta answers a beacon: the configurations the server hosts or reported, the
-/// partition count of their tables, and the reported partitions whose table is gone.
+/// partition count of their tables, the reported partitions whose table is gone, the tables'
+/// tombstone retention, their duplications and the sites those ship to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BeaconAnswer {
     pub configs: Vec<PartitionConfig>,
     pub partition_counts: Vec<(u32, u32)>,
     pub gone: Vec<Gpid>,
+    pub tombstone_retention: Vec<(u32, u64)>,
+    pub dups: Vec<TableDup>,
+    pub sites: Vec<Site>,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +134,8 @@ pub enum Msg {
         lease_period_ms: u64,
         /// No beacon of this process was answered yet.
         restarted: bool,
+        /// What its primaries' duplicators report: (partition, duplication, progress).
+        dup_reports: Vec<(Gpid, u32, DupReport)>,
     },
     BeaconResp {
         rpc: RpcId,

@@ -15,11 +15,11 @@ use crate::check::decree_agreement::DecreeAgreement;
 use crate::check::linearizable_online::OnlineLinearizable;
 use crate::check::single_primary::SinglePrimary;
 use crate::check::{bank, convergence, linearizable, no_lost_writes};
-use crate::client::{SimClient, Workload, register_key};
+use crate::client::{SimClient, Workload};
 use crate::event::{Event, Io, Out, TraceLine};
 use crate::faults::{FaultKind, FaultPlan, FaultSet};
 use crate::hash::Fnv64;
-use crate::history::{BANK_HASH_KEY, History, OpKind, Outcome, Output};
+use crate::history::{History, OpKind, Outcome, Output};
 use crate::meta::SimMeta;
 use crate::site::Site;
 use crate::msg::{Endpoint, Envelope};
@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use tandem_core::partition::partition_index;
 use tandem_core::{Gpid, PartitionStatus};
 use tandem_meta_core::store::MemStore;
+use crate::stats::path;
+use tandem_meta_core::duplication::{DupStatus, Site as PeerSite};
 use tandem_meta_core::{MetaOptions, MetaReply, MetaRequest};
 
 /// The table the workload runs on (the first table the store creates).
@@ -46,7 +48,7 @@ const CLIENTS_START_US: u64 = 3_000_000;
 /// Every partition must take a write this long after healing starts.
 pub const RECOVERY_DEADLINE_US: u64 = 30_000_000;
 /// Replicas must converge this long after the final reads.
-const CONVERGENCE_DEADLINE_US: u64 = 30_000_000;
+pub const CONVERGENCE_DEADLINE_US: u64 = 30_000_000;
 const CHECK_PROGRESS_US: u64 = 250_000;
 /// Steps of the linearizability search per key before it gives up.
 const LINEARIZABILITY_BUDGET: u64 = 3_000_000;
@@ -83,6 +85,31 @@ pub struct Params {
     pub checkpoint_hold_ms: u64,
     /// How long faults are injected, from the start.
     pub fault_time_us: u64,
+    /// This site's part in a two-site run (`crate::world`); None: a one-site run.
+    pub site: Option<SiteParams>,
+}
+
+/// One site of a two-site run: who it is, who the other site is, and how the operator
+/// duplicates the workload table there.
+#[derive(Clone, Debug)]
+pub struct SiteParams {
+    pub name: String,
+    pub peer: String,
+    pub cluster_id: u8,
+    /// The other site's meta servers (this site's replica servers ship through them).
+    pub peer_metas: usize,
+    /// Put before this site's own keys (`Workload::prefix`).
+    pub key_prefix: String,
+    /// Keys both sites write.
+    pub shared_keys: usize,
+    /// Every clock of this site is off true time by this much (the skew between sites).
+    pub wall_offset_us: i64,
+    /// The duplication is added with `--sync-existing` while clients write (else before they
+    /// start, so that it ships everything they write).
+    pub sync_existing: bool,
+    pub dup_add_at_us: u64,
+    /// The operator pauses and resumes the duplication while faults go on.
+    pub pause_toggles: bool,
 }
 
 impl Params {
@@ -107,6 +134,7 @@ impl Params {
             checkpoints_per_partition_max: rng.range(1, 3) as usize,
             checkpoint_hold_ms: rng.range(500, 20_000),
             fault_time_us,
+            site: None,
         }
     }
 }
@@ -162,6 +190,17 @@ pub struct Sim {
     crash_armed: Option<u64>,
     arm_seq: u64,
     pub failure: Option<Failure>,
+    /// Messages to the other site, for the world to carry (a two-site run).
+    pub outbox: Vec<Envelope>,
+    /// The duplication to the other site exists in the store.
+    pub dup_ready: bool,
+    /// The operator wants the duplication paused.
+    dup_pause_wanted: bool,
+    /// Clients wait for the duplication (a two-site run without `sync_existing`).
+    clients_gated: bool,
+    /// The LWW oracle's view of this site: for each stored key of the workload table, the
+    /// stored value with the largest timetag any replica here applied.
+    pub oracle: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 /// What the trace shows of a message besides its kind.
@@ -213,16 +252,23 @@ impl Sim {
     }
 
     pub fn with(seed: u64, mut rng: Rng, params: Params, plan: FaultPlan, trace: bool) -> Sim {
+        let site_offset_us = params.site.as_ref().map_or(0, |s| s.wall_offset_us);
         let clock = |rng: &mut Rng| {
-            if plan.on(FaultKind::Drift) {
+            let mut c = if plan.on(FaultKind::Drift) {
                 let d = plan.drift_ppm_max;
                 NodeClock { rate_ppm: rng.range(0, 2 * d) as i64 - d as i64, wall_offset_us: rng.range(0, 1_000_000) as i64 - 500_000 }
             } else {
                 NodeClock::default()
-            }
+            };
+            c.wall_offset_us += site_offset_us;
+            c
         };
         let metas_count = params.metas;
-        let meta_options = MetaOptions { lease_ttl_ms: params.meta_lease_ttl_ms, recall_window_ms: params.recall_window_ms, ..MetaOptions::default() };
+        let mut meta_options = MetaOptions { lease_ttl_ms: params.meta_lease_ttl_ms, recall_window_ms: params.recall_window_ms, ..MetaOptions::default() };
+        if let Some(site) = &params.site {
+            meta_options.site = site.name.clone();
+            meta_options.peer_sites = vec![site.peer.clone()];
+        }
         let metas = (0..params.metas)
             .map(|i| {
                 let mut m = SimMeta::new(i, meta_options.clone(), clock(&mut rng));
@@ -237,6 +283,9 @@ impl Sim {
         opts.host.inactive_replica_gc_delay_ms = params.inactive_replica_gc_delay_ms;
         opts.host.checkpoints_per_partition_max = params.checkpoints_per_partition_max;
         opts.host.checkpoint_hold_ms = params.checkpoint_hold_ms;
+        if let Some(site) = &params.site {
+            opts.host.replica.cluster_id = site.cluster_id;
+        }
         let servers = (0..params.servers)
             .map(|i| {
                 let mut opts = opts.clone();
@@ -248,7 +297,12 @@ impl Sim {
         let clients = (0..params.clients).map(|c| SimClient::new(c, params.metas)).collect();
         let net = Network::new(plan.loss, plan.duplicate, plan.jitter_us);
         // Scenario scripts (no register keys) drive the clients themselves.
-        let workload = Workload { register_keys: params.register_keys, active: params.register_keys > 0 };
+        let mut workload = Workload { register_keys: params.register_keys, active: params.register_keys > 0, ..Default::default() };
+        if let Some(site) = &params.site {
+            workload.prefix = site.key_prefix.clone();
+            workload.shared_keys = site.shared_keys;
+        }
+        let clients_gated = params.site.as_ref().is_some_and(|s| !s.sync_existing) && workload.active;
         let mut sim = Sim {
             seed,
             stats: Stats { seed, ..Default::default() },
@@ -278,6 +332,11 @@ impl Sim {
             crash_armed: None,
             arm_seq: 0,
             failure: None,
+            outbox: Vec::new(),
+            dup_ready: false,
+            dup_pause_wanted: false,
+            clients_gated,
+            oracle: BTreeMap::new(),
         };
         sim.stats.enabled = sim.plan.enabled.kinds().iter().map(|k| k.name()).collect();
         // Continuous kinds are properties of the whole run: count them once.
@@ -307,13 +366,21 @@ impl Sim {
         }
         self.apply(out);
         self.schedule(CREATE_TABLE_US, Event::CreateTable);
-        for c in 0..self.clients.len() {
-            self.clients[c].wake_scheduled = true;
-            self.schedule(CLIENTS_START_US + c as u64 * 1_000, Event::ClientWake { client: c });
+        if !self.clients_gated {
+            self.start_clients(CLIENTS_START_US);
         }
         if self.workload.active {
             // Client 0 opens the bank first.
-            self.clients[0].queue.push_back((BANK_HASH_KEY.to_vec(), OpKind::BankInit));
+            self.clients[0].queue.push_back((self.workload.bank_key(), OpKind::BankInit));
+        }
+        if let Some(site) = self.params.site.clone()
+            && self.workload.active
+        {
+            self.schedule(site.dup_add_at_us, Event::DupSetup);
+            if site.pause_toggles {
+                let at = site.dup_add_at_us + self.rng.range(2_000_000, 10_000_000);
+                self.schedule(at, Event::DupToggle);
+            }
         }
         if !self.plan.enabled.kinds().is_empty() {
             let first = self.next_fault_delay();
@@ -329,6 +396,13 @@ impl Sim {
                 let at = CLIENTS_START_US + self.rng.range(500_000, 5_000_000);
                 self.schedule(at, Event::TableChurn);
             }
+        }
+    }
+
+    fn start_clients(&mut self, at_us: u64) {
+        for c in 0..self.clients.len() {
+            self.clients[c].wake_scheduled = true;
+            self.schedule(at_us + c as u64 * 1_000, Event::ClientWake { client: c });
         }
     }
 
@@ -348,6 +422,11 @@ impl Sim {
     }
 
     fn send(&mut self, env: Envelope) {
+        if env.to.is_peer() {
+            // The world carries it over the link between the sites.
+            self.outbox.push(env);
+            return;
+        }
         let kind = env.msg.kind();
         self.hash.bytes(kind.as_bytes()).u64(env.from.code()).u64(env.to.code());
         let (from, to) = (env.from, env.to);
@@ -378,18 +457,32 @@ impl Sim {
     /// Runs events up to `until_us` (inclusive), or until a checker fails or the run is done.
     pub fn run_until(&mut self, until_us: u64) {
         while self.failure.is_none() && self.phase != Phase::Done {
-            let Some((&(at, seq), _)) = self.queue.first_key_value() else { break };
-            if at > until_us {
-                break;
+            match self.next_event_at() {
+                Some(at) if at <= until_us => self.step_one(),
+                _ => break,
             }
-            let event = self.queue.remove(&(at, seq)).expect("first key exists");
-            self.now_us = at;
-            self.stats.events += 1;
-            self.hash.u64(at).u64(event.code());
-            self.handle(event);
-            self.check_step();
         }
         self.now_us = self.now_us.max(until_us.min(self.queue.first_key_value().map_or(until_us, |(k, _)| k.0)));
+    }
+
+    /// When the next event is due.
+    pub fn next_event_at(&self) -> Option<u64> {
+        self.queue.first_key_value().map(|(k, _)| k.0)
+    }
+
+    /// Handles the next event and runs the checkers after it.
+    pub fn step_one(&mut self) {
+        let Some(((at, _), event)) = self.queue.pop_first() else { return };
+        self.now_us = at;
+        self.stats.events += 1;
+        self.hash.u64(at).u64(event.code());
+        self.handle(event);
+        self.check_step();
+    }
+
+    /// A message from the other site arrives at `at_us` (the world decided its fate).
+    pub fn receive(&mut self, at_us: u64, env: Envelope) {
+        self.schedule(at_us, Event::Deliver(env));
     }
 
     fn handle(&mut self, event: Event) {
@@ -465,6 +558,13 @@ impl Sim {
                     self.schedule(self.now_us + 100_000, Event::Restart(Endpoint::Replica(node)));
                 }
             }
+            Event::ShipRetry { node, incarnation, ship } => {
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    self.site.servers[node].on_ship_retry(&mut io!(self, &mut out), ship);
+                }
+            }
+            Event::DupSetup => self.dup_setup(&mut out),
+            Event::DupToggle => self.dup_toggle(),
             Event::RpcTimeout { at, incarnation, rpc } => match at {
                 Endpoint::Replica(i) => {
                     if self.site.servers[i].incarnation == incarnation && self.site.servers[i].up {
@@ -472,7 +572,7 @@ impl Sim {
                     }
                 }
                 Endpoint::Client(i) => self.clients[i].on_timeout(&mut io!(self, &mut out), &mut self.history, rpc),
-                Endpoint::Meta(_) => {}
+                Endpoint::Meta(_) | Endpoint::PeerMeta(_) | Endpoint::PeerReplica(_) => {}
             },
             Event::MetaTick { meta, incarnation } => {
                 if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
@@ -672,6 +772,7 @@ impl Sim {
         self.faults_active = false;
         self.crash_armed = None;
         self.workload.active = false;
+        self.dup_pause_wanted = false;
         self.net.heal();
         self.net.loss = 0.0;
         self.net.duplicate = 0.0;
@@ -696,7 +797,7 @@ impl Sim {
     /// A key of partition `p` that no workload touches.
     fn probe_key(&self, p: u32) -> Vec<u8> {
         (0..)
-            .map(|i| format!("probe{i}").into_bytes())
+            .map(|i| format!("{}probe{i}", self.workload.prefix).into_bytes())
             .find(|k| partition_index(k, self.params.partitions) == p)
             .expect("some key lands in p")
     }
@@ -755,9 +856,9 @@ impl Sim {
                     let from_op = self.history.ops.len();
                     for k in 0..self.params.register_keys {
                         let c = k % self.clients.len();
-                        self.clients[c].queue.push_back((register_key(k), OpKind::Get));
+                        self.clients[c].queue.push_back((self.workload.register_key(k), OpKind::Get));
                     }
-                    self.clients[0].queue.push_back((BANK_HASH_KEY.to_vec(), OpKind::BankRead));
+                    self.clients[0].queue.push_back((self.workload.bank_key(), OpKind::BankRead));
                     for c in 0..self.clients.len() {
                         self.clients[c].schedule_wake(&mut io!(self, out), 0);
                     }
@@ -819,7 +920,7 @@ impl Sim {
                 .collect();
             convergence::check_partition(config, replica_count as usize, &members)?;
             for m in &members {
-                bank::check_engine(&m.data).map_err(|e| format!("{} {gpid}: {e}", m.node))?;
+                bank::check_engine(&m.data, &self.workload.bank_key()).map_err(|e| format!("{} {gpid}: {e}", m.node))?;
             }
         }
         Ok(())
@@ -882,8 +983,18 @@ impl Sim {
         if let Err(e) = self.single_primary.check(now, &serving, describe) {
             return self.fail(e);
         }
+        let two_sites = self.params.site.is_some();
         for s in &self.site.servers {
             for (gpid, e) in s.engines() {
+                let puts = e.take_puts();
+                if two_sites && gpid.table_id == TABLE_ID {
+                    for (key, value) in puts {
+                        if let Err(message) = crate::check::lww::observe(&mut self.oracle, key, value) {
+                            self.failure.get_or_insert(Failure { at_us: self.now_us, message });
+                            return;
+                        }
+                    }
+                }
                 for (decree, fp) in e.take_applied() {
                     if let Err(msg) = self.decree_agreement.observe(&s.me, *gpid, decree, fp) {
                         self.failure.get_or_insert(Failure { at_us: self.now_us, message: msg });
@@ -1074,6 +1185,60 @@ impl Sim {
             self.create_table = Some((i, token));
         }
         self.schedule(self.now_us + 500_000, Event::CreateTable);
+    }
+
+    /// The operator's side of duplication in a two-site run, every 500 ms: name the other site,
+    /// add the workload table's duplication to it, and pause or resume it as wanted, each
+    /// through the leading meta until the store shows it. Gated clients start once the
+    /// duplication exists.
+    fn dup_setup(&mut self, out: &mut Vec<Out>) {
+        let Some(site) = self.params.site.clone() else { return };
+        self.schedule(self.now_us + 500_000, Event::DupSetup);
+        let snapshot = self.site.store.load();
+        let dup = snapshot.dups.iter().find(|d| d.table_id == TABLE_ID && d.remote_site == site.peer && d.status != DupStatus::Removed);
+        if dup.is_some() && !self.dup_ready {
+            self.dup_ready = true;
+            self.note(|| format!("operator: the duplication of {TABLE_NAME} to {} is in place", site.peer));
+            if std::mem::take(&mut self.clients_gated) {
+                self.start_clients(self.now_us);
+            }
+        }
+        let Some(i) = self.leading_meta() else { return };
+        let request = match dup {
+            _ if !snapshot.tables.iter().any(|t| t.id == TABLE_ID) => return,
+            None if !snapshot.sites.iter().any(|s| s.name == site.peer) => {
+                // As `tandem site add` takes them: HOST:PORT (the port means nothing here).
+                let metas = (0..site.peer_metas).map(|m| format!("{}:34601", Endpoint::Meta(m).name())).collect();
+                MetaRequest::SiteAdd { site: PeerSite { name: site.peer.clone(), metas } }
+            }
+            None => MetaRequest::DupAdd {
+                table: TABLE_NAME.into(),
+                remote_site: site.peer.clone(),
+                fail_mode: tandem_dup_core::FailMode::Slow,
+                sync_existing: site.sync_existing,
+            },
+            Some(d) if (d.status == DupStatus::Pause) != self.dup_pause_wanted => {
+                let status = if self.dup_pause_wanted { DupStatus::Pause } else { DupStatus::Start };
+                MetaRequest::DupSetStatus { dup_id: d.id, status }
+            }
+            Some(_) => return,
+        };
+        self.site.metas[i].admin_ignored(&mut io!(self, out), request);
+    }
+
+    /// The operator pauses or resumes the duplication while faults go on.
+    fn dup_toggle(&mut self) {
+        if !self.faults_active {
+            return;
+        }
+        self.dup_pause_wanted = !self.dup_pause_wanted;
+        if self.dup_pause_wanted {
+            self.stats.path(path::DUP_PAUSED);
+        }
+        let what = if self.dup_pause_wanted { "pause" } else { "resume" };
+        self.note(|| format!("operator: dup {what} {TABLE_NAME}"));
+        let next = self.rng.range(1_000_000, 8_000_000);
+        self.schedule(self.now_us + next, Event::DupToggle);
     }
 
     /// Number of servers that are up.

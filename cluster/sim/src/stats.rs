@@ -49,6 +49,16 @@ pub mod path {
     pub const CHECKPOINT_DELETED: &str = "checkpoint-deleted";
     /// The host deleted a replica (left out of its configuration, or of a purged table).
     pub const REPLICA_REMOVED: &str = "replica-removed";
+    /// Two-site runs: a batch the other site applied; refused as too large (the duplicator
+    /// halves it), as stamped too far ahead of the other site's clock, or not taken in time.
+    pub const DUP_BATCH_SHIPPED: &str = "dup-batch-shipped";
+    pub const DUP_TOO_LARGE: &str = "dup-too-large";
+    pub const DUP_CLOCK_AHEAD: &str = "dup-clock-ahead";
+    pub const DUP_SHIP_FAILED: &str = "dup-ship-failed";
+    /// The operator paused or resumed a duplication.
+    pub const DUP_PAUSED: &str = "dup-paused";
+    /// The two sites were cut apart.
+    pub const SITES_CUT: &str = "sites-cut";
 }
 
 #[derive(Clone, Debug, Default)]

@@ -135,6 +135,22 @@ pub enum ShipFailure {
     Refused(String),
 }
 
+impl ShipFailure {
+    /// How the other site's answer to one partition's `Duplicate` write reads to the duplicator:
+    /// `None` when the write was not taken and is sent again (not the primary, busy), else the
+    /// failure that ends the batch.
+    pub fn of_apply_error(error: &tandem_core::Error) -> Option<ShipFailure> {
+        use tandem_core::Error;
+        match error {
+            Error::NotPrimary { .. } | Error::Busy { .. } => None,
+            Error::TooLarge(_) => Some(ShipFailure::TooLarge),
+            Error::ClockAhead { .. } => Some(ShipFailure::ClockAhead),
+            Error::Storage(m) => Some(ShipFailure::Unavailable(m.clone())),
+            Error::InvalidArgument(_) | Error::Corrupt { .. } | Error::CheckFailed(_) => Some(ShipFailure::Refused(error.to_string())),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// The partition's committed decree (after each turn that moved it).

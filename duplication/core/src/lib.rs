@@ -44,3 +44,4 @@ pub struct TableDup {
 
 pub use duplicator::{Action, BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode, Input, Now, Phase, ShipFailure};
 pub use records::{records_of_mutation, snapshot_record};
+pub use route::split_by_partition;

@@ -89,8 +89,8 @@ pub enum MetaInput {
     Tick,
     /// The claim of the lease row sent at `sent_at_ms` returned.
     Claimed { sent_at_ms: u64, outcome: ClaimOutcome },
-    /// `Load { epoch }` finished.
-    Loaded { epoch: u64, result: Result<MetaSnapshot, String> },
+    /// `Load { epoch, load }` finished.
+    Loaded { epoch: u64, load: u64, result: Result<MetaSnapshot, String> },
     Request { token: Token, request: MetaRequest },
     /// `Persist { op }` finished.
     Stored { op: OpId, result: StoreResult },
@@ -129,8 +129,9 @@ pub enum MetaEvent {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaAction {
-    /// Read the whole store (one snapshot) and report `Loaded { epoch }`.
-    Load { epoch: u64 },
+    /// Read the whole store (one snapshot) and report `Loaded { epoch, load }`. Only the answer
+    /// to the latest load is taken: an earlier one may have read the store before a write.
+    Load { epoch: u64, load: u64 },
     /// Carry out `write` in one transaction that first checks this process still holds the
     /// lease row at `epoch` (else it fails as `Fenced`); report `Stored { op }`.
     Persist { op: OpId, epoch: u64, write: StoreWrite },
@@ -159,7 +160,8 @@ enum Work {
     SaveDupProgress,
     /// Brings a table's duplications to what its policy names (`old_site`: the site it named
     /// before a change).
-    ReconcileDup { table_id: u32, old_site: Option<String> },
+    /// Adds the duplication the table's policy names, if it has none there yet.
+    ReconcileDup { table_id: u32 },
 }
 
 /// A write in flight and what to do when it returns.
@@ -183,6 +185,21 @@ pub struct MetaMachine {
     /// A write this machine had stopped waiting for succeeded while a load was under way: that
     /// load may have missed it, so its snapshot is not taken.
     load_stale: bool,
+    /// Writes in flight when the state was dropped, not answered yet. A load waits for them:
+    /// one that landed after the load would leave the loaded state stale, and until the late
+    /// success said so the machine would answer beacons from it — granting a lease to a primary
+    /// the late write had replaced (found by the two-site simulator, seed 1820: the leader lapsed
+    /// behind a hung store, won its lease back at the same epoch, loaded, and its cure from
+    /// before the lapse landed after).
+    abandoned: BTreeSet<OpId>,
+    /// The epoch of a load waiting for `abandoned`.
+    load_waiting: Option<u64>,
+    /// The load whose answer is taken (the latest asked for); answers to earlier ones are
+    /// ignored: their snapshots may predate a write (found with seed 5227 of the two-site
+    /// simulator: loads sent before a store hang answered after a write that came back first,
+    /// and the machine took one, losing a duplication's resume).
+    load_out: Option<u64>,
+    next_load: u64,
     next_op: OpId,
     now: Now,
     actions: Vec<MetaAction>,
@@ -199,6 +216,10 @@ impl MetaMachine {
             in_flight: None,
             parked: Vec::new(),
             load_stale: false,
+            abandoned: BTreeSet::new(),
+            load_waiting: None,
+            load_out: None,
+            next_load: 0,
             next_op: 0,
             now: Now::default(),
             actions: Vec::new(),
@@ -239,7 +260,7 @@ impl MetaMachine {
         match input {
             MetaInput::Tick => self.on_tick(),
             MetaInput::Claimed { sent_at_ms, outcome } => self.on_claimed(sent_at_ms, outcome),
-            MetaInput::Loaded { epoch, result } => self.on_loaded(epoch, result),
+            MetaInput::Loaded { epoch, load, result } => self.on_loaded(epoch, load, result),
             MetaInput::Request { token, request } => self.on_request(token, request),
             MetaInput::Stored { op, result } => self.on_stored(op, result),
         }
@@ -277,14 +298,15 @@ impl MetaMachine {
             }
             Transition::BecameLeader { epoch } => {
                 self.drop_state(MetaError::NotLeader { leader: None, message: "this meta server is loading the metadata store; retry".into() });
-                self.actions.push(MetaAction::Load { epoch });
+                self.load(epoch);
             }
             Transition::Unchanged => {
-                // A load after an earlier takeover failed: try again.
+                // A load after an earlier takeover failed: try again (unless one is on its way).
                 if let Ok(epoch) = self.leadership.serving(self.now.mono_ms)
                     && self.state.is_none()
+                    && self.load_out.is_none()
                 {
-                    self.actions.push(MetaAction::Load { epoch });
+                    self.load(epoch);
                 }
             }
         }
@@ -295,14 +317,31 @@ impl MetaMachine {
         let Ok(epoch) = self.leadership.serving(self.now.mono_ms) else { return };
         self.drop_state(MetaError::NotLeader { leader: None, message: format!("this meta server is reloading the metadata store ({why}); retry") });
         self.event(MetaEvent::Reloading { epoch, why: why.to_string() });
-        self.actions.push(MetaAction::Load { epoch });
+        self.load(epoch);
+    }
+
+    /// Loads the store under `epoch`, once no write from before is in flight; the answer to any
+    /// earlier load is ignored from now on.
+    fn load(&mut self, epoch: u64) {
+        if self.abandoned.is_empty() {
+            self.next_load += 1;
+            self.load_out = Some(self.next_load);
+            self.actions.push(MetaAction::Load { epoch, load: self.next_load });
+        } else {
+            self.load_out = None;
+            self.load_waiting = Some(epoch);
+        }
     }
 
     /// Forgets everything in memory (it may be stale) and refuses what waited.
     fn drop_state(&mut self, why: MetaError) {
         self.state = None;
-        let waiting: Vec<Work> =
-            self.in_flight.take().map(|f| f.work).into_iter().chain(self.parked.drain(..)).chain(self.queue.drain(..)).collect();
+        self.load_out = None;
+        let in_flight = self.in_flight.take();
+        if let Some(f) = &in_flight {
+            self.abandoned.insert(f.op);
+        }
+        let waiting: Vec<Work> = in_flight.map(|f| f.work).into_iter().chain(self.parked.drain(..)).chain(self.queue.drain(..)).collect();
         for work in waiting {
             if let Some(token) = work.token() {
                 self.reply(token, Err(why.clone()));
@@ -310,13 +349,17 @@ impl MetaMachine {
         }
     }
 
-    fn on_loaded(&mut self, epoch: u64, result: Result<MetaSnapshot, String>) {
+    fn on_loaded(&mut self, epoch: u64, load: u64, result: Result<MetaSnapshot, String>) {
+        if self.load_out != Some(load) {
+            return;
+        }
+        self.load_out = None;
         if self.leadership.serving(self.now.mono_ms) != Ok(epoch) || self.state.is_some() {
             return;
         }
         if std::mem::take(&mut self.load_stale) {
             self.event(MetaEvent::Reloading { epoch, why: "a write from before this load went through while it ran".into() });
-            self.actions.push(MetaAction::Load { epoch });
+            self.load(epoch);
             return;
         }
         match result {
@@ -358,7 +401,7 @@ impl MetaMachine {
             .map(|t| t.id)
             .collect();
         let unsaved = !state.dup_unsaved.is_empty();
-        let unreconciled: Vec<u32> = state.tables.values().filter(|t| dup_reconcile(state, t, None).is_some()).map(|t| t.id).collect();
+        let unreconciled: Vec<u32> = state.tables.values().filter(|t| dup_reconcile(state, t).is_some()).map(|t| t.id).collect();
         for node in dead {
             self.event(MetaEvent::NodeDead { node });
         }
@@ -366,8 +409,8 @@ impl MetaMachine {
             self.queue.push_back(Work::Cure { from: Gpid::default() });
         }
         for table_id in unreconciled {
-            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::ReconcileDup { table_id: t, .. } if *t == table_id)) {
-                self.queue.push_back(Work::ReconcileDup { table_id, old_site: None });
+            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::ReconcileDup { table_id: t } if *t == table_id)) {
+                self.queue.push_back(Work::ReconcileDup { table_id });
             }
         }
         if unsaved && !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::SaveDupProgress)) {
@@ -512,6 +555,17 @@ impl MetaMachine {
     }
 
     fn on_stored(&mut self, op: OpId, result: StoreResult) {
+        if self.abandoned.remove(&op) {
+            // The load that waited for it goes now, and sees it if it went through.
+            if self.abandoned.is_empty()
+                && let Some(epoch) = self.load_waiting.take()
+                && self.leadership.serving(self.now.mono_ms) == Ok(epoch)
+                && self.state.is_none()
+            {
+                self.load(epoch);
+            }
+            return;
+        }
         let Some(f) = self.in_flight.take_if(|f| f.op == op) else {
             // A write this machine stopped waiting for (its state was dropped and loaded again
             // meanwhile) went through: the snapshot loaded since may lack it (found by the
@@ -777,13 +831,13 @@ impl MetaMachine {
                 }
                 Some(_) => self.persist(StoreWrite::SetDupStatus { dup_id, status }, Work::DupSetStatus { token, dup_id, status }),
             },
-            Work::ReconcileDup { table_id, old_site } => {
+            Work::ReconcileDup { table_id } => {
                 let Some(table) = state.tables.get(&table_id) else { return };
-                if let Some(mut write) = dup_reconcile(state, table, old_site.as_deref()) {
+                if let Some(mut write) = dup_reconcile(state, table) {
                     if let StoreWrite::AddDuplication { at_ms, .. } = &mut write {
                         *at_ms = now.wall_ms;
                     }
-                    self.persist(write, Work::ReconcileDup { table_id, old_site });
+                    self.persist(write, Work::ReconcileDup { table_id });
                 }
             }
             Work::SaveDupProgress => {
@@ -858,9 +912,16 @@ impl MetaMachine {
                 t.replica_count = new.replicas;
                 t.policy = new.clone();
                 let table = t.clone();
+                // The store removed the duplication to a site the policy no longer names in the
+                // same write; a site it names now gets one.
+                if let Some(site) = crate::store::policy_dup_removed(old, new) {
+                    for d in state.dups.values_mut().filter(|d| d.table_id == table.id && d.remote_site == site) {
+                        d.status = DupStatus::Removed;
+                    }
+                }
                 self.event(MetaEvent::PolicyChanged { table: table.name.clone(), old: old.clone(), new: new.clone(), who: who.clone() });
-                if old.duplication != new.duplication {
-                    self.queue.push_back(Work::ReconcileDup { table_id: table.id, old_site: old.duplication.clone() });
+                if old.duplication != new.duplication && new.duplication.is_some() {
+                    self.queue.push_back(Work::ReconcileDup { table_id: table.id });
                 }
                 if let Some(token) = work.token() {
                     self.reply(token, Ok(MetaReply::PolicySet { table, old: old.clone(), changed: true }));
@@ -1035,16 +1096,11 @@ fn peer_sites(options: &MetaOptions, state: &MetaState) -> Vec<String> {
     peers
 }
 
-/// What a table's policy asks of its duplications now: the duplication to add (to a known site
-/// its policy names that none ships to), or the one to remove (shipping to a site its policy no
-/// longer names, `old_site`).
-fn dup_reconcile(state: &MetaState, table: &TableInfo, old_site: Option<&str>) -> Option<StoreWrite> {
+/// The duplication a table's policy asks for and lacks: to a known site the policy names that
+/// none ships to. (The one to a site the policy stopped naming is removed by the policy's own
+/// write, `store::policy_dup_removed`.)
+fn dup_reconcile(state: &MetaState, table: &TableInfo) -> Option<StoreWrite> {
     let live = |site: &str| state.dups.values().find(|d| d.table_id == table.id && d.remote_site == site && d.status != DupStatus::Removed);
-    if let Some(old) = old_site.filter(|old| table.policy.duplication.as_deref() != Some(*old))
-        && let Some(d) = live(old)
-    {
-        return Some(StoreWrite::SetDupStatus { dup_id: d.id, status: DupStatus::Removed });
-    }
     let site = table.policy.duplication.as_deref()?;
     if table.status != TableStatus::Available || !state.sites.contains_key(site) || live(site).is_some() {
         return None;

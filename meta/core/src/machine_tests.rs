@@ -44,8 +44,8 @@ fn leader() -> (MetaMachine, MemStore) {
     }
     let mut m = MetaMachine::new(options());
     m.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Won { epoch: 1 } });
-    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 1 }]);
-    m.step(at(1), MetaInput::Loaded { epoch: 1, result: Ok(store.load()) });
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 1, load: 1 }]);
+    m.step(at(1), MetaInput::Loaded { epoch: 1, load: 1, result: Ok(store.load()) });
     assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::Leading { epoch: 1, tables: 1, partitions: 1, nodes: 3 })]);
     (m, store)
 }
@@ -66,8 +66,8 @@ fn a_follower_and_a_loading_leader_refuse_with_a_hint() {
     m.step(at(2), MetaInput::Claimed { sent_at_ms: 2, outcome: ClaimOutcome::Won { epoch: 2 } });
     m.step(at(3), MetaInput::Request { token: 8, request: MetaRequest::ClusterStatus });
     let loading = MetaError::NotLeader { leader: None, message: "this meta server is loading the metadata store; retry".into() };
-    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 2 }, MetaAction::Reply { token: 8, result: Err(loading) }]);
-    m.step(at(4), MetaInput::Loaded { epoch: 2, result: Ok(MetaSnapshot::default()) });
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 2, load: 1 }, MetaAction::Reply { token: 8, result: Err(loading) }]);
+    m.step(at(4), MetaInput::Loaded { epoch: 2, load: 1, result: Ok(MetaSnapshot::default()) });
     m.step(at(5), MetaInput::Request { token: 9, request: MetaRequest::ClusterStatus });
     assert_eq!(m.take_actions()[1], MetaAction::Reply { token: 9, result: Ok(MetaReply::Status(ClusterStatus::default())) });
 }
@@ -237,13 +237,55 @@ fn a_stale_state_is_loaded_again() {
     let busy = MetaError::Busy("partition 1.0 changed in the store behind this meta server; it reloads the store".into());
     let actions = m.take_actions();
     assert_eq!(actions[0], MetaAction::Reply { token: 1, result: Err(busy) });
-    assert_eq!(actions.last(), Some(&MetaAction::Load { epoch: 1 }));
-    m.step(at(30), MetaInput::Loaded { epoch: 1, result: Ok(store.load()) });
+    assert_eq!(actions.last(), Some(&MetaAction::Load { epoch: 1, load: 2 }));
+    m.step(at(30), MetaInput::Loaded { epoch: 1, load: 2, result: Ok(store.load()) });
     assert_eq!(m.state().unwrap().partitions[&Gpid::new(1, 0)].ballot, 5);
     // A late success of a write it no longer waits for also means the state may be stale.
     m.take_actions();
     m.step(at(40), MetaInput::Stored { op: 77, result: Ok(StoreDone::Done) });
-    assert_eq!(m.take_actions().last(), Some(&MetaAction::Load { epoch: 1 }));
+    assert_eq!(m.take_actions().last(), Some(&MetaAction::Load { epoch: 1, load: 3 }));
+}
+
+/// The leader lapsed behind a hung store with a write in flight, then won its lease back at the
+/// same epoch: its load waits for that write's answer, so the loaded state includes it if it
+/// went through — a load that missed it would answer beacons from a stale state (found by the
+/// two-site simulator, seed 1820).
+#[test]
+fn a_load_waits_for_the_write_from_before_the_lapse() {
+    let (mut m, mut store) = leader();
+    let remove = ConfigProposal::RemoveSecondary { ballot: 1, node: "r3".into() };
+    m.step(at(10), MetaInput::Request { token: 1, request: MetaRequest::Propose { gpid: Gpid::new(1, 0), from: "r1".into(), proposal: remove } });
+    let Some(MetaAction::Persist { op, epoch, write }) = m.take_actions().pop() else { panic!("a write") };
+    // The store hangs past the lease; the claim sent later comes back first, at the same epoch.
+    m.step(at(TTL + 1_000), MetaInput::Claimed { sent_at_ms: TTL + 900, outcome: ClaimOutcome::Won { epoch: 1 } });
+    let actions = m.take_actions();
+    assert!(!actions.iter().any(|a| matches!(a, MetaAction::Load { .. })), "no load while the write is out: {actions:?}");
+    assert!(m.state().is_none());
+    // The write lands, then its answer comes: now the load goes, and sees it.
+    let result = store.write("m1", epoch, &write);
+    m.step(at(TTL + 1_100), MetaInput::Stored { op, result });
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 1, load: 2 }]);
+    m.step(at(TTL + 1_200), MetaInput::Loaded { epoch: 1, load: 2, result: Ok(store.load()) });
+    assert_eq!(m.state().expect("leading").partitions[&Gpid::new(1, 0)].secondaries, vec!["r2".to_string()]);
+}
+
+/// Loads sent before a write came back after it: only the latest load's answer is taken (found
+/// by the two-site simulator, seed 5227: a stale snapshot undid a duplication's resume).
+#[test]
+fn only_the_latest_load_is_taken() {
+    let mut m = MetaMachine::new(options());
+    m.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Won { epoch: 1 } });
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 1, load: 1 }]);
+    // A claim while loading asks for no second load.
+    m.step(at(100), MetaInput::Claimed { sent_at_ms: 100, outcome: ClaimOutcome::Won { epoch: 1 } });
+    assert_eq!(m.take_actions(), vec![]);
+    // Lapsed, then won again: a fresh load; the first one's answer is not taken.
+    m.step(at(TTL + 500), MetaInput::Claimed { sent_at_ms: TTL + 400, outcome: ClaimOutcome::Won { epoch: 1 } });
+    assert_eq!(m.take_actions(), vec![MetaAction::Load { epoch: 1, load: 2 }]);
+    m.step(at(TTL + 600), MetaInput::Loaded { epoch: 1, load: 1, result: Ok(MetaSnapshot::default()) });
+    assert!(m.state().is_none(), "an earlier load's snapshot is ignored");
+    m.step(at(TTL + 700), MetaInput::Loaded { epoch: 1, load: 2, result: Ok(MetaSnapshot::default()) });
+    assert!(m.state().is_some());
 }
 
 /// A beacon that waited for the write in flight is answered right after it, ahead of the changes
@@ -410,10 +452,18 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
     let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 8, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
     let dup = status.levels.iter().find(|l| l.level == "duplication").unwrap();
     assert_eq!((dup.actual.as_str(), dup.satisfied), ("shipping to b: site-loss RPO 1s 500ms (lag up to 2 decrees)", true));
-    // Off: the duplication goes.
-    ask(&mut m, &mut store, 9, set(Toggle::Off)).unwrap();
+    // Off: the duplication goes, in the policy's own write (one store write, nothing after it
+    // that could fail and leave the duplication shipping).
+    m.step(at(9), MetaInput::Request { token: 9, request: set(Toggle::Off) });
+    let writes: Vec<(OpId, StoreWrite)> =
+        m.take_actions().into_iter().filter_map(|a| match a { MetaAction::Persist { op, write, .. } => Some((op, write)), _ => None }).collect();
+    assert!(matches!(&writes[..], [(_, StoreWrite::SetPolicy { .. })]), "{writes:?}");
+    store.write("m1", 1, &writes[0].1).unwrap();
+    assert_eq!(store.load().dups.iter().map(|d| d.status).collect::<Vec<_>>(), [DupStatus::Removed], "the store removed it with the policy");
+    m.step(at(9), MetaInput::Stored { op: writes[0].0, result: Ok(StoreDone::Done) });
     let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 10, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
     assert!(dups.is_empty());
+    assert!(!m.busy(), "no write follows the policy's");
 }
 
 #[test]

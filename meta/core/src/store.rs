@@ -19,7 +19,8 @@ pub enum StoreWrite {
     UpdatePartition { config: PartitionConfig, expected_ballot: Ballot },
     /// A new available table with the next unused id, its partitions at ballot 0.
     CreateTable { name: String, partition_count: u32, policy: Policy, owner: String, who: String, at_ms: u64 },
-    /// Replaces a table's policy and appends `old → new` to its history.
+    /// Replaces a table's policy and appends `old → new` to its history; a duplication to a site
+    /// the old policy named and the new one does not is removed with it (`policy_dup_removed`).
     SetPolicy { table_id: u32, old: Policy, new: Policy, who: String, at_ms: u64 },
     DropTable { table_id: u32, at_ms: u64 },
     RecallTable { table_id: u32 },
@@ -34,6 +35,13 @@ pub enum StoreWrite {
     SetDupStatus { dup_id: u32, status: DupStatus },
     /// Raises confirmed decrees (never lowers one): `(dup id, partition, decree)`.
     SaveDupProgress { confirmed: Vec<(u32, u32, Decree)> },
+}
+
+/// The site a policy change stops duplicating to: `SetPolicy` removes the table's duplication
+/// there in the same transaction, so a policy that no longer names a site never leaves one
+/// shipping behind (a separate write after it could fail, or the meta could stop in between).
+pub fn policy_dup_removed<'a>(old: &'a crate::policy::Policy, new: &crate::policy::Policy) -> Option<&'a str> {
+    old.duplication.as_deref().filter(|site| new.duplication.as_deref() != Some(*site))
 }
 
 impl StoreWrite {
@@ -205,6 +213,11 @@ impl MemStore {
                 t.policy = new.clone();
                 t.replica_count = new.replicas;
                 self.history.push((*table_id, Some(old.clone()), new.clone()));
+                if let Some(site) = policy_dup_removed(old, new) {
+                    for d in self.dups.values_mut().filter(|d| d.table_id == *table_id && d.remote_site == site) {
+                        d.status = DupStatus::Removed;
+                    }
+                }
                 Ok(StoreDone::Done)
             }
             StoreWrite::DropTable { table_id, at_ms } => {

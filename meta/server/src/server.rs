@@ -99,11 +99,11 @@ impl Meta {
 
     fn execute(self: &Arc<Self>, action: MetaAction) {
         match action {
-            MetaAction::Load { epoch } => {
+            MetaAction::Load { epoch, load } => {
                 let meta = self.clone();
                 tokio::spawn(async move {
                     let result = meta.store.load().await.map_err(|e| e.to_string());
-                    meta.step(MetaInput::Loaded { epoch, result });
+                    meta.step(MetaInput::Loaded { epoch, load, result });
                 });
             }
             MetaAction::Persist { op, epoch, write } => {

@@ -447,6 +447,20 @@ async fn duplications(store: &SqlStore, f: &Fence) {
     store.add_site(f, &b).await.unwrap();
     let again = store.add_duplication(f, table.id, "b", FailMode::Slow, false, 22_000, &[]).await.unwrap();
     assert_eq!(again.id, dup.id + 1);
+    // A policy that stops naming a site removes the duplication there in its own write; one that
+    // names no site before or after touches none.
+    let to_b = Policy { duplication: Some("b".into()), ..Policy::with_replicas(1) };
+    store.set_policy(f, table.id, &Policy::with_replicas(1), &Policy::with_replicas(1), "o", 22_100).await.unwrap();
+    assert_eq!(store.load().await.unwrap().dups.last().map(|d| (d.id, d.status)), Some((again.id, DupStatus::Start)));
+    store.set_policy(f, table.id, &to_b, &Policy::with_replicas(1), "o", 22_200).await.unwrap();
+    assert_eq!(store.load().await.unwrap().dups.last().map(|d| (d.id, d.status)), Some((again.id, DupStatus::Removed)));
+    let mut twin = tandem_meta_core::store::MemStore::default();
+    twin.claim("m", "m", 60_000, 0);
+    twin.write("m", 1, &tandem_meta_core::store::StoreWrite::CreateTable { name: "d".into(), partition_count: 1, policy: to_b.clone(), owner: "o".into(), who: "o".into(), at_ms: 0 }).unwrap();
+    twin.write("m", 1, &tandem_meta_core::store::StoreWrite::AddSite { site: b.clone() }).unwrap();
+    twin.write("m", 1, &tandem_meta_core::store::StoreWrite::AddDuplication { table_id: 1, remote_site: "b".into(), fail_mode: FailMode::Slow, sync_existing: false, at_ms: 0, start: vec![] }).unwrap();
+    twin.write("m", 1, &tandem_meta_core::store::StoreWrite::SetPolicy { table_id: 1, old: to_b.clone(), new: Policy::with_replicas(1), who: "o".into(), at_ms: 1 }).unwrap();
+    assert_eq!(twin.load().dups.iter().map(|d| d.status).collect::<Vec<_>>(), [DupStatus::Removed], "the in-memory twin agrees");
     // A purged table's duplications are removed.
     store.drop_table(f, table.id, 23_000).await.unwrap();
     store.purge_table(f, table.id).await.unwrap();

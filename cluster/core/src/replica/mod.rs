@@ -31,7 +31,7 @@ use crate::mutation::Mutation;
 use crate::storage::KvEngine;
 use crate::timetag::HybridClock;
 use crate::types::{Ballot, Decree, Gpid, NodeAddr, PartitionConfig, PartitionStatus};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 pub use write::{CheckType, DupRecord, MutateOp, WriteRequest, WriteResponse};
@@ -284,12 +284,14 @@ pub struct Replica {
     /// primary whose reason to propose persists asks again on every tick. A new ballot clears it
     /// (found by the simulator with turns, scenario meta_restart_mid_reconfiguration).
     proposal_refused_until_ms: u64,
-    /// A learner this primary proposed to upgrade under the current ballot. The meta may have
-    /// made it a secondary already (its answer can be late or lost): from the proposal on, a
-    /// commit waits for this learner's ack too, or a decree committed meanwhile would be missing
-    /// from a member the meta may promote (found by the simulator, seed 5021). Cleared when the
-    /// configuration moves on: a new ballot, or the same one without this learner.
-    upgrading: Option<NodeAddr>,
+    /// The learners this primary proposed to upgrade under the current ballot. The meta may have
+    /// made one a secondary already (its answer can be late or lost): from the proposal on, a
+    /// commit waits for that learner's ack too, or a decree committed meanwhile would be missing
+    /// from a member the meta may promote (found by the simulator, seed 5021). Every one counts,
+    /// not only the latest: a proposal whose answer was lost may have been applied when the
+    /// primary, retrying, proposes another learner (two-site simulator, seed 944). One leaves the
+    /// set when the configuration moves on: a new ballot, or the same one without that learner.
+    upgrading: BTreeSet<NodeAddr>,
     /// This replica knows the highest ballot it took part in: it was created empty, or the meta
     /// told it the configuration since it opened. A replica reopened from disk may have forgotten
     /// its ballot (the log records that carried it are collected once the engine is flushed);
@@ -347,7 +349,7 @@ impl Replica {
             reconcile_until: 0,
             proposal: None,
             proposal_refused_until_ms: 0,
-            upgrading: None,
+            upgrading: BTreeSet::new(),
             ballot_known: last_committed == 0 && replayed.is_empty(),
             learn: LearnState::Idle,
             last_prepare_ms: 0,

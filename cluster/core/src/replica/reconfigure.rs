@@ -22,9 +22,11 @@ impl Replica {
             self.proposal = None;
             self.proposal_refused_until_ms = 0;
         }
-        if ballot_changed || self.upgrading.as_ref().is_some_and(|l| !self.config.learners.contains(l)) {
-            self.upgrading = None;
+        if ballot_changed {
+            self.upgrading.clear();
         }
+        let learners = &self.config.learners;
+        self.upgrading.retain(|l| learners.contains(l));
         match new_status {
             PartitionStatus::Primary if old_status == PartitionStatus::Primary => self.sync_members(ctx),
             PartitionStatus::Primary => self.become_primary(ctx),
@@ -128,7 +130,7 @@ impl Replica {
             .find(|(node, p)| p.learner && p.acked >= self.last_committed && self.config.learners.contains(node))
             .map(|(node, _)| node.clone());
         if let Some(node) = ready {
-            self.upgrading = Some(node.clone());
+            self.upgrading.insert(node.clone());
             self.propose(ctx, ConfigProposal::UpgradeLearner { ballot: self.config.ballot, node });
         }
     }

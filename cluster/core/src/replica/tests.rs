@@ -279,6 +279,35 @@ fn a_learner_proposed_for_upgrade_counts_for_commits_until_the_configuration_mov
     assert_eq!(r.last_committed(), 2);
 }
 
+/// A primary whose upgrade proposal's answer was lost proposes another learner later: the first
+/// one may have been made a secondary all the same, so commits keep waiting for both (two-site
+/// simulator, seed 944: the meta promoted the first learner, which lacked a decree committed
+/// with only the second one's ack).
+#[test]
+fn every_learner_proposed_for_upgrade_counts_not_only_the_latest() {
+    let mut r = primary_of(&[]);
+    r.step(&ctx(1), Input::ConfigUpdate { config: config(1, P, &[], &[L, S2]) });
+    r.step(&ctx(2), Input::LearnRequest { token: 2, request: LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 } });
+    r.step(&ctx(3), Input::PrepareReply { from: L.into(), reply: ok(0, 1) });
+    assert!(r.take_actions().contains(&Action::ProposeConfig { proposal: ConfigProposal::UpgradeLearner { ballot: 1, node: L.into() } }));
+    // The answer is lost (the meta may have applied it); a write goes out; L falls silent.
+    r.step(&ctx(4), Input::ProposalReply { result: Err("proposal RPC failed".into()) });
+    r.step(&ctx(5), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.step(&ctx(5), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(6), Input::LearnRequest { token: 6, request: LearnRequest { ballot: 1, learner: S2.into(), last_committed: 0 } });
+    r.step(&ctx(7), Input::PrepareReply { from: S2.into(), reply: ok(1, 1) });
+    r.take_actions();
+    // L is dropped as a silent learner; the other one is proposed instead.
+    r.step(&ctx(6_000), Input::Tick);
+    assert!(r.take_actions().contains(&Action::ProposeConfig { proposal: ConfigProposal::UpgradeLearner { ballot: 1, node: S2.into() } }));
+    r.step(&ctx(6_000), Input::PrepareReply { from: S2.into(), reply: ok(1, 1) });
+    assert_eq!(r.last_committed(), 0, "L may be a secondary already and has not logged decree 1");
+    // L comes back and acks: the decree commits.
+    r.step(&ctx(6_001), Input::LearnRequest { token: 9, request: LearnRequest { ballot: 1, learner: L.into(), last_committed: 0 } });
+    r.step(&ctx(6_002), Input::PrepareReply { from: L.into(), reply: ok(1, 1) });
+    assert_eq!(r.last_committed(), 1);
+}
+
 /// A replica reopened from a flushed engine with its log collected does not know the ballot it
 /// last took part in. A deposed primary's prepare must not make it a secondary again: it would
 /// skip the decrees it committed under the newer ballot and ack the primary's different ones

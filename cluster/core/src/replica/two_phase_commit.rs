@@ -70,7 +70,7 @@ impl Replica {
     }
 
     /// Commits every decree logged by this primary and acked by every member of the
-    /// configuration, and by the learner it proposed to upgrade (see `Replica::upgrading`).
+    /// configuration, and by the learners it proposed to upgrade (see `Replica::upgrading`).
     pub(super) fn try_commit_as_primary(&mut self, ctx: &Ctx) {
         if self.status != PartitionStatus::Primary {
             return;

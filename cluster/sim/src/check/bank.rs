@@ -3,7 +3,7 @@
 //! replica must sum to the initial total. The version key also must never be present without all
 //! the accounts (the initialization is atomic).
 
-use crate::history::{BANK_ACCOUNTS, BANK_HASH_KEY, BANK_INITIAL_BALANCE, BANK_VERSION, bank_account};
+use crate::history::{BANK_ACCOUNTS, BANK_INITIAL_BALANCE, BANK_VERSION, bank_account};
 use std::collections::BTreeMap;
 use tandem_core::key::encode_key;
 use tandem_core::value::decode_value;
@@ -28,12 +28,13 @@ pub fn check_read(values: &[Option<Vec<u8>>]) -> Result<(), String> {
     Ok(())
 }
 
-/// The bank as stored in a replica's engine (stored keys and values, with headers).
-pub fn check_engine(data: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), String> {
+/// The bank under `hash_key` as stored in a replica's engine (stored keys and values, with
+/// headers; a tombstone is absence).
+pub fn check_engine(data: &BTreeMap<Vec<u8>, Vec<u8>>, hash_key: &[u8]) -> Result<(), String> {
     let user = |sort_key: &[u8]| -> Result<Option<Vec<u8>>, String> {
-        match data.get(&encode_key(BANK_HASH_KEY, sort_key)) {
+        match data.get(&encode_key(hash_key, sort_key)) {
             None => Ok(None),
-            Some(stored) => decode_value(stored).map(|(_, v)| Some(v.to_vec())).map_err(|e| e.to_string()),
+            Some(stored) => decode_value(stored).map(|(h, v)| (!h.is_tombstone()).then(|| v.to_vec())).map_err(|e| e.to_string()),
         }
     };
     let values =

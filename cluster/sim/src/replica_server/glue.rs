@@ -3,8 +3,6 @@
 
 use super::*;
 use super::trace::{note_change, note_event};
-use std::sync::Arc;
-use tandem_dup_core::{Input as DupInput, ShipFailure as DupFailure};
 use tandem_host::DupWork;
 
 impl ReplicaServer {
@@ -112,19 +110,12 @@ impl ReplicaServer {
                 io.note(|| format!("{who} {gpid}: failed: {error}"));
             }
             ReplicaAction::HoldLog { keep_after } => host_step!(self, io, HostInput::HoldLog { gpid, holder: "duplication".into(), keep_after }),
-            ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, .. } } => {
-                let input = match self.log.read_partition(gpid, from) {
-                    Ok(m) if m.first().is_some_and(|m| m.decree == from) => {
-                        DupInput::LogRead { read, mutations: m.into_iter().take_while(|m| m.decree <= to).map(Arc::new).collect() }
-                    }
-                    Ok(_) => DupInput::LogGap { read },
-                    Err(error) => DupInput::ReadFailed { read, error },
-                };
+            ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, bytes_max } } => {
+                let input = DupWork::log_read_answer(read, from, to, bytes_max, self.log.read_partition(gpid, from));
                 self.deliver(io, gpid, ReplicaEvent::Dup { dup_id, input });
             }
-            ReplicaAction::Dup { dup_id, work: DupWork::Ship { batch, .. } } => {
-                let failure = DupFailure::Refused("this simulation has no second site".into());
-                self.deliver(io, gpid, ReplicaEvent::Dup { dup_id, input: DupInput::ShipFailed { batch, failure } });
+            ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, records, .. } } => {
+                self.ship(io, gpid, dup_id, remote_site, batch, records);
             }
         }
     }
@@ -132,7 +123,12 @@ impl ReplicaServer {
     pub(super) fn execute_host(&mut self, io: &mut Io<'_>, action: HostAction, inputs: &mut VecDeque<HostInput>) {
         match action {
             HostAction::OpenReplica { gpid, options } => self.open_replica(gpid, options, vec![]),
-            HostAction::Duplications { gpid, configs } => self.deliver(io, gpid, ReplicaEvent::Duplications { configs }),
+            HostAction::Duplications { gpid, configs } => {
+                let me = self.me.clone();
+                let what: Vec<String> = configs.iter().map(|c| format!("dup {}{}", c.dup_id, if c.paused { " paused" } else { "" })).collect();
+                io.note(|| format!("{me} {gpid}: duplications {}", what.join(", ")));
+                self.deliver(io, gpid, ReplicaEvent::Duplications { configs })
+            }
             HostAction::Configure { gpid, config } => {
                 if self.replicas.contains_key(&gpid) {
                     self.deliver(io, gpid, ReplicaEvent::Configure { config });
@@ -148,8 +144,10 @@ impl ReplicaServer {
             HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms } => {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
                 let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
+                let dup_reports = self.dup_reports(io.now_us);
                 let (node, incarnation) = (self.me.clone(), self.incarnation);
-                io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted });
+                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports };
+                io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
             HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. } => {}
@@ -178,6 +176,27 @@ impl ReplicaServer {
                 io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
             }
         }
+    }
+
+    /// What the primaries' duplicators report in a beacon, as the server's `DupProgress`.
+    fn dup_reports(&self, now_us: u64) -> Vec<(Gpid, u32, tandem_meta_core::duplication::DupReport)> {
+        let ctx = self.ctx(now_us);
+        let now = tandem_dup_core::Now { now_ms: ctx.now_ms, wall_us: ctx.wall_us };
+        let mut out = Vec::new();
+        for (gpid, slot) in &self.replicas {
+            for (dup_id, s) in slot.hosted.duplications().progress(now) {
+                let report = tandem_meta_core::duplication::DupReport {
+                    confirmed: s.confirmed,
+                    lag_decrees: s.lag_decrees,
+                    lag_ms: s.lag_ms,
+                    phase: s.phase.to_string(),
+                    last_error: s.last_error,
+                    resyncs: s.resyncs,
+                };
+                out.push((*gpid, dup_id, report));
+            }
+        }
+        out
     }
 
     pub fn on_host_tick(&mut self, io: &mut Io<'_>) {

@@ -61,6 +61,10 @@ enum Outgoing {
     FetchCheckpoint { gpid: Gpid, checkpoint_id: String, decree: Decree },
     Propose { gpid: Gpid },
     Beacon { sent_at_ms: u64 },
+    /// The other site's route of the duplicated table.
+    PeerRoute,
+    /// One partition's group of a batch shipped to the other site.
+    Ship { ship: u64, partition: u32 },
 }
 
 /// Who waits for an answer.
@@ -121,6 +125,10 @@ pub struct ReplicaServer {
     /// Fail the next log write / sync (scripts).
     pub fail_next_write: bool,
     pub fail_next_sync: bool,
+    /// The other site (a two-site run), and the batches on their way there.
+    peer: ship::PeerSite,
+    ships: BTreeMap<u64, ship::Ship>,
+    next_ship: u64,
 }
 
 /// Feeds a host input and carries out its actions (and the inputs they produce).
@@ -139,6 +147,7 @@ macro_rules! host_step {
 mod glue;
 mod io;
 mod rpc;
+mod ship;
 mod trace;
 
 impl ReplicaServer {
@@ -164,6 +173,9 @@ impl ReplicaServer {
             fetched: BTreeMap::new(),
             fail_next_write: false,
             fail_next_sync: false,
+            peer: ship::PeerSite::default(),
+            ships: BTreeMap::new(),
+            next_ship: 0,
         }
     }
 
@@ -238,6 +250,8 @@ impl ReplicaServer {
         self.outgoing.clear();
         self.checkpoints.clear();
         self.fetched.clear();
+        self.ships.clear();
+        self.peer = ship::PeerSite::default();
         self.lease_until_ms = 0;
         if outcome.unsynced_lost > 0 {
             io.stats.path(path::UNSYNCED_LOST);

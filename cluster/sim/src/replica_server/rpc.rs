@@ -14,6 +14,8 @@ impl ReplicaServer {
         let timeout_ms = match what {
             Outgoing::Prepare { .. } => (self.opts.host.replica.prepare_timeout_ms / 4).max(200),
             Outgoing::Beacon { .. } => (self.opts.host.lease_period_ms / 4).max(200),
+            Outgoing::PeerRoute => crate::client::ROUTE_RPC_TIMEOUT_MS,
+            Outgoing::Ship { .. } => ship::SHIP_RPC_TIMEOUT_MS,
             _ => self.opts.rpc_timeout_ms,
         };
         self.outgoing.insert(rpc, what);
@@ -40,6 +42,8 @@ impl ReplicaServer {
                 let now_ms = self.ctx(io.now_us).now_ms;
                 host_step!(self, io, HostInput::BeaconFailed { now_ms })
             }
+            Outgoing::PeerRoute => self.on_peer_route(io, None, None),
+            Outgoing::Ship { ship, partition } => self.on_ship_answer(io, ship, partition, None),
         }
     }
 
@@ -103,12 +107,13 @@ impl ReplicaServer {
             }
             Msg::BeaconResp { rpc, answer } => {
                 let Some(Outgoing::Beacon { sent_at_ms }) = self.outgoing.remove(&rpc) else { return };
-                let BeaconAnswer { configs, partition_counts, gone } = answer;
-                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention: vec![], gone, dups: vec![] });
+                let BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites } = answer;
+                self.set_sites(&sites);
+                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups });
             }
             Msg::MetaError { rpc, error } => {
                 let Some(what) = self.outgoing.remove(&rpc) else { return };
-                if matches!(error, MetaError::NotLeader { .. }) {
+                if matches!(error, MetaError::NotLeader { .. }) && !matches!(what, Outgoing::PeerRoute) {
                     self.meta.not_leader(crate::meta::hinted(&error));
                 }
                 match what {
@@ -117,6 +122,10 @@ impl ReplicaServer {
                         host_step!(self, io, HostInput::BeaconFailed { now_ms });
                     }
                     Outgoing::Propose { gpid } => self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Err(error.to_string()) }),
+                    Outgoing::PeerRoute => {
+                        let hint = matches!(error, MetaError::NotLeader { .. }).then(|| crate::meta::hinted(&error));
+                        self.on_peer_route(io, None, hint);
+                    }
                     _ => {}
                 }
             }
@@ -148,9 +157,18 @@ impl ReplicaServer {
                 };
                 self.deliver(io, gpid, ReplicaEvent::CheckpointFetched { result });
             }
+            Msg::QueryConfigResp { rpc, configs } => {
+                if let Some(Outgoing::PeerRoute) = self.outgoing.remove(&rpc) {
+                    self.on_peer_route(io, Some(configs), None);
+                }
+            }
+            Msg::ClientWriteResp { rpc, result } => {
+                if let Some(Outgoing::Ship { ship, partition }) = self.outgoing.remove(&rpc) {
+                    self.on_ship_answer(io, ship, partition, Some(result));
+                }
+            }
             Msg::RpcFailed { rpc, .. } => self.on_rpc_failed(io, rpc),
-            Msg::Beacon { .. } | Msg::Propose { .. } | Msg::QueryConfig { .. } => {}
-            Msg::QueryConfigResp { .. } | Msg::ClientWriteResp { .. } | Msg::ClientReadResp { .. } => {}
+            Msg::Beacon { .. } | Msg::Propose { .. } | Msg::QueryConfig { .. } | Msg::ClientReadResp { .. } => {}
         }
     }
 }

@@ -16,6 +16,13 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
             write_policy!(tx, id, Some(old), new, who, at);
+            if let Some(site) = tandem_meta_core::store::policy_dup_removed(old, new) {
+                sqlx::query("UPDATE duplications SET status = 'removed' WHERE table_id = $1 AND remote_site = $2 AND status <> 'removed'")
+                    .bind(i64::from(id))
+                    .bind(site)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         });
         tracing::info!(id, who, ?old, ?new, "policy changed");
         Ok(())
