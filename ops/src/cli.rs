@@ -270,6 +270,11 @@ pub struct PlaygroundArgs {
     /// 1: one site.
     #[arg(long, default_value_t = 2)]
     pub sites: u8,
+    /// Start only this site of the two (site-a or site-b), on its usual ports, duplicating demo
+    /// to the other, which another `tandem playground --site` process runs (ops/bench-dup
+    /// --split puts each on its own core).
+    #[arg(long, conflicts_with = "sites")]
+    pub site: Option<String>,
     /// Exit after the cluster is healthy instead of serving (for scripts and tests).
     #[arg(long, hide = true)]
     pub exit_when_ready: bool,

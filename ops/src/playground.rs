@@ -29,6 +29,15 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     if args.sites == 0 || args.sites > 2 {
         return Err(Failure::new(2, "--sites must be 1 (one site) or 2 (two sites duplicating to each other)"));
     }
+    // --site: one of the two sites, in this process; the other runs elsewhere.
+    let only = match args.site.as_deref() {
+        None => None,
+        Some(name) => match SITES.iter().position(|(n, _)| *n == name) {
+            Some(i) => Some(i),
+            None => return Err(Failure::new(2, format!("--site must be site-a or site-b, not {name:?}"))),
+        },
+    };
+    let args = PlaygroundArgs { sites: if only.is_some() { 2 } else { args.sites }, ..args };
     if args.replicas == 0 || args.replicas > 9 {
         return Err(Failure::new(2, "--replicas must be 1 to 9"));
     }
@@ -41,7 +50,7 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut sites = Vec::new();
-    for s in 0..args.sites as usize {
+    for s in (0..args.sites as usize).filter(|s| only.is_none_or(|o| o == *s)) {
         // One site keeps today's layout (data directly under --data-dir); two get a directory each.
         let (name, cluster_id, dir) = if args.sites == 1 {
             ("local", 1, data_dir.clone())
@@ -59,9 +68,15 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
             return Err(e);
         }
     }
-    if let [a, b] = &sites[..]
-        && let Err(e) = link(a, b).await.and(link(b, a).await)
-    {
+    let linked = match (&sites[..], only) {
+        ([a, b], _) => link(a, &b.name, &b.meta_addr).await.and(link(b, &a.name, &a.meta_addr).await),
+        ([a], Some(o)) => {
+            let other = 1 - o;
+            link(a, SITES[other].0, &format!("127.0.0.1:{}", args.base_port as u32 + other as u32)).await
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = linked {
         let _ = stop_tx.send(true);
         return Err(e);
     }
@@ -71,6 +86,10 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     outln!("Tandem playground is up ({what} 1 meta server + {} replica servers; data in {})", args.replicas, data_dir.display());
     for site in &sites {
         outln!("  {}: meta server {}, replica servers {}", site.name, site.meta_addr, site.replica_addrs.join(" "));
+    }
+    if let Some(o) = only {
+        let (other, port) = (SITES[1 - o].0, args.base_port as u32 + 1 - o as u32);
+        outln!("  demo is duplicated to {other} at 127.0.0.1:{port}: start it with tandem playground --site {other} --base-port {}", args.base_port);
     }
     outln!();
     outln!("Try, in another terminal (TANDEM_META={} is the default):", a.meta_addr);
@@ -159,13 +178,13 @@ fn start_site(
 }
 
 /// Site `from` knows `to` and duplicates `demo` to it (kept as they are on a restart).
-async fn link(from: &Site, to: &Site) -> CmdResult {
+async fn link(from: &Site, to_name: &str, to_meta: &str) -> CmdResult {
     use tandem_client::ClientError::AlreadyExists;
-    match from.client.site_add(&to.name, std::slice::from_ref(&to.meta_addr)).await {
+    match from.client.site_add(to_name, &[to_meta.to_string()]).await {
         Ok(_) | Err(AlreadyExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let req = tandem_proto::v1::DupAddRequest { table: "demo".into(), remote_site: to.name.clone(), fail_mode: String::new(), sync_existing: false };
+    let req = tandem_proto::v1::DupAddRequest { table: "demo".into(), remote_site: to_name.to_string(), fail_mode: String::new(), sync_existing: false };
     match from.client.dup_add(req).await {
         Ok(_) | Err(AlreadyExists(_)) => Ok(()),
         Err(e) => Err(e.into()),

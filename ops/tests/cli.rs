@@ -375,11 +375,7 @@ async fn site_and_dup_commands_with_their_output_and_exit_codes() {
 /// ephemeral range that the other tests draw from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_playground_starts_two_sites_duplicating_demo_both_ways() {
-    let needed = |base: u16| [0u16, 1, 200, 201, 202, 300, 301, 302].map(|o| base + o);
-    let base = (20_000..30_000)
-        .step_by(500)
-        .find(|&b| needed(b).iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
-        .expect("a free block of ports below 30000");
+    let base = playground_ports(20_000);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("playground.log");
     let mut child = std::process::Command::new(bin())
@@ -432,4 +428,62 @@ fn sim_runs_two_sites_and_refuses_a_third() {
     let out = std::process::Command::new(bin()).args(["sim", "--seed", "3", "--sites", "3"]).output().expect("run tandem");
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sites"));
+}
+
+/// `tandem playground --site`: each site of the pair in its own process (what `ops/bench-dup
+/// --split` runs), duplicating demo to the other; a write at one is read at the other. An
+/// unknown site name is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_runs_one_site_per_process() {
+    let out = std::process::Command::new(bin()).args(["playground", "--site", "site-c"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--site must be site-a or site-b"));
+    let base = playground_ports(20_250);
+    let dir = tempfile::tempdir().unwrap();
+    let start = |site: &str| {
+        let log = dir.path().join(format!("{site}.log"));
+        let child = std::process::Command::new(bin())
+            .args(["playground", "--fresh", "--site", site, "--base-port", &base.to_string(), "--data-dir"])
+            .arg(dir.path().join(site))
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the playground");
+        (child, log)
+    };
+    let mut sites = [start("site-a"), start("site-b")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    for (child, log) in sites.iter_mut() {
+        loop {
+            let text = std::fs::read_to_string(&*log).unwrap_or_default();
+            if text.contains("Ctrl-C stops it") {
+                assert!(text.contains("demo is duplicated to site-"), "{text}");
+                break;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "a playground exited: {text}");
+            assert!(std::time::Instant::now() < deadline, "a playground was not up within 90 s: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let client = |port: u16| tandem_client::Client::new(&[format!("127.0.0.1:{port}")], Default::default()).unwrap();
+    let (ca, cb) = (client(base), client(base + 1));
+    ca.table("demo").set(b"user1", b"name", b"Alice", 0).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cb.table("demo").get(b"user1", b"name").await.unwrap().as_deref() != Some(&b"Alice"[..]) {
+        assert!(std::time::Instant::now() < deadline, "the write at site-a did not reach site-b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (child, _) in sites.iter_mut() {
+        assert!(std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap().success());
+        assert!(child.wait().unwrap().success(), "a playground stops cleanly on Ctrl-C");
+    }
+}
+
+/// A base port, from `first` up in steps of 500, whose two-site playground ports are all free.
+fn playground_ports(first: u16) -> u16 {
+    let needed = |base: u16| [0u16, 1, 200, 201, 202, 300, 301, 302].map(|o| base + o);
+    (first..30_000)
+        .step_by(500)
+        .find(|&b| needed(b).iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
+        .expect("a free block of ports below 30000")
 }
