@@ -12,7 +12,9 @@ use tokio::sync::watch;
 struct Site {
     name: String,
     meta_addr: String,
+    meta_metrics: String,
     replica_addrs: Vec<String>,
+    replica_metrics: Vec<String>,
     client: tandem_client::Client,
 }
 
@@ -63,7 +65,7 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
         sites.push(site);
     }
     for site in &sites {
-        if let Err(e) = wait_ready(&site.client, args.replicas as u32, &tasks).await {
+        if let Err(e) = wait_ready(&site.client, args.replicas as u32, &mut tasks).await {
             let _ = stop_tx.send(true);
             return Err(e);
         }
@@ -86,6 +88,8 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     outln!("Tandem playground is up ({what} 1 meta server + {} replica servers; data in {})", args.replicas, data_dir.display());
     for site in &sites {
         outln!("  {}: meta server {}, replica servers {}", site.name, site.meta_addr, site.replica_addrs.join(" "));
+        let metrics: Vec<String> = std::iter::once(&site.meta_metrics).chain(&site.replica_metrics).map(|a| format!("http://{a}/metrics")).collect();
+        outln!("    metrics: {}", metrics.join(" "));
     }
     if let Some(o) = only {
         let (other, port) = (SITES[1 - o].0, args.base_port as u32 + 1 - o as u32);
@@ -123,8 +127,9 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
     Ok(())
 }
 
-/// Starts site number `index`: its meta on SQLite at base_port + index, its replica servers at
-/// base_port + 200 + 100 × index + 1, + 2, ….
+/// Starts site number `index`: its meta on SQLite at base_port + index (its /metrics at
+/// base_port + 100 + index), its replica servers at base_port + 200 + 100 × index, + 1, …
+/// (their /metrics at base_port + 250 + 100 × index, + 1, …).
 #[allow(clippy::too_many_arguments)]
 fn start_site(
     args: &PlaygroundArgs,
@@ -139,10 +144,14 @@ fn start_site(
         u16::try_from(args.base_port as u32 + offset).map_err(|_| Failure::new(2, "--base-port too high: the playground uses it and the ports up to 400 above it"))
     };
     let meta_addr = format!("127.0.0.1:{}", port(index as u32)?);
+    let meta_metrics = format!("127.0.0.1:{}", port(100 + index as u32)?);
     // Embedded defaults, with TANDEM_<SECTION>_<KEY> variables applied (addresses, data
     // directories and the site's identity are the playground's own).
     let mut config = Config::load(None)?;
     config.meta.listen = meta_addr.clone();
+    // Every server serves /metrics on its own port (a TANDEM_*_METRICS_LISTEN variable would
+    // give them all one: the playground's addresses are its own).
+    config.meta.metrics_listen = meta_metrics.clone();
     config.meta.store = format!("sqlite://{}", dir.join("meta.db").display());
     config.meta.site = name.to_string();
     config.replica.meta = vec![meta_addr.clone()];
@@ -163,9 +172,12 @@ fn start_site(
     let who = name.to_string();
     tasks.push(tokio::spawn(async move { tandem_meta::server::run(meta_opts, rx).await.map_err(|e| format!("{who} meta server: {e:#}")) }));
     let mut replica_addrs = Vec::new();
+    let mut replica_metrics = Vec::new();
     for i in 1..=args.replicas {
         let mut c = config.clone();
         c.replica.listen = format!("127.0.0.1:{}", port(199 + 100 * index as u32 + i as u32)?);
+        c.replica.metrics_listen = format!("127.0.0.1:{}", port(249 + 100 * index as u32 + i as u32)?);
+        replica_metrics.push(c.replica.metrics_listen.clone());
         c.replica.data_dir = dir.join(format!("replica-{i}"));
         let opts = c.replica_options()?;
         replica_addrs.push(c.replica.listen.clone());
@@ -174,7 +186,7 @@ fn start_site(
         tasks.push(tokio::spawn(async move { tandem_replica::run(opts, rx).await.map_err(|e| format!("{who} replica server {i}: {e:#}")) }));
     }
     let client = tandem_client::Client::new(std::slice::from_ref(&meta_addr), Default::default())?;
-    Ok(Site { name: name.to_string(), meta_addr, replica_addrs, client })
+    Ok(Site { name: name.to_string(), meta_addr, meta_metrics, replica_addrs, replica_metrics, client })
 }
 
 /// Site `from` knows `to` and duplicates `demo` to it (kept as they are on a restart).
@@ -193,12 +205,18 @@ async fn link(from: &Site, to_name: &str, to_meta: &str) -> CmdResult {
 
 /// Polls the meta until every replica server is alive, a `demo` table exists and every
 /// partition is healthy.
-async fn wait_ready(client: &tandem_client::Client, replicas: u32, tasks: &[tokio::task::JoinHandle<Result<(), String>>]) -> CmdResult {
+async fn wait_ready(client: &tandem_client::Client, replicas: u32, tasks: &mut Vec<tokio::task::JoinHandle<Result<(), String>>>) -> CmdResult {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut created = false;
     loop {
-        if tasks.iter().any(|t| t.is_finished()) {
-            return Err(Failure::new(1, "a server stopped during start-up (see the messages above; is a port taken? use --base-port)"));
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            // It is finished: its answer is there at once, and says why.
+            let why = match tasks.remove(i).await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => "a server exited".to_string(),
+                Err(e) => format!("a server's task failed: {e}"),
+            };
+            return Err(Failure::new(1, format!("a server stopped during start-up: {why} (is a port taken? use --base-port)")));
         }
         if let Ok(s) = client.cluster_status().await
             && s.nodes_alive >= replicas

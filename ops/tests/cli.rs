@@ -398,6 +398,12 @@ async fn the_playground_starts_two_sites_duplicating_demo_both_ways() {
     let (a, b) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 1));
     assert!(text.contains(&format!("site-a: meta server {a}")) && text.contains(&format!("site-b: meta server {b}")), "{text}");
     assert!(text.contains(&format!("tandem get demo user1 name --meta {b}")), "{text}");
+    // Every server serves /metrics on its own port, printed with the others.
+    for offset in [100u16, 101, 250, 251, 252, 350, 351, 352] {
+        assert!(text.contains(&format!("http://127.0.0.1:{}/metrics", base + offset)), "{text}");
+    }
+    let scrape = http_get(base + 251, "/metrics");
+    assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("tandem_replica_"), "{scrape}");
     let client = |addr: &str| tandem_client::Client::new(&[addr.to_string()], Default::default()).unwrap();
     let (ca, cb) = (client(&a), client(&b));
     ca.table("demo").set(b"user1", b"name", b"Alice", 0).await.unwrap();
@@ -481,9 +487,37 @@ async fn the_playground_runs_one_site_per_process() {
 
 /// A base port, from `first` up in steps of 500, whose two-site playground ports are all free.
 fn playground_ports(first: u16) -> u16 {
-    let needed = |base: u16| [0u16, 1, 200, 201, 202, 300, 301, 302].map(|o| base + o);
+    let needed = |base: u16| [0u16, 1, 100, 101, 200, 201, 202, 250, 251, 252, 300, 301, 302, 350, 351, 352].map(|o| base + o);
     (first..30_000)
         .step_by(500)
         .find(|&b| needed(b).iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()))
         .expect("a free block of ports below 30000")
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1:`port`: the whole answer, head and body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read the answer");
+    answer
+}
+
+/// A playground server that cannot start says why in the playground's own output (here: its
+/// port is taken), and the playground exits 1.
+#[test]
+fn a_playground_server_that_cannot_start_says_why() {
+    let base = playground_ports(20_125);
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 201)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["playground", "--sites", "1", "--fresh", "--exit-when-ready", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a server stopped during start-up: local replica server 2"), "{stderr}");
 }
