@@ -110,6 +110,9 @@ pub struct SiteParams {
     pub dup_add_at_us: u64,
     /// The operator pauses and resumes the duplication while faults go on.
     pub pause_toggles: bool,
+    /// A small `max_value_bytes` at this site (batches over 4 × it are refused as too large, so
+    /// the other site's duplicators halve them down to single records).
+    pub value_bytes_max: Option<usize>,
 }
 
 impl Params {
@@ -285,6 +288,9 @@ impl Sim {
         opts.host.checkpoint_hold_ms = params.checkpoint_hold_ms;
         if let Some(site) = &params.site {
             opts.host.replica.cluster_id = site.cluster_id;
+            if let Some(v) = site.value_bytes_max {
+                opts.host.replica.limits.value_bytes_max = v;
+            }
         }
         let servers = (0..params.servers)
             .map(|i| {

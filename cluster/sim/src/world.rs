@@ -103,6 +103,9 @@ impl World {
                 sync_existing,
                 dup_add_at_us,
                 pause_toggles: rng.chance(0.3),
+                // The workload's values are at most ~20 bytes: 64..=256 refuses batches of a
+                // handful of records upward.
+                value_bytes_max: rng.chance(0.3).then(|| rng.range(64, 256) as usize),
             });
         }
         let link_faults = allowed.contains(FaultKind::Partition) && rng.chance(0.75);

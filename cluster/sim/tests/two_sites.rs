@@ -67,3 +67,12 @@ fn regression_seed_5227_a_stale_load_kept_a_duplication_paused() {
 fn regression_seed_944_a_second_upgrade_proposal_dropped_the_first_learner_from_commits() {
     regression(944);
 }
+
+/// Site-b's small `max_value_bytes` refused site-a's batches as too large; after each success the
+/// duplicator grew its batches back to the refused size, so every other round trip was refused
+/// and a backlog drained at half speed — past the drain deadline. Fixed in the duplicator: a
+/// batch never grows back to a size the remote refused.
+#[test]
+fn regression_seed_2389_batches_grew_back_to_a_refused_size() {
+    regression(2389);
+}

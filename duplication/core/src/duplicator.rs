@@ -249,6 +249,10 @@ pub struct Duplicator {
     retry_at_ms: u64,
     retry_delay_ms: u64,
     batch_bytes_limit: usize,
+    /// The smallest batch the remote refused as too large: batches grow back after a success,
+    /// but never to that size again (growing back to it cost every other round trip; the
+    /// two-site simulator's small `max_value_bytes` drained a backlog at half speed, seed 2389).
+    refused_bytes: Option<usize>,
     records_shipped: u64,
     bytes_shipped: u64,
     failures: u64,
@@ -268,6 +272,7 @@ impl Duplicator {
         Duplicator {
             retry_delay_ms: options.retry_delay_min_ms,
             batch_bytes_limit: options.batch_bytes_max,
+            refused_bytes: None,
             options,
             phase,
             start_now,
@@ -483,7 +488,8 @@ impl Duplicator {
         self.records_shipped += flight.records.len() as u64;
         self.bytes_shipped += flight.records.iter().map(|p| p.record.bytes()).sum::<usize>() as u64;
         self.retry_delay_ms = self.options.retry_delay_min_ms;
-        self.batch_bytes_limit = (self.batch_bytes_limit * 2).min(self.options.batch_bytes_max);
+        let ceiling = self.refused_bytes.map_or(self.options.batch_bytes_max, |r| r.saturating_sub(1).max(1));
+        self.batch_bytes_limit = (self.batch_bytes_limit * 2).min(self.options.batch_bytes_max).min(ceiling);
         self.last_error = None;
         match self.phase {
             Phase::Log => self.confirm_read(),
@@ -504,6 +510,7 @@ impl Duplicator {
             ShipFailure::TooLarge if several => {
                 // apache/incubator-pegasus#1840: a duplicator that cannot shrink its batch stalls.
                 self.batch_bytes_limit = (bytes / 2).max(1);
+                self.refused_bytes = Some(self.refused_bytes.map_or(bytes, |r| r.min(bytes)));
                 self.last_error = Some(format!("the remote refused {bytes} bytes as too large: shipping smaller batches"));
                 self.failures += 1;
             }

@@ -97,8 +97,24 @@ fn a_batch_refused_as_too_large_ships_in_halves_and_a_large_record_alone() {
         batch: 2,
         records: recs[..2].to_vec()
     }]);
-    step(&mut d, 2, Input::Shipped { batch: 2 });
+    // After a success the batch grows back, but not to the size refused: the rest (two records,
+    // as many bytes as the refused four minus what shipped) goes in one batch, refused no more.
+    assert_eq!(step(&mut d, 2, Input::Shipped { batch: 2 }), vec![Action::Ship { batch: 3, records: recs[2..].to_vec() }]);
     assert_eq!(d.confirmed(), 2);
+    // Four more records of the same sizes: they never travel as the four refused did.
+    let refused: usize = recs.iter().map(DupRecord::bytes).sum();
+    let mut actions = step(&mut d, 3, Input::Shipped { batch: 3 });
+    actions.extend(step(&mut d, 3, Input::Committed { decree: 8 }));
+    let Some(Action::ReadLog { read, .. }) = actions.iter().find(|a| matches!(a, Action::ReadLog { .. })).cloned() else { panic!("{actions:?}") };
+    let more: Vec<_> = (0..4).map(|j| mutation(5 + j, std::slice::from_ref(&recs[j as usize]))).collect();
+    let mut pending = step(&mut d, 4, Input::LogRead { read, mutations: more });
+    let mut shipped = 0;
+    while let Some(Action::Ship { batch, records }) = pending.iter().find(|a| matches!(a, Action::Ship { .. })).cloned() {
+        assert!(records.iter().map(DupRecord::bytes).sum::<usize>() < refused, "a batch as large as the refused one: {records:?}");
+        shipped += records.len();
+        pending = step(&mut d, 5, Input::Shipped { batch });
+    }
+    assert_eq!((shipped, d.confirmed()), (4, 8));
 
     // A record larger than the batch limit still ships, alone.
     let mut d = Duplicator::new(DuplicatorOptions { batch_bytes_max: 10, ..options() }, Start::From(0));
