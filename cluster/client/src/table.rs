@@ -154,10 +154,10 @@ impl Table {
     /// records were written and how many lost to a stored record.
     pub async fn duplicate(&self, records: Vec<DupRecord>) -> Result<DupApplied> {
         let route = self.client.route(&self.name, false).await?;
-        let mut groups: std::collections::BTreeMap<u32, Vec<DupRecord>> = std::collections::BTreeMap::new();
-        for r in records {
-            let (hash_key, _) = tandem_core::key::decode_key(&r.key).map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
-            groups.entry(partition_index(hash_key, route.partition_count)).or_default().push(r);
+        // The one routing rule, shared with the simulator's shipping.
+        let (groups, bad) = tandem_dup_core::split_by_partition(records, route.partition_count);
+        if let Some(r) = bad.first() {
+            return Err(ClientError::InvalidArgument(format!("{} duplicated records have keys that do not decode (the first: {:?})", bad.len(), r.key)));
         }
         let calls = groups.into_iter().map(|(p, records)| {
             let request = WriteRequest::Duplicate { records };
