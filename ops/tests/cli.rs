@@ -403,11 +403,19 @@ async fn the_playground_starts_two_sites_duplicating_demo_both_ways() {
         assert!(text.contains(&format!("http://127.0.0.1:{}/metrics", base + offset)), "{text}");
     }
     let scrape = http_get(base + 251, "/metrics");
-    assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("tandem_replica_"), "{scrape}");
+    assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("# TYPE tandem_replica_mutation_log_records_total counter"), "{scrape}");
+    let records = |scrape: &str| -> u64 {
+        let line = scrape.lines().find(|l| l.starts_with("tandem_replica_mutation_log_records_total ")).expect("the log's record counter");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let before = records(&scrape);
     let client = |addr: &str| tandem_client::Client::new(&[addr.to_string()], Default::default()).unwrap();
     let (ca, cb) = (client(&a), client(&b));
     ca.table("demo").set(b"user1", b"name", b"Alice", 0).await.unwrap();
     cb.table("demo").set(b"user2", b"name", b"Bob", 0).await.unwrap();
+    // Each of site-a's servers holds every partition of demo (3 replicas on 3 servers): its log
+    // took at least the one write.
+    assert!(records(&http_get(base + 251, "/metrics")) > before);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let at_b = cb.table("demo").get(b"user1", b"name").await.unwrap();

@@ -1,6 +1,6 @@
 //! Prometheus metrics of a replica server (served by `tandem_runtime::metrics`).
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -11,8 +11,12 @@ pub struct Metrics {
     pub latency: HistogramVec,
     /// Replicas on this server by status.
     pub replicas: IntGaugeVec,
-    /// Mutation log records and fsyncs (the group commit ratio).
-    pub log: IntGaugeVec,
+    /// The shared mutation log: records appended, fsyncs (records / fsyncs is the group commit
+    /// ratio) and appends that waited for a fuller group, as counters; its size on disk.
+    pub log_records: IntCounter,
+    pub log_fsyncs: IntCounter,
+    pub log_group_waits: IntCounter,
+    pub log_bytes: IntGauge,
     /// Memory shared by the server's RocksDB instances, bytes.
     pub memory: IntGaugeVec,
     /// Per duplication of a partition this server is the primary of: how far behind the other
@@ -34,12 +38,19 @@ impl Metrics {
         let latency = HistogramVec::new(HistogramOpts::new(format!("{prefix}_request_seconds"), "request latency").buckets(buckets), &["op"])
             .expect("valid metric");
         let replicas = IntGaugeVec::new(Opts::new(format!("{prefix}_replicas"), "replicas by status"), &["status"]).expect("valid metric");
-        let log = IntGaugeVec::new(Opts::new(format!("{prefix}_mutation_log"), "mutation log counters"), &["counter"]).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(format!("{prefix}_mutation_log_{name}_total"), help).expect("valid metric");
+        let log_records = counter("records", "records appended to the mutation log");
+        let log_fsyncs = counter("fsyncs", "fsyncs of the mutation log");
+        let log_group_waits = counter("group_waits", "appends that waited for a fuller group commit");
+        let log_bytes = IntGauge::new(format!("{prefix}_mutation_log_bytes"), "size of the mutation log's segments").expect("valid metric");
         registry.register(Box::new(requests.clone())).expect("register once");
         registry.register(Box::new(latency.clone())).expect("register once");
         registry.register(Box::new(replicas.clone())).expect("register once");
         let memory = IntGaugeVec::new(Opts::new(format!("{prefix}_memory_bytes"), "memory by use"), &["use"]).expect("valid metric");
-        registry.register(Box::new(log.clone())).expect("register once");
+        for c in [&log_records, &log_fsyncs, &log_group_waits] {
+            registry.register(Box::new(c.clone())).expect("register once");
+        }
+        registry.register(Box::new(log_bytes.clone())).expect("register once");
         registry.register(Box::new(memory.clone())).expect("register once");
         let dup_labels = &["table_id", "partition", "dup"];
         let dup_lag_decrees = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_lag_decrees"), "committed decrees not yet confirmed at the other site"), dup_labels)
@@ -57,7 +68,21 @@ impl Metrics {
             registry.register(Box::new(m.clone())).expect("register once");
         }
         registry.register(Box::new(dup_apply_delay.clone())).expect("register once");
-        Metrics { registry, requests, latency, replicas, log, memory, dup_lag_decrees, dup_lag_ms, dup_confirmed, dup_apply_delay }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            replicas,
+            log_records,
+            log_fsyncs,
+            log_group_waits,
+            log_bytes,
+            memory,
+            dup_lag_decrees,
+            dup_lag_ms,
+            dup_confirmed,
+            dup_apply_delay,
+        }
     }
 
     pub fn observe(&self, op: &str, result: &str, seconds: f64) {

@@ -382,10 +382,12 @@ impl Node {
         for (status, n) in counts {
             self.metrics.replicas.with_label_values(&[status]).set(n);
         }
-        self.metrics.log.with_label_values(&["records"]).set(self.log.appended_records() as i64);
-        self.metrics.log.with_label_values(&["fsyncs"]).set(self.log.fsyncs() as i64);
-        self.metrics.log.with_label_values(&["group_waits"]).set(self.log.group_waits() as i64);
-        self.metrics.log.with_label_values(&["bytes"]).set(self.log.total_bytes() as i64);
+        // The log counts since it opened; the counters catch up with it at each scrape.
+        let m = &self.metrics;
+        for (counter, now) in [(&m.log_records, self.log.appended_records()), (&m.log_fsyncs, self.log.fsyncs()), (&m.log_group_waits, self.log.group_waits())] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+        m.log_bytes.set(self.log.total_bytes() as i64);
         self.metrics.memory.with_label_values(&["memtables"]).set(self.engine_memory.memtable_bytes() as i64);
         self.metrics.memory.with_label_values(&["block_cache"]).set(self.engine_memory.block_cache_bytes() as i64);
         // Only what this server ships now: a duplicator that moved with its primary goes.
