@@ -308,6 +308,19 @@ fn every_learner_proposed_for_upgrade_counts_not_only_the_latest() {
     assert_eq!(r.last_committed(), 1);
 }
 
+/// A ballot has one primary: a prepare at the current ballot that names another primary is
+/// refused, and the primary stays primary (it used to adopt the stranger's configuration and go
+/// inactive).
+#[test]
+fn a_prepare_naming_another_primary_at_the_same_ballot_is_refused() {
+    let mut r = primary_of(&[S1]);
+    let stranger = "stranger:1";
+    let msg = PrepareMsg { config: config(1, stranger, &[], &[]), mutations: vec![], last_committed: 0 };
+    r.step(&ctx(1), Input::Prepare { token: 7, from: stranger.into(), msg });
+    assert_eq!(r.take_actions(), vec![Action::ReplyPrepare { token: 7, reply: PrepareReply { ballot: 1, outcome: PrepareOutcome::NotMember } }]);
+    assert_eq!(r.status(), PartitionStatus::Primary);
+}
+
 /// A replica reopened from a flushed engine with its log collected does not know the ballot it
 /// last took part in. A deposed primary's prepare must not make it a secondary again: it would
 /// skip the decrees it committed under the newer ballot and ack the primary's different ones

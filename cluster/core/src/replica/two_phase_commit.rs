@@ -92,7 +92,12 @@ impl Replica {
             self.actions.push(Action::ReplyPrepare { token, reply });
             return;
         }
-        if msg.config.primary.as_deref() != Some(from.as_str()) {
+        // A ballot has one primary (the meta moves the primary only with a new ballot): a prepare
+        // that names another one for the ballot this replica knows is from no configuration of
+        // the partition; adopting it would make this replica, its primary perhaps, inactive
+        // (found by ops/tests/batch.rs, whose bogus prepare took over a partition at ballot 1).
+        let other_primary = ballot == self.config.ballot && self.ballot_known && self.config.primary.is_some() && msg.config.primary != self.config.primary;
+        if msg.config.primary.as_deref() != Some(from.as_str()) || other_primary {
             let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::NotMember };
             self.actions.push(Action::ReplyPrepare { token, reply });
             return;
