@@ -167,6 +167,9 @@ impl ReplicaHandle {
     }
 }
 
+/// The ship task's own bound: the client's request timeout and a margin.
+const SHIP_BOUND: std::time::Duration = crate::node::SHIP_REQUEST_TIMEOUT.saturating_add(crate::node::SHIP_TIMEOUT_MARGIN);
+
 /// How the other site's refusal of a batch reads to the duplicator.
 fn ship_failure(e: tandem_client::ClientError) -> DupFailure {
     use tandem_client::ClientError;
@@ -420,11 +423,11 @@ impl ReplicaTask {
                         let input = match node.site_client(&remote_site) {
                             // The ship's own bound, so that the duplicator always hears back
                             // even if a call inside the client never returns.
-                            Ok(client) => match tokio::time::timeout(crate::node::SHIP_REQUEST_TIMEOUT + crate::node::SHIP_TIMEOUT_MARGIN, client.table(&table).duplicate(records)).await {
+                            Ok(client) => match tokio::time::timeout(SHIP_BOUND, client.table(&table).duplicate(records)).await {
                                 Ok(Ok(_)) => DupInput::Shipped { batch },
                                 Ok(Err(e)) => DupInput::ShipFailed { batch, failure: ship_failure(e) },
                                 Err(_) => {
-                                    let why = format!("site {remote_site:?} did not take the batch within {:?}", crate::node::SHIP_REQUEST_TIMEOUT + crate::node::SHIP_TIMEOUT_MARGIN);
+                                    let why = format!("site {remote_site:?} did not take the batch within {SHIP_BOUND:?}");
                                     DupInput::ShipFailed { batch, failure: DupFailure::Unavailable(why) }
                                 }
                             },

@@ -19,7 +19,7 @@
 
 use crate::check::lww;
 use crate::event::TraceLine;
-use crate::faults::{FaultKind, FaultSet};
+use crate::faults::{FaultKind, FaultPlan, FaultSet};
 use crate::hash::Fnv64;
 use crate::msg::Envelope;
 use crate::network::{Fate, Network};
@@ -83,8 +83,8 @@ impl World {
     pub fn new(seed: u64, fault_time_us: u64, allowed: &FaultSet, trace: bool) -> World {
         let mut rng = site_rng(seed, 0);
         let mut rngs = [site_rng(seed, 1), site_rng(seed, 2)];
-        let mut params: Vec<Params> = rngs.iter_mut().map(|r| Params::draw(r, fault_time_us)).collect();
-        let plans: Vec<crate::faults::FaultPlan> = rngs.iter_mut().map(|r| crate::faults::FaultPlan::draw(allowed, r)).collect();
+        let mut params = rngs.each_mut().map(|r| Params::draw(r, fault_time_us));
+        let plans = rngs.each_mut().map(|r| FaultPlan::draw(allowed, r));
         let skew = rng.range(0, 4 * MAX_CLOCK_OFFSET_US as u64) as i64 - 2 * MAX_CLOCK_OFFSET_US;
         let shared_keys = rng.range(1, 4) as usize;
         for i in 0..2 {
@@ -112,14 +112,10 @@ impl World {
         let loss = if allowed.contains(FaultKind::Loss) && rng.chance(0.5) { rng.range(1, 50) as f64 / 1000.0 } else { 0.0 };
         let mut link = Network::new(loss, 0.0, rng.range(500, 20_000));
         link.latency_min_us = rng.range(1_000, 30_000);
-        let [ra, rb] = rngs;
-        let mut p = params.into_iter();
-        let mut pl = plans.into_iter();
-        let a = Sim::with(seed, ra, p.next().expect("two"), pl.next().expect("two"), trace);
-        let b = Sim::with(seed, rb, p.next().expect("two"), pl.next().expect("two"), trace);
+        let ([ra, rb], [pa, pb], [fa, fb]) = (rngs, params, plans);
         let mut world = World {
             seed,
-            sites: [a, b],
+            sites: [Sim::with(seed, ra, pa, fa, trace), Sim::with(seed, rb, pb, fb, trace)],
             link,
             link_faults,
             cut: false,

@@ -89,6 +89,20 @@ pub struct DupReport {
     pub resyncs: u64,
 }
 
+impl From<tandem_dup_core::DuplicatorState> for DupReport {
+    /// What a primary reports of its duplicator in a beacon.
+    fn from(s: tandem_dup_core::DuplicatorState) -> DupReport {
+        DupReport {
+            confirmed: s.confirmed,
+            lag_decrees: s.lag_decrees,
+            lag_ms: s.lag_ms,
+            phase: s.phase.to_string(),
+            last_error: s.last_error,
+            resyncs: s.resyncs,
+        }
+    }
+}
+
 /// One partition of a duplication in `dup list`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DupPartitionView {

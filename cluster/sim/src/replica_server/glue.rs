@@ -182,21 +182,13 @@ impl ReplicaServer {
     fn dup_reports(&self, now_us: u64) -> Vec<(Gpid, u32, tandem_meta_core::duplication::DupReport)> {
         let ctx = self.ctx(now_us);
         let now = tandem_dup_core::Now { now_ms: ctx.now_ms, wall_us: ctx.wall_us };
-        let mut out = Vec::new();
-        for (gpid, slot) in &self.replicas {
-            for (dup_id, s) in slot.hosted.duplications().progress(now) {
-                let report = tandem_meta_core::duplication::DupReport {
-                    confirmed: s.confirmed,
-                    lag_decrees: s.lag_decrees,
-                    lag_ms: s.lag_ms,
-                    phase: s.phase.to_string(),
-                    last_error: s.last_error,
-                    resyncs: s.resyncs,
-                };
-                out.push((*gpid, dup_id, report));
-            }
-        }
-        out
+        self.replicas
+            .iter()
+            .flat_map(|(gpid, slot)| {
+                let gpid = *gpid;
+                slot.hosted.duplications().progress(now).into_iter().map(move |(dup_id, s)| (gpid, dup_id, s.into()))
+            })
+            .collect()
     }
 
     pub fn on_host_tick(&mut self, io: &mut Io<'_>) {

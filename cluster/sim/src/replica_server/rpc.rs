@@ -42,7 +42,7 @@ impl ReplicaServer {
                 let now_ms = self.ctx(io.now_us).now_ms;
                 host_step!(self, io, HostInput::BeaconFailed { now_ms })
             }
-            Outgoing::PeerRoute => self.on_peer_route(io, None, None),
+            Outgoing::PeerRoute => self.on_peer_route(io, ship::PeerRoute::Failed),
             Outgoing::Ship { ship, partition } => self.on_ship_answer(io, ship, partition, None),
         }
     }
@@ -123,8 +123,11 @@ impl ReplicaServer {
                     }
                     Outgoing::Propose { gpid } => self.deliver(io, gpid, ReplicaEvent::ProposalReply { result: Err(error.to_string()) }),
                     Outgoing::PeerRoute => {
-                        let hint = matches!(error, MetaError::NotLeader { .. }).then(|| crate::meta::hinted(&error));
-                        self.on_peer_route(io, None, hint);
+                        let answer = match error {
+                            MetaError::NotLeader { .. } => ship::PeerRoute::NotLeader(crate::meta::hinted(&error)),
+                            _ => ship::PeerRoute::Failed,
+                        };
+                        self.on_peer_route(io, answer);
                     }
                     _ => {}
                 }
@@ -159,7 +162,7 @@ impl ReplicaServer {
             }
             Msg::QueryConfigResp { rpc, configs } => {
                 if let Some(Outgoing::PeerRoute) = self.outgoing.remove(&rpc) {
-                    self.on_peer_route(io, Some(configs), None);
+                    self.on_peer_route(io, ship::PeerRoute::Configs(configs));
                 }
             }
             Msg::ClientWriteResp { rpc, result } => {

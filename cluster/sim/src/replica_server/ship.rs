@@ -33,6 +33,14 @@ pub(super) struct Ship {
     retry_scheduled: bool,
 }
 
+/// How the other site's meta answered the route question.
+pub(super) enum PeerRoute {
+    Configs(Vec<PartitionConfig>),
+    /// Not the leader; the leader it named, if any.
+    NotLeader(Option<usize>),
+    Failed,
+}
+
 /// What this server knows of the other site: its meta servers and the table's route there.
 #[derive(Default)]
 pub(super) struct PeerSite {
@@ -182,21 +190,14 @@ impl ReplicaServer {
         io.send(self.endpoint(), to, Msg::QueryConfig { rpc });
     }
 
-    /// The other site's meta answered with the route (`None`: it failed; `hint`: its leader).
-    pub(super) fn on_peer_route(&mut self, io: &mut Io<'_>, configs: Option<Vec<PartitionConfig>>, not_leader: Option<Option<usize>>) {
+    /// The other site's meta answered the route question.
+    pub(super) fn on_peer_route(&mut self, io: &mut Io<'_>, answer: PeerRoute) {
         self.peer.asking = false;
-        match (&configs, not_leader) {
-            (Some(configs), _) if !configs.is_empty() => self.peer.route = configs.clone(),
-            (_, Some(hint)) => {
-                if let Some(m) = self.peer.meta.as_mut() {
-                    m.not_leader(hint);
-                }
-            }
-            _ => {
-                if let Some(m) = self.peer.meta.as_mut() {
-                    m.unreachable();
-                }
-            }
+        match (answer, self.peer.meta.as_mut()) {
+            (PeerRoute::Configs(configs), _) if !configs.is_empty() => self.peer.route = configs,
+            (PeerRoute::NotLeader(hint), Some(m)) => m.not_leader(hint),
+            (_, Some(m)) => m.unreachable(),
+            (_, None) => {}
         }
         let ids: Vec<u64> = self.ships.keys().copied().collect();
         for id in ids {
