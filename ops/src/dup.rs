@@ -215,6 +215,7 @@ fn view_json(v: &v1::DupView) -> serde_json::Value {
                 "phase": p.report.as_ref().map(|r| r.phase.clone()),
                 "last_error": p.report.as_ref().and_then(|r| (!r.last_error.is_empty()).then(|| r.last_error.clone())),
                 "resyncs": p.report.as_ref().map(|r| r.resyncs),
+                "watermark_us": p.report.as_ref().map(|r| r.watermark_us),
             })
         })
         .collect();

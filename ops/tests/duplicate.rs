@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use support::{Cluster, Store};
 use tandem_client::{ClientError, DupApplied, DupRecord};
 use tandem_core::key::encode_key;
+use tandem_core::replica::DupWatermark;
 use tandem_core::timetag::make_timetag;
 use tandem_core::value::{encode_tombstone, encode_value};
 
@@ -47,7 +48,7 @@ async fn records_of_the_other_site_apply_by_last_writer_wins() {
     // The put of "deleted-late" lands after its tombstone at the same key: it loses. The local
     // "local-newer" is newer than theirs: it stays.
     records.swap(3, 4);
-    let applied = table.duplicate(records.clone()).await.unwrap();
+    let applied = table.duplicate(records.clone(), None).await.unwrap();
     assert_eq!(applied, DupApplied { applied: 22, superseded: 3 });
     assert_eq!(table.get(b"local-newer", b"s").await.unwrap(), Some(b"mine".to_vec()));
     assert_eq!(table.get(b"deleted-there", b"s").await.unwrap(), None);
@@ -56,21 +57,21 @@ async fn records_of_the_other_site_apply_by_last_writer_wins() {
         assert_eq!(table.get(format!("new-{i}").as_bytes(), b"s").await.unwrap(), Some(format!("v{i}").into_bytes()));
     }
     // At-least-once shipping: the same batch again changes nothing.
-    assert_eq!(table.duplicate(records).await.unwrap(), DupApplied { applied: 0, superseded: 25 });
+    assert_eq!(table.duplicate(records, None).await.unwrap(), DupApplied { applied: 0, superseded: 25 });
 
     // A local write after a remote one wins, even over a remote clock running ahead.
     let ahead = now_us() + 300_000;
-    table.duplicate(vec![put("race", b"theirs", ahead, 2)]).await.unwrap();
+    table.duplicate(vec![put("race", b"theirs", ahead, 2)], None).await.unwrap();
     table.set(b"race", b"s", b"mine", 0).await.unwrap();
     assert_eq!(table.get(b"race", b"s").await.unwrap(), Some(b"mine".to_vec()));
 
     // Too far ahead of this site's clock: refused whole, nothing applied, the sender told why.
     let far = now_us() + 60_000_000;
-    let err = table.duplicate(vec![put("far", b"x", far, 2)]).await.unwrap_err();
+    let err = table.duplicate(vec![put("far", b"x", far, 2)], None).await.unwrap_err();
     assert!(matches!(&err, ClientError::ClockAhead(m) if m.contains("max_clock_offset")), "{err:?}");
     assert_eq!(table.get(b"far", b"s").await.unwrap(), None);
     // This site's own cluster id: a configuration mistake, named.
-    let err = table.duplicate(vec![put("own", b"x", after, 1)]).await.unwrap_err();
+    let err = table.duplicate(vec![put("own", b"x", after, 1)], None).await.unwrap_err();
     assert!(matches!(&err, ClientError::InvalidArgument(m) if m.contains("own cluster id")), "{err:?}");
     // Over the batch limit for one partition (same hash key): too large, so the sender splits;
     // alone, a large record goes through.
@@ -78,14 +79,27 @@ async fn records_of_the_other_site_apply_by_last_writer_wins() {
         key: encode_key(b"big", sort.as_bytes()),
         value: encode_value(0, make_timetag(after, 2, false), &vec![7u8; 1 << 20]),
     };
-    let err = table.duplicate((0..5).map(|i| big(&i.to_string())).collect()).await.unwrap_err();
+    let err = table.duplicate((0..5).map(|i| big(&i.to_string())).collect(), None).await.unwrap_err();
     assert!(matches!(&err, ClientError::TooLarge(m) if m.contains("4 × max_value_bytes")), "{err:?}");
-    assert_eq!(table.duplicate(vec![big("0")]).await.unwrap(), DupApplied { applied: 1, superseded: 0 });
+    assert_eq!(table.duplicate(vec![big("0")], None).await.unwrap(), DupApplied { applied: 1, superseded: 0 });
 
     // Deletes write tombstones that nothing reads: scans and counts skip them.
     table.del(b"new-0", b"s").await.unwrap();
     assert_eq!(table.get(b"new-0", b"s").await.unwrap(), None);
     assert_eq!(table.sortkey_count(b"new-0").await.unwrap(), 0);
+
+    // A heartbeat (no records) carries site 2's watermark to every partition, where it is
+    // persisted: a record below it was applied before, so sent again it is superseded even on
+    // a key that holds nothing (its tombstone may have been compacted since).
+    let watermark = Some(DupWatermark { origin: 2, watermark_us: now_us() - 5_000_000 });
+    assert_eq!(table.duplicate(vec![], watermark).await.unwrap(), DupApplied { applied: 0, superseded: 0 });
+    let old = (0..8).map(|i| put(&format!("old-{i}"), b"x", before, 2)).collect();
+    assert_eq!(table.duplicate(old, None).await.unwrap(), DupApplied { applied: 0, superseded: 8 });
+    assert_eq!(table.get(b"old-0", b"s").await.unwrap(), None);
+    // Above it, records apply as before; an origin id over 7 bits is refused with the limit.
+    assert_eq!(table.duplicate(vec![put("fresh", b"x", now_us(), 2)], None).await.unwrap(), DupApplied { applied: 1, superseded: 0 });
+    let err = table.duplicate(vec![], Some(DupWatermark { origin: 200, watermark_us: 1 })).await.unwrap_err();
+    assert!(matches!(&err, ClientError::InvalidArgument(m) if m.contains("limit 127")), "{err:?}");
 }
 
 /// Every record of a table at a site, with its value: `(hash key, sort key) -> value`.
@@ -146,11 +160,15 @@ async fn two_sites_duplicate_both_ways_and_converge() {
     // Each written at a, then at b after a's write was acknowledged: b's is the later timetag.
     assert!((0..100).all(|i| all[&(format!("both-{i}").into_bytes(), b"s".to_vec())] == b"b"));
 
-    // Every partition's primary reports its progress; the meta persists it.
+    // Every partition's primary reports its progress; the meta persists it. Caught up, each
+    // partition's watermark follows the clock (less twice the clock offset, 1 s).
     a.poll(std::time::Duration::from_secs(30), "the duplication's progress is persisted and caught up", || async {
         let dups = ca.dup_list("t", false).await.unwrap().dups;
+        let recent = |w: u64| w + 30_000_000 > now_us() && w < now_us();
         dups.len() == 1
-            && dups[0].partitions.iter().all(|p| p.has_confirmed && p.report.as_ref().is_some_and(|r| r.lag_decrees == 0 && r.confirmed == p.confirmed))
+            && dups[0].partitions.iter().all(|p| {
+                p.has_confirmed && p.report.as_ref().is_some_and(|r| r.lag_decrees == 0 && r.confirmed == p.confirmed && recent(r.watermark_us))
+            })
     })
     .await;
     // dup verify: identical now.
@@ -162,7 +180,7 @@ async fn two_sites_duplicate_both_ways_and_converge() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("identical") && text.contains("299 records"), "{text}");
     // A record at b that a never had (a batch forged as from a): verify names it.
-    tb.duplicate(vec![put("forged", b"x", now_us() - 1_000_000, 1)]).await.unwrap();
+    tb.duplicate(vec![put("forged", b"x", now_us() - 1_000_000, 1)], None).await.unwrap();
     let (code, text) = verify(&a, &["--to", "b", "--ignore-last", "0s"]);
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("1 keys differ; the first: forged/s"), "{text}");

@@ -4,7 +4,7 @@ use crate::{Client, ClientError, Result};
 use std::time::{Duration, Instant};
 use tandem_core::limits::Limits;
 use tandem_core::partition::partition_index;
-use tandem_core::replica::{CheckType, DupRecord, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DupRecord, DupWatermark, MutateOp, WriteRequest};
 use tandem_proto::convert::write_request_to_wire;
 use tandem_proto::errors::ErrorKind;
 use tandem_proto::v1;
@@ -152,7 +152,9 @@ impl Table {
     /// written only if its timetag beats the stored one, so sending a batch again is harmless:
     /// every error is retried within the request timeout except a refusal. Returns how many
     /// records were written and how many lost to a stored record.
-    pub async fn duplicate(&self, records: Vec<DupRecord>) -> Result<DupApplied> {
+    /// `watermark` goes with every partition's part; with no records, to every partition (a
+    /// heartbeat).
+    pub async fn duplicate(&self, records: Vec<DupRecord>, watermark: Option<DupWatermark>) -> Result<DupApplied> {
         let route = self.client.route(&self.name, false).await?;
         // The one routing rule, shared with the simulator's shipping.
         let (groups, bad) = tandem_dup_core::split_by_partition(records, route.partition_count);
@@ -160,7 +162,7 @@ impl Table {
             return Err(ClientError::InvalidArgument(format!("{} duplicated records have keys that do not decode (the first: {:?})", bad.len(), r.key)));
         }
         let calls = groups.into_iter().map(|(p, records)| {
-            let request = WriteRequest::Duplicate { records };
+            let request = WriteRequest::Duplicate { records, watermark };
             async move {
                 request.validate(&self.limits).map_err(|e| match e {
                     tandem_core::Error::TooLarge(m) => ClientError::TooLarge(m),

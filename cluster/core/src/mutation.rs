@@ -10,12 +10,18 @@ pub enum WriteOp {
     /// Stored key and stored value (header included).
     Put { key: Vec<u8>, value: Vec<u8> },
     Delete { key: Vec<u8> },
+    /// The other site `origin` (its cluster id) has shipped here every record it made before
+    /// `watermark_us`: the engine keeps the largest per origin, and compaction holds tombstones
+    /// back until every origin's watermark passes them (docs/duplication.md, "Tombstones").
+    Watermark { origin: u8, watermark_us: u64 },
 }
 
 impl WriteOp {
-    pub fn key(&self) -> &[u8] {
+    /// The stored key written; None for a watermark, which is no record.
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => Some(key),
+            WriteOp::Watermark { .. } => None,
         }
     }
 
@@ -23,6 +29,7 @@ impl WriteOp {
         match self {
             WriteOp::Put { key, value } => 9 + key.len() + value.len(),
             WriteOp::Delete { key } => 5 + key.len(),
+            WriteOp::Watermark { .. } => 10,
         }
     }
 }
@@ -74,6 +81,11 @@ impl Mutation {
                     out.push(2);
                     put_bytes(out, key);
                 }
+                WriteOp::Watermark { origin, watermark_us } => {
+                    out.push(3);
+                    out.push(*origin);
+                    out.extend_from_slice(&watermark_us.to_be_bytes());
+                }
             }
         }
     }
@@ -109,6 +121,7 @@ impl Mutation {
                     ops.push(WriteOp::Put { key, value });
                 }
                 2 => ops.push(WriteOp::Delete { key: r.bytes()? }),
+                3 => ops.push(WriteOp::Watermark { origin: r.u8()?, watermark_us: r.u64()? }),
                 tag => return Err(Error::corrupt("mutation", format!("unknown op tag {tag}"))),
             }
         }
@@ -220,7 +233,11 @@ mod tests {
             ballot: 3,
             decree: 17,
             timestamp_us: 99,
-            ops: vec![WriteOp::Put { key: b"k".to_vec(), value: b"v".to_vec() }, WriteOp::Delete { key: b"d".to_vec() }],
+            ops: vec![
+                WriteOp::Put { key: b"k".to_vec(), value: b"v".to_vec() },
+                WriteOp::Delete { key: b"d".to_vec() },
+                WriteOp::Watermark { origin: 2, watermark_us: 1 << 50 },
+            ],
         }
     }
 

@@ -37,6 +37,21 @@ pub trait KvEngine: Send {
     /// partition's hybrid clock resumes above it after a restart or from a learned checkpoint,
     /// so its timetags never go back (DESIGN.md §5) even once the log that carried them is gone.
     fn clock_bound_us(&self) -> u64;
+
+    /// The largest watermark applied of each other site that ships here (`WriteOp::Watermark`,
+    /// persisted with the last applied decree), by origin cluster id.
+    fn dup_watermarks(&self) -> BTreeMap<u8, u64>;
+
+    /// The watermark of `origin` applied here; 0 when it never sent one.
+    fn dup_watermark_us(&self, origin: u8) -> u64 {
+        self.dup_watermarks().get(&origin).copied().unwrap_or(0)
+    }
+}
+
+/// Below which timestamp compaction may drop tombstones and expired values for the sites that
+/// ship here: the smallest of their watermarks (no site: no bound).
+pub fn incoming_hold_us(watermarks: &BTreeMap<u8, u64>) -> u64 {
+    watermarks.values().copied().min().unwrap_or(u64::MAX)
 }
 
 /// The in-memory twin: a BTreeMap.
@@ -45,6 +60,7 @@ pub struct MemEngine {
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     last_applied: Decree,
     clock_bound_us: u64,
+    watermarks: BTreeMap<u8, u64>,
 }
 
 impl MemEngine {
@@ -58,11 +74,21 @@ impl MemEngine {
 
     /// A state that starts at `decree` (a learned checkpoint).
     pub fn from_parts(data: BTreeMap<Vec<u8>, Vec<u8>>, last_applied: Decree, clock_bound_us: u64) -> Self {
-        MemEngine { data, last_applied, clock_bound_us }
+        MemEngine { data, last_applied, clock_bound_us, watermarks: BTreeMap::new() }
     }
 
     pub fn data(&self) -> &BTreeMap<Vec<u8>, Vec<u8>> {
         &self.data
+    }
+
+    /// A compaction at `now_us`: drops what `value::compaction_drops` lets go, with the tombstone
+    /// retention and the hold of this site's own duplications (`outgoing_hold_us`) as the host
+    /// set them, and the watermarks of the sites shipping here. Returns how many went.
+    pub fn compact(&mut self, now_us: u64, tombstone_retention_ms: u64, outgoing_hold_us: u64) -> usize {
+        let hold_us = incoming_hold_us(&self.watermarks).min(outgoing_hold_us);
+        let before = self.data.len();
+        self.data.retain(|_, v| !crate::value::compaction_drops(v, now_us, tombstone_retention_ms, hold_us));
+        before - self.data.len()
     }
 }
 
@@ -96,6 +122,10 @@ impl KvEngine for MemEngine {
                 WriteOp::Delete { key } => {
                     self.data.remove(key);
                 }
+                WriteOp::Watermark { origin, watermark_us } => {
+                    let w = self.watermarks.entry(*origin).or_default();
+                    *w = (*w).max(*watermark_us);
+                }
             }
         }
         self.last_applied = decree;
@@ -108,6 +138,10 @@ impl KvEngine for MemEngine {
 
     fn clock_bound_us(&self) -> u64 {
         self.clock_bound_us
+    }
+
+    fn dup_watermarks(&self) -> BTreeMap<u8, u64> {
+        self.watermarks.clone()
     }
 }
 
@@ -146,6 +180,15 @@ pub fn engine_conformance(mut fresh: impl FnMut() -> Box<dyn KvEngine>) {
     // The clock bound never goes back, whatever a mutation carries.
     e.apply(8, 5, &[]).unwrap();
     assert_eq!(e.clock_bound_us(), 700);
+    // Watermarks: the largest per origin, never a record.
+    assert!(e.dup_watermarks().is_empty());
+    let w = |origin, watermark_us| WriteOp::Watermark { origin, watermark_us };
+    e.apply(9, 900, &[w(2, 50), w(3, 70)]).unwrap();
+    e.apply_many(&[m(10, vec![w(2, 40)]), m(11, vec![w(2, 60), WriteOp::Put { key: b"e".to_vec(), value: b"7".to_vec() }])]).unwrap();
+    assert_eq!(e.dup_watermarks(), BTreeMap::from([(2, 60), (3, 70)]));
+    assert_eq!((e.dup_watermark_us(2), e.dup_watermark_us(9)), (60, 0));
+    assert_eq!(e.scan(b"", None, 10).unwrap().len(), 4, "a watermark is no record");
+    assert_eq!(incoming_hold_us(&e.dup_watermarks()), 60);
 }
 
 #[cfg(test)]
@@ -155,6 +198,23 @@ mod tests {
     #[test]
     fn mem_engine_conforms() {
         engine_conformance(|| Box::new(MemEngine::default()));
+    }
+
+    #[test]
+    fn compaction_holds_tombstones_for_the_slowest_site() {
+        use crate::timetag::make_timetag;
+        use crate::value::encode_tombstone;
+        let mut e = MemEngine::default();
+        let tomb = |ts| WriteOp::Put { key: format!("k{ts}").into_bytes(), value: encode_tombstone(make_timetag(ts, 1, true)) };
+        e.apply(1, 0, &[tomb(1_000), tomb(2_000), tomb(3_000)]).unwrap();
+        // Retention 0, no site ships here, no hold of our own: every old tombstone goes.
+        assert_eq!(e.clone().compact(10_000, 0, u64::MAX), 3);
+        // Our own duplication has shipped what was made before 2 500 µs.
+        assert_eq!(e.clone().compact(10_000, 0, 2_500), 2);
+        // Two sites ship here; the slower one has sent what it made before 1 500 µs.
+        e.apply(2, 0, &[WriteOp::Watermark { origin: 2, watermark_us: 5_000 }, WriteOp::Watermark { origin: 3, watermark_us: 1_500 }]).unwrap();
+        assert_eq!(e.clone().compact(10_000, 0, u64::MAX), 1);
+        assert_eq!(e.compact(10_000, 0, 1_000), 0);
     }
 }
 

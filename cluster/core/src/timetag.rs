@@ -3,8 +3,11 @@
 
 pub type Timetag = u64;
 
+/// The largest cluster id a timetag holds (7 bits).
+pub const CLUSTER_ID_MAX: u8 = 127;
+
 pub fn make_timetag(timestamp_us: u64, cluster_id: u8, delete: bool) -> Timetag {
-    assert!(cluster_id < 128, "cluster id is 7 bits");
+    assert!(cluster_id <= CLUSTER_ID_MAX, "cluster id is 7 bits");
     ((timestamp_us & ((1 << 56) - 1)) << 8) | ((cluster_id as u64) << 1) | delete as u64
 }
 

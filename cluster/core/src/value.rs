@@ -60,15 +60,23 @@ impl ValueHeader {
 }
 
 /// Whether compaction may drop a stored value at `now_us`: a tombstone whose timetag, or an
-/// expired value whose expiry, is older than `tombstone_retention_ms`. An expired value is a
-/// delete too: dropped at once, an older write of the other site arriving later would take its
-/// place (found in review). A value that does not decode is kept: compaction must never destroy
-/// data it does not understand.
-pub fn compaction_drops(stored: &[u8], now_us: u64, tombstone_retention_ms: u64) -> bool {
+/// expired value whose expiry, is older than `tombstone_retention_ms`, and whose timetag is
+/// below `hold_us`. An expired value is a delete too: dropped at once, an older write of the
+/// other site arriving later would take its place (found in review). `hold_us` is the smallest
+/// watermark of the duplications in and out of this partition: a site that has not yet shipped
+/// everything older than the tombstone could still send an older write it must lose to, and a
+/// duplication of ours that has not yet shipped it may have to re-send it from a snapshot
+/// (`u64::MAX`: nothing duplicated). A value that does not decode is kept: compaction must never
+/// destroy data it does not understand.
+pub fn compaction_drops(stored: &[u8], now_us: u64, tombstone_retention_ms: u64, hold_us: u64) -> bool {
     let Ok((header, _)) = decode_value(stored) else { return false };
     let retention_us = tombstone_retention_ms.saturating_mul(1000);
+    let timestamp_us = timetag_timestamp_us(header.timetag);
+    if timestamp_us >= hold_us {
+        return false;
+    }
     if header.is_tombstone() {
-        return timetag_timestamp_us(header.timetag).saturating_add(retention_us) < now_us;
+        return timestamp_us.saturating_add(retention_us) < now_us;
     }
     header.expire_ts != 0 && (header.expire_ts as u64 * 1_000_000).saturating_add(retention_us) <= now_us
 }
@@ -109,13 +117,20 @@ mod tests {
         let (live, _) = decode_value(&encode_value(0, make_timetag(5_000_000, 1, false), b"v")).unwrap();
         assert!(live.is_live(u32::MAX));
         // Retention 1 s: kept at the timetag + 1 s, dropped after.
-        assert!(!compaction_drops(&t, 6_000_000, 1000));
-        assert!(compaction_drops(&t, 6_000_001, 1000));
-        assert!(compaction_drops(&encode_value(3, 6, b"x"), 3_000_000, 0));
+        let free = u64::MAX;
+        assert!(!compaction_drops(&t, 6_000_000, 1000, free));
+        assert!(compaction_drops(&t, 6_000_001, 1000, free));
+        assert!(compaction_drops(&encode_value(3, 6, b"x"), 3_000_000, 0, free));
         // An expired value is kept as long as a tombstone would be.
-        assert!(!compaction_drops(&encode_value(3, 6, b"x"), 3_999_999, 1000));
-        assert!(compaction_drops(&encode_value(3, 6, b"x"), 4_000_000, 1000));
-        assert!(!compaction_drops(&encode_value(0, 6, b"x"), u64::MAX, 0));
-        assert!(!compaction_drops(b"xx", u64::MAX, 0));
+        assert!(!compaction_drops(&encode_value(3, 6, b"x"), 3_999_999, 1000, free));
+        assert!(compaction_drops(&encode_value(3, 6, b"x"), 4_000_000, 1000, free));
+        assert!(!compaction_drops(&encode_value(0, 6, b"x"), u64::MAX, 0, free));
+        assert!(!compaction_drops(b"xx", u64::MAX, 0, free));
+        // Held while a duplication has not passed the timetag, whatever the retention says.
+        assert!(!compaction_drops(&t, u64::MAX, 0, 5_000_000));
+        assert!(compaction_drops(&t, u64::MAX, 0, 5_000_001));
+        let expired = encode_value(3, make_timetag(2_000_000, 2, false), b"x");
+        assert!(!compaction_drops(&expired, u64::MAX, 0, 2_000_000));
+        assert!(compaction_drops(&expired, u64::MAX, 0, 2_000_001));
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use tandem_core::key::{decode_key, encode_key};
 use tandem_core::limits::Limits;
 use tandem_core::replica::write::{evaluate, PendingView};
-use tandem_core::replica::{CheckType, DupRecord, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DupRecord, DupWatermark, MutateOp, WriteRequest};
 use tandem_core::storage::{KvEngine, MemEngine};
 use tandem_core::value::{decode_value, encode_value};
 use tandem_core::{Gpid, LogRecord, Mutation, WriteOp};
@@ -22,6 +22,7 @@ fn write_op() -> impl Strategy<Value = WriteOp> {
     prop_oneof![
         (bytes(40), bytes(200)).prop_map(|(key, value)| WriteOp::Put { key, value }),
         bytes(40).prop_map(|key| WriteOp::Delete { key }),
+        (any::<u8>(), any::<u64>()).prop_map(|(origin, watermark_us)| WriteOp::Watermark { origin, watermark_us }),
     ]
 }
 
@@ -152,7 +153,9 @@ fn request() -> impl Strategy<Value = WriteRequest> {
         (key(), prop::collection::vec(sort(), 0..4)).prop_map(|(hash_key, sort_keys)| WriteRequest::MultiDel { hash_key, sort_keys }),
         (key(), sort(), any::<i64>(), any::<i64>())
             .prop_map(|(hash_key, sort_key, increment, ttl_s)| WriteRequest::Incr { hash_key, sort_key, increment, ttl_s }),
-        prop::collection::vec(dup_record(), 0..4).prop_map(|records| WriteRequest::Duplicate { records }),
+        (prop::collection::vec(dup_record(), 0..4), proptest::option::of((any::<u8>(), any::<u64>()))).prop_map(|(records, w)| {
+            WriteRequest::Duplicate { records, watermark: w.map(|(origin, watermark_us)| DupWatermark { origin, watermark_us }) }
+        }),
         (key(), sort(), 0..CheckType::ALL.len() as u32, value(), prop::collection::vec(mutate, 0..3), any::<bool>()).prop_map(
             |(hash_key, check_sort_key, t, check_operand, mutations, return_check_value)| WriteRequest::CheckAndMutate {
                 hash_key,

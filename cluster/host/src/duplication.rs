@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tandem_core::replica::{DupRecord, Replica};
+use tandem_core::replica::{DupRecord, DupWatermark, Replica};
 use tandem_core::{Decree, Mutation};
 use tandem_dup_core::duplicator::{Action, Input, Now, ReadId, Start};
 use tandem_dup_core::{BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode, TableDup};
@@ -42,6 +42,11 @@ pub struct DupConfig {
     pub sync_existing: bool,
     /// This partition's confirmed decree as the meta persisted it; None: never started.
     pub confirmed: Option<Decree>,
+    /// The table's watermark (`TableDup::watermark_us`), carried by what this partition ships.
+    pub watermark_us: u64,
+    /// This partition sends the table's watermark to every remote partition when idle
+    /// (partition 0: one sender per duplication).
+    pub heartbeats: bool,
 }
 
 /// A table's duplication as partition `partition`'s replica is given it.
@@ -54,6 +59,8 @@ pub fn config_for(dup: &TableDup, partition: u32) -> DupConfig {
         fail_mode: dup.fail_mode,
         sync_existing: dup.sync_existing,
         confirmed: dup.confirmed.iter().find(|(p, _)| *p == partition).map(|(_, c)| *c),
+        watermark_us: dup.watermark_us,
+        heartbeats: partition == 0,
     }
 }
 
@@ -64,9 +71,10 @@ pub enum DupWork {
     /// `bytes_max` of them (never past `to`, which is committed); report `LogRead`, `LogGap` when
     /// the log no longer holds `from`, or `ReadFailed`.
     ReadLog { read: ReadId, from: Decree, to: Decree, bytes_max: usize },
-    /// Send the records to `remote_site`, each to the partition that owns its key there; report
-    /// `Shipped` once all were applied or superseded, else `ShipFailed`.
-    Ship { table: String, remote_site: String, batch: BatchId, records: Vec<DupRecord> },
+    /// Send the records to `remote_site`, each to the partition that owns its key there, with
+    /// the watermark; no records: the watermark alone to every partition there (a heartbeat).
+    /// Report `Shipped` once all were applied or superseded, else `ShipFailed`.
+    Ship { table: String, remote_site: String, batch: BatchId, records: Vec<DupRecord>, watermark: Option<DupWatermark> },
 }
 
 impl DupWork {
@@ -101,8 +109,9 @@ pub struct Duplications {
     options: DuplicatorOptions,
     configs: Vec<DupConfig>,
     running: BTreeMap<DupId, Duplicator>,
-    /// The committed decree last fed to the running duplicators.
+    /// The committed decree and first uncommitted timestamp last fed to the running duplicators.
     fed_committed: Decree,
+    fed_uncommitted: Option<u64>,
     /// The hold last reported to the host (a new replica holds nothing).
     hold_reported: Option<Decree>,
     /// Duplicators made so far: each numbers its reads and batches in a range of its own.
@@ -111,7 +120,15 @@ pub struct Duplications {
 
 impl Duplications {
     pub fn new(options: DuplicatorOptions) -> Self {
-        Duplications { options, configs: Vec::new(), running: BTreeMap::new(), fed_committed: 0, hold_reported: None, made: 0 }
+        Duplications {
+            options,
+            configs: Vec::new(),
+            running: BTreeMap::new(),
+            fed_committed: 0,
+            fed_uncommitted: None,
+            hold_reported: None,
+            made: 0,
+        }
     }
 
     pub fn configs(&self) -> &[DupConfig] {
@@ -124,6 +141,7 @@ impl Duplications {
         for c in &configs {
             if let Some(d) = self.running.get_mut(&c.dup_id) {
                 d.step(now, if c.paused { Input::Pause } else { Input::Resume });
+                d.step(now, Input::TableWatermark { watermark_us: c.watermark_us });
             }
         }
         self.configs = configs;
@@ -149,6 +167,7 @@ impl Duplications {
             return Vec::new();
         }
         let committed = core.last_committed();
+        let uncommitted = core.first_uncommitted_timestamp_us();
         for c in &self.configs {
             if self.running.contains_key(&c.dup_id) {
                 continue;
@@ -160,12 +179,24 @@ impl Duplications {
                 (None, true) => Start::Snapshot,
                 (None, false) => Start::Now,
             };
-            let mut d = Duplicator::new(DuplicatorOptions { fail_mode: c.fail_mode, ..self.options.clone() }, start).with_first_id(first_id);
+            let heartbeat_ms = if c.heartbeats { self.options.heartbeat_ms } else { None };
+            let options = DuplicatorOptions { fail_mode: c.fail_mode, heartbeat_ms, ..self.options.clone() };
+            let mut d = Duplicator::new(options, start).with_first_id(first_id);
             if c.paused {
                 d.step(now, Input::Pause);
             }
+            d.step(now, Input::TableWatermark { watermark_us: c.watermark_us });
+            d.step(now, Input::Uncommitted { timestamp_us: uncommitted });
             d.step(now, Input::Committed { decree: committed });
             self.running.insert(c.dup_id, d);
+        }
+        // Both before any state is reported: a prepared mutation either is committed (and
+        // counts as unconfirmed) or bounds the watermark as uncommitted.
+        if uncommitted != self.fed_uncommitted {
+            self.fed_uncommitted = uncommitted;
+            for d in self.running.values_mut() {
+                d.step(now, Input::Uncommitted { timestamp_us: uncommitted });
+            }
         }
         if committed != self.fed_committed {
             self.fed_committed = committed;
@@ -175,12 +206,14 @@ impl Duplications {
         }
         let mut work = Vec::new();
         for (&dup_id, d) in self.running.iter_mut() {
-            let (table, remote_site) = self
+            let (table, remote_site, watermark_us) = self
                 .configs
                 .iter()
                 .find(|c| c.dup_id == dup_id)
-                .map(|c| (c.table.clone(), c.remote_site.clone()))
+                .map(|c| (c.table.clone(), c.remote_site.clone(), c.watermark_us))
                 .unwrap_or_default();
+            let origin = self.options.cluster_id;
+            let watermark = |watermark_us: u64| (watermark_us > 0).then_some(DupWatermark { origin, watermark_us });
             // Reads answered here lead to more (ships, the next read) until the duplicator's
             // read-ahead is full or it read up to the committed decree.
             let mut actions = d.take_actions();
@@ -204,9 +237,14 @@ impl Duplications {
                         }
                         // Nothing is held for a snapshot read from the engine (see the module doc).
                         Action::ReleaseSnapshot => {}
-                        Action::Ship { batch, records } => {
-                            work.push((dup_id, DupWork::Ship { table: table.clone(), remote_site: remote_site.clone(), batch, records }))
-                        }
+                        Action::Ship { batch, records } => work.push((
+                            dup_id,
+                            DupWork::Ship { table: table.clone(), remote_site: remote_site.clone(), batch, records, watermark: watermark(watermark_us) },
+                        )),
+                        Action::Heartbeat { batch, watermark_us } => work.push((
+                            dup_id,
+                            DupWork::Ship { table: table.clone(), remote_site: remote_site.clone(), batch, records: Vec::new(), watermark: watermark(watermark_us) },
+                        )),
                     }
                 }
                 actions = again;

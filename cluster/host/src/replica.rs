@@ -233,6 +233,7 @@ impl<C: Carrier> HostedReplica<C> {
             making: BTreeMap::new(),
             dups: Duplications::new(tandem_dup_core::DuplicatorOptions {
                 cluster_id: options.replica.cluster_id,
+                max_clock_offset_us: options.replica.max_clock_offset_ms * 1000,
                 ..options.duplicator.clone()
             }),
         }
@@ -541,7 +542,7 @@ impl<C: Carrier> std::fmt::Debug for ReplicaAction<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_core::replica::LearnReply;
+    use tandem_core::replica::{DupWatermark, LearnReply};
     use tandem_core::storage::MemEngine;
 
     /// Carriers are numbers the test can follow.
@@ -713,6 +714,8 @@ mod tests {
             fail_mode: tandem_dup_core::FailMode::Slow,
             sync_existing: false,
             confirmed,
+            watermark_us: 0,
+            heartbeats: false,
         }
     }
 
@@ -746,6 +749,31 @@ mod tests {
         // Removed by the meta: nothing is held any more.
         r.step(&ctx(3), ReplicaEvent::Duplications { configs: vec![] });
         assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["HoldLog None"]);
+    }
+
+    #[test]
+    fn an_idle_heartbeat_primary_sends_the_tables_watermark_and_reports_its_own() {
+        let mut r = hosted(&HostOptions::default());
+        r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "a", &[], &[]) });
+        let beating = |watermark_us| DupConfig { watermark_us, heartbeats: true, ..dup(Some(0)) };
+        r.step(&ctx(0), ReplicaEvent::Duplications { configs: vec![beating(77)] });
+        let actions = r.end_turn(&ctx(0));
+        let ships: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                ReplicaAction::Dup { work: DupWork::Ship { records, watermark, .. }, .. } => Some((records.len(), *watermark)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ships, vec![(0, Some(DupWatermark { origin: 1, watermark_us: 77 }))]);
+        // Caught up, nothing prepared: its own watermark is the clock less twice the offset.
+        let progress = r.duplications().progress(dup_now(&ctx(1)));
+        assert_eq!(progress[0].1.watermark_us, ctx(1).wall_us - 1_000_000);
+        // A write prepared but not committed holds it at the write's timestamp.
+        r.step(&ctx(2), ReplicaEvent::Write { request: set("k"), reply: 9 });
+        r.end_turn(&ctx(2));
+        let w = r.duplications().progress(dup_now(&ctx(3_000)))[0].1.watermark_us;
+        assert!(w <= ctx(2).wall_us && w > ctx(2).wall_us - 1_000, "{w}");
     }
 
     #[test]

@@ -87,6 +87,11 @@ pub enum HostAction {
     /// Compaction of `table_id`'s replicas (those open now and those opened later) drops a
     /// tombstone once it is older than this.
     SetTombstoneRetention { table_id: u32, retention_ms: u64 },
+    /// Compaction of `table_id`'s replicas keeps tombstones and expired values stamped at or
+    /// after `hold_us`: the smallest watermark of the table's own duplications (`u64::MAX`: it
+    /// has none). The watermarks of the sites shipping here are each engine's own. Until the
+    /// first one for a table, the runtime holds everything (0).
+    SetTombstoneHold { table_id: u32, hold_us: u64 },
     /// Stop the replica and delete its data (database, checkpoints); report `ReplicaRemoved`.
     RemoveReplica { gpid: Gpid, why: String },
     /// Flush the replica's engine; report `EngineFlushed`.
@@ -125,6 +130,10 @@ pub struct Host {
     dups_sent: BTreeMap<Gpid, Vec<DupConfig>>,
     /// The tombstone retention last given for each table.
     tombstone_retention: BTreeMap<u32, u64>,
+    /// The tombstone hold last given for each table. Until given, the runtime holds every
+    /// tombstone: after a restart, nothing is compacted away before the meta has said how far
+    /// the table's duplications got.
+    tombstone_hold: BTreeMap<u32, u64>,
     lease_until_ms: u64,
     /// No beacon of this process has been answered yet.
     restarted: bool,
@@ -149,6 +158,7 @@ impl Host {
             partition_counts: BTreeMap::new(),
             dups_sent: BTreeMap::new(),
             tombstone_retention: BTreeMap::new(),
+            tombstone_hold: BTreeMap::new(),
             lease_until_ms: 0,
             restarted: true,
             beacon: Beacon::Idle { next_due_ms: now_ms },
@@ -203,6 +213,9 @@ impl Host {
         match input {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
             HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups } => {
+                // The hold before the retention: a shorter retention must never meet a hold
+                // that does not yet know of a lagging duplication.
+                self.set_tombstone_holds(&dups);
                 for (table_id, retention_ms) in tombstone_retention {
                     if self.tombstone_retention.insert(table_id, retention_ms) != Some(retention_ms) {
                         self.actions.push(HostAction::SetTombstoneRetention { table_id, retention_ms });
@@ -375,6 +388,18 @@ impl Host {
         }
     }
 
+    /// Each hosted table's tombstone hold, when it changed or was never given.
+    fn set_tombstone_holds(&mut self, dups: &[TableDup]) {
+        let tables: BTreeSet<u32> = self.replicas.iter().map(|g| g.table_id).collect();
+        self.tombstone_hold.retain(|t, _| tables.contains(t));
+        for table_id in tables {
+            let hold_us = dups.iter().filter(|d| d.table_id == table_id).map(|d| d.watermark_us).min().unwrap_or(u64::MAX);
+            if self.tombstone_hold.insert(table_id, hold_us) != Some(hold_us) {
+                self.actions.push(HostAction::SetTombstoneHold { table_id, hold_us });
+            }
+        }
+    }
+
     /// Every replica took its configuration: grant the lease, then delete replicas left out.
     fn finish_beacon_if_configured(&mut self) {
         let Beacon::Configuring { sent_at_ms, waiting, .. } = &self.beacon else { return };
@@ -478,6 +503,8 @@ mod tests {
         assert_eq!(
             actions,
             vec![
+                // The first answer tells the hosted table's hold (it ships nowhere).
+                HostAction::SetTombstoneHold { table_id: 1, hold_us: u64::MAX },
                 HostAction::SetPartitionCount { table_id: 1, partition_count: 4 },
                 HostAction::Configure { gpid: g(0), config: cfg(0, 2, Some("a"), &["b"]) },
                 HostAction::OpenReplica { gpid: g(1), options: options().replica_options(2) },
@@ -614,6 +641,7 @@ mod tests {
             fail_mode: tandem_dup_core::FailMode::Slow,
             sync_existing: false,
             confirmed,
+            watermark_us: 0,
         };
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
@@ -649,5 +677,34 @@ mod tests {
         assert_eq!(beacon(0, 5_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 5_000 }]);
         assert_eq!(beacon(1_000, 5_000), vec![]);
         assert_eq!(beacon(2_000, 9_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 9_000 }]);
+    }
+
+    #[test]
+    fn a_tables_tombstone_hold_is_the_smallest_watermark_of_its_duplications() {
+        let mut host = Host::new("a".into(), options(), [g(0)], 0);
+        let dup = |dup_id, watermark_us| TableDup {
+            table_id: 1,
+            dup_id,
+            table: "t".into(),
+            remote_site: format!("s{dup_id}"),
+            paused: false,
+            fail_mode: tandem_dup_core::FailMode::Slow,
+            sync_existing: false,
+            confirmed: vec![],
+            watermark_us,
+        };
+        let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
+            host.step(HostInput::Tick { now_ms });
+            host.take_actions();
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups });
+            host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneHold { .. })).collect::<Vec<_>>()
+        };
+        // Held until the meta speaks; then a table that ships nowhere holds nothing.
+        assert_eq!(beacon(0, vec![]), vec![HostAction::SetTombstoneHold { table_id: 1, hold_us: u64::MAX }]);
+        assert_eq!(beacon(500, vec![]), vec![]);
+        assert_eq!(beacon(1_000, vec![dup(1, 50), dup(2, 30)]), vec![HostAction::SetTombstoneHold { table_id: 1, hold_us: 30 }]);
+        assert_eq!(beacon(2_000, vec![dup(1, 50), dup(2, 30)]), vec![]);
+        assert_eq!(beacon(3_000, vec![dup(1, 60)]), vec![HostAction::SetTombstoneHold { table_id: 1, hold_us: 60 }]);
+        assert_eq!(beacon(4_000, vec![]), vec![HostAction::SetTombstoneHold { table_id: 1, hold_us: u64::MAX }]);
     }
 }

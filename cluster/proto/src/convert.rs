@@ -2,7 +2,7 @@
 //! a malformed message is an error, never a panic.
 
 use crate::v1;
-use tandem_core::replica::{CheckType, DupRecord, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DupRecord, DupWatermark, MutateOp, WriteRequest};
 use tandem_core::{Error, Gpid, PartitionConfig, Result};
 
 impl From<Gpid> for v1::Gpid {
@@ -79,7 +79,16 @@ pub fn write_request_from_wire(req: v1::WriteRequest) -> Result<WriteRequest> {
             if !hash_key.is_empty() {
                 return Err(Error::InvalidArgument("a duplicate batch is routed per record: leave hash_key empty".into()));
             }
-            WriteRequest::Duplicate { records: d.records.into_iter().map(|r| DupRecord { key: r.key, value: r.value }).collect() }
+            let watermark = match (d.origin_cluster_id, d.watermark_us) {
+                (_, 0) => None,
+                (origin, watermark_us) => Some(DupWatermark {
+                    origin: u8::try_from(origin).map_err(|_| {
+                        Error::InvalidArgument(format!("a duplicate batch's origin cluster id {origin} is above the limit 127"))
+                    })?,
+                    watermark_us,
+                }),
+            };
+            WriteRequest::Duplicate { records: d.records.into_iter().map(|r| DupRecord { key: r.key, value: r.value }).collect(), watermark }
         }
     })
 }
@@ -120,10 +129,12 @@ pub fn write_request_to_wire(route: v1::Route, req: WriteRequest) -> v1::WriteRe
                 return_check_value,
             }),
         ),
-        WriteRequest::Duplicate { records } => (
+        WriteRequest::Duplicate { records, watermark } => (
             Vec::new(),
             Op::Duplicate(v1::DuplicateOp {
                 records: records.into_iter().map(|r| v1::DupRecord { key: r.key, value: r.value }).collect(),
+                origin_cluster_id: watermark.map_or(0, |w| w.origin as u32),
+                watermark_us: watermark.map_or(0, |w| w.watermark_us),
             }),
         ),
     };

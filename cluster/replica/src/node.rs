@@ -23,7 +23,7 @@ use tandem_host::{Host, HostAction, HostInput, HostedReplica, ReplicaEvent, Tabl
 use tandem_proto::convert::config_from_wire;
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
-use tandem_storage::{EngineMemory, MutationLog, RocksEngine};
+use tandem_storage::{EngineMemory, MutationLog, RocksEngine, TableCompaction};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -59,7 +59,8 @@ pub struct Node {
     /// and a client of each (made on first use).
     sites: Mutex<HashMap<String, (Vec<String>, Option<tandem_client::Client>)>>,
     /// Each table's tombstone retention (ms), shared by the compaction filters of its engines.
-    tombstone_retention: Mutex<HashMap<u32, Arc<AtomicU64>>>,
+    /// Each table's compaction rule, shared by its engines.
+    compaction: Mutex<HashMap<u32, TableCompaction>>,
 }
 
 impl Node {
@@ -157,7 +158,10 @@ impl Node {
                             self.partition_counts.write().expect("partition counts lock").insert(table_id, partition_count);
                         }
                         HostAction::SetTombstoneRetention { table_id, retention_ms } => {
-                            self.retention_of(table_id).store(retention_ms, Ordering::Relaxed);
+                            self.compaction_of(table_id).retention_ms.store(retention_ms, Ordering::Relaxed);
+                        }
+                        HostAction::SetTombstoneHold { table_id, hold_us } => {
+                            self.compaction_of(table_id).hold_us.store(hold_us, Ordering::Relaxed);
                         }
                         other => later.push(other),
                     }
@@ -219,7 +223,8 @@ impl Node {
             HostAction::Stop { error } => {
                 let _ = self.stop.send(Some(error));
             }
-            HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. } => {
+            HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. }
+            | HostAction::SetTombstoneHold { .. } => {
                 unreachable!("run under the host's lock")
             }
         }
@@ -233,7 +238,7 @@ impl Node {
             return Ok(());
         }
         let dir = self.replica_dir(gpid);
-        let engine = open_engine(&dir, &self.engine_memory, self.retention_of(gpid.table_id))?;
+        let engine = open_engine(&dir, &self.engine_memory, self.compaction_of(gpid.table_id))?;
         let core = Replica::open(gpid, self.me.clone(), options, Box::new(engine.clone()), vec![]);
         let hosted = HostedReplica::new(core, self.incarnation, &self.opts.host);
         let handle = replica_task::spawn(self.clone(), hosted, engine, dir);
@@ -346,16 +351,17 @@ impl Node {
                     fail_mode,
                     sync_existing: d.sync_existing,
                     confirmed: d.confirmed.iter().map(|c| (c.partition, c.confirmed)).collect(),
+                    watermark_us: d.watermark_us,
                 })
             })
             .collect()
     }
 
-    /// The tombstone retention shared by table `table_id`'s engines (the default policy's until
-    /// the meta says).
-    pub fn retention_of(&self, table_id: u32) -> Arc<AtomicU64> {
-        let mut all = self.tombstone_retention.lock().expect("retention lock");
-        all.entry(table_id).or_insert_with(|| Arc::new(AtomicU64::new(tandem_core::value::TOMBSTONE_RETENTION_MS_DEFAULT))).clone()
+    /// The compaction rule shared by table `table_id`'s engines: until the host passes on what
+    /// the meta said, the default policy's retention and every tombstone held (a duplication
+    /// may lag; `HostAction::SetTombstoneHold`).
+    pub fn compaction_of(&self, table_id: u32) -> TableCompaction {
+        self.compaction.lock().expect("compaction lock").entry(table_id).or_insert_with(|| TableCompaction::holding(0)).clone()
     }
 
     /// A client of site `name`'s meta servers, as the meta named them last.
@@ -411,10 +417,10 @@ pub(crate) fn replica_dir(data_dir: &Path, gpid: Gpid) -> PathBuf {
 
 /// The engine of a replica directory: `CURRENT` names the active database directory (it changes
 /// when a learned checkpoint is installed), `db` by default.
-pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory, tombstone_retention_ms: Arc<AtomicU64>) -> Result<SharedEngine> {
+pub(crate) fn open_engine(dir: &Path, memory: &EngineMemory, compaction: TableCompaction) -> Result<SharedEngine> {
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     let db = active_db_dir(dir)?;
-    let engine = RocksEngine::open_with_retention(&db, memory, tombstone_retention_ms)?;
+    let engine = RocksEngine::open_with_compaction(&db, memory, compaction)?;
     Ok(SharedEngine::new(engine))
 }
 
@@ -484,12 +490,12 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
         sites: Mutex::new(HashMap::new()),
-        tombstone_retention: Mutex::new(HashMap::new()),
+        compaction: Mutex::new(HashMap::new()),
         opts: opts.clone(),
     });
     let opened = found.len();
     for (gpid, path) in found {
-        let engine = open_engine(&path, &node.engine_memory, node.retention_of(gpid.table_id))?;
+        let engine = open_engine(&path, &node.engine_memory, node.compaction_of(gpid.table_id))?;
         let mutations = replayed.remove(&gpid).map(PartitionLog::into_mutations).unwrap_or_default();
         let core = Replica::open(gpid, node.me.clone(), opts.host.replica_options(opened), Box::new(engine.clone()), mutations);
         let hosted: HostedReplica<Rt> = HostedReplica::new(core, node.incarnation, &opts.host);

@@ -14,7 +14,7 @@ use tandem_dup_core::{Input as DupInput, ShipFailure as DupFailure};
 use tandem_host::{Carrier, DupWork, HostInput, HostedReplica, ReplicaAction, ReplicaEvent};
 use tandem_proto::convert::config_to_wire;
 use tandem_proto::v1;
-use tandem_storage::RocksEngine;
+use tandem_storage::{RocksEngine, TableCompaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -57,6 +57,10 @@ impl KvEngine for SharedEngine {
 
     fn clock_bound_us(&self) -> u64 {
         self.0.read().expect("engine lock").clock_bound_us()
+    }
+
+    fn dup_watermarks(&self) -> std::collections::BTreeMap<u8, u64> {
+        self.0.read().expect("engine lock").dup_watermarks()
     }
 }
 
@@ -294,6 +298,7 @@ impl ReplicaTask {
                 phase: s.phase.to_string(),
                 last_error: s.last_error.unwrap_or_default(),
                 resyncs: s.resyncs,
+                watermark_us: s.watermark_us,
             })
             .collect();
         *self.dups.lock().expect("dup progress lock") = progress;
@@ -367,10 +372,10 @@ impl ReplicaTask {
                 }
                 ReplicaAction::ActivateCheckpoint { db, decree } => {
                     let (dir, memory, tx) = (self.dir.clone(), self.node.engine_memory.clone(), self.tx.clone());
-                    let retention = self.node.retention_of(gpid.table_id);
+                    let compaction = self.node.compaction_of(gpid.table_id);
                     self.disk_work.spawn(async move {
                         let _ = tokio::task::spawn_blocking(move || {
-                            let result = activate(&dir, &db, decree, &memory, retention).map_err(|e| e.to_string());
+                            let result = activate(&dir, &db, decree, &memory, compaction).map_err(|e| e.to_string());
                             if result.is_ok() {
                                 tracing::info!("{gpid}: installed checkpoint at decree {decree}");
                             }
@@ -416,14 +421,14 @@ impl ReplicaTask {
                         let _ = tx.send(Event::Replica(ReplicaEvent::Dup { dup_id, input }));
                     });
                 }
-                ReplicaAction::Dup { dup_id, work: DupWork::Ship { table, remote_site, batch, records } } => {
+                ReplicaAction::Dup { dup_id, work: DupWork::Ship { table, remote_site, batch, records, watermark } } => {
                     let (node, tx) = (self.node.clone(), self.tx.clone());
                     // Not in disk_work: a replica that stops does not wait for the other site.
                     tokio::spawn(async move {
                         let input = match node.site_client(&remote_site) {
                             // The ship's own bound, so that the duplicator always hears back
                             // even if a call inside the client never returns.
-                            Ok(client) => match tokio::time::timeout(SHIP_BOUND, client.table(&table).duplicate(records)).await {
+                            Ok(client) => match tokio::time::timeout(SHIP_BOUND, client.table(&table).duplicate(records, watermark)).await {
                                 Ok(Ok(_)) => DupInput::Shipped { batch },
                                 Ok(Err(e)) => DupInput::ShipFailed { batch, failure: ship_failure(e) },
                                 Err(_) => {
@@ -576,8 +581,8 @@ impl ReplicaTask {
 
 /// Opens fetched database `db` of replica directory `dir`, checks it holds `decree`, and makes it
 /// the one a restart opens (`CURRENT`, written atomically).
-fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory, retention: Arc<std::sync::atomic::AtomicU64>) -> crate::error::Result<SharedEngine> {
-    let engine = RocksEngine::open_with_retention(&dir.join(db), memory, retention)?;
+fn activate(dir: &Path, db: &str, decree: Decree, memory: &tandem_storage::EngineMemory, compaction: TableCompaction) -> crate::error::Result<SharedEngine> {
+    let engine = RocksEngine::open_with_compaction(&dir.join(db), memory, compaction)?;
     if engine.last_applied_decree() != decree {
         return Err(ServerError::WrongDecree { found: engine.last_applied_decree(), expected: decree });
     }

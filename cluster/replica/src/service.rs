@@ -175,7 +175,7 @@ impl Service {
             let partition_count = req.route.as_ref().map_or(0, |r| r.partition_count);
             let request = write_request_from_wire(req).map_err(|e| core_status(&e))?;
             request.validate(&self.node.opts.host.replica.limits).map_err(|e| core_status(&e))?;
-            if let WriteRequest::Duplicate { records } = &request {
+            if let WriteRequest::Duplicate { records, .. } = &request {
                 // Routed per record by the sender: each must belong here.
                 for r in records {
                     let (hash_key, _) = decode_key(&r.key).map_err(|e| core_status(&e))?;

@@ -31,6 +31,7 @@ pub fn ops_fingerprint(ops: &[WriteOp]) -> u64 {
         match op {
             WriteOp::Put { key, value } => h.u64(1).u64(key.len() as u64).bytes(key).u64(value.len() as u64).bytes(value),
             WriteOp::Delete { key } => h.u64(2).u64(key.len() as u64).bytes(key),
+            WriteOp::Watermark { origin, watermark_us } => h.u64(3).u64(*origin as u64).u64(*watermark_us),
         };
     }
     h.finish()
@@ -80,6 +81,14 @@ impl SimEngine {
     pub fn take_puts(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         std::mem::take(&mut self.lock().puts)
     }
+
+    /// A background compaction (`MemEngine::compact`) of what is applied and of what is on
+    /// disk alike; returns how many values the applied state lost.
+    pub fn compact(&self, now_us: u64, tombstone_retention_ms: u64, outgoing_hold_us: u64) -> usize {
+        let mut s = self.lock();
+        s.flushed.compact(now_us, tombstone_retention_ms, outgoing_hold_us);
+        s.live.compact(now_us, tombstone_retention_ms, outgoing_hold_us)
+    }
 }
 
 impl KvEngine for SimEngine {
@@ -109,6 +118,10 @@ impl KvEngine for SimEngine {
 
     fn clock_bound_us(&self) -> u64 {
         self.lock().live.clock_bound_us()
+    }
+
+    fn dup_watermarks(&self) -> BTreeMap<u8, u64> {
+        self.lock().live.dup_watermarks()
     }
 }
 

@@ -59,6 +59,8 @@ pub mod path {
     pub const DUP_PAUSED: &str = "dup-paused";
     /// The two sites were cut apart.
     pub const SITES_CUT: &str = "sites-cut";
+    /// A compaction dropped tombstones or expired values (two-site runs).
+    pub const COMPACTION_DROPPED: &str = "compaction-dropped";
 }
 
 #[derive(Clone, Debug, Default)]

@@ -106,6 +106,7 @@ impl World {
                 // The workload's values are at most ~20 bytes: 64..=256 refuses batches of a
                 // handful of records upward.
                 value_bytes_max: rng.chance(0.3).then(|| rng.range(64, 256) as usize),
+                tombstone_retention_ms: rng.range(100, 3_000),
             });
         }
         let link_faults = allowed.contains(FaultKind::Partition) && rng.chance(0.75);

@@ -76,3 +76,23 @@ fn regression_seed_944_a_second_upgrade_proposal_dropped_the_first_learner_from_
 fn regression_seed_2389_batches_grew_back_to_a_refused_size() {
     regression(2389);
 }
+
+/// A heartbeat was in flight when partition 0's log lost what it had not shipped; the snapshot it
+/// shipped instead read to its end while the heartbeat was out, and when the heartbeat failed
+/// nothing finished the snapshot — no further heartbeat could go, since the snapshot held the
+/// table's watermark at 0. Fixed in the duplicator: a failed heartbeat finishes a snapshot that
+/// is done.
+#[test]
+fn regression_seed_483_a_snapshot_waited_for_a_failed_heartbeat() {
+    regression(483);
+}
+
+/// A partition of site-a that had never had a batch from site-b (its replicas had no watermark
+/// entry for b) compacted a tombstone once a's own duplication had passed it; site-b, cut off
+/// for 20 s, then shipped an older put of the key, which came back. Fixed in the apply: a site's
+/// first batch creates its watermark entry (at 0), so compaction holds what it may still send;
+/// and a record below its origin's watermark is superseded.
+#[test]
+fn regression_seed_779_a_tombstone_went_before_the_lagging_site_was_known() {
+    regression(779);
+}

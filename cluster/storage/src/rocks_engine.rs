@@ -28,6 +28,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode,
     Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,8 @@ const META_CF: &str = "meta";
 const LAST_APPLIED_KEY: &[u8] = b"last_applied_decree";
 /// The largest mutation timestamp applied, written with every last_applied_decree.
 const CLOCK_BOUND_KEY: &[u8] = b"clock_bound_us";
+/// `dup_watermark/` + the origin's cluster id (one byte): that site's largest watermark applied.
+const WATERMARK_PREFIX: &[u8] = b"dup_watermark/";
 const TTL_FILTER_NAME: &str = "tandem-ttl";
 
 /// The memory every RocksDB of one server shares: a block cache for reads, and a budget for the
@@ -89,14 +92,44 @@ impl Default for EngineMemory {
     }
 }
 
+/// What a table's compaction may drop, shared by the table's engines and set by the host from
+/// the meta's answers: the tombstone retention (ms) and the hold of the table's own duplications
+/// (µs; `u64::MAX`: none). See `value::compaction_drops`.
+#[derive(Clone, Debug)]
+pub struct TableCompaction {
+    pub retention_ms: Arc<AtomicU64>,
+    pub hold_us: Arc<AtomicU64>,
+}
+
+impl TableCompaction {
+    /// The default policy's retention, and `hold_us` held.
+    pub fn holding(hold_us: u64) -> Self {
+        TableCompaction {
+            retention_ms: Arc::new(AtomicU64::new(tandem_core::value::TOMBSTONE_RETENTION_MS_DEFAULT)),
+            hold_us: Arc::new(AtomicU64::new(hold_us)),
+        }
+    }
+}
+
+impl Default for TableCompaction {
+    /// The default policy's retention, nothing held (a table that ships nowhere; tools).
+    fn default() -> Self {
+        TableCompaction::holding(u64::MAX)
+    }
+}
+
 pub struct RocksEngine {
     db: DB,
     dir: PathBuf,
     last_applied: Decree,
     clock_bound_us: u64,
-    /// How long tombstones outlive their timetag before compaction drops them (shared with the
-    /// compaction filter; the host sets it from the table's policy).
-    tombstone_retention_ms: Arc<AtomicU64>,
+    /// The watermarks of the sites shipping here, and their smallest (shared with the
+    /// compaction filter).
+    watermarks: BTreeMap<u8, u64>,
+    incoming_hold_us: Arc<AtomicU64>,
+    /// Shared with the compaction filter; the host sets it from the table's policy and
+    /// duplications.
+    compaction: TableCompaction,
     /// A lower bound of the decree in RocksDB's files: set at open and by our own flushes.
     /// RocksDB's background flushes may have persisted more; underestimating only keeps log
     /// segments a little longer.
@@ -107,13 +140,12 @@ pub struct RocksEngine {
 impl RocksEngine {
     /// Opens the replica's database in `dir`, creating it if missing, within the server's memory.
     pub fn open(dir: &Path, memory: &EngineMemory) -> Result<RocksEngine> {
-        let retention = Arc::new(AtomicU64::new(tandem_core::value::TOMBSTONE_RETENTION_MS_DEFAULT));
-        RocksEngine::open_with_retention(dir, memory, retention)
+        RocksEngine::open_with_compaction(dir, memory, TableCompaction::default())
     }
 
-    /// Opens with the tombstone retention (ms) that `tombstone_retention_ms` holds, shared with
-    /// whoever sets it (the server shares one per table among the table's engines).
-    pub fn open_with_retention(dir: &Path, memory: &EngineMemory, tombstone_retention_ms: Arc<AtomicU64>) -> Result<RocksEngine> {
+    /// Opens with the compaction rule `compaction` holds, shared with whoever sets it (the
+    /// server shares one per table among the table's engines).
+    pub fn open_with_compaction(dir: &Path, memory: &EngineMemory, compaction: TableCompaction) -> Result<RocksEngine> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
@@ -124,9 +156,11 @@ impl RocksEngine {
 
         let mut data_options = Options::default();
         data_options.set_compression_type(DBCompressionType::Lz4);
-        let retention = tombstone_retention_ms.clone();
+        let incoming_hold_us = Arc::new(AtomicU64::new(u64::MAX));
+        let (rule, incoming) = (compaction.clone(), incoming_hold_us.clone());
         data_options.set_compaction_filter(TTL_FILTER_NAME, move |_level: u32, _key: &[u8], value: &[u8]| {
-            compaction_decision(value, now_us(), retention.load(Ordering::Relaxed))
+            let hold_us = rule.hold_us.load(Ordering::Relaxed).min(incoming.load(Ordering::Relaxed));
+            compaction_decision(value, now_us(), rule.retention_ms.load(Ordering::Relaxed), hold_us)
         });
         let mut meta_options = Options::default();
         memory.apply(&mut db_options, [&mut data_options, &mut meta_options]);
@@ -145,6 +179,21 @@ impl RocksEngine {
         };
         let last_applied = read_u64(LAST_APPLIED_KEY, "last_applied_decree")?;
         let clock_bound_us = read_u64(CLOCK_BOUND_KEY, "clock_bound_us")?;
+        let mut watermarks = BTreeMap::new();
+        {
+            let meta = db.cf_handle(META_CF).expect("meta column family is created at open");
+            let mut read_options = ReadOptions::default();
+            read_options.set_iterate_lower_bound(WATERMARK_PREFIX.to_vec());
+            for item in db.iterator_cf_opt(meta, read_options, IteratorMode::From(WATERMARK_PREFIX, Direction::Forward)) {
+                let (key, value) = item.map_err(|e| Error::rocks("read the watermarks", dir, e))?;
+                let Some(origin) = key.strip_prefix(WATERMARK_PREFIX) else { break };
+                let (&[origin], Ok(value)) = (origin, <[u8; 8]>::try_from(value.as_ref())) else {
+                    return Err(Error::CorruptEngine { dir: dir.to_path_buf(), detail: format!("watermark entry {key:?} = {value:?}") });
+                };
+                watermarks.insert(origin, u64::from_be_bytes(value));
+            }
+        }
+        incoming_hold_us.store(tandem_core::storage::incoming_hold_us(&watermarks), Ordering::Relaxed);
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         Ok(RocksEngine {
@@ -152,7 +201,9 @@ impl RocksEngine {
             dir: dir.to_path_buf(),
             last_applied,
             clock_bound_us,
-            tombstone_retention_ms,
+            watermarks,
+            incoming_hold_us,
+            compaction,
             last_flushed: AtomicU64::new(last_applied),
             write_options,
         })
@@ -225,32 +276,48 @@ impl RocksEngine {
         self.db.compact_range_cf(self.data_cf(), None::<&[u8]>, None::<&[u8]>);
     }
 
-    fn add_ops(&self, batch: &mut WriteBatch, ops: &[WriteOp]) {
+    /// Adds the ops' records to `batch`, and their watermarks to `watermarks` (the largest per
+    /// origin), which `write_applied` writes.
+    fn add_ops(&self, batch: &mut WriteBatch, ops: &[WriteOp], watermarks: &mut Option<BTreeMap<u8, u64>>) {
         let data = self.data_cf();
         for op in ops {
             match op {
                 WriteOp::Put { key, value } => batch.put_cf(data, key, value),
                 WriteOp::Delete { key } => batch.delete_cf(data, key),
+                WriteOp::Watermark { origin, watermark_us } => {
+                    let w = watermarks.get_or_insert_with(|| self.watermarks.clone()).entry(*origin).or_default();
+                    *w = (*w).max(*watermark_us);
+                }
             }
         }
     }
 
-    /// Writes `batch` with `decree` recorded as the last applied decree and `timestamp_us` folded
-    /// into the clock bound.
-    fn write_applied(&mut self, mut batch: WriteBatch, decree: Decree, timestamp_us: u64) -> tandem_core::Result<()> {
+    /// Writes `batch` with `decree` recorded as the last applied decree, `timestamp_us` folded
+    /// into the clock bound, and the watermarks if they changed.
+    fn write_applied(&mut self, mut batch: WriteBatch, decree: Decree, timestamp_us: u64, watermarks: Option<BTreeMap<u8, u64>>) -> tandem_core::Result<()> {
         let clock_bound_us = self.clock_bound_us.max(timestamp_us);
         batch.put_cf(self.meta_cf(), LAST_APPLIED_KEY, decree.to_be_bytes());
         batch.put_cf(self.meta_cf(), CLOCK_BOUND_KEY, clock_bound_us.to_be_bytes());
+        if let Some(w) = &watermarks {
+            for (origin, watermark_us) in w {
+                let key = [WATERMARK_PREFIX, &[*origin]].concat();
+                batch.put_cf(self.meta_cf(), key, watermark_us.to_be_bytes());
+            }
+        }
         self.db.write_opt(batch, &self.write_options).map_err(|e| Error::rocks("write", &self.dir, e))?;
         self.last_applied = decree;
         self.clock_bound_us = clock_bound_us;
+        if let Some(w) = watermarks {
+            self.incoming_hold_us.store(tandem_core::storage::incoming_hold_us(&w), Ordering::Relaxed);
+            self.watermarks = w;
+        }
         Ok(())
     }
 
     /// Tombstones older than this (by their timetag) may be dropped by compaction (until set:
-    /// what `open_with_retention` was given, or the default policy's retention).
+    /// what `open_with_compaction` was given, or the default policy's retention).
     pub fn set_tombstone_retention_ms(&self, retention_ms: u64) {
-        self.tombstone_retention_ms.store(retention_ms, Ordering::Relaxed);
+        self.compaction.retention_ms.store(retention_ms, Ordering::Relaxed);
     }
 
     fn data_cf(&self) -> &ColumnFamily {
@@ -290,8 +357,9 @@ impl KvEngine for RocksEngine {
     fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> tandem_core::Result<()> {
         assert_eq!(decree, self.last_applied + 1, "decrees are applied in order");
         let mut batch = WriteBatch::default();
-        self.add_ops(&mut batch, ops);
-        self.write_applied(batch, decree, timestamp_us)
+        let mut watermarks = None;
+        self.add_ops(&mut batch, ops, &mut watermarks);
+        self.write_applied(batch, decree, timestamp_us, watermarks)
     }
 
     /// One write batch for all: atomic, and the last-applied key written once.
@@ -299,12 +367,13 @@ impl KvEngine for RocksEngine {
         let Some(last) = mutations.last() else { return Ok(()) };
         let mut batch = WriteBatch::default();
         let mut timestamp_us = 0;
+        let mut watermarks = None;
         for (i, m) in mutations.iter().enumerate() {
             assert_eq!(m.decree, self.last_applied + 1 + i as u64, "decrees are applied in order");
-            self.add_ops(&mut batch, &m.ops);
+            self.add_ops(&mut batch, &m.ops, &mut watermarks);
             timestamp_us = timestamp_us.max(m.timestamp_us);
         }
-        self.write_applied(batch, last.decree, timestamp_us)
+        self.write_applied(batch, last.decree, timestamp_us, watermarks)
     }
 
     fn last_applied_decree(&self) -> Decree {
@@ -314,13 +383,17 @@ impl KvEngine for RocksEngine {
     fn clock_bound_us(&self) -> u64 {
         self.clock_bound_us
     }
+
+    fn dup_watermarks(&self) -> BTreeMap<u8, u64> {
+        self.watermarks.clone()
+    }
 }
 
 /// What compaction does with a stored value: the rule is `value::compaction_drops`. A removed
 /// value becomes a deletion marker below the bottom level, so an older version underneath never
 /// shows through.
-fn compaction_decision(value: &[u8], now_us: u64, tombstone_retention_ms: u64) -> Decision {
-    if compaction_drops(value, now_us, tombstone_retention_ms) { Decision::Remove } else { Decision::Keep }
+fn compaction_decision(value: &[u8], now_us: u64, tombstone_retention_ms: u64, hold_us: u64) -> Decision {
+    if compaction_drops(value, now_us, tombstone_retention_ms, hold_us) { Decision::Remove } else { Decision::Keep }
 }
 
 fn now_us() -> u64 {
@@ -360,6 +433,9 @@ mod tests {
         }
         fn clock_bound_us(&self) -> u64 {
             self.engine.clock_bound_us()
+        }
+        fn dup_watermarks(&self) -> BTreeMap<u8, u64> {
+            self.engine.dup_watermarks()
         }
     }
 
@@ -525,5 +601,43 @@ mod tests {
         assert_eq!(e.get(b"forever").unwrap(), Some(forever));
         assert_eq!(e.get(b"undecodable").unwrap(), Some(undecodable));
         assert_eq!(e.last_applied_decree(), 2);
+    }
+
+    #[test]
+    fn compaction_holds_tombstones_the_duplications_have_not_passed_and_watermarks_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = tempfile::tempdir().unwrap();
+        let compaction = TableCompaction::default();
+        compaction.retention_ms.store(0, Ordering::Relaxed);
+        let hour_us = 3_600_000_000;
+        let tomb = |key: &str, age_us: u64| WriteOp::Put { key: key.into(), value: encode_tombstone(make_timetag(now_us() - age_us, 2, true)) };
+        let watermark = |origin, watermark_us| WriteOp::Watermark { origin, watermark_us };
+        {
+            let mut e = RocksEngine::open_with_compaction(dir.path(), &EngineMemory::default(), compaction.clone()).unwrap();
+            // Site 2 has shipped what it made up to 2 h ago, site 3 up to 3 h ago.
+            e.apply(1, 0, &[tomb("4h", 4 * hour_us), tomb("2.5h", 5 * hour_us / 2), tomb("1h", hour_us), watermark(2, now_us() - 2 * hour_us)]).unwrap();
+            e.apply_many(&[Arc::new(Mutation { ballot: 1, decree: 2, timestamp_us: 0, ops: vec![watermark(3, now_us() - 3 * hour_us), watermark(2, 5)] })])
+                .unwrap();
+            e.flush().unwrap();
+            e.compact();
+            assert_eq!(all(&e).len(), 2, "only what both sites passed goes");
+            // Our own duplication has not shipped what was made 2.5 h ago yet.
+            compaction.hold_us.store(now_us() - 3 * hour_us, Ordering::Relaxed);
+            e.apply(3, 0, &[watermark(3, now_us())]).unwrap();
+            e.flush().unwrap();
+            e.compact();
+            assert_eq!(all(&e).len(), 2);
+            compaction.hold_us.store(u64::MAX, Ordering::Relaxed);
+            e.checkpoint(&cp.path().join("c")).unwrap();
+        }
+        // Reopened, and in a checkpoint: the same watermarks, the same hold.
+        for path in [dir.path().to_path_buf(), cp.path().join("c")] {
+            let e = RocksEngine::open_with_compaction(&path, &EngineMemory::default(), compaction.clone()).unwrap();
+            let w = e.dup_watermarks();
+            assert_eq!(w.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+            assert!(w[&2] < now_us() - hour_us && w[&3] > now_us() - hour_us, "{w:?}");
+            e.compact();
+            assert_eq!(all(&e).len(), 1, "the 2.5 h tombstone goes now; the 1 h one waits for site 2");
+        }
     }
 }

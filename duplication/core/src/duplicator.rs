@@ -77,6 +77,13 @@ pub struct DuplicatorOptions {
     /// the log is no longer held for this duplication.
     pub skip_lag_decrees_max: u64,
     pub skip_lag_ms_max: u64,
+    /// How far apart this site's wall clocks may be (the replicas' `max_clock_offset`): a
+    /// mutation not yet made may still be stamped this much before another server's clock.
+    pub max_clock_offset_us: u64,
+    /// The duplicator that sends the table's watermark to every remote partition while there
+    /// is nothing to ship (one per duplication: partition 0's), this often at most; None: not
+    /// this one.
+    pub heartbeat_ms: Option<u64>,
 }
 
 impl Default for DuplicatorOptions {
@@ -91,6 +98,8 @@ impl Default for DuplicatorOptions {
             retry_delay_max_ms: 10_000,
             skip_lag_decrees_max: 1_000_000,
             skip_lag_ms_max: 3_600_000,
+            max_clock_offset_us: 500_000,
+            heartbeat_ms: Some(5_000),
         }
     }
 }
@@ -169,6 +178,12 @@ pub enum Input {
     ShipFailed { batch: BatchId, failure: ShipFailure },
     Pause,
     Resume,
+    /// The first mutation prepared and not yet committed on this primary (None: there is none),
+    /// fed with `Committed` after each turn that changed it.
+    Uncommitted { timestamp_us: Option<u64> },
+    /// The table's watermark as the meta computed it from every partition's reports: what a
+    /// heartbeat carries.
+    TableWatermark { watermark_us: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,6 +201,10 @@ pub enum Action {
     /// Send the records to the remote site, each to the partition that owns its key. Answer
     /// `Shipped` once every record was applied or superseded there, else `ShipFailed`.
     Ship { batch: BatchId, records: Vec<DupRecord> },
+    /// Nothing to ship: send the table's watermark to every partition of the remote table, so
+    /// that an idle sender still lets the other site compact its tombstones. Answered like
+    /// `Ship`.
+    Heartbeat { batch: BatchId, watermark_us: u64 },
 }
 
 /// A summary for beacons, `tandem dup list` and metrics.
@@ -203,6 +222,9 @@ pub struct DuplicatorState {
     pub clock_ahead_refusals: u64,
     pub resyncs: u64,
     pub last_error: Option<String>,
+    /// Every record this partition made before this time is applied at the remote, and every
+    /// record it makes later is stamped at or after it (`Duplicator::watermark_us`).
+    pub watermark_us: u64,
 }
 
 /// A record waiting to ship, with its decree and the origin timestamp that lag is measured by.
@@ -237,6 +259,14 @@ pub struct Duplicator {
     heard: VecDeque<(Decree, u64)>,
     /// The origin timestamp of the first unconfirmed decree, once read.
     oldest_open_us: Option<u64>,
+    /// The timestamp of decree `read_through`, when it was read from the log.
+    read_through_us: Option<u64>,
+    /// See `Input::Uncommitted`.
+    uncommitted_us: Option<u64>,
+    table_watermark_us: u64,
+    /// The watermark the last heartbeat carried, and when the next may go.
+    heartbeat_sent_us: u64,
+    heartbeat_at_ms: u64,
     pending: VecDeque<Pending>,
     pending_bytes: usize,
     /// When the oldest pending record was read (for `batch_delay_ms`).
@@ -282,6 +312,11 @@ impl Duplicator {
             read_through: confirmed,
             heard: VecDeque::new(),
             oldest_open_us: None,
+            read_through_us: None,
+            uncommitted_us: None,
+            table_watermark_us: 0,
+            heartbeat_sent_us: 0,
+            heartbeat_at_ms: 0,
             pending: VecDeque::new(),
             pending_bytes: 0,
             pending_since_ms: None,
@@ -345,6 +380,28 @@ impl Duplicator {
         since.map_or(0, |t| now.wall_us.saturating_sub(t) / 1000)
     }
 
+    /// The origin time below which every record of this partition is applied at the remote:
+    /// the timestamp of the first unconfirmed decree (timestamps grow with decrees, DESIGN.md
+    /// §2), 0 while that is not known (a snapshot ships, or the log was not read yet), and never
+    /// above what is still to come: a prepared mutation not committed yet, or one not made yet,
+    /// which another server of this site (after a failover) may stamp up to twice the clock
+    /// offset before this one's clock (docs/duplication.md, "Tombstones").
+    pub fn watermark_us(&self, now: Now) -> u64 {
+        let future = now.wall_us.saturating_sub(2 * self.options.max_clock_offset_us);
+        let future = self.uncommitted_us.map_or(future, |u| future.min(u));
+        let open = match self.phase {
+            Phase::Snapshot { .. } => return 0,
+            Phase::Log if self.start_now => return 0,
+            Phase::Log if self.committed <= self.confirmed => None,
+            Phase::Log => Some(match (self.oldest_open_us, self.read_through_us) {
+                (Some(t), _) => t,
+                (None, Some(t)) if self.read_through == self.confirmed => t + 1,
+                _ => 0,
+            }),
+        };
+        open.map_or(future, |o| o.min(future))
+    }
+
     pub fn state(&self, now: Now) -> DuplicatorState {
         DuplicatorState {
             phase: match self.phase {
@@ -362,6 +419,7 @@ impl Duplicator {
             clock_ahead_refusals: self.clock_ahead_refusals,
             resyncs: self.resyncs,
             last_error: self.last_error.clone(),
+            watermark_us: self.watermark_us(now),
         }
     }
 
@@ -386,6 +444,8 @@ impl Duplicator {
             Input::ShipFailed { batch, failure } => self.on_ship_failed(now, batch, failure),
             Input::Pause => self.paused = true,
             Input::Resume => self.paused = false,
+            Input::Uncommitted { timestamp_us } => self.uncommitted_us = timestamp_us,
+            Input::TableWatermark { watermark_us } => self.table_watermark_us = watermark_us,
         }
         self.drive(now);
     }
@@ -435,6 +495,7 @@ impl Duplicator {
                 self.push_pending(now, Pending { decree: m.decree, timestamp_us: m.timestamp_us, record });
             }
             self.read_through = m.decree;
+            self.read_through_us = Some(m.timestamp_us);
             progressed = true;
         }
         if !progressed {
@@ -456,6 +517,7 @@ impl Duplicator {
         self.pending.clear();
         self.pending_bytes = 0;
         self.pending_since_ms = None;
+        self.oldest_open_us = None;
         self.phase = Phase::Snapshot { decree: None, after: None, read_all: false };
     }
 
@@ -499,6 +561,18 @@ impl Duplicator {
 
     fn on_ship_failed(&mut self, now: Now, batch: BatchId, failure: ShipFailure) {
         let Some(flight) = self.in_flight.take_if(|f| f.batch == batch) else { return };
+        if flight.records.is_empty() {
+            // A heartbeat: sent again when it is next due. A snapshot that finished reading
+            // while it was in flight is done now (seed 483 of the two-site simulator: it waited
+            // for a heartbeat that its own zero watermark kept from going).
+            self.heartbeat_sent_us = 0;
+            match failure {
+                ShipFailure::Unavailable(e) | ShipFailure::Refused(e) => self.fail(now, format!("heartbeat: {e}")),
+                _ => self.fail(now, "the remote refused a heartbeat".into()),
+            }
+            self.finish_snapshot_if_done();
+            return;
+        }
         let bytes: usize = flight.records.iter().map(|p| p.record.bytes()).sum();
         let several = flight.records.len() > 1;
         // Back in front, in order: shipped again, nothing skipped.
@@ -550,6 +624,9 @@ impl Duplicator {
         }
         self.phase = Phase::Log;
         self.actions.push(Action::ReleaseSnapshot);
+        if decree > self.read_through {
+            self.read_through_us = None;
+        }
         self.read_through = self.read_through.max(decree);
         self.oldest_open_us = None;
         self.advance_confirmed(decree);
@@ -603,7 +680,11 @@ impl Duplicator {
     }
 
     fn ship_if_due(&mut self, now: Now) {
-        if self.in_flight.is_some() || self.pending.is_empty() {
+        if self.in_flight.is_some() {
+            return;
+        }
+        if self.pending.is_empty() {
+            self.heartbeat_if_due(now);
             return;
         }
         let full = self.pending_bytes >= self.batch_bytes_limit;
@@ -632,6 +713,20 @@ impl Duplicator {
         self.next_batch += 1;
         self.actions.push(Action::Ship { batch, records: records.iter().map(|p| p.record.clone()).collect() });
         self.in_flight = Some(InFlight { batch, records });
+    }
+
+    /// The heartbeat duplicator, with nothing to ship, sends the table's watermark once it moved.
+    fn heartbeat_if_due(&mut self, now: Now) {
+        let Some(every_ms) = self.options.heartbeat_ms else { return };
+        if self.phase != Phase::Log || self.table_watermark_us <= self.heartbeat_sent_us || now.now_ms < self.heartbeat_at_ms {
+            return;
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        self.heartbeat_sent_us = self.table_watermark_us;
+        self.heartbeat_at_ms = now.now_ms + every_ms;
+        self.actions.push(Action::Heartbeat { batch, watermark_us: self.table_watermark_us });
+        self.in_flight = Some(InFlight { batch, records: Vec::new() });
     }
 }
 

@@ -244,3 +244,63 @@ fn stale_read_answers_are_ignored() {
     step(&mut d, 102, Input::LogRead { read: 2, mutations: vec![mutation(1, &[]), mutation(2, &[])] });
     assert_eq!(d.confirmed(), 2, "decrees with nothing to ship confirm at once");
 }
+
+#[test]
+fn the_watermark_is_the_first_unconfirmed_timestamp_and_never_above_what_is_still_to_come() {
+    let mut d = Duplicator::new(options(), Start::From(0));
+    let ms = 5_000;
+    // The clock offset is 0.5 s: what is not made yet may be stamped 1 s before our wall clock.
+    let future = now(ms).wall_us - 1_000_000;
+    assert_eq!(d.watermark_us(now(ms)), future, "caught up: only the future bounds it");
+    step(&mut d, ms, Input::Committed { decree: 3 });
+    assert_eq!(d.watermark_us(now(ms)), 0, "decrees not read yet: unknown");
+    let (a, b) = (record("a", 10, LOCAL), record("b", 11, LOCAL));
+    let read = vec![mutation(1, &[a]), mutation(2, &[]), mutation(3, &[b])];
+    assert_eq!(step(&mut d, ms, Input::LogRead { read: 1, mutations: read }).len(), 1);
+    assert_eq!(d.state(now(ms)).watermark_us, mutation(1, &[]).timestamp_us, "decree 1 is in flight");
+    step(&mut d, ms, Input::Shipped { batch: 1 });
+    assert_eq!(d.watermark_us(now(ms)), future);
+    // A prepared mutation stamped earlier than that commits later.
+    step(&mut d, ms, Input::Uncommitted { timestamp_us: Some(future - 7) });
+    assert_eq!(d.watermark_us(now(ms)), future - 7);
+    step(&mut d, ms, Input::Uncommitted { timestamp_us: None });
+    // Committed but not read: just above the last decree read.
+    step(&mut d, ms, Input::Committed { decree: 4 });
+    assert_eq!(d.watermark_us(now(ms)), mutation(3, &[]).timestamp_us + 1);
+    // A snapshot ships everything, in key order: nothing is known.
+    let s = Duplicator::new(options(), Start::Snapshot);
+    assert_eq!(s.watermark_us(now(ms)), 0);
+}
+
+#[test]
+fn the_heartbeat_duplicator_sends_the_tables_watermark_when_idle_and_it_moved() {
+    let mut d = Duplicator::new(DuplicatorOptions { heartbeat_ms: Some(1_000), ..options() }, Start::From(0));
+    step(&mut d, 0, Input::Committed { decree: 0 });
+    assert_eq!(step(&mut d, 0, Input::TableWatermark { watermark_us: 5 }), vec![Action::Heartbeat { batch: 1, watermark_us: 5 }]);
+    assert_eq!(step(&mut d, 1, Input::TableWatermark { watermark_us: 6 }), vec![], "one in flight");
+    assert_eq!(step(&mut d, 10, Input::Shipped { batch: 1 }), vec![], "not due before 1 s");
+    assert_eq!(step(&mut d, 1_000, Input::Tick), vec![Action::Heartbeat { batch: 2, watermark_us: 6 }]);
+    // A failed one goes again once due and past the back-off; an unmoved watermark never.
+    assert_eq!(step(&mut d, 1_001, Input::ShipFailed { batch: 2, failure: ShipFailure::Unavailable("cut".into()) }), vec![]);
+    assert_eq!(step(&mut d, 2_000, Input::Tick), vec![Action::Heartbeat { batch: 3, watermark_us: 6 }]);
+    step(&mut d, 2_001, Input::Shipped { batch: 3 });
+    assert_eq!(step(&mut d, 9_000, Input::Tick), vec![]);
+    // Records to ship go first; only the heartbeat duplicator sends heartbeats.
+    let mut other = Duplicator::new(DuplicatorOptions { heartbeat_ms: None, ..options() }, Start::From(0));
+    step(&mut other, 0, Input::Committed { decree: 0 });
+    assert_eq!(step(&mut other, 0, Input::TableWatermark { watermark_us: 5 }), vec![]);
+}
+
+#[test]
+fn a_snapshot_read_to_its_end_while_a_heartbeat_was_in_flight_finishes_when_the_heartbeat_fails() {
+    let mut d = Duplicator::new(DuplicatorOptions { heartbeat_ms: Some(1_000), ..options() }, Start::From(0));
+    step(&mut d, 0, Input::Committed { decree: 0 });
+    assert_eq!(step(&mut d, 0, Input::TableWatermark { watermark_us: 5 }), vec![Action::Heartbeat { batch: 1, watermark_us: 5 }]);
+    assert_eq!(step(&mut d, 1, Input::Committed { decree: 3 }), vec![Action::ReadLog { read: 1, from: 1, to: 3, bytes_max: READ_AHEAD }]);
+    let read = step(&mut d, 2, Input::LogGap { read: 1 });
+    assert_eq!(read, vec![Action::ReadSnapshot { read: 2, decree: None, after: None, bytes_max: READ_AHEAD }]);
+    // Nothing of this site's own in the snapshot: done reading, waiting for the heartbeat.
+    assert_eq!(step(&mut d, 3, Input::SnapshotRead { read: 2, decree: 3, records: vec![], next: None }), vec![]);
+    assert_eq!(step(&mut d, 4, Input::ShipFailed { batch: 1, failure: ShipFailure::Unavailable("cut".into()) }), vec![Action::ReleaseSnapshot]);
+    assert_eq!((d.phase(), d.confirmed()), (&Phase::Log, 3));
+}

@@ -40,6 +40,9 @@ pub struct TableDup {
     pub sync_existing: bool,
     /// The persisted confirmed decree of each partition that has one.
     pub confirmed: Vec<(u32, tandem_core::Decree)>,
+    /// The table's watermark: every record it made before this time is applied at the remote
+    /// (the smallest its partitions reported; 0 until all did).
+    pub watermark_us: u64,
 }
 
 pub use duplicator::{Action, BatchId, Duplicator, DuplicatorOptions, DuplicatorState, FailMode, Input, Now, Phase, ShipFailure};

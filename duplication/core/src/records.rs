@@ -25,6 +25,8 @@ pub fn records_of_mutation(m: &Mutation, cluster_id: u8) -> Vec<DupRecord> {
             WriteOp::Delete { key } => {
                 Some(DupRecord { key: key.clone(), value: encode_tombstone(make_timetag(m.timestamp_us, cluster_id, true)) })
             }
+            // Another site's progress here: not a record, and never ours.
+            WriteOp::Watermark { .. } => None,
         })
         .collect()
 }
@@ -54,6 +56,7 @@ mod tests {
                 WriteOp::Put { key: b"k2".to_vec(), value: remote },
                 WriteOp::Put { key: b"k3".to_vec(), value: tomb.clone() },
                 WriteOp::Delete { key: b"k4".to_vec() },
+                WriteOp::Watermark { origin: 2, watermark_us: 3 },
                 WriteOp::Put { key: b"k5".to_vec(), value: b"garbage".to_vec() },
             ],
         };

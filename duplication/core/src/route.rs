@@ -8,8 +8,12 @@ use tandem_core::replica::DupRecord;
 
 /// The records of a batch grouped by the remote partition that owns each, in batch order within
 /// each group. Keys that do not decode are returned apart (the caller refuses the batch: they
-/// came from our own validated log, so this is a bug, not an input).
+/// came from our own validated log, so this is a bug, not an input). An empty batch is a
+/// heartbeat, which carries the watermark to every partition: each gets an empty group.
 pub fn split_by_partition(records: Vec<DupRecord>, partition_count: u32) -> (BTreeMap<u32, Vec<DupRecord>>, Vec<DupRecord>) {
+    if records.is_empty() {
+        return ((0..partition_count).map(|p| (p, Vec::new())).collect(), Vec::new());
+    }
     let mut groups: BTreeMap<u32, Vec<DupRecord>> = BTreeMap::new();
     let mut bad = Vec::new();
     for r in records {
@@ -45,5 +49,7 @@ mod tests {
         }
         let (_, bad) = split_by_partition(vec![DupRecord { key: vec![0], value: vec![] }], 4);
         assert_eq!(bad.len(), 1);
+        let (heartbeat, _) = split_by_partition(vec![], 4);
+        assert_eq!(heartbeat.into_iter().collect::<Vec<_>>(), (0..4).map(|p| (p, vec![])).collect::<Vec<_>>());
     }
 }

@@ -87,6 +87,8 @@ pub struct DupReport {
     pub last_error: Option<String>,
     /// Snapshots the primary shipped because its log had lost what was not shipped.
     pub resyncs: u64,
+    /// `DuplicatorState::watermark_us`.
+    pub watermark_us: u64,
 }
 
 impl From<tandem_dup_core::DuplicatorState> for DupReport {
@@ -99,6 +101,7 @@ impl From<tandem_dup_core::DuplicatorState> for DupReport {
             phase: s.phase.to_string(),
             last_error: s.last_error,
             resyncs: s.resyncs,
+            watermark_us: s.watermark_us,
         }
     }
 }

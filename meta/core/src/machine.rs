@@ -379,6 +379,7 @@ impl MetaMachine {
                     dup_confirmed: snapshot.dup_confirmed.into_iter().map(|(d, p, c)| ((d, p), c)).collect(),
                     dup_unsaved: BTreeMap::new(),
                     dup_reports: BTreeMap::new(),
+                    dup_watermarks: BTreeMap::new(),
                 };
                 self.event(MetaEvent::Leading { epoch, tables: state.tables.len(), partitions: state.partitions.len(), nodes: state.registered.len() });
                 self.state = Some(state);
@@ -533,6 +534,9 @@ impl MetaMachine {
                 let unsaved = state.dup_unsaved.entry(key).or_insert(report.confirmed);
                 *unsaved = (*unsaved).max(report.confirmed);
             }
+            // Each report holds for good (docs/duplication.md, "Tombstones"): keep the largest.
+            let w = state.dup_watermarks.entry(key).or_default();
+            *w = (*w).max(report.watermark_us);
             state.dup_reports.insert(key, report.clone());
         }
         let registered = state.registered.contains(&node);
@@ -969,6 +973,7 @@ impl MetaMachine {
                 if *status == DupStatus::Removed {
                     state.dup_unsaved.retain(|(id, _), _| id != dup_id);
                     state.dup_reports.retain(|(id, _), _| id != dup_id);
+                    state.dup_watermarks.retain(|(id, _), _| id != dup_id);
                 }
                 let dup = d.clone();
                 return self.reply_to(&work, Ok(MetaReply::DupStatusSet { dup, changed: true }));
@@ -1085,7 +1090,15 @@ fn dup_for_server(state: &MetaState, d: &DupInfo) -> TableDup {
         fail_mode: d.fail_mode,
         sync_existing: d.sync_existing,
         confirmed: state.dup_confirmed.range((d.id, 0)..(d.id + 1, 0)).map(|(&(_, p), &c)| (p, c)).collect(),
+        watermark_us: table_watermark_us(state, d),
     }
+}
+
+/// The smallest of the partitions' watermarks: every record the table made before it is
+/// applied at the remote (0 until every partition reported one).
+fn table_watermark_us(state: &MetaState, d: &DupInfo) -> u64 {
+    let partitions = state.tables.get(&d.table_id).map_or(0, |t| t.partition_count);
+    (0..partitions).map(|p| state.dup_watermarks.get(&(d.id, p)).copied().unwrap_or(0)).min().unwrap_or(0)
 }
 
 /// The sites a policy may duplicate to: those of the configuration and those added since.

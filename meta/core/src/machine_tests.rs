@@ -383,7 +383,7 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
     ask(&mut m, &mut store, 1, MetaRequest::SiteAdd { site: site_b() }).unwrap();
     let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Skip, sync_existing: true };
     ask(&mut m, &mut store, 2, add).unwrap();
-    let report = |confirmed| crate::duplication::DupReport { confirmed, phase: "log".into(), ..Default::default() };
+    let report = |confirmed| crate::duplication::DupReport { confirmed, phase: "log".into(), watermark_us: confirmed * 10, ..Default::default() };
     let beacon_with = |node: &str, confirmed| {
         MetaRequest::Beacon(BeaconRequest {
             node: node.into(),
@@ -395,7 +395,17 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
         })
     };
     let Ok(MetaReply::Beacon { dups, sites, .. }) = ask(&mut m, &mut store, 3, beacon_with("r1", 7)) else { panic!() };
-    let expected = TableDup { dup_id: 1, table_id: 1, table: "t".into(), remote_site: "b".into(), paused: false, fail_mode: FailMode::Skip, sync_existing: true, confirmed: vec![] };
+    let expected = TableDup {
+        dup_id: 1,
+        table_id: 1,
+        table: "t".into(),
+        remote_site: "b".into(),
+        paused: false,
+        fail_mode: FailMode::Skip,
+        sync_existing: true,
+        confirmed: vec![],
+        watermark_us: 70,
+    };
     assert_eq!((dups, sites), (vec![expected.clone()], vec![site_b()]));
     // A secondary's report is not a primary's progress.
     ask(&mut m, &mut store, 4, beacon_with("r2", 99)).unwrap();
@@ -406,13 +416,14 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
     let MetaAction::Persist { op, epoch, write } = actions.into_iter().find(|a| matches!(a, MetaAction::Persist { .. })).unwrap() else { panic!() };
     m.step(at(6), MetaInput::Stored { op, result: store.write("m1", epoch, &write) });
     m.take_actions();
-    let Ok(MetaReply::Beacon { dups, .. }) = ask(&mut m, &mut store, 7, beacon_with("r1", 7)) else { panic!() };
+    // A lower watermark (a new primary that has not read its log yet) does not take it back.
+    let Ok(MetaReply::Beacon { dups, .. }) = ask(&mut m, &mut store, 7, beacon_with("r1", 5)) else { panic!() };
     assert_eq!(dups, vec![TableDup { confirmed: vec![(0, 7)], ..expected }]);
     // Nothing new: no progress write on the next tick.
     m.step(at(8), MetaInput::Tick);
     assert!(!m.take_actions().iter().any(|a| matches!(a, MetaAction::Persist { write: StoreWrite::SaveDupProgress { .. }, .. })));
     let Ok(MetaReply::Dups { dups }) = ask(&mut m, &mut store, 9, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
-    assert_eq!((dups[0].partitions[0].confirmed, dups[0].partitions[0].report.as_ref().map(|r| r.confirmed)), (Some(7), Some(7)));
+    assert_eq!((dups[0].partitions[0].confirmed, dups[0].partitions[0].report.as_ref().map(|r| r.confirmed)), (Some(7), Some(5)));
 }
 
 #[test]

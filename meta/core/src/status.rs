@@ -27,6 +27,9 @@ pub struct MetaState {
     pub dup_unsaved: BTreeMap<(u32, u32), tandem_core::Decree>,
     /// What primaries last reported, by (dup id, partition).
     pub dup_reports: BTreeMap<(u32, u32), crate::duplication::DupReport>,
+    /// The largest watermark each partition's primaries reported, by (dup id, partition): in
+    /// memory only (a new leader starts from none, which holds tombstones longer, never less).
+    pub dup_watermarks: BTreeMap<(u32, u32), u64>,
 }
 
 impl MetaState {

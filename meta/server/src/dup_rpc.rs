@@ -26,6 +26,7 @@ pub fn dup_to_wire(d: &DupInfo, confirmed: Vec<v1::DupPartitionConfirmed>) -> v1
         created_ms: d.created_ms,
         confirmed,
         table: String::new(),
+        watermark_us: 0,
     }
 }
 
@@ -40,6 +41,7 @@ pub fn dup_for_server_to_wire(d: &TableDup) -> v1::DupInfo {
         created_ms: 0,
         confirmed: d.confirmed.iter().map(|&(partition, confirmed)| v1::DupPartitionConfirmed { partition, confirmed }).collect(),
         table: d.table.clone(),
+        watermark_us: d.watermark_us,
     }
 }
 
@@ -62,6 +64,7 @@ pub fn report_from_wire(p: &v1::DupProgress) -> DupReport {
         phase: p.phase.clone(),
         last_error: (!p.last_error.is_empty()).then(|| p.last_error.clone()),
         resyncs: p.resyncs,
+        watermark_us: p.watermark_us,
     }
 }
 
@@ -82,6 +85,7 @@ pub fn view_to_wire(v: DupView) -> v1::DupView {
                 phase: r.phase.clone(),
                 last_error: r.last_error.clone().unwrap_or_default(),
                 resyncs: r.resyncs,
+                watermark_us: r.watermark_us,
             }),
         })
         .collect();

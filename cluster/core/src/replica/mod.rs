@@ -34,7 +34,7 @@ use crate::types::{Ballot, Decree, Gpid, NodeAddr, PartitionConfig, PartitionSta
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-pub use write::{CheckType, DupRecord, MutateOp, WriteRequest, WriteResponse};
+pub use write::{CheckType, DupRecord, DupWatermark, MutateOp, WriteRequest, WriteResponse};
 
 /// Knobs of the replica protocol. Validated by the server config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,6 +451,12 @@ impl Replica {
             out.push(m.clone());
         }
         Some(out)
+    }
+
+    /// The timestamp of the first mutation prepared here and not yet committed, if there is one:
+    /// a duplicator's watermark may not pass it (it commits later, with this timestamp).
+    pub fn first_uncommitted_timestamp_us(&self) -> Option<u64> {
+        self.log.get(&(self.last_committed + 1)).map(|m| m.timestamp_us)
     }
 
     pub fn take_actions(&mut self) -> Vec<Action> {

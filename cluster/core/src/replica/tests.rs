@@ -574,15 +574,47 @@ fn duplicated_records_apply_only_over_older_timetags() {
         remote_record("gone", wall_us - 3, true),
         remote_record("gone", wall_us - 4, false),
     ];
-    let reply = write_alone(&mut r, 2, WriteRequest::Duplicate { records: records.clone() }).unwrap();
+    let reply = write_alone(&mut r, 2, WriteRequest::Duplicate { records: records.clone(), watermark: None }).unwrap();
     assert_eq!(reply, WriteResponse::Duplicated { applied: 2, superseded: 2 });
     assert_eq!(stored_timetag(&r, "local"), Some(local_t));
     let now_s = ctx(2).now_s();
     assert_eq!(read::get(r.engine(), b"new", b"", now_s).unwrap(), Some(b"new".to_vec()));
     assert_eq!(read::get(r.engine(), b"gone", b"", now_s).unwrap(), None);
     // Shipped again (at-least-once): nothing changes.
-    let again = write_alone(&mut r, 3, WriteRequest::Duplicate { records }).unwrap();
+    let again = write_alone(&mut r, 3, WriteRequest::Duplicate { records, watermark: None }).unwrap();
     assert_eq!(again, WriteResponse::Duplicated { applied: 0, superseded: 4 });
+}
+
+#[test]
+fn a_duplicate_batch_carries_its_origins_watermark_into_the_engine() {
+    use crate::replica::write::DupWatermark;
+    let mut r = primary_of(&[]);
+    let wall_us = ctx(0).wall_us;
+    let w = |watermark_us| Some(DupWatermark { origin: 2, watermark_us });
+    // A site's first batch makes its entry, watermark or not: compaction holds from then on.
+    write_alone(&mut r, 0, WriteRequest::Duplicate { records: vec![remote_record("j", wall_us - 20, false)], watermark: None }).unwrap();
+    assert_eq!(r.engine().dup_watermarks(), BTreeMap::from([(2, 0)]));
+    // Records and a watermark, then a heartbeat (no records) that moves it on.
+    write_alone(&mut r, 1, WriteRequest::Duplicate { records: vec![remote_record("k", wall_us - 5, false)], watermark: w(wall_us - 9) }).unwrap();
+    assert_eq!(r.engine().dup_watermark_us(2), wall_us - 9);
+    let reply = write_alone(&mut r, 2, WriteRequest::Duplicate { records: vec![], watermark: w(wall_us - 2) }).unwrap();
+    assert_eq!(reply, WriteResponse::Duplicated { applied: 0, superseded: 0 });
+    assert_eq!(r.engine().dup_watermark_us(2), wall_us - 2);
+    // An older one (another partition's primary sent it earlier) does not take it back.
+    write_alone(&mut r, 3, WriteRequest::Duplicate { records: vec![], watermark: w(wall_us - 7) }).unwrap();
+    assert_eq!(r.engine().dup_watermarks(), BTreeMap::from([(2, wall_us - 2)]));
+    // Neither nothing at all nor our own cluster id, nor a watermark ahead of the clock.
+    let none = WriteRequest::Duplicate { records: vec![], watermark: None };
+    assert!(matches!(none.validate(&crate::limits::Limits::default()), Err(Error::InvalidArgument(_))));
+    let own = WriteRequest::Duplicate { records: vec![], watermark: Some(DupWatermark { origin: 1, watermark_us: 5 }) };
+    assert!(write_alone(&mut r, 4, own).unwrap_err().to_string().contains("this site's own"));
+    let ahead = WriteRequest::Duplicate { records: vec![], watermark: w(ctx(5).wall_us + 501_000) };
+    assert!(matches!(write_alone(&mut r, 5, ahead), Err(Error::ClockAhead { .. })));
+    // A record below its origin's watermark was applied here before: sent again, it is
+    // superseded even where nothing is stored (its tombstone may have been compacted since).
+    let again = WriteRequest::Duplicate { records: vec![remote_record("gone", wall_us - 3, false)], watermark: None };
+    assert_eq!(write_alone(&mut r, 6, again).unwrap(), WriteResponse::Duplicated { applied: 0, superseded: 1 });
+    assert_eq!(stored_timetag(&r, "gone"), None);
 }
 
 #[test]
@@ -590,7 +622,7 @@ fn a_local_write_after_a_remote_one_always_wins() {
     let mut r = primary_of(&[]);
     // The other site's clock runs 400 ms ahead (within max_clock_offset of 500 ms).
     let ahead_us = ctx(1).wall_us + 400_000;
-    write_alone(&mut r, 1, WriteRequest::Duplicate { records: vec![remote_record("k", ahead_us, false)] }).unwrap();
+    write_alone(&mut r, 1, WriteRequest::Duplicate { records: vec![remote_record("k", ahead_us, false)], watermark: None }).unwrap();
     write_alone(&mut r, 2, set("k", "later")).unwrap();
     let t = stored_timetag(&r, "k").unwrap();
     assert!(crate::timetag::timetag_timestamp_us(t) > ahead_us, "the clock advanced past the remote timetag");
@@ -602,7 +634,7 @@ fn a_local_write_after_a_remote_one_always_wins() {
 fn duplicated_records_too_far_ahead_or_from_this_site_are_refused_whole() {
     let mut r = primary_of(&[]);
     let too_far = ctx(1).wall_us + 501_000;
-    let request = WriteRequest::Duplicate { records: vec![remote_record("a", 5, false), remote_record("b", too_far, false)] };
+    let request = WriteRequest::Duplicate { records: vec![remote_record("a", 5, false), remote_record("b", too_far, false)], watermark: None };
     let err = write_alone(&mut r, 1, request).unwrap_err();
     assert_eq!(err, Error::ClockAhead { gpid: gpid(), ahead_ms: 501, max_ms: 500 });
     assert_eq!(stored_timetag(&r, "a"), None, "nothing of a refused batch is applied");
@@ -610,16 +642,16 @@ fn duplicated_records_too_far_ahead_or_from_this_site_are_refused_whole() {
         key: crate::key::encode_key(b"a", b""),
         value: crate::value::encode_value(0, crate::timetag::make_timetag(5, 1, false), b"x"),
     };
-    let err = write_alone(&mut r, 2, WriteRequest::Duplicate { records: vec![own] }).unwrap_err();
+    let err = write_alone(&mut r, 2, WriteRequest::Duplicate { records: vec![own], watermark: None }).unwrap_err();
     assert!(err.to_string().contains("this site's own"), "{err}");
     // A batch over the limit is refused as too large; a single large record is not.
     let big = |k: &str| DupRecord {
         key: crate::key::encode_key(k.as_bytes(), b""),
         value: crate::value::encode_value(0, crate::timetag::make_timetag(5, 2, false), &vec![0; 1 << 20]),
     };
-    let err = write_alone(&mut r, 3, WriteRequest::Duplicate { records: (0..5).map(|i| big(&format!("k{i}"))).collect() }).unwrap_err();
+    let err = write_alone(&mut r, 3, WriteRequest::Duplicate { records: (0..5).map(|i| big(&format!("k{i}"))).collect(), watermark: None }).unwrap_err();
     assert!(matches!(err, Error::TooLarge(_)), "{err}");
-    assert!(write_alone(&mut r, 4, WriteRequest::Duplicate { records: vec![big("k")] }).is_ok());
+    assert!(write_alone(&mut r, 4, WriteRequest::Duplicate { records: vec![big("k")], watermark: None }).is_ok());
 }
 
 #[test]

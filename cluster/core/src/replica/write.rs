@@ -144,6 +144,16 @@ impl DupRecord {
     }
 }
 
+/// What a `Duplicate` batch says of its origin site: every record that site made before
+/// `watermark_us` has been applied here (docs/duplication.md, "Tombstones held while the other
+/// site lags").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DupWatermark {
+    /// The origin site's cluster id.
+    pub origin: u8,
+    pub watermark_us: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteRequest {
     /// `ttl_s` 0 = never expires.
@@ -164,8 +174,9 @@ pub enum WriteRequest {
         return_check_value: bool,
     },
     /// Records of the other site, applied where they win by timetag (see the module doc). Their
-    /// hash keys may differ; every one must belong to the partition it is sent to.
-    Duplicate { records: Vec<DupRecord> },
+    /// hash keys may differ; every one must belong to the partition it is sent to. With a
+    /// watermark, the records may be none (a heartbeat of an idle sender).
+    Duplicate { records: Vec<DupRecord>, watermark: Option<DupWatermark> },
 }
 
 impl WriteRequest {
@@ -223,9 +234,18 @@ impl WriteRequest {
                     MutateOp::Delete { sort_key } => limits.check_sort_key(sort_key),
                 })
             }
-            WriteRequest::Duplicate { records } => {
-                if records.is_empty() {
-                    return Err(Error::InvalidArgument("a duplicate batch needs at least one record".into()));
+            WriteRequest::Duplicate { records, watermark } => {
+                if records.is_empty() && watermark.is_none() {
+                    return Err(Error::InvalidArgument("a duplicate batch needs at least one record or a watermark".into()));
+                }
+                if let Some(w) = watermark
+                    && w.origin > crate::timetag::CLUSTER_ID_MAX
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "a duplicate batch's origin cluster id {} is above the limit {}",
+                        w.origin,
+                        crate::timetag::CLUSTER_ID_MAX
+                    )));
                 }
                 // A single record always fits (its parts are within limits): a large value still
                 // travels, alone.
@@ -252,10 +272,13 @@ impl WriteRequest {
         }
     }
 
-    /// `Duplicate`: the largest timestamp among the records (they must be valid).
+    /// `Duplicate`: the largest timestamp among the records and the watermark (they must be
+    /// valid): a watermark ahead of this site's clock is refused like a record would be.
     pub fn duplicate_timestamp_max_us(&self) -> Option<u64> {
         match self {
-            WriteRequest::Duplicate { records } => records.iter().map(|r| timetag_timestamp_us(r.timetag())).max(),
+            WriteRequest::Duplicate { records, watermark } => {
+                records.iter().map(|r| timetag_timestamp_us(r.timetag())).chain(watermark.map(|w| w.watermark_us)).max()
+            }
             _ => None,
         }
     }
@@ -283,11 +306,10 @@ impl PendingView<'_> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         for (_, m) in self.log.range(self.last_committed + 1..).rev() {
             for op in m.ops.iter().rev() {
-                if op.key() == key {
-                    return Ok(match op {
-                        WriteOp::Put { value, .. } => Some(value.clone()),
-                        WriteOp::Delete { .. } => None,
-                    });
+                match op {
+                    WriteOp::Put { key: k, value } if k == key => return Ok(Some(value.clone())),
+                    WriteOp::Delete { key: k } if k == key => return Ok(None),
+                    _ => {}
                 }
             }
         }
@@ -333,7 +355,7 @@ pub fn replaced_ops(ops: &[WriteOp]) -> std::collections::HashSet<usize> {
         return std::collections::HashSet::new();
     }
     let mut seen = std::collections::HashSet::with_capacity(ops.len());
-    (0..ops.len()).rev().filter(|&i| !seen.insert(ops[i].key())).collect()
+    (0..ops.len()).rev().filter(|&i| ops[i].key().is_some_and(|k| !seen.insert(k))).collect()
 }
 
 /// `ops` with only the last op of each key, in the order of those last ops.
@@ -410,7 +432,12 @@ fn evaluate_ops(
             };
             (ops, WriteResponse::Checked { applied, check_value })
         }
-        WriteRequest::Duplicate { records } => {
+        WriteRequest::Duplicate { records, watermark } => {
+            if watermark.is_some_and(|w| w.origin == cluster_id) {
+                return Err(Error::InvalidArgument(format!(
+                    "a duplicate batch names cluster id {cluster_id}, this site's own, as its origin: give each site its own cluster id"
+                )));
+            }
             // Later records of the same key in this batch compare against earlier ones.
             let mut written: HashMap<&[u8], Timetag> = HashMap::new();
             let (mut ops, mut superseded) = (Vec::new(), 0u32);
@@ -420,6 +447,14 @@ fn evaluate_ops(
                     return Err(Error::InvalidArgument(format!(
                         "a duplicated record carries cluster id {cluster_id}, this site's own: give each site its own cluster id"
                     )));
+                }
+                // Below its origin's watermark it was applied here already: sent again (a new
+                // primary there resumed from an older confirmed decree, or a re-sync), it must not
+                // take the place of a tombstone compacted since (two-site seed 779).
+                let origin = timetag_cluster_id(incoming);
+                if timetag_timestamp_us(incoming) < view.engine.dup_watermark_us(origin) {
+                    superseded += 1;
+                    continue;
                 }
                 let stored = match written.get(r.key.as_slice()) {
                     Some(t) => Some(*t),
@@ -433,6 +468,24 @@ fn evaluate_ops(
                 ops.push(WriteOp::Put { key: r.key.clone(), value: r.value.clone() });
             }
             let applied = ops.len() as u32;
+            // Logged with the records it covers; the engine keeps the largest per origin. A site
+            // that ships here for the first time gets an entry at 0 even without a watermark:
+            // from then on compaction holds what it could still send (two-site seed 779, where a
+            // tombstone went before the first watermark of a site that lagged arrived).
+            let known = view.engine.dup_watermarks();
+            if let Some(w) = watermark
+                && known.get(&w.origin).is_none_or(|k| *k < w.watermark_us)
+            {
+                ops.push(WriteOp::Watermark { origin: w.origin, watermark_us: w.watermark_us });
+            }
+            let mut new_origins: Vec<u8> = records
+                .iter()
+                .map(|r| timetag_cluster_id(r.timetag()))
+                .filter(|o| !known.contains_key(o) && watermark.is_none_or(|w| w.origin != *o))
+                .collect();
+            new_origins.sort_unstable();
+            new_origins.dedup();
+            ops.extend(new_origins.into_iter().map(|origin| WriteOp::Watermark { origin, watermark_us: 0 }));
             (ops, WriteResponse::Duplicated { applied, superseded })
         }
     })

@@ -5,6 +5,9 @@ use super::*;
 use super::trace::{note_change, note_event};
 use tandem_host::DupWork;
 
+/// The chance that a host tick compacts the server's engines (`ServerOptions::compaction_retention_ms`).
+const COMPACTION_CHANCE: f64 = 0.05;
+
 impl ReplicaServer {
 
     /// Queues an event for a replica's task (dropped if the replica is gone).
@@ -114,8 +117,8 @@ impl ReplicaServer {
                 let input = DupWork::log_read_answer(read, from, to, bytes_max, self.log.read_partition(gpid, from));
                 self.deliver(io, gpid, ReplicaEvent::Dup { dup_id, input });
             }
-            ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, records, .. } } => {
-                self.ship(io, gpid, dup_id, remote_site, batch, records);
+            ReplicaAction::Dup { dup_id, work: DupWork::Ship { remote_site, batch, records, watermark, .. } } => {
+                self.ship(io, gpid, dup_id, remote_site, batch, records, watermark);
             }
         }
     }
@@ -150,7 +153,11 @@ impl ReplicaServer {
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
+            // The retention is `opts.compaction_retention_ms`'s (see there).
             HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. } => {}
+            HostAction::SetTombstoneHold { table_id, hold_us } => {
+                self.tombstone_hold.insert(table_id, hold_us);
+            }
             HostAction::RemoveReplica { gpid, why } => {
                 io.stats.path(path::REPLICA_REMOVED);
                 let me = self.me.clone();
@@ -194,6 +201,23 @@ impl ReplicaServer {
     pub fn on_host_tick(&mut self, io: &mut Io<'_>) {
         let now_ms = self.ctx(io.now_us).now_ms;
         host_step!(self, io, HostInput::Tick { now_ms });
+        // RocksDB compacts in the background, now and then: drop what the rule lets go, as the
+        // compaction filter does, at random moments (a two-site run, whose retention is short).
+        if let Some(retention_ms) = self.opts.compaction_retention_ms
+            && io.rng.chance(COMPACTION_CHANCE)
+        {
+            let wall_us = self.ctx(io.now_us).wall_us;
+            let mut dropped = 0;
+            for (gpid, engine) in &self.engines {
+                let hold_us = self.tombstone_hold.get(&gpid.table_id).copied().unwrap_or(0);
+                dropped += engine.compact(wall_us, retention_ms, hold_us);
+            }
+            if dropped > 0 {
+                io.stats.path(path::COMPACTION_DROPPED);
+                let me = self.me.clone();
+                io.note(|| format!("{me}: compaction dropped {dropped} tombstones or expired values"));
+            }
+        }
         io.timer(self.opts.host.tick_interval_ms * 1_000, Event::HostTick { node: self.index, incarnation: self.incarnation });
     }
 }

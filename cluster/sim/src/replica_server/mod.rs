@@ -38,11 +38,15 @@ const TURN_DELAY_US_MAX: u64 = 200;
 pub struct ServerOptions {
     pub rpc_timeout_ms: u64,
     pub host: HostOptions,
+    /// Compact engines at random moments with this tombstone retention (the policy's is at
+    /// least a minute, longer than the sites stay cut; the hold is the meta's, as handed out).
+    /// None: no compaction (one-site runs).
+    pub compaction_retention_ms: Option<u64>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { rpc_timeout_ms: 5_000, host: HostOptions::default() }
+        ServerOptions { rpc_timeout_ms: 5_000, host: HostOptions::default(), compaction_retention_ms: None }
     }
 }
 
@@ -125,6 +129,9 @@ pub struct ReplicaServer {
     /// Fail the next log write / sync (scripts).
     pub fail_next_write: bool,
     pub fail_next_sync: bool,
+    /// Each table's tombstone hold (the smallest watermark of its own duplications), as the host
+    /// last set it; in the process, so lost in a crash.
+    tombstone_hold: BTreeMap<u32, u64>,
     /// The other site (a two-site run), and the batches on their way there.
     peer: ship::PeerSite,
     ships: BTreeMap<u64, ship::Ship>,
@@ -174,6 +181,7 @@ impl ReplicaServer {
             fail_next_write: false,
             fail_next_sync: false,
             peer: ship::PeerSite::default(),
+            tombstone_hold: BTreeMap::new(),
             ships: BTreeMap::new(),
             next_ship: 0,
         }
@@ -251,6 +259,7 @@ impl ReplicaServer {
         self.checkpoints.clear();
         self.fetched.clear();
         self.ships.clear();
+        self.tombstone_hold.clear();
         self.peer = ship::PeerSite::default();
         self.lease_until_ms = 0;
         if outcome.unsynced_lost > 0 {

@@ -8,7 +8,7 @@
 
 use super::*;
 use tandem_core::PartitionConfig;
-use tandem_core::replica::{DupRecord, WriteRequest, WriteResponse};
+use tandem_core::replica::{DupRecord, DupWatermark, WriteRequest, WriteResponse};
 use tandem_dup_core::{BatchId, Input as DupInput, ShipFailure, split_by_partition};
 
 /// A batch is given up (the duplicator retries it) after this long, as the client's request
@@ -24,6 +24,8 @@ pub(super) struct Ship {
     batch: BatchId,
     /// The records, until the route says how to split them.
     records: Vec<DupRecord>,
+    /// Goes with every group (to every partition when there are no records).
+    watermark: Option<DupWatermark>,
     /// The groups not applied yet, by partition at the other site.
     groups: BTreeMap<u32, Vec<DupRecord>>,
     split: bool,
@@ -52,7 +54,16 @@ pub(super) struct PeerSite {
 
 impl ReplicaServer {
     /// The duplicator of `gpid` hands out a batch.
-    pub(super) fn ship(&mut self, io: &mut Io<'_>, gpid: Gpid, dup_id: u32, remote_site: String, batch: BatchId, records: Vec<DupRecord>) {
+    pub(super) fn ship(
+        &mut self,
+        io: &mut Io<'_>,
+        gpid: Gpid,
+        dup_id: u32,
+        remote_site: String,
+        batch: BatchId,
+        records: Vec<DupRecord>,
+        watermark: Option<DupWatermark>,
+    ) {
         if self.peer.name.as_deref() != Some(remote_site.as_str()) {
             let failure = ShipFailure::Unavailable(format!("site {remote_site:?} is not known to this server"));
             self.deliver(io, gpid, ReplicaEvent::Dup { dup_id, input: DupInput::ShipFailed { batch, failure } });
@@ -66,6 +77,7 @@ impl ReplicaServer {
             dup_id,
             batch,
             records,
+            watermark,
             groups: BTreeMap::new(),
             split: false,
             in_flight: Default::default(),
@@ -112,9 +124,10 @@ impl ReplicaServer {
             };
             let ship = self.ships.get_mut(&id).expect("checked above");
             ship.in_flight.insert(p);
-            let records = ship.groups[&p].clone();
+            let (records, watermark) = (ship.groups[&p].clone(), ship.watermark);
             let rpc = self.call(io, Outgoing::Ship { ship: id, partition: p });
-            io.send(me, Endpoint::PeerReplica(node), Msg::ClientWrite { rpc, gpid: remote_gpid, request: WriteRequest::Duplicate { records } });
+            let request = WriteRequest::Duplicate { records, watermark };
+            io.send(me, Endpoint::PeerReplica(node), Msg::ClientWrite { rpc, gpid: remote_gpid, request });
         }
         if missing_primary {
             self.peer.route.clear();
