@@ -1,7 +1,7 @@
 # Shared by ops/test and ops/playground (source it): installs what is missing, reuses what is
 # there. `install_build_deps` is what `cargo build --release --locked --workspace --all-targets`
 # needs; `install_test_deps` adds what the tests start (PostgreSQL, the benchmark peers,
-# cargo-nextest). Both need apt-get (Debian) for what is missing.
+# promtool, cargo-nextest). Both need apt-get (Debian) for what is missing.
 
 say() { printf '==> %s\n' "$*" >&2; }
 apt_updated=0
@@ -38,6 +38,12 @@ install_test_deps() {
     if ! command -v redis-server >/dev/null 2>&1; then
         say "installing redis-server (a benchmark peer)"
         apt_install redis-server
+    fi
+    # promtool checks every server's /metrics (ops/tests/cli.rs); Debian's prometheus package has
+    # it (the Prometheus server it also installs is not started).
+    if ! command -v promtool >/dev/null 2>&1; then
+        say "installing prometheus (promtool, to check the servers' /metrics)"
+        apt_install --no-install-recommends prometheus
     fi
 
     # PostgreSQL on 127.0.0.1:5432 with trust auth, for the store conformance and real-process tests.

@@ -247,6 +247,22 @@ async fn health_reflection_and_metrics_on_every_server() {
     assert!(body.contains("tandem_replica_requests_total{op=\"set\",result=\"ok\"}"), "{body}");
     assert!(body.contains("tandem_replica_request_seconds_bucket"), "{body}");
     assert!(body.contains("tandem_replica_replicas{status=\"primary\"} 1"), "{body}");
+    // Figures read back after known traffic: 25 more writes, 25 more in the write counter (the
+    // one replica server takes every write).
+    let sets = || async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        let line = body.lines().find(|l| l.starts_with("tandem_replica_requests_total{op=\"set\",result=\"ok\"} ")).expect("the set counter");
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let before = sets().await;
+    let table = cluster.client().table("t");
+    for i in 0..25 {
+        table.set(format!("k{i}").as_bytes(), b"", b"v", 0).await.unwrap();
+    }
+    assert_eq!(sets().await, before + 25);
     cluster.kill_replica(0);
 }
 
@@ -269,6 +285,8 @@ async fn the_meta_metrics_describe_the_meta() {
         "tandem_meta_store_writes_total{kind=\"create_table\",result=\"ok\"} 1",
         "tandem_meta_store_write_seconds_bucket",
         "tandem_meta_lease_claims_total{outcome=\"won\"}",
+        "tandem_build_info{server=\"meta\"",
+        "process_resident_memory_bytes ",
     ] {
         assert!(body.contains(expected), "{expected} missing from:\n{body}");
     }
@@ -404,6 +422,18 @@ async fn the_playground_starts_two_sites_duplicating_demo_both_ways() {
     }
     let scrape = http_get(base + 251, "/metrics");
     assert!(scrape.starts_with("HTTP/1.1 200") && scrape.contains("# TYPE tandem_replica_mutation_log_records_total counter"), "{scrape}");
+    // Every server's figures follow Prometheus's conventions, and say the process and the build.
+    for (offset, server) in [(100u16, "meta"), (101, "meta"), (250, "replica"), (251, "replica"), (252, "replica"), (350, "replica"), (351, "replica"), (352, "replica")] {
+        let scrape = http_get(base + offset, "/metrics");
+        if let Some(problems) = promtool_problems(&scrape) {
+            panic!("promtool check metrics on port {}: {problems}", base + offset);
+        }
+        for family in ["process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds "] {
+            assert!(scrape.lines().any(|l| l.starts_with(family)), "{family}missing on port {}: {scrape}", base + offset);
+        }
+        let build = format!("tandem_build_info{{server=\"{server}\",version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        assert!(scrape.contains(&build), "{build} missing on port {}: {scrape}", base + offset);
+    }
     let records = |scrape: &str| -> u64 {
         let line = scrape.lines().find(|l| l.starts_with("tandem_replica_mutation_log_records_total ")).expect("the log's record counter");
         line.rsplit(' ').next().unwrap().parse().unwrap()
@@ -503,6 +533,26 @@ fn playground_ports(first: u16) -> u16 {
 }
 
 /// A plain HTTP/1.1 GET on 127.0.0.1:`port`: the whole answer, head and body.
+/// `promtool check metrics` on a scrape's body: None when it passes, else what promtool said.
+/// Skipped (with the reason printed) where promtool is not installed; `ops/test` installs it.
+fn promtool_problems(scrape: &str) -> Option<String> {
+    use std::io::Write;
+    let body = scrape.split_once("\r\n\r\n").map_or(scrape, |(_, b)| b);
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipped promtool check metrics: promtool is not installed (ops/test installs Debian's prometheus package)");
+        return None;
+    };
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (!out.status.success()).then(|| format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

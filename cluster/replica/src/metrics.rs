@@ -32,6 +32,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(prefix: &str) -> Metrics {
         let registry = Registry::new();
+        tandem_runtime::metrics::register_common(&registry, "replica");
         let requests = IntCounterVec::new(Opts::new(format!("{prefix}_requests_total"), "requests by operation and result"), &["op", "result"])
             .expect("valid metric");
         let buckets = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];

@@ -1,10 +1,22 @@
 //! The `/metrics` HTTP endpoint of a server (Prometheus text format).
 
-use prometheus::{Registry, TextEncoder};
+use prometheus::{IntGaugeVec, Opts, Registry, TextEncoder};
 use std::net::SocketAddr;
 
 /// Refreshes gauges from live state right before a scrape.
 pub type Refresh = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// What every server's `/metrics` has besides its own figures: the process's (CPU seconds,
+/// resident and virtual memory, open and allowed files, start time: the `prometheus` crate's
+/// process collector, `process_*`) and the build it runs (`tandem_build_info`, always 1).
+/// Servers sharing a process (the playground) each report the same process.
+pub fn register_common(registry: &Registry, server: &str) {
+    #[cfg(target_os = "linux")]
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("registered once per registry");
+    let info = IntGaugeVec::new(Opts::new("tandem_build_info", "the build this server runs (always 1)"), &["version", "server"]).expect("valid metric");
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), server]).set(1);
+    registry.register(Box::new(info)).expect("registered once per registry");
+}
 
 /// The registry's metrics in the text format.
 pub fn render(registry: &Registry) -> String {

@@ -21,6 +21,7 @@ pub struct MetaMetrics {
 impl MetaMetrics {
     pub fn new() -> MetaMetrics {
         let registry = Registry::new();
+        tandem_runtime::metrics::register_common(&registry, "meta");
         let buckets = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         let is_leader = IntGauge::new("tandem_meta_is_leader", "1 while this meta server leads").expect("valid metric");
         let requests =
