@@ -287,9 +287,17 @@ async fn the_meta_metrics_describe_the_meta() {
         "tandem_meta_lease_claims_total{outcome=\"won\"}",
         "tandem_build_info{server=\"meta\"",
         "process_resident_memory_bytes ",
+        // The cluster's shape as the leader sees it: one table of one healthy partition, one
+        // replica server alive.
+        "tandem_meta_tables 1",
+        "tandem_meta_partitions{health=\"healthy\"} 1",
+        "tandem_meta_partitions{health=\"unavailable\"} 0",
+        "tandem_meta_replica_servers{state=\"alive\"} 1",
     ] {
         assert!(body.contains(expected), "{expected} missing from:\n{body}");
     }
+    let epoch = body.lines().find_map(|l| l.strip_prefix("tandem_meta_epoch ")).expect("the epoch gauge");
+    assert!(epoch.parse::<u64>().unwrap() >= 1, "{body}");
     cluster.kill_replica(0);
 }
 

@@ -107,6 +107,14 @@ impl Leadership {
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader { .. })
     }
+
+    /// The epoch of the lease this server last won, while it counts itself the leader.
+    pub fn epoch(&self) -> Option<u64> {
+        match self.role {
+            Role::Leader { epoch, .. } => Some(epoch),
+            Role::Follower { .. } => None,
+        }
+    }
 }
 
 pub const TTL_MS_MIN: u64 = 1_000;

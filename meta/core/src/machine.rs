@@ -241,6 +241,11 @@ impl MetaMachine {
         self.leadership.is_leader()
     }
 
+    /// The lease epoch while leading.
+    pub fn epoch(&self) -> Option<u64> {
+        self.leadership.epoch()
+    }
+
     /// The loaded metadata, while leading.
     pub fn state(&self) -> Option<&MetaState> {
         self.state.as_ref()

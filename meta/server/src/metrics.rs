@@ -1,7 +1,7 @@
 //! The meta server's own metrics: leadership, requests (beacons, proposals, admin) by kind and
 //! result, store writes and their latency, lease claims.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::time::Duration;
 use tandem_meta_core::leadership::ClaimOutcome;
 use tandem_meta_core::store::{StoreResult, StoreWrite};
@@ -16,6 +16,10 @@ pub struct MetaMetrics {
     store_writes: IntCounterVec,
     store_write_seconds: HistogramVec,
     claims: IntCounterVec,
+    epoch: IntGauge,
+    tables: IntGauge,
+    partitions: IntGaugeVec,
+    servers: IntGaugeVec,
 }
 
 impl MetaMetrics {
@@ -41,7 +45,29 @@ impl MetaMetrics {
         for m in [Box::new(store_writes.clone()) as Box<dyn prometheus::core::Collector>, Box::new(store_write_seconds.clone()), Box::new(claims.clone())] {
             registry.register(m).expect("register once");
         }
-        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims }
+        let epoch = IntGauge::new("tandem_meta_epoch", "the lease epoch this meta server leads under (0 when it does not lead)").expect("valid metric");
+        let tables = IntGauge::new("tandem_meta_tables", "available tables (as the leader sees them; 0 on a standby)").expect("valid metric");
+        let partitions = IntGaugeVec::new(Opts::new("tandem_meta_partitions", "partitions of available tables by health (leader only)"), &["health"])
+            .expect("valid metric");
+        let servers = IntGaugeVec::new(Opts::new("tandem_meta_replica_servers", "replica servers by state (leader only)"), &["state"]).expect("valid metric");
+        for m in [Box::new(epoch.clone()) as Box<dyn prometheus::core::Collector>, Box::new(tables.clone()), Box::new(partitions.clone()), Box::new(servers.clone())] {
+            registry.register(m).expect("register once");
+        }
+        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims, epoch, tables, partitions, servers }
+    }
+
+    /// Before a scrape: the lease epoch and the cluster's shape as the leader sees it (a
+    /// standby reports zeros).
+    pub fn refresh(&self, epoch: Option<u64>, status: Option<tandem_meta_core::request::ClusterStatus>) {
+        self.epoch.set(epoch.unwrap_or(0) as i64);
+        let s = status.unwrap_or_default();
+        self.tables.set(s.tables as i64);
+        for (health, n) in [("healthy", s.healthy), ("degraded", s.degraded), ("unavailable", s.unavailable)] {
+            self.partitions.with_label_values(&[health]).set(n as i64);
+        }
+        for (state, n) in [("alive", s.nodes_alive), ("dead", s.nodes_dead)] {
+            self.servers.with_label_values(&[state]).set(n as i64);
+        }
     }
 
     pub fn leading(&self, leader: bool) {

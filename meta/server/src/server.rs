@@ -230,7 +230,15 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(
     meta.claim_round(renew).await;
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
-        let local = tandem_runtime::metrics::serve(addr, meta.metrics.registry.clone(), Arc::new(|| {}), async move {
+        let scraped = meta.clone();
+        let refresh = Arc::new(move || {
+            let (epoch, status) = {
+                let machine = scraped.machine.lock().expect("machine lock");
+                (machine.epoch(), machine.state().map(|s| s.cluster_status()))
+            };
+            scraped.metrics.refresh(epoch, status);
+        });
+        let local = tandem_runtime::metrics::serve(addr, meta.metrics.registry.clone(), refresh, async move {
             tandem_runtime::stopped(rx).await;
         })
         .await
