@@ -263,6 +263,15 @@ async fn health_reflection_and_metrics_on_every_server() {
         table.set(format!("k{i}").as_bytes(), b"", b"v", 0).await.unwrap();
     }
     assert_eq!(sets().await, before + 25);
+    // Per table: the one primary, and the table's committed decrees here cover all 26 writes.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    assert!(body.contains("tandem_replica_table_replicas{status=\"primary\",table_id=\"1\"} 1"), "{body}");
+    let committed = body.lines().find_map(|l| l.strip_prefix("tandem_replica_table_committed_decrees{table_id=\"1\"} ")).expect("committed decrees");
+    assert!(committed.parse::<u64>().unwrap() >= 26, "{body}");
+    assert!(body.contains("tandem_replica_table_uncommitted_mutations{table_id=\"1\"} 0"), "{body}");
     cluster.kill_replica(0);
 }
 

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub dup_confirmed: IntGaugeVec,
     /// Records applied here from the other site: seconds from their origin timestamp to applied.
     pub dup_apply_delay: Histogram,
+    /// Per table (labels bounded by tables, not partitions): this server's replicas by status,
+    /// the sum of their committed decrees (its rate is the table's applied mutations per
+    /// second here), and mutations prepared but not committed yet (writes in flight).
+    pub table_replicas: IntGaugeVec,
+    pub table_committed: IntGaugeVec,
+    pub table_uncommitted: IntGaugeVec,
 }
 
 impl Metrics {
@@ -65,7 +71,20 @@ impl Metrics {
             HistogramOpts::new(format!("{prefix}_dup_apply_delay_seconds"), "origin timestamp of records from the other site to applied here").buckets(delay_buckets),
         )
         .expect("valid metric");
-        for m in [&dup_lag_decrees, &dup_lag_ms, &dup_confirmed] {
+        let table_replicas =
+            IntGaugeVec::new(Opts::new(format!("{prefix}_table_replicas"), "this server's replicas of a table by status"), &["table_id", "status"])
+                .expect("valid metric");
+        let table_committed = IntGaugeVec::new(
+            Opts::new(format!("{prefix}_table_committed_decrees"), "sum of the committed decrees of this server's replicas of a table"),
+            &["table_id"],
+        )
+        .expect("valid metric");
+        let table_uncommitted = IntGaugeVec::new(
+            Opts::new(format!("{prefix}_table_uncommitted_mutations"), "mutations prepared and not yet committed on this server's replicas of a table"),
+            &["table_id"],
+        )
+        .expect("valid metric");
+        for m in [&dup_lag_decrees, &dup_lag_ms, &dup_confirmed, &table_replicas, &table_committed, &table_uncommitted] {
             registry.register(Box::new(m.clone())).expect("register once");
         }
         registry.register(Box::new(dup_apply_delay.clone())).expect("register once");
@@ -83,6 +102,9 @@ impl Metrics {
             dup_lag_ms,
             dup_confirmed,
             dup_apply_delay,
+            table_replicas,
+            table_committed,
+            table_uncommitted,
         }
     }
 

@@ -382,8 +382,17 @@ impl Node {
         for status in ["primary", "secondary", "learner", "inactive", "error"] {
             counts.insert(status, 0);
         }
+        let m = &self.metrics;
+        for g in [&m.table_replicas, &m.table_committed, &m.table_uncommitted] {
+            g.reset();
+        }
         for h in self.replica_handles() {
-            *counts.entry(h.state().status.as_str()).or_default() += 1;
+            let state = h.state();
+            *counts.entry(state.status.as_str()).or_default() += 1;
+            let table = state.gpid.table_id.to_string();
+            m.table_replicas.with_label_values(&[table.as_str(), state.status.as_str()]).inc();
+            m.table_committed.with_label_values(&[table.as_str()]).add(state.last_committed as i64);
+            m.table_uncommitted.with_label_values(&[table.as_str()]).add(state.last_prepared.saturating_sub(state.last_committed) as i64);
         }
         for (status, n) in counts {
             self.metrics.replicas.with_label_values(&[status]).set(n);
