@@ -213,7 +213,13 @@ impl Duplications {
                 .map(|c| (c.table.clone(), c.remote_site.clone(), c.watermark_us))
                 .unwrap_or_default();
             let origin = self.options.cluster_id;
-            let watermark = |watermark_us: u64| (watermark_us > 0).then_some(DupWatermark { origin, watermark_us });
+            let ship = |batch, records, watermark_us: u64| DupWork::Ship {
+                table: table.clone(),
+                remote_site: remote_site.clone(),
+                batch,
+                records,
+                watermark: (watermark_us > 0).then_some(DupWatermark { origin, watermark_us }),
+            };
             // Reads answered here lead to more (ships, the next read) until the duplicator's
             // read-ahead is full or it read up to the committed decree.
             let mut actions = d.take_actions();
@@ -237,14 +243,9 @@ impl Duplications {
                         }
                         // Nothing is held for a snapshot read from the engine (see the module doc).
                         Action::ReleaseSnapshot => {}
-                        Action::Ship { batch, records } => work.push((
-                            dup_id,
-                            DupWork::Ship { table: table.clone(), remote_site: remote_site.clone(), batch, records, watermark: watermark(watermark_us) },
-                        )),
-                        Action::Heartbeat { batch, watermark_us } => work.push((
-                            dup_id,
-                            DupWork::Ship { table: table.clone(), remote_site: remote_site.clone(), batch, records: Vec::new(), watermark: watermark(watermark_us) },
-                        )),
+                        Action::Ship { batch, records } => work.push((dup_id, ship(batch, records, watermark_us))),
+                        // A heartbeat is a batch of no records with the watermark it names.
+                        Action::Heartbeat { batch, watermark_us } => work.push((dup_id, ship(batch, Vec::new(), watermark_us))),
                     }
                 }
                 actions = again;

@@ -83,7 +83,8 @@ pub fn write_request_from_wire(req: v1::WriteRequest) -> Result<WriteRequest> {
                 (_, 0) => None,
                 (origin, watermark_us) => Some(DupWatermark {
                     origin: u8::try_from(origin).map_err(|_| {
-                        Error::InvalidArgument(format!("a duplicate batch's origin cluster id {origin} is above the limit 127"))
+                        let max = tandem_core::timetag::CLUSTER_ID_MAX;
+                        Error::InvalidArgument(format!("a duplicate batch's origin cluster id {origin} is above the limit {max}"))
                     })?,
                     watermark_us,
                 }),

@@ -398,7 +398,6 @@ impl Node {
             self.metrics.replicas.with_label_values(&[status]).set(n);
         }
         // The log counts since it opened; the counters catch up with it at each scrape.
-        let m = &self.metrics;
         for (counter, now) in [(&m.log_records, self.log.appended_records()), (&m.log_fsyncs, self.log.fsyncs()), (&m.log_group_waits, self.log.group_waits())] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }

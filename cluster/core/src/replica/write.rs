@@ -438,23 +438,36 @@ fn evaluate_ops(
                     "a duplicate batch names cluster id {cluster_id}, this site's own, as its origin: give each site its own cluster id"
                 )));
             }
+            // The watermarks applied here, read once for the batch.
+            let known = view.engine.dup_watermarks();
+            // Origins that never shipped here before: each gets an entry at 0 even without a
+            // watermark, so that from then on compaction holds what it could still send
+            // (two-site seed 779, where a tombstone went before the first watermark of a site
+            // that lagged arrived).
+            let mut new_origins = std::collections::BTreeSet::new();
             // Later records of the same key in this batch compare against earlier ones.
             let mut written: HashMap<&[u8], Timetag> = HashMap::new();
             let (mut ops, mut superseded) = (Vec::new(), 0u32);
             for r in records {
                 let incoming = r.timetag();
-                if timetag_cluster_id(incoming) == cluster_id {
+                let origin = timetag_cluster_id(incoming);
+                if origin == cluster_id {
                     return Err(Error::InvalidArgument(format!(
                         "a duplicated record carries cluster id {cluster_id}, this site's own: give each site its own cluster id"
                     )));
                 }
-                // Below its origin's watermark it was applied here already: sent again (a new
-                // primary there resumed from an older confirmed decree, or a re-sync), it must not
-                // take the place of a tombstone compacted since (two-site seed 779).
-                let origin = timetag_cluster_id(incoming);
-                if timetag_timestamp_us(incoming) < view.engine.dup_watermark_us(origin) {
-                    superseded += 1;
-                    continue;
+                match known.get(&origin) {
+                    // Below its origin's watermark it was applied here already: sent again (a
+                    // new primary there resumed from an older confirmed decree, or a re-sync),
+                    // it must not take the place of a tombstone compacted since (seed 779).
+                    Some(w) if timetag_timestamp_us(incoming) < *w => {
+                        superseded += 1;
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        new_origins.insert(origin);
+                    }
                 }
                 let stored = match written.get(r.key.as_slice()) {
                     Some(t) => Some(*t),
@@ -468,23 +481,13 @@ fn evaluate_ops(
                 ops.push(WriteOp::Put { key: r.key.clone(), value: r.value.clone() });
             }
             let applied = ops.len() as u32;
-            // Logged with the records it covers; the engine keeps the largest per origin. A site
-            // that ships here for the first time gets an entry at 0 even without a watermark:
-            // from then on compaction holds what it could still send (two-site seed 779, where a
-            // tombstone went before the first watermark of a site that lagged arrived).
-            let known = view.engine.dup_watermarks();
-            if let Some(w) = watermark
-                && known.get(&w.origin).is_none_or(|k| *k < w.watermark_us)
-            {
-                ops.push(WriteOp::Watermark { origin: w.origin, watermark_us: w.watermark_us });
+            // Logged with the records it covers; the engine keeps the largest per origin.
+            if let Some(w) = watermark {
+                new_origins.remove(&w.origin);
+                if known.get(&w.origin).is_none_or(|k| *k < w.watermark_us) {
+                    ops.push(WriteOp::Watermark { origin: w.origin, watermark_us: w.watermark_us });
+                }
             }
-            let mut new_origins: Vec<u8> = records
-                .iter()
-                .map(|r| timetag_cluster_id(r.timetag()))
-                .filter(|o| !known.contains_key(o) && watermark.is_none_or(|w| w.origin != *o))
-                .collect();
-            new_origins.sort_unstable();
-            new_origins.dedup();
             ops.extend(new_origins.into_iter().map(|origin| WriteOp::Watermark { origin, watermark_us: 0 }));
             (ops, WriteResponse::Duplicated { applied, superseded })
         }
