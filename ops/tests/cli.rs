@@ -244,7 +244,7 @@ async fn health_reflection_and_metrics_on_every_server() {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
-    assert!(body.contains("tandem_replica_requests_total{op=\"set\",result=\"ok\"}"), "{body}");
+    assert!(body.contains("tandem_replica_requests_total{op=\"set\",result=\"ok\",table_id=\"1\"}"), "{body}");
     assert!(body.contains("tandem_replica_request_seconds_bucket"), "{body}");
     assert!(body.contains("tandem_replica_replicas{status=\"primary\"} 1"), "{body}");
     // Figures read back after known traffic: 25 more writes, 25 more in the write counter (the
@@ -254,15 +254,24 @@ async fn health_reflection_and_metrics_on_every_server() {
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).await.unwrap();
-        let line = body.lines().find(|l| l.starts_with("tandem_replica_requests_total{op=\"set\",result=\"ok\"} ")).expect("the set counter");
-        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+        let figure = |prefix: &str| body.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("{prefix} in {body}")).parse::<f64>().unwrap();
+        (
+            figure("tandem_replica_requests_total{op=\"set\",result=\"ok\",table_id=\"1\"} ") as u64,
+            figure("tandem_replica_mutation_log_group_records_sum ") as u64,
+            figure("tandem_replica_mutation_log_written_bytes_total ") as u64,
+        )
     };
     let before = sets().await;
     let table = cluster.client().table("t");
     for i in 0..25 {
         table.set(format!("k{i}").as_bytes(), b"", b"v", 0).await.unwrap();
     }
-    assert_eq!(sets().await, before + 25);
+    let after = sets().await;
+    assert_eq!(after.0, before.0 + 25);
+    // The log wrote each of them in some group (more records may come from elsewhere, never
+    // fewer), each at least its 1-byte value and header.
+    assert!(after.1 >= before.1 + 25, "{before:?} → {after:?}");
+    assert!(after.2 >= before.2 + 25 * 8, "{before:?} → {after:?}");
     // Per table: the one primary, and the table's committed decrees here cover all 26 writes.
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
@@ -272,6 +281,17 @@ async fn health_reflection_and_metrics_on_every_server() {
     let committed = body.lines().find_map(|l| l.strip_prefix("tandem_replica_table_committed_decrees{table_id=\"1\"} ")).expect("committed decrees");
     assert!(committed.parse::<u64>().unwrap() >= 26, "{body}");
     assert!(body.contains("tandem_replica_table_uncommitted_mutations{table_id=\"1\"} 0"), "{body}");
+    for family in [
+        "tandem_replica_table_pending_compaction_bytes{table_id=\"1\"} ",
+        "tandem_replica_rocksdb_block_cache_lookups_total{result=\"hit\"} ",
+        "tandem_replica_rocksdb_write_stall_seconds_total ",
+        "tandem_replica_rocksdb_write_stopped_engines 0",
+        "tandem_replica_checkpoint_fetches_total{result=\"ok\"} 0",
+        "tandem_replica_checkpoint_fetch_remaining_bytes 0",
+        "tandem_replica_mutation_log_group_records_bucket{le=\"1\"} ",
+    ] {
+        assert!(body.contains(family), "{family} missing from:\n{body}");
+    }
     cluster.kill_replica(0);
 }
 
@@ -302,6 +322,8 @@ async fn the_meta_metrics_describe_the_meta() {
         "tandem_meta_partitions{health=\"healthy\"} 1",
         "tandem_meta_partitions{health=\"unavailable\"} 0",
         "tandem_meta_replica_servers{state=\"alive\"} 1",
+        "tandem_meta_config_changes_total{cause=\"cure\",outcome=\"committed\"} ",
+        "tandem_meta_config_changes_total{cause=\"remove_secondary\",outcome=\"refused\"} 0",
     ] {
         assert!(body.contains(expected), "{expected} missing from:\n{body}");
     }

@@ -116,7 +116,8 @@ async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
     let mut cluster = Cluster::start_with(3, Store::Sqlite, &["--log-cache-bytes-max", log_cache, "--inactive-replica-gc-delay", "3s"]).await;
     cluster.create_table("t", 4, 3).await;
     let acked = start_load(&cluster, "t").await.finish(&cluster).await;
-    let spare = cluster.add_replica();
+    let metrics_port = support::free_port();
+    let spare = cluster.add_replica_with(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
     cluster.wait_nodes_alive(4, Duration::from_secs(30)).await;
     let config = cluster.partition("t", 0).await;
     let victim = cluster.replica_index(&config.secondaries[0]);
@@ -131,6 +132,13 @@ async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
     cluster.wait_healthy(Duration::from_secs(90)).await;
     let log = std::fs::read_to_string(&cluster.replicas[spare].log).unwrap();
     assert_eq!(log.contains("installed checkpoint"), expect_checkpoint, "learner path\n{}", cluster.logs_tail());
+    // The learner's /metrics saw the same: checkpoints fetched (with bytes) or none, and none
+    // still running.
+    let scrape = support::scrape_metrics(metrics_port).await;
+    let fetched = support::metric_value(&scrape, "tandem_replica_checkpoint_fetches_total{result=\"ok\"}").expect("fetch counter");
+    let bytes = support::metric_value(&scrape, "tandem_replica_checkpoint_fetched_bytes_total").expect("byte counter");
+    assert_eq!((fetched > 0.0, bytes > 0.0), (expect_checkpoint, expect_checkpoint), "{scrape}");
+    assert_eq!(support::metric_value(&scrape, "tandem_replica_checkpoint_fetch_remaining_bytes"), Some(0.0), "{scrape}");
     assert_all_read_back(&cluster, "t", &acked).await;
 
     let replicas_dir = cluster.replicas[victim].data_dir.join("replicas");

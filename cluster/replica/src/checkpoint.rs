@@ -129,7 +129,9 @@ fn file_crc(path: &Path) -> Result<(u64, u32)> {
 /// returns the directory's name and the checkpoint's decree.
 pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &Path) -> Result<(String, Decree)> {
     let db_name = format!("db-{}", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_"));
-    let result = fetch_into(node, gpid, from, id, &replica_dir.join(&db_name)).await;
+    let mut remaining = Remaining { gauge: &node.metrics.checkpoint_fetch_remaining_bytes, bytes: 0 };
+    let result = fetch_into(node, gpid, from, id, &replica_dir.join(&db_name), &mut remaining).await;
+    node.metrics.checkpoint_fetches.with_label_values(&[if result.is_ok() { "ok" } else { "failed" }]).inc();
     if result.is_err() {
         // A partial fetch is garbage: every retry fetches a new checkpoint into a new directory.
         let _ = std::fs::remove_dir_all(replica_dir.join(&db_name));
@@ -137,8 +139,28 @@ pub async fn fetch(node: &Node, gpid: Gpid, from: &str, id: &str, replica_dir: &
     result.map(|decree| (db_name, decree))
 }
 
+/// What a running fetch still has to fetch, counted in the server's gauge until it ends (or is
+/// dropped with its replica's task).
+struct Remaining<'a> {
+    gauge: &'a prometheus::IntGauge,
+    bytes: u64,
+}
+
+impl Remaining<'_> {
+    fn set(&mut self, bytes: u64) {
+        self.gauge.add(bytes as i64 - self.bytes as i64);
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Remaining<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
 /// Fetches checkpoint `id` into `dir`, verifying every chunk and file; returns its decree.
-async fn fetch_into(node: &Node, gpid: Gpid, from: &str, id: &str, dir: &Path) -> Result<Decree> {
+async fn fetch_into(node: &Node, gpid: Gpid, from: &str, id: &str, dir: &Path, remaining: &mut Remaining<'_>) -> Result<Decree> {
     let fail = |detail: String| Error::Checkpoint { gpid, id: id.into(), detail };
     let mut client = node.peer(from)?;
     let manifest = client
@@ -149,6 +171,7 @@ async fn fetch_into(node: &Node, gpid: Gpid, from: &str, id: &str, dir: &Path) -
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     let chunk = node.opts.checkpoint_chunk_bytes as u32;
+    remaining.set(manifest.files.iter().map(|f| f.size).sum());
     for file in &manifest.files {
         if file.name.is_empty() || file.name.contains('/') || file.name.contains("..") {
             return Err(fail(format!("the manifest lists an unsafe file name {:?}", file.name)));
@@ -178,6 +201,8 @@ async fn fetch_into(node: &Node, gpid: Gpid, from: &str, id: &str, dir: &Path) -
             crc = crc32c::crc32c_append(crc, &resp.data);
             out.write_all(&resp.data).map_err(Error::io("write", &path))?;
             offset += resp.data.len() as u64;
+            node.metrics.checkpoint_fetched_bytes.inc_by(resp.data.len() as u64);
+            remaining.set(remaining.bytes.saturating_sub(resp.data.len() as u64));
         }
         if offset != file.size || crc != file.crc32c {
             return Err(fail(format!("{} does not match its manifest (size {offset}/{}, crc {crc:#x}/{:#x})", file.name, file.size, file.crc32c)));

@@ -383,9 +383,10 @@ impl Node {
             counts.insert(status, 0);
         }
         let m = &self.metrics;
-        for g in [&m.table_replicas, &m.table_committed, &m.table_uncommitted] {
+        for g in [&m.table_replicas, &m.table_committed, &m.table_uncommitted, &m.table_pending_compaction] {
             g.reset();
         }
+        let mut stopped_engines = 0;
         for h in self.replica_handles() {
             let state = h.state();
             *counts.entry(state.status.as_str()).or_default() += 1;
@@ -393,14 +394,32 @@ impl Node {
             m.table_replicas.with_label_values(&[table.as_str(), state.status.as_str()]).inc();
             m.table_committed.with_label_values(&[table.as_str()]).add(state.last_committed as i64);
             m.table_uncommitted.with_label_values(&[table.as_str()]).add(state.last_prepared.saturating_sub(state.last_committed) as i64);
+            if let Some(engine) = h.engine() {
+                let (pending, stopped) = engine.with(|e| (e.pending_compaction_bytes(), e.write_stopped()));
+                m.table_pending_compaction.with_label_values(&[table.as_str()]).add(pending as i64);
+                stopped_engines += i64::from(stopped);
+            }
         }
+        m.write_stopped_engines.set(stopped_engines);
         for (status, n) in counts {
             self.metrics.replicas.with_label_values(&[status]).set(n);
         }
         // The log counts since it opened; the counters catch up with it at each scrape.
-        for (counter, now) in [(&m.log_records, self.log.appended_records()), (&m.log_fsyncs, self.log.fsyncs()), (&m.log_group_waits, self.log.group_waits())] {
+        // So do RocksDB's statistics, since the server started.
+        let hits = m.block_cache.with_label_values(&["hit"]);
+        let misses = m.block_cache.with_label_values(&["miss"]);
+        for (counter, now) in [
+            (&m.log_records, self.log.appended_records()),
+            (&m.log_fsyncs, self.log.fsyncs()),
+            (&m.log_group_waits, self.log.group_waits()),
+            (&m.log_written_bytes, self.log.appended_bytes()),
+            (&hits, self.engine_memory.block_cache_hits()),
+            (&misses, self.engine_memory.block_cache_misses()),
+        ] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }
+        let stalled = self.engine_memory.write_stall_micros() as f64 / 1e6;
+        m.write_stall_seconds.inc_by((stalled - m.write_stall_seconds.get()).max(0.0));
         m.log_bytes.set(self.log.total_bytes() as i64);
         self.metrics.memory.with_label_values(&["memtables"]).set(self.engine_memory.memtable_bytes() as i64);
         self.metrics.memory.with_label_values(&["block_cache"]).set(self.engine_memory.block_cache_bytes() as i64);
@@ -480,11 +499,14 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     }
     let start = Instant::now();
     let (stop, mut stopped) = watch::channel(None);
+    let metrics = Metrics::new("tandem_replica");
+    let groups = metrics.log_group_records.clone();
+    log.observe_groups(move |records| groups.observe(records as f64));
     let node = Arc::new(Node {
         me: opts.advertise.clone(),
         log: Arc::new(log),
         meta,
-        metrics: Metrics::new("tandem_replica"),
+        metrics,
         checkpoints: Checkpoints::new(checkpoint_root),
         engine_memory: EngineMemory::new(opts.block_cache_bytes, opts.memtable_bytes_max),
         replicas: RwLock::new(HashMap::new()),

@@ -128,6 +128,9 @@ pub struct ReplicaHandle {
     /// The engine while the hosted replica holds its read gate open (set at the end of each
     /// turn), else None: reads use it directly, without a trip through the task.
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
+    /// The engine the replica uses until it stops, whatever its role: for the server's figures
+    /// (RocksDB properties), never for reads.
+    engine: Arc<Mutex<Option<SharedEngine>>>,
 }
 
 impl ReplicaHandle {
@@ -152,6 +155,11 @@ impl ReplicaHandle {
     /// the caller checks at read time).
     pub fn read_engine(&self) -> Option<SharedEngine> {
         self.read_gate.read().expect("read gate lock").clone()
+    }
+
+    /// The replica's engine, for figures only (None once it stopped).
+    pub fn engine(&self) -> Option<SharedEngine> {
+        self.engine.lock().expect("engine slot lock").clone()
     }
 
     pub fn dup_progress(&self) -> Vec<v1::DupProgress> {
@@ -190,8 +198,11 @@ pub fn spawn(node: Arc<Node>, replica: HostedReplica<Rt>, engine: SharedEngine, 
     let state = Arc::new(Mutex::new(replica.state()));
     let read_gate = Arc::new(RwLock::new(None));
     let dups = Arc::new(Mutex::new(Vec::new()));
-    let handle = ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), dups: dups.clone(), read_gate: read_gate.clone() };
-    let task = ReplicaTask { node, replica, engine, dir, tx, state, dups, read_gate, fetches: JoinSet::new(), disk_work: JoinSet::new() };
+    let engine_slot = Arc::new(Mutex::new(Some(engine.clone())));
+    let handle =
+        ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), dups: dups.clone(), read_gate: read_gate.clone(), engine: engine_slot.clone() };
+    let task =
+        ReplicaTask { node, replica, engine, engine_slot, dir, tx, state, dups, read_gate, fetches: JoinSet::new(), disk_work: JoinSet::new() };
     tokio::spawn(task.run(rx));
     handle
 }
@@ -200,6 +211,7 @@ struct ReplicaTask {
     node: Arc<Node>,
     replica: HostedReplica<Rt>,
     engine: SharedEngine,
+    engine_slot: Arc<Mutex<Option<SharedEngine>>>,
     dir: PathBuf,
     tx: mpsc::UnboundedSender<Event>,
     state: Arc<Mutex<ReplicaState>>,
@@ -263,6 +275,7 @@ impl ReplicaTask {
         }
         // Stopped: no more reads from this engine.
         *self.read_gate.write().expect("read gate lock") = None;
+        *self.engine_slot.lock().expect("engine slot lock") = None;
     }
 
     fn step(&mut self, event: Event) {
@@ -272,6 +285,7 @@ impl ReplicaTask {
             Event::Activated { result } => {
                 let result = result.map(|engine| {
                     self.engine = engine.clone();
+                    *self.engine_slot.lock().expect("engine slot lock") = Some(engine.clone());
                     Box::new(engine) as Box<dyn KvEngine>
                 });
                 self.replica.step(&ctx, ReplicaEvent::CheckpointActivated { result });

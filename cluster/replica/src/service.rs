@@ -86,6 +86,15 @@ fn verify_buckets(buckets: u32) -> Result<u32, Status> {
 
 impl Service {
     /// The replica a data request is routed to, after checking that the hash key belongs to it.
+    /// The table label of a request's metrics: its table id if this server hosts the table,
+    /// else `other` (a client cannot grow the labels without bound).
+    fn table_label(&self, route: Option<&v1::Route>) -> String {
+        match route.and_then(|r| r.gpid.as_ref()).map(|g| g.table_id) {
+            Some(t) if self.node.partition_count(t).is_some() => t.to_string(),
+            _ => "other".to_string(),
+        }
+    }
+
     fn route(&self, route: Option<&v1::Route>, hash_key: Option<&[u8]>) -> Result<ReplicaHandle, Status> {
         let route = route.ok_or_else(|| invalid("request without a route"))?;
         let gpid = gpid_from(route.gpid.as_ref()).map_err(|e| core_status(&e))?;
@@ -156,13 +165,14 @@ impl Service {
             None => "write",
         };
         let metrics = self.node.metrics.clone();
+        let table = self.table_label(req.route.as_ref());
         // Records of the other site: how long from their origin to applied here.
         let oldest_origin_us = match &req.op {
             Some(v1::write_request::Op::Duplicate(d)) => d.records.iter().filter_map(|r| decode_value(&r.value).ok()).map(|(h, _)| timetag_timestamp_us(h.timetag)).min(),
             _ => None,
         };
         let finish = move |result: Result<v1::WriteResponse, Status>| {
-            observe(&metrics, op, start, &result);
+            observe(&metrics, &table, op, start, &result);
             if let (Some(origin_us), Ok(_)) = (oldest_origin_us, &result) {
                 let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
                 metrics.dup_apply_delay.observe(now_us.saturating_sub(origin_us) as f64 / 1e6);
@@ -218,6 +228,7 @@ impl Service {
 
     async fn do_get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
         let start = Instant::now();
+        let route = req.route.clone();
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let limits = self.node.opts.host.replica.limits;
@@ -226,7 +237,7 @@ impl Service {
             self.read(&handle, move |engine, now_s| read::get_with_expiry(engine, &hk, &sk, now_s)).await
         }
         .await;
-        self.observe("get", start, &result);
+        self.observe(route.as_ref(), "get", start, &result);
         let found = result?;
         Ok(match found {
             Some((expire_ts, value)) => {
@@ -292,8 +303,8 @@ impl Service {
         }
     }
 
-    fn observe<T>(&self, op: &str, start: Instant, r: &Result<T, Status>) {
-        observe(&self.node.metrics, op, start, r);
+    fn observe<T>(&self, route: Option<&v1::Route>, op: &str, start: Instant, r: &Result<T, Status>) {
+        observe(&self.node.metrics, &self.table_label(route), op, start, r);
     }
 }
 
@@ -320,12 +331,12 @@ fn answer_into<T: 'static>(
     }
 }
 
-fn observe<T>(metrics: &Metrics, op: &str, start: Instant, r: &Result<T, Status>) {
+fn observe<T>(metrics: &Metrics, table: &str, op: &str, start: Instant, r: &Result<T, Status>) {
     let result = match r {
         Ok(_) => "ok",
         Err(s) => ErrorKind::of(s).map_or("error", |k| k.as_str()),
     };
-    metrics.observe(op, result, start.elapsed().as_secs_f64());
+    metrics.observe(table, op, result, start.elapsed().as_secs_f64());
 }
 
 #[tonic::async_trait]
@@ -410,6 +421,7 @@ impl ReplicaService for Service {
     async fn multi_get(&self, request: Request<v1::MultiGetRequest>) -> Result<Response<v1::MultiGetResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
+        let route = req.route.clone();
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let count_max = if req.count_max == 0 { PAGE_COUNT_DEFAULT } else { req.count_max as usize };
@@ -441,13 +453,14 @@ impl ReplicaService for Service {
             })
         }
         .await;
-        self.observe("multi_get", start, &result);
+        self.observe(route.as_ref(), "multi_get", start, &result);
         result.map(Response::new)
     }
 
     async fn sortkey_count(&self, request: Request<v1::SortkeyCountRequest>) -> Result<Response<v1::SortkeyCountResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
+        let route = req.route.clone();
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let hk = req.hash_key;
@@ -455,13 +468,14 @@ impl ReplicaService for Service {
             Ok(v1::SortkeyCountResponse { count })
         }
         .await;
-        self.observe("sortkey_count", start, &result);
+        self.observe(route.as_ref(), "sortkey_count", start, &result);
         result.map(Response::new)
     }
 
     async fn full_scan(&self, request: Request<v1::FullScanRequest>) -> Result<Response<v1::FullScanResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
+        let route = req.route.clone();
         let result = async {
             let handle = self.route(req.route.as_ref(), None)?;
             let count_max = if req.count_max == 0 { PAGE_COUNT_DEFAULT } else { (req.count_max as usize).min(10 * PAGE_COUNT_DEFAULT) };
@@ -474,13 +488,14 @@ impl ReplicaService for Service {
             })
         }
         .await;
-        self.observe("full_scan", start, &result);
+        self.observe(route.as_ref(), "full_scan", start, &result);
         result.map(Response::new)
     }
 
     async fn verify_digest(&self, request: Request<v1::VerifyDigestRequest>) -> Result<Response<v1::VerifyDigestResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
+        let route = req.route.clone();
         let result = async {
             let handle = self.route(req.route.as_ref(), None)?;
             let buckets = verify_buckets(req.buckets)?;
@@ -490,13 +505,14 @@ impl ReplicaService for Service {
             Ok(v1::VerifyDigestResponse { buckets })
         }
         .await;
-        self.observe("verify_digest", start, &result);
+        self.observe(route.as_ref(), "verify_digest", start, &result);
         result.map(Response::new)
     }
 
     async fn verify_keys(&self, request: Request<v1::VerifyKeysRequest>) -> Result<Response<v1::VerifyKeysResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
+        let route = req.route.clone();
         let result = async {
             let handle = self.route(req.route.as_ref(), None)?;
             let buckets = verify_buckets(req.buckets)?;
@@ -510,7 +526,7 @@ impl ReplicaService for Service {
             Ok(v1::VerifyKeysResponse { keys, more })
         }
         .await;
-        self.observe("verify_keys", start, &result);
+        self.observe(route.as_ref(), "verify_keys", start, &result);
         result.map(Response::new)
     }
 
@@ -561,6 +577,7 @@ impl ReplicaService for Service {
             .map_err(|e| ErrorKind::Internal.status(e.to_string()))?
             .map_err(|e| ErrorKind::NotFound.status(format!("{e:#}")))?;
         let crc32c = crc32c::crc32c(&data);
+        self.node.metrics.checkpoint_served_bytes.inc_by(data.len() as u64);
         Ok(Response::new(v1::FetchChunkResponse { data, crc32c }))
     }
 

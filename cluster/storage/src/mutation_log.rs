@@ -172,7 +172,10 @@ struct Shared {
     /// Oldest first; the last one is the writer's current segment.
     segments: Mutex<Vec<Segment>>,
     appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
     fsyncs: AtomicU64,
+    /// Told the records of each group the writer wrote (the server's group size histogram).
+    group_observer: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// Groups that waited out the group commit window.
     group_waits: AtomicU64,
     /// Set by the server while CPU is scarce: only then do groups wait for more appends.
@@ -237,7 +240,9 @@ impl MutationLog {
             Arc::new(Shared {
             segments: Mutex::new(segments),
             appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            group_observer: std::sync::OnceLock::new(),
             group_waits: AtomicU64::new(0),
             cpu_busy: AtomicBool::new(false),
             failure: Mutex::new(None),
@@ -414,6 +419,18 @@ impl MutationLog {
         self.shared.appended_records.load(Ordering::Relaxed)
     }
 
+    /// Bytes written since open, record headers included.
+    pub fn appended_bytes(&self) -> u64 {
+        self.shared.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Calls `observe` with the number of records of every group the writer writes from now
+    /// on (one write, and one fsync when the policy syncs every batch). Set once; later calls
+    /// are ignored.
+    pub fn observe_groups(&self, observe: impl Fn(u64) + Send + Sync + 'static) {
+        let _ = self.shared.group_observer.set(Box::new(observe));
+    }
+
     /// fsync calls since open: `appended_records() / fsyncs()` is the group commit ratio.
     pub fn fsyncs(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)
@@ -508,12 +525,16 @@ impl Writer {
             }
             policy.observe(group.len());
 
+            let records_before = self.shared.appended_records.load(Ordering::Relaxed);
             if self.failed.is_none()
                 && let Err(e) = self.write_group(&group)
             {
                 tracing::error!(dir = %self.dir.display(), error = %e, "mutation log write failed; refusing further appends");
                 self.failed = Some(e.to_string());
                 *self.shared.failure.lock().expect("failure lock") = Some(e.to_string());
+            }
+            if let Some(observe) = self.shared.group_observer.get() {
+                observe(self.shared.appended_records.load(Ordering::Relaxed) - records_before);
             }
             last_sync = Some(Instant::now());
             for request in group {
@@ -566,6 +587,7 @@ impl Writer {
             }
         }
         self.shared.appended_records.fetch_add(pending.record_count, Ordering::Relaxed);
+        self.shared.appended_bytes.fetch_add(pending.frames.len() as u64, Ordering::Relaxed);
         pending.frames.clear();
         pending.record_count = 0;
         Ok(())
@@ -967,6 +989,9 @@ mod tests {
         const APPENDS: u64 = 200;
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(open(dir.path(), LogOptions { segment_bytes_max: 64 << 10, ..LogOptions::default() }).0);
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let seen = groups.clone();
+        log.observe_groups(move |records| seen.lock().unwrap().push(records));
         let threads: Vec<_> = (0..THREADS)
             .map(|t| {
                 let log = log.clone();
@@ -992,6 +1017,11 @@ mod tests {
         assert_eq!(log.appended_records(), total);
         assert!(log.fsyncs() < total, "{} fsyncs for {total} appends", log.fsyncs());
         assert!(log.segment_count() > 1);
+        // Every record is in exactly one observed group; segment rolls add fsyncs, not groups.
+        let groups = groups.lock().unwrap().clone();
+        assert_eq!(groups.iter().sum::<u64>(), total);
+        assert!(groups.len() as u64 <= log.fsyncs() && groups.iter().all(|&g| g >= 1), "{groups:?}");
+        assert!(log.appended_bytes() > total * 16, "{} bytes", log.appended_bytes());
         drop(log);
 
         let (_log, replayed) = open(dir.path(), LogOptions::default());

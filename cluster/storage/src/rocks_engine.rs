@@ -28,6 +28,7 @@ use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode,
     Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
 };
+use rocksdb::statistics::{StatsLevel, Ticker};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,9 @@ const TTL_FILTER_NAME: &str = "tandem-ttl";
 pub struct EngineMemory {
     block_cache: Cache,
     memtables: WriteBufferManager,
+    /// Every engine's options are copies of this one, so they share its RocksDB statistics
+    /// (tickers only): the server's block cache hits and misses and write stall time.
+    template: Arc<Options>,
 }
 
 impl EngineMemory {
@@ -64,7 +68,28 @@ impl EngineMemory {
         EngineMemory {
             block_cache: Cache::new_lru_cache(block_cache_bytes),
             memtables: WriteBufferManager::new_write_buffer_manager(memtable_bytes, false),
+            template: Arc::new({
+                let mut o = Options::default();
+                o.enable_statistics();
+                o.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
+                o
+            }),
         }
+    }
+
+    /// Block reads served from the block cache and missed, since the server started.
+    pub fn block_cache_hits(&self) -> u64 {
+        self.template.get_ticker_count(Ticker::BlockCacheHit)
+    }
+
+    pub fn block_cache_misses(&self) -> u64 {
+        self.template.get_ticker_count(Ticker::BlockCacheMiss)
+    }
+
+    /// Time writes spent stalled or delayed by RocksDB (too many memtables, L0 files or
+    /// pending compaction bytes), microseconds since the server started.
+    pub fn write_stall_micros(&self) -> u64 {
+        self.template.get_ticker_count(Ticker::StallMicros)
     }
 
     pub fn memtable_bytes(&self) -> usize {
@@ -147,7 +172,7 @@ impl RocksEngine {
     /// server shares one per table among the table's engines).
     pub fn open_with_compaction(dir: &Path, memory: &EngineMemory, compaction: TableCompaction) -> Result<RocksEngine> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-        let mut db_options = Options::default();
+        let mut db_options = Options::clone(&memory.template);
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_atomic_flush(true);
@@ -234,6 +259,17 @@ impl RocksEngine {
 
     /// The decree the mutation log no longer needs to hold for this replica: everything up to it
     /// survives a crash.
+    /// RocksDB's estimate of the bytes compaction must rewrite to bring every level within its
+    /// target size: a backlog that grows means compaction cannot keep up with writes.
+    pub fn pending_compaction_bytes(&self) -> u64 {
+        self.db.property_int_value(properties::ESTIMATE_PENDING_COMPACTION_BYTES).ok().flatten().unwrap_or(0)
+    }
+
+    /// Whether RocksDB stops this engine's writes now (too many memtables or L0 files).
+    pub fn write_stopped(&self) -> bool {
+        self.db.property_int_value(properties::IS_WRITE_STOPPED).ok().flatten().unwrap_or(0) != 0
+    }
+
     pub fn last_flushed_decree(&self) -> Decree {
         self.last_flushed.load(Ordering::Acquire)
     }

@@ -1,11 +1,14 @@
 //! The meta server's own metrics: leadership, requests (beacons, proposals, admin) by kind and
-//! result, store writes and their latency, lease claims.
+//! result, store writes and their latency, lease claims, configuration changes by cause and
+//! outcome, and the cluster's shape as the leader sees it.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::time::Duration;
 use tandem_meta_core::leadership::ClaimOutcome;
 use tandem_meta_core::store::{StoreResult, StoreWrite};
+use tandem_meta_core::machine::{Cause, MetaEvent};
 use tandem_meta_core::{MetaError, MetaReply};
+use tandem_core::replica::ConfigProposal;
 
 #[derive(Clone)]
 pub struct MetaMetrics {
@@ -20,6 +23,7 @@ pub struct MetaMetrics {
     tables: IntGauge,
     partitions: IntGaugeVec,
     servers: IntGaugeVec,
+    config_changes: IntCounterVec,
 }
 
 impl MetaMetrics {
@@ -53,7 +57,25 @@ impl MetaMetrics {
         for m in [Box::new(epoch.clone()) as Box<dyn prometheus::core::Collector>, Box::new(tables.clone()), Box::new(partitions.clone()), Box::new(servers.clone())] {
             registry.register(m).expect("register once");
         }
-        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims, epoch, tables, partitions, servers }
+        let config_changes = IntCounterVec::new(
+            Opts::new("tandem_meta_config_changes_total", "partition configuration changes by cause (placement, cure, restart, a primary's proposal) and outcome"),
+            &["cause", "outcome"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(config_changes.clone())).expect("register once");
+        // Every series from the start, so a dashboard sees zeros rather than nothing.
+        for outcome in ["won", "lost", "failed"] {
+            claims.with_label_values(&[outcome]);
+        }
+        for cause in ["placement", "cure", "restart", "remove_secondary", "upgrade_learner"] {
+            for outcome in ["committed", "failed"] {
+                config_changes.with_label_values(&[cause, outcome]);
+            }
+        }
+        for cause in ["remove_secondary", "upgrade_learner"] {
+            config_changes.with_label_values(&[cause, "refused"]);
+        }
+        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims, epoch, tables, partitions, servers, config_changes }
     }
 
     /// Before a scrape: the lease epoch and the cluster's shape as the leader sees it (a
@@ -107,6 +129,24 @@ impl MetaMetrics {
         self.store_write_seconds.with_label_values(&[kind]).observe(elapsed.as_secs_f64());
     }
 
+    /// Configuration changes, from the machine's events: committed, failed (the store write
+    /// did not happen) or refused (a proposal the configuration does not allow).
+    pub fn event(&self, event: &MetaEvent) {
+        let cause_label = |cause: &Cause| match cause {
+            Cause::Placement => "placement",
+            Cause::Cure => "cure",
+            Cause::Restart => "restart",
+            Cause::Proposal(p) => proposal_label(p),
+        };
+        let (cause, outcome) = match event {
+            MetaEvent::Committed { cause, .. } => (cause_label(cause), "committed"),
+            MetaEvent::ChangeFailed { cause, .. } => (cause_label(cause), "failed"),
+            MetaEvent::ProposalRefused { proposal, .. } => (proposal_label(proposal), "refused"),
+            _ => return,
+        };
+        self.config_changes.with_label_values(&[cause, outcome]).inc();
+    }
+
     pub fn claim(&self, outcome: &ClaimOutcome) {
         let outcome = match outcome {
             ClaimOutcome::Won { .. } => "won",
@@ -114,6 +154,13 @@ impl MetaMetrics {
             ClaimOutcome::Failed => "failed",
         };
         self.claims.with_label_values(&[outcome]).inc();
+    }
+}
+
+fn proposal_label(p: &ConfigProposal) -> &'static str {
+    match p {
+        ConfigProposal::RemoveSecondary { .. } => "remove_secondary",
+        ConfigProposal::UpgradeLearner { .. } => "upgrade_learner",
     }
 }
 

@@ -129,7 +129,10 @@ impl Meta {
                     let _ = tx.send(result);
                 }
             }
-            MetaAction::Event(e) => log_event(&e),
+            MetaAction::Event(e) => {
+                self.metrics.event(&e);
+                log_event(&e);
+            }
         }
     }
 

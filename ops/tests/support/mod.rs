@@ -277,11 +277,17 @@ impl Cluster {
     }
 
     pub fn add_replica(&mut self) -> usize {
+        self.add_replica_with(&[])
+    }
+
+    /// `add_replica`, with flags of its own after the cluster's.
+    pub fn add_replica_with(&mut self, extra: &[&str]) -> usize {
         let i = self.replicas.len();
         let addr = format!("127.0.0.1:{}", free_port());
         let data_dir = self.dir.path().join(format!("replica-{i}"));
         let log = self.dir.path().join(format!("replica-{i}.log"));
-        self.replicas.push(Server { addr, data_dir, child: None, log, extra: self.replica_extra.clone() });
+        let extra = self.replica_extra.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect();
+        self.replicas.push(Server { addr, data_dir, child: None, log, extra });
         self.start_replica(i);
         i
     }
@@ -532,4 +538,19 @@ impl Drop for PrivatePostgres {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.stop_server()));
         }
     }
+}
+
+/// The body of `GET /metrics` on 127.0.0.1:`port`.
+pub async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to /metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send the request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read the answer");
+    body
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a scrape.
+pub fn metric_value(scrape: &str, name: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
