@@ -5,9 +5,14 @@
 //! ```text
 //! tables/7/objects/<sha256>-<backup>      an SST file, content-addressed; <backup> uploaded it
 //! tables/7/backups/<backup>/manifest.json the table manifest, written last
-//! tables/7/backups/<backup>/<p>/manifest.json        partition p's manifest
-//! tables/7/backups/<backup>/<p>/files/<name>.zst     partition p's other files, compressed
+//! tables/7/backups/<backup>/<p>/<attempt>/manifest.json     partition p's manifest
+//! tables/7/backups/<backup>/<p>/<attempt>/files/<name>.zst  partition p's other files, compressed
 //! ```
+//!
+//! A partition's upload is an attempt: when its primary changes or fails, the job hands the
+//! partition out again under the next attempt number. An earlier uploader that is still
+//! running writes only under its own attempt, so it can never overwrite the manifest or files
+//! the job accepted.
 //!
 //! An SST file's key carries the id of the backup that uploaded it as well as its checksum.
 //! A later backup reuses it only when a kept, complete backup references it; otherwise it
@@ -31,17 +36,17 @@ pub fn table_manifest_key(table_id: u32, backup: BackupId) -> String {
     format!("{}/{MANIFEST_NAME}", backup_root(table_id, backup))
 }
 
-pub fn partition_root(table_id: u32, backup: BackupId, partition: u32) -> String {
-    format!("{}/{partition}", backup_root(table_id, backup))
+pub fn partition_root(table_id: u32, backup: BackupId, partition: u32, attempt: u32) -> String {
+    format!("{}/{partition}/{attempt}", backup_root(table_id, backup))
 }
 
-pub fn partition_manifest_key(table_id: u32, backup: BackupId, partition: u32) -> String {
-    format!("{}/{MANIFEST_NAME}", partition_root(table_id, backup, partition))
+pub fn partition_manifest_key(table_id: u32, backup: BackupId, partition: u32, attempt: u32) -> String {
+    format!("{}/{MANIFEST_NAME}", partition_root(table_id, backup, partition, attempt))
 }
 
-/// A file other than an SST: compressed, under the backup's own prefix.
-pub fn file_key(table_id: u32, backup: BackupId, partition: u32, name: &str) -> String {
-    format!("{}/files/{name}.zst", partition_root(table_id, backup, partition))
+/// A file other than an SST: compressed, under the attempt's own prefix.
+pub fn file_key(table_id: u32, backup: BackupId, partition: u32, attempt: u32, name: &str) -> String {
+    format!("{}/files/{name}.zst", partition_root(table_id, backup, partition, attempt))
 }
 
 /// An SST file: named by its checksum and the backup that uploaded it.
@@ -91,8 +96,8 @@ mod tests {
     fn owners_follow_the_layout() {
         let sha = "ab".repeat(32);
         assert_eq!(owner(7, &sst_key(7, 12, &sha)), Some(12));
-        assert_eq!(owner(7, &file_key(7, 12, 3, "MANIFEST-000005")), Some(12));
-        assert_eq!(owner(7, &partition_manifest_key(7, 12, 3)), Some(12));
+        assert_eq!(owner(7, &file_key(7, 12, 3, 1, "MANIFEST-000005")), Some(12));
+        assert_eq!(owner(7, &partition_manifest_key(7, 12, 3, 2)), Some(12));
         assert_eq!(owner(7, &table_manifest_key(7, 12)), Some(12));
         // Another table's keys, and keys the layout does not name, have no owner here.
         assert_eq!(owner(7, &sst_key(70, 12, &sha)), None);

@@ -8,14 +8,17 @@
 //! partition entries ──────────────────▶ TableManifest (written last) ◀───────────┘
 //! SQL record (complete, table manifest SHA-256) ──read_table_manifest──▶ verify_backup / restore_partition
 //! records + listing + live manifests ──expired / garbage──▶ what retention and collection delete
+//! BackupJob (meta): primaries, reports, ticks ──▶ Assign / WriteTableManifest / RecordComplete / RecordFailed
 //! ```
 //!
 //! `layout` says where each object lives, `manifest` what a backup records, `codec` how a file
-//! is stored, `retention` why collection never deletes what a complete backup needs.
+//! is stored, `retention` why collection never deletes what a complete backup needs, `job` when
+//! a backup is complete and when it has failed.
 //! `object_store_conformance` is what every object store passes.
 
 pub mod codec;
 pub mod error;
+pub mod job;
 pub mod layout;
 pub mod manifest;
 pub mod object;
@@ -24,8 +27,9 @@ pub mod restore;
 pub mod retention;
 
 pub use error::{BackupError, Result};
+pub use job::{BackupJob, JobAction, JobInput, JobOptions, JobState, PartitionReport};
 pub use manifest::{BackupId, Encoding, FileEntry, PartitionEntry, PartitionManifest, TableManifest};
 pub use object::{object_store_conformance, validate_key, MemObjectStore, ObjectError, ObjectStore};
-pub use partition::{plan_partition, upload_partition, LocalFile, PartitionPlan, Reusable};
+pub use partition::{plan_partition, upload_partition, LocalFile, PartitionJob, PartitionPlan, Reusable};
 pub use restore::{read_partition_manifest, read_table_manifest, restore_partition, verify_backup, VerifyReport};
 pub use retention::{expired, garbage, BackupRecord, BackupState, Collection};

@@ -48,6 +48,8 @@ pub struct PartitionManifest {
     pub backup_id: BackupId,
     pub table_id: u32,
     pub partition: u32,
+    /// Which of the job's hand-outs of the partition uploaded it (layout).
+    pub attempt: u32,
     /// The checkpoint holds every mutation up to this decree, and none after it.
     pub decree: u64,
     pub files: Vec<FileEntry>,
@@ -58,6 +60,7 @@ pub struct PartitionManifest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionEntry {
     pub partition: u32,
+    pub attempt: u32,
     pub decree: u64,
     pub manifest: String,
     pub manifest_sha256: String,
@@ -105,16 +108,16 @@ impl PartitionManifest {
 
     /// Decodes and checks the manifest found at `key`, which must be partition `partition` of
     /// backup `backup_id` of table `table_id`.
-    pub fn decode(key: &str, bytes: &[u8], table_id: u32, backup_id: BackupId, partition: u32) -> Result<PartitionManifest, ManifestError> {
+    pub fn decode(key: &str, bytes: &[u8], table_id: u32, backup_id: BackupId, partition: u32, attempt: u32) -> Result<PartitionManifest, ManifestError> {
         let fail = |detail: String| ManifestError { key: key.to_string(), detail };
         let m: PartitionManifest = serde_json::from_slice(bytes).map_err(|e| fail(format!("does not parse: {e}")))?;
         if m.format != FORMAT {
             return Err(fail(format!("format {} is not {FORMAT}, the one this build reads (use a newer tandem)", m.format)));
         }
-        if (m.table_id, m.backup_id, m.partition) != (table_id, backup_id, partition) {
+        if (m.table_id, m.backup_id, m.partition, m.attempt) != (table_id, backup_id, partition, attempt) {
             return Err(fail(format!(
-                "describes partition {} of backup {} of table {}, not partition {partition} of backup {backup_id} of table {table_id}",
-                m.partition, m.backup_id, m.table_id
+                "describes partition {} (attempt {}) of backup {} of table {}, not partition {partition} (attempt {attempt}) of backup {backup_id} of table {table_id}",
+                m.partition, m.attempt, m.backup_id, m.table_id
             )));
         }
         let mut names = std::collections::BTreeSet::new();
@@ -171,7 +174,7 @@ impl TableManifest {
             if p.partition != i as u32 {
                 return Err(fail(format!("entry {i} is partition {}", p.partition)));
             }
-            if p.manifest != layout::partition_manifest_key(table_id, backup_id, p.partition) {
+            if p.manifest != layout::partition_manifest_key(table_id, backup_id, p.partition, p.attempt) {
                 return Err(fail(format!("partition {} names manifest {:?}", p.partition, p.manifest)));
             }
             if !layout::is_sha256_hex(&p.manifest_sha256) {
@@ -195,8 +198,9 @@ impl PartitionEntry {
     pub fn of(m: &PartitionManifest, encoded: &[u8]) -> PartitionEntry {
         PartitionEntry {
             partition: m.partition,
+            attempt: m.attempt,
             decree: m.decree,
-            manifest: layout::partition_manifest_key(m.table_id, m.backup_id, m.partition),
+            manifest: layout::partition_manifest_key(m.table_id, m.backup_id, m.partition, m.attempt),
             manifest_sha256: sha256_hex(encoded),
             manifest_bytes: encoded.len() as u64,
             files: m.files.len() as u64,
@@ -218,6 +222,7 @@ mod tests {
             backup_id: backup,
             table_id,
             partition: p,
+            attempt: 1,
             decree: 40,
             files: vec![
                 FileEntry {
@@ -233,7 +238,7 @@ mod tests {
                     name: "CURRENT".into(),
                     size: 16,
                     sha256: sha256_hex(b"MANIFEST-000005\n"),
-                    object: layout::file_key(table_id, backup, p, "CURRENT"),
+                    object: layout::file_key(table_id, backup, p, 1, "CURRENT"),
                     stored_bytes: 25,
                     encoding: Encoding::Zstd,
                     reused: false,
@@ -246,16 +251,18 @@ mod tests {
     #[test]
     fn manifests_round_trip_and_check_what_they_describe() {
         let m = partition(7, 3, 1);
-        let key = layout::partition_manifest_key(7, 3, 1);
-        assert_eq!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1), Ok(m.clone()));
-        let e = PartitionManifest::decode(&key, &m.encode(), 7, 3, 2).unwrap_err();
+        let key = layout::partition_manifest_key(7, 3, 1, 1);
+        assert_eq!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1, 1), Ok(m.clone()));
+        let e = PartitionManifest::decode(&key, &m.encode(), 7, 3, 2, 1).unwrap_err();
         assert!(e.detail.contains("not partition 2"), "{e}");
-        let e = PartitionManifest::decode(&key, &m.encode()[..20], 7, 3, 1).unwrap_err();
+        let e = PartitionManifest::decode(&key, &m.encode(), 7, 3, 1, 2).unwrap_err();
+        assert!(e.detail.contains("(attempt 2)"), "{e}");
+        let e = PartitionManifest::decode(&key, &m.encode()[..20], 7, 3, 1, 1).unwrap_err();
         assert!(e.detail.contains("does not parse"), "{e}");
 
         let entry = PartitionEntry::of(&m, &m.encode());
         assert_eq!((entry.bytes, entry.new_bytes, entry.files), (19, 28, 2));
-        let t = TableManifest { format: FORMAT, backup_id: 3, table_id: 7, table_name: "t".into(), partition_count: 1, started_ms: 1, partitions: vec![PartitionEntry { partition: 0, manifest: layout::partition_manifest_key(7, 3, 0), ..entry }] };
+        let t = TableManifest { format: FORMAT, backup_id: 3, table_id: 7, table_name: "t".into(), partition_count: 1, started_ms: 1, partitions: vec![PartitionEntry { partition: 0, manifest: layout::partition_manifest_key(7, 3, 0, 1), ..entry }] };
         let key = layout::table_manifest_key(7, 3);
         assert_eq!(TableManifest::decode(&key, &t.encode(), 7, 3), Ok(t.clone()));
         let short = TableManifest { partition_count: 2, ..t.clone() };
@@ -266,19 +273,19 @@ mod tests {
 
     #[test]
     fn a_manifest_may_not_point_outside_its_table_or_name_unsafe_files() {
-        let key = layout::partition_manifest_key(7, 3, 1);
+        let key = layout::partition_manifest_key(7, 3, 1, 1);
         let mut m = partition(7, 3, 1);
         m.files[0].object = layout::sst_key(8, 3, &m.files[0].sha256);
-        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1).unwrap_err().detail.contains("not one of table 7's"));
+        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1, 1).unwrap_err().detail.contains("not one of table 7's"));
         let mut m = partition(7, 3, 1);
         m.files[1].name = "../../etc/passwd".into();
-        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1).unwrap_err().detail.contains("unsafe file"));
+        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1, 1).unwrap_err().detail.contains("unsafe file"));
         let mut m = partition(7, 3, 1);
         m.files[1].name = m.files[0].name.clone();
-        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1).unwrap_err().detail.contains("twice"));
+        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1, 1).unwrap_err().detail.contains("twice"));
         let mut m = partition(7, 3, 1);
         m.files[0].stored_bytes = 4;
-        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1).unwrap_err().detail.contains("stored raw"));
+        assert!(PartitionManifest::decode(&key, &m.encode(), 7, 3, 1, 1).unwrap_err().detail.contains("stored raw"));
     }
 
     #[test]
@@ -289,7 +296,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            let _ = PartitionManifest::decode("k", &bytes, 1, 1, 0);
+            let _ = PartitionManifest::decode("k", &bytes, 1, 1, 0, 1);
             let _ = TableManifest::decode("k", &bytes, 1, 1);
         }
     }

@@ -64,13 +64,24 @@ pub struct PartitionPlan {
     pub table_id: u32,
     pub backup_id: BackupId,
     pub partition: u32,
+    pub attempt: u32,
     pub decree: u64,
     pub files: Vec<PlannedFile>,
 }
 
-/// What to upload for partition `partition` of backup `backup_id`, from its checkpoint at
-/// `decree` holding `files`.
-pub fn plan_partition(table_id: u32, backup_id: BackupId, partition: u32, decree: u64, mut files: Vec<LocalFile>, reusable: &Reusable) -> Result<PartitionPlan> {
+/// The partition a plan is for: attempt `attempt` of partition `partition` of backup
+/// `backup_id` of table `table_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionJob {
+    pub table_id: u32,
+    pub backup_id: BackupId,
+    pub partition: u32,
+    pub attempt: u32,
+}
+
+/// What to upload for `job`, from its checkpoint at `decree` holding `files`.
+pub fn plan_partition(job: PartitionJob, decree: u64, mut files: Vec<LocalFile>, reusable: &Reusable) -> Result<PartitionPlan> {
+    let PartitionJob { table_id, backup_id, partition, attempt } = job;
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let mut planned = Vec::with_capacity(files.len());
     for (i, local) in files.into_iter().enumerate() {
@@ -89,11 +100,11 @@ pub fn plan_partition(table_id: u32, backup_id: BackupId, partition: u32, decree
                 None => PlannedFile { object: layout::sst_key(table_id, backup_id, &local.sha256), encoding: Encoding::Raw, reused: None, local },
             }
         } else {
-            PlannedFile { object: layout::file_key(table_id, backup_id, partition, &local.name), encoding: Encoding::Zstd, reused: None, local }
+            PlannedFile { object: layout::file_key(table_id, backup_id, partition, attempt, &local.name), encoding: Encoding::Zstd, reused: None, local }
         };
         planned.push(file);
     }
-    Ok(PartitionPlan { table_id, backup_id, partition, decree, files: planned })
+    Ok(PartitionPlan { table_id, backup_id, partition, attempt, decree, files: planned })
 }
 
 impl PartitionPlan {
@@ -136,6 +147,7 @@ impl PartitionPlan {
             backup_id: self.backup_id,
             table_id: self.table_id,
             partition: self.partition,
+            attempt: self.attempt,
             decree: self.decree,
             files,
             duration_ms,
@@ -180,6 +192,10 @@ mod tests {
     use crate::manifest::sha256_hex;
     use crate::object::MemObjectStore;
 
+    fn job(table_id: u32, backup_id: BackupId, partition: u32) -> PartitionJob {
+        PartitionJob { table_id, backup_id, partition, attempt: 1 }
+    }
+
     fn local(name: &str, bytes: &[u8]) -> LocalFile {
         LocalFile { name: name.into(), size: bytes.len() as u64, sha256: sha256_hex(bytes) }
     }
@@ -192,7 +208,7 @@ mod tests {
     fn ssts_are_reused_only_from_kept_backups_and_other_files_are_compressed() {
         let mut store = MemObjectStore::default();
         let (files, bytes) = checkpoint(&[("000007.sst", &[7; 1000]), ("000008.sst", &[8; 500]), ("MANIFEST-000005", &[5; 300]), ("CURRENT", b"MANIFEST-000005\n")]);
-        let plan = plan_partition(1, 10, 0, 99, files, &Reusable::default()).unwrap();
+        let plan = plan_partition(job(1, 10, 0), 99, files, &Reusable::default()).unwrap();
         assert_eq!(plan.uploads().count(), 4);
         let (first, entry) = upload_partition(&mut store, &plan, &mut |n| Ok(bytes[n].clone()), || 3).unwrap();
         assert_eq!((entry.files, entry.bytes, entry.decree), (4, 1000 + 500 + 300 + 16, 99));
@@ -205,7 +221,7 @@ mod tests {
 
         // The next backup: one SST kept, one new; only the new one and the small files upload.
         let (files, bytes) = checkpoint(&[("000007.sst", &[7; 1000]), ("000011.sst", &[11; 800]), ("MANIFEST-000012", &[5; 310]), ("CURRENT", b"MANIFEST-000012\n")]);
-        let plan = plan_partition(1, 11, 0, 150, files, &Reusable::from_manifests([&first])).unwrap();
+        let plan = plan_partition(job(1, 11, 0), 150, files, &Reusable::from_manifests([&first])).unwrap();
         let uploads: Vec<&str> = plan.uploads().map(|f| f.local.name.as_str()).collect();
         assert_eq!(uploads, ["000011.sst", "CURRENT", "MANIFEST-000012"]);
         let (second, entry) = upload_partition(&mut store, &plan, &mut |n| Ok(bytes[n].clone()), || 3).unwrap();
@@ -218,17 +234,17 @@ mod tests {
     fn a_file_that_changed_after_planning_is_not_recorded() {
         let mut store = MemObjectStore::default();
         let (files, _) = checkpoint(&[("000007.sst", &[7; 100])]);
-        let plan = plan_partition(1, 10, 0, 5, files, &Reusable::default()).unwrap();
+        let plan = plan_partition(job(1, 10, 0), 5, files, &Reusable::default()).unwrap();
         let e = upload_partition(&mut store, &plan, &mut |_| Ok(vec![6; 100]), || 0).unwrap_err();
         assert!(e.to_string().contains("changed after the backup planned it"), "{e}");
-        assert!(store.list(&layout::partition_manifest_key(1, 10, 0)).unwrap().is_empty(), "no manifest for a failed upload");
+        assert!(store.list(&layout::partition_manifest_key(1, 10, 0, 1)).unwrap().is_empty(), "no manifest for a failed upload");
     }
 
     #[test]
     fn unsafe_or_duplicate_names_are_refused() {
-        let e = plan_partition(1, 1, 0, 1, vec![local("../x", b"")], &Reusable::default()).unwrap_err();
+        let e = plan_partition(job(1, 1, 0), 1, vec![local("../x", b"")], &Reusable::default()).unwrap_err();
         assert!(e.to_string().contains("cannot be backed up"), "{e}");
-        let e = plan_partition(1, 1, 0, 1, vec![local("a.sst", b""), local("a.sst", b"")], &Reusable::default()).unwrap_err();
+        let e = plan_partition(job(1, 1, 0), 1, vec![local("a.sst", b""), local("a.sst", b"")], &Reusable::default()).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
     }
 }

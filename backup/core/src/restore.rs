@@ -30,7 +30,7 @@ pub fn read_partition_manifest(store: &dyn ObjectStore, table: &TableManifest, p
     if sha256_hex(&bytes) != entry.manifest_sha256 || bytes.len() as u64 != entry.manifest_bytes {
         return Err(BackupError::Damaged { object: entry.manifest.clone(), detail: "does not match the table manifest's checksum".into() });
     }
-    let m = PartitionManifest::decode(&entry.manifest, &bytes, table.table_id, table.backup_id, partition)?;
+    let m = PartitionManifest::decode(&entry.manifest, &bytes, table.table_id, table.backup_id, partition, entry.attempt)?;
     if m.decree != entry.decree {
         return Err(BackupError::Damaged { object: entry.manifest.clone(), detail: format!("says decree {}, the table manifest {}", m.decree, entry.decree) });
     }
@@ -117,7 +117,7 @@ mod tests {
     use super::*;
     use crate::manifest::FORMAT;
     use crate::object::MemObjectStore;
-    use crate::partition::{plan_partition, upload_partition, LocalFile, Reusable};
+    use crate::partition::{plan_partition, upload_partition, LocalFile, PartitionJob, Reusable};
     use std::collections::BTreeMap;
 
     /// A two-partition backup in `store`; answers the table manifest's checksum.
@@ -128,7 +128,7 @@ mod tests {
             let files: BTreeMap<String, Vec<u8>> =
                 [(format!("00000{p}.sst"), vec![p as u8; 2000]), ("CURRENT".to_string(), b"MANIFEST-000001\n".to_vec())].into_iter().collect();
             let local = files.iter().map(|(n, b)| LocalFile { name: n.clone(), size: b.len() as u64, sha256: sha256_hex(b) }).collect();
-            let plan = plan_partition(4, 9, p, 10 + p as u64, local, &Reusable::default()).unwrap();
+            let plan = plan_partition(PartitionJob { table_id: 4, backup_id: 9, partition: p, attempt: 1 }, 10 + p as u64, local, &Reusable::default()).unwrap();
             let (_, entry) = upload_partition(store, &plan, &mut |n| Ok(files[n].clone()), || 1).unwrap();
             entries.push(entry);
             contents.push(files);
@@ -168,7 +168,7 @@ mod tests {
         let mut bytes = store.get(&sst).unwrap().unwrap();
         bytes[100] ^= 0x80;
         store.put(&sst, bytes).unwrap();
-        let current0 = layout::file_key(4, 9, 0, "CURRENT");
+        let current0 = layout::file_key(4, 9, 0, 1, "CURRENT");
         store.delete(&current0).unwrap();
 
         let report = verify_backup(&store, 4, 9, Some(&sha)).unwrap();

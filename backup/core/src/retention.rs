@@ -5,9 +5,11 @@
 //! The record exists before the backup's first upload.
 //!
 //! Collection of table `t` lists `tables/t/` **first**, then reads the records and the
-//! manifests of the live (running or complete) backups. An object of the listing is garbage
-//! when the backup that owns it is neither running nor complete and no live backup's manifest
-//! references it. Why this cannot delete anything a complete backup needs:
+//! manifests the complete backups accepted. An object of the listing is kept when the backup
+//! that owns it is running, or when a complete backup consists of it (its table manifest, an
+//! accepted partition manifest, or an object such a manifest references); the rest is garbage,
+//! including what earlier attempts of a complete backup's partitions left. Why this cannot
+//! delete anything a complete backup needs:
 //! - an object a backup uploaded carries that backup's id (layout); the backup's record existed
 //!   before the upload, so before the listing, so the collection sees it as running or
 //!   complete and keeps the object, unless the backup failed, which never completes;
@@ -84,11 +86,22 @@ pub struct Collection {
 }
 
 /// What to delete of `listed` (keys and sizes under `tables/<table_id>/`, listed before
-/// `records` and `live_manifests` were read). `live_manifests` holds every partition manifest
-/// of every complete backup of the table, or is None when some could not be read.
+/// `records` and `live_manifests` were read). `live_manifests` holds the partition manifests
+/// that every complete backup of the table accepted (as its table manifest names them), or is
+/// None when some could not be read.
 pub fn garbage(table_id: u32, listed: &[(String, u64)], records: &[BackupRecord], live_manifests: Option<&[PartitionManifest]>) -> Collection {
-    let live: BTreeSet<BackupId> = records.iter().filter(|r| r.state.is_live()).map(|r| r.id).collect();
-    let referenced: Option<BTreeSet<&str>> = live_manifests.map(|ms| ms.iter().flat_map(|m| m.files.iter().map(|f| f.object.as_str())).collect());
+    let state = |id: BackupId| records.iter().find(|r| r.id == id).map(|r| r.state);
+    // What complete backups consist of: their table manifests, accepted partition manifests
+    // and every object those reference.
+    let needed: Option<BTreeSet<String>> = live_manifests.map(|ms| {
+        let mut keys = BTreeSet::new();
+        for m in ms {
+            keys.insert(layout::table_manifest_key(m.table_id, m.backup_id));
+            keys.insert(layout::partition_manifest_key(m.table_id, m.backup_id, m.partition, m.attempt));
+            keys.extend(m.files.iter().map(|f| f.object.clone()));
+        }
+        keys
+    });
     let shared_prefix = format!("{}/objects/", layout::table_root(table_id));
     let mut out = Collection::default();
     for (key, size) in listed {
@@ -96,13 +109,16 @@ pub fn garbage(table_id: u32, listed: &[(String, u64)], records: &[BackupRecord]
             out.unknown.push(key.clone());
             continue;
         };
-        if live.contains(&owner) {
-            continue;
-        }
-        let shared = key.starts_with(&shared_prefix);
-        let deletable = match &referenced {
-            Some(refs) => !refs.contains(key.as_str()),
-            None => !shared,
+        let deletable = match (state(owner), &needed) {
+            // A running backup may still reference anything it wrote.
+            (Some(BackupState::Running), _) => false,
+            // A complete one keeps what it consists of; the rest is what earlier attempts of
+            // its partitions left.
+            (Some(BackupState::Complete), Some(needed)) => !needed.contains(key),
+            (Some(BackupState::Complete), None) => false,
+            // Failed, deleted or never recorded: unless a complete backup reuses it.
+            (_, Some(needed)) => !needed.contains(key),
+            (_, None) => !key.starts_with(&shared_prefix),
         };
         if deletable {
             out.delete.push(key.clone());
@@ -134,57 +150,83 @@ mod tests {
     }
 
     #[test]
-    fn collection_keeps_what_live_backups_own_or_reference() {
+    fn collection_keeps_what_live_backups_consist_of() {
         use BackupState::*;
-        let (a, b) = (sha256_hex(b"a"), sha256_hex(b"b"));
-        // Backup 1 (deleted) uploaded a and b; backup 2 (complete) reuses a; backup 3 (running)
-        // uploaded b again under its own id; backup 4 failed.
+        let (a, b, c) = (sha256_hex(b"a"), sha256_hex(b"b"), sha256_hex(b"c"));
+        // Backup 1 (deleted) uploaded a and b; backup 2 (complete, accepted attempt 2) reuses
+        // a and uploaded c, its attempt 1 left a manifest and c's twin behind; backup 3
+        // (running) uploaded b again under its own id; backup 4 failed.
         let a1 = layout::sst_key(7, 1, &a);
         let b1 = layout::sst_key(7, 1, &b);
+        let c2 = layout::sst_key(7, 2, &c);
         let b3 = layout::sst_key(7, 3, &b);
+        let orphan2 = layout::sst_key(7, 2, &b);
         let listed: Vec<(String, u64)> = [
             (a1.clone(), 10),
             (b1.clone(), 20),
+            (c2.clone(), 30),
+            (orphan2.clone(), 20),
             (b3.clone(), 20),
             (layout::table_manifest_key(7, 1), 1),
-            (layout::partition_manifest_key(7, 1, 0), 1),
-            (layout::partition_manifest_key(7, 2, 0), 1),
+            (layout::partition_manifest_key(7, 1, 0, 1), 1),
+            (layout::partition_manifest_key(7, 2, 0, 1), 1),
+            (layout::partition_manifest_key(7, 2, 0, 2), 1),
             (layout::table_manifest_key(7, 2), 1),
-            (layout::file_key(7, 3, 0, "CURRENT"), 1),
-            (layout::file_key(7, 4, 0, "CURRENT"), 2),
+            (layout::file_key(7, 2, 0, 2, "CURRENT"), 1),
+            (layout::file_key(7, 3, 0, 1, "CURRENT"), 1),
+            (layout::file_key(7, 4, 0, 1, "CURRENT"), 2),
             (layout::sst_key(7, 99, &a), 10),
             ("tables/7/README".to_string(), 1),
         ]
         .into_iter()
         .collect();
         let records = [record(1, Deleted, 1), record(2, Complete, 2), record(3, Running, 3), record(4, Failed, 4)];
+        let entry = |name: &str, sha: &str, object: &str, reused| FileEntry {
+            name: name.into(),
+            size: 10,
+            sha256: sha.to_string(),
+            object: object.to_string(),
+            stored_bytes: 10,
+            encoding: Encoding::Raw,
+            reused,
+        };
         let m2 = PartitionManifest {
             format: FORMAT,
             backup_id: 2,
             table_id: 7,
             partition: 0,
+            attempt: 2,
             decree: 1,
-            files: vec![FileEntry { name: "1.sst".into(), size: 10, sha256: a.clone(), object: a1.clone(), stored_bytes: 10, encoding: Encoding::Raw, reused: true }],
+            files: vec![
+                entry("1.sst", &a, &a1, true),
+                entry("2.sst", &c, &c2, false),
+                FileEntry { encoding: Encoding::Zstd, ..entry("CURRENT", &c, &layout::file_key(7, 2, 0, 2, "CURRENT"), false) },
+            ],
             duration_ms: 0,
         };
-        let c = garbage(7, &listed, &records, Some(&[m2]));
+        let collection = garbage(7, &listed, &records, Some(&[m2]));
         assert_eq!(
-            c.delete,
+            collection.delete,
             vec![
                 b1.clone(),
+                orphan2.clone(),
                 layout::table_manifest_key(7, 1),
-                layout::partition_manifest_key(7, 1, 0),
-                layout::file_key(7, 4, 0, "CURRENT"),
+                layout::partition_manifest_key(7, 1, 0, 1),
+                layout::partition_manifest_key(7, 2, 0, 1),
+                layout::file_key(7, 4, 0, 1, "CURRENT"),
                 // No record at all: garbage too (records exist before uploads).
                 layout::sst_key(7, 99, &a),
             ]
         );
-        assert_eq!(c.delete_bytes, 20 + 1 + 1 + 2 + 10);
-        assert_eq!(c.unknown, vec!["tables/7/README".to_string()]);
+        assert_eq!(collection.delete_bytes, 20 + 20 + 1 + 1 + 1 + 2 + 10);
+        assert_eq!(collection.unknown, vec!["tables/7/README".to_string()]);
 
         // References unknown: only dead backups' own prefixes go.
-        let c = garbage(7, &listed, &records, None);
-        assert_eq!(c.delete, vec![layout::table_manifest_key(7, 1), layout::partition_manifest_key(7, 1, 0), layout::file_key(7, 4, 0, "CURRENT")]);
+        let collection = garbage(7, &listed, &records, None);
+        assert_eq!(
+            collection.delete,
+            vec![layout::table_manifest_key(7, 1), layout::partition_manifest_key(7, 1, 0, 1), layout::file_key(7, 4, 0, 1, "CURRENT")]
+        );
     }
 
     #[test]
