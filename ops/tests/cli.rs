@@ -4,7 +4,7 @@ mod support;
 
 use std::process::Output;
 use std::time::Duration;
-use support::{bin, Cluster, Store};
+use support::{bin, http_get, Cluster, Store};
 
 fn tandem(cluster: &Cluster, args: &[&str]) -> Output {
     std::process::Command::new(bin()).args(args).env("TANDEM_META", &cluster.meta_addr).output().expect("run tandem")
@@ -239,44 +239,34 @@ async fn health_reflection_and_metrics_on_every_server() {
         }
     }
     // Prometheus text from the replica server.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
+    let body = http_get(metrics_port, "/metrics");
     assert!(body.contains("tandem_replica_requests_total{op=\"set\",result=\"ok\",table_id=\"1\"}"), "{body}");
     assert!(body.contains("tandem_replica_request_seconds_bucket"), "{body}");
     assert!(body.contains("tandem_replica_replicas{status=\"primary\"} 1"), "{body}");
     // Figures read back after known traffic: 25 more writes, 25 more in the write counter (the
     // one replica server takes every write).
-    let sets = || async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        let figure = |prefix: &str| body.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("{prefix} in {body}")).parse::<f64>().unwrap();
+    let sets = || {
+        let body = http_get(metrics_port, "/metrics");
+        let figure = |name: &str| support::metric_value(&body, name).unwrap_or_else(|| panic!("{name} in {body}"));
         (
-            figure("tandem_replica_requests_total{op=\"set\",result=\"ok\",table_id=\"1\"} ") as u64,
-            figure("tandem_replica_mutation_log_group_records_sum ") as u64,
-            figure("tandem_replica_mutation_log_written_bytes_total ") as u64,
+            figure("tandem_replica_requests_total{op=\"set\",result=\"ok\",table_id=\"1\"}") as u64,
+            figure("tandem_replica_mutation_log_group_records_sum") as u64,
+            figure("tandem_replica_mutation_log_written_bytes_total") as u64,
         )
     };
-    let before = sets().await;
+    let before = sets();
     let table = cluster.client().table("t");
     for i in 0..25 {
         table.set(format!("k{i}").as_bytes(), b"", b"v", 0).await.unwrap();
     }
-    let after = sets().await;
+    let after = sets();
     assert_eq!(after.0, before.0 + 25);
     // The log wrote each of them in some group (more records may come from elsewhere, never
     // fewer), each at least its 1-byte value and header.
     assert!(after.1 >= before.1 + 25, "{before:?} → {after:?}");
     assert!(after.2 >= before.2 + 25 * 8, "{before:?} → {after:?}");
     // Per table: the one primary, and the table's committed decrees here cover all 26 writes.
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
+    let body = http_get(metrics_port, "/metrics");
     assert!(body.contains("tandem_replica_table_replicas{status=\"primary\",table_id=\"1\"} 1"), "{body}");
     let committed = body.lines().find_map(|l| l.strip_prefix("tandem_replica_table_committed_decrees{table_id=\"1\"} ")).expect("committed decrees");
     assert!(committed.parse::<u64>().unwrap() >= 26, "{body}");
@@ -302,11 +292,7 @@ async fn the_meta_metrics_describe_the_meta() {
     let metrics_port = support::free_port();
     let mut cluster = Cluster::start_ha(1, 1, Store::Sqlite, &["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]).await;
     cluster.create_table("t", 1, 1).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
+    let body = http_get(metrics_port, "/metrics");
     for expected in [
         "tandem_meta_is_leader 1",
         "tandem_meta_requests_total{kind=\"beacon\",result=\"ok\"}",
@@ -590,16 +576,6 @@ fn promtool_problems(scrape: &str) -> Option<String> {
     child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (!out.status.success()).then(|| format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).expect("read the answer");
-    answer
 }
 
 /// A playground server that cannot start says why in the playground's own output (here: its

@@ -134,7 +134,7 @@ async fn re_replicate(log_cache: &str, expect_checkpoint: bool) {
     assert_eq!(log.contains("installed checkpoint"), expect_checkpoint, "learner path\n{}", cluster.logs_tail());
     // The learner's /metrics saw the same: checkpoints fetched (with bytes) or none, and none
     // still running.
-    let scrape = support::scrape_metrics(metrics_port).await;
+    let scrape = support::http_get(metrics_port, "/metrics");
     let fetched = support::metric_value(&scrape, "tandem_replica_checkpoint_fetches_total{result=\"ok\"}").expect("fetch counter");
     let bytes = support::metric_value(&scrape, "tandem_replica_checkpoint_fetched_bytes_total").expect("byte counter");
     assert_eq!((fetched > 0.0, bytes > 0.0), (expect_checkpoint, expect_checkpoint), "{scrape}");

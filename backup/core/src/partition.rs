@@ -84,11 +84,11 @@ pub fn plan_partition(job: PartitionJob, decree: u64, mut files: Vec<LocalFile>,
     let PartitionJob { table_id, backup_id, partition, attempt } = job;
     files.sort_by(|a, b| a.name.cmp(&b.name));
     let mut planned = Vec::with_capacity(files.len());
-    for (i, local) in files.into_iter().enumerate() {
+    for local in files {
         if !layout::is_safe_file_name(&local.name) {
             return Err(BackupError::Source { name: local.name, detail: "has a name that cannot be backed up".into() });
         }
-        if i > 0 && planned.last().is_some_and(|p: &PlannedFile| p.local.name == local.name) {
+        if planned.last().is_some_and(|p: &PlannedFile| p.local.name == local.name) {
             return Err(BackupError::Source { name: local.name, detail: "is listed twice".into() });
         }
         if !layout::is_sha256_hex(&local.sha256) {

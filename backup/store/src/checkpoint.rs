@@ -32,7 +32,7 @@ pub fn local_files(dir: &Path) -> Result<Vec<LocalFile>, BackupError> {
             hasher.update(&buf[..n]);
             size += n as u64;
         }
-        let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = tandem_backup_core::manifest::hex(&hasher.finalize());
         files.push(LocalFile { name, size, sha256 });
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -85,7 +85,6 @@ fn verify_buckets(buckets: u32) -> Result<u32, Status> {
 }
 
 impl Service {
-    /// The replica a data request is routed to, after checking that the hash key belongs to it.
     /// The table label of a request's metrics: its table id if this server hosts the table,
     /// else `other` (a client cannot grow the labels without bound).
     fn table_label(&self, route: Option<&v1::Route>) -> String {
@@ -95,6 +94,7 @@ impl Service {
         }
     }
 
+    /// The replica a data request is routed to, after checking that the hash key belongs to it.
     fn route(&self, route: Option<&v1::Route>, hash_key: Option<&[u8]>) -> Result<ReplicaHandle, Status> {
         let route = route.ok_or_else(|| invalid("request without a route"))?;
         let gpid = gpid_from(route.gpid.as_ref()).map_err(|e| core_status(&e))?;
@@ -228,7 +228,7 @@ impl Service {
 
     async fn do_get(&self, req: v1::GetRequest) -> Result<v1::GetResponse, Status> {
         let start = Instant::now();
-        let route = req.route.clone();
+        let table = self.table_label(req.route.as_ref());
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let limits = self.node.opts.host.replica.limits;
@@ -237,7 +237,7 @@ impl Service {
             self.read(&handle, move |engine, now_s| read::get_with_expiry(engine, &hk, &sk, now_s)).await
         }
         .await;
-        self.observe(route.as_ref(), "get", start, &result);
+        observe(&self.node.metrics, &table, "get", start, &result);
         let found = result?;
         Ok(match found {
             Some((expire_ts, value)) => {
@@ -303,9 +303,6 @@ impl Service {
         }
     }
 
-    fn observe<T>(&self, route: Option<&v1::Route>, op: &str, start: Instant, r: &Result<T, Status>) {
-        observe(&self.node.metrics, &self.table_label(route), op, start, r);
-    }
 }
 
 /// Waits for the answer a `start_*` call gives its `done`, for the unary RPCs.
@@ -421,7 +418,7 @@ impl ReplicaService for Service {
     async fn multi_get(&self, request: Request<v1::MultiGetRequest>) -> Result<Response<v1::MultiGetResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let route = req.route.clone();
+        let table = self.table_label(req.route.as_ref());
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let count_max = if req.count_max == 0 { PAGE_COUNT_DEFAULT } else { req.count_max as usize };
@@ -453,14 +450,14 @@ impl ReplicaService for Service {
             })
         }
         .await;
-        self.observe(route.as_ref(), "multi_get", start, &result);
+        observe(&self.node.metrics, &table, "multi_get", start, &result);
         result.map(Response::new)
     }
 
     async fn sortkey_count(&self, request: Request<v1::SortkeyCountRequest>) -> Result<Response<v1::SortkeyCountResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let route = req.route.clone();
+        let table = self.table_label(req.route.as_ref());
         let result = async {
             let handle = self.route(req.route.as_ref(), Some(&req.hash_key))?;
             let hk = req.hash_key;
@@ -468,14 +465,14 @@ impl ReplicaService for Service {
             Ok(v1::SortkeyCountResponse { count })
         }
         .await;
-        self.observe(route.as_ref(), "sortkey_count", start, &result);
+        observe(&self.node.metrics, &table, "sortkey_count", start, &result);
         result.map(Response::new)
     }
 
     async fn full_scan(&self, request: Request<v1::FullScanRequest>) -> Result<Response<v1::FullScanResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let route = req.route.clone();
+        let table = self.table_label(req.route.as_ref());
         let result = async {
             let handle = self.route(req.route.as_ref(), None)?;
             let count_max = if req.count_max == 0 { PAGE_COUNT_DEFAULT } else { (req.count_max as usize).min(10 * PAGE_COUNT_DEFAULT) };
@@ -488,14 +485,14 @@ impl ReplicaService for Service {
             })
         }
         .await;
-        self.observe(route.as_ref(), "full_scan", start, &result);
+        observe(&self.node.metrics, &table, "full_scan", start, &result);
         result.map(Response::new)
     }
 
     async fn verify_digest(&self, request: Request<v1::VerifyDigestRequest>) -> Result<Response<v1::VerifyDigestResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let route = req.route.clone();
+        let table = self.table_label(req.route.as_ref());
         let result = async {
             let handle = self.route(req.route.as_ref(), None)?;
             let buckets = verify_buckets(req.buckets)?;
@@ -505,14 +502,14 @@ impl ReplicaService for Service {
             Ok(v1::VerifyDigestResponse { buckets })
         }
         .await;
-        self.observe(route.as_ref(), "verify_digest", start, &result);
+        observe(&self.node.metrics, &table, "verify_digest", start, &result);
         result.map(Response::new)
     }
 
     async fn verify_keys(&self, request: Request<v1::VerifyKeysRequest>) -> Result<Response<v1::VerifyKeysResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let route = req.route.clone();
+        let table = self.table_label(req.route.as_ref());
         let result = async {
             let handle = self.route(req.route.as_ref(), None)?;
             let buckets = verify_buckets(req.buckets)?;
@@ -526,7 +523,7 @@ impl ReplicaService for Service {
             Ok(v1::VerifyKeysResponse { keys, more })
         }
         .await;
-        self.observe(route.as_ref(), "verify_keys", start, &result);
+        observe(&self.node.metrics, &table, "verify_keys", start, &result);
         result.map(Response::new)
     }
 

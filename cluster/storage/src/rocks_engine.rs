@@ -257,8 +257,6 @@ impl RocksEngine {
         Ok(())
     }
 
-    /// The decree the mutation log no longer needs to hold for this replica: everything up to it
-    /// survives a crash.
     /// RocksDB's estimate of the bytes compaction must rewrite to bring every level within its
     /// target size: a backlog that grows means compaction cannot keep up with writes.
     pub fn pending_compaction_bytes(&self) -> u64 {
@@ -270,6 +268,8 @@ impl RocksEngine {
         self.db.property_int_value(properties::IS_WRITE_STOPPED).ok().flatten().unwrap_or(0) != 0
     }
 
+    /// The decree the mutation log no longer needs to hold for this replica: everything up to it
+    /// survives a crash.
     pub fn last_flushed_decree(&self) -> Decree {
         self.last_flushed.load(Ordering::Acquire)
     }

@@ -540,14 +540,15 @@ impl Drop for PrivatePostgres {
     }
 }
 
-/// The body of `GET /metrics` on 127.0.0.1:`port`.
-pub async fn scrape_metrics(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect to /metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send the request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read the answer");
-    body
+/// The whole answer (status line, headers, body) to `GET path` on 127.0.0.1:`port`.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).expect("read the answer");
+    answer
 }
 
 /// The value of the sample `name` (with its labels, as printed) in a scrape.
