@@ -93,6 +93,13 @@ pub enum Command {
         #[command(subcommand)]
         command: DupCommand,
     },
+    /// Backups of tables to S3-compatible or file targets: now, list, show.
+    Backup {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Replica servers and their liveness.
     Nodes {
         #[command(flatten)]
@@ -497,6 +504,30 @@ pub enum DupCommand {
     Resume { table: String, dup: String },
     /// Stop shipping for good and release the log.
     Remove { table: String, dup: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Back a table up now: each partition's primary checkpoints and uploads it; the backup is
+    /// complete once every partition and the table manifest are written.
+    Now {
+        table: String,
+        /// s3://BUCKET[/PREFIX] or file:///PATH (default: the table policy's, else the meta's
+        /// backup_target).
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+        /// Follow it to its end (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+        /// Who asks, recorded with the backup (default: TANDEM_USER, then $USER).
+        #[arg(long = "as", env = "TANDEM_USER")]
+        who: Option<String>,
+    },
+    /// Backups of a table (all tables without one), dropped tables' too.
+    List { table: Option<String> },
+    /// One backup: per partition, its decree, files, bytes, new versus reused bytes, duration
+    /// (or, while it runs, its progress).
+    Show { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]

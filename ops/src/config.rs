@@ -149,11 +149,57 @@ impl Default for ReplicaSection {
     }
 }
 
+/// Backups (docs/backup.md): how meta and replica servers reach S3-compatible targets, and
+/// how much of the cluster a backup may take.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupSection {
+    /// `http(s)://HOST:PORT` of an S3-compatible server ("" = `AWS_ENDPOINT_URL`, else AWS).
+    pub s3_endpoint: String,
+    /// "" = `AWS_REGION`.
+    pub s3_region: String,
+    /// "" = `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    /// Bytes per second one replica server uploads at most, over all its partitions ("0B" =
+    /// unlimited): foreground traffic keeps the disk and the network.
+    pub upload_rate: ByteSize,
+    /// Backups the meta runs at once, at most.
+    pub jobs_max: usize,
+}
+
+impl Default for BackupSection {
+    fn default() -> Self {
+        let o = tandem_replica::ReplicaServerOptions::with_defaults("127.0.0.1:1".parse().expect("a socket address"), vec![], "./x".into());
+        BackupSection {
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            upload_rate: ByteSize::b(o.backup_upload_bytes_per_sec),
+            jobs_max: tandem_meta_core::MetaOptions::default().backup_jobs_max,
+        }
+    }
+}
+
+impl BackupSection {
+    pub fn s3(&self) -> tandem_backup_store::S3Options {
+        let set = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        tandem_backup_store::S3Options {
+            endpoint: set(&self.s3_endpoint),
+            region: set(&self.s3_region),
+            access_key_id: set(&self.s3_access_key_id),
+            secret_access_key: set(&self.s3_secret_access_key),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub meta: MetaSection,
     pub replica: ReplicaSection,
+    pub backup: BackupSection,
 }
 
 pub const DEFAULT_CONFIG: &str = r#"# Tandem server configuration. Every key is optional; shown are the defaults.
@@ -226,6 +272,19 @@ log_gc_interval = "30s"
 inactive_replica_gc_delay = "10m"
 # This site's id (1..=127), stamped into every write's timetag.
 cluster_id = 1
+
+[backup]
+# S3-compatible targets (s3://BUCKET/PREFIX): the server's address and credentials. Empty keys
+# come from the usual AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+# Requests are path-style; an http:// endpoint is allowed (MinIO and the like, locally).
+s3_endpoint = ""
+s3_region = ""
+s3_access_key_id = ""
+s3_secret_access_key = ""
+# What one replica server uploads per second at most, over all its partitions ("0B" = no limit).
+upload_rate = "64MiB"
+# Backups the meta runs at once; more wait (scheduled) or are refused (backup now).
+jobs_max = 2
 "#;
 
 impl Config {
@@ -238,7 +297,7 @@ impl Config {
             merge(&mut value, file);
         }
         let mut config: Config = value.clone().try_into().with_context(|| "invalid configuration".to_string())?;
-        for section in ["meta", "replica"] {
+        for section in ["meta", "replica", "backup"] {
             let keys: Vec<String> = value.get(section).and_then(|s| s.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default();
             for key in keys {
                 let var = format!("TANDEM_{}_{}", section.to_uppercase(), key.to_uppercase());
@@ -290,6 +349,9 @@ impl Config {
             if *peer == m.site || peer == "off" {
                 bail!("meta.peer_sites lists {peer:?}, which is this site's own name or reserved");
             }
+        }
+        if self.backup.jobs_max == 0 {
+            bail!("backup.jobs_max must be at least 1");
         }
         if !m.backup_target.is_empty() {
             tandem_meta_core::policy::validate_backup_target(&m.backup_target).map_err(|e| anyhow::anyhow!("meta.backup_target: {e}"))?;
@@ -375,7 +437,10 @@ impl Config {
                 site: m.site.clone(),
                 peer_sites: m.peer_sites.clone(),
                 backup_target: m.backup_target.clone(),
+                backup_jobs_max: self.backup.jobs_max,
+                ..tandem_meta_core::MetaOptions::default()
             },
+            s3: self.backup.s3(),
         })
     }
 
@@ -404,6 +469,8 @@ impl Config {
         o.host.replica.prepare_batch_bytes_max = r.prepare_batch_bytes_max.as_u64() as usize;
         o.host.replica.cluster_id = r.cluster_id;
         o.host.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
+        o.s3 = self.backup.s3();
+        o.backup_upload_bytes_per_sec = self.backup.upload_rate.as_u64();
         o.host.validate().map_err(anyhow::Error::msg)?;
         Ok(o)
     }

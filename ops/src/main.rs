@@ -17,6 +17,7 @@ macro_rules! outln {
 }
 
 mod admin;
+mod backup;
 mod bench;
 mod dup;
 mod cli;
@@ -144,6 +145,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Policy { client, command } => policy::run(&client, command).await,
         Command::Site { client, command } => dup::site(&client.client_args(), command).await,
         Command::Dup { client, command } => dup::dup(&client, command).await,
+        Command::Backup { client, command } => backup::run(&client, command).await,
         Command::Nodes { client } => admin::nodes(&client).await,
         Command::Status { client } => admin::status(&client).await,
         Command::Bench(args) => bench::run(args).await,

@@ -15,6 +15,7 @@ struct Site {
     meta_metrics: String,
     replica_addrs: Vec<String>,
     replica_metrics: Vec<String>,
+    backup_target: String,
     client: tandem_client::Client,
 }
 
@@ -108,6 +109,7 @@ pub async fn run(args: PlaygroundArgs) -> CmdResult {
         None => outln!("  tandem get demo user1 name"),
     }
     outln!("  tandem table show demo");
+    outln!("  tandem backup now demo --wait              # to {}", a.backup_target);
     outln!("  tandem status");
     outln!("  tandem bench --table demo --workload a --duration 10s");
     outln!("Ctrl-C stops it; the data stays in {} (--fresh starts over).", data_dir.display());
@@ -154,6 +156,11 @@ fn start_site(
     config.meta.metrics_listen = meta_metrics.clone();
     config.meta.store = format!("sqlite://{}", dir.join("meta.db").display());
     config.meta.site = name.to_string();
+    // Backups go to a directory of the playground unless TANDEM_META_BACKUP_TARGET says where:
+    // `tandem backup now demo` works with nothing else installed.
+    if config.meta.backup_target.is_empty() {
+        config.meta.backup_target = format!("file://{}", dir.join("backups").display());
+    }
     config.replica.meta = vec![meta_addr.clone()];
     config.replica.cluster_id = cluster_id;
     if args.sites > 1 {
@@ -186,7 +193,7 @@ fn start_site(
         tasks.push(tokio::spawn(async move { tandem_replica::run(opts, rx).await.map_err(|e| format!("{who} replica server {i}: {e:#}")) }));
     }
     let client = tandem_client::Client::new(std::slice::from_ref(&meta_addr), Default::default())?;
-    Ok(Site { name: name.to_string(), meta_addr, meta_metrics, replica_addrs, replica_metrics, client })
+    Ok(Site { name: name.to_string(), meta_addr, meta_metrics, replica_addrs, replica_metrics, backup_target: config.meta.backup_target.clone(), client })
 }
 
 /// Site `from` knows `to` and duplicates `demo` to it (kept as they are on a restart).

@@ -345,6 +345,7 @@ mod tests {
             files: 3,
             bytes: 1000,
             new_bytes: 400,
+        reused_bytes: 0,
             duration_ms: 7,
         }
     }

@@ -25,6 +25,7 @@ pub mod object;
 pub mod partition;
 pub mod restore;
 pub mod retention;
+pub mod task;
 
 pub use error::{BackupError, Result};
 pub use job::{BackupJob, JobAction, JobInput, JobOptions, JobState, PartitionReport};
@@ -33,3 +34,4 @@ pub use object::{object_store_conformance, validate_key, MemObjectStore, ObjectE
 pub use partition::{plan_partition, upload_partition, LocalFile, PartitionJob, PartitionPlan, Reusable};
 pub use restore::{read_partition_manifest, read_table_manifest, restore_partition, verify_backup, VerifyReport};
 pub use retention::{expired, garbage, BackupRecord, BackupState, Collection};
+pub use task::{BackupTask, BackupTaskReport};

@@ -65,10 +65,13 @@ pub struct PartitionEntry {
     pub manifest: String,
     pub manifest_sha256: String,
     pub manifest_bytes: u64,
-    /// Totals of the partition manifest's files: all of them, and those this backup uploaded.
+    /// Totals of the partition manifest's files: how many, their size, what this backup
+    /// uploaded of them (as stored, compressed), and the size of those it reused.
     pub files: u64,
     pub bytes: u64,
     pub new_bytes: u64,
+    #[serde(default)]
+    pub reused_bytes: u64,
     pub duration_ms: u64,
 }
 
@@ -149,6 +152,11 @@ impl PartitionManifest {
     pub fn new_bytes(&self) -> u64 {
         self.files.iter().filter(|f| !f.reused).map(|f| f.stored_bytes).sum()
     }
+
+    /// The size of the files an earlier backup uploaded and this one reuses.
+    pub fn reused_bytes(&self) -> u64 {
+        self.files.iter().filter(|f| f.reused).map(|f| f.size).sum()
+    }
 }
 
 impl TableManifest {
@@ -206,6 +214,7 @@ impl PartitionEntry {
             files: m.files.len() as u64,
             bytes: m.bytes(),
             new_bytes: m.new_bytes(),
+            reused_bytes: m.reused_bytes(),
             duration_ms: m.duration_ms,
         }
     }

@@ -301,6 +301,29 @@ impl Client {
         .await
     }
 
+    /// Starts a backup of `table` to `target` ("" = the policy's or the meta's default).
+    pub async fn backup_now(&self, req: v1::BackupNowRequest) -> Result<v1::BackupNowResponse> {
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.backup_now(req).await }
+        })
+        .await
+    }
+
+    /// Backup records of `table` ("" = every table).
+    pub async fn backup_list(&self, table: &str) -> Result<v1::BackupListResponse> {
+        let req = v1::BackupListRequest { table: table.into() };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.backup_list(req).await }
+        })
+        .await
+    }
+
+    pub async fn backup_show(&self, id: u64) -> Result<v1::BackupShowResponse> {
+        self.meta_call(|mut c| async move { c.backup_show(v1::BackupShowRequest { id }).await }).await
+    }
+
     pub async fn cluster_status(&self) -> Result<v1::ClusterStatusResponse> {
         self.meta_call(|mut c| async move { c.cluster_status(v1::ClusterStatusRequest {}).await }).await
     }

@@ -19,12 +19,14 @@
 //! replicas proceed in parallel), and the `Host` behind a lock that no IO is done under.
 //! Time arrives as arguments; nothing here reads a clock, a socket, a file or a random source.
 
+pub mod backup;
 pub mod checkpoints;
 pub mod duplication;
 pub mod options;
 pub mod replica;
 pub mod server;
 
+pub use backup::{BackupCommand, Backups};
 pub use checkpoints::{holds_conformance, CheckpointFilesUnderTest, CheckpointRetention};
 pub use duplication::{config_for, DupConfig, DupId, DupWork, Duplications};
 pub use tandem_dup_core::TableDup;

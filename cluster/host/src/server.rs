@@ -24,7 +24,9 @@
 //!   flushed, and after every hold (a duplication that has not shipped it yet). A replica that
 //!   did not answer its flush keeps everything.
 
+use crate::backup::{BackupCommand, Backups};
 use crate::duplication::{config_for, DupConfig};
+use tandem_backup_core::{BackupId, BackupTask, BackupTaskReport};
 use tandem_dup_core::TableDup;
 use crate::options::HostOptions;
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,7 +49,11 @@ pub enum HostInput {
         tombstone_retention: Vec<(u32, u64)>,
         gone: Vec<Gpid>,
         dups: Vec<TableDup>,
+        /// The backup uploads the meta hands this server (`Backups`).
+        backups: Vec<BackupTask>,
     },
+    /// An upload `BackupPartition` started reported progress, its entry or its failure.
+    BackupReported(BackupTaskReport),
     BeaconFailed { now_ms: u64 },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
@@ -78,8 +84,14 @@ pub enum HostAction {
     Duplications { gpid: Gpid, configs: Vec<DupConfig> },
     /// Tick every replica, each with its share of the log cache.
     TickReplicas { log_cache_bytes_max: usize },
-    /// Beacon to the meta with every replica's state; report `BeaconAnswered` or `BeaconFailed`.
-    SendBeacon { sent_at_ms: u64, restarted: bool, lease_period_ms: u64 },
+    /// Beacon to the meta with every replica's state and these reports of backup uploads;
+    /// report `BeaconAnswered` or `BeaconFailed`.
+    SendBeacon { sent_at_ms: u64, restarted: bool, lease_period_ms: u64, backup_reports: Vec<BackupTaskReport> },
+    /// Checkpoint the replica of `task.gpid` and upload it as the task says, reporting with
+    /// `BackupReported` as it goes and when it is done or failed.
+    BackupPartition { task: BackupTask },
+    /// Stop that upload; its reports are no longer wanted.
+    CancelBackup { backup_id: BackupId, gpid: Gpid, attempt: u32 },
     /// Primaries of this server may serve until `until_ms` (server clock).
     ExtendLease { until_ms: u64 },
     /// Requests for `table_id` must route with this partition count.
@@ -140,6 +152,7 @@ pub struct Host {
     beacon: Beacon,
     gc: Gc,
     log_holds: BTreeMap<Gpid, BTreeMap<String, Decree>>,
+    backups: Backups,
     stopped: bool,
     actions: Vec<HostAction>,
 }
@@ -164,6 +177,7 @@ impl Host {
             beacon: Beacon::Idle { next_due_ms: now_ms },
             gc: Gc::Idle { next_due_ms: gc_first },
             log_holds: BTreeMap::new(),
+            backups: Backups::default(),
             stopped: false,
             actions: Vec::new(),
         }
@@ -212,7 +226,13 @@ impl Host {
         }
         match input {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
-            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups } => {
+            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups } => {
+                for command in self.backups.on_answer(backups, &self.replicas) {
+                    self.actions.push(match command {
+                        BackupCommand::Start(task) => HostAction::BackupPartition { task },
+                        BackupCommand::Cancel { backup_id, gpid, attempt } => HostAction::CancelBackup { backup_id, gpid, attempt },
+                    });
+                }
                 // The hold before the retention: a shorter retention must never meet a hold
                 // that does not yet know of a lagging duplication.
                 self.set_tombstone_holds(&dups);
@@ -223,6 +243,7 @@ impl Host {
                 }
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
+            HostInput::BackupReported(report) => self.backups.on_report(report),
             HostInput::BeaconFailed { now_ms } => {
                 if let Beacon::InFlight { sent_at_ms } = self.beacon {
                     self.beacon = Beacon::Idle { next_due_ms: (sent_at_ms + self.options.beacon_interval_ms).max(now_ms) };
@@ -330,6 +351,7 @@ impl Host {
                 sent_at_ms: now_ms,
                 restarted: self.restarted,
                 lease_period_ms: self.options.lease_period_ms,
+                backup_reports: self.backups.reports(),
             });
         }
         if let Gc::Idle { next_due_ms } = self.gc
@@ -482,7 +504,7 @@ mod tests {
     }
 
     fn answer(host: &mut Host, sent_at_ms: u64, configs: Vec<PartitionConfig>, gone: Vec<Gpid>) -> Vec<HostAction> {
-        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![] });
+        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![], backups: vec![] });
         host.take_actions()
     }
 
@@ -494,7 +516,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 1_000 },
-                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000 },
+                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000, backup_reports: vec![] },
             ]
         );
         host.step(HostInput::Tick { now_ms: 1_500 });
@@ -525,7 +547,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 500 },
-                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000 },
+                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000, backup_reports: vec![] },
             ]
         );
         // A late answer to an older beacon grants nothing.
@@ -646,7 +668,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![] });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::Duplications { .. })).collect::<Vec<_>>()
         };
         let first = dup(vec![(0, 7)]);
@@ -671,7 +693,7 @@ mod tests {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
             let tombstone_retention = vec![(1, retention)];
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![], backups: vec![] });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneRetention { .. })).collect::<Vec<_>>()
         };
         assert_eq!(beacon(0, 5_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 5_000 }]);
@@ -696,7 +718,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![] });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneHold { .. })).collect::<Vec<_>>()
         };
         // Held until the meta speaks; then a table that ships nowhere holds nothing.

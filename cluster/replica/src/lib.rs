@@ -14,6 +14,7 @@
 //! Reads skip the queue while the replica's read gate is open (set at the end of each turn) and
 //! the server holds its lease; otherwise they wait for a turn, which answers with the reason.
 
+mod backup;
 mod checkpoint;
 mod cpu;
 pub mod error;

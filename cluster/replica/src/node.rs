@@ -52,6 +52,8 @@ pub struct Node {
     /// Set when the host stops the server.
     stop: watch::Sender<Option<String>>,
     beacon_failures: AtomicU32,
+    /// Backup uploads running on this server.
+    pub(crate) uploads: crate::backup::Uploads,
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
     /// The batch stream to each peer, which carries the prepares of every partition.
     peer_batches: Mutex<HashMap<String, Arc<BatchConn>>>,
@@ -192,10 +194,12 @@ impl Node {
                     h.send(ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports } => {
                 let node = self.clone();
-                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms).await });
+                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms, backup_reports).await });
             }
+            HostAction::BackupPartition { task } => self.start_backup(task),
+            HostAction::CancelBackup { backup_id, gpid, attempt } => self.uploads.cancel(backup_id, gpid, attempt),
             HostAction::RemoveReplica { gpid, why } => {
                 let node = self.clone();
                 tokio::spawn(async move { node.remove_replica(gpid, &why).await });
@@ -270,7 +274,7 @@ impl Node {
         self.host_step(HostInput::ReplicaRemoved { gpid });
     }
 
-    async fn beacon(self: &Arc<Self>, sent_at_ms: u64, restarted: bool, lease_period_ms: u64) {
+    async fn beacon(self: &Arc<Self>, sent_at_ms: u64, restarted: bool, lease_period_ms: u64, backup_reports: Vec<tandem_backup_core::BackupTaskReport>) {
         let req = v1::BeaconRequest {
             node: self.me.clone(),
             replicas: self.replica_handles().iter().map(|h| h.report()).collect(),
@@ -278,6 +282,7 @@ impl Node {
             lease_period_ms,
             restarted,
             dup_progress: self.replica_handles().iter().flat_map(|h| h.dup_progress()).collect(),
+            backup_reports: backup_reports.iter().map(backup_report_to_wire).collect(),
         };
         let answer = self
             .meta
@@ -309,7 +314,8 @@ impl Node {
                 let gone = resp.gone.into_iter().map(|g| Gpid::new(g.table_id, g.partition)).collect();
                 let dups = self.take_duplications(resp.dups, resp.sites);
                 tombstone_retention.dedup();
-                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups }
+                let backups = resp.backup_tasks.iter().filter_map(backup_task_from_wire).collect();
+                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups }
             }
             Err(status) => {
                 let failures = self.beacon_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -438,6 +444,43 @@ impl Node {
     }
 }
 
+fn backup_report_to_wire(r: &tandem_backup_core::BackupTaskReport) -> v1::BackupTaskReport {
+    use tandem_backup_core::PartitionReport;
+    use v1::backup_task_report::Report;
+    let report = match &r.report {
+        PartitionReport::Progress { bytes_done, bytes_total } => Report::Progress(v1::BackupProgress { bytes_done: *bytes_done, bytes_total: *bytes_total }),
+        PartitionReport::Done(e) => Report::Done(v1::BackupPartitionEntry {
+            partition: e.partition,
+            attempt: e.attempt,
+            decree: e.decree,
+            manifest: e.manifest.clone(),
+            manifest_sha256: e.manifest_sha256.clone(),
+            manifest_bytes: e.manifest_bytes,
+            files: e.files,
+            bytes: e.bytes,
+            new_bytes: e.new_bytes,
+            reused_bytes: e.reused_bytes,
+            duration_ms: e.duration_ms,
+        }),
+        PartitionReport::Failed(why) => Report::Failed(why.clone()),
+    };
+    v1::BackupTaskReport { backup_id: r.backup_id, gpid: Some(r.gpid.into()), attempt: r.attempt, report: Some(report) }
+}
+
+fn backup_task_from_wire(t: &v1::BackupTask) -> Option<tandem_backup_core::BackupTask> {
+    let gpid = t.gpid.as_ref().map(|g| Gpid::new(g.table_id, g.partition));
+    if gpid.is_none() {
+        tracing::warn!("meta sent backup task {} without a partition", t.backup_id);
+    }
+    Some(tandem_backup_core::BackupTask {
+        backup_id: t.backup_id,
+        gpid: gpid?,
+        attempt: t.attempt,
+        target: t.target.clone(),
+        kept: t.kept.iter().map(|k| (k.backup_id, k.manifest_sha256.clone())).collect(),
+    })
+}
+
 pub(crate) fn replica_dir(data_dir: &Path, gpid: Gpid) -> PathBuf {
     data_dir.join("replicas").join(format!("{}.{}", gpid.table_id, gpid.partition))
 }
@@ -517,6 +560,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         host: Mutex::new(Host::new(opts.advertise.clone(), opts.host.clone(), found.iter().map(|(g, _)| *g), 0)),
         stop,
         beacon_failures: AtomicU32::new(0),
+        uploads: crate::backup::Uploads::new(opts.backup_upload_bytes_per_sec),
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),
         sites: Mutex::new(HashMap::new()),

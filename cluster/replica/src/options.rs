@@ -23,6 +23,10 @@ pub struct ReplicaServerOptions {
     /// Beacons, lease, ticks, log GC, replica deletion, log cache, checkpoints, and the replica
     /// core's own options: what the IO-free host decides with.
     pub host: HostOptions,
+    /// How to reach S3-compatible backup targets (the rest comes from `AWS_*` variables).
+    pub s3: tandem_backup_store::S3Options,
+    /// Bytes per second this server's backup uploads take at most, together (0: no limit).
+    pub backup_upload_bytes_per_sec: u64,
 }
 
 impl ReplicaServerOptions {
@@ -39,6 +43,8 @@ impl ReplicaServerOptions {
             memtable_bytes_max: 256 << 20,
             log: LogOptions::default(),
             host: HostOptions::default(),
+            s3: tandem_backup_store::S3Options::default(),
+            backup_upload_bytes_per_sec: 64 << 20,
         }
     }
 }

@@ -94,6 +94,7 @@ pub struct BeaconAnswer {
     pub tombstone_retention: Vec<(u32, u64)>,
     pub dups: Vec<TableDup>,
     pub sites: Vec<Site>,
+    pub backups: Vec<tandem_backup_core::BackupTask>,
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +137,7 @@ pub enum Msg {
         restarted: bool,
         /// What its primaries' duplicators report: (partition, duplication, progress).
         dup_reports: Vec<(Gpid, u32, DupReport)>,
+        backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
     },
     BeaconResp {
         rpc: RpcId,

@@ -4,7 +4,8 @@
 //! failures and toward their replica count (`cure`), initial placement (`placement`), beacon
 //! answers (`beacon`), leadership through the store's lease row (`leadership`) and per-table
 //! redundancy policies (`policy`). `store` names its writes and holds the in-memory twin of the
-//! SQL store; `status` the views it reports.
+//! SQL store; `status` the views it reports; `backup` the records, tasks and reports of backups.
+pub mod backup;
 pub mod beacon;
 pub mod cure;
 pub mod duplication;

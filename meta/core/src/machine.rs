@@ -25,6 +25,7 @@
 //! - **Serving is checked again when answering**: a leader whose own lease lapsed while a write
 //!   was in flight grants nothing.
 
+use crate::backup::{partition_views, BackupInfo, BackupTask, BackupView, FAILED_BY_TAKEOVER};
 use crate::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
 use crate::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
 use crate::duplication::{DupInfo, DupPartitionView, DupStatus, DupView, Site};
@@ -39,6 +40,7 @@ use crate::store::{StoreDone, StoreFailure, StoreFailureKind, StoreResult, Store
 use crate::table::{MetaSnapshot, TableInfo, TableStatus};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use tandem_core::replica::ConfigProposal;
+use tandem_backup_core::{BackupId, BackupJob, BackupState, JobAction, JobInput, JobOptions, JobState};
 use tandem_core::{Gpid, NodeAddr, PartitionConfig};
 
 pub type OpId = u64;
@@ -68,6 +70,10 @@ pub struct MetaOptions {
     pub peer_sites: Vec<String>,
     /// Where level-3 policies back up when no target is given ("" = none).
     pub backup_target: String,
+    /// Backups that run at once, at most.
+    pub backup_jobs_max: usize,
+    /// When a backup's partition attempt is given up, how often, and the whole job's deadline.
+    pub backup_job: JobOptions,
 }
 
 impl Default for MetaOptions {
@@ -79,6 +85,8 @@ impl Default for MetaOptions {
             site: "local".into(),
             peer_sites: Vec::new(),
             backup_target: String::new(),
+            backup_jobs_max: 2,
+            backup_job: JobOptions::default(),
         }
     }
 }
@@ -94,6 +102,8 @@ pub enum MetaInput {
     Request { token: Token, request: MetaRequest },
     /// `Persist { op }` finished.
     Stored { op: OpId, result: StoreResult },
+    /// `WriteBackupManifest { backup_id }` finished.
+    BackupManifestWritten { backup_id: BackupId, result: Result<(), String> },
 }
 
 /// Why a configuration changed, for the log and the simulator's path counts.
@@ -125,6 +135,8 @@ pub enum MetaEvent {
     TableRecalled { table_id: u32 },
     TablePurged { table_id: u32 },
     PurgeFailed { table_id: u32, error: String },
+    /// A step of backup `id` of `table`.
+    Backup { id: BackupId, table: String, what: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +150,9 @@ pub enum MetaAction {
     /// Answer request `token`.
     Reply { token: Token, result: Result<MetaReply, MetaError> },
     Event(MetaEvent),
+    /// Write `bytes` (a backup's table manifest) at `key` in `target`; report
+    /// `BackupManifestWritten`. The backup is complete only once its record says so.
+    WriteBackupManifest { backup_id: BackupId, target: String, key: String, bytes: Vec<u8> },
 }
 
 /// A request (or a tick's job) that may write, in the order it arrived.
@@ -162,6 +177,9 @@ enum Work {
     /// before a change).
     /// Adds the duplication the table's policy names, if it has none there yet.
     ReconcileDup { table_id: u32 },
+    BackupNow { token: Token, table: String, target: Option<String>, who: String },
+    /// Writes a backup record's change (`CompleteBackup` or `FailBackups`) a job decided.
+    RecordBackup { write: StoreWrite },
 }
 
 /// A write in flight and what to do when it returns.
@@ -268,6 +286,7 @@ impl MetaMachine {
             MetaInput::Loaded { epoch, load, result } => self.on_loaded(epoch, load, result),
             MetaInput::Request { token, request } => self.on_request(token, request),
             MetaInput::Stored { op, result } => self.on_stored(op, result),
+            MetaInput::BackupManifestWritten { backup_id, result } => self.on_backup_manifest_written(backup_id, result),
         }
         self.pump();
     }
@@ -385,6 +404,10 @@ impl MetaMachine {
                     dup_unsaved: BTreeMap::new(),
                     dup_reports: BTreeMap::new(),
                     dup_watermarks: BTreeMap::new(),
+                    backups: snapshot.backups.into_iter().map(|b| (b.id, b)).collect(),
+                    backup_jobs: BTreeMap::new(),
+                    backup_manifests: BTreeMap::new(),
+                    backup_manifests_writing: BTreeSet::new(),
                 };
                 self.event(MetaEvent::Leading { epoch, tables: state.tables.len(), partitions: state.partitions.len(), nodes: state.registered.len() });
                 self.state = Some(state);
@@ -427,6 +450,108 @@ impl MetaMachine {
                 self.queue.push_back(Work::Purge { table_id });
             }
         }
+        self.tick_backups();
+    }
+
+    /// Each job learns the partitions' primaries and the time; records running without a job
+    /// (their job lived in a previous leader, or its failure could not be written) fail.
+    fn tick_backups(&mut self) {
+        let now = self.now;
+        let state = self.state.as_mut().expect("serving");
+        let ids: Vec<BackupId> = state.backup_jobs.keys().copied().collect();
+        for id in &ids {
+            let job = state.backup_jobs.get_mut(id).expect("listed");
+            for p in 0..job.phases().len() as u32 {
+                let primary = state.partitions.get(&Gpid::new(job.table_id, p)).and_then(|c| c.primary.clone()).filter(|n| state.fd.is_alive(n));
+                job.step(now.wall_ms, JobInput::Primary { partition: p, primary });
+            }
+            job.step(now.wall_ms, JobInput::Tick);
+        }
+        for id in ids {
+            self.drive_backup(id);
+        }
+        let state = self.state.as_ref().expect("serving");
+        let orphans: Vec<BackupId> = state
+            .backups
+            .values()
+            .filter(|b| b.state == BackupState::Running && state.backup_jobs.get(&b.id).is_none_or(|j| matches!(j.state(), JobState::Failed(_))))
+            .map(|b| b.id)
+            .collect();
+        let queued = |this: &Self, id: BackupId| {
+            this.queue.iter().chain(this.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id)))
+        };
+        let (taken_over, failed): (Vec<BackupId>, Vec<BackupId>) =
+            orphans.into_iter().filter(|id| !queued(self, *id)).partition(|id| !state.backup_jobs.contains_key(id));
+        if !taken_over.is_empty() {
+            let write = StoreWrite::FailBackups { ids: taken_over, at_ms: now.wall_ms, reason: FAILED_BY_TAKEOVER.into() };
+            self.queue.push_back(Work::RecordBackup { write });
+        }
+        for id in failed {
+            let state = self.state.as_ref().expect("serving");
+            if let Some(JobState::Failed(reason)) = state.backup_jobs.get(&id).map(|j| j.state().clone()) {
+                self.queue.push_back(Work::RecordBackup { write: StoreWrite::FailBackups { ids: vec![id], at_ms: now.wall_ms, reason } });
+            }
+        }
+    }
+
+    /// Carries out what backup `id`'s job decided.
+    fn drive_backup(&mut self, id: BackupId) {
+        let now = self.now;
+        let state = self.state.as_mut().expect("serving");
+        let Some(job) = state.backup_jobs.get_mut(&id) else { return };
+        let actions = job.take_actions();
+        let table = job.table_name.clone();
+        let target = state.backups.get(&id).map(|b| b.target.clone()).unwrap_or_default();
+        for action in actions {
+            match action {
+                JobAction::Assign { partition, primary, attempt } => {
+                    self.event(MetaEvent::Backup { id, table: table.clone(), what: format!("partition {partition} attempt {attempt} handed to {primary}") });
+                }
+                JobAction::WriteTableManifest { manifest } => {
+                    let bytes = manifest.encode();
+                    let key = tandem_backup_core::layout::table_manifest_key(manifest.table_id, id);
+                    let state = self.state.as_mut().expect("serving");
+                    // One write at a time: the job asks again on every tick until one succeeds.
+                    if !state.backup_manifests_writing.insert(id) {
+                        continue;
+                    }
+                    state.backup_manifests.insert(id, tandem_backup_core::manifest::sha256_hex(&bytes));
+                    self.actions.push(MetaAction::WriteBackupManifest { backup_id: id, target: target.clone(), key, bytes });
+                }
+                JobAction::RecordComplete { sha256, bytes, new_bytes } => {
+                    let write = StoreWrite::CompleteBackup { id, at_ms: now.wall_ms, manifest_sha256: sha256, bytes, new_bytes };
+                    if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id))) {
+                        self.queue.push_back(Work::RecordBackup { write });
+                    }
+                }
+                JobAction::RecordFailed { reason } => {
+                    self.event(MetaEvent::Backup { id, table: table.clone(), what: format!("failed: {reason}") });
+                    // Written by the next tick (`tick_backups`), which retries it until it holds.
+                }
+            }
+        }
+    }
+
+    fn on_backup_manifest_written(&mut self, backup_id: BackupId, result: Result<(), String>) {
+        if self.serving().is_err() {
+            return;
+        }
+        let now = self.now;
+        let state = self.state.as_mut().expect("serving");
+        state.backup_manifests_writing.remove(&backup_id);
+        let Some(job) = state.backup_jobs.get_mut(&backup_id) else { return };
+        let result = match result {
+            Ok(()) => state.backup_manifests.get(&backup_id).cloned().ok_or_else(|| "no manifest was written".to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let table = job.table_name.clone();
+            self.event(MetaEvent::Backup { id: backup_id, table, what: format!("could not write the table manifest (retried): {e}") });
+        }
+        let state = self.state.as_mut().expect("serving");
+        let job = state.backup_jobs.get_mut(&backup_id).expect("found above");
+        job.step(now.wall_ms, JobInput::ManifestWritten { result });
+        self.drive_backup(backup_id);
     }
 
     fn on_request(&mut self, token: Token, request: MetaRequest) {
@@ -503,6 +628,18 @@ impl MetaMachine {
                 return self.queue.push_back(Work::DupAdd { token, table, remote_site, fail_mode, sync_existing });
             }
             MetaRequest::DupSetStatus { dup_id, status } => return self.queue.push_back(Work::DupSetStatus { token, dup_id, status }),
+            MetaRequest::BackupNow { table, target, who } => return self.queue.push_back(Work::BackupNow { token, table, target, who }),
+            MetaRequest::BackupList { table } => {
+                let backups = state.backups.values().filter(|b| table.as_ref().is_none_or(|t| b.table_name == *t)).cloned().collect();
+                Ok(MetaReply::Backups { backups })
+            }
+            MetaRequest::BackupShow { id } => match state.backups.get(&id) {
+                Some(info) => {
+                    let partitions = state.backup_jobs.get(&id).map(partition_views).unwrap_or_default();
+                    Ok(MetaReply::Backup(BackupView { info: info.clone(), partitions }))
+                }
+                None => Err(MetaError::NotFound(format!("no backup {id} (tandem backup list shows them)"))),
+            },
             MetaRequest::DropTable { name } => return self.queue.push_back(Work::DropTable { token, name }),
             MetaRequest::RecallTable { name } => return self.queue.push_back(Work::RecallTable { token, name }),
         };
@@ -544,6 +681,17 @@ impl MetaMachine {
             *w = (*w).max(report.watermark_us);
             state.dup_reports.insert(key, report.clone());
         }
+        let mut reported_backups = BTreeSet::new();
+        for r in &request.backup_reports {
+            if let Some(job) = state.backup_jobs.get_mut(&r.backup_id).filter(|j| j.table_id == r.gpid.table_id) {
+                job.step(self.now.wall_ms, JobInput::Report { partition: r.gpid.partition, attempt: r.attempt, report: r.report.clone() });
+                reported_backups.insert(r.backup_id);
+            }
+        }
+        for id in reported_backups {
+            self.drive_backup(id);
+        }
+        let state = self.state.as_mut().expect("serving");
         let registered = state.registered.contains(&node);
         let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
         let touched = self.in_flight.as_ref().and_then(|f| f.write.partition()).is_some_and(|gpid| {
@@ -670,7 +818,8 @@ impl MetaMachine {
                     .map(|d| dup_for_server(state, d))
                     .collect();
                 let sites = state.sites.values().filter(|s| dups.iter().any(|d| d.remote_site == s.name)).cloned().collect();
-                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites }));
+                let backups = backup_tasks(state, &request.node);
+                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups }));
             }
             Work::Propose { token, gpid, from, proposal } => {
                 let Some(config) = state.partitions.get(&gpid).cloned() else {
@@ -849,6 +998,45 @@ impl MetaMachine {
                     self.persist(write, Work::ReconcileDup { table_id });
                 }
             }
+            Work::BackupNow { token, table, target, who } => {
+                let Some(t) = state.available_table(&table) else {
+                    return self.reply(token, Err(MetaError::NotFound(format!("table {table:?} does not exist"))));
+                };
+                let target = match target.or_else(|| t.policy.backup.as_ref().map(|b| b.target.clone())).or_else(|| (!self.options.backup_target.is_empty()).then(|| self.options.backup_target.clone())) {
+                    Some(target) => target,
+                    None => {
+                        let message = format!("table {table:?} has no backup target: give --target s3://BUCKET/PREFIX (or file:///PATH), or set one with tandem policy set {table} --backup-target URL");
+                        return self.reply(token, Err(MetaError::InvalidArgument(message)));
+                    }
+                };
+                if let Err(e) = crate::policy::validate_backup_target(&target) {
+                    return self.reply(token, Err(MetaError::InvalidArgument(e)));
+                }
+                if let Some(running) = state.backup_jobs.values().find(|j| j.table_id == t.id && matches!(j.state(), JobState::Running | JobState::Finishing { .. })) {
+                    let message = format!("backup {} of table {table:?} is running; wait for it (tandem backup show {})", running.id, running.id);
+                    return self.reply(token, Err(MetaError::AlreadyExists(message)));
+                }
+                let running = state.backups.values().filter(|b| b.state == BackupState::Running).count();
+                if running >= self.options.backup_jobs_max {
+                    let message = format!("{running} backups are running, the most this meta server runs at once (backup.jobs_max); try again when one finishes");
+                    return self.reply(token, Err(MetaError::Busy(message)));
+                }
+                let write = StoreWrite::AddBackup {
+                    table_id: t.id,
+                    table_name: t.name.clone(),
+                    partition_count: t.partition_count,
+                    target: target.clone(),
+                    who: who.clone(),
+                    at_ms: now.wall_ms,
+                };
+                self.persist(write, Work::BackupNow { token, table, target: Some(target), who });
+            }
+            Work::RecordBackup { write } => {
+                let running = backup_write_ids(&write).iter().all(|id| state.backups.get(id).is_some_and(|b| b.state == BackupState::Running));
+                if running {
+                    self.persist(write.clone(), Work::RecordBackup { write });
+                }
+            }
             Work::SaveDupProgress => {
                 let confirmed: Vec<(u32, u32, tandem_core::Decree)> = state.dup_unsaved.iter().map(|(&(d, p), &c)| (d, p, c)).collect();
                 if !confirmed.is_empty() {
@@ -993,6 +1181,54 @@ impl MetaMachine {
                 }
                 return;
             }
+            (StoreWrite::AddBackup { .. }, Ok(StoreDone::BackupAdded { backup })) => {
+                let job = BackupJob::new(backup.id, backup.table_id, backup.table_name.clone(), backup.partition_count, backup.started_ms, self.options.backup_job);
+                state.backups.insert(backup.id, backup.clone());
+                state.backup_jobs.insert(backup.id, job);
+                self.event(MetaEvent::Backup { id: backup.id, table: backup.table_name.clone(), what: format!("started by {} to {}", backup.who, backup.target) });
+                self.tick_backups();
+                return self.reply_to(&work, Ok(MetaReply::BackupStarted { backup }));
+            }
+            (StoreWrite::CompleteBackup { id, at_ms, manifest_sha256, bytes, new_bytes }, Ok(_)) => {
+                if let Some(b) = state.backups.get_mut(id) {
+                    b.state = BackupState::Complete;
+                    b.finished_ms = *at_ms;
+                    b.manifest_sha256 = manifest_sha256.clone();
+                    (b.bytes, b.new_bytes) = (*bytes, *new_bytes);
+                    let what = format!("complete: {bytes} bytes, {new_bytes} of them new");
+                    let table = b.table_name.clone();
+                    state.backup_jobs.remove(id);
+                    state.backup_manifests.remove(id);
+                    self.event(MetaEvent::Backup { id: *id, table, what });
+                }
+                return;
+            }
+            (StoreWrite::FailBackups { ids, at_ms, reason }, Ok(_)) => {
+                for id in ids {
+                    if let Some(b) = state.backups.get_mut(id) {
+                        b.state = BackupState::Failed;
+                        b.finished_ms = *at_ms;
+                        b.reason = reason.clone();
+                    }
+                    state.backup_jobs.remove(id);
+                    state.backup_manifests.remove(id);
+                }
+                return;
+            }
+            (StoreWrite::DeleteBackup { id, reason }, Ok(_)) => {
+                if let Some(b) = state.backups.get_mut(id) {
+                    b.state = BackupState::Deleted;
+                    b.reason = reason.clone();
+                }
+                return;
+            }
+            (StoreWrite::CompleteBackup { id, .. }, Err(e)) if !matches!(e.kind, StoreFailureKind::AlreadyExists | StoreFailureKind::NotFound | StoreFailureKind::Invalid) => {
+                // The job writes it again at the next tick.
+                if let Some(job) = state.backup_jobs.get_mut(id) {
+                    job.step(self.now.wall_ms, JobInput::Recorded { result: Err(e.message.clone()) });
+                }
+                return;
+            }
             (StoreWrite::PurgeTable { table_id }, Ok(_)) => {
                 for d in state.dups.values_mut().filter(|d| d.table_id == *table_id) {
                     d.status = DupStatus::Removed;
@@ -1062,10 +1298,50 @@ impl Work {
             | Work::SiteRemove { token, .. }
             | Work::DupAdd { token, .. }
             | Work::DupSetStatus { token, .. } => Some(*token),
-            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress | Work::ReconcileDup { .. } => None,
+            Work::BackupNow { token, .. } => Some(*token),
+            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress | Work::ReconcileDup { .. } | Work::RecordBackup { .. } => None,
         }
     }
 }
+
+/// The backup records a write changes.
+fn backup_write_ids(write: &StoreWrite) -> Vec<BackupId> {
+    match write {
+        StoreWrite::CompleteBackup { id, .. } | StoreWrite::DeleteBackup { id, .. } => vec![*id],
+        StoreWrite::FailBackups { ids, .. } => ids.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The partitions of running backups `node` is to upload: those whose current attempt its
+/// job handed to it. Each names the table's newest complete backups on the same target, whose
+/// SST files it reuses (retention deletes none of them while the backup runs).
+fn backup_tasks(state: &MetaState, node: &str) -> Vec<BackupTask> {
+    let mut tasks = Vec::new();
+    for (id, job) in &state.backup_jobs {
+        if *job.state() != JobState::Running {
+            continue;
+        }
+        let Some(info) = state.backups.get(id) else { continue };
+        let mut kept: Vec<&BackupInfo> =
+            state.backups.values().filter(|b| b.table_id == info.table_id && b.target == info.target && b.state == BackupState::Complete).collect();
+        kept.sort_by_key(|b| std::cmp::Reverse((b.started_ms, b.id)));
+        let kept: Vec<(BackupId, String)> = kept.into_iter().take(BACKUP_REUSE_FROM_MAX).map(|b| (b.id, b.manifest_sha256.clone())).collect();
+        for (p, phase) in job.phases().iter().enumerate() {
+            if let tandem_backup_core::job::Phase::Uploading { primary, attempt, .. } = phase
+                && primary == node
+            {
+                tasks.push(BackupTask { backup_id: *id, gpid: Gpid::new(info.table_id, p as u32), attempt: *attempt, target: info.target.clone(), kept: kept.clone() });
+            }
+        }
+    }
+    tasks
+}
+
+/// How many of a table's newest complete backups a partition's upload reuses files from: SST
+/// files are immutable, so what an older backup holds and the newest does not was compacted
+/// away and will not come back.
+pub const BACKUP_REUSE_FROM_MAX: usize = 2;
 
 /// A duplication as `dup list` shows it.
 fn dup_view(state: &MetaState, d: &DupInfo) -> DupView {

@@ -17,7 +17,7 @@ fn at(mono_ms: u64) -> Now {
 }
 
 fn beacon(node: &str, incarnation: u64, restarted: bool) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![] })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![] })
 }
 
 fn config(table_id: u32, partition: u32, ballot: u64, primary: &str, secondaries: &[&str]) -> PartitionConfig {
@@ -53,7 +53,7 @@ fn leader() -> (MetaMachine, MemStore) {
 fn beacon_reply(configs: Vec<PartitionConfig>) -> Result<MetaReply, MetaError> {
     let partition_counts = if configs.is_empty() { vec![] } else { vec![(1, 1)] };
     let tombstone_retention = if configs.is_empty() { vec![] } else { vec![(1, crate::policy::DEFAULT_TOMBSTONE_RETENTION_MS)] };
-    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone: vec![], dups: vec![], sites: vec![] })
+    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone: vec![], dups: vec![], sites: vec![], backups: vec![] })
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn a_beacon_never_outruns_a_configuration_change() {
     );
     // r1 comes back while the promotion is in flight, reporting its replica: its beacon waits.
     let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 0, last_prepared: 0 };
-    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![] };
+    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![] };
     m.step(at(8_700), MetaInput::Request { token: 42, request: MetaRequest::Beacon(r1) });
     assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r1".into() })]);
     // So does r3's (its answer carries the partition too); a read does not.
@@ -392,6 +392,7 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
             lease_period_ms: 6_000,
             reports: vec![],
             dup_reports: vec![(Gpid::new(1, 0), 1, report(confirmed))],
+            backup_reports: vec![],
         })
     };
     let Ok(MetaReply::Beacon { dups, sites, .. }) = ask(&mut m, &mut store, 3, beacon_with("r1", 7)) else { panic!() };
@@ -458,6 +459,7 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
         lease_period_ms: 6_000,
         reports: vec![],
         dup_reports: vec![(Gpid::new(1, 0), id, report)],
+        backup_reports: vec![],
     };
     ask(&mut m, &mut store, 7, MetaRequest::Beacon(beacon)).unwrap();
     let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 8, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
@@ -484,7 +486,7 @@ fn a_new_primary_drops_its_predecessors_duplication_report() {
     let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Slow, sync_existing: false };
     ask(&mut m, &mut store, 2, add).unwrap();
     let report = crate::duplication::DupReport { confirmed: 3, phase: "log".into(), ..Default::default() };
-    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)] };
+    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![] };
     ask(&mut m, &mut store, 3, MetaRequest::Beacon(beacon)).unwrap();
     let reported = |m: &mut MetaMachine, store: &mut MemStore, t| {
         let Ok(MetaReply::Dups { dups }) = ask(m, store, t, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
@@ -507,4 +509,107 @@ fn a_new_primary_drops_its_predecessors_duplication_report() {
 
 fn beacon_plain(node: &str) -> MetaRequest {
     beacon(node, 1, false)
+}
+
+fn backup_beacon(node: &str, backup_reports: Vec<crate::backup::BackupTaskReport>) -> MetaRequest {
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports })
+}
+
+fn done_entry(partition: u32, attempt: u32) -> tandem_backup_core::PartitionEntry {
+    tandem_backup_core::PartitionEntry {
+        partition,
+        attempt,
+        decree: 7,
+        manifest: tandem_backup_core::layout::partition_manifest_key(1, 1, partition, attempt),
+        manifest_sha256: "0".repeat(64),
+        manifest_bytes: 100,
+        files: 3,
+        bytes: 1000,
+        new_bytes: 600,
+        reused_bytes: 0,
+        duration_ms: 5,
+    }
+}
+
+#[test]
+fn a_backup_is_handed_to_the_primary_and_complete_only_once_its_record_says_so() {
+    use crate::backup::BackupTaskReport;
+    use tandem_backup_core::PartitionReport;
+    let (mut m, mut store) = leader();
+    // Without a target anywhere: refused with the fix.
+    let err = ask(&mut m, &mut store, 1, MetaRequest::BackupNow { table: "t".into(), target: None, who: "ann".into() }).unwrap_err();
+    assert!(err.to_string().contains("--target"), "{err}");
+    let err = ask(&mut m, &mut store, 1, MetaRequest::BackupNow { table: "t".into(), target: Some("http://x".into()), who: "ann".into() }).unwrap_err();
+    assert!(err.to_string().contains("s3://BUCKET"), "{err}");
+    let Ok(MetaReply::BackupStarted { backup }) = ask(&mut m, &mut store, 2, MetaRequest::BackupNow { table: "t".into(), target: Some("file:///bk".into()), who: "ann".into() }) else {
+        panic!("started")
+    };
+    assert_eq!((backup.id, backup.state, backup.target.as_str()), (1, BackupState::Running, "file:///bk"));
+    assert_eq!(store.load().backups, vec![backup.clone()], "the record exists before any upload");
+    // One at a time per table.
+    let err = ask(&mut m, &mut store, 3, MetaRequest::BackupNow { table: "t".into(), target: Some("file:///bk".into()), who: "bob".into() }).unwrap_err();
+    assert!(matches!(err, MetaError::AlreadyExists(_)) && err.to_string().contains("tandem backup show 1"), "{err}");
+    // The primary's beacon carries the task; a secondary's does not.
+    let Ok(MetaReply::Beacon { backups, .. }) = ask(&mut m, &mut store, 4, backup_beacon("r2", vec![])) else { panic!() };
+    assert!(backups.is_empty());
+    let Ok(MetaReply::Beacon { backups, .. }) = ask(&mut m, &mut store, 5, backup_beacon("r1", vec![])) else { panic!() };
+    let task = BackupTask { backup_id: 1, gpid: Gpid::new(1, 0), attempt: 1, target: "file:///bk".into(), kept: vec![] };
+    assert_eq!(backups, vec![task]);
+    // Its report of the partition's entry: the table manifest is written, then the record.
+    let report = |attempt, report| BackupTaskReport { backup_id: 1, gpid: Gpid::new(1, 0), attempt, report };
+    m.step(at(6), MetaInput::Request { token: 6, request: backup_beacon("r1", vec![report(1, PartitionReport::Done(done_entry(0, 1)))]) });
+    let Some(MetaAction::WriteBackupManifest { backup_id: 1, target, key, bytes }) = m.take_actions().into_iter().find(|a| matches!(a, MetaAction::WriteBackupManifest { .. })) else {
+        panic!("the table manifest goes out")
+    };
+    assert_eq!((target.as_str(), key.as_str()), ("file:///bk", "tables/1/backups/1/manifest.json"));
+    let Ok(MetaReply::Backup(view)) = ask(&mut m, &mut store, 7, MetaRequest::BackupShow { id: 1 }) else { panic!() };
+    assert_eq!((view.info.state, view.partitions[0].phase), (BackupState::Running, "done"), "not complete before its record");
+    // A failed manifest write is retried at the next tick.
+    m.step(at(8), MetaInput::BackupManifestWritten { backup_id: 1, result: Err("target down".into()) });
+    m.take_actions();
+    m.step(at(9), MetaInput::Tick);
+    assert!(m.take_actions().iter().any(|a| matches!(a, MetaAction::WriteBackupManifest { backup_id: 1, .. })), "written again");
+    m.step(at(10), MetaInput::BackupManifestWritten { backup_id: 1, result: Ok(()) });
+    let rest = store_and_answer(&mut m, &mut store, 10);
+    assert!(rest.iter().any(|a| matches!(a, MetaAction::Event(MetaEvent::Backup { id: 1, .. }))), "{rest:?}");
+    let stored = store.load().backups.remove(0);
+    assert_eq!((stored.state, stored.bytes, stored.new_bytes), (BackupState::Complete, 1000, 600));
+    assert_eq!(stored.manifest_sha256, tandem_backup_core::manifest::sha256_hex(&bytes));
+    let Ok(MetaReply::Backups { backups }) = ask(&mut m, &mut store, 11, MetaRequest::BackupList { table: Some("t".into()) }) else { panic!() };
+    assert_eq!(backups, vec![stored.clone()]);
+    // The next backup reuses files of the complete one.
+    ask(&mut m, &mut store, 12, MetaRequest::BackupNow { table: "t".into(), target: Some("file:///bk".into()), who: "ann".into() }).unwrap();
+    let Ok(MetaReply::Beacon { backups, .. }) = ask(&mut m, &mut store, 13, backup_beacon("r1", vec![])) else { panic!() };
+    assert_eq!(backups[0].kept, vec![(1, stored.manifest_sha256.clone())]);
+    // A failed attempt is handed out again; a report of an abandoned attempt changes nothing.
+    ask(&mut m, &mut store, 14, backup_beacon("r1", vec![BackupTaskReport { backup_id: 2, ..report(1, PartitionReport::Failed("disk".into())) }])).unwrap();
+    let Ok(MetaReply::Beacon { backups, .. }) = ask(&mut m, &mut store, 15, backup_beacon("r1", vec![])) else { panic!() };
+    assert_eq!(backups[0].attempt, 2);
+    let stale = BackupTaskReport { backup_id: 2, ..report(1, PartitionReport::Done(done_entry(0, 1))) };
+    m.step(at(16), MetaInput::Request { token: 16, request: backup_beacon("r1", vec![stale]) });
+    assert!(!m.take_actions().iter().any(|a| matches!(a, MetaAction::WriteBackupManifest { .. })));
+    // Unknown ids are named.
+    let err = ask(&mut m, &mut store, 17, MetaRequest::BackupShow { id: 99 }).unwrap_err();
+    assert!(err.to_string().contains("tandem backup list"), "{err}");
+}
+
+#[test]
+fn a_new_leader_fails_the_backups_it_finds_running() {
+    let (mut m, mut store) = leader();
+    ask(&mut m, &mut store, 1, MetaRequest::BackupNow { table: "t".into(), target: Some("file:///bk".into()), who: "ann".into() }).unwrap();
+    // Another meta server takes over and loads the store: the job lived in this one's memory.
+    store.claim("m2", "m2", TTL, 100_000);
+    let mut m2 = MetaMachine::new(options());
+    m2.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Won { epoch: 2 } });
+    m2.take_actions();
+    m2.step(at(1), MetaInput::Loaded { epoch: 2, load: 1, result: Ok(store.load()) });
+    m2.take_actions();
+    m2.step(at(2), MetaInput::Tick);
+    let failed = m2.take_actions().into_iter().find_map(|a| match a {
+        MetaAction::Persist { write: StoreWrite::FailBackups { ids, reason, .. }, .. } => Some((ids, reason)),
+        _ => None,
+    });
+    assert_eq!(failed, Some((vec![1], crate::backup::FAILED_BY_TAKEOVER.to_string())));
+    // The old leader's late completion is fenced.
+    assert_eq!(store.write("m1", 1, &StoreWrite::CompleteBackup { id: 1, at_ms: 5, manifest_sha256: "x".into(), bytes: 0, new_bytes: 0 }).unwrap_err().kind, StoreFailureKind::Fenced);
 }

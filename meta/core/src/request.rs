@@ -1,6 +1,7 @@
 //! What the meta is asked and what it answers, as core types: the meta runtime converts them
 //! from and to the wire, the simulator sends them as they are.
 
+use crate::backup::{BackupInfo, BackupTask, BackupTaskReport, BackupView};
 use crate::cure::ReplicaReport;
 use crate::duplication::{DupInfo, DupReport, DupStatus, DupView, Site};
 use tandem_dup_core::{FailMode, TableDup};
@@ -24,6 +25,8 @@ pub struct BeaconRequest {
     pub reports: Vec<(Gpid, ReplicaReport)>,
     /// The duplicators this server's primaries run: (partition, dup id, progress).
     pub dup_reports: Vec<(Gpid, u32, DupReport)>,
+    /// What this server did of the backup tasks it was handed.
+    pub backup_reports: Vec<BackupTaskReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +55,11 @@ pub enum MetaRequest {
     DupList { table: Option<String>, include_removed: bool },
     /// Pause, resume (`Start`) or remove duplication `dup_id`.
     DupSetStatus { dup_id: u32, status: DupStatus },
+    /// Starts a backup of `table` to `target` (None: the policy's, else the meta's default).
+    BackupNow { table: String, target: Option<String>, who: String },
+    /// Backup records of the table named `table` (dropped ones too), or of every table.
+    BackupList { table: Option<String> },
+    BackupShow { id: u64 },
 }
 
 impl MetaRequest {
@@ -76,6 +84,9 @@ impl MetaRequest {
             MetaRequest::DupAdd { .. } => "dup_add",
             MetaRequest::DupList { .. } => "dup_list",
             MetaRequest::DupSetStatus { .. } => "dup_set_status",
+            MetaRequest::BackupNow { .. } => "backup_now",
+            MetaRequest::BackupList { .. } => "backup_list",
+            MetaRequest::BackupShow { .. } => "backup_show",
         }
     }
 }
@@ -93,6 +104,8 @@ pub enum MetaReply {
         gone: Vec<Gpid>,
         dups: Vec<TableDup>,
         sites: Vec<Site>,
+        /// The partitions of running backups this server's primaries are to upload.
+        backups: Vec<BackupTask>,
     },
     Config { table: TableInfo, partitions: Vec<PartitionConfig> },
     Proposed { config: PartitionConfig },
@@ -112,6 +125,9 @@ pub enum MetaReply {
     DupAdded { dup: DupInfo },
     Dups { dups: Vec<DupView> },
     DupStatusSet { dup: DupInfo, changed: bool },
+    BackupStarted { backup: BackupInfo },
+    Backups { backups: Vec<BackupInfo> },
+    Backup(BackupView),
 }
 
 /// Why a request was refused. Each message names the thing and, where there is one, the fix.

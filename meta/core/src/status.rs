@@ -30,6 +30,14 @@ pub struct MetaState {
     /// The largest watermark each partition's primaries reported, by (dup id, partition): in
     /// memory only (a new leader starts from none, which holds tombstones longer, never less).
     pub dup_watermarks: BTreeMap<(u32, u32), u64>,
+    /// Every backup record, as the store holds it.
+    pub backups: BTreeMap<u64, crate::backup::BackupInfo>,
+    /// The job of each backup this leader started and that has not finished.
+    pub backup_jobs: BTreeMap<u64, tandem_backup_core::BackupJob>,
+    /// The SHA-256 of each table manifest being written, by backup id.
+    pub backup_manifests: BTreeMap<u64, String>,
+    /// Backups whose table manifest is being written (one write at a time each).
+    pub backup_manifests_writing: std::collections::BTreeSet<u64>,
 }
 
 impl MetaState {

@@ -3,7 +3,9 @@
 //! their outcome comes back as `MetaInput::Stored`. `MemStore` is the in-memory twin the
 //! simulator runs, with the same lease row (claims judged by the store's clock) and fencing.
 
+use crate::backup::BackupInfo;
 use crate::duplication::{DupInfo, DupStatus, Site};
+use tandem_backup_core::{BackupId, BackupState};
 use crate::leadership::ClaimOutcome;
 use tandem_dup_core::FailMode;
 use crate::policy::Policy;
@@ -35,6 +37,14 @@ pub enum StoreWrite {
     SetDupStatus { dup_id: u32, status: DupStatus },
     /// Raises confirmed decrees (never lowers one): `(dup id, partition, decree)`.
     SaveDupProgress { confirmed: Vec<(u32, u32, Decree)> },
+    /// A new backup record with the next unused id, running from `at_ms`.
+    AddBackup { table_id: u32, table_name: String, partition_count: u32, target: String, who: String, at_ms: u64 },
+    /// Running → complete, with the table manifest's checksum and the totals.
+    CompleteBackup { id: BackupId, at_ms: u64, manifest_sha256: String, bytes: u64, new_bytes: u64 },
+    /// Running → failed, every one of `ids`, for `reason`.
+    FailBackups { ids: Vec<BackupId>, at_ms: u64, reason: String },
+    /// Complete → deleted.
+    DeleteBackup { id: BackupId, reason: String },
 }
 
 /// The site a policy change stops duplicating to: `SetPolicy` removes the table's duplication
@@ -61,6 +71,7 @@ pub enum StoreDone {
     Compared { updated: bool },
     Created { table: TableInfo },
     DupAdded { dup: DupInfo },
+    BackupAdded { backup: BackupInfo },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +97,7 @@ impl StoreFailure {
     }
 }
 
-pub type StoreResult = Result<StoreDone, StoreFailure>;
+pub type StoreResult<T = StoreDone> = Result<T, StoreFailure>;
 
 /// The lease row.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +122,7 @@ pub struct MemStore {
     next_dup_id: u32,
     dups: BTreeMap<u32, DupInfo>,
     dup_confirmed: BTreeMap<(u32, u32), Decree>,
+    backups: BTreeMap<BackupId, BackupInfo>,
 }
 
 impl MemStore {
@@ -150,6 +162,7 @@ impl MemStore {
             sites: self.sites.values().cloned().collect(),
             dups: self.dups.values().cloned().collect(),
             dup_confirmed: self.dup_confirmed.iter().map(|(&(d, p), &c)| (d, p, c)).collect(),
+            backups: self.backups.values().cloned().collect(),
         }
     }
 
@@ -305,7 +318,63 @@ impl MemStore {
                 }
                 Ok(StoreDone::Done)
             }
+            StoreWrite::AddBackup { table_id, table_name, partition_count, target, who, at_ms } => {
+                self.tables.get(table_id).filter(|t| t.status == TableStatus::Available).ok_or_else(|| not_found(*table_id))?;
+                let id = self.backups.keys().next_back().map_or(1, |id| id + 1);
+                let backup = BackupInfo {
+                    id,
+                    table_id: *table_id,
+                    table_name: table_name.clone(),
+                    partition_count: *partition_count,
+                    target: target.clone(),
+                    state: BackupState::Running,
+                    started_ms: *at_ms,
+                    finished_ms: 0,
+                    manifest_sha256: String::new(),
+                    bytes: 0,
+                    new_bytes: 0,
+                    reason: String::new(),
+                    who: who.clone(),
+                };
+                self.backups.insert(id, backup.clone());
+                Ok(StoreDone::BackupAdded { backup })
+            }
+            StoreWrite::CompleteBackup { id, at_ms, manifest_sha256, bytes, new_bytes } => {
+                let b = self.backup_becoming(*id, BackupState::Complete)?;
+                b.state = BackupState::Complete;
+                b.finished_ms = *at_ms;
+                b.manifest_sha256 = manifest_sha256.clone();
+                (b.bytes, b.new_bytes) = (*bytes, *new_bytes);
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::FailBackups { ids, at_ms, reason } => {
+                for id in ids {
+                    self.backup_becoming(*id, BackupState::Failed)?;
+                }
+                for id in ids {
+                    let b = self.backups.get_mut(id).expect("checked");
+                    b.state = BackupState::Failed;
+                    b.finished_ms = *at_ms;
+                    b.reason = reason.clone();
+                }
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::DeleteBackup { id, reason } => {
+                let b = self.backup_becoming(*id, BackupState::Deleted)?;
+                b.state = BackupState::Deleted;
+                b.reason = reason.clone();
+                Ok(StoreDone::Done)
+            }
         }
+    }
+
+    /// Backup `id`, if its record may take state `next` (`BackupState::may_become`).
+    fn backup_becoming(&mut self, id: BackupId, next: BackupState) -> StoreResult<&mut BackupInfo> {
+        let b = self.backups.get_mut(&id).ok_or_else(|| StoreFailure::new(StoreFailureKind::NotFound, format!("no backup {id}")))?;
+        if !b.state.may_become(next) {
+            return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("backup {id} is {}; it cannot become {}", b.state.as_str(), next.as_str())));
+        }
+        Ok(b)
     }
 }
 

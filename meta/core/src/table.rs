@@ -38,4 +38,6 @@ pub struct MetaSnapshot {
     pub dups: Vec<crate::duplication::DupInfo>,
     /// `(dup id, partition, confirmed decree)` as persisted.
     pub dup_confirmed: Vec<(u32, u32, tandem_core::Decree)>,
+    /// Every backup record, deleted ones included.
+    pub backups: Vec<crate::backup::BackupInfo>,
 }

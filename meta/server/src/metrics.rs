@@ -124,6 +124,10 @@ impl MetaMetrics {
             StoreWrite::SaveDupProgress { .. } => "save_dup_progress",
             StoreWrite::RecallTable { .. } => "recall_table",
             StoreWrite::PurgeTable { .. } => "purge_table",
+            StoreWrite::AddBackup { .. } => "add_backup",
+            StoreWrite::CompleteBackup { .. } => "complete_backup",
+            StoreWrite::FailBackups { .. } => "fail_backups",
+            StoreWrite::DeleteBackup { .. } => "delete_backup",
         };
         self.store_writes.with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }]).inc();
         self.store_write_seconds.with_label_values(&[kind]).observe(elapsed.as_secs_f64());

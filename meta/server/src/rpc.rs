@@ -164,9 +164,10 @@ impl MetaService for MetaRpc {
             .iter()
             .filter_map(|p| Some((gpid_from(p.gpid.as_ref()).ok()?, p.dup_id, report_from_wire(p))))
             .collect();
-        let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports, dup_reports };
+        let backup_reports = req.backup_reports.iter().filter_map(crate::backup_rpc::report_from_wire).collect();
+        let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports, dup_reports, backup_reports };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
-            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites } => {
+            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups } => {
                 let count = |table_id: u32| partition_counts.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, n)| *n);
                 let retention = |table_id: u32| tombstone_retention.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, ms)| *ms);
                 let wire = |c: &tandem_core::PartitionConfig| v1::PartitionConfig {
@@ -178,6 +179,7 @@ impl MetaService for MetaRpc {
                     gone: gone.into_iter().map(Into::into).collect(),
                     dups: dups.iter().map(dup_for_server_to_wire).collect(),
                     sites: sites.iter().map(site_to_wire).collect(),
+                    backup_tasks: backups.iter().map(crate::backup_rpc::task_to_wire).collect(),
                 }))
             }
             other => Err(unexpected(other)),
@@ -311,6 +313,54 @@ impl MetaService for MetaRpc {
             MetaReply::DupStatusSet { dup, changed } => Ok(Response::new(v1::DupSetStatusResponse { dup: Some(dup_to_wire(&dup, vec![])), changed })),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn backup_now(&self, request: Request<v1::BackupNowRequest>) -> Result<Response<v1::BackupNowResponse>, Status> {
+        let req = request.into_inner();
+        let target = (!req.target.is_empty()).then_some(req.target);
+        match self.ask(MetaRequest::BackupNow { table: req.table, target, who: who_or(req.who, "unknown") }).await? {
+            MetaReply::BackupStarted { backup } => Ok(Response::new(v1::BackupNowResponse { backup: Some(crate::backup_rpc::info_to_wire(&backup)) })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn backup_list(&self, request: Request<v1::BackupListRequest>) -> Result<Response<v1::BackupListResponse>, Status> {
+        let table = request.into_inner().table;
+        let table = (!table.is_empty()).then_some(table);
+        match self.ask(MetaRequest::BackupList { table }).await? {
+            MetaReply::Backups { backups } => Ok(Response::new(v1::BackupListResponse { backups: backups.iter().map(crate::backup_rpc::info_to_wire).collect() })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A running backup's partitions come from its job; a complete one's from its table
+    /// manifest, read from the target and checked against the record's checksum.
+    async fn backup_show(&self, request: Request<v1::BackupShowRequest>) -> Result<Response<v1::BackupShowResponse>, Status> {
+        let id = request.into_inner().id;
+        let view = match self.ask(MetaRequest::BackupShow { id }).await? {
+            MetaReply::Backup(view) => view,
+            other => return Err(unexpected(other)),
+        };
+        let mut response = v1::BackupShowResponse {
+            backup: Some(crate::backup_rpc::info_to_wire(&view.info)),
+            partitions: view.partitions.iter().map(crate::backup_rpc::partition_to_wire).collect(),
+            manifest_error: String::new(),
+        };
+        if view.info.state == tandem_backup_core::BackupState::Complete {
+            let meta = self.0.clone();
+            let info = view.info.clone();
+            let read = tokio::task::spawn_blocking(move || -> Result<tandem_backup_core::TableManifest, String> {
+                let store = meta.object_store(&info.target).map_err(|e| e.to_string())?;
+                tandem_backup_core::read_table_manifest(&store, info.table_id, info.id, Some(&info.manifest_sha256)).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the reading task failed: {e}")));
+            match read {
+                Ok(manifest) => response.partitions = manifest.partitions.iter().map(crate::backup_rpc::manifest_partition_to_wire).collect(),
+                Err(e) => response.manifest_error = e,
+            }
+        }
+        Ok(Response::new(response))
     }
 
     async fn drop_table(&self, request: Request<v1::DropTableRequest>) -> Result<Response<v1::DropTableResponse>, Status> {

@@ -52,6 +52,8 @@ pub struct MetaOptions {
     pub advertise: String,
     /// What the state machine decides with: grace period, recall window, lease TTL, sites.
     pub machine: tandem_meta_core::MetaOptions,
+    /// How to reach S3-compatible backup targets (the rest comes from `AWS_*` variables).
+    pub s3: tandem_backup_store::S3Options,
 }
 
 impl MetaOptions {
@@ -133,7 +135,27 @@ impl Meta {
                 self.metrics.event(&e);
                 log_event(&e);
             }
+            MetaAction::WriteBackupManifest { backup_id, target, key, bytes } => {
+                let meta = self.clone();
+                tokio::spawn(async move {
+                    let store = meta.clone();
+                    let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                        let mut target = store.object_store(&target).map_err(|e| e.to_string())?;
+                        tandem_backup_core::ObjectStore::put(&mut target, &key, bytes).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    let result = written.unwrap_or_else(|e| Err(format!("the writing task failed: {e}")));
+                    meta.step(MetaInput::BackupManifestWritten { backup_id, result });
+                });
+            }
         }
+    }
+
+    /// Opens backup target `target` (`s3://…` or `file://…`). Blocking: call it from a blocking
+    /// thread, as every call of the store it answers.
+    pub(crate) fn object_store(&self, target: &str) -> Result<tandem_backup_store::RealObjectStore, tandem_backup_core::ObjectError> {
+        let parsed = tandem_backup_store::Target::parse(target)?;
+        tandem_backup_store::RealObjectStore::open(&parsed, &self.opts.s3, tokio::runtime::Handle::current())
     }
 
     /// Asks the machine and waits for its answer.
@@ -207,6 +229,7 @@ fn log_event(e: &MetaEvent) {
         MetaEvent::TableRecalled { table_id } => tracing::info!("recalled table {table_id}"),
         MetaEvent::TablePurged { table_id } => tracing::info!("purged dropped table {table_id}"),
         MetaEvent::PurgeFailed { table_id, error } => tracing::warn!("purging table {table_id} failed: {error}"),
+        MetaEvent::Backup { id, table, what } => tracing::info!("backup {id} of {table}: {what}"),
     }
 }
 

@@ -410,6 +410,7 @@ async fn conformance(store: SqlStore, url: &str) {
     assert_eq!(next.id, more.id + 1);
     policies(&again, &f).await;
     duplications(&again, &f).await;
+    backups(&again, &f).await;
     again.close().await;
 }
 
@@ -465,6 +466,51 @@ async fn duplications(store: &SqlStore, f: &Fence) {
     store.drop_table(f, table.id, 23_000).await.unwrap();
     store.purge_table(f, table.id).await.unwrap();
     assert_eq!(store.load().await.unwrap().dups.last().map(|d| d.status), Some(DupStatus::Removed));
+}
+
+/// Backup records: the same writes give the same answers and the same records as the
+/// in-memory twin (ids, the state rule, refusals), and they outlive their table.
+async fn backups(store: &SqlStore, f: &Fence) {
+    use tandem_backup_core::BackupState;
+    use tandem_meta_core::store::{MemStore, StoreFailureKind, StoreWrite};
+    let table = store.create_table(f, "backed", 2, &Policy::with_replicas(1), "o", "o", 30_000).await.unwrap();
+    let mut twin = MemStore::default();
+    twin.claim("m", "m", 60_000, 0);
+    // The twin's table gets the same id as the store's.
+    for id in 1..=table.id {
+        let name = if id == table.id { "backed".to_string() } else { format!("filler{id}") };
+        twin.write("m", 1, &StoreWrite::CreateTable { name, partition_count: 2, policy: Policy::with_replicas(1), owner: "o".into(), who: "o".into(), at_ms: 30_000 }).unwrap();
+    }
+    let add = |at_ms| StoreWrite::AddBackup { table_id: table.id, table_name: "backed".into(), partition_count: 2, target: "file:///bk".into(), who: "ann".into(), at_ms };
+    let writes = vec![
+        add(31_000),
+        add(32_000),
+        StoreWrite::CompleteBackup { id: 1, at_ms: 33_000, manifest_sha256: "ab".repeat(32), bytes: 1_000, new_bytes: 400 },
+        // Complete twice, fail a complete one, delete a running one: refused.
+        StoreWrite::CompleteBackup { id: 1, at_ms: 33_500, manifest_sha256: "cd".repeat(32), bytes: 1, new_bytes: 1 },
+        StoreWrite::FailBackups { ids: vec![2, 1], at_ms: 34_000, reason: "target down".into() },
+        StoreWrite::DeleteBackup { id: 2, reason: "retention".into() },
+        StoreWrite::FailBackups { ids: vec![2], at_ms: 34_000, reason: "target down".into() },
+        StoreWrite::DeleteBackup { id: 1, reason: "retention: 1 kept".into() },
+        StoreWrite::DeleteBackup { id: 9, reason: "x".into() },
+        StoreWrite::AddBackup { table_id: 999, table_name: "none".into(), partition_count: 1, target: "file:///bk".into(), who: "ann".into(), at_ms: 1 },
+    ];
+    for write in &writes {
+        let sql = store.apply(f, write).await.map_err(|e| e.failure().kind);
+        let mem = twin.write("m", 1, write).map_err(|e| e.kind);
+        assert_eq!(sql, mem, "{write:?}");
+    }
+    let loaded = store.load().await.unwrap().backups;
+    assert_eq!(loaded, twin.load().backups);
+    let states: Vec<_> = loaded.iter().map(|b| (b.id, b.state, b.reason.as_str())).collect();
+    assert_eq!(states, [(1, BackupState::Deleted, "retention: 1 kept"), (2, BackupState::Failed, "target down")]);
+    assert_eq!((loaded[0].bytes, loaded[0].new_bytes, loaded[0].finished_ms), (1_000, 400, 33_000));
+    assert!(matches!(twin.write("m", 1, &writes[3]), Err(e) if e.kind == StoreFailureKind::Invalid));
+    // Records outlive their table; a dropped table gets no new one.
+    store.drop_table(f, table.id, 35_000).await.unwrap();
+    assert!(matches!(store.apply(f, &add(36_000)).await.unwrap_err(), StoreError::TableNotFound { .. }));
+    store.purge_table(f, table.id).await.unwrap();
+    assert_eq!(store.load().await.unwrap().backups.len(), 2);
 }
 
 /// Claims (or renews) the lease as `holder`; returns its epoch.

@@ -144,12 +144,12 @@ impl ReplicaServer {
                     self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports } => {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
                 let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
                 let dup_reports = self.dup_reports(io.now_us);
                 let (node, incarnation) = (self.me.clone(), self.incarnation);
-                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports };
+                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports };
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
@@ -177,6 +177,9 @@ impl ReplicaServer {
             HostAction::CollectLog { keep_after } => {
                 self.log.gc(&|g| keep_after.get(&g).copied());
             }
+            // Only handed out by a backup, which no scenario starts yet (see the meta's side).
+            HostAction::BackupPartition { task } => unreachable!("backup {}: the simulation starts no backups", task.backup_id),
+            HostAction::CancelBackup { .. } => {}
             HostAction::Stop { .. } => {
                 // The server exits; its supervisor restarts it.
                 let delay = io.rng.range(500_000, 3_000_000);

@@ -137,6 +137,12 @@ pub enum StoreError {
     #[error("duplication {id} was removed")]
     DupRemoved { id: u32 },
 
+    #[error("no backup {id} (tandem backup list shows them)")]
+    BackupNotFound { id: u64 },
+
+    #[error("backup {id} is {state}; it cannot become {next}")]
+    BackupState { id: u64, state: &'static str, next: &'static str },
+
     #[error("metadata store query failed: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -152,7 +158,7 @@ impl StoreError {
             StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } | StoreError::SiteExists { .. } | StoreError::DupExists { .. } => {
                 StoreFailureKind::AlreadyExists
             }
-            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } | StoreError::SiteNotFound { .. } | StoreError::DupNotFound { .. } => {
+            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } | StoreError::SiteNotFound { .. } | StoreError::DupNotFound { .. } | StoreError::BackupNotFound { .. } => {
                 StoreFailureKind::NotFound
             }
             StoreError::InvalidTable { .. }
@@ -160,7 +166,8 @@ impl StoreError {
             | StoreError::NotDropped { .. }
             | StoreError::PurgeAvailable { .. }
             | StoreError::SiteInUse { .. }
-            | StoreError::DupRemoved { .. } => StoreFailureKind::Invalid,
+            | StoreError::DupRemoved { .. }
+            | StoreError::BackupState { .. } => StoreFailureKind::Invalid,
             _ => StoreFailureKind::Other,
         };
         StoreFailure::new(kind, self.to_string())
@@ -361,6 +368,7 @@ macro_rules! write_policy {
     }};
 }
 
+mod backups;
 mod duplications;
 mod lease;
 mod partitions;
@@ -511,6 +519,21 @@ impl SqlStore {
             }
             StoreWrite::SaveDupProgress { confirmed } => {
                 self.save_dup_progress(fence, confirmed).await?;
+                StoreDone::Done
+            }
+            StoreWrite::AddBackup { table_id, table_name, partition_count, target, who, at_ms } => {
+                StoreDone::BackupAdded { backup: self.add_backup(fence, *table_id, table_name, *partition_count, target, who, *at_ms).await? }
+            }
+            StoreWrite::CompleteBackup { id, at_ms, manifest_sha256, bytes, new_bytes } => {
+                self.complete_backup(fence, *id, *at_ms, manifest_sha256, *bytes, *new_bytes).await?;
+                StoreDone::Done
+            }
+            StoreWrite::FailBackups { ids, at_ms, reason } => {
+                self.fail_backups(fence, ids, *at_ms, reason).await?;
+                StoreDone::Done
+            }
+            StoreWrite::DeleteBackup { id, reason } => {
+                self.delete_backup(fence, *id, reason).await?;
                 StoreDone::Done
             }
         })

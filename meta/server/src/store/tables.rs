@@ -8,7 +8,7 @@ impl SqlStore {
     /// Everything persisted: all tables (dropped ones included) ordered by id, their partitions
     /// ordered by gpid, and the nodes ordered by address — read from one snapshot.
     pub async fn load(&self) -> Result<MetaSnapshot> {
-        let (table_rows, partition_rows, node_rows, policy_rows, site_rows, dup_rows, progress_rows) = read_transaction!(self, tx => {
+        let (table_rows, partition_rows, node_rows, policy_rows, site_rows, dup_rows, progress_rows, backup_rows) = read_transaction!(self, tx => {
             let tables: Vec<TableRow> = sqlx::query_as(
                 "SELECT id, name, partition_count, replica_count, status, drop_time_ms, \
                  created_ms, owner FROM tables ORDER BY id",
@@ -41,7 +41,9 @@ impl SqlStore {
                 sqlx::query_as("SELECT dup_id, partition_index, confirmed FROM dup_progress ORDER BY dup_id, partition_index")
                     .fetch_all(&mut *tx)
                     .await?;
-            (tables, partitions, nodes, policies, sites, dups, progress)
+            let backups: Vec<backups::BackupRow> =
+                sqlx::query_as(&format!("SELECT {} FROM backups ORDER BY id", backups::BACKUP_COLUMNS)).fetch_all(&mut *tx).await?;
+            (tables, partitions, nodes, policies, sites, dups, progress, backups)
         });
         let mut policies = std::collections::HashMap::new();
         for row in policy_rows {
@@ -81,6 +83,7 @@ impl SqlStore {
             sites: site_rows.into_iter().map(duplications::site_from_row).collect(),
             dups,
             dup_confirmed,
+            backups: backup_rows.into_iter().map(backups::backup_from_row).collect::<Result<Vec<_>>>()?,
         })
     }
 

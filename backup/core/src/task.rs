@@ -1,0 +1,34 @@
+//! A partition's share of a running backup as the meta hands it to a replica server (in a
+//! beacon answer), and what the server reports back (in its next beacons). The meta's job
+//! (`job`) decides the attempts; the server's host (`tandem_host::Backups`) decides when an
+//! upload starts and when it is abandoned.
+
+use crate::job::PartitionReport;
+use crate::manifest::BackupId;
+use tandem_core::Gpid;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupTask {
+    pub backup_id: BackupId,
+    pub gpid: Gpid,
+    pub attempt: u32,
+    /// `s3://…` or `file://…`.
+    pub target: String,
+    /// Complete backups of the table to reuse SST files from: `(id, table manifest SHA-256)`.
+    pub kept: Vec<(BackupId, String)>,
+}
+
+impl BackupTask {
+    /// The partition job the uploader plans and writes under.
+    pub fn partition_job(&self) -> crate::PartitionJob {
+        crate::PartitionJob { table_id: self.gpid.table_id, backup_id: self.backup_id, partition: self.gpid.partition, attempt: self.attempt }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupTaskReport {
+    pub backup_id: BackupId,
+    pub gpid: Gpid,
+    pub attempt: u32,
+    pub report: PartitionReport,
+}
