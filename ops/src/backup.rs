@@ -56,6 +56,31 @@ pub async fn run(args: &ClientArgs, command: BackupCommand) -> CmdResult {
                 print_table(&["ID", "TABLE", "STATE", "STARTED", "TOOK", "BYTES", "UPLOADED", "TARGET", "REASON"], &rows);
             }
         }
+        BackupCommand::Verify { id } => {
+            let r = client.backup_verify(id).await?;
+            let b = r.backup.clone().unwrap_or_default();
+            if args.json {
+                print_json(&json!({"backup": id, "table": b.table_name, "objects": r.objects, "stored_bytes": r.stored_bytes, "problems": r.problems, "ok": r.problems.is_empty()}));
+            } else if r.problems.is_empty() {
+                outln!("backup {id} of {} is whole: {} objects, {} read from {}, every size and SHA-256 as its manifest says", b.table_name, r.objects, size(r.stored_bytes), b.target);
+            } else {
+                outln!("backup {id} of {} is damaged: {} problems in {} objects read:", b.table_name, r.problems.len(), r.objects);
+                for p in &r.problems {
+                    outln!("  {p}");
+                }
+            }
+            if !r.problems.is_empty() {
+                return Err(Failure::new(EXIT_ERROR, format!("backup {id} cannot be restored whole ({} problems)", r.problems.len())));
+            }
+        }
+        BackupCommand::Delete { id, who } => {
+            let b = client.backup_delete(id, &crate::policy::who(who)).await?.backup.unwrap_or_default();
+            if args.json {
+                print_json(&info_json(&b));
+            } else {
+                outln!("backup {id} of {} deleted ({}); its objects that no kept backup uses are being removed from {}", b.table_name, b.reason, b.target);
+            }
+        }
         BackupCommand::Show { id } => {
             let shown = client.backup_show(id).await?;
             if args.json {

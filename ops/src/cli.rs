@@ -528,6 +528,17 @@ pub enum BackupCommand {
     /// One backup: per partition, its decree, files, bytes, new versus reused bytes, duration
     /// (or, while it runs, its progress).
     Show { id: u64 },
+    /// Re-read every object of a complete backup from its target and check sizes and
+    /// checksums from the record down; exits 1 and lists every problem if any.
+    Verify { id: u64 },
+    /// Delete a complete backup: its record says deleted, and what no kept backup references
+    /// is removed from the target.
+    Delete {
+        id: u64,
+        /// Who deletes it, recorded with it (default: TANDEM_USER, then $USER).
+        #[arg(long = "as", env = "TANDEM_USER")]
+        who: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

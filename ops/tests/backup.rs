@@ -108,6 +108,35 @@ async fn a_table_backs_up_to_a_file_target_and_reads_back_whole_and_the_next_reu
     let table = ok(&tandem(&cluster, &["backup", "show", "2"]));
     assert!(table.contains("PARTITION") && table.contains("REUSED"), "{table}");
 
+    // Verify re-reads everything; delete removes backup 1's own objects and keeps the SST
+    // files backup 2 reuses.
+    let whole = ok(&tandem(&cluster, &["backup", "verify", "2"]));
+    assert!(whole.contains("is whole"), "{whole}");
+    ok(&tandem(&cluster, &["backup", "delete", "1", "--as", "ann"]));
+    let own = target_dir.join("tables/1/backups/1");
+    cluster.poll(std::time::Duration::from_secs(30), "backup 1's own objects are collected", || {
+        let gone = walk(&own).is_empty();
+        async move { gone }
+    })
+    .await;
+    let shared: Vec<String> = walk(&target_dir.join("tables/1/objects")).into_iter().filter(|k| k.ends_with("-1")).collect();
+    assert!(!shared.is_empty(), "the SST files backup 2 reuses stay");
+    assert!(ok(&tandem(&cluster, &["backup", "verify", "2"])).contains("is whole"));
+    let again = tandem(&cluster, &["backup", "delete", "1"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is deleted"), "{}", String::from_utf8_lossy(&again.stderr));
+    // A flipped byte in an object backup 2 uses is found and named.
+    let victim = std::path::PathBuf::from(&shared[0]);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let damaged = tandem(&cluster, &["backup", "verify", "2"]);
+    let text = String::from_utf8_lossy(&damaged.stdout);
+    assert_eq!(damaged.status.code(), Some(1), "{text}");
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(text.contains("is damaged") && text.contains(&name), "{text}");
+
     // What a user gets wrong is named, with the exit code of its kind.
     let missing = tandem(&cluster, &["backup", "now", "nosuch", "--target", &target]);
     assert_eq!(missing.status.code(), Some(4), "{}", String::from_utf8_lossy(&missing.stderr));

@@ -327,12 +327,19 @@ async fn policy_commands_record_who_changed_what() {
     let policy: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "show", "p", "--json"])).unwrap();
     assert_eq!((policy["owner"].as_str(), policy["policy"]["tombstone_retention"].as_str()), (Some("alice"), Some("2days")));
 
-    let out = ok(&cluster, &["policy", "set", "p", "--backup", "6h", "--backup-target", "s3://bucket-a/p", "--as", "dave"]);
-    assert!(out.contains("changed by dave") && out.contains("backup: off → every 6h, keep 7, to s3://bucket-a/p"), "{out}");
-    let status = tandem(&cluster, &["policy", "status", "p"]);
-    let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("not available yet") && text.contains("healthy 3 of 3"), "{text}");
-    assert_eq!(status.status.code(), Some(0));
+    let target = format!("file://{}", cluster.dir.path().join("backups").display());
+    let out = ok(&cluster, &["policy", "set", "p", "--backup", "6h", "--backup-target", &target, "--as", "dave"]);
+    assert!(out.contains("changed by dave") && out.contains(&format!("backup: off → every 6h, keep 7, to {target}")), "{out}");
+    // The table has no backup: the schedule starts one at once, and the level reports it.
+    cluster
+        .poll(Duration::from_secs(60), "the scheduled backup completes", || {
+            let status = tandem(&cluster, &["policy", "status", "p"]);
+            let text = String::from_utf8_lossy(&status.stdout).to_string();
+            async move { status.status.code() == Some(0) && text.contains("healthy 3 of 3") && text.contains("last good backup 1 finished") && text.contains("region-loss RPO") }
+        })
+        .await;
+    let list: serde_json::Value = serde_json::from_str(&ok(&cluster, &["backup", "list", "p", "--json"])).unwrap();
+    assert_eq!((list["backups"][0]["who"].as_str(), list["backups"][0]["state"].as_str()), (Some("schedule"), Some("complete")), "{list}");
     let history: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "history", "p", "--json"])).unwrap();
     let entries = history["history"].as_array().unwrap();
     assert_eq!(entries.len(), 2);

@@ -128,6 +128,71 @@ pub fn garbage(table_id: u32, listed: &[(String, u64)], records: &[BackupRecord]
     out
 }
 
+/// A backup record as collection reads it: the record, and the table manifest's SHA-256 for a
+/// complete backup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectRecord {
+    pub record: BackupRecord,
+    pub manifest_sha256: String,
+}
+
+/// What one collection did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectReport {
+    pub listed: usize,
+    pub deleted: usize,
+    pub deleted_bytes: u64,
+    /// Keys under the table's root the layout does not name (left alone).
+    pub unknown: Vec<String>,
+    /// False when some complete backup's manifests could not be read: only dead backups' own
+    /// prefixes were collected then.
+    pub references_known: bool,
+    /// Why it stopped early (the caller no longer leads), if it did.
+    pub stopped: Option<String>,
+}
+
+/// Collects table `table_id`'s garbage in `store`, in the order the safety argument above
+/// needs: list first, then ask `records` for the table's records on this target as they are
+/// *now* (after the listing), read the manifests the complete ones accepted, decide with
+/// `garbage`, and delete. `records` answers None once the caller may no longer delete (it lost
+/// its lease); it is asked again before the deletes.
+pub fn collect(store: &mut dyn crate::ObjectStore, table_id: u32, records: &mut dyn FnMut() -> Option<Vec<CollectRecord>>) -> crate::Result<CollectReport> {
+    let mut report = CollectReport::default();
+    let listed = store.list(&layout::table_root(table_id))?;
+    report.listed = listed.len();
+    let Some(now) = records() else {
+        report.stopped = Some("no longer leading before reading the records".into());
+        return Ok(report);
+    };
+    let mut manifests = Vec::new();
+    let mut known = true;
+    for r in now.iter().filter(|r| r.record.state == BackupState::Complete) {
+        let read = crate::restore::read_table_manifest(store, table_id, r.record.id, Some(&r.manifest_sha256)).and_then(|table| {
+            (0..table.partition_count).map(|p| crate::restore::read_partition_manifest(store, &table, p)).collect::<crate::Result<Vec<_>>>()
+        });
+        match read {
+            Ok(ms) => manifests.extend(ms),
+            // An unreachable target is no verdict on the references: stop.
+            Err(crate::BackupError::Object(e)) => return Err(e.into()),
+            Err(_) => known = false,
+        }
+    }
+    report.references_known = known;
+    let plain: Vec<BackupRecord> = now.iter().map(|r| r.record).collect();
+    let decided = garbage(table_id, &listed, &plain, known.then_some(&manifests[..]));
+    report.unknown = decided.unknown;
+    if records().is_none() {
+        report.stopped = Some("no longer leading before deleting".into());
+        return Ok(report);
+    }
+    for key in &decided.delete {
+        store.delete(key)?;
+        report.deleted += 1;
+    }
+    report.deleted_bytes = decided.delete_bytes;
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +292,59 @@ mod tests {
             collection.delete,
             vec![layout::table_manifest_key(7, 1), layout::partition_manifest_key(7, 1, 0, 1), layout::file_key(7, 4, 0, 1, "CURRENT")]
         );
+    }
+
+    #[test]
+    fn collection_reads_the_records_after_listing_and_keeps_what_complete_backups_need() {
+        use crate::object::{MemObjectStore, ObjectStore};
+        use crate::partition::{plan_partition, upload_partition, LocalFile, PartitionJob, Reusable};
+        let mut store = MemObjectStore::default();
+        let file = |name: &str, bytes: &[u8]| (LocalFile { name: name.into(), size: bytes.len() as u64, sha256: sha256_hex(bytes) }, bytes.to_vec());
+        // Backup 1 uploads a.sst and its MANIFEST; backup 2 reuses a.sst and adds b.sst.
+        let upload = |store: &mut MemObjectStore, id: BackupId, files: Vec<(LocalFile, Vec<u8>)>, kept: &[PartitionManifest]| {
+            let job = PartitionJob { table_id: 1, backup_id: id, partition: 0, attempt: 1 };
+            let plan = plan_partition(job, 5, files.iter().map(|f| f.0.clone()).collect(), &Reusable::from_manifests(kept)).unwrap();
+            let (m, entry) = upload_partition(store, &plan, &mut |n| Ok(files.iter().find(|f| f.0.name == n).unwrap().1.clone()), || 1).unwrap();
+            let table = crate::manifest::TableManifest { format: FORMAT, backup_id: id, table_id: 1, table_name: "t".into(), partition_count: 1, started_ms: id, partitions: vec![entry] };
+            let bytes = table.encode();
+            store.put(&layout::table_manifest_key(1, id), bytes.clone()).unwrap();
+            (m, sha256_hex(&bytes))
+        };
+        let (m1, sha1) = upload(&mut store, 1, vec![file("a.sst", b"aaaa"), file("MANIFEST-1", b"m1")], &[]);
+        let (_, sha2) = upload(&mut store, 2, vec![file("a.sst", b"aaaa"), file("b.sst", b"bb"), file("MANIFEST-2", b"m2")], &[m1]);
+        let complete = |id, sha: &str| CollectRecord { record: record(id, BackupState::Complete, id), manifest_sha256: sha.into() };
+        let deleted = CollectRecord { record: record(1, BackupState::Deleted, 1), manifest_sha256: sha1.clone() };
+        // Backup 1 deleted: its own objects go, the a.sst backup 2 reuses stays.
+        let mut asked = 0;
+        let report = collect(&mut store, 1, &mut || {
+            asked += 1;
+            Some(vec![deleted.clone(), complete(2, &sha2)])
+        })
+        .unwrap();
+        assert_eq!(asked, 2, "asked after the listing and again before deleting");
+        assert!(report.references_known && report.deleted >= 2 && report.stopped.is_none(), "{report:?}");
+        let left: Vec<String> = store.list("tables/1").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert!(left.iter().any(|k| k.starts_with("tables/1/objects/") && k.ends_with("-1")), "backup 1's a.sst is reused by 2: {left:?}");
+        assert!(!left.iter().any(|k| k.starts_with("tables/1/backups/1/")), "{left:?}");
+        assert_eq!(crate::restore::verify_backup(&store, 1, 2, Some(&sha2)).unwrap().problems, vec![]);
+        // A backup the records do not know yet (started after the listing would see it running;
+        // one never recorded is garbage) — and a caller that lost its lease deletes nothing.
+        store.put("tables/1/backups/9/0/1/files/x.zst", vec![1]).unwrap();
+        let mut calls = 0;
+        let report = collect(&mut store, 1, &mut || {
+            calls += 1;
+            (calls == 1).then(|| vec![complete(2, &sha2)])
+        })
+        .unwrap();
+        assert_eq!((report.deleted, report.stopped.is_some()), (0, true));
+        let running = CollectRecord { record: record(9, BackupState::Running, 9), manifest_sha256: String::new() };
+        let report = collect(&mut store, 1, &mut || Some(vec![complete(2, &sha2), running.clone()])).unwrap();
+        assert_eq!(report.deleted, 0, "a running backup's objects stay");
+        // A complete backup whose manifest is damaged: references unknown, shared objects stay.
+        store.put(&layout::table_manifest_key(1, 2), b"{}".to_vec()).unwrap();
+        let report = collect(&mut store, 1, &mut || Some(vec![complete(2, &sha2)])).unwrap();
+        assert!(!report.references_known);
+        assert!(store.list("tables/1/objects").unwrap().len() >= 2, "shared objects kept while references are unknown");
     }
 
     #[test]

@@ -320,6 +320,21 @@ impl Client {
         .await
     }
 
+    pub async fn backup_delete(&self, id: u64, who: &str) -> Result<v1::BackupDeleteResponse> {
+        let req = v1::BackupDeleteRequest { id, who: who.into() };
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.backup_delete(req).await }
+        })
+        .await
+    }
+
+    /// Re-reads every object of backup `id` on the meta server (which holds the target's
+    /// credentials); the answer lists every problem.
+    pub async fn backup_verify(&self, id: u64) -> Result<v1::BackupVerifyResponse> {
+        self.meta_call(|mut c| async move { c.backup_verify(v1::BackupVerifyRequest { id }).await }).await
+    }
+
     pub async fn backup_show(&self, id: u64) -> Result<v1::BackupShowResponse> {
         self.meta_call(|mut c| async move { c.backup_show(v1::BackupShowRequest { id }).await }).await
     }

@@ -199,6 +199,7 @@ impl SimMeta {
                 // No scenario of the simulation starts a backup yet (docs/backup.md, the
                 // wiring still to build): the machine writes no manifest without one.
                 MetaAction::WriteBackupManifest { backup_id, .. } => unreachable!("backup {backup_id}: the simulation starts no backups"),
+                MetaAction::CollectBackupGarbage { table_id, .. } => unreachable!("table {table_id}: the simulation starts no backups"),
             }
         }
         if was_leading && self.machine.state().is_none() {

@@ -153,6 +153,10 @@ pub enum MetaAction {
     /// Write `bytes` (a backup's table manifest) at `key` in `target`; report
     /// `BackupManifestWritten`. The backup is complete only once its record says so.
     WriteBackupManifest { backup_id: BackupId, target: String, key: String, bytes: Vec<u8> },
+    /// Collect table `table_id`'s garbage in `target` (`tandem_backup_core::collect`): list,
+    /// then read this machine's records of the table on that target (`backup_records_for`),
+    /// then delete. Nothing reports back; the next collection picks up what this one left.
+    CollectBackupGarbage { table_id: u32, target: String },
 }
 
 /// A request (or a tick's job) that may write, in the order it arrived.
@@ -178,6 +182,9 @@ enum Work {
     /// Adds the duplication the table's policy names, if it has none there yet.
     ReconcileDup { table_id: u32 },
     BackupNow { token: Token, table: String, target: Option<String>, who: String },
+    /// A backup the table's policy says is due.
+    ScheduledBackup { table_id: u32 },
+    BackupDelete { token: Token, id: BackupId, who: String },
     /// Writes a backup record's change (`CompleteBackup` or `FailBackups`) a job decided.
     RecordBackup { write: StoreWrite },
 }
@@ -492,6 +499,69 @@ impl MetaMachine {
                 self.queue.push_back(Work::RecordBackup { write: StoreWrite::FailBackups { ids: vec![id], at_ms: now.wall_ms, reason } });
             }
         }
+        self.schedule_backups();
+    }
+
+    /// The policies' schedules and retention: a table whose last backup on its policy's target
+    /// started `every` ago (a failed one: `BACKUP_RETRY_MS` ago, or `every` if shorter) gets
+    /// one, as long as fewer than `backup_jobs_max` run; its complete backups beyond the newest
+    /// `keep` are deleted, never while one of its backups runs.
+    fn schedule_backups(&mut self) {
+        let now = self.now;
+        let state = self.state.as_ref().expect("serving");
+        let in_work = |this: &Self, f: &dyn Fn(&Work) -> bool| this.queue.iter().chain(this.in_flight.as_ref().map(|f| &f.work)).any(f);
+        let mut running = state.backups.values().filter(|b| b.state == BackupState::Running).count();
+        let mut due = Vec::new();
+        let mut expired = Vec::new();
+        for t in state.tables.values().filter(|t| t.status == TableStatus::Available) {
+            let Some(policy) = &t.policy.backup else { continue };
+            let records: Vec<&BackupInfo> = state.backups.values().filter(|b| b.table_id == t.id && b.target == policy.target).collect();
+            let plain: Vec<tandem_backup_core::BackupRecord> =
+                records.iter().map(|b| tandem_backup_core::BackupRecord { id: b.id, state: b.state, started_ms: b.started_ms }).collect();
+            expired.extend(tandem_backup_core::expired(&plain, policy.keep).into_iter().map(|id| (id, policy.keep)));
+            if state.backups.values().any(|b| b.table_id == t.id && b.state == BackupState::Running) {
+                continue;
+            }
+            let last = records.iter().max_by_key(|b| (b.started_ms, b.id));
+            let wait = match last {
+                None => 0,
+                Some(b) if b.state == BackupState::Failed => policy.every_ms.min(BACKUP_RETRY_MS),
+                Some(_) => policy.every_ms,
+            };
+            if last.is_none_or(|b| now.wall_ms >= b.started_ms.saturating_add(wait)) && running < self.options.backup_jobs_max {
+                running += 1;
+                due.push(t.id);
+            }
+        }
+        for table_id in due {
+            if !in_work(self, &|w| matches!(w, Work::ScheduledBackup { table_id: t } if *t == table_id)) {
+                self.queue.push_back(Work::ScheduledBackup { table_id });
+            }
+        }
+        for (id, keep) in expired {
+            if !in_work(self, &|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id))) {
+                let write = StoreWrite::DeleteBackup { id, reason: format!("retention: the policy keeps the newest {keep}") };
+                self.queue.push_back(Work::RecordBackup { write });
+            }
+        }
+    }
+
+    /// The records of table `table_id` on `target`, as garbage collection reads them after its
+    /// listing (`MetaAction::CollectBackupGarbage`); None while not leading.
+    pub fn backup_records_for(&self, table_id: u32, target: &str) -> Option<Vec<tandem_backup_core::CollectRecord>> {
+        self.leadership.serving(self.now.mono_ms).ok()?;
+        let state = self.state.as_ref()?;
+        Some(
+            state
+                .backups
+                .values()
+                .filter(|b| b.table_id == table_id && b.target == target)
+                .map(|b| tandem_backup_core::CollectRecord {
+                    record: tandem_backup_core::BackupRecord { id: b.id, state: b.state, started_ms: b.started_ms },
+                    manifest_sha256: b.manifest_sha256.clone(),
+                })
+                .collect(),
+        )
     }
 
     /// Carries out what backup `id`'s job decided.
@@ -574,7 +644,7 @@ impl MetaMachine {
             }
             MetaRequest::ListNodes => Ok(MetaReply::Nodes { nodes: state.node_views(self.now.mono_ms) }),
             MetaRequest::ClusterStatus => Ok(MetaReply::Status(state.cluster_status())),
-            MetaRequest::PolicyStatus { table } => state.available_table(&table).map(|t| MetaReply::PolicyStatus(state.policy_status(t))).ok_or_else(|| not_found(&table)),
+            MetaRequest::PolicyStatus { table } => state.available_table(&table).map(|t| MetaReply::PolicyStatus(state.policy_status(t, self.now.wall_ms))).ok_or_else(|| not_found(&table)),
             MetaRequest::PolicyHistory { table } => state.available_table(&table).map(|t| MetaReply::History { table: t.clone() }).ok_or_else(|| not_found(&table)),
             MetaRequest::Propose { gpid, from, proposal } => return self.queue.push_back(Work::Propose { token, gpid, from, proposal }),
             MetaRequest::CreateTable { name, partition_count, change, owner, who } => {
@@ -629,6 +699,7 @@ impl MetaMachine {
             }
             MetaRequest::DupSetStatus { dup_id, status } => return self.queue.push_back(Work::DupSetStatus { token, dup_id, status }),
             MetaRequest::BackupNow { table, target, who } => return self.queue.push_back(Work::BackupNow { token, table, target, who }),
+            MetaRequest::BackupDelete { id, who } => return self.queue.push_back(Work::BackupDelete { token, id, who }),
             MetaRequest::BackupList { table } => {
                 let backups = state.backups.values().filter(|b| table.as_ref().is_none_or(|t| b.table_name == *t)).cloned().collect();
                 Ok(MetaReply::Backups { backups })
@@ -998,42 +1069,37 @@ impl MetaMachine {
                     self.persist(write, Work::ReconcileDup { table_id });
                 }
             }
-            Work::BackupNow { token, table, target, who } => {
-                let Some(t) = state.available_table(&table) else {
-                    return self.reply(token, Err(MetaError::NotFound(format!("table {table:?} does not exist"))));
-                };
-                let target = match target.or_else(|| t.policy.backup.as_ref().map(|b| b.target.clone())).or_else(|| (!self.options.backup_target.is_empty()).then(|| self.options.backup_target.clone())) {
-                    Some(target) => target,
-                    None => {
-                        let message = format!("table {table:?} has no backup target: give --target s3://BUCKET/PREFIX (or file:///PATH), or set one with tandem policy set {table} --backup-target URL");
-                        return self.reply(token, Err(MetaError::InvalidArgument(message)));
-                    }
-                };
-                if let Err(e) = crate::policy::validate_backup_target(&target) {
-                    return self.reply(token, Err(MetaError::InvalidArgument(e)));
+            Work::BackupNow { token, table, target, who } => match start_backup(&self.options, state, &table, target, &who, now.wall_ms) {
+                Ok(write) => self.persist(write, Work::BackupNow { token, table, target: None, who }),
+                Err(e) => self.reply(token, Err(e)),
+            },
+            Work::ScheduledBackup { table_id } => {
+                let Some(t) = state.tables.get(&table_id).filter(|t| t.status == TableStatus::Available) else { return };
+                let name = t.name.clone();
+                // Whatever stopped it (a backup already running, the most at once) is checked
+                // again at the next tick.
+                if let Ok(write) = start_backup(&self.options, state, &name, None, "schedule", now.wall_ms) {
+                    self.persist(write, Work::ScheduledBackup { table_id });
                 }
-                if let Some(running) = state.backup_jobs.values().find(|j| j.table_id == t.id && matches!(j.state(), JobState::Running | JobState::Finishing { .. })) {
-                    let message = format!("backup {} of table {table:?} is running; wait for it (tandem backup show {})", running.id, running.id);
-                    return self.reply(token, Err(MetaError::AlreadyExists(message)));
+            }
+            Work::BackupDelete { token, id, who } => {
+                let Some(b) = state.backups.get(&id) else {
+                    return self.reply(token, Err(MetaError::NotFound(format!("no backup {id} (tandem backup list shows them)"))));
+                };
+                if b.state != BackupState::Complete {
+                    let message = format!("backup {id} is {}; only complete backups are deleted (what others left on the target is collected by itself)", b.state.as_str());
+                    return self.reply(token, Err(MetaError::InvalidArgument(message)));
                 }
-                let running = state.backups.values().filter(|b| b.state == BackupState::Running).count();
-                if running >= self.options.backup_jobs_max {
-                    let message = format!("{running} backups are running, the most this meta server runs at once (backup.jobs_max); try again when one finishes");
+                // A running backup of the table may reuse this one's files (docs/backup.md).
+                if let Some(running) = state.backups.values().find(|r| r.table_id == b.table_id && r.state == BackupState::Running) {
+                    let message = format!("backup {} of table {:?} is running and may reuse this one's files; delete it once that one finished", running.id, b.table_name);
                     return self.reply(token, Err(MetaError::Busy(message)));
                 }
-                let write = StoreWrite::AddBackup {
-                    table_id: t.id,
-                    table_name: t.name.clone(),
-                    partition_count: t.partition_count,
-                    target: target.clone(),
-                    who: who.clone(),
-                    at_ms: now.wall_ms,
-                };
-                self.persist(write, Work::BackupNow { token, table, target: Some(target), who });
+                let write = StoreWrite::DeleteBackup { id, reason: format!("deleted by {who}") };
+                self.persist(write, Work::BackupDelete { token, id, who });
             }
             Work::RecordBackup { write } => {
-                let running = backup_write_ids(&write).iter().all(|id| state.backups.get(id).is_some_and(|b| b.state == BackupState::Running));
-                if running {
+                if backup_write_allowed(state, &write) {
                     self.persist(write.clone(), Work::RecordBackup { write });
                 }
             }
@@ -1204,23 +1270,31 @@ impl MetaMachine {
                 return;
             }
             (StoreWrite::FailBackups { ids, at_ms, reason }, Ok(_)) => {
+                let mut collect = BTreeSet::new();
                 for id in ids {
                     if let Some(b) = state.backups.get_mut(id) {
                         b.state = BackupState::Failed;
                         b.finished_ms = *at_ms;
                         b.reason = reason.clone();
+                        collect.insert((b.table_id, b.target.clone()));
                     }
                     state.backup_jobs.remove(id);
                     state.backup_manifests.remove(id);
                 }
+                // What the failed backups uploaded is garbage now.
+                for (table_id, target) in collect {
+                    self.actions.push(MetaAction::CollectBackupGarbage { table_id, target });
+                }
                 return;
             }
             (StoreWrite::DeleteBackup { id, reason }, Ok(_)) => {
-                if let Some(b) = state.backups.get_mut(id) {
-                    b.state = BackupState::Deleted;
-                    b.reason = reason.clone();
-                }
-                return;
+                let Some(b) = state.backups.get_mut(id) else { return };
+                b.state = BackupState::Deleted;
+                b.reason = reason.clone();
+                let info = b.clone();
+                self.event(MetaEvent::Backup { id: *id, table: info.table_name.clone(), what: reason.clone() });
+                self.actions.push(MetaAction::CollectBackupGarbage { table_id: info.table_id, target: info.target.clone() });
+                return self.reply_to(&work, Ok(MetaReply::BackupDeleted { backup: info }));
             }
             (StoreWrite::CompleteBackup { id, .. }, Err(e)) if !matches!(e.kind, StoreFailureKind::AlreadyExists | StoreFailureKind::NotFound | StoreFailureKind::Invalid) => {
                 // The job writes it again at the next tick.
@@ -1298,10 +1372,49 @@ impl Work {
             | Work::SiteRemove { token, .. }
             | Work::DupAdd { token, .. }
             | Work::DupSetStatus { token, .. } => Some(*token),
-            Work::BackupNow { token, .. } => Some(*token),
-            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress | Work::ReconcileDup { .. } | Work::RecordBackup { .. } => None,
+            Work::BackupNow { token, .. } | Work::BackupDelete { token, .. } => Some(*token),
+            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress | Work::ReconcileDup { .. } | Work::RecordBackup { .. } | Work::ScheduledBackup { .. } => None,
         }
     }
+}
+
+/// A failed scheduled backup is tried again this soon (or at its interval, if shorter).
+pub const BACKUP_RETRY_MS: u64 = 10 * 60_000;
+
+/// Whether the records `write` changes may still take it (a job's write can be overtaken by a
+/// reload that found them changed).
+fn backup_write_allowed(state: &MetaState, write: &StoreWrite) -> bool {
+    let next = match write {
+        StoreWrite::CompleteBackup { .. } => BackupState::Complete,
+        StoreWrite::FailBackups { .. } => BackupState::Failed,
+        StoreWrite::DeleteBackup { .. } => BackupState::Deleted,
+        _ => return false,
+    };
+    backup_write_ids(write).iter().all(|id| state.backups.get(id).is_some_and(|b| b.state.may_become(next)))
+}
+
+/// Checks a backup asked for now (by `who`, or by the schedule) and answers its record's write.
+fn start_backup(options: &MetaOptions, state: &MetaState, table: &str, target: Option<String>, who: &str, now_ms: u64) -> Result<StoreWrite, MetaError> {
+    let Some(t) = state.available_table(table) else {
+        return Err(MetaError::NotFound(format!("table {table:?} does not exist")));
+    };
+    let policy_target = t.policy.backup.as_ref().map(|b| b.target.clone());
+    let default_target = (!options.backup_target.is_empty()).then(|| options.backup_target.clone());
+    let Some(target) = target.or(policy_target).or(default_target) else {
+        let message = format!("table {table:?} has no backup target: give --target s3://BUCKET/PREFIX (or file:///PATH), or set one with tandem policy set {table} --backup-target URL");
+        return Err(MetaError::InvalidArgument(message));
+    };
+    crate::policy::validate_backup_target(&target).map_err(MetaError::InvalidArgument)?;
+    if let Some(running) = state.backups.values().find(|b| b.table_id == t.id && b.state == BackupState::Running) {
+        let message = format!("backup {} of table {table:?} is running; wait for it (tandem backup show {})", running.id, running.id);
+        return Err(MetaError::AlreadyExists(message));
+    }
+    let running = state.backups.values().filter(|b| b.state == BackupState::Running).count();
+    if running >= options.backup_jobs_max {
+        let message = format!("{running} backups are running, the most this meta server runs at once (backup.jobs_max); try again when one finishes");
+        return Err(MetaError::Busy(message));
+    }
+    Ok(StoreWrite::AddBackup { table_id: t.id, table_name: t.name.clone(), partition_count: t.partition_count, target, who: who.to_string(), at_ms: now_ms })
 }
 
 /// The backup records a write changes.

@@ -613,3 +613,66 @@ fn a_new_leader_fails_the_backups_it_finds_running() {
     // The old leader's late completion is fenced.
     assert_eq!(store.write("m1", 1, &StoreWrite::CompleteBackup { id: 1, at_ms: 5, manifest_sha256: "x".into(), bytes: 0, new_bytes: 0 }).unwrap_err().kind, StoreFailureKind::Fenced);
 }
+
+/// Drives running backup `id` (table 1, one partition, primary r1) to complete at `t`.
+fn complete_backup(m: &mut MetaMachine, store: &mut MemStore, t: u64, id: u64) -> Vec<MetaAction> {
+    use tandem_backup_core::PartitionReport;
+    ask(m, store, t, backup_beacon("r1", vec![])).unwrap();
+    let entry = tandem_backup_core::PartitionEntry { manifest: tandem_backup_core::layout::partition_manifest_key(1, id, 0, 1), ..done_entry(0, 1) };
+    let report = crate::backup::BackupTaskReport { backup_id: id, gpid: Gpid::new(1, 0), attempt: 1, report: PartitionReport::Done(entry) };
+    m.step(at(t + 1), MetaInput::Request { token: t + 1, request: backup_beacon("r1", vec![report]) });
+    assert!(m.take_actions().iter().any(|a| matches!(a, MetaAction::WriteBackupManifest { backup_id, .. } if *backup_id == id)));
+    m.step(at(t + 2), MetaInput::BackupManifestWritten { backup_id: id, result: Ok(()) });
+    store_and_answer(m, store, t + 2)
+}
+
+#[test]
+fn the_policy_schedules_backups_keeps_the_newest_and_collects_what_it_deletes() {
+    let (mut m, mut store) = leader();
+    let change = PolicyChange { backup_every_ms: Some(Toggle::On(3_600_000)), backup_keep: Some(1), backup_target: Some("file:///bk".into()), ..Default::default() };
+    ask(&mut m, &mut store, 1, MetaRequest::SetPolicy { table: "t".into(), change, who: "ann".into() }).unwrap();
+    let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 2, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
+    let backup = status.levels.iter().find(|l| l.level == "backup").unwrap();
+    assert_eq!((backup.actual.as_str(), backup.satisfied), ("no complete backup yet", false));
+    // Due at once: the table has none.
+    m.step(at(3), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 3);
+    let records = store.load().backups;
+    assert_eq!(records.iter().map(|b| (b.id, b.who.as_str(), b.state)).collect::<Vec<_>>(), [(1, "schedule", BackupState::Running)]);
+    complete_backup(&mut m, &mut store, 10, 1);
+    assert_eq!(store.load().backups[0].state, BackupState::Complete);
+    // Not due again before its interval; a manual one meanwhile, then retention keeps 1.
+    m.step(at(20), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 20);
+    assert_eq!(store.load().backups.len(), 1);
+    ask(&mut m, &mut store, 21, MetaRequest::BackupNow { table: "t".into(), target: None, who: "bob".into() }).unwrap();
+    // A complete backup is not deleted while one of its table runs (the running one may reuse it).
+    let err = ask(&mut m, &mut store, 22, MetaRequest::BackupDelete { id: 1, who: "bob".into() }).unwrap_err();
+    assert!(matches!(err, MetaError::Busy(_)) && err.to_string().contains("backup 2"), "{err}");
+    m.step(at(23), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 23);
+    assert_eq!(store.load().backups[0].state, BackupState::Complete, "retention waits for the running backup");
+    complete_backup(&mut m, &mut store, 30, 2);
+    m.step(at(40), MetaInput::Tick);
+    let rest = store_and_answer(&mut m, &mut store, 40);
+    let b1 = store.load().backups[0].clone();
+    assert_eq!((b1.state, b1.reason.as_str()), (BackupState::Deleted, "retention: the policy keeps the newest 1"));
+    assert!(rest.contains(&MetaAction::CollectBackupGarbage { table_id: 1, target: "file:///bk".into() }), "{rest:?}");
+    let collected = m.backup_records_for(1, "file:///bk").unwrap();
+    assert_eq!(collected.iter().map(|r| (r.record.id, r.record.state)).collect::<Vec<_>>(), [(1, BackupState::Deleted), (2, BackupState::Complete)]);
+    let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 41, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
+    let backup = status.levels.iter().find(|l| l.level == "backup").unwrap();
+    assert!(backup.satisfied && backup.actual.starts_with("last good backup 2 finished"), "{backup:?}");
+    // Deleting: only complete ones; a deleted one is refused with why.
+    let err = ask(&mut m, &mut store, 42, MetaRequest::BackupDelete { id: 1, who: "bob".into() }).unwrap_err();
+    assert!(err.to_string().contains("is deleted"), "{err}");
+    assert!(matches!(ask(&mut m, &mut store, 43, MetaRequest::BackupDelete { id: 2, who: "bob".into() }), Ok(MetaReply::BackupDeleted { .. })));
+    // An hour after backup 2 started (the lease lapsed meanwhile: claimed and loaded again): due.
+    let later = 3_600_100;
+    m.step(at(later), MetaInput::Claimed { sent_at_ms: later, outcome: ClaimOutcome::Won { epoch: 1 } });
+    let Some(MetaAction::Load { epoch, load }) = m.take_actions().into_iter().find(|a| matches!(a, MetaAction::Load { .. })) else { panic!("a load") };
+    m.step(at(later), MetaInput::Loaded { epoch, load, result: Ok(store.load()) });
+    m.step(at(later), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, later);
+    assert_eq!(store.load().backups.last().map(|b| (b.id, b.state)), Some((3, BackupState::Running)));
+}

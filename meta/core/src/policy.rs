@@ -1,7 +1,7 @@
 //! A table's redundancy policy: how many replicas, duplication to another site, scheduled
 //! backups. Set by table owners (`tandem policy set`), kept in the SQL store with an audit
-//! history, and reconciled by the meta (replica count through cure; duplication and backup by
-//! their services once those land).
+//! history, and reconciled by the meta (replica count through cure, duplication through a
+//! duplication per named site, backups through the schedule and retention of `machine`).
 //!
 //! ```text
 //!  current Policy ──┐

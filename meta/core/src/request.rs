@@ -60,6 +60,8 @@ pub enum MetaRequest {
     /// Backup records of the table named `table` (dropped ones too), or of every table.
     BackupList { table: Option<String> },
     BackupShow { id: u64 },
+    /// Deletes a complete backup (its record says deleted; collection removes its objects).
+    BackupDelete { id: u64, who: String },
 }
 
 impl MetaRequest {
@@ -87,6 +89,7 @@ impl MetaRequest {
             MetaRequest::BackupNow { .. } => "backup_now",
             MetaRequest::BackupList { .. } => "backup_list",
             MetaRequest::BackupShow { .. } => "backup_show",
+            MetaRequest::BackupDelete { .. } => "backup_delete",
         }
     }
 }
@@ -128,6 +131,7 @@ pub enum MetaReply {
     BackupStarted { backup: BackupInfo },
     Backups { backups: Vec<BackupInfo> },
     Backup(BackupView),
+    BackupDeleted { backup: BackupInfo },
 }
 
 /// Why a request was refused. Each message names the thing and, where there is one, the fix.

@@ -155,7 +155,28 @@ impl MetaState {
         (format!("shipping to {site}: site-loss RPO {rpo} (lag up to {lag_decrees} decrees){error}"), true)
     }
 
-    pub fn policy_status(&self, table: &TableInfo) -> PolicyStatusView {
+    /// The backup level: the newest complete backup on the policy's target and its age, which
+    /// is the region-loss RPO; satisfied while that age is within two intervals.
+    fn backup_status(&self, table: &TableInfo, now_wall_ms: u64) -> (String, bool) {
+        let Some(policy) = &table.policy.backup else { return ("off".into(), true) };
+        let on_target = || self.backups.values().filter(|b| b.table_id == table.id && b.target == policy.target);
+        let running = on_target().find(|b| b.state == tandem_backup_core::BackupState::Running).map_or_else(String::new, |b| format!("; backup {} running", b.id));
+        let last_failed = on_target()
+            .filter(|b| b.state == tandem_backup_core::BackupState::Failed)
+            .max_by_key(|b| b.started_ms)
+            .map_or_else(String::new, |b| format!("; last failure (backup {}): {}", b.id, b.reason));
+        match on_target().filter(|b| b.state == tandem_backup_core::BackupState::Complete).max_by_key(|b| (b.finished_ms, b.id)) {
+            Some(b) => {
+                let age = Duration::from_secs(now_wall_ms.saturating_sub(b.finished_ms) / 1000);
+                let kept = on_target().filter(|b| b.state == tandem_backup_core::BackupState::Complete).count();
+                let text = format!("last good backup {} finished {} ago: region-loss RPO {} ({kept} kept){running}", b.id, humantime::format_duration(age), humantime::format_duration(age));
+                (text, now_wall_ms.saturating_sub(b.finished_ms) <= 2 * policy.every_ms)
+            }
+            None => (format!("no complete backup yet{running}{last_failed}"), false),
+        }
+    }
+
+    pub fn policy_status(&self, table: &TableInfo, now_wall_ms: u64) -> PolicyStatusView {
         let desired = table.policy.replicas;
         let partitions: Vec<PartitionReplicas> = self
             .table_partitions(table.id)
@@ -195,8 +216,8 @@ impl MetaState {
                 || "off".to_string(),
                 |b| format!("every {}, keep {}, to {}", humantime::format_duration(Duration::from_millis(b.every_ms)), b.keep, b.target),
             ),
-            actual: if table.policy.backup.is_some() { "not available yet (backup is not built)".into() } else { "off".into() },
-            satisfied: table.policy.backup.is_none(),
+            actual: self.backup_status(table, now_wall_ms).0,
+            satisfied: self.backup_status(table, now_wall_ms).1,
         };
         PolicyStatusView { table: table.clone(), levels: vec![replicas, duplication, backup], partitions }
     }

@@ -363,6 +363,42 @@ impl MetaService for MetaRpc {
         Ok(Response::new(response))
     }
 
+    async fn backup_delete(&self, request: Request<v1::BackupDeleteRequest>) -> Result<Response<v1::BackupDeleteResponse>, Status> {
+        let req = request.into_inner();
+        match self.ask(MetaRequest::BackupDelete { id: req.id, who: who_or(req.who, "unknown") }).await? {
+            MetaReply::BackupDeleted { backup } => Ok(Response::new(v1::BackupDeleteResponse { backup: Some(crate::backup_rpc::info_to_wire(&backup)) })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads the record from the machine, then every object from the target on a blocking
+    /// thread. An unreachable target is an error (nothing was checked), not a verdict.
+    async fn backup_verify(&self, request: Request<v1::BackupVerifyRequest>) -> Result<Response<v1::BackupVerifyResponse>, Status> {
+        let id = request.into_inner().id;
+        let info = match self.ask(MetaRequest::BackupShow { id }).await? {
+            MetaReply::Backup(view) => view.info,
+            other => return Err(unexpected(other)),
+        };
+        if info.state != tandem_backup_core::BackupState::Complete {
+            return Err(ErrorKind::InvalidArgument.status(format!("backup {id} is {}; only a complete backup can be verified", info.state.as_str())));
+        }
+        let meta = self.0.clone();
+        let checked = info.clone();
+        let report = tokio::task::spawn_blocking(move || -> Result<tandem_backup_core::VerifyReport, String> {
+            let store = meta.object_store(&checked.target).map_err(|e| e.to_string())?;
+            tandem_backup_core::verify_backup(&store, checked.table_id, checked.id, Some(&checked.manifest_sha256)).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the verifying task failed: {e}")))
+        .map_err(|e| ErrorKind::Busy.status(format!("backup {id} could not be read from {}: {e}", info.target)))?;
+        Ok(Response::new(v1::BackupVerifyResponse {
+            backup: Some(crate::backup_rpc::info_to_wire(&info)),
+            objects: report.objects,
+            stored_bytes: report.stored_bytes,
+            problems: report.problems.iter().map(|p| p.to_string()).collect(),
+        }))
+    }
+
     async fn drop_table(&self, request: Request<v1::DropTableRequest>) -> Result<Response<v1::DropTableResponse>, Status> {
         match self.ask(MetaRequest::DropTable { name: request.into_inner().name }).await? {
             MetaReply::Dropped { table, recall_until_ms } => Ok(Response::new(v1::DropTableResponse { table: Some(table_to_wire(&table)), recall_until_ms })),

@@ -72,6 +72,8 @@ pub struct Meta {
     pub(crate) metrics: MetaMetrics,
     waiting: Mutex<HashMap<Token, oneshot::Sender<Result<MetaReply, MetaError>>>>,
     next_token: AtomicU64,
+    /// Backup targets being collected now, by (table, target).
+    collecting: Mutex<std::collections::HashSet<(u32, String)>>,
 }
 
 /// How long one store write may take before it counts as failed.
@@ -134,6 +136,23 @@ impl Meta {
             MetaAction::Event(e) => {
                 self.metrics.event(&e);
                 log_event(&e);
+            }
+            MetaAction::CollectBackupGarbage { table_id, target } => {
+                if !self.collecting.lock().expect("collecting lock").insert((table_id, target.clone())) {
+                    // One collection of a table's target at a time; the next delete collects again.
+                    return;
+                }
+                let meta = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    let collected = meta.object_store(&target).map_err(tandem_backup_core::BackupError::from).and_then(|mut store| {
+                        tandem_backup_core::collect(&mut store, table_id, &mut || meta.machine.lock().expect("machine lock").backup_records_for(table_id, &target))
+                    });
+                    match collected {
+                        Ok(r) => tracing::info!(table_id, target, listed = r.listed, deleted = r.deleted, deleted_bytes = r.deleted_bytes, references_known = r.references_known, unknown = ?r.unknown, stopped = ?r.stopped, "backup garbage collected"),
+                        Err(e) => tracing::warn!(table_id, target, "backup garbage collection failed (the next delete tries again): {e}"),
+                    }
+                    meta.collecting.lock().expect("collecting lock").remove(&(table_id, target));
+                });
             }
             MetaAction::WriteBackupManifest { backup_id, target, key, bytes } => {
                 let meta = self.clone();
@@ -247,6 +266,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(
         metrics: MetaMetrics::new(),
         waiting: Mutex::new(HashMap::new()),
         next_token: AtomicU64::new(1),
+        collecting: Mutex::new(std::collections::HashSet::new()),
     });
 
     let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|source| Error::Bind { addr: opts.listen, source })?;
