@@ -1,9 +1,9 @@
-//! `tandem backup now | list | show` (docs/backup.md). The meta runs backups; this asks it to,
+//! `tandem backup now | list | show | verify | delete` and `tandem restore` (docs/backup.md). The meta runs backups; this asks it to,
 //! and follows one to its end with `--wait`: a progress line on a terminal, a JSON line per
 //! poll with `--json`.
 
 use crate::admin::fmt_ms;
-use crate::cli::{BackupCommand, ClientArgs};
+use crate::cli::{BackupCommand, ClientArgs, RestoreCommand};
 use crate::{client_of, print_json, print_table, CmdResult, Failure, EXIT_ERROR};
 use bytesize::ByteSize;
 use serde_json::json;
@@ -252,4 +252,105 @@ fn print_show(shown: &v1::BackupShowResponse) {
     } else {
         print_table(&["PARTITION", "PHASE", "PRIMARY", "ATTEMPT", "UPLOADED", "LAST ERROR"], &rows);
     }
+}
+
+/// `tandem restore ID --table NEW | --as-original [--wait]` and `tandem restore list`.
+pub async fn restore(args: &ClientArgs, command: Option<RestoreCommand>, id: Option<u64>, table: Option<String>, as_original: bool, wait: bool, who: Option<String>) -> CmdResult {
+    let client = client_of(args)?;
+    if let Some(RestoreCommand::List) = command {
+        let restores = client.restore_list().await?.restores;
+        if args.json {
+            print_json(&json!({"restores": restores.iter().map(restore_json).collect::<Vec<_>>()}));
+        } else if restores.is_empty() {
+            outln!("no restores");
+        } else {
+            let rows: Vec<Vec<String>> = restores
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.to_string(),
+                        r.table_name.clone(),
+                        format!("backup {} of {}", r.backup_id, r.source_table_name),
+                        r.state.clone(),
+                        format!("{}/{}", r.partitions_ready, r.partition_count),
+                        fmt_ms(r.started_ms),
+                        if r.finished_ms == 0 { "-".into() } else { humantime::format_duration(Duration::from_millis(r.finished_ms.saturating_sub(r.started_ms))).to_string() },
+                        r.reason.clone(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "TABLE", "FROM", "STATE", "PARTITIONS", "STARTED", "TOOK", "REASON"], &rows);
+        }
+        return Ok(());
+    }
+    let Some(backup_id) = id else {
+        return Err(Failure::new(EXIT_ERROR, "give the backup to restore: tandem restore ID --table NEW_NAME (tandem backup list shows them), or tandem restore list"));
+    };
+    if table.is_none() && !as_original {
+        return Err(Failure::new(EXIT_ERROR, "give --table NEW_NAME, or --as-original to recreate the backed-up table under its own name"));
+    }
+    let req = v1::RestoreRequest { backup_id, table: table.unwrap_or_default(), as_original, who: crate::policy::who(who) };
+    let created = crate::retry_unavailable(args.timeout, || client.restore(req.clone())).await?.table.unwrap_or_default();
+    if !wait {
+        if args.json {
+            print_json(&json!({"table": created.name, "table_id": created.id, "backup": backup_id}));
+        } else {
+            outln!("table {} (id {}) is being restored from backup {backup_id}; follow it with: tandem restore list", created.name, created.id);
+        }
+        return Ok(());
+    }
+    let bar = !args.json && std::io::stderr().is_terminal();
+    loop {
+        let restores = crate::retry_unavailable(args.timeout, || client.restore_list()).await?.restores;
+        let Some(r) = restores.into_iter().filter(|r| r.table_id == created.id).max_by_key(|r| r.id) else {
+            return Err(Failure::new(EXIT_ERROR, format!("the meta lists no restore into table {}", created.name)));
+        };
+        if args.json {
+            outln!("{}", json!({"restore": r.id, "table": r.table_name, "state": r.state, "partitions_ready": r.partitions_ready, "partitions": r.partition_count}));
+        } else if bar {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2Krestore {} into {}: {}/{} partitions open", r.id, r.table_name, r.partitions_ready, r.partition_count);
+            let _ = err.flush();
+        }
+        match r.state.as_str() {
+            "running" => tokio::time::sleep(WAIT_POLL).await,
+            "complete" => {
+                if bar {
+                    eprintln!();
+                }
+                if args.json {
+                    print_json(&restore_json(&r));
+                } else {
+                    let took = humantime::format_duration(Duration::from_millis(r.finished_ms.saturating_sub(r.started_ms)));
+                    outln!("table {} restored from backup {} of {} in {took}: {} partitions", r.table_name, r.backup_id, r.source_table_name, r.partition_count);
+                }
+                return Ok(());
+            }
+            state => {
+                if bar {
+                    eprintln!();
+                }
+                return Err(Failure::new(EXIT_ERROR, format!("restore {} into {} is {state}: {}", r.id, r.table_name, r.reason)));
+            }
+        }
+    }
+}
+
+fn restore_json(r: &v1::RestoreInfo) -> serde_json::Value {
+    json!({
+        "id": r.id,
+        "table": r.table_name,
+        "table_id": r.table_id,
+        "backup": r.backup_id,
+        "source_table": r.source_table_name,
+        "source_table_id": r.source_table_id,
+        "partitions": r.partition_count,
+        "partitions_ready": r.partitions_ready,
+        "target": r.target,
+        "state": r.state,
+        "started_ms": r.started_ms,
+        "finished_ms": r.finished_ms,
+        "reason": r.reason,
+        "who": r.who,
+    })
 }

@@ -100,6 +100,29 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Create a table from a complete backup (`tandem restore ID --table NEW`), or list
+    /// restores (`tandem restore list`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Restore {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Option<RestoreCommand>,
+        /// The backup to restore (`tandem backup list` shows them).
+        id: Option<u64>,
+        /// The new table's name.
+        #[arg(long, value_name = "NEW_NAME")]
+        table: Option<String>,
+        /// Recreate the backed-up table under its own name (which must be free: drop it first).
+        #[arg(long, conflicts_with = "table")]
+        as_original: bool,
+        /// Follow it until every partition opened the restored data (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+        /// Who restores, recorded with it (default: TANDEM_USER, then $USER).
+        #[arg(long = "as", env = "TANDEM_USER")]
+        who: Option<String>,
+    },
     /// Replica servers and their liveness.
     Nodes {
         #[command(flatten)]
@@ -539,6 +562,12 @@ pub enum BackupCommand {
         #[arg(long = "as", env = "TANDEM_USER")]
         who: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RestoreCommand {
+    /// Running and finished restores.
+    List,
 }
 
 #[derive(Subcommand, Debug)]

@@ -146,6 +146,7 @@ async fn run(cli: Cli) -> CmdResult {
         Command::Site { client, command } => dup::site(&client.client_args(), command).await,
         Command::Dup { client, command } => dup::dup(&client, command).await,
         Command::Backup { client, command } => backup::run(&client, command).await,
+        Command::Restore { client, command, id, table, as_original, wait, who } => backup::restore(&client, command, id, table, as_original, wait, who).await,
         Command::Nodes { client } => admin::nodes(&client).await,
         Command::Status { client } => admin::status(&client).await,
         Command::Bench(args) => bench::run(args).await,

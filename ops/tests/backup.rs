@@ -32,8 +32,10 @@ fn last_json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(&stdout[start..]).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-async fn write_keys(cluster: &Cluster) {
+/// Writes `KEYS` keys to `TABLE`; answers them with their values.
+async fn write_keys(cluster: &Cluster) -> Vec<(String, Vec<u8>)> {
     let t = cluster.client().table(TABLE);
+    let mut written = Vec::new();
     // Incompressible values, so the SST files are most of a backup, as in a real table.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..KEYS {
@@ -46,6 +48,17 @@ async fn write_keys(cluster: &Cluster) {
             })
             .collect();
         t.set(format!("key{i:05}").as_bytes(), b"s", &value, 0).await.expect("write");
+        written.push((format!("key{i:05}"), value));
+    }
+    written
+}
+
+/// Every key of `written` reads back from `table` with its value.
+async fn assert_reads_back(cluster: &Cluster, table: &str, written: &[(String, Vec<u8>)]) {
+    let t = cluster.client().table(table);
+    for (k, v) in written {
+        let got = t.get(k.as_bytes(), b"s").await.unwrap_or_else(|e| panic!("{table}: {k}: {e}"));
+        assert_eq!(got.as_deref(), Some(&v[..]), "{table}: {k}");
     }
 }
 
@@ -159,21 +172,54 @@ fn s3_config(s3: &tandem_s3_dev::DevS3, secret: &str) -> String {
 async fn a_table_backs_up_to_an_s3_server_over_http() {
     let root = tempfile::tempdir().unwrap();
     let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
-    let cluster = Cluster::start_site_with("local", 1, 3, &s3_config(&s3, &s3.secret_key)).await;
+    let mut cluster = Cluster::start_site_with("local", 1, 3, &s3_config(&s3, &s3.secret_key)).await;
     cluster.create_table(TABLE, PARTITIONS, 3).await;
-    write_keys(&cluster).await;
+    let written = write_keys(&cluster).await;
     let target = "s3://tandem-backups/site-a";
     let record = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait", "--json"])));
     assert_eq!(record["state"], "complete");
     let options = S3Options { endpoint: Some(s3.endpoint()), region: Some("us-east-1".into()), access_key_id: Some(s3.access_key.clone()), secret_access_key: Some(s3.secret_key.clone()) };
     let store = RealObjectStore::open(&Target::parse(target).unwrap(), &options, tokio::runtime::Handle::current()).unwrap();
+    let checked = record.clone();
     tokio::task::spawn_blocking(move || {
         let listed = store.list("tables").unwrap();
         assert!(listed.iter().any(|(k, _)| k.ends_with("/manifest.json")), "{listed:?}");
-        check_and_restore(&store, &record);
+        check_and_restore(&store, &checked);
     })
     .await
     .unwrap();
+
+    // Restore into a new table: every key reads back, and the table takes writes.
+    let id = record["id"].as_u64().unwrap().to_string();
+    let done = last_json(&ok(&tandem(&cluster, &["restore", &id, "--table", "bk2", "--wait", "--json"])));
+    assert_eq!((done["state"].as_str(), done["partitions_ready"].as_u64()), (Some("complete"), Some(PARTITIONS as u64)), "{done}");
+    assert_reads_back(&cluster, "bk2", &written).await;
+    let t2 = cluster.client().table("bk2");
+    t2.set(b"after", b"s", b"restore", 0).await.expect("a restored table takes writes");
+    assert_eq!(t2.get(b"after", b"s").await.unwrap().as_deref(), Some(&b"restore"[..]));
+    // A server of the restored table killed and started again replays onto the restored data.
+    cluster.kill_replica(0);
+    cluster.start_replica(0);
+    cluster.wait_healthy(std::time::Duration::from_secs(60)).await;
+    assert_reads_back(&cluster, "bk2", &written).await;
+    assert_eq!(t2.get(b"after", b"s").await.unwrap().as_deref(), Some(&b"restore"[..]));
+    // Onto an existing table: refused, with the way out.
+    let taken = tandem(&cluster, &["restore", &id, "--table", "bk2"]);
+    assert_eq!(taken.status.code(), Some(5), "{}", String::from_utf8_lossy(&taken.stderr));
+    let original = tandem(&cluster, &["restore", &id, "--as-original"]);
+    assert_eq!(original.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&original.stderr).contains("drop it first"), "{}", String::from_utf8_lossy(&original.stderr));
+    let neither = tandem(&cluster, &["restore", &id]);
+    assert_eq!(neither.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("--table NEW_NAME"));
+    // The region is lost and the table with it: --as-original brings it back by name.
+    ok(&tandem(&cluster, &["table", "drop", TABLE]));
+    let back = last_json(&ok(&tandem(&cluster, &["restore", &id, "--as-original", "--wait", "--json"])));
+    assert_eq!((back["table"].as_str(), back["state"].as_str()), (Some(TABLE), Some("complete")), "{back}");
+    assert_reads_back(&cluster, TABLE, &written).await;
+    let list = last_json(&ok(&tandem(&cluster, &["restore", "list", "--json"])));
+    let states: Vec<(&str, &str)> = list["restores"].as_array().unwrap().iter().map(|r| (r["table"].as_str().unwrap(), r["state"].as_str().unwrap())).collect();
+    assert_eq!(states, [("bk2", "complete"), (TABLE, "complete")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,4 +249,45 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_completes_when_an_uploading_primary_is_killed() {
+    // Slow uploads, so the kill lands while one is under way.
+    let mut cluster = Cluster::start_site_with("local", 1, 3, "[backup]\nupload_rate = \"128KiB\"\n").await;
+    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    write_keys(&cluster).await;
+    let target_dir = cluster.dir.path().join("backups");
+    let target = format!("file://{}", target_dir.display());
+    let waiting = std::process::Command::new(bin())
+        .args(["backup", "now", TABLE, "--target", &target, "--wait", "--json"])
+        .env("TANDEM_META", &cluster.meta_addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first partition seen uploading: its primary's server goes.
+    let mut victim = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while victim.is_none() {
+        assert!(std::time::Instant::now() < deadline, "no partition was seen uploading\n{}", cluster.logs_tail());
+        let shown = tandem(&cluster, &["backup", "show", "1", "--json"]);
+        if shown.status.success() {
+            let v = last_json(&String::from_utf8_lossy(&shown.stdout));
+            victim = v["partition_details"].as_array().unwrap().iter().find(|p| p["phase"] == "uploading").map(|p| (p["partition"].as_u64().unwrap(), p["primary"].as_str().unwrap().to_string()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (partition, primary) = victim.unwrap();
+    let index = cluster.replica_index(&primary);
+    cluster.kill_replica(index);
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), cluster.logs_tail());
+    let record = last_json(&stdout);
+    assert_eq!(record["state"], "complete");
+    let redone = &record["partition_details"][partition as usize];
+    assert!(redone["attempt"].as_u64().unwrap() >= 2, "partition {partition} was uploaded again by its next primary: {redone}");
+    let store = RealObjectStore::open(&Target::parse(&target).unwrap(), &S3Options::default(), tokio::runtime::Handle::current()).unwrap();
+    tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
 }

@@ -32,3 +32,17 @@ pub struct BackupTaskReport {
     pub attempt: u32,
     pub report: PartitionReport,
 }
+
+/// Where a table being restored gets its data: each partition's first replicas build their
+/// database from partition `p`'s manifest of backup `backup_id` of table `source_table_id`
+/// (read under the table manifest's checksum), before they open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreSource {
+    pub restore_id: u64,
+    /// The table being restored (a new id).
+    pub table_id: u32,
+    pub backup_id: BackupId,
+    pub source_table_id: u32,
+    pub target: String,
+    pub manifest_sha256: String,
+}

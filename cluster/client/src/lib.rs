@@ -335,6 +335,18 @@ impl Client {
         self.meta_call(|mut c| async move { c.backup_verify(v1::BackupVerifyRequest { id }).await }).await
     }
 
+    pub async fn restore(&self, req: v1::RestoreRequest) -> Result<v1::RestoreResponse> {
+        self.meta_call(|mut c| {
+            let req = req.clone();
+            async move { c.restore(req).await }
+        })
+        .await
+    }
+
+    pub async fn restore_list(&self) -> Result<v1::RestoreListResponse> {
+        self.meta_call(|mut c| async move { c.restore_list(v1::RestoreListRequest {}).await }).await
+    }
+
     pub async fn backup_show(&self, id: u64) -> Result<v1::BackupShowResponse> {
         self.meta_call(|mut c| async move { c.backup_show(v1::BackupShowRequest { id }).await }).await
     }

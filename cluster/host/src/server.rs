@@ -26,7 +26,7 @@
 
 use crate::backup::{BackupCommand, Backups};
 use crate::duplication::{config_for, DupConfig};
-use tandem_backup_core::{BackupId, BackupTask, BackupTaskReport};
+use tandem_backup_core::{BackupId, BackupTask, BackupTaskReport, RestoreSource};
 use tandem_dup_core::TableDup;
 use crate::options::HostOptions;
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,7 +51,11 @@ pub enum HostInput {
         dups: Vec<TableDup>,
         /// The backup uploads the meta hands this server (`Backups`).
         backups: Vec<BackupTask>,
+        /// The tables being restored, and from which backup.
+        restores: Vec<RestoreSource>,
     },
+    /// `RestoreReplica` is done: the replica's database is in place.
+    ReplicaRestored { gpid: Gpid },
     /// An upload `BackupPartition` started reported progress, its entry or its failure.
     BackupReported(BackupTaskReport),
     BeaconFailed { now_ms: u64 },
@@ -92,6 +96,10 @@ pub enum HostAction {
     BackupPartition { task: BackupTask },
     /// Stop that upload; its reports are no longer wanted.
     CancelBackup { backup_id: BackupId, gpid: Gpid, attempt: u32 },
+    /// Build the database of `gpid`, which this server does not host yet, from `source` (the
+    /// backup's partition of the same index), then report `ReplicaRestored`, or `OpenFailed`
+    /// (nothing is left behind; the next beacon answer tries again).
+    RestoreReplica { gpid: Gpid, source: RestoreSource },
     /// Primaries of this server may serve until `until_ms` (server clock).
     ExtendLease { until_ms: u64 },
     /// Requests for `table_id` must route with this partition count.
@@ -153,6 +161,12 @@ pub struct Host {
     gc: Gc,
     log_holds: BTreeMap<Gpid, BTreeMap<String, Decree>>,
     backups: Backups,
+    /// The tables being restored, as the last beacon answer named them.
+    restoring_tables: BTreeMap<u32, RestoreSource>,
+    /// Replicas whose database is being built from a backup (`RestoreReplica` in flight).
+    restoring: BTreeSet<Gpid>,
+    /// Replicas whose database was built and that open next without a restore.
+    restored: BTreeSet<Gpid>,
     stopped: bool,
     actions: Vec<HostAction>,
 }
@@ -178,6 +192,9 @@ impl Host {
             gc: Gc::Idle { next_due_ms: gc_first },
             log_holds: BTreeMap::new(),
             backups: Backups::default(),
+            restoring_tables: BTreeMap::new(),
+            restoring: BTreeSet::new(),
+            restored: BTreeSet::new(),
             stopped: false,
             actions: Vec::new(),
         }
@@ -226,7 +243,8 @@ impl Host {
         }
         match input {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
-            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups } => {
+            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores } => {
+                self.restoring_tables = restores.into_iter().map(|r| (r.table_id, r)).collect();
                 for command in self.backups.on_answer(backups, &self.replicas) {
                     self.actions.push(match command {
                         BackupCommand::Start(task) => HostAction::BackupPartition { task },
@@ -244,6 +262,12 @@ impl Host {
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
             HostInput::BackupReported(report) => self.backups.on_report(report),
+            HostInput::ReplicaRestored { gpid } => {
+                if self.restoring.remove(&gpid) {
+                    self.restored.insert(gpid);
+                    self.open(gpid);
+                }
+            }
             HostInput::BeaconFailed { now_ms } => {
                 if let Beacon::InFlight { sent_at_ms } = self.beacon {
                     self.beacon = Beacon::Idle { next_due_ms: (sent_at_ms + self.options.beacon_interval_ms).max(now_ms) };
@@ -264,6 +288,7 @@ impl Host {
                 }
             }
             HostInput::OpenFailed { gpid, .. } => {
+                self.restoring.remove(&gpid);
                 self.replicas.remove(&gpid);
                 self.forget(gpid);
             }
@@ -321,9 +346,19 @@ impl Host {
         if self.replicas.contains(&gpid) {
             return true;
         }
-        if self.removing.contains(&gpid) {
+        if self.removing.contains(&gpid) || self.restoring.contains(&gpid) {
             return false;
         }
+        // A table being restored: the replica's first database comes from the backup. It is
+        // not hosted (configured, leased, beaconed) until that is in place.
+        if let Some(source) = self.restoring_tables.get(&gpid.table_id)
+            && !self.restored.remove(&gpid)
+        {
+            self.restoring.insert(gpid);
+            self.actions.push(HostAction::RestoreReplica { gpid, source: source.clone() });
+            return false;
+        }
+        self.restored.remove(&gpid);
         self.replicas.insert(gpid);
         // A new replica has been given no duplications yet (found in review: a replica removed
         // and opened again between two beacons kept its predecessor's entry and got nothing).
@@ -504,8 +539,38 @@ mod tests {
     }
 
     fn answer(host: &mut Host, sent_at_ms: u64, configs: Vec<PartitionConfig>, gone: Vec<Gpid>) -> Vec<HostAction> {
-        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![], backups: vec![] });
+        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![], backups: vec![], restores: vec![] });
         host.take_actions()
+    }
+
+    #[test]
+    fn a_replica_of_a_table_being_restored_opens_only_on_its_restored_database() {
+        let mut host = Host::new("a".into(), options(), [], 0);
+        let source = RestoreSource { restore_id: 1, table_id: 1, backup_id: 4, source_table_id: 9, target: "file:///bk".into(), manifest_sha256: "ab".repeat(32) };
+        let restoring_answer = |host: &mut Host, sent_at_ms: u64| {
+            host.step(HostInput::Tick { now_ms: sent_at_ms });
+            host.take_actions();
+            let configs = vec![cfg(0, 1, Some("a"), &["b"])];
+            host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone: vec![], dups: vec![], backups: vec![], restores: vec![source.clone()] });
+            host.take_actions()
+        };
+        let actions = restoring_answer(&mut host, 0);
+        assert!(actions.contains(&HostAction::RestoreReplica { gpid: g(0), source: source.clone() }), "{actions:?}");
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::OpenReplica { .. } | HostAction::Configure { .. })), "not hosted before its data is in place: {actions:?}");
+        assert!(actions.iter().any(|a| matches!(a, HostAction::ExtendLease { .. })), "the lease does not wait for a restore");
+        // Still restoring at the next answer: not asked for twice.
+        let actions = restoring_answer(&mut host, 1_000);
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::RestoreReplica { .. })), "{actions:?}");
+        // A failed restore is tried again by the next answer.
+        host.step(HostInput::OpenFailed { gpid: g(0), error: "target down".into() });
+        let actions = restoring_answer(&mut host, 2_000);
+        assert!(actions.contains(&HostAction::RestoreReplica { gpid: g(0), source: source.clone() }));
+        // In place: it opens, and the next answer configures it without restoring again.
+        host.step(HostInput::ReplicaRestored { gpid: g(0) });
+        assert_eq!(host.take_actions(), vec![HostAction::OpenReplica { gpid: g(0), options: options().replica_options(1) }]);
+        let actions = restoring_answer(&mut host, 3_000);
+        assert!(actions.contains(&HostAction::Configure { gpid: g(0), config: cfg(0, 1, Some("a"), &["b"]) }), "{actions:?}");
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::RestoreReplica { .. })));
     }
 
     #[test]
@@ -668,7 +733,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![], restores: vec![] });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::Duplications { .. })).collect::<Vec<_>>()
         };
         let first = dup(vec![(0, 7)]);
@@ -693,7 +758,7 @@ mod tests {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
             let tombstone_retention = vec![(1, retention)];
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![], backups: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![], backups: vec![], restores: vec![] });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneRetention { .. })).collect::<Vec<_>>()
         };
         assert_eq!(beacon(0, 5_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 5_000 }]);
@@ -718,7 +783,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![], restores: vec![] });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneHold { .. })).collect::<Vec<_>>()
         };
         // Held until the meta speaks; then a table that ships nowhere holds nothing.

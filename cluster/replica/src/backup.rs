@@ -1,4 +1,5 @@
-//! Backup uploads on this server: what the host's `BackupPartition` and `CancelBackup` ask for.
+//! Backup uploads on this server: what the host's `BackupPartition` and `CancelBackup` ask for;
+//! and restores: `RestoreReplica` builds a new replica's database from a backup.
 //! An upload checkpoints the replica's engine (hard links, after a flush) into its own
 //! directory, plans it against the kept backups' manifests, uploads what the target lacks under
 //! the task's attempt, writes the partition manifest, reports the entry, and deletes the
@@ -135,6 +136,44 @@ impl Node {
         })();
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+}
+
+impl Node {
+    /// Builds the database of `gpid` from `source` on a blocking thread, then reports
+    /// `ReplicaRestored` (or `OpenFailed`: nothing is left, the next beacon answer asks again).
+    pub(crate) fn start_restore(self: &Arc<Self>, gpid: Gpid, source: tandem_backup_core::RestoreSource) {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let input = match node.restore(gpid, &source) {
+                Ok(bytes) => {
+                    tracing::info!(restore = source.restore_id, %gpid, backup = source.backup_id, bytes, took = ?started.elapsed(), "replica restored from backup");
+                    HostInput::ReplicaRestored { gpid }
+                }
+                Err(error) => {
+                    tracing::warn!(restore = source.restore_id, %gpid, backup = source.backup_id, "restoring the replica failed (retried at the next beacon): {error}");
+                    HostInput::OpenFailed { gpid, error }
+                }
+            };
+            node.host_step(input);
+        });
+    }
+
+    /// Blocking. Reads the table manifest under the record's checksum and the partition's
+    /// manifest, then `restore_checkpoint` writes the database into the replica's directory
+    /// only once every file is fetched and checked. A database already there (a restore that
+    /// finished before the server restarted) is kept.
+    fn restore(&self, gpid: Gpid, source: &tandem_backup_core::RestoreSource) -> Result<u64, String> {
+        let db = crate::node::replica_dir(&self.opts.data_dir, gpid).join("db");
+        if db.exists() {
+            return Ok(0);
+        }
+        let target = Target::parse(&source.target).map_err(|e| e.to_string())?;
+        let store = RealObjectStore::open(&target, &self.opts.s3, tokio::runtime::Handle::current()).map_err(|e| e.to_string())?;
+        let table = read_table_manifest(&store, source.source_table_id, source.backup_id, Some(&source.manifest_sha256)).map_err(|e| e.to_string())?;
+        let manifest = read_partition_manifest(&store, &table, gpid.partition).map_err(|e| e.to_string())?;
+        tandem_backup_store::checkpoint::restore_checkpoint(&store, &manifest, &db).map_err(|e| e.to_string())
     }
 }
 

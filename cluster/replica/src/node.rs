@@ -200,6 +200,7 @@ impl Node {
             }
             HostAction::BackupPartition { task } => self.start_backup(task),
             HostAction::CancelBackup { backup_id, gpid, attempt } => self.uploads.cancel(backup_id, gpid, attempt),
+            HostAction::RestoreReplica { gpid, source } => self.start_restore(gpid, source),
             HostAction::RemoveReplica { gpid, why } => {
                 let node = self.clone();
                 tokio::spawn(async move { node.remove_replica(gpid, &why).await });
@@ -315,7 +316,19 @@ impl Node {
                 let dups = self.take_duplications(resp.dups, resp.sites);
                 tombstone_retention.dedup();
                 let backups = resp.backup_tasks.iter().filter_map(backup_task_from_wire).collect();
-                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups }
+                let restores = resp
+                    .restores
+                    .iter()
+                    .map(|r| tandem_backup_core::RestoreSource {
+                        restore_id: r.restore_id,
+                        table_id: r.table_id,
+                        backup_id: r.backup_id,
+                        source_table_id: r.source_table_id,
+                        target: r.target.clone(),
+                        manifest_sha256: r.manifest_sha256.clone(),
+                    })
+                    .collect();
+                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores }
             }
             Err(status) => {
                 let failures = self.beacon_failures.fetch_add(1, Ordering::Relaxed) + 1;

@@ -216,8 +216,8 @@ impl SimMeta {
             Some(Waiting::Ignored) | None => {}
             Some(Waiting::Rpc { to, rpc }) => {
                 let msg = match result {
-                    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups }) => {
-                        Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups } }
+                    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores }) => {
+                        Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups, restores } }
                     }
                     Ok(MetaReply::Proposed { config }) => Msg::ProposeResp { rpc, config },
                     Ok(MetaReply::Config { partitions, .. }) => Msg::QueryConfigResp { rpc, configs: partitions },

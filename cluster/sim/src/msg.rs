@@ -95,6 +95,7 @@ pub struct BeaconAnswer {
     pub dups: Vec<TableDup>,
     pub sites: Vec<Site>,
     pub backups: Vec<tandem_backup_core::BackupTask>,
+    pub restores: Vec<tandem_backup_core::RestoreSource>,
 }
 
 #[derive(Clone, Debug)]

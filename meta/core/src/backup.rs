@@ -39,7 +39,7 @@ pub struct BackupInfo {
     pub who: String,
 }
 
-pub use tandem_backup_core::task::{BackupTask, BackupTaskReport};
+pub use tandem_backup_core::task::{BackupTask, BackupTaskReport, RestoreSource};
 
 /// One partition of a running backup, as `backup show` and `backup now --wait` see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,4 +94,67 @@ pub fn partition_views(job: &BackupJob) -> Vec<BackupPartitionView> {
             }
         })
         .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreState {
+    /// The table exists; its partitions' first replicas are building their databases.
+    Running,
+    /// Every partition's members opened the restored data.
+    Complete,
+    Failed,
+}
+
+impl RestoreState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreState::Running => "running",
+            RestoreState::Complete => "complete",
+            RestoreState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RestoreState> {
+        [RestoreState::Running, RestoreState::Complete, RestoreState::Failed].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A restore of a backup into a table, as the SQL store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreInfo {
+    pub id: u64,
+    /// The table it created, and its name then.
+    pub table_id: u32,
+    pub table_name: String,
+    pub backup_id: u64,
+    pub source_table_id: u32,
+    pub source_table_name: String,
+    pub partition_count: u32,
+    pub target: String,
+    pub manifest_sha256: String,
+    pub state: RestoreState,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub reason: String,
+    pub who: String,
+}
+
+impl RestoreInfo {
+    pub fn source(&self) -> RestoreSource {
+        RestoreSource {
+            restore_id: self.id,
+            table_id: self.table_id,
+            backup_id: self.backup_id,
+            source_table_id: self.source_table_id,
+            target: self.target.clone(),
+            manifest_sha256: self.manifest_sha256.clone(),
+        }
+    }
+}
+
+/// A restore as `restore list` shows it: how many partitions have every member open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreView {
+    pub info: RestoreInfo,
+    pub partitions_ready: u32,
 }

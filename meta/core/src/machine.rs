@@ -25,7 +25,7 @@
 //! - **Serving is checked again when answering**: a leader whose own lease lapsed while a write
 //!   was in flight grants nothing.
 
-use crate::backup::{partition_views, BackupInfo, BackupTask, BackupView, FAILED_BY_TAKEOVER};
+use crate::backup::{partition_views, BackupInfo, BackupTask, BackupView, RestoreInfo, RestoreState, RestoreView, FAILED_BY_TAKEOVER};
 use crate::beacon::{check_lease, configs_for_node, reassign_restarted_primary};
 use crate::cure::{apply_proposal_from, cure, CureView, ReplicaReport};
 use crate::duplication::{DupInfo, DupPartitionView, DupStatus, DupView, Site};
@@ -185,6 +185,9 @@ enum Work {
     /// A backup the table's policy says is due.
     ScheduledBackup { table_id: u32 },
     BackupDelete { token: Token, id: BackupId, who: String },
+    Restore { token: Token, backup_id: BackupId, table: Option<String>, as_original: bool, who: String },
+    /// Marks a restore complete or failed.
+    RecordRestore { write: StoreWrite },
     /// Writes a backup record's change (`CompleteBackup` or `FailBackups`) a job decided.
     RecordBackup { write: StoreWrite },
 }
@@ -415,6 +418,7 @@ impl MetaMachine {
                     backup_jobs: BTreeMap::new(),
                     backup_manifests: BTreeMap::new(),
                     backup_manifests_writing: BTreeSet::new(),
+                    restores: snapshot.restores.into_iter().map(|r| (r.id, r)).collect(),
                 };
                 self.event(MetaEvent::Leading { epoch, tables: state.tables.len(), partitions: state.partitions.len(), nodes: state.registered.len() });
                 self.state = Some(state);
@@ -500,6 +504,31 @@ impl MetaMachine {
             }
         }
         self.schedule_backups();
+        self.finish_restores();
+    }
+
+    /// A running restore is complete once every partition of its table has every member of its
+    /// configuration reporting (a replica reports only once it opened, and a replica of a table
+    /// being restored opens only on the restored data); it fails if its table is dropped.
+    fn finish_restores(&mut self) {
+        let now = self.now;
+        let state = self.state.as_ref().expect("serving");
+        let mut writes = Vec::new();
+        for r in state.restores.values().filter(|r| r.state == RestoreState::Running) {
+            let available = state.tables.get(&r.table_id).is_some_and(|t| t.status == TableStatus::Available);
+            if !available {
+                writes.push(StoreWrite::FinishRestore { id: r.id, state: RestoreState::Failed, at_ms: now.wall_ms, reason: format!("table {} was dropped", r.table_name) });
+            } else if restored_partitions(state, r) == r.partition_count {
+                writes.push(StoreWrite::FinishRestore { id: r.id, state: RestoreState::Complete, at_ms: now.wall_ms, reason: String::new() });
+            }
+        }
+        for write in writes {
+            let StoreWrite::FinishRestore { id, .. } = &write else { continue };
+            let id = *id;
+            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordRestore { write: StoreWrite::FinishRestore { id: i, .. } } if *i == id)) {
+                self.queue.push_back(Work::RecordRestore { write });
+            }
+        }
     }
 
     /// The policies' schedules and retention: a table whose last backup on its policy's target
@@ -700,6 +729,8 @@ impl MetaMachine {
             MetaRequest::DupSetStatus { dup_id, status } => return self.queue.push_back(Work::DupSetStatus { token, dup_id, status }),
             MetaRequest::BackupNow { table, target, who } => return self.queue.push_back(Work::BackupNow { token, table, target, who }),
             MetaRequest::BackupDelete { id, who } => return self.queue.push_back(Work::BackupDelete { token, id, who }),
+            MetaRequest::Restore { backup_id, table, as_original, who } => return self.queue.push_back(Work::Restore { token, backup_id, table, as_original, who }),
+            MetaRequest::RestoreList => Ok(MetaReply::Restores { restores: state.restores.values().map(|r| RestoreView { info: r.clone(), partitions_ready: restored_partitions(state, r) }).collect() }),
             MetaRequest::BackupList { table } => {
                 let backups = state.backups.values().filter(|b| table.as_ref().is_none_or(|t| b.table_name == *t)).cloned().collect();
                 Ok(MetaReply::Backups { backups })
@@ -890,7 +921,8 @@ impl MetaMachine {
                     .collect();
                 let sites = state.sites.values().filter(|s| dups.iter().any(|d| d.remote_site == s.name)).cloned().collect();
                 let backups = backup_tasks(state, &request.node);
-                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups }));
+                let restores = state.restores.values().filter(|r| r.state == RestoreState::Running && tables.contains(&r.table_id)).map(RestoreInfo::source).collect();
+                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores }));
             }
             Work::Propose { token, gpid, from, proposal } => {
                 let Some(config) = state.partitions.get(&gpid).cloned() else {
@@ -1098,6 +1130,46 @@ impl MetaMachine {
                 let write = StoreWrite::DeleteBackup { id, reason: format!("deleted by {who}") };
                 self.persist(write, Work::BackupDelete { token, id, who });
             }
+            Work::Restore { token, backup_id, table, as_original, who } => {
+                let Some(b) = state.backups.get(&backup_id).cloned() else {
+                    return self.reply(token, Err(MetaError::NotFound(format!("no backup {backup_id} (tandem backup list shows them)"))));
+                };
+                if b.state != BackupState::Complete {
+                    let message = format!("backup {backup_id} is {}; only a complete backup can be restored (tandem backup list shows them)", b.state.as_str());
+                    return self.reply(token, Err(MetaError::InvalidArgument(message)));
+                }
+                let name = match (table, as_original) {
+                    (Some(name), false) => name,
+                    (None, true) => b.table_name.clone(),
+                    _ => return self.reply(token, Err(MetaError::InvalidArgument("give --table NEW_NAME, or --as-original to recreate the backed-up table under its own name".into()))),
+                };
+                if let Err(e) = validate_table_name(&name) {
+                    return self.reply(token, Err(MetaError::InvalidArgument(e)));
+                }
+                if let Some(t) = state.available_table(&name) {
+                    let message = if as_original {
+                        format!("table {name:?} exists (id {}); restore into a new name with --table NEW_NAME, or drop it first", t.id)
+                    } else {
+                        format!("table {name:?} exists (id {}); a restore creates a new table: pick another name", t.id)
+                    };
+                    return self.reply(token, Err(MetaError::AlreadyExists(message)));
+                }
+                // The backed-up table's policy when the store still knows it, its replica count
+                // bounded by the live servers.
+                let live = state.fd.alive_nodes().len() as u32;
+                let mut policy = state.tables.get(&b.table_id).map_or_else(|| Policy::with_replicas(3), |t| t.policy.clone());
+                policy.replicas = policy.replicas.min(live.max(1));
+                policy.duplication = None;
+                let owner = state.tables.get(&b.table_id).map_or_else(|| who.clone(), |t| t.owner.clone());
+                let write = StoreWrite::RestoreTable { name: name.clone(), policy, owner, who: who.clone(), at_ms: now.wall_ms, backup: b };
+                self.persist(write, Work::Restore { token, backup_id, table: Some(name), as_original, who });
+            }
+            Work::RecordRestore { write } => {
+                let running = matches!(&write, StoreWrite::FinishRestore { id, .. } if state.restores.get(id).is_some_and(|r| r.state == RestoreState::Running));
+                if running {
+                    self.persist(write.clone(), Work::RecordRestore { write });
+                }
+            }
             Work::RecordBackup { write } => {
                 if backup_write_allowed(state, &write) {
                     self.persist(write.clone(), Work::RecordBackup { write });
@@ -1303,6 +1375,34 @@ impl MetaMachine {
                 }
                 return;
             }
+            (StoreWrite::RestoreTable { .. }, Ok(StoreDone::Restored { table, restore })) => {
+                for p in 0..table.partition_count {
+                    state.partitions.insert(Gpid::new(table.id, p), PartitionConfig { gpid: Gpid::new(table.id, p), ..Default::default() });
+                }
+                state.tables.insert(table.id, table.clone());
+                state.restores.insert(restore.id, restore.clone());
+                let load = state.load();
+                let configs = if table.replica_count as usize <= load.len() {
+                    place_table(table.id, table.partition_count, table.replica_count as usize, &load).into()
+                } else {
+                    VecDeque::new()
+                };
+                self.event(MetaEvent::Backup { id: restore.backup_id, table: table.name.clone(), what: format!("restore {} into table {} (id {}) started by {}", restore.id, table.name, table.id, restore.who) });
+                let Work::Restore { token, who, .. } = work else { unreachable!("a table is restored by Restore") };
+                let (name, partition_count, owner) = (table.name.clone(), table.partition_count, table.owner.clone());
+                return self.run(Work::CreateTable { token, name, partition_count, change: PolicyChange::default(), owner, who, placing: Some((table, configs)) });
+            }
+            (StoreWrite::FinishRestore { id, state: next, at_ms, reason }, Ok(_)) => {
+                if let Some(r) = state.restores.get_mut(id) {
+                    r.state = *next;
+                    r.finished_ms = *at_ms;
+                    r.reason = reason.clone();
+                    let what = format!("restore {id} into table {} is {}{}", r.table_name, next.as_str(), if reason.is_empty() { String::new() } else { format!(": {reason}") });
+                    let (backup, table) = (r.backup_id, r.table_name.clone());
+                    self.event(MetaEvent::Backup { id: backup, table, what });
+                }
+                return;
+            }
             (StoreWrite::PurgeTable { table_id }, Ok(_)) => {
                 for d in state.dups.values_mut().filter(|d| d.table_id == *table_id) {
                     d.status = DupStatus::Removed;
@@ -1372,10 +1472,27 @@ impl Work {
             | Work::SiteRemove { token, .. }
             | Work::DupAdd { token, .. }
             | Work::DupSetStatus { token, .. } => Some(*token),
-            Work::BackupNow { token, .. } | Work::BackupDelete { token, .. } => Some(*token),
-            Work::Cure { .. } | Work::Purge { .. } | Work::SaveDupProgress | Work::ReconcileDup { .. } | Work::RecordBackup { .. } | Work::ScheduledBackup { .. } => None,
+            Work::BackupNow { token, .. } | Work::BackupDelete { token, .. } | Work::Restore { token, .. } => Some(*token),
+            Work::Cure { .. }
+            | Work::Purge { .. }
+            | Work::SaveDupProgress
+            | Work::ReconcileDup { .. }
+            | Work::RecordBackup { .. }
+            | Work::ScheduledBackup { .. }
+            | Work::RecordRestore { .. } => None,
         }
     }
+}
+
+/// The partitions of restore `r`'s table whose every member reported (opened the restored data).
+fn restored_partitions(state: &MetaState, r: &RestoreInfo) -> u32 {
+    state
+        .table_partitions(r.table_id)
+        .filter(|(gpid, c)| {
+            let reports = state.reports.get(gpid);
+            c.ballot > 0 && c.primary.is_some() && c.members().all(|n| reports.is_some_and(|rs| rs.contains_key(n)))
+        })
+        .count() as u32
 }
 
 /// A failed scheduled backup is tried again this soon (or at its interval, if shorter).

@@ -53,7 +53,7 @@ fn leader() -> (MetaMachine, MemStore) {
 fn beacon_reply(configs: Vec<PartitionConfig>) -> Result<MetaReply, MetaError> {
     let partition_counts = if configs.is_empty() { vec![] } else { vec![(1, 1)] };
     let tombstone_retention = if configs.is_empty() { vec![] } else { vec![(1, crate::policy::DEFAULT_TOMBSTONE_RETENTION_MS)] };
-    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone: vec![], dups: vec![], sites: vec![], backups: vec![] })
+    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone: vec![], dups: vec![], sites: vec![], backups: vec![], restores: vec![] })
 }
 
 #[test]
@@ -675,4 +675,48 @@ fn the_policy_schedules_backups_keeps_the_newest_and_collects_what_it_deletes() 
     m.step(at(later), MetaInput::Tick);
     store_and_answer(&mut m, &mut store, later);
     assert_eq!(store.load().backups.last().map(|b| (b.id, b.state)), Some((3, BackupState::Running)));
+}
+
+#[test]
+fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_member_opened() {
+    use crate::backup::RestoreState;
+    let (mut m, mut store) = leader();
+    ask(&mut m, &mut store, 1, MetaRequest::BackupNow { table: "t".into(), target: Some("file:///bk".into()), who: "ann".into() }).unwrap();
+    complete_backup(&mut m, &mut store, 2, 1);
+    let restore = |table: Option<&str>, as_original| MetaRequest::Restore { backup_id: 1, table: table.map(str::to_string), as_original, who: "ann".into() };
+    // What a user gets wrong is named.
+    let err = ask(&mut m, &mut store, 10, restore(None, false)).unwrap_err();
+    assert!(err.to_string().contains("--table NEW_NAME"), "{err}");
+    let err = ask(&mut m, &mut store, 11, restore(None, true)).unwrap_err();
+    assert!(matches!(err, MetaError::AlreadyExists(_)) && err.to_string().contains("drop it first"), "{err}");
+    let err = ask(&mut m, &mut store, 12, MetaRequest::Restore { backup_id: 9, table: Some("x".into()), as_original: false, who: "ann".into() }).unwrap_err();
+    assert!(matches!(err, MetaError::NotFound(_)), "{err}");
+    let Ok(MetaReply::Created { table }) = ask(&mut m, &mut store, 13, restore(Some("t2"), false)) else { panic!("restored") };
+    assert_eq!((table.id, table.partition_count, table.replica_count), (2, 1, 3));
+    let err = ask(&mut m, &mut store, 14, restore(Some("t2"), false)).unwrap_err();
+    assert!(matches!(err, MetaError::AlreadyExists(_)), "{err}");
+    let stored = store.load().restores;
+    assert_eq!(stored.iter().map(|r| (r.id, r.table_id, r.backup_id, r.state)).collect::<Vec<_>>(), [(1, 2, 1, RestoreState::Running)]);
+    // Every server hosting the table is told where its data comes from.
+    let Ok(MetaReply::Beacon { restores, configs, .. }) = ask(&mut m, &mut store, 15, backup_beacon("r2", vec![])) else { panic!() };
+    assert!(configs.iter().any(|c| c.gpid == Gpid::new(2, 0)));
+    assert_eq!(restores, vec![stored[0].source()]);
+    assert_eq!(restores[0].manifest_sha256, store.load().backups[0].manifest_sha256);
+    // Complete once every member reports the partition (it opened on the restored data).
+    let report = ReplicaReport { ballot: 1, status: "secondary".into(), last_committed: 7, last_prepared: 7 };
+    let config = m.state().unwrap().partitions[&Gpid::new(2, 0)].clone();
+    for (i, n) in config.members().enumerate() {
+        m.step(at(20), MetaInput::Tick);
+        store_and_answer(&mut m, &mut store, 20);
+        assert_eq!(store.load().restores[0].state, RestoreState::Running, "{i} of 3 members reported");
+        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![] };
+        ask(&mut m, &mut store, 21 + i as u64, MetaRequest::Beacon(b)).unwrap();
+    }
+    m.step(at(30), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 30);
+    assert_eq!(store.load().restores[0].state, RestoreState::Complete);
+    let Ok(MetaReply::Restores { restores }) = ask(&mut m, &mut store, 31, MetaRequest::RestoreList) else { panic!() };
+    assert_eq!((restores[0].info.state, restores[0].partitions_ready), (RestoreState::Complete, 1));
+    let Ok(MetaReply::Beacon { restores, .. }) = ask(&mut m, &mut store, 32, backup_beacon("r2", vec![])) else { panic!() };
+    assert!(restores.is_empty(), "a replica added later learns from its primary");
 }

@@ -62,6 +62,10 @@ pub enum MetaRequest {
     BackupShow { id: u64 },
     /// Deletes a complete backup (its record says deleted; collection removes its objects).
     BackupDelete { id: u64, who: String },
+    /// Creates table `table` (or, with `as_original`, the backup's own table name, which must be
+    /// free) from complete backup `backup_id`.
+    Restore { backup_id: u64, table: Option<String>, as_original: bool, who: String },
+    RestoreList,
 }
 
 impl MetaRequest {
@@ -90,6 +94,8 @@ impl MetaRequest {
             MetaRequest::BackupList { .. } => "backup_list",
             MetaRequest::BackupShow { .. } => "backup_show",
             MetaRequest::BackupDelete { .. } => "backup_delete",
+            MetaRequest::Restore { .. } => "restore",
+            MetaRequest::RestoreList => "restore_list",
         }
     }
 }
@@ -109,6 +115,9 @@ pub enum MetaReply {
         sites: Vec<Site>,
         /// The partitions of running backups this server's primaries are to upload.
         backups: Vec<BackupTask>,
+        /// Where the tables being restored get their data (a replica of one opened for the
+        /// first time builds its database from it).
+        restores: Vec<crate::backup::RestoreSource>,
     },
     Config { table: TableInfo, partitions: Vec<PartitionConfig> },
     Proposed { config: PartitionConfig },
@@ -132,6 +141,7 @@ pub enum MetaReply {
     Backups { backups: Vec<BackupInfo> },
     Backup(BackupView),
     BackupDeleted { backup: BackupInfo },
+    Restores { restores: Vec<crate::backup::RestoreView> },
 }
 
 /// Why a request was refused. Each message names the thing and, where there is one, the fix.

@@ -36,6 +36,8 @@ pub struct MetaState {
     pub backup_jobs: BTreeMap<u64, tandem_backup_core::BackupJob>,
     /// The SHA-256 of each table manifest being written, by backup id.
     pub backup_manifests: BTreeMap<u64, String>,
+    /// Every restore, as the store holds it.
+    pub restores: BTreeMap<u64, crate::backup::RestoreInfo>,
     /// Backups whose table manifest is being written (one write at a time each).
     pub backup_manifests_writing: std::collections::BTreeSet<u64>,
 }

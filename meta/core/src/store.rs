@@ -3,7 +3,7 @@
 //! their outcome comes back as `MetaInput::Stored`. `MemStore` is the in-memory twin the
 //! simulator runs, with the same lease row (claims judged by the store's clock) and fencing.
 
-use crate::backup::BackupInfo;
+use crate::backup::{BackupInfo, RestoreInfo, RestoreState};
 use crate::duplication::{DupInfo, DupStatus, Site};
 use tandem_backup_core::{BackupId, BackupState};
 use crate::leadership::ClaimOutcome;
@@ -45,6 +45,11 @@ pub enum StoreWrite {
     FailBackups { ids: Vec<BackupId>, at_ms: u64, reason: String },
     /// Complete → deleted.
     DeleteBackup { id: BackupId, reason: String },
+    /// A new available table named `name` with the partitions of complete backup `backup`,
+    /// and a running restore of that backup into it, in one transaction.
+    RestoreTable { name: String, policy: Policy, owner: String, who: String, at_ms: u64, backup: BackupInfo },
+    /// Running → complete or failed.
+    FinishRestore { id: u64, state: RestoreState, at_ms: u64, reason: String },
 }
 
 /// The site a policy change stops duplicating to: `SetPolicy` removes the table's duplication
@@ -72,6 +77,7 @@ pub enum StoreDone {
     Created { table: TableInfo },
     DupAdded { dup: DupInfo },
     BackupAdded { backup: BackupInfo },
+    Restored { table: TableInfo, restore: RestoreInfo },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +129,7 @@ pub struct MemStore {
     dups: BTreeMap<u32, DupInfo>,
     dup_confirmed: BTreeMap<(u32, u32), Decree>,
     backups: BTreeMap<BackupId, BackupInfo>,
+    restores: BTreeMap<u64, RestoreInfo>,
 }
 
 impl MemStore {
@@ -163,6 +170,7 @@ impl MemStore {
             dups: self.dups.values().cloned().collect(),
             dup_confirmed: self.dup_confirmed.iter().map(|(&(d, p), &c)| (d, p, c)).collect(),
             backups: self.backups.values().cloned().collect(),
+            restores: self.restores.values().cloned().collect(),
         }
     }
 
@@ -179,6 +187,11 @@ impl MemStore {
                 return Err(StoreFailure::new(StoreFailureKind::Fenced, format!("fenced: wrote at epoch {epoch}, the lease is at {current}")));
             }
         }
+        self.write_unfenced(write)
+    }
+
+    /// `write` itself, once fenced.
+    fn write_unfenced(&mut self, write: &StoreWrite) -> StoreResult {
         let not_found = |id: u32| StoreFailure::new(StoreFailureKind::NotFound, format!("table {id} does not exist"));
         match write {
             StoreWrite::RegisterNode { address, at_ms } => {
@@ -363,6 +376,45 @@ impl MemStore {
                 let b = self.backup_becoming(*id, BackupState::Deleted)?;
                 b.state = BackupState::Deleted;
                 b.reason = reason.clone();
+                Ok(StoreDone::Done)
+            }
+            StoreWrite::RestoreTable { name, policy, owner, who, at_ms, backup } => {
+                let stored = self.backups.get(&backup.id).ok_or_else(|| StoreFailure::new(StoreFailureKind::NotFound, format!("no backup {}", backup.id)))?;
+                if stored.state != BackupState::Complete {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("backup {} is {}; only a complete backup is restored", backup.id, stored.state.as_str())));
+                }
+                let create = StoreWrite::CreateTable { name: name.clone(), partition_count: backup.partition_count, policy: policy.clone(), owner: owner.clone(), who: who.clone(), at_ms: *at_ms };
+                let Ok(StoreDone::Created { table }) = self.write_unfenced(&create) else {
+                    return Err(StoreFailure::new(StoreFailureKind::AlreadyExists, format!("table '{name}' already exists")));
+                };
+                let id = self.restores.keys().next_back().map_or(1, |id| id + 1);
+                let restore = RestoreInfo {
+                    id,
+                    table_id: table.id,
+                    table_name: name.clone(),
+                    backup_id: backup.id,
+                    source_table_id: backup.table_id,
+                    source_table_name: backup.table_name.clone(),
+                    partition_count: backup.partition_count,
+                    target: backup.target.clone(),
+                    manifest_sha256: backup.manifest_sha256.clone(),
+                    state: RestoreState::Running,
+                    started_ms: *at_ms,
+                    finished_ms: 0,
+                    reason: String::new(),
+                    who: who.clone(),
+                };
+                self.restores.insert(id, restore.clone());
+                Ok(StoreDone::Restored { table, restore })
+            }
+            StoreWrite::FinishRestore { id, state, at_ms, reason } => {
+                let r = self.restores.get_mut(id).ok_or_else(|| StoreFailure::new(StoreFailureKind::NotFound, format!("no restore {id}")))?;
+                if r.state != RestoreState::Running || *state == RestoreState::Running {
+                    return Err(StoreFailure::new(StoreFailureKind::Invalid, format!("restore {id} is {}; it cannot become {}", r.state.as_str(), state.as_str())));
+                }
+                r.state = *state;
+                r.finished_ms = *at_ms;
+                r.reason = reason.clone();
                 Ok(StoreDone::Done)
             }
         }

@@ -40,4 +40,6 @@ pub struct MetaSnapshot {
     pub dup_confirmed: Vec<(u32, u32, tandem_core::Decree)>,
     /// Every backup record, deleted ones included.
     pub backups: Vec<crate::backup::BackupInfo>,
+    /// Every restore.
+    pub restores: Vec<crate::backup::RestoreInfo>,
 }

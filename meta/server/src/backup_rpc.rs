@@ -2,7 +2,7 @@
 //! and the reports a beacon brings. Conversions only.
 
 use tandem_backup_core::{PartitionEntry, PartitionReport};
-use tandem_meta_core::backup::{BackupInfo, BackupPartitionView, BackupTask, BackupTaskReport};
+use tandem_meta_core::backup::{BackupInfo, BackupPartitionView, BackupTask, BackupTaskReport, RestoreSource, RestoreView};
 use tandem_proto::convert::gpid_from;
 use tandem_proto::v1;
 
@@ -88,5 +88,36 @@ pub fn manifest_partition_to_wire(e: &PartitionEntry) -> v1::BackupPartitionStat
         reused_bytes: e.reused_bytes,
         duration_ms: e.duration_ms,
         ..Default::default()
+    }
+}
+
+pub fn restore_source_to_wire(r: &RestoreSource) -> v1::RestoreSource {
+    v1::RestoreSource {
+        restore_id: r.restore_id,
+        table_id: r.table_id,
+        backup_id: r.backup_id,
+        source_table_id: r.source_table_id,
+        target: r.target.clone(),
+        manifest_sha256: r.manifest_sha256.clone(),
+    }
+}
+
+pub fn restore_to_wire(v: &RestoreView) -> v1::RestoreInfo {
+    let r = &v.info;
+    v1::RestoreInfo {
+        id: r.id,
+        table_id: r.table_id,
+        table_name: r.table_name.clone(),
+        backup_id: r.backup_id,
+        source_table_id: r.source_table_id,
+        source_table_name: r.source_table_name.clone(),
+        partition_count: r.partition_count,
+        target: r.target.clone(),
+        state: r.state.as_str().to_string(),
+        started_ms: r.started_ms,
+        finished_ms: r.finished_ms,
+        reason: r.reason.clone(),
+        who: r.who.clone(),
+        partitions_ready: v.partitions_ready,
     }
 }

@@ -128,6 +128,8 @@ impl MetaMetrics {
             StoreWrite::CompleteBackup { .. } => "complete_backup",
             StoreWrite::FailBackups { .. } => "fail_backups",
             StoreWrite::DeleteBackup { .. } => "delete_backup",
+            StoreWrite::RestoreTable { .. } => "restore_table",
+            StoreWrite::FinishRestore { .. } => "finish_restore",
         };
         self.store_writes.with_label_values(&[kind, if result.is_ok() { "ok" } else { "error" }]).inc();
         self.store_write_seconds.with_label_values(&[kind]).observe(elapsed.as_secs_f64());

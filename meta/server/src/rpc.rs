@@ -167,7 +167,7 @@ impl MetaService for MetaRpc {
         let backup_reports = req.backup_reports.iter().filter_map(crate::backup_rpc::report_from_wire).collect();
         let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports, dup_reports, backup_reports };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
-            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups } => {
+            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores } => {
                 let count = |table_id: u32| partition_counts.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, n)| *n);
                 let retention = |table_id: u32| tombstone_retention.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, ms)| *ms);
                 let wire = |c: &tandem_core::PartitionConfig| v1::PartitionConfig {
@@ -180,6 +180,7 @@ impl MetaService for MetaRpc {
                     dups: dups.iter().map(dup_for_server_to_wire).collect(),
                     sites: sites.iter().map(site_to_wire).collect(),
                     backup_tasks: backups.iter().map(crate::backup_rpc::task_to_wire).collect(),
+                    restores: restores.iter().map(crate::backup_rpc::restore_source_to_wire).collect(),
                 }))
             }
             other => Err(unexpected(other)),
@@ -361,6 +362,22 @@ impl MetaService for MetaRpc {
             }
         }
         Ok(Response::new(response))
+    }
+
+    async fn restore(&self, request: Request<v1::RestoreRequest>) -> Result<Response<v1::RestoreResponse>, Status> {
+        let req = request.into_inner();
+        let table = (!req.table.is_empty()).then_some(req.table);
+        match self.ask(MetaRequest::Restore { backup_id: req.backup_id, table, as_original: req.as_original, who: who_or(req.who, "unknown") }).await? {
+            MetaReply::Created { table } => Ok(Response::new(v1::RestoreResponse { table: Some(table_to_wire(&table)) })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn restore_list(&self, _request: Request<v1::RestoreListRequest>) -> Result<Response<v1::RestoreListResponse>, Status> {
+        match self.ask(MetaRequest::RestoreList).await? {
+            MetaReply::Restores { restores } => Ok(Response::new(v1::RestoreListResponse { restores: restores.iter().map(crate::backup_rpc::restore_to_wire).collect() })),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn backup_delete(&self, request: Request<v1::BackupDeleteRequest>) -> Result<Response<v1::BackupDeleteResponse>, Status> {

@@ -506,11 +506,53 @@ async fn backups(store: &SqlStore, f: &Fence) {
     assert_eq!(states, [(1, BackupState::Deleted, "retention: 1 kept"), (2, BackupState::Failed, "target down")]);
     assert_eq!((loaded[0].bytes, loaded[0].new_bytes, loaded[0].finished_ms), (1_000, 400, 33_000));
     assert!(matches!(twin.write("m", 1, &writes[3]), Err(e) if e.kind == StoreFailureKind::Invalid));
+    // Restores: the table and its running restore in one write; only from a complete backup;
+    // running → complete once.
+    use tandem_meta_core::backup::RestoreState;
+    let writes = vec![
+        add(37_000),
+        StoreWrite::CompleteBackup { id: 3, at_ms: 37_500, manifest_sha256: "ef".repeat(32), bytes: 10, new_bytes: 10 },
+    ];
+    for write in &writes {
+        assert_eq!(store.apply(f, write).await.map_err(|e| e.failure().kind), twin.write("m", 1, write).map_err(|e| e.kind), "{write:?}");
+    }
+    let complete = store.load().await.unwrap().backups.into_iter().find(|b| b.id == 3).unwrap();
+    let restore = |name: &str, backup: &tandem_meta_core::backup::BackupInfo| StoreWrite::RestoreTable {
+        name: name.into(),
+        policy: Policy::with_replicas(1),
+        owner: "o".into(),
+        who: "ann".into(),
+        at_ms: 38_000,
+        backup: backup.clone(),
+    };
+    let deleted = loaded[0].clone();
+    let writes = vec![
+        restore("restored", &complete),
+        restore("restored", &complete),
+        restore("from-deleted", &deleted),
+        StoreWrite::FinishRestore { id: 1, state: RestoreState::Complete, at_ms: 39_000, reason: String::new() },
+        StoreWrite::FinishRestore { id: 1, state: RestoreState::Failed, at_ms: 39_500, reason: "x".into() },
+        StoreWrite::FinishRestore { id: 7, state: RestoreState::Failed, at_ms: 39_500, reason: "x".into() },
+    ];
+    let mut answers = Vec::new();
+    for write in &writes {
+        let sql = store.apply(f, write).await.map_err(|e| e.failure().kind);
+        let mem = twin.write("m", 1, write).map_err(|e| e.kind);
+        assert_eq!(sql, mem, "{write:?}");
+        answers.push(sql.map(|_| ()));
+    }
+    assert_eq!(answers, [Ok(()), Err(StoreFailureKind::AlreadyExists), Err(StoreFailureKind::Invalid), Ok(()), Err(StoreFailureKind::Invalid), Err(StoreFailureKind::NotFound)]);
+    let loaded_restores = store.load().await.unwrap().restores;
+    assert_eq!(loaded_restores, twin.load().restores);
+    let r = &loaded_restores[0];
+    assert_eq!((r.table_name.as_str(), r.backup_id, r.source_table_id, r.state, r.partition_count), ("restored", 3, table.id, RestoreState::Complete, 2));
+    let restored_table = store.load().await.unwrap().tables.into_iter().find(|t| t.name == "restored").unwrap();
+    assert_eq!((restored_table.id, restored_table.partition_count), (r.table_id, 2));
     // Records outlive their table; a dropped table gets no new one.
     store.drop_table(f, table.id, 35_000).await.unwrap();
     assert!(matches!(store.apply(f, &add(36_000)).await.unwrap_err(), StoreError::TableNotFound { .. }));
     store.purge_table(f, table.id).await.unwrap();
-    assert_eq!(store.load().await.unwrap().backups.len(), 2);
+    assert_eq!(store.load().await.unwrap().backups.len(), 3);
 }
 
 /// Claims (or renews) the lease as `holder`; returns its epoch.

@@ -180,6 +180,7 @@ impl ReplicaServer {
             // Only handed out by a backup, which no scenario starts yet (see the meta's side).
             HostAction::BackupPartition { task } => unreachable!("backup {}: the simulation starts no backups", task.backup_id),
             HostAction::CancelBackup { .. } => {}
+            HostAction::RestoreReplica { gpid, source } => unreachable!("{gpid}: restore {}: the simulation restores no table", source.restore_id),
             HostAction::Stop { .. } => {
                 // The server exits; its supervisor restarts it.
                 let delay = io.rng.range(500_000, 3_000_000);

@@ -107,9 +107,9 @@ impl ReplicaServer {
             }
             Msg::BeaconResp { rpc, answer } => {
                 let Some(Outgoing::Beacon { sent_at_ms }) = self.outgoing.remove(&rpc) else { return };
-                let BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups } = answer;
+                let BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups, restores } = answer;
                 self.set_sites(&sites);
-                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups });
+                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores });
             }
             Msg::MetaError { rpc, error } => {
                 let Some(what) = self.outgoing.remove(&rpc) else { return };

@@ -5,7 +5,7 @@
 
 use super::*;
 use tandem_backup_core::{BackupId, BackupState};
-use tandem_meta_core::backup::BackupInfo;
+use tandem_meta_core::backup::{BackupInfo, RestoreInfo, RestoreState};
 
 /// A `backups` row, in column order.
 pub(super) type BackupRow = (i64, i64, String, i64, String, String, i64, i64, String, i64, i64, String, String);
@@ -27,6 +27,32 @@ pub(super) fn backup_from_row(row: BackupRow) -> Result<BackupInfo> {
         manifest_sha256,
         bytes: to_u64(bytes, "backups.bytes")?,
         new_bytes: to_u64(new_bytes, "backups.new_bytes")?,
+        reason,
+        who,
+    })
+}
+
+/// A `restores` row, in column order.
+pub(super) type RestoreRow = (i64, i64, String, i64, i64, String, i64, String, String, String, i64, i64, String, String);
+
+pub(super) const RESTORE_COLUMNS: &str = "id, table_id, table_name, backup_id, source_table_id, source_table_name, partition_count, target, manifest_sha256, \
+     state, started_ms, finished_ms, reason, who";
+
+pub(super) fn restore_from_row(row: RestoreRow) -> Result<RestoreInfo> {
+    let (id, table_id, table_name, backup_id, source_table_id, source_table_name, partition_count, target, manifest_sha256, state, started_ms, finished_ms, reason, who) = row;
+    Ok(RestoreInfo {
+        id: to_u64(id, "restores.id")?,
+        table_id: to_u32(table_id, "restores.table_id")?,
+        table_name,
+        backup_id: to_u64(backup_id, "restores.backup_id")?,
+        source_table_id: to_u32(source_table_id, "restores.source_table_id")?,
+        source_table_name,
+        partition_count: to_u32(partition_count, "restores.partition_count")?,
+        target,
+        manifest_sha256,
+        state: RestoreState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("restore {id} has state {state:?}")))?,
+        started_ms: to_u64(started_ms, "restores.started_ms")?,
+        finished_ms: to_u64(finished_ms, "restores.finished_ms")?,
         reason,
         who,
     })
@@ -134,6 +160,27 @@ impl SqlStore {
             sqlx::query("UPDATE backups SET state = 'deleted', reason = $2 WHERE id = $1").bind(to_i64(id, "backup id")?).bind(reason).execute(&mut *tx).await?;
         });
         tracing::info!(backup = id, reason, "backup deleted");
+        Ok(())
+    }
+
+    /// Running → `state` (complete or failed).
+    pub async fn finish_restore(&self, fence: &Fence, id: u64, state: RestoreState, at_ms: u64, reason: &str) -> Result<()> {
+        let at = to_i64(at_ms, "at_ms")?;
+        write_transaction!(self, fence, tx => {
+            let row: Option<(String,)> = sqlx::query_as("SELECT state FROM restores WHERE id = $1").bind(to_i64(id, "restore id")?).fetch_optional(&mut *tx).await?;
+            let (stored,) = row.ok_or(StoreError::RestoreNotFound { id })?;
+            if stored != "running" || state == RestoreState::Running {
+                return Err(StoreError::RestoreState { id, state: stored, next: state.as_str() });
+            }
+            sqlx::query("UPDATE restores SET state = $2, finished_ms = $3, reason = $4 WHERE id = $1")
+                .bind(to_i64(id, "restore id")?)
+                .bind(state.as_str())
+                .bind(at)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+        });
+        tracing::info!(restore = id, state = state.as_str(), reason, "restore finished");
         Ok(())
     }
 }

@@ -143,6 +143,12 @@ pub enum StoreError {
     #[error("backup {id} is {state}; it cannot become {next}")]
     BackupState { id: u64, state: &'static str, next: &'static str },
 
+    #[error("no restore {id} (tandem restore list shows them)")]
+    RestoreNotFound { id: u64 },
+
+    #[error("restore {id} is {state}; it cannot become {next}")]
+    RestoreState { id: u64, state: String, next: &'static str },
+
     #[error("metadata store query failed: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -158,7 +164,7 @@ impl StoreError {
             StoreError::AlreadyExists { .. } | StoreError::NameTaken { .. } | StoreError::SiteExists { .. } | StoreError::DupExists { .. } => {
                 StoreFailureKind::AlreadyExists
             }
-            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } | StoreError::SiteNotFound { .. } | StoreError::DupNotFound { .. } | StoreError::BackupNotFound { .. } => {
+            StoreError::TableNotFound { .. } | StoreError::PartitionNotFound { .. } | StoreError::SiteNotFound { .. } | StoreError::DupNotFound { .. } | StoreError::BackupNotFound { .. } | StoreError::RestoreNotFound { .. } => {
                 StoreFailureKind::NotFound
             }
             StoreError::InvalidTable { .. }
@@ -167,7 +173,8 @@ impl StoreError {
             | StoreError::PurgeAvailable { .. }
             | StoreError::SiteInUse { .. }
             | StoreError::DupRemoved { .. }
-            | StoreError::BackupState { .. } => StoreFailureKind::Invalid,
+            | StoreError::BackupState { .. }
+            | StoreError::RestoreState { .. } => StoreFailureKind::Invalid,
             _ => StoreFailureKind::Other,
         };
         StoreFailure::new(kind, self.to_string())
@@ -368,6 +375,55 @@ macro_rules! write_policy {
     }};
 }
 
+/// Inserts a running restore of complete backup `$backup` into new table `$id` (`$name`)
+/// through `$tx`, after checking the backup's record is complete; evaluates to its RestoreInfo.
+macro_rules! insert_restore {
+    ($tx:ident, $id:expr, $name:expr, $backup:expr, $who:expr, $at_ms:expr) => {{
+        let (table_id, name, b, who, at_ms): (u32, &str, &tandem_meta_core::backup::BackupInfo, &str, u64) = ($id, $name, $backup, $who, $at_ms);
+        let row: Option<(String,)> = sqlx::query_as("SELECT state FROM backups WHERE id = $1").bind(to_i64(b.id, "backup id")?).fetch_optional(&mut *$tx).await?;
+        match row {
+            None => return Err(StoreError::BackupNotFound { id: b.id }),
+            Some((state,)) if state != "complete" => return Err(StoreError::BackupState { id: b.id, state: "not complete", next: "restored" }),
+            Some(_) => {}
+        }
+        let (max_id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM restores").fetch_one(&mut *$tx).await?;
+        let restore_id = max_id + 1;
+        sqlx::query(
+            "INSERT INTO restores (id, table_id, table_name, backup_id, source_table_id, source_table_name, partition_count, target, manifest_sha256, \
+             state, started_ms, finished_ms, reason, who) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'running', $10, 0, '', $11)",
+        )
+        .bind(restore_id)
+        .bind(i64::from(table_id))
+        .bind(name)
+        .bind(to_i64(b.id, "backup id")?)
+        .bind(i64::from(b.table_id))
+        .bind(&b.table_name)
+        .bind(i64::from(b.partition_count))
+        .bind(&b.target)
+        .bind(&b.manifest_sha256)
+        .bind(to_i64(at_ms, "at_ms")?)
+        .bind(who)
+        .execute(&mut *$tx)
+        .await?;
+        tandem_meta_core::backup::RestoreInfo {
+            id: to_u64(restore_id, "restores.id")?,
+            table_id,
+            table_name: name.to_string(),
+            backup_id: b.id,
+            source_table_id: b.table_id,
+            source_table_name: b.table_name.clone(),
+            partition_count: b.partition_count,
+            target: b.target.clone(),
+            manifest_sha256: b.manifest_sha256.clone(),
+            state: tandem_meta_core::backup::RestoreState::Running,
+            started_ms: at_ms,
+            finished_ms: 0,
+            reason: String::new(),
+            who: who.to_string(),
+        }
+    }};
+}
+
 mod backups;
 mod duplications;
 mod lease;
@@ -534,6 +590,14 @@ impl SqlStore {
             }
             StoreWrite::DeleteBackup { id, reason } => {
                 self.delete_backup(fence, *id, reason).await?;
+                StoreDone::Done
+            }
+            StoreWrite::RestoreTable { name, policy, owner, who, at_ms, backup } => {
+                let (table, restore) = self.create_table_restoring(fence, name, backup.partition_count, policy, owner, who, *at_ms, Some(backup)).await?;
+                StoreDone::Restored { table, restore: restore.expect("a restore was asked for") }
+            }
+            StoreWrite::FinishRestore { id, state, at_ms, reason } => {
+                self.finish_restore(fence, *id, *state, *at_ms, reason).await?;
                 StoreDone::Done
             }
         })

@@ -43,8 +43,11 @@ impl SqlStore {
                     .await?;
             let backups: Vec<backups::BackupRow> =
                 sqlx::query_as(&format!("SELECT {} FROM backups ORDER BY id", backups::BACKUP_COLUMNS)).fetch_all(&mut *tx).await?;
-            (tables, partitions, nodes, policies, sites, dups, progress, backups)
+            let restores: Vec<backups::RestoreRow> =
+                sqlx::query_as(&format!("SELECT {} FROM restores ORDER BY id", backups::RESTORE_COLUMNS)).fetch_all(&mut *tx).await?;
+            (tables, partitions, nodes, policies, sites, dups, progress, (backups, restores))
         });
+        let (backup_rows, restore_rows) = backup_rows;
         let mut policies = std::collections::HashMap::new();
         for row in policy_rows {
             let table_id = to_u32(row.0, "policies.table_id")?;
@@ -84,6 +87,7 @@ impl SqlStore {
             dups,
             dup_confirmed,
             backups: backup_rows.into_iter().map(backups::backup_from_row).collect::<Result<Vec<_>>>()?,
+            restores: restore_rows.into_iter().map(backups::restore_from_row).collect::<Result<Vec<_>>>()?,
         })
     }
 
@@ -99,6 +103,22 @@ impl SqlStore {
         who: &str,
         created_ms: u64,
     ) -> Result<TableInfo> {
+        self.create_table_restoring(fence, name, partition_count, policy, owner, who, created_ms, None).await.map(|(table, _)| table)
+    }
+
+    /// `create_table`, and with `backup` a running restore of that complete backup into the
+    /// new table, in the same transaction (a table never exists without the restore it was
+    /// made for).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn create_table_restoring(&self, fence: &Fence,
+        name: &str,
+        partition_count: u32,
+        policy: &Policy,
+        owner: &str,
+        who: &str,
+        created_ms: u64,
+        backup: Option<&tandem_meta_core::backup::BackupInfo>,
+    ) -> Result<(TableInfo, Option<tandem_meta_core::backup::RestoreInfo>)> {
         let replica_count = policy.replicas;
         let invalid = |reason: &str| StoreError::InvalidTable {
             name: name.to_string(),
@@ -174,10 +194,15 @@ impl SqlStore {
                 "table {id}: inserted {inserted} partitions, expected {partition_count}"
             );
             write_policy!(tx, id, None, policy, who, created_ms_column);
-            id
+            let restore = match backup {
+                Some(b) => Some(insert_restore!(tx, id, name, b, who, created_ms)),
+                None => None,
+            };
+            (id, restore)
         });
-        tracing::info!(id, name, partition_count, replica_count, "table created");
-        Ok(TableInfo {
+        let (id, restore) = id;
+        tracing::info!(id, name, partition_count, replica_count, restore = ?restore.as_ref().map(|r| r.id), "table created");
+        let table = TableInfo {
             id,
             name: name.to_string(),
             partition_count,
@@ -186,7 +211,8 @@ impl SqlStore {
             created_ms,
             owner: owner.to_string(),
             policy: policy.clone(),
-        })
+        };
+        Ok((table, restore))
     }
 
     /// Soft-deletes an available table: it stays recallable until purged.
