@@ -275,11 +275,11 @@ pub async fn restore(args: &ClientArgs, command: Option<RestoreCommand>, id: Opt
                         format!("{}/{}", r.partitions_ready, r.partition_count),
                         fmt_ms(r.started_ms),
                         if r.finished_ms == 0 { "-".into() } else { humantime::format_duration(Duration::from_millis(r.finished_ms.saturating_sub(r.started_ms))).to_string() },
-                        r.reason.clone(),
+                        if r.reason.is_empty() { r.last_error.clone() } else { r.reason.clone() },
                     ]
                 })
                 .collect();
-            print_table(&["ID", "TABLE", "FROM", "STATE", "PARTITIONS", "STARTED", "TOOK", "REASON"], &rows);
+            print_table(&["ID", "TABLE", "FROM", "STATE", "PARTITIONS", "STARTED", "TOOK", "REASON / LAST ERROR"], &rows);
         }
         return Ok(());
     }
@@ -330,7 +330,10 @@ pub async fn restore(args: &ClientArgs, command: Option<RestoreCommand>, id: Opt
                 if bar {
                     eprintln!();
                 }
-                return Err(Failure::new(EXIT_ERROR, format!("restore {} into {} is {state}: {}", r.id, r.table_name, r.reason)));
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!("restore {} into {} is {state}: {} (the partitions it could not restore serve nothing; drop the table: tandem table drop {})", r.id, r.table_name, r.reason, r.table_name),
+                ));
             }
         }
     }
@@ -351,6 +354,7 @@ fn restore_json(r: &v1::RestoreInfo) -> serde_json::Value {
         "started_ms": r.started_ms,
         "finished_ms": r.finished_ms,
         "reason": r.reason,
+        "last_error": r.last_error,
         "who": r.who,
     })
 }

@@ -7,7 +7,8 @@
 mod support;
 
 use std::process::Output;
-use support::{bin, Cluster, Store};
+use std::collections::BTreeMap;
+use support::{bin, everything, Cluster, Store};
 use tandem_backup_core::{read_partition_manifest, read_table_manifest, verify_backup, ObjectStore};
 use tandem_backup_store::{RealObjectStore, S3Options, Target};
 use tandem_core::storage::KvEngine;
@@ -290,4 +291,65 @@ async fn a_backup_completes_when_an_uploading_primary_is_killed() {
     assert!(redone["attempt"].as_u64().unwrap() >= 2, "partition {partition} was uploaded again by its next primary: {redone}");
     let store = RealObjectStore::open(&Target::parse(&target).unwrap(), &S3Options::default(), tokio::runtime::Handle::current()).unwrap();
     tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_drills_give_back_exactly_what_each_backup_held_and_refuse_a_damaged_one() {
+    let cluster = Cluster::start(3, Store::Sqlite).await;
+    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    let target_dir = cluster.dir.path().join("backups");
+    let target = format!("file://{}", target_dir.display());
+    let t = cluster.client().table(TABLE);
+    let record = |i: usize| (format!("k{i:04}").into_bytes(), b"s".to_vec());
+    let mut expected: BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> = BTreeMap::new();
+    for i in 0..300 {
+        let value = format!("first-{i}").into_bytes();
+        t.set(&record(i).0, b"s", &value, 0).await.unwrap();
+        expected.insert(record(i), value);
+    }
+    let first = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", &target, "--wait", "--json"])));
+    let held_by_first = expected.clone();
+    // Overwrite some, delete some, add some; the second backup is incremental.
+    for i in 0..100 {
+        let value = format!("second-{i}").into_bytes();
+        t.set(&record(i).0, b"s", &value, 0).await.unwrap();
+        expected.insert(record(i), value);
+    }
+    for i in 100..150 {
+        t.del(&record(i).0, b"s").await.unwrap();
+        expected.remove(&record(i));
+    }
+    for i in 300..400 {
+        let value = format!("second-{i}").into_bytes();
+        t.set(&record(i).0, b"s", &value, 0).await.unwrap();
+        expected.insert(record(i), value);
+    }
+    let second = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", &target, "--wait", "--json"])));
+    let reused: u64 = second["partition_details"].as_array().unwrap().iter().map(|p| p["reused_bytes"].as_u64().unwrap()).sum();
+    assert!(reused > 0, "the second backup reuses the first one's files: {second}");
+    // The table is lost; each backup restores into a table of its own, exactly as it was.
+    ok(&tandem(&cluster, &["table", "drop", TABLE]));
+    for (backup, name, held) in [(&first, "from_first", &held_by_first), (&second, "from_second", &expected)] {
+        let id = backup["id"].as_u64().unwrap().to_string();
+        ok(&tandem(&cluster, &["restore", &id, "--table", name, "--wait"]));
+        let got = everything(&cluster, name).await;
+        assert_eq!(got.len(), held.len(), "{name}");
+        assert!(got == *held, "{name} differs from what backup {id} held");
+    }
+    // A damaged object: verify names it, and a restore fails naming it rather than serve.
+    let own: Vec<String> = walk(&target_dir.join("tables/1/objects")).into_iter().filter(|k| k.ends_with("-2")).collect();
+    let victim = std::path::PathBuf::from(own.first().expect("the second backup uploaded SST files of its own"));
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let verify = tandem(&cluster, &["backup", "verify", "2"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(&name), "{}", String::from_utf8_lossy(&verify.stdout));
+    let restore = tandem(&cluster, &["restore", "2", "--table", "from_damaged", "--wait"]);
+    let stderr = String::from_utf8_lossy(&restore.stderr);
+    assert_eq!(restore.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is failed") && stderr.contains(&name), "{stderr}");
+    let list = last_json(&ok(&tandem(&cluster, &["restore", "list", "--json"])));
+    assert_eq!(list["restores"][2]["state"], "failed");
 }

@@ -5,7 +5,7 @@
 mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
-use support::{Cluster, Store};
+use support::{everything, Cluster, Store};
 use tandem_client::{ClientError, DupApplied, DupRecord};
 use tandem_core::key::encode_key;
 use tandem_core::replica::DupWatermark;
@@ -100,23 +100,6 @@ async fn records_of_the_other_site_apply_by_last_writer_wins() {
     assert_eq!(table.duplicate(vec![put("fresh", b"x", now_us(), 2)], None).await.unwrap(), DupApplied { applied: 1, superseded: 0 });
     let err = table.duplicate(vec![], Some(DupWatermark { origin: 200, watermark_us: 1 })).await.unwrap_err();
     assert!(matches!(&err, ClientError::InvalidArgument(m) if m.contains("limit 127")), "{err:?}");
-}
-
-/// Every record of a table at a site, with its value: `(hash key, sort key) -> value`.
-async fn everything(cluster: &Cluster, table: &str) -> std::collections::BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> {
-    let t = cluster.client().table(table);
-    let mut all = std::collections::BTreeMap::new();
-    let mut token = None;
-    loop {
-        let page = t.full_scan(token.as_deref(), 1000).await.unwrap();
-        for (hk, sk, v) in page.records {
-            all.insert((hk, sk), v);
-        }
-        match page.next {
-            Some(next) => token = Some(next),
-            None => return all,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

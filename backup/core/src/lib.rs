@@ -34,4 +34,4 @@ pub use object::{object_store_conformance, validate_key, MemObjectStore, ObjectE
 pub use partition::{plan_partition, upload_partition, LocalFile, PartitionJob, PartitionPlan, Reusable};
 pub use restore::{read_partition_manifest, read_table_manifest, restore_partition, verify_backup, VerifyReport};
 pub use retention::{collect, expired, garbage, BackupRecord, BackupState, CollectRecord, CollectReport, Collection};
-pub use task::{BackupTask, BackupTaskReport, RestoreSource};
+pub use task::{BackupTask, BackupTaskReport, RestoreFailure, RestoreSource};

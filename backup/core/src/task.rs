@@ -46,3 +46,12 @@ pub struct RestoreSource {
     pub target: String,
     pub manifest_sha256: String,
 }
+
+/// A replica's restore that failed, as its server reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreFailure {
+    pub gpid: Gpid,
+    pub error: String,
+    /// The backup itself is damaged: trying again cannot help.
+    pub permanent: bool,
+}

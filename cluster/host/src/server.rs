@@ -26,7 +26,7 @@
 
 use crate::backup::{BackupCommand, Backups};
 use crate::duplication::{config_for, DupConfig};
-use tandem_backup_core::{BackupId, BackupTask, BackupTaskReport, RestoreSource};
+use tandem_backup_core::{BackupId, BackupTask, BackupTaskReport, RestoreFailure, RestoreSource};
 use tandem_dup_core::TableDup;
 use crate::options::HostOptions;
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,6 +56,10 @@ pub enum HostInput {
     },
     /// `RestoreReplica` is done: the replica's database is in place.
     ReplicaRestored { gpid: Gpid },
+    /// `RestoreReplica` failed and left nothing behind. `permanent`: the backup itself is
+    /// damaged (a missing or corrupt object, a manifest that does not check), so trying again
+    /// cannot help; otherwise (the target unreachable) the next answer tries again.
+    RestoreFailed { gpid: Gpid, error: String, permanent: bool },
     /// An upload `BackupPartition` started reported progress, its entry or its failure.
     BackupReported(BackupTaskReport),
     BeaconFailed { now_ms: u64 },
@@ -90,7 +94,7 @@ pub enum HostAction {
     TickReplicas { log_cache_bytes_max: usize },
     /// Beacon to the meta with every replica's state and these reports of backup uploads;
     /// report `BeaconAnswered` or `BeaconFailed`.
-    SendBeacon { sent_at_ms: u64, restarted: bool, lease_period_ms: u64, backup_reports: Vec<BackupTaskReport> },
+    SendBeacon { sent_at_ms: u64, restarted: bool, lease_period_ms: u64, backup_reports: Vec<BackupTaskReport>, restore_failures: Vec<RestoreFailure> },
     /// Checkpoint the replica of `task.gpid` and upload it as the task says, reporting with
     /// `BackupReported` as it goes and when it is done or failed.
     BackupPartition { task: BackupTask },
@@ -167,6 +171,9 @@ pub struct Host {
     restoring: BTreeSet<Gpid>,
     /// Replicas whose database was built and that open next without a restore.
     restored: BTreeSet<Gpid>,
+    /// The last failure of each replica's restore, reported with every beacon while its table
+    /// is being restored; a permanent one is not tried again.
+    restore_failures: BTreeMap<Gpid, RestoreFailure>,
     stopped: bool,
     actions: Vec<HostAction>,
 }
@@ -195,6 +202,7 @@ impl Host {
             restoring_tables: BTreeMap::new(),
             restoring: BTreeSet::new(),
             restored: BTreeSet::new(),
+            restore_failures: BTreeMap::new(),
             stopped: false,
             actions: Vec::new(),
         }
@@ -245,6 +253,8 @@ impl Host {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
             HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores } => {
                 self.restoring_tables = restores.into_iter().map(|r| (r.table_id, r)).collect();
+                let restoring = &self.restoring_tables;
+                self.restore_failures.retain(|gpid, _| restoring.contains_key(&gpid.table_id));
                 for command in self.backups.on_answer(backups, &self.replicas) {
                     self.actions.push(match command {
                         BackupCommand::Start(task) => HostAction::BackupPartition { task },
@@ -262,7 +272,13 @@ impl Host {
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
             HostInput::BackupReported(report) => self.backups.on_report(report),
+            HostInput::RestoreFailed { gpid, error, permanent } => {
+                if self.restoring.remove(&gpid) {
+                    self.restore_failures.insert(gpid, RestoreFailure { gpid, error, permanent });
+                }
+            }
             HostInput::ReplicaRestored { gpid } => {
+                self.restore_failures.remove(&gpid);
                 if self.restoring.remove(&gpid) {
                     self.restored.insert(gpid);
                     self.open(gpid);
@@ -354,6 +370,11 @@ impl Host {
         if let Some(source) = self.restoring_tables.get(&gpid.table_id)
             && !self.restored.remove(&gpid)
         {
+            // A damaged backup is not downloaded again; the replica stays closed (it never
+            // opens empty) until the table is dropped.
+            if self.restore_failures.get(&gpid).is_some_and(|f| f.permanent) {
+                return false;
+            }
             self.restoring.insert(gpid);
             self.actions.push(HostAction::RestoreReplica { gpid, source: source.clone() });
             return false;
@@ -387,6 +408,7 @@ impl Host {
                 restarted: self.restarted,
                 lease_period_ms: self.options.lease_period_ms,
                 backup_reports: self.backups.reports(),
+                restore_failures: self.restore_failures.values().cloned().collect(),
             });
         }
         if let Gc::Idle { next_due_ms } = self.gc
@@ -561,16 +583,40 @@ mod tests {
         // Still restoring at the next answer: not asked for twice.
         let actions = restoring_answer(&mut host, 1_000);
         assert!(!actions.iter().any(|a| matches!(a, HostAction::RestoreReplica { .. })), "{actions:?}");
-        // A failed restore is tried again by the next answer.
-        host.step(HostInput::OpenFailed { gpid: g(0), error: "target down".into() });
+        // A failed restore is tried again by the next answer, and reported meanwhile.
+        host.step(HostInput::RestoreFailed { gpid: g(0), error: "target down".into(), permanent: false });
+        host.step(HostInput::Tick { now_ms: 2_000 });
+        let beacon = host.take_actions();
         let actions = restoring_answer(&mut host, 2_000);
         assert!(actions.contains(&HostAction::RestoreReplica { gpid: g(0), source: source.clone() }));
+        let reported = beacon.iter().find_map(|a| match a {
+            HostAction::SendBeacon { restore_failures, .. } => Some(restore_failures.clone()),
+            _ => None,
+        });
+        assert_eq!(reported, Some(vec![RestoreFailure { gpid: g(0), error: "target down".into(), permanent: false }]));
         // In place: it opens, and the next answer configures it without restoring again.
         host.step(HostInput::ReplicaRestored { gpid: g(0) });
         assert_eq!(host.take_actions(), vec![HostAction::OpenReplica { gpid: g(0), options: options().replica_options(1) }]);
         let actions = restoring_answer(&mut host, 3_000);
         assert!(actions.contains(&HostAction::Configure { gpid: g(0), config: cfg(0, 1, Some("a"), &["b"]) }), "{actions:?}");
         assert!(!actions.iter().any(|a| matches!(a, HostAction::RestoreReplica { .. })));
+        // A damaged backup: not downloaded again, never opened empty, reported until dropped.
+        let g1 = Gpid::new(1, 1);
+        let mut host = Host::new("a".into(), options(), [], 0);
+        host.step(HostInput::Tick { now_ms: 0 });
+        host.take_actions();
+        let damaged_answer = |host: &mut Host, sent_at_ms: u64| {
+            let configs = vec![PartitionConfig { gpid: g1, ..cfg(1, 1, Some("a"), &[]) }];
+            host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone: vec![], dups: vec![], backups: vec![], restores: vec![source.clone()] });
+            host.take_actions()
+        };
+        assert!(damaged_answer(&mut host, 0).contains(&HostAction::RestoreReplica { gpid: g1, source: source.clone() }));
+        host.step(HostInput::RestoreFailed { gpid: g1, error: "object x is missing".into(), permanent: true });
+        host.step(HostInput::Tick { now_ms: 1_000 });
+        let beacon = host.take_actions();
+        assert!(beacon.iter().any(|a| matches!(a, HostAction::SendBeacon { restore_failures, .. } if restore_failures.len() == 1 && restore_failures[0].permanent)), "{beacon:?}");
+        let actions = damaged_answer(&mut host, 1_000);
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::RestoreReplica { .. } | HostAction::OpenReplica { .. })), "{actions:?}");
     }
 
     #[test]
@@ -581,7 +627,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 1_000 },
-                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000, backup_reports: vec![] },
+                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![] },
             ]
         );
         host.step(HostInput::Tick { now_ms: 1_500 });
@@ -612,7 +658,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 500 },
-                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000, backup_reports: vec![] },
+                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![] },
             ]
         );
         // A late answer to an older beacon grants nothing.

@@ -151,9 +151,10 @@ impl Node {
                     tracing::info!(restore = source.restore_id, %gpid, backup = source.backup_id, bytes, took = ?started.elapsed(), "replica restored from backup");
                     HostInput::ReplicaRestored { gpid }
                 }
-                Err(error) => {
-                    tracing::warn!(restore = source.restore_id, %gpid, backup = source.backup_id, "restoring the replica failed (retried at the next beacon): {error}");
-                    HostInput::OpenFailed { gpid, error }
+                Err((error, permanent)) => {
+                    let next = if permanent { "the backup is damaged: the restore fails" } else { "retried at the next beacon" };
+                    tracing::warn!(restore = source.restore_id, %gpid, backup = source.backup_id, "restoring the replica failed ({next}): {error}");
+                    HostInput::RestoreFailed { gpid, error, permanent }
                 }
             };
             node.host_step(input);
@@ -164,16 +165,23 @@ impl Node {
     /// manifest, then `restore_checkpoint` writes the database into the replica's directory
     /// only once every file is fetched and checked. A database already there (a restore that
     /// finished before the server restarted) is kept.
-    fn restore(&self, gpid: Gpid, source: &tandem_backup_core::RestoreSource) -> Result<u64, String> {
+    /// An error is permanent when the backup itself is damaged (missing or corrupt objects,
+    /// manifests that do not check); the target being unreachable or a local file error is not.
+    fn restore(&self, gpid: Gpid, source: &tandem_backup_core::RestoreSource) -> Result<u64, (String, bool)> {
+        use tandem_backup_core::BackupError;
+        let classify = |e: BackupError| {
+            let permanent = matches!(e, BackupError::Damaged { .. } | BackupError::Manifest(_));
+            (e.to_string(), permanent)
+        };
         let db = crate::node::replica_dir(&self.opts.data_dir, gpid).join("db");
         if db.exists() {
             return Ok(0);
         }
-        let target = Target::parse(&source.target).map_err(|e| e.to_string())?;
-        let store = RealObjectStore::open(&target, &self.opts.s3, tokio::runtime::Handle::current()).map_err(|e| e.to_string())?;
-        let table = read_table_manifest(&store, source.source_table_id, source.backup_id, Some(&source.manifest_sha256)).map_err(|e| e.to_string())?;
-        let manifest = read_partition_manifest(&store, &table, gpid.partition).map_err(|e| e.to_string())?;
-        tandem_backup_store::checkpoint::restore_checkpoint(&store, &manifest, &db).map_err(|e| e.to_string())
+        let target = Target::parse(&source.target).map_err(|e| (e.to_string(), true))?;
+        let store = RealObjectStore::open(&target, &self.opts.s3, tokio::runtime::Handle::current()).map_err(|e| (e.to_string(), false))?;
+        let table = read_table_manifest(&store, source.source_table_id, source.backup_id, Some(&source.manifest_sha256)).map_err(classify)?;
+        let manifest = read_partition_manifest(&store, &table, gpid.partition).map_err(classify)?;
+        tandem_backup_store::checkpoint::restore_checkpoint(&store, &manifest, &db).map_err(classify)
     }
 }
 

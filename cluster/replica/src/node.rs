@@ -194,9 +194,9 @@ impl Node {
                     h.send(ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures } => {
                 let node = self.clone();
-                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms, backup_reports).await });
+                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures).await });
             }
             HostAction::BackupPartition { task } => self.start_backup(task),
             HostAction::CancelBackup { backup_id, gpid, attempt } => self.uploads.cancel(backup_id, gpid, attempt),
@@ -275,7 +275,14 @@ impl Node {
         self.host_step(HostInput::ReplicaRemoved { gpid });
     }
 
-    async fn beacon(self: &Arc<Self>, sent_at_ms: u64, restarted: bool, lease_period_ms: u64, backup_reports: Vec<tandem_backup_core::BackupTaskReport>) {
+    async fn beacon(
+        self: &Arc<Self>,
+        sent_at_ms: u64,
+        restarted: bool,
+        lease_period_ms: u64,
+        backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
+        restore_failures: Vec<tandem_backup_core::RestoreFailure>,
+    ) {
         let req = v1::BeaconRequest {
             node: self.me.clone(),
             replicas: self.replica_handles().iter().map(|h| h.report()).collect(),
@@ -284,6 +291,10 @@ impl Node {
             restarted,
             dup_progress: self.replica_handles().iter().flat_map(|h| h.dup_progress()).collect(),
             backup_reports: backup_reports.iter().map(backup_report_to_wire).collect(),
+            restore_failures: restore_failures
+                .iter()
+                .map(|f| v1::RestoreFailure { gpid: Some(f.gpid.into()), error: f.error.clone(), permanent: f.permanent })
+                .collect(),
         };
         let answer = self
             .meta

@@ -231,7 +231,7 @@ impl SimMeta {
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
         let (rpc, request) = match msg {
-            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports } => {
+            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures } => {
                 let reports = reports
                     .iter()
                     .map(|s| {
@@ -239,7 +239,7 @@ impl SimMeta {
                         (s.gpid, report)
                     })
                     .collect();
-                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports, backup_reports }))
+                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports, backup_reports, restore_failures }))
             }
             Msg::Propose { rpc, gpid, proposal, from: proposer } => (rpc, MetaRequest::Propose { gpid, from: proposer, proposal }),
             Msg::QueryConfig { rpc } => (rpc, MetaRequest::QueryConfig { table: crate::sim::TABLE_NAME.into() }),

@@ -139,6 +139,7 @@ pub enum Msg {
         /// What its primaries' duplicators report: (partition, duplication, progress).
         dup_reports: Vec<(Gpid, u32, DupReport)>,
         backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
+        restore_failures: Vec<tandem_backup_core::RestoreFailure>,
     },
     BeaconResp {
         rpc: RpcId,

@@ -39,7 +39,7 @@ pub struct BackupInfo {
     pub who: String,
 }
 
-pub use tandem_backup_core::task::{BackupTask, BackupTaskReport, RestoreSource};
+pub use tandem_backup_core::task::{BackupTask, BackupTaskReport, RestoreFailure, RestoreSource};
 
 /// One partition of a running backup, as `backup show` and `backup now --wait` see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,4 +157,6 @@ impl RestoreInfo {
 pub struct RestoreView {
     pub info: RestoreInfo,
     pub partitions_ready: u32,
+    /// The last failure a server reported of one of its replicas' restores, while running.
+    pub last_error: Option<String>,
 }

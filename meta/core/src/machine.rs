@@ -419,6 +419,7 @@ impl MetaMachine {
                     backup_manifests: BTreeMap::new(),
                     backup_manifests_writing: BTreeSet::new(),
                     restores: snapshot.restores.into_iter().map(|r| (r.id, r)).collect(),
+                    restore_errors: BTreeMap::new(),
                 };
                 self.event(MetaEvent::Leading { epoch, tables: state.tables.len(), partitions: state.partitions.len(), nodes: state.registered.len() });
                 self.state = Some(state);
@@ -505,6 +506,29 @@ impl MetaMachine {
         }
         self.schedule_backups();
         self.finish_restores();
+    }
+
+    /// A replica's restore that cannot succeed (the backup is damaged) fails the restore, with
+    /// the server's reason; other failures are kept for `restore list` while the servers retry.
+    fn on_restore_failures(&mut self, node: &str, failures: &[crate::backup::RestoreFailure]) {
+        let now = self.now;
+        let state = self.state.as_mut().expect("serving");
+        let mut fail = Vec::new();
+        for f in failures {
+            let Some(r) = state.restores.values().find(|r| r.table_id == f.gpid.table_id && r.state == RestoreState::Running) else { continue };
+            let reason = format!("partition {} on {node}: {}", f.gpid.partition, f.error);
+            state.restore_errors.insert(r.id, reason.clone());
+            if f.permanent {
+                fail.push(StoreWrite::FinishRestore { id: r.id, state: RestoreState::Failed, at_ms: now.wall_ms, reason });
+            }
+        }
+        for write in fail {
+            let StoreWrite::FinishRestore { id, .. } = &write else { continue };
+            let id = *id;
+            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordRestore { write: StoreWrite::FinishRestore { id: i, .. } } if *i == id)) {
+                self.queue.push_back(Work::RecordRestore { write });
+            }
+        }
     }
 
     /// A running restore is complete once every partition of its table has every member of its
@@ -730,7 +754,13 @@ impl MetaMachine {
             MetaRequest::BackupNow { table, target, who } => return self.queue.push_back(Work::BackupNow { token, table, target, who }),
             MetaRequest::BackupDelete { id, who } => return self.queue.push_back(Work::BackupDelete { token, id, who }),
             MetaRequest::Restore { backup_id, table, as_original, who } => return self.queue.push_back(Work::Restore { token, backup_id, table, as_original, who }),
-            MetaRequest::RestoreList => Ok(MetaReply::Restores { restores: state.restores.values().map(|r| RestoreView { info: r.clone(), partitions_ready: restored_partitions(state, r) }).collect() }),
+            MetaRequest::RestoreList => Ok(MetaReply::Restores {
+                restores: state
+                    .restores
+                    .values()
+                    .map(|r| RestoreView { info: r.clone(), partitions_ready: restored_partitions(state, r), last_error: state.restore_errors.get(&r.id).cloned() })
+                    .collect(),
+            }),
             MetaRequest::BackupList { table } => {
                 let backups = state.backups.values().filter(|b| table.as_ref().is_none_or(|t| b.table_name == *t)).cloned().collect();
                 Ok(MetaReply::Backups { backups })
@@ -793,6 +823,7 @@ impl MetaMachine {
         for id in reported_backups {
             self.drive_backup(id);
         }
+        self.on_restore_failures(&request.node, &request.restore_failures);
         let state = self.state.as_mut().expect("serving");
         let registered = state.registered.contains(&node);
         let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
@@ -921,7 +952,8 @@ impl MetaMachine {
                     .collect();
                 let sites = state.sites.values().filter(|s| dups.iter().any(|d| d.remote_site == s.name)).cloned().collect();
                 let backups = backup_tasks(state, &request.node);
-                let restores = state.restores.values().filter(|r| r.state == RestoreState::Running && tables.contains(&r.table_id)).map(RestoreInfo::source).collect();
+                // A failed restore's table keeps its source too: its replicas never open empty.
+                let restores = state.restores.values().filter(|r| r.state != RestoreState::Complete && tables.contains(&r.table_id)).map(RestoreInfo::source).collect();
                 self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores }));
             }
             Work::Propose { token, gpid, from, proposal } => {

@@ -17,7 +17,7 @@ fn at(mono_ms: u64) -> Now {
 }
 
 fn beacon(node: &str, incarnation: u64, restarted: bool) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![] })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![] })
 }
 
 fn config(table_id: u32, partition: u32, ballot: u64, primary: &str, secondaries: &[&str]) -> PartitionConfig {
@@ -114,7 +114,7 @@ fn a_beacon_never_outruns_a_configuration_change() {
     );
     // r1 comes back while the promotion is in flight, reporting its replica: its beacon waits.
     let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 0, last_prepared: 0 };
-    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![] };
+    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![] };
     m.step(at(8_700), MetaInput::Request { token: 42, request: MetaRequest::Beacon(r1) });
     assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r1".into() })]);
     // So does r3's (its answer carries the partition too); a read does not.
@@ -393,6 +393,7 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
             reports: vec![],
             dup_reports: vec![(Gpid::new(1, 0), 1, report(confirmed))],
             backup_reports: vec![],
+            restore_failures: vec![],
         })
     };
     let Ok(MetaReply::Beacon { dups, sites, .. }) = ask(&mut m, &mut store, 3, beacon_with("r1", 7)) else { panic!() };
@@ -460,6 +461,7 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
         reports: vec![],
         dup_reports: vec![(Gpid::new(1, 0), id, report)],
         backup_reports: vec![],
+        restore_failures: vec![],
     };
     ask(&mut m, &mut store, 7, MetaRequest::Beacon(beacon)).unwrap();
     let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 8, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
@@ -486,7 +488,7 @@ fn a_new_primary_drops_its_predecessors_duplication_report() {
     let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Slow, sync_existing: false };
     ask(&mut m, &mut store, 2, add).unwrap();
     let report = crate::duplication::DupReport { confirmed: 3, phase: "log".into(), ..Default::default() };
-    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![] };
+    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![], restore_failures: vec![] };
     ask(&mut m, &mut store, 3, MetaRequest::Beacon(beacon)).unwrap();
     let reported = |m: &mut MetaMachine, store: &mut MemStore, t| {
         let Ok(MetaReply::Dups { dups }) = ask(m, store, t, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
@@ -512,7 +514,7 @@ fn beacon_plain(node: &str) -> MetaRequest {
 }
 
 fn backup_beacon(node: &str, backup_reports: Vec<crate::backup::BackupTaskReport>) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports, restore_failures: vec![] })
 }
 
 fn done_entry(partition: u32, attempt: u32) -> tandem_backup_core::PartitionEntry {
@@ -709,7 +711,7 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
         m.step(at(20), MetaInput::Tick);
         store_and_answer(&mut m, &mut store, 20);
         assert_eq!(store.load().restores[0].state, RestoreState::Running, "{i} of 3 members reported");
-        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![] };
+        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![] };
         ask(&mut m, &mut store, 21 + i as u64, MetaRequest::Beacon(b)).unwrap();
     }
     m.step(at(30), MetaInput::Tick);
@@ -719,4 +721,17 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
     assert_eq!((restores[0].info.state, restores[0].partitions_ready), (RestoreState::Complete, 1));
     let Ok(MetaReply::Beacon { restores, .. }) = ask(&mut m, &mut store, 32, backup_beacon("r2", vec![])) else { panic!() };
     assert!(restores.is_empty(), "a replica added later learns from its primary");
+    // A restore from a damaged backup: a transient failure is shown, a permanent one fails it,
+    // and its table's servers keep the source (a replica never opens empty).
+    let Ok(MetaReply::Created { table }) = ask(&mut m, &mut store, 40, restore(Some("t3"), false)) else { panic!() };
+    let failure = |error: &str, permanent| crate::backup::RestoreFailure { gpid: Gpid::new(table.id, 0), error: error.into(), permanent };
+    let b = |failures| MetaRequest::Beacon(BeaconRequest { node: "r2".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: failures });
+    ask(&mut m, &mut store, 41, b(vec![failure("target down", false)])).unwrap();
+    let Ok(MetaReply::Restores { restores }) = ask(&mut m, &mut store, 42, MetaRequest::RestoreList) else { panic!() };
+    assert_eq!((restores[1].info.state, restores[1].last_error.as_deref()), (RestoreState::Running, Some("partition 0 on r2: target down")));
+    ask(&mut m, &mut store, 43, b(vec![failure("object tables/1/objects/x-1 is missing", true)])).unwrap();
+    let failed = store.load().restores[1].clone();
+    assert_eq!((failed.state, failed.reason.as_str()), (RestoreState::Failed, "partition 0 on r2: object tables/1/objects/x-1 is missing"));
+    let Ok(MetaReply::Beacon { restores, .. }) = ask(&mut m, &mut store, 44, backup_beacon("r2", vec![])) else { panic!() };
+    assert_eq!(restores.iter().map(|r| r.table_id).collect::<Vec<_>>(), [table.id]);
 }

@@ -27,6 +27,8 @@ pub struct BeaconRequest {
     pub dup_reports: Vec<(Gpid, u32, DupReport)>,
     /// What this server did of the backup tasks it was handed.
     pub backup_reports: Vec<BackupTaskReport>,
+    /// Its replicas' restores that failed.
+    pub restore_failures: Vec<crate::backup::RestoreFailure>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -38,6 +38,8 @@ pub struct MetaState {
     pub backup_manifests: BTreeMap<u64, String>,
     /// Every restore, as the store holds it.
     pub restores: BTreeMap<u64, crate::backup::RestoreInfo>,
+    /// The last failure reported of each running restore (in memory only).
+    pub restore_errors: BTreeMap<u64, String>,
     /// Backups whose table manifest is being written (one write at a time each).
     pub backup_manifests_writing: std::collections::BTreeSet<u64>,
 }

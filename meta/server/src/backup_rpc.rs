@@ -119,5 +119,6 @@ pub fn restore_to_wire(v: &RestoreView) -> v1::RestoreInfo {
         reason: r.reason.clone(),
         who: r.who.clone(),
         partitions_ready: v.partitions_ready,
+        last_error: v.last_error.clone().unwrap_or_default(),
     }
 }

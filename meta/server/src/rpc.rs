@@ -165,7 +165,21 @@ impl MetaService for MetaRpc {
             .filter_map(|p| Some((gpid_from(p.gpid.as_ref()).ok()?, p.dup_id, report_from_wire(p))))
             .collect();
         let backup_reports = req.backup_reports.iter().filter_map(crate::backup_rpc::report_from_wire).collect();
-        let beacon = BeaconRequest { node: req.node, incarnation: req.incarnation, restarted: req.restarted, lease_period_ms: req.lease_period_ms, reports, dup_reports, backup_reports };
+        let restore_failures = req
+            .restore_failures
+            .iter()
+            .filter_map(|f| Some(tandem_meta_core::backup::RestoreFailure { gpid: gpid_from(f.gpid.as_ref()).ok()?, error: f.error.clone(), permanent: f.permanent }))
+            .collect();
+        let beacon = BeaconRequest {
+            node: req.node,
+            incarnation: req.incarnation,
+            restarted: req.restarted,
+            lease_period_ms: req.lease_period_ms,
+            reports,
+            dup_reports,
+            backup_reports,
+            restore_failures,
+        };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
             MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores } => {
                 let count = |table_id: u32| partition_counts.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, n)| *n);

@@ -555,3 +555,20 @@ pub fn http_get(port: u16, path: &str) -> String {
 pub fn metric_value(scrape: &str, name: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Every record of a table, with its value: `(hash key, sort key) -> value`.
+pub async fn everything(cluster: &Cluster, table: &str) -> BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> {
+    let t = cluster.client().table(table);
+    let mut all = BTreeMap::new();
+    let mut token = None;
+    loop {
+        let page = t.full_scan(token.as_deref(), 1000).await.unwrap();
+        for (hk, sk, v) in page.records {
+            all.insert((hk, sk), v);
+        }
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return all,
+        }
+    }
+}

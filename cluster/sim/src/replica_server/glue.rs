@@ -144,12 +144,12 @@ impl ReplicaServer {
                     self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures } => {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
                 let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
                 let dup_reports = self.dup_reports(io.now_us);
                 let (node, incarnation) = (self.me.clone(), self.incarnation);
-                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports };
+                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures };
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
