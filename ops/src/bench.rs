@@ -121,6 +121,10 @@ pub struct BenchArgs {
     /// Operations per second at most, spread evenly (0: as fast as it goes).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Write pseudo-random values, a different one per write, which do not compress (the
+    /// default value is a repeated alphabet, which compresses to almost nothing on disk).
+    #[arg(long)]
+    pub incompressible: bool,
 }
 
 /// Zipfian generator over [0, n) (Gray et al., as YCSB uses), theta 0.99.
@@ -296,7 +300,7 @@ async fn run_workload(stores: &[Store], workload: Workload, args: &BenchArgs, zi
             reads.clone(),
             writes.clone(),
         );
-        let (records, seed) = (args.records, args.seed);
+        let (records, seed, incompressible) = (args.records, args.seed, args.incompressible);
         let issued = issued.clone();
         workers.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(w as u64));
@@ -329,7 +333,14 @@ async fn run_workload(stores: &[Store], workload: Workload, args: &BenchArgs, zi
                 let key = key_of(key_index);
                 let is_read = read_share > 0.0 && rng.random::<f64>() < read_share;
                 let t = Instant::now();
-                let result = if is_read { store.get(&key).await } else { store.set(&key, &value).await.map(|()| true) };
+                let result = if is_read {
+                    store.get(&key).await
+                } else if incompressible {
+                    let fresh: Vec<u8> = (0..value.len()).map(|_| rng.random::<u8>()).collect();
+                    store.set(&key, &fresh).await.map(|()| true)
+                } else {
+                    store.set(&key, &value).await.map(|()| true)
+                };
                 let us = t.elapsed().as_micros() as u64;
                 match result {
                     Err(e) => {
