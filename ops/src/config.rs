@@ -164,6 +164,8 @@ pub struct BackupSection {
     /// Bytes per second one replica server uploads at most, over all its partitions ("0B" =
     /// unlimited): foreground traffic keeps the disk and the network.
     pub upload_rate: ByteSize,
+    /// Partition uploads one replica server runs at once; the rest wait their turn.
+    pub uploads_max: usize,
     /// Backups the meta runs at once, at most.
     pub jobs_max: usize,
 }
@@ -177,6 +179,7 @@ impl Default for BackupSection {
             s3_access_key_id: String::new(),
             s3_secret_access_key: String::new(),
             upload_rate: ByteSize::b(o.backup_upload_bytes_per_sec),
+            uploads_max: o.host.backup_uploads_max,
             jobs_max: tandem_meta_core::MetaOptions::default().backup_jobs_max,
         }
     }
@@ -283,6 +286,8 @@ s3_access_key_id = ""
 s3_secret_access_key = ""
 # What one replica server uploads per second at most, over all its partitions ("0B" = no limit).
 upload_rate = "64MiB"
+# Partition uploads one replica server runs at once; the rest wait their turn.
+uploads_max = 2
 # Backups the meta runs at once; more wait (scheduled) or are refused (backup now).
 jobs_max = 2
 "#;
@@ -471,6 +476,7 @@ impl Config {
         o.host.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
         o.s3 = self.backup.s3();
         o.backup_upload_bytes_per_sec = self.backup.upload_rate.as_u64();
+        o.host.backup_uploads_max = self.backup.uploads_max;
         o.host.validate().map_err(anyhow::Error::msg)?;
         Ok(o)
     }

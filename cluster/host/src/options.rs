@@ -30,6 +30,8 @@ pub struct HostOptions {
     /// The duplicators' options; `cluster_id` and `fail_mode` come from the replica options and
     /// each duplication.
     pub duplicator: DuplicatorOptions,
+    /// Backup uploads this server runs at once; the rest wait their turn (reported as waiting).
+    pub backup_uploads_max: usize,
 }
 
 impl Default for HostOptions {
@@ -45,6 +47,7 @@ impl Default for HostOptions {
             checkpoint_hold_ms: 60_000,
             replica: ReplicaOptions::default(),
             duplicator: DuplicatorOptions::default(),
+            backup_uploads_max: 2,
         }
     }
 }
@@ -60,6 +63,9 @@ impl HostOptions {
                 "beacon_interval ({} ms) must be shorter than lease_period ({} ms), or every lease runs out before the next beacon",
                 self.beacon_interval_ms, self.lease_period_ms
             ));
+        }
+        if self.backup_uploads_max == 0 {
+            return Err("backup_uploads_max must be at least 1".into());
         }
         if self.checkpoints_per_partition_max == 0 {
             return Err("checkpoints_per_partition_max must be at least 1 (a learner needs one)".into());

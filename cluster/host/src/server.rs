@@ -183,6 +183,7 @@ impl Host {
     pub fn new(me: NodeAddr, options: HostOptions, replicas: impl IntoIterator<Item = Gpid>, now_ms: u64) -> Host {
         assert!(options.validate().is_ok(), "host options not validated: {:?}", options.validate());
         let gc_first = now_ms + options.log_gc_interval_ms;
+        let uploads_max = options.backup_uploads_max;
         Host {
             me,
             options,
@@ -198,7 +199,7 @@ impl Host {
             beacon: Beacon::Idle { next_due_ms: now_ms },
             gc: Gc::Idle { next_due_ms: gc_first },
             log_holds: BTreeMap::new(),
-            backups: Backups::default(),
+            backups: Backups::new(uploads_max),
             restoring_tables: BTreeMap::new(),
             restoring: BTreeSet::new(),
             restored: BTreeSet::new(),
@@ -271,7 +272,13 @@ impl Host {
                 }
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
-            HostInput::BackupReported(report) => self.backups.on_report(report),
+            HostInput::BackupReported(report) => {
+                for command in self.backups.on_report(report) {
+                    if let BackupCommand::Start(task) = command {
+                        self.actions.push(HostAction::BackupPartition { task });
+                    }
+                }
+            }
             HostInput::RestoreFailed { gpid, error, permanent } => {
                 if self.restoring.remove(&gpid) {
                     self.restore_failures.insert(gpid, RestoreFailure { gpid, error, permanent });
