@@ -8,7 +8,7 @@ mod support;
 
 use std::process::Output;
 use std::collections::BTreeMap;
-use support::{bin, everything, Cluster, Store};
+use support::{bin, everything, Cluster, PgDatabase, Store};
 use tandem_backup_core::{read_partition_manifest, read_table_manifest, verify_backup, ObjectStore};
 use tandem_backup_store::{RealObjectStore, S3Options, Target};
 use tandem_core::storage::KvEngine;
@@ -352,4 +352,40 @@ async fn restore_drills_give_back_exactly_what_each_backup_held_and_refuse_a_dam
     assert!(stderr.contains("is failed") && stderr.contains(&name), "{stderr}");
     let list = last_json(&ok(&tandem(&cluster, &["restore", "list", "--json"])));
     assert_eq!(list["restores"][2]["state"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_meta_leader_dies_fails_and_the_next_one_completes() {
+    // Slow uploads, so the leader dies while the backup runs; a short lease, so the standby
+    // takes over in seconds.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[backup]\nupload_rate = \"64KiB\"\n").unwrap();
+    let path = config.path().display().to_string();
+    let mut cluster = Cluster::start_ha_with(2, 3, Store::Postgres(PgDatabase::create().await), &["--lease-ttl", "4s"], &["--config", &path]).await;
+    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    write_keys(&cluster).await;
+    let target = format!("file://{}", cluster.dir.path().join("backups").display());
+    let meta_flag = cluster.meta_addrs().join(",");
+    let cli = |args: &[&str]| std::process::Command::new(bin()).args(args).env("TANDEM_META", &meta_flag).output().expect("run tandem");
+    let started = last_json(&ok(&cli(&["backup", "now", TABLE, "--target", &target, "--json"])));
+    assert_eq!(started["state"], "running");
+    let leader = cluster.leader().await.expect("a leader");
+    cluster.kill_meta_at(leader);
+    // The new leader fails the record its predecessor's job kept in memory.
+    cluster
+        .poll(std::time::Duration::from_secs(60), "the new leader fails backup 1", || {
+            let out = cli(&["backup", "list", "--json"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            async move {
+                out.status.success() && {
+                    let list = last_json(&text);
+                    list["backups"][0]["state"] == "failed" && list["backups"][0]["reason"].as_str().is_some_and(|r| r.contains("stopped leading"))
+                }
+            }
+        })
+        .await;
+    let record = last_json(&ok(&cli(&["backup", "now", TABLE, "--target", &target, "--wait", "--json"])));
+    assert_eq!((record["id"].as_u64(), record["state"].as_str()), (Some(2), Some("complete")));
+    let store = RealObjectStore::open(&Target::parse(&target).unwrap(), &S3Options::default(), tokio::runtime::Handle::current()).unwrap();
+    tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
 }

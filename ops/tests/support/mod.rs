@@ -180,6 +180,13 @@ impl Cluster {
         Cluster::start_on(dir, store_url, pg, metas, replicas, meta_extra, &[]).await
     }
 
+    /// `start_ha`, with `replica_extra` flags added to every `replica start`.
+    pub async fn start_ha_with(metas: usize, replicas: usize, store: Store, meta_extra: &[&str], replica_extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store_url, pg) = store_url(&dir, store);
+        Cluster::start_on(dir, store_url, pg, metas, replicas, meta_extra, replica_extra).await
+    }
+
     /// Like `start_ha`, on a store URL the caller manages.
     pub async fn start_ha_on(dir: tempfile::TempDir, store_url: String, pg: Option<PgDatabase>, metas: usize, replicas: usize, meta_extra: &[&str]) -> Cluster {
         Cluster::start_on(dir, store_url, pg, metas, replicas, meta_extra, &[]).await
