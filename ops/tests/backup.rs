@@ -389,3 +389,120 @@ async fn a_backup_whose_meta_leader_dies_fails_and_the_next_one_completes() {
     let store = RealObjectStore::open(&Target::parse(&target).unwrap(), &S3Options::default(), tokio::runtime::Handle::current()).unwrap();
     tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
 }
+
+/// A TCP proxy in front of the S3 server that can answer every request with 503 instead,
+/// cutting the connections it passes through when it turns so (object_store keeps them alive).
+struct FaultProxy {
+    addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    passing: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl FaultProxy {
+    async fn start(upstream: std::net::SocketAddr) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let passing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (d, p) = (down.clone(), passing.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        // Read the request head, answer 503, close.
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match client.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                    });
+                } else {
+                    let handle = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    p.lock().unwrap().push(handle);
+                }
+            }
+        });
+        FaultProxy { addr, down, passing }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            for h in self.passing.lock().unwrap().drain(..) {
+                h.abort();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_to_a_target_answering_503_fails_with_the_reason_and_one_after_it_is_back_completes() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
+    let proxy = FaultProxy::start(s3.addr).await;
+    let config = format!(
+        "[backup]\ns3_endpoint = \"http://{}\"\ns3_region = \"us-east-1\"\ns3_access_key_id = \"{}\"\ns3_secret_access_key = \"{}\"\n",
+        proxy.addr, s3.access_key, s3.secret_key
+    );
+    let cluster = Cluster::start_site_with("local", 1, 3, &config).await;
+    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    write_keys(&cluster).await;
+    let target = "s3://tandem-backups/flaky";
+    proxy.set_down(true);
+    let out = tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is failed") && stderr.contains("503"), "{stderr}");
+    proxy.set_down(false);
+    let record = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait", "--json"])));
+    assert_eq!((record["id"].as_u64(), record["state"].as_str()), (Some(2), Some("complete")));
+    // Read back straight from the S3 server, not through the proxy.
+    let options = S3Options { endpoint: Some(s3.endpoint()), region: Some("us-east-1".into()), access_key_id: Some(s3.access_key.clone()), secret_access_key: Some(s3.secret_key.clone()) };
+    let store = RealObjectStore::open(&Target::parse(target).unwrap(), &options, tokio::runtime::Handle::current()).unwrap();
+    tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_duplicated_between_two_sites_backs_up_and_restores_while_it_ships() {
+    let a = Cluster::start_site("a", 1, 2).await;
+    let b = Cluster::start_site("b", 2, 2).await;
+    a.create_table("t", 4, 2).await;
+    b.create_table("t", 4, 2).await;
+    let (ca, cb) = (a.client(), b.client());
+    ca.site_add("b", &[b.meta_addr.clone()]).await.unwrap();
+    cb.site_add("a", &[a.meta_addr.clone()]).await.unwrap();
+    let add = |site: &str| tandem_proto::v1::DupAddRequest { table: "t".into(), remote_site: site.into(), fail_mode: String::new(), sync_existing: false };
+    ca.dup_add(add("b")).await.unwrap();
+    cb.dup_add(add("a")).await.unwrap();
+    let (ta, tb) = (ca.table("t"), cb.table("t"));
+    for i in 0..100 {
+        ta.set(format!("from-a-{i}").as_bytes(), b"s", b"a", 0).await.unwrap();
+        tb.set(format!("from-b-{i}").as_bytes(), b"s", b"b", 0).await.unwrap();
+    }
+    ta.del(b"from-a-7", b"s").await.unwrap();
+    a.poll(std::time::Duration::from_secs(60), "both sites hold the same records", || async { everything(&a, "t").await == everything(&b, "t").await }).await;
+    // Site b backs its copy up, what it received from a included, and restores it.
+    let target = format!("file://{}", b.dir.path().join("backups").display());
+    let at_b = |args: &[&str]| std::process::Command::new(bin()).args(args).env("TANDEM_META", &b.meta_addr).output().expect("run tandem");
+    let record = last_json(&ok(&at_b(&["backup", "now", "t", "--target", &target, "--wait", "--json"])));
+    assert_eq!(record["state"], "complete");
+    ok(&at_b(&["restore", "1", "--table", "t_copy", "--wait"]));
+    let (copy, original) = (everything(&b, "t_copy").await, everything(&b, "t").await);
+    assert_eq!(copy.len(), 199);
+    assert!(copy == original, "the restored copy differs from the table it was backed up from");
+    // The duplication kept shipping through the backup.
+    for i in 0..10 {
+        ta.set(format!("after-{i}").as_bytes(), b"s", b"a", 0).await.unwrap();
+    }
+    b.poll(std::time::Duration::from_secs(60), "writes at a after the backup reach b", || async { everything(&b, "t").await.len() == 209 }).await;
+}
