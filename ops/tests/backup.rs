@@ -474,17 +474,8 @@ async fn a_backup_to_a_target_answering_503_fails_with_the_reason_and_one_after_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_duplicated_between_two_sites_backs_up_and_restores_while_it_ships() {
-    let a = Cluster::start_site("a", 1, 2).await;
-    let b = Cluster::start_site("b", 2, 2).await;
-    a.create_table("t", 4, 2).await;
-    b.create_table("t", 4, 2).await;
-    let (ca, cb) = (a.client(), b.client());
-    ca.site_add("b", &[b.meta_addr.clone()]).await.unwrap();
-    cb.site_add("a", &[a.meta_addr.clone()]).await.unwrap();
-    let add = |site: &str| tandem_proto::v1::DupAddRequest { table: "t".into(), remote_site: site.into(), fail_mode: String::new(), sync_existing: false };
-    ca.dup_add(add("b")).await.unwrap();
-    cb.dup_add(add("a")).await.unwrap();
-    let (ta, tb) = (ca.table("t"), cb.table("t"));
+    let (a, b, _) = support::two_sites_duplicating("t").await;
+    let (ta, tb) = (a.client().table("t"), b.client().table("t"));
     for i in 0..100 {
         ta.set(format!("from-a-{i}").as_bytes(), b"s", b"a", 0).await.unwrap();
         tb.set(format!("from-b-{i}").as_bytes(), b"s", b"b", 0).await.unwrap();

@@ -104,16 +104,8 @@ async fn records_of_the_other_site_apply_by_last_writer_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sites_duplicate_both_ways_and_converge() {
-    let a = Cluster::start_site("a", 1, 2).await;
-    let b = Cluster::start_site("b", 2, 2).await;
-    a.create_table("t", 4, 2).await;
-    b.create_table("t", 4, 2).await;
+    let (a, b, dup_ab) = support::two_sites_duplicating("t").await;
     let (ca, cb) = (a.client(), b.client());
-    ca.site_add("b", &[b.meta_addr.clone()]).await.unwrap();
-    cb.site_add("a", &[a.meta_addr.clone()]).await.unwrap();
-    let add = |site: &str| tandem_proto::v1::DupAddRequest { table: "t".into(), remote_site: site.into(), fail_mode: String::new(), sync_existing: false };
-    let dup_ab = ca.dup_add(add("b")).await.unwrap().dup.unwrap();
-    cb.dup_add(add("a")).await.unwrap();
 
     // Written at once: what commits after `dup add` ships even before a beacon hands the
     // duplication to the primaries (each partition starts from its committed decree).
@@ -171,7 +163,7 @@ async fn two_sites_duplicate_both_ways_and_converge() {
     let (code, text) = verify(&a, &["--ignore-last", "1h"]);
     assert_eq!(code, Some(0), "{text}");
     // Removed: it no longer ships or shows.
-    ca.dup_set_status(dup_ab.id, "removed").await.unwrap();
+    ca.dup_set_status(dup_ab, "removed").await.unwrap();
     assert_eq!(ca.dup_list("t", false).await.unwrap().dups.len(), 0);
 }
 

@@ -563,6 +563,23 @@ pub fn metric_value(scrape: &str, name: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Two sites `a` and `b` (2 replica servers each), table `table` (4 partitions) at both,
+/// each site knowing the other, and the table duplicated both ways; also the id of a's
+/// duplication to b.
+pub async fn two_sites_duplicating(table: &str) -> (Cluster, Cluster, u32) {
+    let a = Cluster::start_site("a", 1, 2).await;
+    let b = Cluster::start_site("b", 2, 2).await;
+    a.create_table(table, 4, 2).await;
+    b.create_table(table, 4, 2).await;
+    let (ca, cb) = (a.client(), b.client());
+    ca.site_add("b", &[b.meta_addr.clone()]).await.unwrap();
+    cb.site_add("a", &[a.meta_addr.clone()]).await.unwrap();
+    let add = |site: &str| tandem_proto::v1::DupAddRequest { table: table.into(), remote_site: site.into(), fail_mode: String::new(), sync_existing: false };
+    let dup_ab = ca.dup_add(add("b")).await.unwrap().dup.unwrap();
+    cb.dup_add(add("a")).await.unwrap();
+    (a, b, dup_ab.id)
+}
+
 /// Every record of a table, with its value: `(hash key, sort key) -> value`.
 pub async fn everything(cluster: &Cluster, table: &str) -> BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>> {
     let t = cluster.client().table(table);
