@@ -101,30 +101,22 @@ async fn follow(args: &ClientArgs, client: &tandem_client::Client, id: u64) -> C
         let shown = crate::retry_unavailable(args.timeout, || client.backup_show(id)).await?;
         let b = shown.backup.clone().unwrap_or_default();
         let (parts_done, bytes_done, bytes_total) = progress(&shown);
-        if args.json {
-            let line = json!({"backup": b.id, "state": b.state, "partitions_done": parts_done, "partitions": b.partition_count, "bytes_done": bytes_done, "bytes_total": bytes_total});
-            outln!("{line}");
-        } else if bar {
+        let line = json!({"backup": b.id, "state": b.state, "partitions_done": parts_done, "partitions": b.partition_count, "bytes_done": bytes_done, "bytes_total": bytes_total});
+        show_progress(args, bar, line, b.state == "running", || {
             let rate = bytes_done as f64 / started.elapsed().as_secs_f64().max(0.001);
-            let mut err = std::io::stderr();
-            let _ = write!(
-                err,
-                "\r\x1b[2Kbackup {} of {}: {parts_done}/{} partitions, {} of {} ({}/s)",
+            format!(
+                "backup {} of {}: {parts_done}/{} partitions, {} of {} ({}/s)",
                 b.id,
                 b.table_name,
                 b.partition_count,
                 size(bytes_done),
                 size(bytes_total),
                 size(rate as u64)
-            );
-            let _ = err.flush();
-        }
+            )
+        });
         match b.state.as_str() {
             "running" => tokio::time::sleep(WAIT_POLL).await,
             "complete" => {
-                if bar {
-                    eprintln!();
-                }
                 if args.json {
                     print_json(&show_json(&shown));
                 } else {
@@ -133,12 +125,21 @@ async fn follow(args: &ClientArgs, client: &tandem_client::Client, id: u64) -> C
                 return Ok(());
             }
             state => {
-                if bar {
-                    eprintln!();
-                }
                 return Err(Failure::new(EXIT_ERROR, format!("backup {} of {} is {state}: {}", b.id, b.table_name, b.reason)));
             }
         }
+    }
+}
+
+/// One poll of `--wait`: a JSON line with `--json`, else the progress line redrawn on a
+/// terminal (and ended once the job no longer runs), else nothing.
+fn show_progress(args: &ClientArgs, bar: bool, line: serde_json::Value, running: bool, text: impl FnOnce() -> String) {
+    if args.json {
+        outln!("{line}");
+    } else if bar {
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K{}{}", text(), if running { "" } else { "\n" });
+        let _ = err.flush();
     }
 }
 
@@ -305,19 +306,13 @@ pub async fn restore(args: &ClientArgs, command: Option<RestoreCommand>, id: Opt
         let Some(r) = restores.into_iter().filter(|r| r.table_id == created.id).max_by_key(|r| r.id) else {
             return Err(Failure::new(EXIT_ERROR, format!("the meta lists no restore into table {}", created.name)));
         };
-        if args.json {
-            outln!("{}", json!({"restore": r.id, "table": r.table_name, "state": r.state, "partitions_ready": r.partitions_ready, "partitions": r.partition_count}));
-        } else if bar {
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\r\x1b[2Krestore {} into {}: {}/{} partitions open", r.id, r.table_name, r.partitions_ready, r.partition_count);
-            let _ = err.flush();
-        }
+        let line = json!({"restore": r.id, "table": r.table_name, "state": r.state, "partitions_ready": r.partitions_ready, "partitions": r.partition_count});
+        show_progress(args, bar, line, r.state == "running", || {
+            format!("restore {} into {}: {}/{} partitions open", r.id, r.table_name, r.partitions_ready, r.partition_count)
+        });
         match r.state.as_str() {
             "running" => tokio::time::sleep(WAIT_POLL).await,
             "complete" => {
-                if bar {
-                    eprintln!();
-                }
                 if args.json {
                     print_json(&restore_json(&r));
                 } else {
@@ -327,9 +322,6 @@ pub async fn restore(args: &ClientArgs, command: Option<RestoreCommand>, id: Opt
                 return Ok(());
             }
             state => {
-                if bar {
-                    eprintln!();
-                }
                 return Err(Failure::new(
                     EXIT_ERROR,
                     format!("restore {} into {} is {state}: {} (the partitions it could not restore serve nothing; drop the table: tandem table drop {})", r.id, r.table_name, r.reason, r.table_name),

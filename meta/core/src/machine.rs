@@ -446,23 +446,42 @@ impl MetaMachine {
         for node in dead {
             self.event(MetaEvent::NodeDead { node });
         }
-        if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Cure { .. })) {
-            self.queue.push_back(Work::Cure { from: Gpid::default() });
-        }
+        self.queue_once(Work::Cure { from: Gpid::default() }, |w| matches!(w, Work::Cure { .. }));
         for table_id in unreconciled {
-            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::ReconcileDup { table_id: t } if *t == table_id)) {
-                self.queue.push_back(Work::ReconcileDup { table_id });
-            }
+            self.queue_once(Work::ReconcileDup { table_id }, |w| matches!(w, Work::ReconcileDup { table_id: t } if *t == table_id));
         }
-        if unsaved && !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::SaveDupProgress)) {
-            self.queue.push_back(Work::SaveDupProgress);
+        if unsaved {
+            self.queue_once(Work::SaveDupProgress, |w| matches!(w, Work::SaveDupProgress));
         }
         for table_id in expired {
-            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::Purge { table_id: t } if *t == table_id)) {
-                self.queue.push_back(Work::Purge { table_id });
-            }
+            self.queue_once(Work::Purge { table_id }, |w| matches!(w, Work::Purge { table_id: t } if *t == table_id));
         }
         self.tick_backups();
+    }
+
+    /// Whether work that `same` recognizes is queued or in flight.
+    fn has_work(&self, same: impl Fn(&Work) -> bool) -> bool {
+        self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(same)
+    }
+
+    /// Queues `work` unless work that `same` recognizes is queued or in flight already (a tick
+    /// finds the same thing to do again until it is done).
+    fn queue_once(&mut self, work: Work, same: impl Fn(&Work) -> bool) {
+        if !self.has_work(same) {
+            self.queue.push_back(work);
+        }
+    }
+
+    /// Whether a write of backup `id`'s record is queued or in flight.
+    fn backup_write_queued(&self, id: BackupId) -> bool {
+        self.has_work(|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id)))
+    }
+
+    /// Queues restore `id`'s `FinishRestore` unless one is queued or in flight.
+    fn queue_finish_restore(&mut self, write: StoreWrite) {
+        let StoreWrite::FinishRestore { id, .. } = &write else { unreachable!("a restore is finished by FinishRestore") };
+        let id = *id;
+        self.queue_once(Work::RecordRestore { write }, |w| matches!(w, Work::RecordRestore { write: StoreWrite::FinishRestore { id: i, .. } } if *i == id));
     }
 
     /// Each job learns the partitions' primaries and the time; records running without a job
@@ -489,11 +508,8 @@ impl MetaMachine {
             .filter(|b| b.state == BackupState::Running && state.backup_jobs.get(&b.id).is_none_or(|j| matches!(j.state(), JobState::Failed(_))))
             .map(|b| b.id)
             .collect();
-        let queued = |this: &Self, id: BackupId| {
-            this.queue.iter().chain(this.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id)))
-        };
         let (taken_over, failed): (Vec<BackupId>, Vec<BackupId>) =
-            orphans.into_iter().filter(|id| !queued(self, *id)).partition(|id| !state.backup_jobs.contains_key(id));
+            orphans.into_iter().filter(|id| !self.backup_write_queued(*id)).partition(|id| !state.backup_jobs.contains_key(id));
         if !taken_over.is_empty() {
             let write = StoreWrite::FailBackups { ids: taken_over, at_ms: now.wall_ms, reason: FAILED_BY_TAKEOVER.into() };
             self.queue.push_back(Work::RecordBackup { write });
@@ -523,11 +539,7 @@ impl MetaMachine {
             }
         }
         for write in fail {
-            let StoreWrite::FinishRestore { id, .. } = &write else { continue };
-            let id = *id;
-            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordRestore { write: StoreWrite::FinishRestore { id: i, .. } } if *i == id)) {
-                self.queue.push_back(Work::RecordRestore { write });
-            }
+            self.queue_finish_restore(write);
         }
     }
 
@@ -547,11 +559,7 @@ impl MetaMachine {
             }
         }
         for write in writes {
-            let StoreWrite::FinishRestore { id, .. } = &write else { continue };
-            let id = *id;
-            if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordRestore { write: StoreWrite::FinishRestore { id: i, .. } } if *i == id)) {
-                self.queue.push_back(Work::RecordRestore { write });
-            }
+            self.queue_finish_restore(write);
         }
     }
 
@@ -562,17 +570,21 @@ impl MetaMachine {
     fn schedule_backups(&mut self) {
         let now = self.now;
         let state = self.state.as_ref().expect("serving");
-        let in_work = |this: &Self, f: &dyn Fn(&Work) -> bool| this.queue.iter().chain(this.in_flight.as_ref().map(|f| &f.work)).any(f);
+        let running_tables: BTreeSet<u32> = state.backups.values().filter(|b| b.state == BackupState::Running).map(|b| b.table_id).collect();
         let mut running = state.backups.values().filter(|b| b.state == BackupState::Running).count();
+        let mut on_target: BTreeMap<(u32, &str), Vec<&BackupInfo>> = BTreeMap::new();
+        for b in state.backups.values() {
+            on_target.entry((b.table_id, b.target.as_str())).or_default().push(b);
+        }
         let mut due = Vec::new();
         let mut expired = Vec::new();
         for t in state.tables.values().filter(|t| t.status == TableStatus::Available) {
             let Some(policy) = &t.policy.backup else { continue };
-            let records: Vec<&BackupInfo> = state.backups.values().filter(|b| b.table_id == t.id && b.target == policy.target).collect();
+            let records = on_target.get(&(t.id, policy.target.as_str())).map_or(&[][..], Vec::as_slice);
             let plain: Vec<tandem_backup_core::BackupRecord> =
                 records.iter().map(|b| tandem_backup_core::BackupRecord { id: b.id, state: b.state, started_ms: b.started_ms }).collect();
             expired.extend(tandem_backup_core::expired(&plain, policy.keep).into_iter().map(|id| (id, policy.keep)));
-            if state.backups.values().any(|b| b.table_id == t.id && b.state == BackupState::Running) {
+            if running_tables.contains(&t.id) {
                 continue;
             }
             let last = records.iter().max_by_key(|b| (b.started_ms, b.id));
@@ -587,12 +599,10 @@ impl MetaMachine {
             }
         }
         for table_id in due {
-            if !in_work(self, &|w| matches!(w, Work::ScheduledBackup { table_id: t } if *t == table_id)) {
-                self.queue.push_back(Work::ScheduledBackup { table_id });
-            }
+            self.queue_once(Work::ScheduledBackup { table_id }, |w| matches!(w, Work::ScheduledBackup { table_id: t } if *t == table_id));
         }
         for (id, keep) in expired {
-            if !in_work(self, &|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id))) {
+            if !self.backup_write_queued(id) {
                 let write = StoreWrite::DeleteBackup { id, reason: format!("retention: the policy keeps the newest {keep}") };
                 self.queue.push_back(Work::RecordBackup { write });
             }
@@ -642,8 +652,8 @@ impl MetaMachine {
                     self.actions.push(MetaAction::WriteBackupManifest { backup_id: id, target: target.clone(), key, bytes });
                 }
                 JobAction::RecordComplete { sha256, bytes, new_bytes } => {
-                    let write = StoreWrite::CompleteBackup { id, at_ms: now.wall_ms, manifest_sha256: sha256, bytes, new_bytes };
-                    if !self.queue.iter().chain(self.in_flight.as_ref().map(|f| &f.work)).any(|w| matches!(w, Work::RecordBackup { write } if backup_write_ids(write).contains(&id))) {
+                    if !self.backup_write_queued(id) {
+                        let write = StoreWrite::CompleteBackup { id, at_ms: now.wall_ms, manifest_sha256: sha256, bytes, new_bytes };
                         self.queue.push_back(Work::RecordBackup { write });
                     }
                 }
@@ -663,17 +673,12 @@ impl MetaMachine {
         let state = self.state.as_mut().expect("serving");
         state.backup_manifests_writing.remove(&backup_id);
         let Some(job) = state.backup_jobs.get_mut(&backup_id) else { return };
-        let result = match result {
-            Ok(()) => state.backup_manifests.get(&backup_id).cloned().ok_or_else(|| "no manifest was written".to_string()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &result {
-            let table = job.table_name.clone();
+        let result = result.and_then(|()| state.backup_manifests.get(&backup_id).cloned().ok_or_else(|| "no manifest was written".to_string()));
+        let (failed, table) = (result.as_ref().err().cloned(), job.table_name.clone());
+        job.step(now.wall_ms, JobInput::ManifestWritten { result });
+        if let Some(e) = failed {
             self.event(MetaEvent::Backup { id: backup_id, table, what: format!("could not write the table manifest (retried): {e}") });
         }
-        let state = self.state.as_mut().expect("serving");
-        let job = state.backup_jobs.get_mut(&backup_id).expect("found above");
-        job.step(now.wall_ms, JobInput::ManifestWritten { result });
         self.drive_backup(backup_id);
     }
 

@@ -214,14 +214,15 @@ impl MetaState {
             actual,
             satisfied,
         };
+        let (actual, satisfied) = self.backup_status(table, now_wall_ms);
         let backup = LevelStatus {
             level: "backup".into(),
             desired: table.policy.backup.as_ref().map_or_else(
                 || "off".to_string(),
                 |b| format!("every {}, keep {}, to {}", humantime::format_duration(Duration::from_millis(b.every_ms)), b.keep, b.target),
             ),
-            actual: self.backup_status(table, now_wall_ms).0,
-            satisfied: self.backup_status(table, now_wall_ms).1,
+            actual,
+            satisfied,
         };
         PolicyStatusView { table: table.clone(), levels: vec![replicas, duplication, backup], partitions }
     }

@@ -362,14 +362,11 @@ impl MetaService for MetaRpc {
             manifest_error: String::new(),
         };
         if view.info.state == tandem_backup_core::BackupState::Complete {
-            let meta = self.0.clone();
             let info = view.info.clone();
-            let read = tokio::task::spawn_blocking(move || -> Result<tandem_backup_core::TableManifest, String> {
-                let store = meta.object_store(&info.target).map_err(|e| e.to_string())?;
-                tandem_backup_core::read_table_manifest(&store, info.table_id, info.id, Some(&info.manifest_sha256)).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the reading task failed: {e}")));
+            let read = self
+                .0
+                .on_target(info.target.clone(), move |store| tandem_backup_core::read_table_manifest(store, info.table_id, info.id, Some(&info.manifest_sha256)))
+                .await;
             match read {
                 Ok(manifest) => response.partitions = manifest.partitions.iter().map(crate::backup_rpc::manifest_partition_to_wire).collect(),
                 Err(e) => response.manifest_error = e,
@@ -413,15 +410,12 @@ impl MetaService for MetaRpc {
         if info.state != tandem_backup_core::BackupState::Complete {
             return Err(ErrorKind::InvalidArgument.status(format!("backup {id} is {}; only a complete backup can be verified", info.state.as_str())));
         }
-        let meta = self.0.clone();
         let checked = info.clone();
-        let report = tokio::task::spawn_blocking(move || -> Result<tandem_backup_core::VerifyReport, String> {
-            let store = meta.object_store(&checked.target).map_err(|e| e.to_string())?;
-            tandem_backup_core::verify_backup(&store, checked.table_id, checked.id, Some(&checked.manifest_sha256)).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the verifying task failed: {e}")))
-        .map_err(|e| ErrorKind::Busy.status(format!("backup {id} could not be read from {}: {e}", info.target)))?;
+        let report = self
+            .0
+            .on_target(info.target.clone(), move |store| tandem_backup_core::verify_backup(store, checked.table_id, checked.id, Some(&checked.manifest_sha256)))
+            .await
+            .map_err(|e| ErrorKind::Busy.status(format!("backup {id} could not be read from {}: {e}", info.target)))?;
         Ok(Response::new(v1::BackupVerifyResponse {
             backup: Some(crate::backup_rpc::info_to_wire(&info)),
             objects: report.objects,

@@ -143,10 +143,13 @@ impl Meta {
                     return;
                 }
                 let meta = self.clone();
-                tokio::task::spawn_blocking(move || {
-                    let collected = meta.object_store(&target).map_err(tandem_backup_core::BackupError::from).and_then(|mut store| {
-                        tandem_backup_core::collect(&mut store, table_id, &mut || meta.machine.lock().expect("machine lock").backup_records_for(table_id, &target))
-                    });
+                tokio::spawn(async move {
+                    let (records, on) = (meta.clone(), target.clone());
+                    let collected = meta
+                        .on_target(target.clone(), move |store| {
+                            tandem_backup_core::collect(store, table_id, &mut || records.machine.lock().expect("machine lock").backup_records_for(table_id, &on))
+                        })
+                        .await;
                     match collected {
                         Ok(r) => tracing::info!(table_id, target, listed = r.listed, deleted = r.deleted, deleted_bytes = r.deleted_bytes, references_known = r.references_known, unknown = ?r.unknown, stopped = ?r.stopped, "backup garbage collected"),
                         Err(e) => tracing::warn!(table_id, target, "backup garbage collection failed (the next delete tries again): {e}"),
@@ -157,24 +160,29 @@ impl Meta {
             MetaAction::WriteBackupManifest { backup_id, target, key, bytes } => {
                 let meta = self.clone();
                 tokio::spawn(async move {
-                    let store = meta.clone();
-                    let written = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                        let mut target = store.object_store(&target).map_err(|e| e.to_string())?;
-                        tandem_backup_core::ObjectStore::put(&mut target, &key, bytes).map_err(|e| e.to_string())
-                    })
-                    .await;
-                    let result = written.unwrap_or_else(|e| Err(format!("the writing task failed: {e}")));
+                    let result = meta.on_target(target, move |store| Ok(tandem_backup_core::ObjectStore::put(store, &key, bytes)?)).await;
                     meta.step(MetaInput::BackupManifestWritten { backup_id, result });
                 });
             }
         }
     }
 
-    /// Opens backup target `target` (`s3://…` or `file://…`). Blocking: call it from a blocking
-    /// thread, as every call of the store it answers.
-    pub(crate) fn object_store(&self, target: &str) -> Result<tandem_backup_store::RealObjectStore, tandem_backup_core::ObjectError> {
-        let parsed = tandem_backup_store::Target::parse(target)?;
-        tandem_backup_store::RealObjectStore::open(&parsed, &self.opts.s3, tokio::runtime::Handle::current())
+    /// Opens backup target `target` (`s3://…` or `file://…`) and runs `f` on it, on a blocking
+    /// thread (the store's calls block); a failure of the target, of `f` or of the task, as text.
+    pub(crate) async fn on_target<T: Send + 'static>(
+        &self,
+        target: String,
+        f: impl FnOnce(&mut tandem_backup_store::RealObjectStore) -> Result<T, tandem_backup_core::BackupError> + Send + 'static,
+    ) -> Result<T, String> {
+        let s3 = self.opts.s3.clone();
+        tokio::task::spawn_blocking(move || -> Result<T, tandem_backup_core::BackupError> {
+            let parsed = tandem_backup_store::Target::parse(&target)?;
+            let mut store = tandem_backup_store::RealObjectStore::open(&parsed, &s3, tokio::runtime::Handle::current())?;
+            f(&mut store)
+        })
+        .await
+        .unwrap_or_else(|e| Err(tandem_backup_core::BackupError::Source { name: "the backup task".into(), detail: e.to_string() }))
+        .map_err(|e| e.to_string())
     }
 
     /// Asks the machine and waits for its answer.
