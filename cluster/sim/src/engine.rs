@@ -16,9 +16,19 @@ use tandem_core::{Decree, WriteOp};
 struct State {
     live: MemEngine,
     flushed: MemEngine,
-    applied: Vec<(Decree, u64)>,
+    applied: Vec<Applied>,
     /// Every stored record applied (key, stored value), for the two-site LWW oracle.
     puts: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One decree as an engine applied it: the decree-agreement checker compares fingerprints, the
+/// backup oracle (`crate::backup::Oracle`) keeps the ops.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub decree: Decree,
+    pub fingerprint: u64,
+    pub timestamp_us: u64,
+    pub ops: Vec<WriteOp>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -73,7 +83,7 @@ impl SimEngine {
         self.lock().live.data().clone()
     }
 
-    pub fn take_applied(&self) -> Vec<(Decree, u64)> {
+    pub fn take_applied(&self) -> Vec<Applied> {
         std::mem::take(&mut self.lock().applied)
     }
 
@@ -103,7 +113,7 @@ impl KvEngine for SimEngine {
     fn apply(&mut self, decree: Decree, timestamp_us: u64, ops: &[WriteOp]) -> tandem_core::Result<()> {
         let mut s = self.lock();
         s.live.apply(decree, timestamp_us, ops)?;
-        s.applied.push((decree, ops_fingerprint(ops)));
+        s.applied.push(Applied { decree, fingerprint: ops_fingerprint(ops), timestamp_us, ops: ops.to_vec() });
         for op in ops {
             if let WriteOp::Put { key, value } = op {
                 s.puts.push((key.clone(), value.clone()));

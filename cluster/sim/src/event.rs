@@ -117,6 +117,20 @@ pub enum Event {
     PolicyChange,
     /// The operator creates, drops or recalls the scratch table.
     TableChurn,
+    /// The operator asks for a backup, or restores one (runs that take backups).
+    BackupOperator,
+    /// A meta server's call to the backup target is carried out (lost if it crashed meanwhile).
+    MetaObjects {
+        meta: usize,
+        incarnation: u64,
+        work: crate::meta::ObjectWork,
+    },
+    /// A replica server's upload or restore runs (lost if it crashed meanwhile).
+    ReplicaObjects {
+        node: usize,
+        incarnation: u64,
+        work: crate::replica_server::ObjectWork,
+    },
 }
 
 impl Event {
@@ -151,6 +165,9 @@ impl Event {
             Event::ShipRetry { .. } => 26,
             Event::DupSetup => 27,
             Event::DupToggle => 28,
+            Event::BackupOperator => 29,
+            Event::MetaObjects { .. } => 30,
+            Event::ReplicaObjects { .. } => 31,
         }
     }
 }

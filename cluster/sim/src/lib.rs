@@ -23,6 +23,7 @@
 //! `tandem sim` mounts `SimArgs` and calls `run`; `docs/simulation.md` describes the fault model,
 //! the invariants and the scenario script format (whose expected output is the trace).
 
+pub mod backup;
 pub mod check;
 pub mod checkpoints;
 pub mod clock;

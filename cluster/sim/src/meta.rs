@@ -37,6 +37,16 @@ pub enum StoreAnswer {
     Stored { op: u64, result: StoreResult },
 }
 
+/// A call of the meta server to the backup target, carried out after a store latency
+/// (`on_objects`).
+#[derive(Clone, Debug)]
+pub enum ObjectWork {
+    /// The table manifest, the last object of a backup.
+    Manifest { backup_id: u64, key: String, bytes: Vec<u8> },
+    /// Garbage collection of a table's objects.
+    Collect { table_id: u32, target: String },
+}
+
 /// Who waits for an answer of the machine.
 #[derive(Clone, Copy, Debug)]
 enum Waiting {
@@ -154,6 +164,46 @@ impl SimMeta {
         io.timer(latency, Event::MetaStoreDone { meta: self.index, incarnation: self.incarnation, answer });
     }
 
+    fn objects_call(&mut self, io: &mut Io<'_>, work: ObjectWork) {
+        let latency = io.rng.range(100, self.store_latency_us_max.max(20_000));
+        io.timer(latency, Event::MetaObjects { meta: self.index, incarnation: self.incarnation, work });
+    }
+
+    /// A call to the backup target, as `meta/server` makes it: the manifest's put answers
+    /// `BackupManifestWritten`; a collection reads the records from the machine between its
+    /// listing and its deletes, as `tandem_backup_core::collect` asks.
+    pub fn on_objects(&mut self, io: &mut Io<'_>, objects: &mut tandem_backup_core::MemObjectStore, faults: crate::backup::ObjectFaults, work: ObjectWork) {
+        let name = self.name();
+        match work {
+            ObjectWork::Manifest { backup_id, key, bytes } => {
+                let mut reach = crate::backup::Reach::new(objects, io.rng, faults, None);
+                let result = tandem_backup_core::ObjectStore::put(&mut reach, &key, bytes).map_err(|e| e.to_string());
+                if reach.faulted.get() > 0 {
+                    io.stats.path(path::OBJECT_FAULT);
+                }
+                io.note(|| format!("{name}: backup {backup_id}: table manifest {}", result.as_ref().err().map_or("written".to_string(), |e| format!("failed: {e}"))));
+                self.step(io, MetaInput::BackupManifestWritten { backup_id, result });
+            }
+            ObjectWork::Collect { table_id, target } => {
+                let machine = &self.machine;
+                let mut reach = crate::backup::Reach::new(objects, io.rng, faults, None);
+                let result = tandem_backup_core::collect(&mut reach, table_id, &mut || machine.backup_records_for(table_id, &target));
+                if reach.faulted.get() > 0 {
+                    io.stats.path(path::OBJECT_FAULT);
+                }
+                match result {
+                    Ok(r) => {
+                        if r.deleted > 0 {
+                            io.stats.path(path::BACKUP_COLLECTED);
+                        }
+                        io.note(|| format!("{name}: collected table {table_id}'s backups: {} objects deleted of {} listed", r.deleted, r.listed));
+                    }
+                    Err(e) => io.note(|| format!("{name}: collecting table {table_id}'s backups failed: {e}")),
+                }
+            }
+        }
+    }
+
     /// The store's answer is back.
     pub fn on_store_answer(&mut self, io: &mut Io<'_>, answer: StoreAnswer) {
         let input = match answer {
@@ -196,10 +246,9 @@ impl SimMeta {
                 MetaAction::Persist { op, epoch, write } => self.store_call(io, StoreCall::Persist { op, epoch, write }),
                 MetaAction::Reply { token, result } => self.answer(io, token, result),
                 MetaAction::Event(e) => self.note_event(io, e),
-                // No scenario of the simulation starts a backup yet (docs/backup.md, the
-                // wiring still to build): the machine writes no manifest without one.
-                MetaAction::WriteBackupManifest { backup_id, .. } => unreachable!("backup {backup_id}: the simulation starts no backups"),
-                MetaAction::CollectBackupGarbage { table_id, .. } => unreachable!("table {table_id}: the simulation starts no backups"),
+                // The target is reached after a latency, like the store (one target per run).
+                MetaAction::WriteBackupManifest { backup_id, target: _, key, bytes } => self.objects_call(io, ObjectWork::Manifest { backup_id, key, bytes }),
+                MetaAction::CollectBackupGarbage { table_id, target } => self.objects_call(io, ObjectWork::Collect { table_id, target }),
             }
         }
         if was_leading && self.machine.state().is_none() {

@@ -505,6 +505,7 @@ pub fn run_script(text: &str, trace: bool) -> Result<ScriptRun, String> {
         checkpoint_hold_ms: tandem_host::HostOptions::default().checkpoint_hold_ms,
         fault_time_us: u64::MAX / 4,
         site: None,
+        backup: None,
     };
     let items = parse(text);
     let mut r = Runner { params, sim: None, trace, last_proposal: None, out: Vec::new(), output: Vec::new() };

@@ -10,6 +10,7 @@
 //!   crash faults: 30 % at a random moment, 70 % armed for the next log write in flight
 //! ```
 
+use crate::backup::{BackupParams, ObjectFaults, Oracle};
 use crate::check::availability::Availability;
 use crate::check::decree_agreement::DecreeAgreement;
 use crate::check::linearizable_online::OnlineLinearizable;
@@ -87,6 +88,8 @@ pub struct Params {
     pub fault_time_us: u64,
     /// This site's part in a two-site run (`crate::world`); None: a one-site run.
     pub site: Option<SiteParams>,
+    /// The run takes backups of the workload table and restores them (one-site runs).
+    pub backup: Option<BackupParams>,
 }
 
 /// One site of a two-site run: who it is, who the other site is, and how the operator
@@ -140,6 +143,7 @@ impl Params {
             checkpoint_hold_ms: rng.range(500, 20_000),
             fault_time_us,
             site: None,
+            backup: None,
         }
     }
 }
@@ -210,6 +214,14 @@ pub struct Sim {
     /// The LWW oracle's view of this site: for each stored key of the workload table, the
     /// stored value with the largest timetag any replica here applied.
     pub oracle: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Runs that take backups: every decree of the workload table, to check restored data.
+    pub backup_oracle: Oracle,
+    /// Restores the operator asked for: (meta, token, backup), until answered.
+    restore_asks: Vec<(usize, u64, u64)>,
+    restores_asked: u32,
+    /// Every table manifest the metas wrote, by its SHA-256: a restore's record names the one
+    /// it read, whose objects retention may collect after the restore finished.
+    table_manifests: BTreeMap<String, Vec<u8>>,
 }
 
 /// What the trace shows of a message besides its kind.
@@ -255,7 +267,8 @@ impl Sim {
     /// A run of `seed`: the seed draws the cluster's shape, the fault plan and everything after.
     pub fn new(seed: u64, fault_time_us: u64, allowed: &FaultSet, trace: bool) -> Sim {
         let mut rng = Rng::new(seed);
-        let params = Params::draw(&mut rng, fault_time_us);
+        let mut params = Params::draw(&mut rng, fault_time_us);
+        params.backup = BackupParams::draw(seed);
         let plan = FaultPlan::draw(allowed, &mut rng);
         Sim::with(seed, rng, params, plan, trace)
     }
@@ -277,6 +290,11 @@ impl Sim {
         if let Some(site) = &params.site {
             meta_options.site = site.name.clone();
             meta_options.peer_sites = vec![site.peer.clone()];
+        }
+        if params.backup.is_some() {
+            meta_options.backup_target = crate::backup::TARGET.into();
+            // A run lasts about a minute: an attempt is given up after 10 s of silence.
+            meta_options.backup_job = tandem_backup_core::JobOptions { silence_ms: 10_000, attempts_max: 3, deadline_ms: 60_000 };
         }
         let metas = (0..params.metas)
             .map(|i| {
@@ -328,7 +346,7 @@ impl Sim {
             queue: BTreeMap::new(),
             seq: 0,
             net,
-            site: Site { metas, store: MemStore::default(), servers, store_clogs: vec![0; metas_count] },
+            site: Site { metas, store: MemStore::default(), servers, store_clogs: vec![0; metas_count], objects: Default::default() },
             create_table: None,
             clients,
             history: History::default(),
@@ -353,6 +371,10 @@ impl Sim {
             dup_pause_wanted: false,
             clients_gated,
             oracle: BTreeMap::new(),
+            backup_oracle: Oracle::default(),
+            restore_asks: Vec::new(),
+            restores_asked: 0,
+            table_manifests: BTreeMap::new(),
         };
         sim.stats.enabled = sim.plan.enabled.kinds().iter().map(|k| k.name()).collect();
         // Continuous kinds are properties of the whole run: count them once.
@@ -411,6 +433,10 @@ impl Sim {
             if self.params.table_churn {
                 let at = CLIENTS_START_US + self.rng.range(500_000, 5_000_000);
                 self.schedule(at, Event::TableChurn);
+            }
+            if let Some(b) = &self.params.backup {
+                let at = CLIENTS_START_US + self.rng.range(b.now_every_us.0, b.now_every_us.1);
+                self.schedule(at, Event::BackupOperator);
             }
         }
     }
@@ -658,6 +684,40 @@ impl Sim {
             Event::PolicyChange => self.change_policy(&mut out),
             Event::TableChurn => self.churn_table(&mut out),
             Event::CheckProgress => self.check_progress(&mut out),
+            Event::BackupOperator => self.backup_operator(&mut out),
+            Event::MetaObjects { meta, incarnation, work } => {
+                if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
+                    let faults = self.object_faults();
+                    let manifest = match &work {
+                        crate::meta::ObjectWork::Manifest { key, bytes, .. } => Some((key.clone(), bytes.clone())),
+                        crate::meta::ObjectWork::Collect { .. } => None,
+                    };
+                    self.site.metas[meta].on_objects(&mut io!(self, &mut out), &mut self.site.objects, faults, work);
+                    if let Some((key, bytes)) = manifest
+                        && tandem_backup_core::ObjectStore::get(&self.site.objects, &key).ok().flatten().as_ref() == Some(&bytes)
+                    {
+                        self.table_manifests.insert(tandem_backup_core::manifest::sha256_hex(&bytes), bytes);
+                    }
+                }
+            }
+            Event::ReplicaObjects { node, incarnation, work } => {
+                if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
+                    let faults = self.object_faults();
+                    let crash_after = match &work {
+                        crate::replica_server::ObjectWork::Upload { files, .. }
+                            if self.faults_active && self.params.backup.as_ref().is_some_and(|b| self.rng.chance(b.crash_mid_upload)) =>
+                        {
+                            Some(self.rng.range(0, files.len() as u64) as usize)
+                        }
+                        _ => None,
+                    };
+                    if self.site.servers[node].on_objects(&mut io!(self, &mut out), &mut self.site.objects, faults, crash_after, work) {
+                        self.stats.path(path::BACKUP_CRASH_MID_UPLOAD);
+                        self.note(|| "fault: the next crash cuts an upload".into());
+                        self.crash_replica(node, &mut out);
+                    }
+                }
+            }
         }
         self.apply(out);
     }
@@ -973,6 +1033,9 @@ impl Sim {
             no_lost_writes::check_bank(&self.history, bank_version)?;
             let inconclusive = linearizable::check_history(&self.history, LINEARIZABILITY_BUDGET)?;
             self.stats.lin_inconclusive += inconclusive;
+            if self.params.backup.is_some() {
+                self.check_backups()?;
+            }
             Ok::<(), String>(())
         })();
         if let Err(e) = result {
@@ -1016,10 +1079,13 @@ impl Sim {
                         }
                     }
                 }
-                for (decree, fp) in e.take_applied() {
-                    if let Err(msg) = self.decree_agreement.observe(&s.me, *gpid, decree, fp) {
+                for a in e.take_applied() {
+                    if let Err(msg) = self.decree_agreement.observe(&s.me, *gpid, a.decree, a.fingerprint) {
                         self.failure.get_or_insert(Failure { at_us: self.now_us, message: msg });
                         return;
+                    }
+                    if self.params.backup.is_some() && gpid.table_id == TABLE_ID {
+                        self.backup_oracle.observe(*gpid, a.decree, a.timestamp_us, a.ops);
                     }
                 }
             }
@@ -1200,7 +1266,14 @@ impl Sim {
         if self.create_table.is_none()
             && let Some(i) = self.leading_meta()
         {
-            let change = tandem_meta_core::policy::PolicyChange { replicas: Some(self.params.replica_count), ..Default::default() };
+            let mut change = tandem_meta_core::policy::PolicyChange { replicas: Some(self.params.replica_count), ..Default::default() };
+            if let Some(b) = &self.params.backup {
+                // The schedule's shortest interval: its first backup comes at once, the next
+                // after the run; the operator's `backup now` takes the others.
+                change.backup_every_ms = Some(tandem_meta_core::policy::Toggle::On(60_000));
+                change.backup_keep = Some(b.keep);
+                change.backup_target = Some(crate::backup::TARGET.into());
+            }
             let request = MetaRequest::CreateTable { name: TABLE_NAME.into(), partition_count: self.params.partitions, change, owner: "sim".into(), who: "sim".into() };
             let token = self.site.metas[i].admin(&mut io!(self, out), request);
             self.create_table = Some((i, token));
@@ -1260,6 +1333,108 @@ impl Sim {
         self.note(|| format!("operator: dup {what} {TABLE_NAME}"));
         let next = self.rng.range(1_000_000, 8_000_000);
         self.schedule(self.now_us + next, Event::DupToggle);
+    }
+
+    /// The object store's faults now: the run's while faults are injected, none after.
+    fn object_faults(&self) -> ObjectFaults {
+        match &self.params.backup {
+            Some(b) if self.faults_active && !self.plan.enabled.kinds().is_empty() => b.faults,
+            _ => ObjectFaults::default(),
+        }
+    }
+
+    /// The operator, while faults go on: `backup now` of the workload table (refused while
+    /// one runs), or a restore of one of its backups into a new table — mostly a complete one,
+    /// sometimes whatever record there is, which the meta must refuse unless it is complete.
+    fn backup_operator(&mut self, out: &mut Vec<Out>) {
+        let Some(b) = self.params.backup.clone() else { return };
+        if !self.faults_active {
+            return;
+        }
+        if let Err(e) = self.check_restore_answers() {
+            return self.fail(e);
+        }
+        if let Some(i) = self.leading_meta() {
+            let backups: Vec<(u64, bool)> =
+                self.site.store.load().backups.iter().filter(|r| r.table_id == TABLE_ID).map(|r| (r.id, r.state == tandem_backup_core::BackupState::Complete)).collect();
+            let complete: Vec<u64> = backups.iter().filter(|(_, c)| *c).map(|(id, _)| *id).collect();
+            if self.restores_asked < b.restores_max && !backups.is_empty() && self.rng.chance(0.4) {
+                let backup_id = if !complete.is_empty() && self.rng.chance(0.7) { *self.rng.pick(&complete) } else { self.rng.pick(&backups).0 };
+                self.restores_asked += 1;
+                let table = format!("restored{}", self.restores_asked);
+                self.note(|| format!("operator: restore {backup_id} --table {table}"));
+                let request = MetaRequest::Restore { backup_id, table: Some(table), as_original: false, who: "sim".into() };
+                let token = self.site.metas[i].admin(&mut io!(self, out), request);
+                self.restore_asks.push((i, token, backup_id));
+            } else {
+                self.note(|| format!("operator: backup now {TABLE_NAME}"));
+                self.site.metas[i].admin_ignored(&mut io!(self, out), MetaRequest::BackupNow { table: TABLE_NAME.into(), target: None, who: "sim".into() });
+            }
+        }
+        let next = self.rng.range(b.now_every_us.0, b.now_every_us.1);
+        self.schedule(self.now_us + next, Event::BackupOperator);
+    }
+
+    /// A restore the meta accepted names a backup whose record says complete (or deleted
+    /// since: deleted backups were complete).
+    fn check_restore_answers(&mut self) -> Result<(), String> {
+        let backups = self.site.store.load().backups;
+        let mut pending = Vec::new();
+        for (meta, token, backup_id) in std::mem::take(&mut self.restore_asks) {
+            match self.site.metas[meta].admin_answers.remove(&token) {
+                None => pending.push((meta, token, backup_id)),
+                Some(Err(_)) => {}
+                Some(Ok(_)) => {
+                    let state = backups.iter().find(|r| r.id == backup_id).map(|r| r.state);
+                    if !matches!(state, Some(tandem_backup_core::BackupState::Complete | tandem_backup_core::BackupState::Deleted)) {
+                        return Err(format!("the meta accepted a restore of backup {backup_id}, whose record says {state:?}"));
+                    }
+                }
+            }
+        }
+        self.restore_asks = pending;
+        Ok(())
+    }
+
+    /// The drills at the end of a run that took backups: every complete backup restores to
+    /// exactly what was committed at its decrees; every restore came from a complete backup;
+    /// every member of a restored table's partitions holds exactly that state.
+    fn check_backups(&mut self) -> Result<(), String> {
+        self.check_restore_answers()?;
+        let snapshot = self.site.store.load();
+        let drilled = crate::backup::check_complete_backups(&self.site.objects, &snapshot.backups, TABLE_ID, &self.backup_oracle)?;
+        for _ in 0..drilled {
+            self.stats.path(path::BACKUP_DRILLED);
+        }
+        for r in &snapshot.restores {
+            let fail = |what: String| format!("restore {} of backup {} into {}: {what}", r.id, r.backup_id, r.table_name);
+            let b = snapshot.backups.iter().find(|b| b.id == r.backup_id).ok_or_else(|| fail("no such backup record".into()))?;
+            let was_complete = matches!(b.state, tandem_backup_core::BackupState::Complete | tandem_backup_core::BackupState::Deleted) && !b.manifest_sha256.is_empty();
+            if !was_complete || b.manifest_sha256 != r.manifest_sha256 {
+                return Err(fail(format!("the backup's record says {:?} with manifest {:?}, the restore's {:?}", b.state, b.manifest_sha256, r.manifest_sha256)));
+            }
+            if r.state != tandem_meta_core::backup::RestoreState::Complete || r.source_table_id != TABLE_ID {
+                continue;
+            }
+            let bytes = self.table_manifests.get(&r.manifest_sha256).ok_or_else(|| fail("no table manifest was written with the checksum its record names".into()))?;
+            let key = tandem_backup_core::layout::table_manifest_key(r.source_table_id, r.backup_id);
+            let table = tandem_backup_core::TableManifest::decode(&key, bytes, r.source_table_id, r.backup_id).map_err(|e| fail(e.to_string()))?;
+            for entry in &table.partitions {
+                let want = self.backup_oracle.state_at(Gpid::new(TABLE_ID, entry.partition), entry.decree).map_err(fail)?;
+                let gpid = Gpid::new(r.table_id, entry.partition);
+                let Some(config) = self.site.store.partition(gpid) else { continue };
+                for s in self.site.servers.iter().filter(|s| s.up && (config.primary.as_ref() == Some(&s.me) || config.secondaries.contains(&s.me))) {
+                    let serving = s.replica(gpid).is_some_and(|r| matches!(r.status(), PartitionStatus::Primary | PartitionStatus::Secondary));
+                    let Some(engine) = s.engine(gpid).filter(|_| serving) else { continue };
+                    let got = engine.data();
+                    if got != want {
+                        return Err(fail(format!("{} {gpid} does not hold partition {}'s state at decree {}: {}", s.me, entry.partition, entry.decree, crate::backup::describe_difference(&got, &want))));
+                    }
+                    self.stats.path(path::RESTORE_CHECKED);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Number of servers that are up.

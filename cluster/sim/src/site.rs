@@ -14,6 +14,8 @@ pub struct Site {
     pub servers: Vec<ReplicaServer>,
     /// Until when each meta server's store calls hang (`store-clog`).
     pub store_clogs: Vec<u64>,
+    /// The backup target (an object store outlives every process of the site).
+    pub objects: tandem_backup_core::MemObjectStore,
 }
 
 impl Site {

@@ -61,6 +61,17 @@ pub mod path {
     pub const SITES_CUT: &str = "sites-cut";
     /// A compaction dropped tombstones or expired values (two-site runs).
     pub const COMPACTION_DROPPED: &str = "compaction-dropped";
+    /// Backups (runs that take them): a partition uploaded; an upload cut by its server's
+    /// crash; a call to the object store that failed or lost its answer; a collection that
+    /// deleted objects; a replica built from a backup; complete backups restored and checked
+    /// against the oracle at the end; members of restored tables checked.
+    pub const BACKUP_PARTITION_UPLOADED: &str = "backup-partition-uploaded";
+    pub const BACKUP_CRASH_MID_UPLOAD: &str = "backup-crash-mid-upload";
+    pub const OBJECT_FAULT: &str = "object-store-fault";
+    pub const BACKUP_COLLECTED: &str = "backup-garbage-collected";
+    pub const REPLICA_RESTORED: &str = "replica-restored";
+    pub const BACKUP_DRILLED: &str = "backup-drilled";
+    pub const RESTORE_CHECKED: &str = "restore-checked";
 }
 
 #[derive(Clone, Debug, Default)]

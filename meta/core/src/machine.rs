@@ -566,7 +566,7 @@ impl MetaMachine {
     /// The policies' schedules and retention: a table whose last backup on its policy's target
     /// started `every` ago (a failed one: `BACKUP_RETRY_MS` ago, or `every` if shorter) gets
     /// one, as long as fewer than `backup_jobs_max` run; its complete backups beyond the newest
-    /// `keep` are deleted, never while one of its backups runs.
+    /// `keep` are deleted, never while one of its backups runs nor while a restore reads them.
     fn schedule_backups(&mut self) {
         let now = self.now;
         let state = self.state.as_ref().expect("serving");
@@ -578,12 +578,14 @@ impl MetaMachine {
         }
         let mut due = Vec::new();
         let mut expired = Vec::new();
+        // Backups running restores read are kept until those finish.
+        let restoring: BTreeSet<BackupId> = state.restores.values().filter(|r| r.state == RestoreState::Running).map(|r| r.backup_id).collect();
         for t in state.tables.values().filter(|t| t.status == TableStatus::Available) {
             let Some(policy) = &t.policy.backup else { continue };
             let records = on_target.get(&(t.id, policy.target.as_str())).map_or(&[][..], Vec::as_slice);
             let plain: Vec<tandem_backup_core::BackupRecord> =
                 records.iter().map(|b| tandem_backup_core::BackupRecord { id: b.id, state: b.state, started_ms: b.started_ms }).collect();
-            expired.extend(tandem_backup_core::expired(&plain, policy.keep).into_iter().map(|id| (id, policy.keep)));
+            expired.extend(tandem_backup_core::expired(&plain, policy.keep).into_iter().filter(|id| !restoring.contains(id)).map(|id| (id, policy.keep)));
             if running_tables.contains(&t.id) {
                 continue;
             }
@@ -1162,6 +1164,11 @@ impl MetaMachine {
                 // A running backup of the table may reuse this one's files (docs/backup.md).
                 if let Some(running) = state.backups.values().find(|r| r.table_id == b.table_id && r.state == BackupState::Running) {
                     let message = format!("backup {} of table {:?} is running and may reuse this one's files; delete it once that one finished", running.id, b.table_name);
+                    return self.reply(token, Err(MetaError::Busy(message)));
+                }
+                // A running restore reads its files (found wiring the simulator's restore drills).
+                if let Some(r) = state.restores.values().find(|r| r.backup_id == id && r.state == RestoreState::Running) {
+                    let message = format!("restore {} into table {:?} is reading backup {id}; delete it once that restore finished (tandem restore list)", r.id, r.table_name);
                     return self.reply(token, Err(MetaError::Busy(message)));
                 }
                 let write = StoreWrite::DeleteBackup { id, reason: format!("deleted by {who}") };

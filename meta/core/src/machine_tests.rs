@@ -679,6 +679,28 @@ fn the_policy_schedules_backups_keeps_the_newest_and_collects_what_it_deletes() 
     assert_eq!(store.load().backups.last().map(|b| (b.id, b.state)), Some((3, BackupState::Running)));
 }
 
+/// Found wiring the simulator's restore drills: retention (or a delete) could remove a backup a
+/// running restore was reading, and collection its objects under the restore.
+#[test]
+fn a_backup_a_restore_reads_is_neither_deleted_nor_expired_until_the_restore_finishes() {
+    let (mut m, mut store) = leader();
+    let change = PolicyChange { backup_every_ms: Some(Toggle::On(3_600_000)), backup_keep: Some(1), backup_target: Some("file:///bk".into()), ..Default::default() };
+    ask(&mut m, &mut store, 1, MetaRequest::SetPolicy { table: "t".into(), change, who: "ann".into() }).unwrap();
+    m.step(at(3), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 3);
+    complete_backup(&mut m, &mut store, 10, 1);
+    let restore = MetaRequest::Restore { backup_id: 1, table: Some("t2".into()), as_original: false, who: "ann".into() };
+    assert!(matches!(ask(&mut m, &mut store, 20, restore), Ok(MetaReply::Created { .. })));
+    let err = ask(&mut m, &mut store, 21, MetaRequest::BackupDelete { id: 1, who: "bob".into() }).unwrap_err();
+    assert!(matches!(err, MetaError::Busy(_)) && err.to_string().contains("restore 1 into table \"t2\" is reading backup 1"), "{err}");
+    ask(&mut m, &mut store, 22, MetaRequest::BackupNow { table: "t".into(), target: None, who: "bob".into() }).unwrap();
+    complete_backup(&mut m, &mut store, 30, 2);
+    m.step(at(40), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 40);
+    let b1 = store.load().backups.into_iter().find(|b| b.id == 1).unwrap();
+    assert_eq!(b1.state, BackupState::Complete, "retention keeps 1, but waits for the restore");
+}
+
 #[test]
 fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_member_opened() {
     use crate::backup::RestoreState;

@@ -177,10 +177,16 @@ impl ReplicaServer {
             HostAction::CollectLog { keep_after } => {
                 self.log.gc(&|g| keep_after.get(&g).copied());
             }
-            // Only handed out by a backup, which no scenario starts yet (see the meta's side).
-            HostAction::BackupPartition { task } => unreachable!("backup {}: the simulation starts no backups", task.backup_id),
-            HostAction::CancelBackup { .. } => {}
-            HostAction::RestoreReplica { gpid, source } => unreachable!("{gpid}: restore {}: the simulation restores no table", source.restore_id),
+            HostAction::BackupPartition { task } => self.start_upload(io, task, inputs),
+            HostAction::CancelBackup { backup_id, gpid, attempt } => {
+                self.uploads.remove(&(backup_id, gpid, attempt));
+            }
+            HostAction::RestoreReplica { gpid, source } => {
+                // Downloading takes a while; a crash meanwhile leaves nothing (the runtime
+                // renames the database into place only when whole).
+                let delay = io.rng.range(1_000, 3_000_000);
+                io.timer(delay, Event::ReplicaObjects { node: self.index, incarnation: self.incarnation, work: ObjectWork::Restore { gpid, source } });
+            }
             HostAction::Stop { .. } => {
                 // The server exits; its supervisor restarts it.
                 let delay = io.rng.range(500_000, 3_000_000);

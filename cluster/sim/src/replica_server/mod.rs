@@ -17,6 +17,7 @@
 //! - `trace.rs`: what the trace shows of a replica's steps.
 
 pub use crate::clock::{EPOCH_US, NodeClock};
+pub use backup::ObjectWork;
 use crate::checkpoints::SimCheckpoints;
 use crate::disk::{CrashOutcome, SimLog};
 use crate::engine::SimEngine;
@@ -136,6 +137,8 @@ pub struct ReplicaServer {
     peer: ship::PeerSite,
     ships: BTreeMap<u64, ship::Ship>,
     next_ship: u64,
+    /// Uploads running: `(backup, partition, attempt)` (`CancelBackup` removes one).
+    uploads: std::collections::BTreeSet<(u64, Gpid, u32)>,
 }
 
 /// Feeds a host input and carries out its actions (and the inputs they produce).
@@ -151,6 +154,7 @@ macro_rules! host_step {
     }};
 }
 
+mod backup;
 mod glue;
 mod io;
 mod rpc;
@@ -184,6 +188,7 @@ impl ReplicaServer {
             tombstone_hold: BTreeMap::new(),
             ships: BTreeMap::new(),
             next_ship: 0,
+            uploads: Default::default(),
         }
     }
 
@@ -259,6 +264,7 @@ impl ReplicaServer {
         self.checkpoints.clear();
         self.fetched.clear();
         self.ships.clear();
+        self.uploads.clear();
         self.tombstone_hold.clear();
         self.peer = ship::PeerSite::default();
         self.lease_until_ms = 0;
