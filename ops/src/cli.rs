@@ -442,6 +442,10 @@ pub struct PolicyFlags {
     /// s3://BUCKET[/PREFIX] or file:///PATH
     #[arg(long)]
     pub backup_target: Option<String>,
+    /// Start scheduled backups at HH:MM (24-hour, UTC, or 'HH:MM ZONE' with an IANA zone such as
+    /// Europe/Paris), then every interval within the day; `off` = an interval after the last.
+    #[arg(long, value_name = "off|HH:MM [ZONE]")]
+    pub backup_at: Option<String>,
     /// How long deletes are remembered (e.g. 1d).
     #[arg(long, value_parser = parse_duration_with_unit)]
     pub tombstone_retention: Option<std::time::Duration>,

@@ -28,6 +28,7 @@ pub fn change_of(flags: &PolicyFlags, replicas: Option<u32>) -> v1::PolicyChange
         }),
         backup_keep: flags.backup_keep,
         backup_target: flags.backup_target.clone(),
+        backup_at: flags.backup_at.clone(),
         tombstone_retention_ms: flags.tombstone_retention.map(|d| d.as_millis() as u64),
     }
 }
@@ -40,7 +41,8 @@ fn backup_text(p: &v1::Policy) -> String {
     if p.backup_every_ms == 0 {
         "off".into()
     } else {
-        format!("every {}, keep {}, to {}", duration(p.backup_every_ms), p.backup_keep, p.backup_target)
+        let from = if p.backup_at.is_empty() { String::new() } else { format!(" from {}", p.backup_at) };
+        format!("every {}{from}, keep {}, to {}", duration(p.backup_every_ms), p.backup_keep, p.backup_target)
     }
 }
 
@@ -54,7 +56,8 @@ pub fn policy_json(p: &v1::Policy) -> serde_json::Value {
         "replicas": p.replicas,
         "duplication": if p.duplication.is_empty() { None } else { Some(&p.duplication) },
         "backup": if p.backup_every_ms == 0 { None } else {
-            Some(json!({"every": duration(p.backup_every_ms), "every_ms": p.backup_every_ms, "keep": p.backup_keep, "target": p.backup_target}))
+            Some(json!({"every": duration(p.backup_every_ms), "every_ms": p.backup_every_ms, "keep": p.backup_keep, "target": p.backup_target,
+                "at": if p.backup_at.is_empty() { None } else { Some(&p.backup_at) }}))
         },
         "tombstone_retention": duration(p.tombstone_retention_ms),
         "tombstone_retention_ms": p.tombstone_retention_ms,

@@ -359,6 +359,20 @@ async fn policy_commands_record_who_changed_what() {
     fails(&cluster, &["policy", "set", "p"], 1, "nothing to change");
     let history: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "history", "p", "--json"])).unwrap();
     assert_eq!(history["history"].as_array().unwrap().len(), 2, "refused changes record nothing");
+
+    // A start time to the minute in a named zone: stored, shown with the next start the zone's
+    // rules give, named when wrong, and switched off again.
+    let out = ok(&cluster, &["policy", "set", "p", "--backup-at", "02:30 Europe/Paris", "--as", "erin"]);
+    assert!(out.contains("every 6h from 02:30 Europe/Paris, keep 7"), "{out}");
+    let status = ok(&cluster, &["policy", "status", "p"]);
+    assert!(status.contains("every 6h from 02:30 Europe/Paris, next ") && status.contains(" UTC, keep 7"), "{status}");
+    let policy: serde_json::Value = serde_json::from_str(&ok(&cluster, &["policy", "show", "p", "--json"])).unwrap();
+    assert_eq!(policy["policy"]["backup"]["at"].as_str(), Some("02:30 Europe/Paris"), "{policy}");
+    fails(&cluster, &["policy", "set", "p", "--backup-at", "25:00"], 1, "HH:MM");
+    fails(&cluster, &["policy", "set", "p", "--backup-at", "02:30 Mars/Olympus"], 1, "unknown time zone");
+    fails(&cluster, &["policy", "set", "p", "--backup", "36h"], 1, "whole days");
+    let out = ok(&cluster, &["policy", "set", "p", "--backup-at", "off"]);
+    assert!(out.contains("backup: every 6h from 02:30 Europe/Paris, keep 7") && out.contains("→ every 6h, keep 7"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

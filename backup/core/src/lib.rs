@@ -25,6 +25,7 @@ pub mod object;
 pub mod partition;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod task;
 
 pub use error::{BackupError, Result};

@@ -564,8 +564,9 @@ impl MetaMachine {
     }
 
     /// The policies' schedules and retention: a table whose last backup on its policy's target
-    /// started `every` ago (a failed one: `BACKUP_RETRY_MS` ago, or `every` if shorter) gets
-    /// one, as long as fewer than `backup_jobs_max` run; its complete backups beyond the newest
+    /// started `every` ago — with a start time (`--backup-at`), before the latest slot — (a
+    /// failed one: `BACKUP_RETRY_MS` ago, or `every` if shorter) gets one, and a table with none
+    /// at once, as long as fewer than `backup_jobs_max` run; its complete backups beyond the newest
     /// `keep` are deleted, never while one of its backups runs nor while a restore reads them.
     fn schedule_backups(&mut self) {
         let now = self.now;
@@ -590,12 +591,14 @@ impl MetaMachine {
                 continue;
             }
             let last = records.iter().max_by_key(|b| (b.started_ms, b.id));
-            let wait = match last {
-                None => 0,
-                Some(b) if b.state == BackupState::Failed => policy.every_ms.min(BACKUP_RETRY_MS),
-                Some(_) => policy.every_ms,
+            let is_due = match (last, &policy.at) {
+                (None, _) => true,
+                (Some(b), _) if b.state == BackupState::Failed => now.wall_ms >= b.started_ms.saturating_add(policy.every_ms.min(BACKUP_RETRY_MS)),
+                (Some(b), None) => now.wall_ms >= b.started_ms.saturating_add(policy.every_ms),
+                // A start time: due once the latest slot passed since the last backup started.
+                (Some(b), Some(at)) => at.latest_slot_ms(policy.every_ms, now.wall_ms).is_some_and(|slot| b.started_ms < slot),
             };
-            if last.is_none_or(|b| now.wall_ms >= b.started_ms.saturating_add(wait)) && running < self.options.backup_jobs_max {
+            if is_due && running < self.options.backup_jobs_max {
                 running += 1;
                 due.push(t.id);
             }

@@ -679,6 +679,47 @@ fn the_policy_schedules_backups_keeps_the_newest_and_collects_what_it_deletes() 
     assert_eq!(store.load().backups.last().map(|b| (b.id, b.state)), Some((3, BackupState::Running)));
 }
 
+#[test]
+fn a_start_time_schedules_backups_at_its_slots_not_an_interval_after_the_last() {
+    let (mut m, mut store) = leader();
+    let at_0230 = crate::policy::BackupAt::parse("02:30").unwrap();
+    let change = PolicyChange {
+        backup_every_ms: Some(Toggle::On(6 * 3_600_000)),
+        backup_at: Some(Toggle::On(at_0230)),
+        backup_keep: Some(5),
+        backup_target: Some("file:///bk".into()),
+        ..Default::default()
+    };
+    ask(&mut m, &mut store, 1, MetaRequest::SetPolicy { table: "t".into(), change, who: "ann".into() }).unwrap();
+    let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 2, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
+    let backup = status.levels.iter().find(|l| l.level == "backup").unwrap();
+    // at(0) is 2023-11-14 22:13:20 UTC: the next slot is 02:30 the day after.
+    assert_eq!(backup.desired, "every 6h from 02:30 UTC, next 2023-11-15 02:30 UTC, keep 5, to file:///bk");
+    // The first backup comes at once (the table has none), the next at the first slot after it.
+    m.step(at(3), MetaInput::Tick);
+    store_and_answer(&mut m, &mut store, 3);
+    complete_backup(&mut m, &mut store, 10, 1);
+    let slot = 15_400_000; // 2023-11-15 02:30 UTC
+    let relead = |m: &mut MetaMachine, store: &mut MemStore, t: u64| {
+        m.step(at(t), MetaInput::Claimed { sent_at_ms: t, outcome: ClaimOutcome::Won { epoch: 1 } });
+        // A lease that lapsed since the last step is claimed again and the store loaded.
+        if let Some(MetaAction::Load { epoch, load }) = m.take_actions().into_iter().find(|a| matches!(a, MetaAction::Load { .. })) {
+            m.step(at(t), MetaInput::Loaded { epoch, load, result: Ok(store.load()) });
+        }
+        m.step(at(t), MetaInput::Tick);
+        store_and_answer(m, store, t);
+    };
+    relead(&mut m, &mut store, slot - 1);
+    assert_eq!(store.load().backups.len(), 1, "not before 02:30, though 4 hours passed");
+    relead(&mut m, &mut store, slot);
+    assert_eq!(store.load().backups.last().map(|b| (b.id, b.state, b.who.clone())), Some((2, BackupState::Running, "schedule".into())));
+    complete_backup(&mut m, &mut store, slot + 10, 2);
+    relead(&mut m, &mut store, slot + 6 * 3_600_000 - 1);
+    assert_eq!(store.load().backups.len(), 2, "08:30 has not come");
+    relead(&mut m, &mut store, slot + 6 * 3_600_000);
+    assert_eq!(store.load().backups.len(), 3, "08:30");
+}
+
 /// Found wiring the simulator's restore drills: retention (or a delete) could remove a backup a
 /// running restore was reading, and collection its objects under the restore.
 #[test]

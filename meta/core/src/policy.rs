@@ -10,6 +10,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+pub use tandem_backup_core::schedule::BackupAt;
 
 pub const REPLICAS_MIN: u32 = 1;
 pub const REPLICAS_MAX: u32 = 5;
@@ -32,6 +33,9 @@ pub struct BackupPolicy {
     pub keep: u32,
     /// `s3://BUCKET[/PREFIX]` or `file:///PATH`.
     pub target: String,
+    /// The start time (`--backup-at`); None: `every` after the last backup started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<BackupAt>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,8 @@ pub struct PolicyChange {
     pub backup_every_ms: Option<Toggle<u64>>,
     pub backup_keep: Option<u32>,
     pub backup_target: Option<String>,
+    /// `Off` or a start time.
+    pub backup_at: Option<Toggle<BackupAt>>,
     pub tombstone_retention_ms: Option<u64>,
 }
 
@@ -144,9 +150,9 @@ impl Policy {
             Some(Toggle::Off) => backup_wanted = Some(false),
             Some(Toggle::On(_)) => backup_wanted = Some(true),
         }
-        if change.backup_keep.is_some() || change.backup_target.is_some() {
+        if change.backup_keep.is_some() || change.backup_target.is_some() || matches!(change.backup_at, Some(Toggle::On(_))) {
             if backup_wanted == Some(false) {
-                return Err("--backup-keep and --backup-target describe backups, which this change switches off".to_string());
+                return Err("--backup-keep, --backup-target and --backup-at describe backups, which this change switches off".to_string());
             }
             backup_wanted.get_or_insert(true);
         }
@@ -159,15 +165,24 @@ impl Policy {
                     _ => current.as_ref().map_or(PRESET_BACKUP_EVERY_MS, |b| b.every_ms),
                 };
                 let keep = change.backup_keep.or(current.as_ref().map(|b| b.keep)).unwrap_or(PRESET_BACKUP_KEEP);
+                let at = match &change.backup_at {
+                    Some(Toggle::On(at)) => Some(at.clone()),
+                    Some(Toggle::Off) => None,
+                    None => current.as_ref().and_then(|b| b.at.clone()),
+                };
                 let target = change
                     .backup_target
                     .clone()
                     .or(current.map(|b| b.target))
                     .or_else(|| (!cx.default_backup_target.is_empty()).then(|| cx.default_backup_target.to_string()))
                     .ok_or_else(|| "backups need a target: add --backup-target s3://BUCKET/PREFIX (or set meta.backup_target)".to_string())?;
-                next.backup = Some(BackupPolicy { every_ms, keep, target });
+                next.backup = Some(BackupPolicy { every_ms, keep, target, at });
             }
-            None => {}
+            None => {
+                if let (Some(Toggle::Off), Some(b)) = (&change.backup_at, next.backup.as_mut()) {
+                    b.at = None;
+                }
+            }
         }
         if let Some(retention) = change.tombstone_retention_ms {
             next.tombstone_retention_ms = retention;
@@ -205,6 +220,9 @@ impl Policy {
                 return Err(format!("backup keep {} is outside 1..={BACKUP_KEEP_MAX}", b.keep));
             }
             validate_backup_target(&b.target)?;
+            if let Some(at) = &b.at {
+                at.validate(b.every_ms)?;
+            }
         }
         if !(TOMBSTONE_RETENTION_MS_MIN..=TOMBSTONE_RETENTION_MS_MAX).contains(&self.tombstone_retention_ms) {
             return Err(format!("tombstone retention {} ms is outside 1m..=365d", self.tombstone_retention_ms));
@@ -266,7 +284,7 @@ mod tests {
         let p = base.apply(&l3, &cx(&peers)).unwrap();
         assert_eq!(p.level(), 3);
         assert_eq!(p.duplication.as_deref(), Some("b"));
-        assert_eq!(p.backup, Some(BackupPolicy { every_ms: PRESET_BACKUP_EVERY_MS, keep: PRESET_BACKUP_KEEP, target: "s3://bkt/t".into() }));
+        assert_eq!(p.backup, Some(BackupPolicy { every_ms: PRESET_BACKUP_EVERY_MS, keep: PRESET_BACKUP_KEEP, target: "s3://bkt/t".into(), at: None }));
         // An explicit flag beats the preset.
         let l3_hourly = PolicyChange { backup_every_ms: Some(Toggle::On(3_600_000)), ..l3.clone() };
         assert_eq!(base.apply(&l3_hourly, &cx(&peers)).unwrap().backup.unwrap().every_ms, 3_600_000);
@@ -303,10 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn a_start_time_is_kept_until_changed_or_switched_off() {
+        let cx = PolicyContext { live_nodes: 3, site: "a", peer_sites: &[], default_backup_target: "file:///bk" };
+        let at = BackupAt::parse("02:30 Europe/Paris").unwrap();
+        let p = Policy::with_replicas(3).apply(&PolicyChange { backup_at: Some(Toggle::On(at.clone())), ..Default::default() }, &cx).unwrap();
+        assert_eq!(p.backup.as_ref().unwrap().at, Some(at.clone()), "a start time alone switches daily backups on");
+        let p = p.apply(&PolicyChange { backup_keep: Some(3), backup_every_ms: Some(Toggle::On(6 * 3_600_000)), ..Default::default() }, &cx).unwrap();
+        assert_eq!(p.backup.as_ref().unwrap().at, Some(at), "other backup flags keep it");
+        let p = p.apply(&PolicyChange { backup_at: Some(Toggle::Off), ..Default::default() }, &cx).unwrap();
+        assert_eq!((p.backup.as_ref().unwrap().at.clone(), p.backup.as_ref().unwrap().keep), (None, 3), "off clears the start time only");
+        let odd = PolicyChange { backup_every_ms: Some(Toggle::On(36 * 3_600_000)), backup_at: Some(Toggle::On(BackupAt::parse("01:00").unwrap())), ..Default::default() };
+        assert!(p.apply(&odd, &cx).unwrap_err().contains("whole days"));
+        let off = PolicyChange { backup_every_ms: Some(Toggle::Off), backup_at: Some(Toggle::On(BackupAt::parse("01:00").unwrap())), ..Default::default() };
+        assert!(p.apply(&off, &cx).unwrap_err().contains("switches off"));
+        // Policies recorded before start times existed read back without one.
+        let old: BackupPolicy = serde_json::from_str(r#"{"every_ms":60000,"keep":1,"target":"file:///bk"}"#).unwrap();
+        assert_eq!(old.at, None);
+    }
+
+    #[test]
     fn a_down_node_does_not_block_other_changes() {
         let few = PolicyContext { live_nodes: 2, site: "a", peer_sites: &[], default_backup_target: "file:///bk" };
         let p = Policy::with_replicas(3).apply(&PolicyChange { backup_keep: Some(2), ..Default::default() }, &few).unwrap();
-        assert_eq!(p.backup, Some(BackupPolicy { every_ms: PRESET_BACKUP_EVERY_MS, keep: 2, target: "file:///bk".into() }));
+        assert_eq!(p.backup, Some(BackupPolicy { every_ms: PRESET_BACKUP_EVERY_MS, keep: 2, target: "file:///bk".into(), at: None }));
         assert_eq!(p.describe_level(), "1 + backup");
     }
 }

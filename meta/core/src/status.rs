@@ -219,7 +219,17 @@ impl MetaState {
             level: "backup".into(),
             desired: table.policy.backup.as_ref().map_or_else(
                 || "off".to_string(),
-                |b| format!("every {}, keep {}, to {}", humantime::format_duration(Duration::from_millis(b.every_ms)), b.keep, b.target),
+                |b| {
+                    let every = humantime::format_duration(Duration::from_millis(b.every_ms));
+                    match &b.at {
+                        // The next start, so that an operator sees the zone's rules applied.
+                        Some(at) => {
+                            let next = at.next_slot_ms(b.every_ms, now_wall_ms).map_or_else(String::new, |ms| format!(", next {}", tandem_backup_core::schedule::format_utc_ms(ms)));
+                            format!("every {every} from {at}{next}, keep {}, to {}", b.keep, b.target)
+                        }
+                        None => format!("every {every}, keep {}, to {}", b.keep, b.target),
+                    }
+                },
             ),
             actual,
             satisfied,

@@ -78,6 +78,7 @@ fn policy_to_wire(p: &Policy) -> v1::Policy {
         backup_target: backup.map_or_else(String::new, |b| b.target.clone()),
         tombstone_retention_ms: p.tombstone_retention_ms,
         level: p.describe_level(),
+        backup_at: backup.and_then(|b| b.at.as_ref()).map_or_else(String::new, ToString::to_string),
     }
 }
 
@@ -95,6 +96,11 @@ fn change_from_wire(c: v1::PolicyChange) -> Result<PolicyChange, Status> {
         }
     };
     let backup_every_ms = c.backup_every_ms.map(|ms| if ms == 0 { Toggle::Off } else { Toggle::On(ms) });
+    let backup_at = match c.backup_at {
+        None => None,
+        Some(off) if off == "off" => Some(Toggle::Off),
+        Some(at) => Some(Toggle::On(tandem_meta_core::policy::BackupAt::parse(&at).map_err(|e| ErrorKind::InvalidArgument.status(e))?)),
+    };
     Ok(PolicyChange {
         level,
         replicas: c.replicas,
@@ -102,6 +108,7 @@ fn change_from_wire(c: v1::PolicyChange) -> Result<PolicyChange, Status> {
         backup_every_ms,
         backup_keep: c.backup_keep,
         backup_target: c.backup_target,
+        backup_at,
         tombstone_retention_ms: c.tombstone_retention_ms,
     })
 }

@@ -654,7 +654,7 @@ async fn policies(store: &SqlStore, f: &Fence) {
     let next = Policy {
         replicas: 5,
         duplication: None,
-        backup: Some(BackupPolicy { every_ms: 3_600_000, keep: 4, target: "s3://bucket/prefix".into() }),
+        backup: Some(BackupPolicy { every_ms: 3_600_000, keep: 4, target: "s3://bucket/prefix".into(), at: Some(tandem_meta_core::policy::BackupAt::parse("02:30 Europe/Paris").unwrap()) }),
         tombstone_retention_ms: 7_200_000,
     };
     store.set_policy(&f, table.id, &initial, &next, "grace", 21_000).await.unwrap();

@@ -319,7 +319,7 @@ macro_rules! select_name_status {
 }
 
 type TableRow = (i64, String, i64, i64, String, Option<i64>, i64, String);
-type PolicyRow = (i64, Option<String>, Option<i64>, Option<i64>, Option<String>, i64);
+type PolicyRow = (i64, Option<String>, Option<i64>, Option<i64>, Option<String>, i64, Option<i64>, Option<String>);
 
 /// The database's clock in ms since the Unix epoch, per dialect: lease expiry is judged by it,
 /// so meta servers' clocks never need to agree.
@@ -344,13 +344,16 @@ macro_rules! write_policy {
         let backup = new.backup.as_ref();
         let every = backup.map(|b| to_i64(b.every_ms, "backup every_ms")).transpose()?;
         let retention = to_i64(new.tombstone_retention_ms, "tombstone_retention_ms")?;
+        let at = backup.and_then(|b| b.at.as_ref());
         sqlx::query(
             "INSERT INTO policies (table_id, duplication, backup_every_ms, backup_keep, \
-             backup_target, tombstone_retention_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             backup_target, tombstone_retention_ms, backup_at_minute, backup_at_zone) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (table_id) DO UPDATE SET duplication = excluded.duplication, \
              backup_every_ms = excluded.backup_every_ms, backup_keep = excluded.backup_keep, \
              backup_target = excluded.backup_target, \
-             tombstone_retention_ms = excluded.tombstone_retention_ms",
+             tombstone_retention_ms = excluded.tombstone_retention_ms, \
+             backup_at_minute = excluded.backup_at_minute, backup_at_zone = excluded.backup_at_zone",
         )
         .bind(i64::from(id))
         .bind(new.duplication.as_deref())
@@ -358,6 +361,8 @@ macro_rules! write_policy {
         .bind(backup.map(|b| i64::from(b.keep)))
         .bind(backup.map(|b| b.target.as_str()))
         .bind(retention)
+        .bind(at.map(|a| i64::from(a.minute)))
+        .bind(at.map(|a| a.zone.as_str()))
         .execute(&mut *$tx)
         .await?;
         let to_json = |p: &Policy| serde_json::to_string(p).expect("a policy always serializes");
@@ -666,13 +671,19 @@ fn table_from_row(row: TableRow) -> Result<TableInfo> {
 }
 
 fn policy_from_row(replicas: u32, row: PolicyRow) -> Result<Policy> {
-    let (table_id, duplication, every, keep, target, retention) = row;
+    let (table_id, duplication, every, keep, target, retention, at_minute, at_zone) = row;
+    let at = match (at_minute, at_zone) {
+        (None, None) => None,
+        (Some(minute), Some(zone)) => Some(tandem_meta_core::policy::BackupAt { minute: to_u32(minute, "policies.backup_at_minute")?, zone }),
+        _ => return Err(StoreError::Corrupt(format!("table {table_id}: backup_at columns of its policy are partly NULL"))),
+    };
     let backup = match (every, keep, target) {
         (None, None, None) => None,
         (Some(every), Some(keep), Some(target)) => Some(BackupPolicy {
             every_ms: to_u64(every, "policies.backup_every_ms")?,
             keep: to_u32(keep, "policies.backup_keep")?,
             target,
+            at,
         }),
         _ => return Err(StoreError::Corrupt(format!("table {table_id}: backup columns of its policy are partly NULL"))),
     };

@@ -27,7 +27,7 @@ impl SqlStore {
                     .await?;
             let policies: Vec<PolicyRow> = sqlx::query_as(
                 "SELECT table_id, duplication, backup_every_ms, backup_keep, backup_target, \
-                 tombstone_retention_ms FROM policies",
+                 tombstone_retention_ms, backup_at_minute, backup_at_zone FROM policies",
             )
             .fetch_all(&mut *tx)
             .await?;
