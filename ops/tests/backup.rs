@@ -27,6 +27,17 @@ fn ok(out: &Output) -> String {
     stdout
 }
 
+/// Runs `tandem ARGS` against `cluster` in the background, its output captured.
+fn spawn_tandem(cluster: &Cluster, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(args)
+        .env("TANDEM_META", &cluster.meta_addr)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tandem")
+}
+
 /// The last JSON document `--json` printed (progress lines come first, one per line).
 fn last_json(stdout: &str) -> serde_json::Value {
     let start = stdout.rfind("\n{\n").map_or(0, |i| i + 1);
@@ -260,13 +271,7 @@ async fn a_backup_completes_when_an_uploading_primary_is_killed() {
     write_keys(&cluster).await;
     let target_dir = cluster.dir.path().join("backups");
     let target = format!("file://{}", target_dir.display());
-    let waiting = std::process::Command::new(bin())
-        .args(["backup", "now", TABLE, "--target", &target, "--wait", "--json"])
-        .env("TANDEM_META", &cluster.meta_addr)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiting = spawn_tandem(&cluster, &["backup", "now", TABLE, "--target", &target, "--wait", "--json"]);
     // The first partition seen uploading: its primary's server goes.
     let mut victim = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -390,26 +395,40 @@ async fn a_backup_whose_meta_leader_dies_fails_and_the_next_one_completes() {
     tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
 }
 
-/// A TCP proxy in front of the S3 server that can answer every request with 503 instead,
-/// cutting the connections it passes through when it turns so (object_store keeps them alive).
+/// What the proxy in front of the S3 server does with connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Pass,
+    /// Every new request is answered 503.
+    Fail503,
+    /// Nothing moves: new connections wait before reaching the server, passing ones hold the
+    /// bytes they read (a target that hangs mid-transfer).
+    Stall,
+}
+
+/// A TCP proxy in front of the S3 server that passes, answers 503, stalls, or cuts the
+/// connections passing through (object_store keeps them alive between requests).
 struct FaultProxy {
     addr: std::net::SocketAddr,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mode: tokio::sync::watch::Sender<Mode>,
     passing: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Connections waiting while stalled: accepted and not at the server yet, or holding bytes.
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FaultProxy {
     async fn start(upstream: std::net::SocketAddr) -> FaultProxy {
-        use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mode, _) = tokio::sync::watch::channel(Mode::Pass);
         let passing = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (d, p) = (down.clone(), passing.clone());
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (m, p, h) = (mode.clone(), passing.clone(), held.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                if d.load(Ordering::SeqCst) {
+                let mut mode = m.subscribe();
+                if *mode.borrow() == Mode::Fail503 {
                     tokio::spawn(async move {
                         // Read the request head, answer 503, close.
                         let mut head = Vec::new();
@@ -422,27 +441,105 @@ impl FaultProxy {
                         }
                         let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
                     });
-                } else {
-                    let handle = tokio::spawn(async move {
-                        if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                    p.lock().unwrap().push(handle);
+                    continue;
                 }
+                let h = h.clone();
+                let handle = tokio::spawn(async move {
+                    if *mode.borrow() == Mode::Stall {
+                        let _held = Held::new(&h);
+                        let _ = mode.wait_for(|m| *m != Mode::Stall).await;
+                    }
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(pump(client_read, server_write, mode.clone(), h.clone()), pump(server_read, client_write, mode, h));
+                });
+                p.lock().unwrap().push(handle);
             }
         });
-        FaultProxy { addr, down, passing }
+        FaultProxy { addr, mode, passing, held }
     }
 
-    fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
-        if down {
-            for h in self.passing.lock().unwrap().drain(..) {
-                h.abort();
-            }
+    fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+        if mode == Mode::Fail503 {
+            self.cut();
         }
     }
+
+    /// Cuts every connection passing through; answers how many were open.
+    fn cut(&self) -> usize {
+        let mut passing = self.passing.lock().unwrap();
+        let open = passing.iter().filter(|h| !h.is_finished()).count();
+        for h in passing.drain(..) {
+            h.abort();
+        }
+        open
+    }
+
+    fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Counts a connection held by a stall while it lives (also when a cut aborts its task).
+struct Held(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Held {
+    fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Held {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Held(count.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies one direction of a connection, holding what it read while the proxy stalls.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<Mode>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if *mode.borrow() == Mode::Stall {
+            let _held = Held::new(&held);
+            if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+                break;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A cluster whose backups go to `s3` through `proxy`, with `extra` in its replicas' `[backup]`.
+async fn cluster_behind(s3: &tandem_s3_dev::DevS3, proxy: &FaultProxy, extra: &str) -> Cluster {
+    let config = format!(
+        "[backup]\ns3_endpoint = \"http://{}\"\ns3_region = \"us-east-1\"\ns3_access_key_id = \"{}\"\ns3_secret_access_key = \"{}\"\n{extra}",
+        proxy.addr, s3.access_key, s3.secret_key
+    );
+    let cluster = Cluster::start_site_with("local", 1, 3, &config).await;
+    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    cluster
+}
+
+/// The S3 server itself, not through the proxy.
+fn direct(s3: &tandem_s3_dev::DevS3, target: &str) -> RealObjectStore {
+    let options = S3Options { endpoint: Some(s3.endpoint()), region: Some("us-east-1".into()), access_key_id: Some(s3.access_key.clone()), secret_access_key: Some(s3.secret_key.clone()) };
+    RealObjectStore::open(&Target::parse(target).unwrap(), &options, tokio::runtime::Handle::current()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,26 +547,94 @@ async fn a_backup_to_a_target_answering_503_fails_with_the_reason_and_one_after_
     let root = tempfile::tempdir().unwrap();
     let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
     let proxy = FaultProxy::start(s3.addr).await;
-    let config = format!(
-        "[backup]\ns3_endpoint = \"http://{}\"\ns3_region = \"us-east-1\"\ns3_access_key_id = \"{}\"\ns3_secret_access_key = \"{}\"\n",
-        proxy.addr, s3.access_key, s3.secret_key
-    );
-    let cluster = Cluster::start_site_with("local", 1, 3, &config).await;
-    cluster.create_table(TABLE, PARTITIONS, 3).await;
+    let cluster = cluster_behind(&s3, &proxy, "").await;
     write_keys(&cluster).await;
     let target = "s3://tandem-backups/flaky";
-    proxy.set_down(true);
+    proxy.set(Mode::Fail503);
     let out = tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("is failed") && stderr.contains("503"), "{stderr}");
-    proxy.set_down(false);
+    proxy.set(Mode::Pass);
     let record = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait", "--json"])));
     assert_eq!((record["id"].as_u64(), record["state"].as_str()), (Some(2), Some("complete")));
-    // Read back straight from the S3 server, not through the proxy.
-    let options = S3Options { endpoint: Some(s3.endpoint()), region: Some("us-east-1".into()), access_key_id: Some(s3.access_key.clone()), secret_access_key: Some(s3.secret_key.clone()) };
-    let store = RealObjectStore::open(&Target::parse(target).unwrap(), &options, tokio::runtime::Handle::current()).unwrap();
+    let store = direct(&s3, target);
     tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_through_cut_and_stalled_connections_never_looks_complete_unless_it_restores_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
+    let proxy = FaultProxy::start(s3.addr).await;
+    // Slow uploads (about 2 MiB at 256 KiB/s per server), so the faults land mid-transfer.
+    let cluster = cluster_behind(&s3, &proxy, "upload_rate = \"256KiB\"\n").await;
+    write_keys(&cluster).await;
+    let target = "s3://tandem-backups/cut";
+    let waiting = spawn_tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait", "--json"]);
+    // Cut every connection to the target five times, 300 ms apart, once uploads are under way;
+    // then hang it for 3 s with requests in the middle of their bodies.
+    let mut cut = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cut == 0 {
+        assert!(std::time::Instant::now() < deadline, "no upload reached the target\n{}", cluster.logs_tail());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        cut = proxy.cut();
+    }
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        cut += proxy.cut();
+    }
+    proxy.set(Mode::Stall);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    proxy.set(Mode::Pass);
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut record = last_json(&stdout);
+    // Cut requests are retried by the uploader's client, so the backup normally completes; if
+    // it failed instead, it says why and the next one completes. Either way, what says
+    // complete restores exactly.
+    if record["state"] != "complete" {
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert_eq!(record["state"], "failed", "{record}");
+        record = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait", "--json"])));
+    }
+    assert_eq!(record["state"], "complete", "{record}\n{}", cluster.logs_tail());
+    assert!(cut >= 1, "the faults cut open connections: {cut}");
+    let store = direct(&s3, target);
+    tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_server_is_killed_mid_download_completes_with_exactly_the_backup() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
+    let proxy = FaultProxy::start(s3.addr).await;
+    let mut cluster = cluster_behind(&s3, &proxy, "").await;
+    let written = write_keys(&cluster).await;
+    let target = "s3://tandem-backups/drill";
+    let record = last_json(&ok(&tandem(&cluster, &["backup", "now", TABLE, "--target", target, "--wait", "--json"])));
+    assert_eq!(record["state"], "complete");
+    // The target hangs, so every server's downloads are held mid-restore when one is killed.
+    proxy.set(Mode::Stall);
+    let id = record["id"].as_u64().unwrap().to_string();
+    let waiting = spawn_tandem(&cluster, &["restore", &id, "--table", "bk2", "--wait", "--json"]);
+    cluster.poll(std::time::Duration::from_secs(30), "every server's restore is downloading", || async { proxy.held() >= 3 }).await;
+    cluster.kill_replica(0);
+    proxy.set(Mode::Pass);
+    cluster.start_replica(0);
+    let out = tokio::task::spawn_blocking(move || waiting.wait_with_output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), cluster.logs_tail());
+    let done = last_json(&stdout);
+    assert_eq!((done["state"].as_str(), done["partitions_ready"].as_u64()), (Some("complete"), Some(PARTITIONS as u64)), "{done}");
+    cluster.wait_healthy(std::time::Duration::from_secs(60)).await;
+    assert_reads_back(&cluster, "bk2", &written).await;
+    // Every partition has its three members again, the restarted server's included.
+    for p in 0..PARTITIONS {
+        let config = cluster.partition("bk2", p).await;
+        assert_eq!(config.secondaries.len() + 1, 3, "partition {p} has all its members: {config:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
