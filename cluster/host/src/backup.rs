@@ -20,6 +20,11 @@
 //! - **A run is reported until the meta stops handing it out**: a report lost with a beacon is
 //!   sent again with the next one, and a finished run (done or failed) is not started again
 //!   while the answers still name it.
+//! - **Only a reconciled primary uploads**: a run starts once its replica's read gate is open
+//!   (primary, every decree it inherited committed and applied). A new primary's engine lags the
+//!   writes its predecessor acknowledged until it reconciles; a checkpoint taken before would
+//!   miss them (found by the real-process test that kills an uploading primary: a complete
+//!   backup lacked an acknowledged write). Until then the run waits queued, reporting 0 of 0.
 //! - **Uploads are limited in number**, not only in bytes per second (the runtime's throttle):
 //!   each holds a checkpoint and reads its files, so a server hosting many primaries runs
 //!   `backup_uploads_max` at once and queues the rest, in the order they were handed out. A
@@ -73,7 +78,7 @@ impl Backups {
 
     /// The tasks of a beacon answer: queues what is new, cancels what is no longer handed out,
     /// and starts queued runs while slots are free.
-    pub fn on_answer(&mut self, tasks: Vec<BackupTask>, hosted: &BTreeSet<Gpid>) -> Vec<BackupCommand> {
+    pub fn on_answer(&mut self, tasks: Vec<BackupTask>, hosted: &BTreeSet<Gpid>, ready: &BTreeSet<Gpid>) -> Vec<BackupCommand> {
         let mut commands = Vec::new();
         let wanted: BTreeSet<(BackupId, Gpid)> = tasks.iter().map(|t| (t.backup_id, t.gpid)).collect();
         self.runs.retain(|key, run| {
@@ -103,15 +108,16 @@ impl Backups {
                 self.runs.insert(key, Run { task, report, started: true, seq });
             }
         }
-        commands.extend(self.start_queued());
+        commands.extend(self.start_queued(ready));
         commands
     }
 
-    /// Starts queued runs, oldest first, while fewer than `uploads_max` run.
-    fn start_queued(&mut self) -> Vec<BackupCommand> {
+    /// Starts queued runs of ready replicas (`ready`: read gate open), oldest first, while
+    /// fewer than `uploads_max` run.
+    pub fn start_queued(&mut self, ready: &BTreeSet<Gpid>) -> Vec<BackupCommand> {
         let mut commands = Vec::new();
         while self.running() < self.uploads_max {
-            let Some(run) = self.runs.values_mut().filter(|r| !r.started).min_by_key(|r| r.seq) else { break };
+            let Some(run) = self.runs.values_mut().filter(|r| !r.started && ready.contains(&r.task.gpid)).min_by_key(|r| r.seq) else { break };
             run.started = true;
             commands.push(BackupCommand::Start(run.task.clone()));
         }
@@ -120,11 +126,11 @@ impl Backups {
 
     /// A running upload reported; reports of attempts no longer running are dropped. One that
     /// finished frees its slot: answers the queued runs that start.
-    pub fn on_report(&mut self, r: BackupTaskReport) -> Vec<BackupCommand> {
+    pub fn on_report(&mut self, r: BackupTaskReport, ready: &BTreeSet<Gpid>) -> Vec<BackupCommand> {
         if let Some(run) = self.runs.get_mut(&(r.backup_id, r.gpid)).filter(|run| run.started && run.task.attempt == r.attempt && !run.finished()) {
             run.report = Some(r.report);
         }
-        self.start_queued()
+        self.start_queued(ready)
     }
 
     /// What the next beacon reports: the latest report of every run that has one.
@@ -159,30 +165,30 @@ mod tests {
     fn uploads_start_once_report_until_forgotten_and_follow_the_meta_s_attempts() {
         let hosted: BTreeSet<Gpid> = [Gpid::new(1, 0), Gpid::new(1, 1)].into();
         let mut b = Backups::new(2);
-        assert_eq!(b.on_answer(vec![task(0, 1), task(2, 1)], &hosted), vec![BackupCommand::Start(task(0, 1))]);
+        assert_eq!(b.on_answer(vec![task(0, 1), task(2, 1)], &hosted, &hosted), vec![BackupCommand::Start(task(0, 1))]);
         // Not hosted here: reported failed at once, nothing runs.
         assert!(b.reports().iter().any(|r| r.gpid.partition == 2 && matches!(&r.report, PartitionReport::Failed(why) if why.contains("does not host"))));
         // The same task again: nothing new.
-        assert_eq!(b.on_answer(vec![task(0, 1)], &hosted), vec![]);
-        b.on_report(report(0, 1, PartitionReport::Progress { bytes_done: 5, bytes_total: 10 }));
-        b.on_report(report(0, 9, PartitionReport::Failed("stale".into())));
+        assert_eq!(b.on_answer(vec![task(0, 1)], &hosted, &hosted), vec![]);
+        b.on_report(report(0, 1, PartitionReport::Progress { bytes_done: 5, bytes_total: 10 }), &hosted);
+        b.on_report(report(0, 9, PartitionReport::Failed("stale".into())), &hosted);
         assert!(b.reports().contains(&report(0, 1, PartitionReport::Progress { bytes_done: 5, bytes_total: 10 })));
         assert!(!b.reports().iter().any(|r| r.attempt == 9));
         assert_eq!(b.running(), 1);
         // The meta gave the attempt up and hands out the next: the old one is cancelled.
-        let commands = b.on_answer(vec![task(0, 2)], &hosted);
+        let commands = b.on_answer(vec![task(0, 2)], &hosted, &hosted);
         assert_eq!(commands, vec![BackupCommand::Cancel { backup_id: 7, gpid: Gpid::new(1, 0), attempt: 1 }, BackupCommand::Start(task(0, 2))]);
-        b.on_report(report(0, 2, PartitionReport::Failed("disk".into())));
+        b.on_report(report(0, 2, PartitionReport::Failed("disk".into())), &hosted);
         // A finished run is reported, never started again, and not cancelled when forgotten.
-        assert_eq!(b.on_answer(vec![task(0, 2)], &hosted), vec![]);
+        assert_eq!(b.on_answer(vec![task(0, 2)], &hosted, &hosted), vec![]);
         assert_eq!(b.reports(), vec![report(0, 2, PartitionReport::Failed("disk".into()))], "the unhosted task's report is gone with it");
-        b.on_report(report(0, 2, PartitionReport::Progress { bytes_done: 1, bytes_total: 1 }));
+        b.on_report(report(0, 2, PartitionReport::Progress { bytes_done: 1, bytes_total: 1 }), &hosted);
         assert_eq!(b.reports().len(), 1, "a finished run's report stays");
-        assert_eq!(b.on_answer(vec![], &hosted), vec![]);
+        assert_eq!(b.on_answer(vec![], &hosted, &hosted), vec![]);
         assert!(b.reports().is_empty());
         // A running one no longer handed out is cancelled.
-        b.on_answer(vec![task(1, 1)], &hosted);
-        assert_eq!(b.on_answer(vec![], &hosted), vec![BackupCommand::Cancel { backup_id: 7, gpid: Gpid::new(1, 1), attempt: 1 }]);
+        b.on_answer(vec![task(1, 1)], &hosted, &hosted);
+        assert_eq!(b.on_answer(vec![], &hosted, &hosted), vec![BackupCommand::Cancel { backup_id: 7, gpid: Gpid::new(1, 1), attempt: 1 }]);
         assert_eq!(b.running(), 0);
     }
 
@@ -190,19 +196,29 @@ mod tests {
     fn uploads_beyond_the_limit_wait_their_turn_reporting_that_they_wait() {
         let hosted: BTreeSet<Gpid> = (0..4).map(|p| Gpid::new(1, p)).collect();
         let mut b = Backups::new(2);
-        let started = b.on_answer((0..4).map(|p| task(p, 1)).collect(), &hosted);
+        let started = b.on_answer((0..4).map(|p| task(p, 1)).collect(), &hosted, &hosted);
         assert_eq!(started, vec![BackupCommand::Start(task(0, 1)), BackupCommand::Start(task(1, 1))]);
         assert_eq!(b.running(), 2);
         let waiting = PartitionReport::Progress { bytes_done: 0, bytes_total: 0 };
         assert!(b.reports().contains(&report(3, 1, waiting.clone())), "a queued one reports, so the meta does not give it up");
         // A queued run no longer handed out is forgotten without a cancel.
-        assert_eq!(b.on_answer(vec![task(0, 1), task(1, 1), task(2, 1)], &hosted), vec![]);
+        assert_eq!(b.on_answer(vec![task(0, 1), task(1, 1), task(2, 1)], &hosted, &hosted), vec![]);
         // One finishes: the next in line starts.
-        let next = b.on_report(report(0, 1, PartitionReport::Failed("disk".into())));
+        let next = b.on_report(report(0, 1, PartitionReport::Failed("disk".into())), &hosted);
         assert_eq!(next, vec![BackupCommand::Start(task(2, 1))]);
         assert_eq!(b.running(), 2);
         // A queued run's own report (it never ran) is not taken.
-        b.on_report(report(3, 1, PartitionReport::Progress { bytes_done: 9, bytes_total: 9 }));
+        b.on_report(report(3, 1, PartitionReport::Progress { bytes_done: 9, bytes_total: 9 }), &hosted);
         assert!(!b.reports().iter().any(|r| r.gpid.partition == 3));
+    }
+
+    #[test]
+    fn a_run_waits_for_its_replica_to_be_a_reconciled_primary() {
+        let mut b = Backups::new(2);
+        let hosted: BTreeSet<Gpid> = [Gpid::new(1, 0)].into();
+        let none = BTreeSet::new();
+        assert_eq!(b.on_answer(vec![task(0, 1)], &hosted, &none), vec![], "the read gate is closed: queued");
+        assert_eq!(b.reports(), vec![report(0, 1, PartitionReport::Progress { bytes_done: 0, bytes_total: 0 })], "reported as waiting");
+        assert_eq!(b.start_queued(&hosted), vec![BackupCommand::Start(task(0, 1))], "the gate opened");
     }
 }

@@ -63,6 +63,9 @@ pub enum HostInput {
     RestoreFailed { gpid: Gpid, error: String, permanent: bool },
     /// An upload `BackupPartition` started reported progress, its entry or its failure.
     BackupReported(BackupTaskReport),
+    /// A replica's read gate opened or closed (`ReplicaAction::SetReadGate`): open means a
+    /// primary that reconciled what it inherited, the only kind that takes a backup.
+    ReadGate { gpid: Gpid, open: bool },
     BeaconFailed { now_ms: u64 },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
@@ -168,6 +171,8 @@ pub struct Host {
     backups: Backups,
     /// The tables being restored, as the last beacon answer named them.
     restoring_tables: BTreeMap<u32, RestoreSource>,
+    /// Hosted replicas whose read gate is open (reconciled primaries): backups start only there.
+    read_ready: BTreeSet<Gpid>,
     /// Replicas whose database is being built from a backup (`RestoreReplica` in flight).
     restoring: BTreeSet<Gpid>,
     /// Replicas whose database was built and that open next without a restore.
@@ -202,6 +207,7 @@ impl Host {
             log_holds: BTreeMap::new(),
             backups: Backups::new(uploads_max),
             restoring_tables: BTreeMap::new(),
+            read_ready: BTreeSet::new(),
             restoring: BTreeSet::new(),
             restored: BTreeSet::new(),
             restore_failures: BTreeMap::new(),
@@ -257,7 +263,7 @@ impl Host {
                 self.restoring_tables = restores.into_iter().map(|r| (r.table_id, r)).collect();
                 let restoring = &self.restoring_tables;
                 self.restore_failures.retain(|gpid, _| restoring.contains_key(&gpid.table_id));
-                for command in self.backups.on_answer(backups, &self.replicas) {
+                for command in self.backups.on_answer(backups, &self.replicas, &self.read_ready) {
                     self.actions.push(match command {
                         BackupCommand::Start(task) => HostAction::BackupPartition { task },
                         BackupCommand::Cancel { backup_id, gpid, attempt } => HostAction::CancelBackup { backup_id, gpid, attempt },
@@ -274,10 +280,22 @@ impl Host {
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
             HostInput::BackupReported(report) => {
-                for command in self.backups.on_report(report) {
+                for command in self.backups.on_report(report, &self.read_ready) {
                     if let BackupCommand::Start(task) = command {
                         self.actions.push(HostAction::BackupPartition { task });
                     }
+                }
+            }
+            HostInput::ReadGate { gpid, open } => {
+                if open && self.replicas.contains(&gpid) {
+                    self.read_ready.insert(gpid);
+                    for command in self.backups.start_queued(&self.read_ready) {
+                        if let BackupCommand::Start(task) = command {
+                            self.actions.push(HostAction::BackupPartition { task });
+                        }
+                    }
+                } else {
+                    self.read_ready.remove(&gpid);
                 }
             }
             HostInput::RestoreFailed { gpid, error, permanent } => {
@@ -360,6 +378,7 @@ impl Host {
     /// A replica is gone (not opened, removed): nothing waits for it any more.
     fn forget(&mut self, gpid: Gpid) {
         self.outside_since.remove(&gpid);
+        self.read_ready.remove(&gpid);
         if let Beacon::Configuring { waiting, .. } = &mut self.beacon {
             waiting.remove(&gpid);
         }
@@ -405,6 +424,7 @@ impl Host {
     fn remove(&mut self, gpid: Gpid, why: String) {
         if self.replicas.remove(&gpid) {
             self.dups_sent.remove(&gpid);
+            self.read_ready.remove(&gpid);
             self.removing.insert(gpid);
             self.actions.push(HostAction::RemoveReplica { gpid, why });
         }

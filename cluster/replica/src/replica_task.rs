@@ -413,6 +413,8 @@ impl ReplicaTask {
                 }
                 ReplicaAction::SetReadGate { open } => {
                     *self.read_gate.write().expect("read gate lock") = open.then(|| self.engine.clone());
+                    // Backups start only on reconciled primaries (tandem_host::Backups).
+                    self.node.host_step(HostInput::ReadGate { gpid, open });
                 }
                 ReplicaAction::Configured { status } => {
                     // Last in its turn, after the read gate: the host may extend the lease now.

@@ -269,8 +269,15 @@ pub fn restore_engine(store: &dyn ObjectStore, table: &tandem_backup_core::Table
 }
 
 /// Every backup of table `table_id` whose record says complete restores to exactly the state
-/// committed at each partition's decree, and verifies clean. Answers how many were checked.
-pub fn check_complete_backups(store: &MemObjectStore, backups: &[tandem_meta_core::backup::BackupInfo], table_id: u32, oracle: &Oracle) -> Result<usize, String> {
+/// committed at each partition's decree, that decree at least its floor (what was committed
+/// when the backup's record was stored), and verifies clean. Answers how many were checked.
+pub fn check_complete_backups(
+    store: &MemObjectStore,
+    backups: &[tandem_meta_core::backup::BackupInfo],
+    table_id: u32,
+    oracle: &Oracle,
+    floors: &BTreeMap<u64, Vec<Decree>>,
+) -> Result<usize, String> {
     let mut checked = 0;
     for b in backups.iter().filter(|b| b.table_id == table_id && b.state == BackupState::Complete) {
         let fail = |what: String| format!("backup {} (complete): {what}", b.id);
@@ -284,6 +291,9 @@ pub fn check_complete_backups(store: &MemObjectStore, backups: &[tandem_meta_cor
             let engine = restore_engine(store, &table, entry.partition).map_err(|e| fail(e.to_string()))?;
             if engine.last_applied_decree() != entry.decree {
                 return Err(fail(format!("partition {} restores at decree {}, its manifest says {}", entry.partition, engine.last_applied_decree(), entry.decree)));
+            }
+            if let Some(floor) = floors.get(&b.id).and_then(|f| f.get(entry.partition as usize)).filter(|f| entry.decree < **f) {
+                return Err(fail(format!("partition {} was backed up at decree {}, before decree {floor}, committed when the backup started", entry.partition, entry.decree)));
             }
             let want = oracle.state_at(gpid, entry.decree).map_err(fail)?;
             if *engine.data() != want {

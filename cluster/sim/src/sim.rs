@@ -222,6 +222,9 @@ pub struct Sim {
     /// Every table manifest the metas wrote, by its SHA-256: a restore's record names the one
     /// it read, whose objects retention may collect after the restore finished.
     table_manifests: BTreeMap<String, Vec<u8>>,
+    /// Per backup of the workload table, each partition's highest decree applied anywhere when
+    /// its record was stored: the backup must hold at least that (every acknowledged write).
+    backup_floors: BTreeMap<u64, Vec<tandem_core::Decree>>,
 }
 
 /// What the trace shows of a message besides its kind.
@@ -375,6 +378,7 @@ impl Sim {
             restore_asks: Vec::new(),
             restores_asked: 0,
             table_manifests: BTreeMap::new(),
+            backup_floors: BTreeMap::new(),
         };
         sim.stats.enabled = sim.plan.enabled.kinds().iter().map(|k| k.name()).collect();
         // Continuous kinds are properties of the whole run: count them once.
@@ -635,7 +639,15 @@ impl Sim {
                     let at = self.site.store_clogs[meta] + self.rng.range(0, 1_000);
                     self.schedule(at, Event::MetaStoreApply { meta, incarnation, call });
                 } else if self.site.metas[meta].up && self.site.metas[meta].incarnation == incarnation {
+                    let adds_backup = matches!(&call, crate::meta::StoreCall::Persist { write: tandem_meta_core::store::StoreWrite::AddBackup { table_id: TABLE_ID, .. }, .. });
                     self.site.metas[meta].apply_at_store(&mut io!(self, &mut out), &mut self.site.store, call);
+                    if adds_backup && self.params.backup.is_some()
+                        && let Some(b) = self.site.store.load().backups.last().filter(|b| b.table_id == TABLE_ID)
+                        && !self.backup_floors.contains_key(&b.id)
+                    {
+                        let floors = (0..self.params.partitions).map(|p| self.decree_agreement.committed(Gpid::new(TABLE_ID, p))).collect();
+                        self.backup_floors.insert(b.id, floors);
+                    }
                 }
             }
             Event::MetaStoreDone { meta, incarnation, answer } => {
@@ -1402,7 +1414,7 @@ impl Sim {
     fn check_backups(&mut self) -> Result<(), String> {
         self.check_restore_answers()?;
         let snapshot = self.site.store.load();
-        let drilled = crate::backup::check_complete_backups(&self.site.objects, &snapshot.backups, TABLE_ID, &self.backup_oracle)?;
+        let drilled = crate::backup::check_complete_backups(&self.site.objects, &snapshot.backups, TABLE_ID, &self.backup_oracle, &self.backup_floors)?;
         for _ in 0..drilled {
             self.stats.path(path::BACKUP_DRILLED);
         }

@@ -105,7 +105,7 @@ impl ReplicaServer {
             ReplicaAction::DeleteDatabase { db } => {
                 self.fetched.remove(&(gpid, db));
             }
-            ReplicaAction::SetReadGate { .. } => {}
+            ReplicaAction::SetReadGate { open } => host_step!(self, io, HostInput::ReadGate { gpid, open }),
             ReplicaAction::Configured { status } => host_step!(self, io, HostInput::Configured { gpid, status: Some(status) }),
             ReplicaAction::Failed { error } => {
                 io.stats.path(path::REPLICA_ERROR);
