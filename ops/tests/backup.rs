@@ -662,3 +662,41 @@ async fn a_table_duplicated_between_two_sites_backs_up_and_restores_while_it_shi
     }
     b.poll(std::time::Duration::from_secs(60), "writes at a after the backup reach b", || async { everything(&b, "t").await.len() == 209 }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_backup_that_failed_is_retried_by_the_schedule_once_the_target_is_back() {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
+    let proxy = FaultProxy::start(s3.addr).await;
+    let cluster = cluster_behind(&s3, &proxy, "").await;
+    write_keys(&cluster).await;
+    let target = "s3://tandem-backups/scheduled";
+    proxy.set(Mode::Fail503);
+    // The shortest interval: the table has no backup, so the schedule starts one at once.
+    ok(&tandem(&cluster, &["policy", "set", TABLE, "--backup", "1m", "--backup-keep", "2", "--backup-target", target]));
+    let backups = || async {
+        let list = last_json(&ok(&tandem(&cluster, &["backup", "list", TABLE, "--json"])));
+        list["backups"].as_array().unwrap().clone()
+    };
+    cluster
+        .poll(std::time::Duration::from_secs(60), "the scheduled backup fails against the refusing target", || async {
+            backups().await.first().is_some_and(|b| b["state"] == "failed" && b["who"] == "schedule")
+        })
+        .await;
+    let status = ok(&tandem(&cluster, &["policy", "status", TABLE]));
+    assert!(status.contains("no complete backup yet") && status.contains("last failure (backup 1)") && status.contains("503"), "{status}");
+    // The target is back: the schedule tries again a minute after the failed one started.
+    proxy.set(Mode::Pass);
+    cluster
+        .poll(std::time::Duration::from_secs(150), "the schedule retries and completes", || async {
+            backups().await.iter().any(|b| b["state"] == "complete" && b["who"] == "schedule")
+        })
+        .await;
+    let list = backups().await;
+    assert_eq!(list[0]["state"], "failed", "the failed one stays failed: {list:?}");
+    let record = list.into_iter().find(|b| b["state"] == "complete").unwrap();
+    let store = direct(&s3, target);
+    tokio::task::spawn_blocking(move || check_and_restore(&store, &record)).await.unwrap();
+    let status = ok(&tandem(&cluster, &["policy", "status", TABLE]));
+    assert!(status.contains("region-loss RPO"), "{status}");
+}
