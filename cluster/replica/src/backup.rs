@@ -108,7 +108,9 @@ impl Node {
         // A run of this attempt in an earlier life of the server may have left it.
         let _ = std::fs::remove_dir_all(&dir);
         let result = (|| {
-            let decree = engine.with(|e| e.checkpoint(&dir)).map_err(|e| format!("checkpoint: {e}"))?;
+            // Without the engine's lock: the replica's writes go on while it flushes (the decree
+            // is read back from the checkpoint).
+            let decree = engine.with(|e| e.checkpointer()).checkpoint(&dir).map_err(|e| format!("checkpoint: {e}"))?;
             let target = Target::parse(&task.target).map_err(|e| e.to_string())?;
             let mut store = RealObjectStore::open(&target, &self.opts.s3, tokio::runtime::Handle::current()).map_err(|e| e.to_string())?;
             let kept = kept_manifests(&store, task);

@@ -144,7 +144,8 @@ impl Default for TableCompaction {
 }
 
 pub struct RocksEngine {
-    db: DB,
+    /// Shared with `Checkpointer`s, which take checkpoints without the engine's lock.
+    db: Arc<DB>,
     dir: PathBuf,
     last_applied: Decree,
     clock_bound_us: u64,
@@ -222,7 +223,7 @@ impl RocksEngine {
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         Ok(RocksEngine {
-            db,
+            db: Arc::new(db),
             dir: dir.to_path_buf(),
             last_applied,
             clock_bound_us,
@@ -290,6 +291,11 @@ impl RocksEngine {
         let checkpoint = Checkpoint::new(&self.db).map_err(|e| Error::rocks("create checkpoint object", &self.dir, e))?;
         checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))?;
         Ok(self.last_applied)
+    }
+
+    /// What a checkpoint needs, to take it without holding the engine (writes go on meanwhile).
+    pub fn checkpointer(&self) -> Checkpointer {
+        Checkpointer { db: self.db.clone(), dir: self.dir.clone() }
     }
 
     /// SST files plus memtables of both column families, for status display.
@@ -363,6 +369,59 @@ impl RocksEngine {
     fn meta_cf(&self) -> &ColumnFamily {
         self.db.cf_handle(META_CF).expect("meta column family is created at open")
     }
+}
+
+/// Takes checkpoints of an engine without its lock, so a backup's flush does not stall the
+/// replica's writes (docs/backup.md, the p99 figure). `atomic_flush` makes the flush cover both
+/// column families up to the same write, so the checkpoint is one consistent point; which
+/// decree that is, is read back from the checkpoint itself (writes applied meanwhile are not in
+/// it, or all of theirs are).
+pub struct Checkpointer {
+    db: Arc<DB>,
+    dir: PathBuf,
+}
+
+impl Checkpointer {
+    /// Flushes, links the files into `dir` (which must not exist), and answers the decree the
+    /// checkpoint holds.
+    pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
+        match dir.try_exists() {
+            Ok(false) => {}
+            Ok(true) => return Err(Error::CheckpointExists { path: dir.to_path_buf() }),
+            Err(e) => return Err(Error::io("stat", dir, e)),
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+        }
+        let cfs = [DATA_CF, META_CF].map(|name| self.db.cf_handle(name).expect("both column families are created at open"));
+        let mut options = FlushOptions::default();
+        options.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &options).map_err(|e| Error::rocks("flush", &self.dir, e))?;
+        let checkpoint = Checkpoint::new(&self.db).map_err(|e| Error::rocks("create checkpoint object", &self.dir, e))?;
+        checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))?;
+        checkpoint_decree(dir)
+    }
+}
+
+/// The last applied decree a checkpoint holds, read without writing into it (its info log goes
+/// to a sibling directory, removed afterwards).
+fn checkpoint_decree(dir: &Path) -> Result<Decree> {
+    let log_dir = dir.with_extension("log");
+    let mut options = Options::default();
+    options.set_db_log_dir(&log_dir);
+    let decree = (|| {
+        let db = DB::open_cf_for_read_only(&options, dir, [DATA_CF, META_CF], false).map_err(|e| Error::rocks("open checkpoint", dir, e))?;
+        let meta = db.cf_handle(META_CF).expect("opened with the meta column family");
+        match db.get_pinned_cf(meta, LAST_APPLIED_KEY).map_err(|e| Error::rocks("read the checkpoint's decree", dir, e))? {
+            None => Ok(0),
+            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
+                dir: dir.to_path_buf(),
+                detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
+            })?)),
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&log_dir);
+    decree
 }
 
 impl KvEngine for RocksEngine {
@@ -593,6 +652,38 @@ mod tests {
         RocksEngine::destroy(&copy_dir).unwrap();
         assert!(!copy_dir.exists());
         RocksEngine::destroy(&copy_dir).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_taken_without_the_lock_holds_exactly_its_decree_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let engine = std::sync::Arc::new(std::sync::RwLock::new(RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap()));
+        let writer = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for decree in 1..=3_000u64 {
+                    engine.write().unwrap().apply(decree, decree, &[put(&format!("k{decree:05}"), "v")]).unwrap();
+                }
+            })
+        };
+        let mut decrees = Vec::new();
+        for i in 0..8 {
+            let checkpointer = engine.read().unwrap().checkpointer();
+            let copy_dir = target.path().join(format!("c{i}"));
+            let decree = checkpointer.checkpoint(&copy_dir).unwrap();
+            let names: Vec<String> = std::fs::read_dir(&copy_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            assert!(!names.iter().any(|n| n.starts_with("LOG")), "nothing written into the checkpoint: {names:?}");
+            let copy = RocksEngine::open(&copy_dir, &EngineMemory::default()).unwrap();
+            // Exactly the writes up to its decree: decree d wrote key d.
+            let keys: Vec<Vec<u8>> = all(&copy).into_iter().map(|(k, _)| k).collect();
+            let want: Vec<Vec<u8>> = (1..=decree).map(|d| format!("k{d:05}").into_bytes()).collect();
+            assert_eq!((copy.last_applied_decree(), keys.len()), (decree, want.len()));
+            assert!(keys == want, "checkpoint at decree {decree} holds other keys");
+            decrees.push(decree);
+        }
+        writer.join().unwrap();
+        assert!(decrees.windows(2).all(|w| w[0] <= w[1]), "{decrees:?}");
     }
 
     #[test]
