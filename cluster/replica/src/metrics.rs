@@ -1,6 +1,6 @@
 //! Prometheus metrics of a replica server (served by `tandem_runtime::metrics`).
 
-use prometheus::{Counter, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Counter, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -41,7 +41,7 @@ pub struct Metrics {
     /// site is, in decrees and in milliseconds since the oldest write not shipped yet, and the
     /// confirmed decree.
     pub dup_lag_decrees: IntGaugeVec,
-    pub dup_lag_ms: IntGaugeVec,
+    pub dup_lag_seconds: GaugeVec,
     pub dup_confirmed: IntGaugeVec,
     /// Records applied here from the other site: seconds from their origin timestamp to applied.
     pub dup_apply_delay: Histogram,
@@ -82,8 +82,10 @@ impl Metrics {
         let dup_labels = &["table_id", "partition", "dup"];
         let dup_lag_decrees = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_lag_decrees"), "committed decrees not yet confirmed at the other site"), dup_labels)
             .expect("valid metric");
-        let dup_lag_ms = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_lag_milliseconds"), "age of the oldest write not yet shipped"), dup_labels)
+        // In seconds, Prometheus' base unit (promtool refuses `_milliseconds`).
+        let dup_lag_seconds = GaugeVec::new(Opts::new(format!("{prefix}_dup_lag_seconds"), "age of the oldest write not yet shipped"), dup_labels)
             .expect("valid metric");
+        registry.register(Box::new(dup_lag_seconds.clone())).expect("register once");
         let dup_confirmed = IntGaugeVec::new(Opts::new(format!("{prefix}_dup_confirmed_decree"), "decree up to which the other site applied"), dup_labels)
             .expect("valid metric");
         let delay_buckets = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -104,7 +106,7 @@ impl Metrics {
             &["table_id"],
         )
         .expect("valid metric");
-        for m in [&dup_lag_decrees, &dup_lag_ms, &dup_confirmed, &table_replicas, &table_committed, &table_uncommitted] {
+        for m in [&dup_lag_decrees, &dup_confirmed, &table_replicas, &table_committed, &table_uncommitted] {
             registry.register(Box::new(m.clone())).expect("register once");
         }
         registry.register(Box::new(dup_apply_delay.clone())).expect("register once");
@@ -164,7 +166,7 @@ impl Metrics {
             log_bytes,
             memory,
             dup_lag_decrees,
-            dup_lag_ms,
+            dup_lag_seconds,
             dup_confirmed,
             dup_apply_delay,
             table_replicas,

@@ -454,15 +454,16 @@ impl Node {
         self.metrics.memory.with_label_values(&["memtables"]).set(self.engine_memory.memtable_bytes() as i64);
         self.metrics.memory.with_label_values(&["block_cache"]).set(self.engine_memory.block_cache_bytes() as i64);
         // Only what this server ships now: a duplicator that moved with its primary goes.
-        for m in [&self.metrics.dup_lag_decrees, &self.metrics.dup_lag_ms, &self.metrics.dup_confirmed] {
+        for m in [&self.metrics.dup_lag_decrees, &self.metrics.dup_confirmed] {
             m.reset();
         }
+        self.metrics.dup_lag_seconds.reset();
         for p in self.replica_handles().iter().flat_map(|h| h.dup_progress()) {
             let gpid = p.gpid.unwrap_or_default();
             let labels = [gpid.table_id.to_string(), gpid.partition.to_string(), p.dup_id.to_string()];
             let labels = [labels[0].as_str(), labels[1].as_str(), labels[2].as_str()];
             self.metrics.dup_lag_decrees.with_label_values(&labels).set(p.lag_decrees as i64);
-            self.metrics.dup_lag_ms.with_label_values(&labels).set(p.lag_ms as i64);
+            self.metrics.dup_lag_seconds.with_label_values(&labels).set(p.lag_ms as f64 / 1_000.0);
             self.metrics.dup_confirmed.with_label_values(&labels).set(p.confirmed as i64);
         }
     }
