@@ -525,6 +525,14 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
+/// An S3 server (its files in the returned directory) and the proxy in front of it.
+async fn s3_behind_proxy() -> (tempfile::TempDir, tandem_s3_dev::DevS3, FaultProxy) {
+    let root = tempfile::tempdir().unwrap();
+    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
+    let proxy = FaultProxy::start(s3.addr).await;
+    (root, s3, proxy)
+}
+
 /// A cluster whose backups go to `s3` through `proxy`, with `extra` in its replicas' `[backup]`.
 async fn cluster_behind(s3: &tandem_s3_dev::DevS3, proxy: &FaultProxy, extra: &str) -> Cluster {
     let config = format!(
@@ -544,9 +552,7 @@ fn direct(s3: &tandem_s3_dev::DevS3, target: &str) -> RealObjectStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_to_a_target_answering_503_fails_with_the_reason_and_one_after_it_is_back_completes() {
-    let root = tempfile::tempdir().unwrap();
-    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
-    let proxy = FaultProxy::start(s3.addr).await;
+    let (_root, s3, proxy) = s3_behind_proxy().await;
     let cluster = cluster_behind(&s3, &proxy, "").await;
     write_keys(&cluster).await;
     let target = "s3://tandem-backups/flaky";
@@ -564,9 +570,7 @@ async fn a_backup_to_a_target_answering_503_fails_with_the_reason_and_one_after_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_through_cut_and_stalled_connections_never_looks_complete_unless_it_restores_exactly() {
-    let root = tempfile::tempdir().unwrap();
-    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
-    let proxy = FaultProxy::start(s3.addr).await;
+    let (_root, s3, proxy) = s3_behind_proxy().await;
     // Slow uploads (about 2 MiB at 256 KiB/s per server), so the faults land mid-transfer.
     let cluster = cluster_behind(&s3, &proxy, "upload_rate = \"256KiB\"\n").await;
     write_keys(&cluster).await;
@@ -607,9 +611,7 @@ async fn a_backup_through_cut_and_stalled_connections_never_looks_complete_unles
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_whose_server_is_killed_mid_download_completes_with_exactly_the_backup() {
-    let root = tempfile::tempdir().unwrap();
-    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
-    let proxy = FaultProxy::start(s3.addr).await;
+    let (_root, s3, proxy) = s3_behind_proxy().await;
     let mut cluster = cluster_behind(&s3, &proxy, "").await;
     let written = write_keys(&cluster).await;
     let target = "s3://tandem-backups/drill";
@@ -665,9 +667,7 @@ async fn a_table_duplicated_between_two_sites_backs_up_and_restores_while_it_shi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_backup_that_failed_is_retried_by_the_schedule_once_the_target_is_back() {
-    let root = tempfile::tempdir().unwrap();
-    let s3 = tandem_s3_dev::DevS3::start(root.path(), &["tandem-backups"]).await.unwrap();
-    let proxy = FaultProxy::start(s3.addr).await;
+    let (_root, s3, proxy) = s3_behind_proxy().await;
     let cluster = cluster_behind(&s3, &proxy, "").await;
     write_keys(&cluster).await;
     let target = "s3://tandem-backups/scheduled";

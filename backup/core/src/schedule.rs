@@ -73,7 +73,7 @@ impl BackupAt {
         if every_ms > DAY_MS && every_ms % DAY_MS != 0 {
             return Err(format!(
                 "with --backup-at, an interval longer than a day must be whole days (such as 2d or 7d), not {}",
-                humantime_ms(every_ms)
+                humantime::format_duration(std::time::Duration::from_millis(every_ms))
             ));
         }
         Ok(())
@@ -141,16 +141,6 @@ fn day_number(d: Date) -> Option<i64> {
     Some(midnight.timestamp().as_second().div_euclid(86_400))
 }
 
-fn humantime_ms(ms: u64) -> String {
-    let (d, h, m) = (ms / DAY_MS, ms % DAY_MS / 3_600_000, ms % 3_600_000 / 60_000);
-    let mut s = String::new();
-    for (n, unit) in [(d, "d"), (h, "h"), (m, "m")] {
-        if n > 0 {
-            s.push_str(&format!("{n}{unit}"));
-        }
-    }
-    if s.is_empty() { format!("{ms}ms") } else { s }
-}
 
 #[cfg(test)]
 mod tests {

@@ -263,12 +263,8 @@ impl Host {
                 self.restoring_tables = restores.into_iter().map(|r| (r.table_id, r)).collect();
                 let restoring = &self.restoring_tables;
                 self.restore_failures.retain(|gpid, _| restoring.contains_key(&gpid.table_id));
-                for command in self.backups.on_answer(backups, &self.replicas, &self.read_ready) {
-                    self.actions.push(match command {
-                        BackupCommand::Start(task) => HostAction::BackupPartition { task },
-                        BackupCommand::Cancel { backup_id, gpid, attempt } => HostAction::CancelBackup { backup_id, gpid, attempt },
-                    });
-                }
+                let commands = self.backups.on_answer(backups, &self.replicas, &self.read_ready);
+                self.push_backup_commands(commands);
                 // The hold before the retention: a shorter retention must never meet a hold
                 // that does not yet know of a lagging duplication.
                 self.set_tombstone_holds(&dups);
@@ -280,20 +276,14 @@ impl Host {
                 self.on_beacon_answered(sent_at_ms, configs, partition_counts, gone, dups)
             }
             HostInput::BackupReported(report) => {
-                for command in self.backups.on_report(report, &self.read_ready) {
-                    if let BackupCommand::Start(task) = command {
-                        self.actions.push(HostAction::BackupPartition { task });
-                    }
-                }
+                let commands = self.backups.on_report(report, &self.read_ready);
+                self.push_backup_commands(commands);
             }
             HostInput::ReadGate { gpid, open } => {
                 if open && self.replicas.contains(&gpid) {
                     self.read_ready.insert(gpid);
-                    for command in self.backups.start_queued(&self.read_ready) {
-                        if let BackupCommand::Start(task) = command {
-                            self.actions.push(HostAction::BackupPartition { task });
-                        }
-                    }
+                    let commands = self.backups.start_queued(&self.read_ready);
+                    self.push_backup_commands(commands);
                 } else {
                     self.read_ready.remove(&gpid);
                 }
@@ -376,6 +366,15 @@ impl Host {
     }
 
     /// A replica is gone (not opened, removed): nothing waits for it any more.
+    fn push_backup_commands(&mut self, commands: Vec<BackupCommand>) {
+        for command in commands {
+            self.actions.push(match command {
+                BackupCommand::Start(task) => HostAction::BackupPartition { task },
+                BackupCommand::Cancel { backup_id, gpid, attempt } => HostAction::CancelBackup { backup_id, gpid, attempt },
+            });
+        }
+    }
+
     fn forget(&mut self, gpid: Gpid) {
         self.outside_since.remove(&gpid);
         self.read_ready.remove(&gpid);

@@ -1390,6 +1390,9 @@ impl Sim {
     /// A restore the meta accepted names a backup whose record says complete (or deleted
     /// since: deleted backups were complete).
     fn check_restore_answers(&mut self) -> Result<(), String> {
+        if self.restore_asks.is_empty() {
+            return Ok(());
+        }
         let backups = self.site.store.load().backups;
         let mut pending = Vec::new();
         for (meta, token, backup_id) in std::mem::take(&mut self.restore_asks) {

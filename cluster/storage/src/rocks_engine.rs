@@ -251,9 +251,7 @@ impl RocksEngine {
     /// Writes both column families' memtables to disk together and waits for it; afterwards the
     /// decree on disk is `last_applied_decree()`.
     pub fn flush(&self) -> Result<()> {
-        let mut options = FlushOptions::default();
-        options.set_wait(true);
-        self.db.flush_cfs_opt(&[self.data_cf(), self.meta_cf()], &options).map_err(|e| Error::rocks("flush", &self.dir, e))?;
+        flush_both(&self.db, &self.dir)?;
         self.last_flushed.store(self.last_applied, Ordering::Release);
         Ok(())
     }
@@ -278,18 +276,7 @@ impl RocksEngine {
     /// Flushes, then writes a checkpoint (hard links to the SST files where possible) into `dir`,
     /// which must not exist yet. Returns the decree it holds; `RocksEngine::open(dir, ..)` serves it.
     pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
-        match dir.try_exists() {
-            Ok(false) => {}
-            Ok(true) => return Err(Error::CheckpointExists { path: dir.to_path_buf() }),
-            Err(e) => return Err(Error::io("stat", dir, e)),
-        }
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
-        }
-        // The checkpoint copies files only, and with the WAL off the memtables are in no file.
-        self.flush()?;
-        let checkpoint = Checkpoint::new(&self.db).map_err(|e| Error::rocks("create checkpoint object", &self.dir, e))?;
-        checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))?;
+        link_checkpoint(&self.db, &self.dir, dir, || self.flush())?;
         Ok(self.last_applied)
     }
 
@@ -385,22 +372,34 @@ impl Checkpointer {
     /// Flushes, links the files into `dir` (which must not exist), and answers the decree the
     /// checkpoint holds.
     pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
-        match dir.try_exists() {
-            Ok(false) => {}
-            Ok(true) => return Err(Error::CheckpointExists { path: dir.to_path_buf() }),
-            Err(e) => return Err(Error::io("stat", dir, e)),
-        }
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
-        }
-        let cfs = [DATA_CF, META_CF].map(|name| self.db.cf_handle(name).expect("both column families are created at open"));
-        let mut options = FlushOptions::default();
-        options.set_wait(true);
-        self.db.flush_cfs_opt(&cfs, &options).map_err(|e| Error::rocks("flush", &self.dir, e))?;
-        let checkpoint = Checkpoint::new(&self.db).map_err(|e| Error::rocks("create checkpoint object", &self.dir, e))?;
-        checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))?;
+        link_checkpoint(&self.db, &self.dir, dir, || flush_both(&self.db, &self.dir))?;
         checkpoint_decree(dir)
     }
+}
+
+/// Both column families' memtables to disk together (`atomic_flush`), waiting for it.
+fn flush_both(db: &DB, dir: &Path) -> Result<()> {
+    let cfs = [DATA_CF, META_CF].map(|name| db.cf_handle(name).expect("both column families are created at open"));
+    let mut options = FlushOptions::default();
+    options.set_wait(true);
+    db.flush_cfs_opt(&cfs, &options).map_err(|e| Error::rocks("flush", dir, e))
+}
+
+/// A checkpoint of `db` (in `src`) in `dir`, which must not exist yet: `flush` first (the
+/// checkpoint copies files only, and with the WAL off the memtables are in no file), then hard
+/// links to the SST files where possible.
+fn link_checkpoint(db: &DB, src: &Path, dir: &Path, flush: impl FnOnce() -> Result<()>) -> Result<()> {
+    match dir.try_exists() {
+        Ok(false) => {}
+        Ok(true) => return Err(Error::CheckpointExists { path: dir.to_path_buf() }),
+        Err(e) => return Err(Error::io("stat", dir, e)),
+    }
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create directory", parent, e))?;
+    }
+    flush()?;
+    let checkpoint = Checkpoint::new(db).map_err(|e| Error::rocks("create checkpoint object", src, e))?;
+    checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))
 }
 
 /// The last applied decree a checkpoint holds, read without writing into it (its info log goes
