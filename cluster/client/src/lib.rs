@@ -145,10 +145,11 @@ impl Client {
         if !refresh && let Some(r) = self.inner.routes.read().expect("routes lock").get(table) {
             return Ok(r.clone());
         }
+        // Answered from the leader's memory: a frozen leader costs a second, not the timeout.
         let resp = self
             .inner
             .meta
-            .call(|mut c| {
+            .call_with_attempt(Duration::from_secs(1), |mut c| {
                 let table = table.to_string();
                 async move { c.query_config(v1::QueryConfigRequest { table }).await }
             })

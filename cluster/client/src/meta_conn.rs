@@ -69,15 +69,28 @@ impl MetaConn {
     /// moves on — to the leader the answer names when that is one of the known addresses, else
     /// to the next address — and when every server said "not leader" without naming one (an
     /// election is under way) it retries, within one timeout per address.
-    pub async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, tonic::Status>
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, tonic::Status>
     where
         F: FnMut(MetaServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_with_attempt(self.attempt_timeout, f).await
+    }
+
+    /// `call` with at most `attempt` per meta server (never more than the connection's own), for
+    /// reads a leader answers from memory (a table's route): a frozen leader then delays them by
+    /// `attempt` rather than by a whole timeout. Calls that write to the store may take longer
+    /// and use `call`, so a slow write is not sent again to another meta server.
+    pub async fn call_with_attempt<T, F, Fut>(&self, attempt: Duration, mut f: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(MetaServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let attempt_timeout = attempt.min(self.attempt_timeout);
         // A meta server that accepts connections but never answers (frozen, or cut off) costs one
         // attempt before the next one is tried: the call gets an attempt per address, at least
         // the whole timeout.
-        let per_address = self.attempt_timeout * self.channels.len().max(1) as u32;
+        let per_address = attempt_timeout * self.channels.len().max(1) as u32;
         let deadline = tokio::time::Instant::now() + self.timeout.max(per_address);
         let mut last;
         let mut tried_since_progress = 0;
@@ -86,7 +99,7 @@ impl MetaConn {
             let client = MetaServiceClient::new(self.channels[idx].clone())
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).min(self.attempt_timeout);
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).min(attempt_timeout);
             // Remembered even if the caller gives up on this call: the next one starts elsewhere.
             match tokio::time::timeout(remaining, f(client)).await {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
