@@ -97,7 +97,7 @@ impl SimMeta {
     }
 
     /// The lease row's holder: unique per process.
-    fn holder(&self) -> String {
+    pub fn holder(&self) -> String {
         format!("{}#{}", self.name(), self.incarnation)
     }
 
@@ -123,8 +123,11 @@ impl SimMeta {
         io.timer(self.tick_interval_ms * 1_000, Event::MetaTick { meta: self.index, incarnation: self.incarnation });
     }
 
-    pub fn crash(&mut self) {
+    /// The process dies; the store sees its session end at once (the connection closes), which
+    /// frees its advisory lock.
+    pub fn crash(&mut self, store: &mut MemStore) {
         assert!(self.up, "{} is already down", self.name());
+        store.session_closed(&self.holder());
         self.up = false;
         self.incarnation += 1;
         self.waiting.clear();
@@ -148,7 +151,12 @@ impl SimMeta {
         let store_now_ms = io.now_us / 1_000;
         let answer = match call {
             StoreCall::Claim { sent_at_ms } => {
-                let outcome = store.claim(&self.holder(), &self.name(), self.options.lease_ttl_ms, store_now_ms);
+                let outcome = store.claim_round(&self.holder(), &self.name(), self.options.lease_ttl_ms, store_now_ms);
+                if let ClaimOutcome::WonEarly { epoch, predecessor_ms } = &outcome {
+                    io.stats.path(path::META_EARLY_TAKEOVER);
+                    let name = self.name();
+                    io.note(|| format!("{name}: took the meta lease at epoch {epoch} early, {predecessor_ms} ms before its holder's ran out (its session is gone)"));
+                }
                 StoreAnswer::Claimed { sent_at_ms, outcome }
             }
             StoreCall::Load { epoch, load } => StoreAnswer::Loaded { epoch, load, snapshot: store.load() },

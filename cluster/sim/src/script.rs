@@ -26,6 +26,7 @@
 //! crash r2 [torn]                  # restart r2;  crash meta;  restart meta
 //! fail-disk r2 write|sync          # the next log write / fsync of r2 fails
 //! store-hang meta 5s               # the meta's store calls hang, then go through late
+//! store-session-lost meta          # the store ends the meta's session (its lock), the meta lives
 //! policy-set replicas 2            # the operator changes the table's replica count
 //! propose r1 remove-secondary r2 ballot=2    # handed to the meta as if r1 sent it
 //! expect r1 primary ballot=2 committed=3 prepared=3
@@ -133,6 +134,10 @@ impl Runner {
                 let sim = self.sim()?;
                 let until = sim.now_us + d;
                 sim.hang_store(i, until);
+            }
+            ["store-session-lost", node] => {
+                let Endpoint::Meta(i) = endpoint(node)? else { return Err(format!("{node:?} is not a meta server")) };
+                self.sim()?.end_store_session(i);
             }
             ["partitions", n] => {
                 let n: u32 = n.parse().map_err(|_| format!("{n:?} is not a number"))?;

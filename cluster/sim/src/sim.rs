@@ -763,7 +763,7 @@ impl Sim {
                     return;
                 }
                 let i = *self.rng.pick(&up);
-                self.site.metas[i].crash();
+                self.site.metas[i].crash(&mut self.site.store);
                 self.stats.fault("meta-crash");
                 let name = Endpoint::Meta(i).name();
                 self.note(|| format!("fault: crash {name}"));
@@ -824,6 +824,18 @@ impl Sim {
                 self.stats.fault("store-clog");
                 let name = Endpoint::Meta(m).name();
                 self.note(|| format!("fault: {name}'s store calls hang until {until}µs"));
+                // The store may also end the session of a meta it cannot reach (keepalive) while
+                // that meta lives on, or restart and end every session: a standby can then take
+                // the lease early from a leader that still answers beacons.
+                let r = self.rng.range(0, 99);
+                if r < 30 {
+                    self.end_store_session(m);
+                    self.stats.path(path::STORE_SESSION_LOST);
+                } else if r < 40 {
+                    self.site.store.restart(self.now_us / 1_000);
+                    self.stats.path(path::STORE_RESTARTED);
+                    self.note(|| "fault: the store restarted (every session ended)".to_string());
+                }
             }
             _ => unreachable!("only discrete kinds are drawn"),
         }
@@ -1079,6 +1091,16 @@ impl Sim {
         if let Err(e) = self.single_primary.check(now, &serving, describe) {
             return self.fail(e);
         }
+        // Two metas may both serve for a moment (a standby took the lease early from a leader that
+        // lived on), but never under one epoch: the store's takeovers are what leaders answer by.
+        let mut epochs = BTreeMap::new();
+        for m in self.site.metas.iter().filter(|m| m.up && m.machine.state().is_some()) {
+            if let Some(epoch) = m.machine.epoch()
+                && let Some(other) = epochs.insert(epoch, m.name())
+            {
+                return self.fail(format!("{other} and {} both lead at epoch {epoch}", m.name()));
+            }
+        }
         let two_sites = self.params.site.is_some();
         for s in &self.site.servers {
             for (gpid, e) in s.engines() {
@@ -1130,7 +1152,7 @@ impl Sim {
         let mut out = Vec::new();
         match ep {
             Endpoint::Meta(i) if self.site.metas[i].up => {
-                self.site.metas[i].crash();
+                self.site.metas[i].crash(&mut self.site.store);
                 let name = ep.name();
                 self.note(|| format!("crash {name}"));
             }
@@ -1204,6 +1226,14 @@ impl Sim {
         self.site.store_clogs[i] = self.site.store_clogs[i].max(until_us);
         let name = Endpoint::Meta(i).name();
         self.note(|| format!("{name}'s store calls hang until {until_us}µs"));
+    }
+
+    /// The store ends meta server `i`'s session (and frees its lock) while the meta lives on.
+    pub fn end_store_session(&mut self, i: usize) {
+        let holder = self.site.metas[i].holder();
+        self.site.store.session_closed(&holder);
+        let name = Endpoint::Meta(i).name();
+        self.note(|| format!("the store ended {name}'s session"));
     }
 
     /// The meta server that leads with its store loaded, if one does.

@@ -25,6 +25,12 @@ pub mod path {
     pub const META_RELOAD: &str = "meta-reload";
     /// A leading meta server dropped its state (stepped down, lapsed, or was fenced).
     pub const META_STEPPED_DOWN: &str = "meta-stepped-down";
+    /// A store clog also ended the clogged meta's store session (its lock), or restarted the
+    /// store (every session).
+    pub const STORE_SESSION_LOST: &str = "store-session-lost";
+    pub const STORE_RESTARTED: &str = "store-restarted";
+    /// A standby took the meta lease before it expired, its holder's store session being gone.
+    pub const META_EARLY_TAKEOVER: &str = "meta-early-takeover";
     /// The store refused a write decided under an older epoch.
     pub const FENCED_WRITE: &str = "fenced-write";
     /// A leading meta found its state stale (a write it stopped waiting for went through after

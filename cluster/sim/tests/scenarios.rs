@@ -41,14 +41,16 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 14] = [
     "late_prepare_of_a_restarted_primary.txt",
     "learner_by_checkpoint.txt",
     "learner_by_log.txt",
     "learner_upgrade_in_flight.txt",
     "meta_crash_while_placing_a_table.txt",
     "meta_failover_fences_the_old_leader.txt",
+    "meta_leader_crash_taken_over_early.txt",
     "meta_restart_mid_reconfiguration.txt",
+    "meta_session_lost_while_the_leader_lives.txt",
     "meta_stale_after_a_late_write.txt",
     "prepare_lost_to_one_secondary.txt",
     "primary_crash_with_uncommitted_prepares.txt",
@@ -94,6 +96,16 @@ fn meta_crash_while_placing_a_table() {
 #[test]
 fn meta_failover_fences_the_old_leader() {
     run("meta_failover_fences_the_old_leader.txt");
+}
+
+#[test]
+fn meta_leader_crash_taken_over_early() {
+    run("meta_leader_crash_taken_over_early.txt");
+}
+
+#[test]
+fn meta_session_lost_while_the_leader_lives() {
+    run("meta_session_lost_while_the_leader_lives.txt");
 }
 
 #[test]

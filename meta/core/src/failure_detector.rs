@@ -19,6 +19,9 @@ pub struct FailureDetector {
     /// The process incarnation of each server's last beacon (not persisted: a server says
     /// itself whether it restarted, see `on_incarnation`).
     incarnations: BTreeMap<NodeAddr, u64>,
+    /// Nobody is declared dead before this plus the grace period (monotonic ms): a previous meta
+    /// leader may have answered beacons until then.
+    hold_until_ms: u64,
 }
 
 impl FailureDetector {
@@ -26,7 +29,15 @@ impl FailureDetector {
     /// before a full grace period has passed without its beacons.
     pub fn new(grace_period_ms: u64, known: impl IntoIterator<Item = NodeAddr>, now_ms: u64) -> Self {
         let nodes = known.into_iter().map(|n| (n, NodeLiveness { last_beacon_ms: now_ms, alive: true })).collect();
-        FailureDetector { grace_period_ms, nodes, incarnations: BTreeMap::new() }
+        FailureDetector { grace_period_ms, nodes, incarnations: BTreeMap::new(), hold_until_ms: 0 }
+    }
+
+    /// Declares nobody dead before `hold_until_ms` + the grace period: a meta leader that took
+    /// over early, while its predecessor's lease still ran, waits until that lease has ended and
+    /// every replica lease it granted has run out.
+    pub fn holding_until(mut self, hold_until_ms: u64) -> Self {
+        self.hold_until_ms = hold_until_ms;
+        self
     }
 
     /// Records the process incarnation a beacon came from. True when the server restarted and
@@ -60,7 +71,7 @@ impl FailureDetector {
     pub fn tick(&mut self, now_ms: u64) -> Vec<NodeAddr> {
         let mut dead = Vec::new();
         for (node, l) in self.nodes.iter_mut() {
-            if l.alive && now_ms.saturating_sub(l.last_beacon_ms) > self.grace_period_ms {
+            if l.alive && now_ms.saturating_sub(l.last_beacon_ms.max(self.hold_until_ms)) > self.grace_period_ms {
                 l.alive = false;
                 dead.push(node.clone());
             }
@@ -96,6 +107,14 @@ mod tests {
         assert_eq!(fd.tick(9_101), vec!["b".to_string()]);
         assert_eq!(fd.tick(20_000), Vec::<String>::new());
         assert!(fd.on_beacon("a", 20_000), "a returning is news");
+    }
+
+    #[test]
+    fn a_hold_delays_every_declaration() {
+        let mut fd = FailureDetector::new(8_000, ["a".to_string()], 0).holding_until(20_000);
+        assert!(fd.on_beacon("b", 100));
+        assert_eq!(fd.tick(28_000), Vec::<String>::new());
+        assert_eq!(fd.tick(28_001), vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]

@@ -14,15 +14,24 @@
 //!
 //! A leader serves until `t + ttl - margin`, `t` being when it *sent* its last successful claim,
 //! on its own monotonic clock: the database extended the row to at least `t + ttl` on its clock.
-//! The margin covers clock-rate drift between the two. A standby takes over only after the row
-//! expired, and its failure detector then gives every server a full grace period, longer than a
-//! replica lease, so two primaries never serve at once.
+//! The margin covers clock-rate drift between the two. A standby takes over after the row
+//! expired, or — on PostgreSQL — at once when the leader's database session is gone (its
+//! advisory lock is free: the process crashed). Its failure detector then gives every server a
+//! full grace period, longer than a replica lease, counted from when the predecessor's lease
+//! would have run out (`WonEarly`), so two primaries never serve at once even when the
+//! predecessor is alive after all and answers beacons until its own lease ends.
 
 /// What one claim statement returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// This process holds the lease at `epoch` (a takeover, or a renewal when the epoch is ours).
     Won { epoch: u64 },
+    /// This process took the lease at `epoch` before its predecessor's ran out, by
+    /// `predecessor_ms` on the store's clock, because the predecessor's database session was gone.
+    /// The predecessor may still be alive (a store restart or a killed session also ends the
+    /// session) and answer beacons until then, so nobody is declared dead before that time plus
+    /// a grace period.
+    WonEarly { epoch: u64, predecessor_ms: u64 },
     /// Another process holds an unexpired lease; `leader` is its advertised address.
     Lost { leader: String },
     /// The store did not answer (unreachable, timeout, error).
@@ -53,7 +62,8 @@ pub enum NotServing {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Role {
     Follower { leader: Option<String> },
-    Leader { epoch: u64, serve_until_ms: u64 },
+    /// `hold_until_ms`: a predecessor may serve until then (see `WonEarly`).
+    Leader { epoch: u64, serve_until_ms: u64, hold_until_ms: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -77,13 +87,28 @@ impl Leadership {
         (self.ttl_ms / 6).clamp(100, 5_000)
     }
 
+    /// How often the runtime claims the row: the renewal interval while leading; a standby polls
+    /// four times a second, so it takes over a crashed leader within about a quarter second.
+    pub fn claim_interval_ms(&self) -> u64 {
+        let renew = self.renew_interval_ms();
+        if self.is_leader() { renew } else { renew.min(STANDBY_POLL_MS) }
+    }
+
     /// Feeds the outcome of a claim sent at `sent_at_ms`, now `now_ms` (same monotonic clock).
     pub fn on_claim(&mut self, sent_at_ms: u64, outcome: ClaimOutcome, now_ms: u64) -> Transition {
         match outcome {
-            ClaimOutcome::Won { epoch } => {
+            ClaimOutcome::Won { epoch } | ClaimOutcome::WonEarly { epoch, .. } => {
                 let serve_until_ms = sent_at_ms + self.ttl_ms - self.margin_ms;
-                let continuing = matches!(self.role, Role::Leader { epoch: e, serve_until_ms: until } if e == epoch && now_ms < until);
-                self.role = Role::Leader { epoch, serve_until_ms };
+                let (continuing, held) = match self.role {
+                    Role::Leader { epoch: e, serve_until_ms: until, hold_until_ms } if e == epoch => (now_ms < until, hold_until_ms),
+                    _ => (false, 0),
+                };
+                // Counted from when the answer arrived, later than the store's now: the wait is
+                // never shorter than the predecessor's lease on the store's clock (up to the
+                // drift the predecessor's own margin covers).
+                let predecessor_ms = if let ClaimOutcome::WonEarly { predecessor_ms, .. } = outcome { predecessor_ms } else { 0 };
+                let hold_until_ms = if predecessor_ms > 0 { held.max(now_ms + predecessor_ms) } else { held };
+                self.role = Role::Leader { epoch, serve_until_ms, hold_until_ms };
                 if continuing { Transition::Unchanged } else { Transition::BecameLeader { epoch } }
             }
             ClaimOutcome::Lost { leader } => {
@@ -98,7 +123,7 @@ impl Leadership {
     /// The epoch to serve under, or why not.
     pub fn serving(&self, now_ms: u64) -> Result<u64, NotServing> {
         match &self.role {
-            Role::Leader { epoch, serve_until_ms } if now_ms < *serve_until_ms => Ok(*epoch),
+            Role::Leader { epoch, serve_until_ms, .. } if now_ms < *serve_until_ms => Ok(*epoch),
             Role::Leader { .. } => Err(NotServing::Lapsed),
             Role::Follower { leader } => Err(NotServing::Follower { leader: leader.clone() }),
         }
@@ -106,6 +131,15 @@ impl Leadership {
 
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader { .. })
+    }
+
+    /// While leading: until when (monotonic ms) a predecessor that took its lease early may still
+    /// have answered beacons; nobody is declared dead before this plus a grace period.
+    pub fn hold_until_ms(&self) -> u64 {
+        match self.role {
+            Role::Leader { hold_until_ms, .. } => hold_until_ms,
+            Role::Follower { .. } => 0,
+        }
     }
 
     /// The epoch of the lease this server last won, while it counts itself the leader.
@@ -118,6 +152,9 @@ impl Leadership {
 }
 
 pub const TTL_MS_MIN: u64 = 1_000;
+
+/// A standby's claim poll.
+pub const STANDBY_POLL_MS: u64 = 250;
 pub const TTL_MS_MAX: u64 = 600_000;
 
 pub fn validate_ttl(ttl_ms: u64) -> Result<(), String> {
@@ -166,6 +203,25 @@ mod tests {
         assert_eq!(l.serving(2_002), Err(NotServing::Follower { leader: Some("m3:1".into()) }));
         // A new epoch (someone led in between) always reloads.
         assert_eq!(l.on_claim(3_000, ClaimOutcome::Won { epoch: 3 }, 3_001), Transition::BecameLeader { epoch: 3 });
+    }
+
+    #[test]
+    fn an_early_takeover_holds_failure_detection_until_the_predecessors_lease_ends() {
+        let mut l = Leadership::new(30_000);
+        assert_eq!(l.claim_interval_ms(), 250, "a standby polls fast");
+        assert_eq!(l.on_claim(1_000, ClaimOutcome::WonEarly { epoch: 5, predecessor_ms: 20_000 }, 1_010), Transition::BecameLeader { epoch: 5 });
+        assert_eq!(l.hold_until_ms(), 21_010);
+        assert_eq!(l.claim_interval_ms(), 5_000);
+        // Renewals keep the hold; so does a lapse and a reload at the same epoch.
+        assert_eq!(l.on_claim(6_000, ClaimOutcome::Won { epoch: 5 }, 6_010), Transition::Unchanged);
+        assert_eq!(l.hold_until_ms(), 21_010);
+        assert_eq!(l.on_claim(40_000, ClaimOutcome::Won { epoch: 5 }, 40_010), Transition::BecameLeader { epoch: 5 });
+        assert_eq!(l.hold_until_ms(), 21_010);
+        // A takeover after expiry holds nothing beyond now.
+        l.on_claim(41_000, ClaimOutcome::Lost { leader: "m2:1".into() }, 41_001);
+        assert_eq!(l.hold_until_ms(), 0);
+        l.on_claim(80_000, ClaimOutcome::Won { epoch: 7 }, 80_001);
+        assert_eq!(l.hold_until_ms(), 0);
     }
 
     #[test]

@@ -261,8 +261,7 @@ impl MetaMachine {
     /// How often the runtime claims the lease row: renewing while leading, polling otherwise
     /// (at least every second, so a standby takes over soon after the lease expires).
     pub fn claim_interval_ms(&self) -> u64 {
-        let renew = self.leadership.renew_interval_ms();
-        if self.leadership.is_leader() { renew } else { renew.min(1_000) }
+        self.leadership.claim_interval_ms()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -404,8 +403,10 @@ impl MetaMachine {
                     partitions: snapshot.partitions.into_iter().map(|c| (c.gpid, c)).collect(),
                     // Every registered server starts alive with a full grace period: a new leader
                     // causes no failover by itself, and a lease granted by a previous leader has
-                    // run out before anyone is declared dead.
-                    fd: FailureDetector::new(self.options.grace_period_ms, registered.iter().cloned(), self.now.mono_ms),
+                    // run out before anyone is declared dead — counted from when that leader's own
+                    // lease ends if this one took over early (`ClaimOutcome::WonEarly`).
+                    fd: FailureDetector::new(self.options.grace_period_ms, registered.iter().cloned(), self.now.mono_ms)
+                        .holding_until(self.leadership.hold_until_ms()),
                     reports: BTreeMap::new(),
                     registered,
                     sites: snapshot.sites.into_iter().map(|s| (s.name.clone(), s)).collect(),

@@ -112,6 +112,11 @@ struct Lease {
     address: String,
     epoch: u64,
     expires_ms: u64,
+    /// The holder held the advisory lock when it last claimed (PostgreSQL's session-level lock;
+    /// see `claim`).
+    locked: bool,
+    /// When the holder last claimed, on the store's clock.
+    renewed_ms: u64,
 }
 
 /// The in-memory twin of the SQL store: same lease claim rule, same fencing, same
@@ -119,6 +124,10 @@ struct Lease {
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
     lease: Option<Lease>,
+    /// The advisory lock (a database session's, released when the session ends) and its holder.
+    lock: Option<String>,
+    /// When the store last started (`pg_postmaster_start_time()`): every session before it ended.
+    started_ms: u64,
     next_table_id: u32,
     tables: BTreeMap<u32, TableInfo>,
     partitions: BTreeMap<Gpid, PartitionConfig>,
@@ -134,24 +143,84 @@ pub struct MemStore {
 
 impl MemStore {
     /// The claim statement: takes the row when it is free, expired, or held at the same address
-    /// (a restarted process); the epoch grows unless `holder` renews its own.
+    /// (a restarted process); the epoch grows unless `holder` renews its own. It also takes it
+    /// early (`WonEarly`) when the row's holder claimed holding the advisory lock, `holder`
+    /// holds it now — so the row holder's database session has ended — and the store has not
+    /// restarted since that claim (a restart ends every session, the holder's included, while
+    /// the holder most likely lives). `holder` records whether it holds the lock.
     pub fn claim(&mut self, holder: &str, address: &str, ttl_ms: u64, now_ms: u64) -> ClaimOutcome {
+        let locked = self.lock.as_deref() == Some(holder);
+        let fresh = |epoch| Lease { holder: holder.into(), address: address.into(), epoch, expires_ms: now_ms + ttl_ms, locked, renewed_ms: now_ms };
         match &mut self.lease {
             Some(l) if l.holder == holder => {
                 l.expires_ms = now_ms + ttl_ms;
                 l.address = address.to_string();
+                l.locked = locked;
+                l.renewed_ms = now_ms;
                 ClaimOutcome::Won { epoch: l.epoch }
             }
             Some(l) if l.address == address || l.expires_ms < now_ms => {
-                *l = Lease { holder: holder.into(), address: address.into(), epoch: l.epoch + 1, expires_ms: now_ms + ttl_ms };
+                *l = fresh(l.epoch + 1);
                 ClaimOutcome::Won { epoch: l.epoch }
+            }
+            Some(l) if locked && l.locked && l.renewed_ms > self.started_ms => {
+                let predecessor_ms = l.expires_ms - now_ms;
+                *l = fresh(l.epoch + 1);
+                ClaimOutcome::WonEarly { epoch: l.epoch, predecessor_ms }
             }
             Some(l) => ClaimOutcome::Lost { leader: l.address.clone() },
             None => {
-                self.lease = Some(Lease { holder: holder.into(), address: address.into(), epoch: 1, expires_ms: now_ms + ttl_ms });
+                self.lease = Some(fresh(1));
                 ClaimOutcome::Won { epoch: 1 }
             }
         }
+    }
+
+    /// One round of a meta server's claim loop, as `SqlStore::claim_round` runs it: a leader
+    /// takes the advisory lock if it is free and claims with it; a standby tries it only when the
+    /// row says its holder held it (so it never takes it from a leader about to), and if it gets
+    /// it, claims with it (an early takeover) and gives it back unless that won.
+    pub fn claim_round(&mut self, holder: &str, address: &str, ttl_ms: u64, now_ms: u64) -> ClaimOutcome {
+        let outcome = self.claim(holder, address, ttl_ms, now_ms);
+        if self.lock.is_some() {
+            if self.lock.as_deref() == Some(holder) && matches!(outcome, ClaimOutcome::Lost { .. }) {
+                self.unlock(holder);
+            }
+            return outcome;
+        }
+        let won = matches!(outcome, ClaimOutcome::Won { .. } | ClaimOutcome::WonEarly { .. });
+        if !won && !self.lease.as_ref().is_some_and(|l| l.locked) {
+            return outcome;
+        }
+        self.lock = Some(holder.to_string());
+        let again = self.claim(holder, address, ttl_ms, now_ms);
+        match (won, &again) {
+            (true, _) => outcome,
+            (false, ClaimOutcome::Lost { .. }) => {
+                self.unlock(holder);
+                again
+            }
+            (false, _) => again,
+        }
+    }
+
+    /// Releases the advisory lock if `holder` has it.
+    pub fn unlock(&mut self, holder: &str) {
+        if self.lock.as_deref() == Some(holder) {
+            self.lock = None;
+        }
+    }
+
+    /// `holder`'s database session ended: its process exited (the database sees the connection
+    /// close at once), or the database ended the session (keepalive, termination).
+    pub fn session_closed(&mut self, holder: &str) {
+        self.unlock(holder);
+    }
+
+    /// The database restarted: every session ended.
+    pub fn restart(&mut self, now_ms: u64) {
+        self.lock = None;
+        self.started_ms = now_ms;
     }
 
     /// A clean shutdown gives the lease up at once.
@@ -159,6 +228,7 @@ impl MemStore {
         if let Some(l) = self.lease.as_mut().filter(|l| l.holder == holder) {
             l.expires_ms = 0;
         }
+        self.unlock(holder);
     }
 
     pub fn load(&self) -> MetaSnapshot {
@@ -433,6 +503,30 @@ impl MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crashed_holders_lease_is_taken_at_once_and_a_restarted_stores_is_not() {
+        let mut s = MemStore::default();
+        assert_eq!(s.claim_round("a#1", "a", 30_000, 1_000), ClaimOutcome::Won { epoch: 1 });
+        assert_eq!(s.claim_round("b#1", "b", 30_000, 2_000), ClaimOutcome::Lost { leader: "a".into() }, "a holds the lock");
+        s.session_closed("a#1");
+        assert_eq!(s.claim_round("b#1", "b", 30_000, 3_000), ClaimOutcome::WonEarly { epoch: 2, predecessor_ms: 28_000 });
+        assert_eq!(s.claim_round("a#1", "a", 30_000, 3_100), ClaimOutcome::Lost { leader: "b".into() }, "a was alive after all: it lost");
+        // The store restarts: b's session ends with everyone's, but b most likely lives.
+        s.restart(4_000);
+        assert_eq!(s.claim_round("c#1", "c", 30_000, 4_100), ClaimOutcome::Lost { leader: "b".into() });
+        assert_eq!(s.claim_round("b#1", "b", 30_000, 4_200), ClaimOutcome::Won { epoch: 2 }, "b takes its lock back");
+        // A leader that took the row by expiry while another still held the lock claims without
+        // it, and no standby that then gets the lock takes the row early.
+        let mut s = MemStore::default();
+        s.claim_round("a#1", "a", 1_000, 0);
+        assert_eq!(s.claim_round("b#1", "b", 1_000, 1_001), ClaimOutcome::Won { epoch: 2 }, "a paused: its row expired");
+        s.session_closed("a#1");
+        assert_eq!(s.claim_round("c#1", "c", 1_000, 1_100), ClaimOutcome::Lost { leader: "b".into() });
+        assert_eq!(s.claim_round("b#1", "b", 1_000, 1_200), ClaimOutcome::Won { epoch: 2 });
+        s.session_closed("b#1");
+        assert!(matches!(s.claim_round("c#1", "c", 1_000, 1_300), ClaimOutcome::WonEarly { epoch: 3, .. }), "b had the lock by then");
+    }
 
     #[test]
     fn the_lease_is_claimed_renewed_taken_over_and_fences_writes() {

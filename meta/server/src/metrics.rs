@@ -64,7 +64,7 @@ impl MetaMetrics {
         .expect("valid metric");
         registry.register(Box::new(config_changes.clone())).expect("register once");
         // Every series from the start, so a dashboard sees zeros rather than nothing.
-        for outcome in ["won", "lost", "failed"] {
+        for outcome in ["won", "won_early", "lost", "failed"] {
             claims.with_label_values(&[outcome]);
         }
         for cause in ["placement", "cure", "restart", "remove_secondary", "upgrade_learner"] {
@@ -156,6 +156,7 @@ impl MetaMetrics {
     pub fn claim(&self, outcome: &ClaimOutcome) {
         let outcome = match outcome {
             ClaimOutcome::Won { .. } => "won",
+            ClaimOutcome::WonEarly { .. } => "won_early",
             ClaimOutcome::Lost { .. } => "lost",
             ClaimOutcome::Failed => "failed",
         };

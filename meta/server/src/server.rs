@@ -203,8 +203,16 @@ impl Meta {
         let sent_at_ms = self.now().mono_ms;
         let address = self.opts.advertise_address();
         let ttl = self.opts.machine.lease_ttl_ms;
-        let outcome = match tokio::time::timeout(claim_timeout, self.store.claim_lease(&self.holder, &address, ttl)).await {
+        let outcome = match tokio::time::timeout(claim_timeout, self.store.claim_round(&self.holder, &address, ttl)).await {
             Ok(Ok(Claim::Won { epoch })) => ClaimOutcome::Won { epoch },
+            Ok(Ok(Claim::WonEarly { epoch, predecessor_ms })) => {
+                tracing::warn!(
+                    epoch,
+                    "took the meta lease {predecessor_ms} ms before it expired: its holder's database session is gone (crashed); \
+                     no replica server is declared dead before that lease and a grace period have passed"
+                );
+                ClaimOutcome::WonEarly { epoch, predecessor_ms }
+            }
             Ok(Ok(Claim::Held { address, .. })) => ClaimOutcome::Lost { leader: address },
             Ok(Err(e)) => {
                 tracing::warn!("cannot claim the meta lease: {e}");
@@ -215,6 +223,7 @@ impl Meta {
                 ClaimOutcome::Failed
             }
         };
+        tracing::debug!(?outcome, took_ms = self.now().mono_ms - sent_at_ms, "lease claim");
         self.metrics.claim(&outcome);
         self.step(MetaInput::Claimed { sent_at_ms, outcome });
     }
@@ -302,7 +311,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(
     let server = crate::rpc::serve(meta.clone(), listener, shutdown.clone()).await?;
     tracing::info!("meta server listening on {} (advertised as {})", opts.listen, opts.advertise_address());
 
-    // The claim loop: renew while leading; a standby polls at least every second.
+    // The claim loop: renew while leading; a standby polls four times a second.
     let claims = {
         let meta = meta.clone();
         let rx = shutdown.clone();
@@ -312,7 +321,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(
             loop {
                 let pause = meta.claim_interval();
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => meta.claim_round(pause.max(Duration::from_millis(100))).await,
+                    _ = tokio::time::sleep(pause) => meta.claim_round(pause.max(Duration::from_secs(1))).await,
                     _ = stop.as_mut() => break,
                 }
             }

@@ -24,6 +24,103 @@ async fn sqlite_conformance() {
     conformance(store, &url).await;
 }
 
+/// The claim loop's advisory lock (PostgreSQL): a standby takes the lease early once the
+/// holder's session is gone — its process exited, or the database ended the session — and the
+/// holder, if alive, finds it lost at its next claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lease_is_taken_early_once_the_holders_session_is_gone() {
+    with_postgres_database(|url| async move {
+        let a = SqlStore::connect(&url).await.unwrap();
+        let b = SqlStore::connect(&url).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        // "a" leads without the lock (as when it took over from a paused leader that still holds
+        // it): a standby leaves the lock alone, so "a" gets it at its next round.
+        assert_eq!(a.claim_lease("a", "a:1", 60_000).await.unwrap(), Claim::Won { epoch: 1 });
+        assert_eq!(b.claim_round("b", "b:1", 60_000).await.unwrap(), Claim::Held { holder: "a".into(), address: "a:1".into(), epoch: 1 });
+        assert_eq!(lock_holders(&mut admin).await, 0, "a standby tried the lock of a leader without it");
+        assert_eq!(a.claim_round("a", "a:1", 60_000).await.unwrap(), Claim::Won { epoch: 1 });
+        assert_eq!(lock_holders(&mut admin).await, 1);
+        assert_eq!(b.claim_round("b", "b:1", 60_000).await.unwrap(), Claim::Held { holder: "a".into(), address: "a:1".into(), epoch: 1 });
+        // A renewal keeps the lock and the epoch, and is no early takeover.
+        assert_eq!(a.claim_round("a", "a:1", 60_000).await.unwrap(), Claim::Won { epoch: 1 });
+        // "a" exits: its connections close, and the database frees its lock.
+        a.close().await;
+        let early = poll_claim(&b, "b").await;
+        assert!(matches!(early, Claim::WonEarly { epoch: 2, predecessor_ms } if (50_000..=60_000).contains(&predecessor_ms)), "{early:?}");
+        assert_eq!(b.claim_round("b", "b:1", 60_000).await.unwrap(), Claim::Won { epoch: 2 }, "then renewals as usual");
+
+        // The database ends "b"'s lock session while "b" lives: "c" takes over early, and "b"
+        // learns it lost at its next claim.
+        let c = SqlStore::connect(&url).await.unwrap();
+        assert!(matches!(c.claim_round("c", "c:1", 60_000).await.unwrap(), Claim::Held { epoch: 2, .. }));
+        let killed: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(killed, vec![(true,)], "one session holds the lock");
+        let early = poll_claim(&c, "c").await;
+        assert!(matches!(early, Claim::WonEarly { epoch: 3, .. }), "{early:?}");
+        assert_eq!(b.claim_round("b", "b:1", 60_000).await.unwrap(), Claim::Held { holder: "c".into(), address: "c:1".into(), epoch: 3 });
+        // "b" gave the lock back when it lost (or never got it again): "c" keeps it, so a "b"
+        // claim cannot take the row early.
+        assert!(matches!(b.claim_round("b", "b:1", 60_000).await.unwrap(), Claim::Held { epoch: 3, .. }));
+        // A claim without the lock never takes a live row early.
+        assert!(matches!(b.claim_lease("b", "b:1", 60_000).await.unwrap(), Claim::Held { epoch: 3, .. }));
+        admin.close().await.unwrap();
+        for s in [b, c] {
+            s.close().await;
+        }
+    })
+    .await;
+}
+
+/// How many sessions of this database hold an advisory lock.
+async fn lock_holders(admin: &mut sqlx::PgConnection) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(admin)
+    .await
+    .unwrap();
+    n
+}
+
+/// Claims as `holder` until the claim wins (the database frees a lock a moment after its
+/// session ends), within 10 s.
+async fn poll_claim(store: &SqlStore, holder: &str) -> Claim {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let claim = store.claim_round(holder, &format!("{holder}:1"), 60_000).await.unwrap();
+        if !matches!(claim, Claim::Held { .. }) || std::time::Instant::now() > deadline {
+            return claim;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `suite` on a database of its own, dropped afterwards even when the suite fails.
+async fn with_postgres_database<F, Fut>(suite: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let admin_url = std::env::var("TANDEM_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_ADMIN_URL.to_string());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|error| panic!("PostgreSQL is not reachable at {admin_url}: {error}"));
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let database = format!("tandem_test_{}_{}", std::process::id(), nanos);
+    sqlx::query(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.unwrap();
+    let outcome = tokio::spawn(suite(replace_database(&admin_url, &database))).await;
+    sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    admin.close().await.expect("close the admin connection");
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_conformance() {
     let admin_url = std::env::var("TANDEM_TEST_POSTGRES_URL")

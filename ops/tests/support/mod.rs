@@ -461,6 +461,87 @@ impl Load {
     }
 }
 
+/// A steady write load that records when each write was acknowledged, per partition, to
+/// measure the longest time the table (or one partition) accepted no write.
+pub struct GapLoad {
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// (partition, acknowledged at, key).
+    acks: Arc<Mutex<Vec<(u32, Instant, String)>>>,
+    partitions: u32,
+}
+
+/// The longest stretches without an acknowledged write in a window.
+#[derive(Debug, Clone, Copy)]
+pub struct Gaps {
+    /// Over the whole table: no partition acknowledged a write.
+    pub table: Duration,
+    /// The longest over single partitions.
+    pub partition: Duration,
+    pub writes: usize,
+}
+
+impl GapLoad {
+    /// Starts `concurrency` writers on `table` (of `partitions` partitions), each writing new
+    /// keys back to back with the client's default retries.
+    pub async fn start(cluster: &Cluster, table: &str, partitions: u32, concurrency: usize) -> GapLoad {
+        let t = cluster.client().table(table);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let writers = (0..concurrency)
+            .map(|_| {
+                let (t, stop, acks, next) = (t.clone(), stop.clone(), acks.clone(), next.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let key = format!("gap{i:07}");
+                        if t.set(key.as_bytes(), b"s", b"v", 0).await.is_ok() {
+                            let p = tandem_core::partition::partition_index(key.as_bytes(), partitions);
+                            acks.lock().unwrap().push((p, Instant::now(), key));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let load = GapLoad { writers, stop, acks, partitions };
+        cluster
+            .poll(Duration::from_secs(60), "the write load runs", || {
+                let n = load.acks.lock().unwrap().len();
+                async move { n >= 100 }
+            })
+            .await;
+        load
+    }
+
+    /// The gaps between `from` and `to`, counting the edges of the window as acknowledgements.
+    pub fn gaps(&self, from: Instant, to: Instant) -> Gaps {
+        let acks = self.acks.lock().unwrap();
+        let longest = |times: &mut Vec<Instant>| {
+            times.push(from);
+            times.push(to);
+            times.sort();
+            times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+        };
+        let in_window: Vec<(u32, Instant)> = acks.iter().filter(|(_, at, _)| *at >= from && *at <= to).map(|(p, at, _)| (*p, *at)).collect();
+        let table = longest(&mut in_window.iter().map(|(_, at)| *at).collect());
+        let partition = (0..self.partitions)
+            .map(|p| longest(&mut in_window.iter().filter(|(q, _)| *q == p).map(|(_, at)| *at).collect()))
+            .max()
+            .unwrap_or_default();
+        Gaps { table, partition, writes: in_window.len() }
+    }
+
+    /// Stops the writers; returns every acknowledged key.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        self.acks.lock().unwrap().iter().map(|(_, _, k)| k.clone()).collect()
+    }
+}
+
 pub async fn assert_all_read_back(cluster: &Cluster, table: &str, acked: &BTreeMap<String, String>) {
     let t = cluster.client().table(table);
     let mut missing = Vec::new();

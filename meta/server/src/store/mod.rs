@@ -223,6 +223,9 @@ pub struct Fence {
 pub enum Claim {
     /// The caller holds the lease (taken over at a new epoch, or renewed at its own).
     Won { epoch: u64 },
+    /// The caller took the lease at a new epoch `predecessor_ms` before the previous holder's
+    /// ran out, that holder's database session being gone (see `claim_round`).
+    WonEarly { epoch: u64, predecessor_ms: u64 },
     /// Another holder's lease has not expired; `address` is where that meta server listens.
     Held { holder: String, address: String, epoch: u64 },
 }
@@ -233,6 +236,8 @@ pub struct SqlStore {
     /// After a failed connection, writes fail at once until then instead of each waiting for
     /// the pool's acquire timeout while the caller holds the meta's state lock.
     unreachable_until: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// PostgreSQL: the connection whose session holds (or tries for) the leader's advisory lock.
+    lock_session: tokio::sync::Mutex<Option<lease::LockSession>>,
 }
 
 /// How long writes fail fast after the store was found unreachable.
@@ -506,7 +511,7 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl { url: shown_url });
         };
         tracing::info!(url = %shown_url, "metadata store connected and migrated");
-        Ok(SqlStore { pool, unreachable_until: std::sync::Mutex::new(None) })
+        Ok(SqlStore { pool, unreachable_until: std::sync::Mutex::new(None), lock_session: tokio::sync::Mutex::new(None) })
     }
 
     /// Fails fast while the store is known to be unreachable.
@@ -608,8 +613,10 @@ impl SqlStore {
         })
     }
 
-    /// Closes every pooled connection, waiting for checked-out ones to come back.
+    /// Closes every pooled connection, waiting for checked-out ones to come back, and the lock
+    /// session.
     pub async fn close(&self) {
+        self.lock_session.lock().await.take();
         match &self.pool {
             Pool::Postgres(pool) => pool.close().await,
             Pool::Sqlite(pool) => pool.close().await,
