@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 use support::{assert_all_read_back, start_load, Cluster, PgDatabase, Store, KEYS};
+use tandem_proto::v1;
 
 async fn kill_secondary_under_load(store: Store) {
     let mut cluster = Cluster::start(3, store).await;
@@ -170,4 +171,44 @@ async fn dead_server_is_replaced_by_a_learner_that_learns_by_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_server_is_replaced_by_a_learner_that_learns_by_checkpoint() {
     re_replicate("4KiB", true).await;
+}
+
+/// A replica server paused (SIGSTOP) while a client gives up on its calls by deadline: each
+/// cancelled call resets its HTTP/2 stream, and the resets wait in the socket. When the server
+/// resumes it must not answer that burst by closing the connection (GOAWAY `too_many_resets`,
+/// h2's default allows 20), which fails the calls still in flight on it — writes among them,
+/// with unknown outcomes. A call sent after 200 cancelled ones, on the same connection, is
+/// answered once the server runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_server_resumes_without_dropping_its_connections() {
+    use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
+    let mut cluster = Cluster::start(1, Store::Sqlite).await;
+    let addr = cluster.replica_addr(0);
+    // One connection, as every client and peer of the server holds.
+    let channel = tandem_client::meta_conn::stream_endpoint(&addr).unwrap().connect().await.expect("connect");
+    let client = ReplicaServiceClient::new(channel);
+    client.clone().status(v1::ReplicaStatusRequest {}).await.expect("a status call before the pause");
+
+    cluster.signal_replica(0, "STOP");
+    let cancelled: Vec<_> = (0..200)
+        .map(|_| {
+            let mut c = client.clone();
+            tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(300), c.status(v1::ReplicaStatusRequest {})).await.is_err() })
+        })
+        .collect();
+    for c in cancelled {
+        assert!(c.await.unwrap(), "a call to the paused server was answered");
+    }
+    let in_flight = {
+        let mut c = client.clone();
+        tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(20), c.status(v1::ReplicaStatusRequest {})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.signal_replica(0, "CONT");
+    match in_flight.await.unwrap() {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => panic!("the call in flight across the pause failed: {status:?}\n{}", cluster.logs_tail()),
+        Err(_) => panic!("the call in flight across the pause was not answered in 20 s"),
+    }
+    client.clone().status(v1::ReplicaStatusRequest {}).await.expect("the connection still serves");
 }

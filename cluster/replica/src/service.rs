@@ -53,7 +53,7 @@ pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = 
     // reach the accepted sockets: set it on them, or Nagle delays small responses by ~40 ms.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = tandem_runtime::grpc_tools::server()
             .tcp_nodelay(true)
             .initial_stream_window_size(tandem_client::meta_conn::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(tandem_client::meta_conn::CONNECTION_WINDOW_BYTES)

@@ -24,7 +24,7 @@ pub async fn serve(
     let (health, reflection_v1, reflection_v1alpha) = tandem_runtime::grpc_tools::health_and_reflection::<MetaServiceServer<MetaRpc>>().await?;
     let service = MetaServiceServer::new(MetaRpc(meta)).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
     Ok(tokio::spawn(
-        tonic::transport::Server::builder()
+        tandem_runtime::grpc_tools::server()
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -257,6 +257,13 @@ impl Cluster {
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to replica server `i`.
+    pub fn signal_replica(&mut self, i: usize, signal: &str) {
+        let pid = self.replicas[i].child.as_ref().expect("replica server running").id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// `kill -SIGNAL` to every process of the site (its metas and replica servers).
     pub fn signal_all(&mut self, signal: &str) {
         let pids: Vec<u32> =
@@ -329,6 +336,10 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn replica_addr(&self, i: usize) -> String {
+        self.replicas[i].addr.clone()
     }
 
     pub fn replica_index(&self, addr: &str) -> usize {
