@@ -51,12 +51,14 @@ pub fn write_request_from_wire(req: v1::WriteRequest) -> Result<WriteRequest> {
             kvs: m.kvs.into_iter().map(|kv| (kv.sort_key, kv.value)).collect(),
             ttl_s: m.ttl_seconds,
         },
-        Op::Del(d) => WriteRequest::Del { hash_key, sort_key: d.sort_key },
-        Op::MultiDel(d) => WriteRequest::MultiDel { hash_key, sort_keys: d.sort_keys },
+        Op::Delete(d) => WriteRequest::Del { hash_key, sort_key: d.sort_key },
+        Op::MultiDelete(d) => WriteRequest::MultiDel { hash_key, sort_keys: d.sort_keys },
         Op::Incr(i) => WriteRequest::Incr { hash_key, sort_key: i.sort_key, increment: i.increment, ttl_s: i.ttl_seconds },
         Op::CheckAndMutate(c) => {
-            let check_type = CheckType::from_index(c.check_type)
-                .ok_or_else(|| Error::InvalidArgument(format!("unknown check type {}", c.check_type)))?;
+            let check_type = u32::try_from(c.check_type)
+                .ok()
+                .and_then(CheckType::from_index)
+                .ok_or_else(|| Error::InvalidArgument(format!("unknown check type {} (0..={})", c.check_type, CheckType::ALL.len() - 1)))?;
             let mutations = c
                 .mutations
                 .into_iter()
@@ -105,8 +107,8 @@ pub fn write_request_to_wire(route: v1::Route, req: WriteRequest) -> v1::WriteRe
                 ttl_seconds: ttl_s,
             }),
         ),
-        WriteRequest::Del { hash_key, sort_key } => (hash_key, Op::Del(v1::DelOp { sort_key })),
-        WriteRequest::MultiDel { hash_key, sort_keys } => (hash_key, Op::MultiDel(v1::MultiDelOp { sort_keys })),
+        WriteRequest::Del { hash_key, sort_key } => (hash_key, Op::Delete(v1::DelOp { sort_key })),
+        WriteRequest::MultiDel { hash_key, sort_keys } => (hash_key, Op::MultiDelete(v1::MultiDelOp { sort_keys })),
         WriteRequest::Incr { hash_key, sort_key, increment, ttl_s } => {
             (hash_key, Op::Incr(v1::IncrOp { sort_key, increment, ttl_seconds: ttl_s }))
         }
@@ -114,7 +116,7 @@ pub fn write_request_to_wire(route: v1::Route, req: WriteRequest) -> v1::WriteRe
             hash_key,
             Op::CheckAndMutate(v1::CheckAndMutateOp {
                 check_sort_key,
-                check_type: check_type.index(),
+                check_type: check_type.index() as i32,
                 check_operand,
                 mutations: mutations
                     .into_iter()
@@ -140,4 +142,21 @@ pub fn write_request_to_wire(route: v1::Route, req: WriteRequest) -> v1::WriteRe
         ),
     };
     v1::WriteRequest { route: Some(route), hash_key, op: Some(op) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire enum and the core's list agree value by value and name by name, so the values
+    /// clients sent as bare numbers before the enum keep their meaning.
+    #[test]
+    fn check_types_on_the_wire_are_the_cores_by_index_and_name() {
+        for (i, (name, check_type)) in CheckType::ALL.iter().enumerate() {
+            assert_eq!(check_type.index() as usize, i);
+            let wire = v1::CheckType::try_from(i as i32).unwrap_or_else(|_| panic!("no wire check type {i}"));
+            assert_eq!(wire.as_str_name(), format!("CHECK_TYPE_{}", name.to_uppercase()));
+        }
+        assert!(v1::CheckType::try_from(CheckType::ALL.len() as i32).is_err(), "the wire enum has a value the core lacks");
+    }
 }

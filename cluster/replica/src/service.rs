@@ -157,8 +157,8 @@ impl Service {
         let op = match &req.op {
             Some(v1::write_request::Op::Set(_)) => "set",
             Some(v1::write_request::Op::MultiSet(_)) => "multi_set",
-            Some(v1::write_request::Op::Del(_)) => "del",
-            Some(v1::write_request::Op::MultiDel(_)) => "multi_del",
+            Some(v1::write_request::Op::Delete(_)) => "del",
+            Some(v1::write_request::Op::MultiDelete(_)) => "multi_del",
             Some(v1::write_request::Op::Incr(_)) => "incr",
             Some(v1::write_request::Op::CheckAndMutate(_)) => "check_and_mutate",
             Some(v1::write_request::Op::Duplicate(_)) => "duplicate",
