@@ -71,7 +71,7 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::InvalidArgument(_) | ClientError::Internal(_) | ClientError::TooLarge(_) => EXIT_ERROR,
+            ClientError::InvalidArgument(_) | ClientError::Internal(_) | ClientError::TooLarge(_) | ClientError::WrongRoute(_) => EXIT_ERROR,
             ClientError::NotFound(_) => EXIT_NOT_FOUND,
             ClientError::AlreadyExists(_) => EXIT_CONFLICT,
             ClientError::Unavailable(_) | ClientError::ClockAhead(_) => EXIT_UNAVAILABLE,

@@ -73,10 +73,19 @@ async fn batch_stream_answers_each_call_and_refuses_bad_ones_with_the_reason() {
     }
 
     let bad_route = v1::Route { gpid: Some(v1::Gpid { table_id, partition: 0 }), partition_count: 3 };
+    let wrong_route = v1::Route { gpid: Some(v1::Gpid { table_id, partition: 0 }), partition_count: 2 };
     let replies = exchange(
         &addr,
         10,
-        vec![Some(get(&route, b"a")), Some(get(&route, b"nothing")), None, Some(get(&route, b"")), Some(get(&bad_route, b"a")), Some(get(&route, b"b"))],
+        vec![
+            Some(get(&route, b"a")),
+            Some(get(&route, b"nothing")),
+            None,
+            Some(get(&route, b"")),
+            Some(get(&bad_route, b"a")),
+            Some(get(&route, b"b")),
+            Some(set(&wrong_route, b"a", b"never")),
+        ],
     )
     .await;
     let found = |r: &Reply| match r {
@@ -93,6 +102,18 @@ async fn batch_stream_answers_each_call_and_refuses_bad_ones_with_the_reason() {
     let e = error(&replies[4].1);
     assert!(e.message().contains("partition count 3 is not a power of two"), "{e:?}");
     assert_eq!(found(&replies[5].1), (true, b"2".to_vec()));
+    // A partition count that is not the table's: its own kind, a code a generic client does not
+    // retry, and the count to use.
+    let e = error(&replies[6].1);
+    assert_eq!((ErrorKind::of(&e), e.code()), (Some(ErrorKind::WrongRoute), tonic::Code::FailedPrecondition), "{e:?}");
+    assert!(e.message().contains("has 1 partitions, not 2"), "{e:?}");
+    // The unary call says the same, with the count in its metadata; a hash key of another
+    // partition is a wrong route too.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut unary = ReplicaServiceClient::new(channel);
+    let Call::Write(write) = set(&wrong_route, b"a", b"never") else { unreachable!() };
+    let e = unary.write(write).await.unwrap_err();
+    assert_eq!((ErrorKind::of(&e), e.code(), tandem_proto::errors::partition_count_hint(&e)), (Some(ErrorKind::WrongRoute), tonic::Code::FailedPrecondition, Some(1)), "{e:?}");
 
     // Prepares from a peer that is no peer: without a configuration, with bytes that are no
     // mutation, and from a "primary" the partition does not know. Each is refused on its own.

@@ -48,6 +48,9 @@ pub enum ClientError {
     /// Duplicated records too far ahead of the receiving site's clock; retry later.
     #[error("{0}")]
     ClockAhead(String),
+    /// The route does not fit the table even after a refresh (nothing was applied).
+    #[error("{0}")]
+    WrongRoute(String),
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -62,6 +65,7 @@ impl ClientError {
             Some(ErrorKind::Internal) => ClientError::Internal(msg),
             Some(ErrorKind::TooLarge) => ClientError::TooLarge(msg),
             Some(ErrorKind::ClockAhead) => ClientError::ClockAhead(msg),
+            Some(ErrorKind::WrongRoute) => ClientError::WrongRoute(msg),
             Some(ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader) => ClientError::Unavailable(msg),
             None => match s.code() {
                 tonic::Code::InvalidArgument => ClientError::InvalidArgument(msg),

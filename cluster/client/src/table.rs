@@ -79,6 +79,8 @@ impl Table {
         let deadline = Instant::now() + self.client.inner.opts.request_timeout;
         let mut refresh = false;
         let mut backoff = Duration::from_millis(20);
+        // A wrong route is refreshed once at once; refused again, it is not the route's age.
+        let mut wrong_route_refreshed = false;
         loop {
             // Err((error, retryable))
             let attempt: std::result::Result<T, (ClientError, bool)> = async {
@@ -101,6 +103,9 @@ impl Table {
                 let r = v1::Route { gpid: Some(v1::Gpid { table_id: route.table_id, partition: p }), partition_count: route.partition_count };
                 match tokio::time::timeout(self.client.inner.opts.rpc_timeout, f(replica, r)).await {
                     Ok(Ok(resp)) => Ok(resp.into_inner()),
+                    Ok(Err(status)) if ErrorKind::of(&status) == Some(ErrorKind::WrongRoute) => {
+                        Err((ClientError::from_status(&status), !std::mem::replace(&mut wrong_route_refreshed, true)))
+                    }
                     Ok(Err(status)) => {
                         let kind = ErrorKind::of(&status);
                         // Refused before it was taken: the primary moved, or the connection

@@ -4,6 +4,22 @@
 pub const ERROR_KIND_KEY: &str = "tandem-error";
 /// On a `NotLeader` status: the address of the meta server that leads, when known.
 pub const LEADER_HINT_KEY: &str = "tandem-leader";
+/// On a `WrongRoute` status: the table's partition count, when the server knows it.
+pub const PARTITION_COUNT_KEY: &str = "tandem-partition-count";
+
+/// A `WrongRoute` status carrying the table's partition count when known.
+pub fn wrong_route(partition_count: Option<u32>, message: impl Into<String>) -> tonic::Status {
+    let mut status = ErrorKind::WrongRoute.status(message);
+    if let Some(count) = partition_count {
+        status.metadata_mut().insert(PARTITION_COUNT_KEY, tonic::metadata::MetadataValue::from(count));
+    }
+    status
+}
+
+/// The partition count a `WrongRoute` status carries.
+pub fn partition_count_hint(status: &tonic::Status) -> Option<u32> {
+    status.metadata().get(PARTITION_COUNT_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
 
 /// A `NotLeader` status carrying the leader's address when known.
 pub fn not_leader(leader: Option<&str>, message: impl Into<String>) -> tonic::Status {
@@ -36,6 +52,11 @@ pub enum ErrorKind {
     TooLarge,
     /// Duplicated records stamped too far ahead of the receiving site's clock: retry later.
     ClockAhead,
+    /// The request's route does not fit the table: a partition count that is not the table's,
+    /// or a hash key of another partition. Nothing was applied. Refresh the route once; if the
+    /// fresh one is refused too, the client computes partitions differently from the servers
+    /// (docs: CRC-64/NVME of the hash key, modulo the partition count): never retry blindly.
+    WrongRoute,
 }
 
 impl ErrorKind {
@@ -50,6 +71,7 @@ impl ErrorKind {
             ErrorKind::NotLeader => "not-leader",
             ErrorKind::TooLarge => "too-large",
             ErrorKind::ClockAhead => "clock-ahead",
+            ErrorKind::WrongRoute => "wrong-route",
         }
     }
 
@@ -64,6 +86,7 @@ impl ErrorKind {
             ErrorKind::NotLeader,
             ErrorKind::TooLarge,
             ErrorKind::ClockAhead,
+            ErrorKind::WrongRoute,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -73,7 +96,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader => tonic::Code::Unavailable,
             ErrorKind::InvalidArgument | ErrorKind::TooLarge => tonic::Code::InvalidArgument,
-            ErrorKind::ClockAhead => tonic::Code::FailedPrecondition,
+            ErrorKind::ClockAhead | ErrorKind::WrongRoute => tonic::Code::FailedPrecondition,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorKind::Internal => tonic::Code::Internal,

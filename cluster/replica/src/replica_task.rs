@@ -188,7 +188,9 @@ fn ship_failure(e: tandem_client::ClientError) -> DupFailure {
     match e {
         ClientError::TooLarge(_) => DupFailure::TooLarge,
         ClientError::ClockAhead(_) => DupFailure::ClockAhead,
-        ClientError::Unavailable(m) | ClientError::Internal(m) => DupFailure::Unavailable(m),
+        // A wrong route even after the client refreshed it: the other site's table changed
+        // under the duplicator (recreated); it ships again with a fresh route.
+        ClientError::Unavailable(m) | ClientError::Internal(m) | ClientError::WrongRoute(m) => DupFailure::Unavailable(m),
         ClientError::NotFound(m) | ClientError::InvalidArgument(m) | ClientError::AlreadyExists(m) => DupFailure::Refused(m),
     }
 }

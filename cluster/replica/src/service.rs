@@ -16,7 +16,7 @@ use tandem_core::storage::KvEngine;
 use tandem_core::{Error, Gpid, Mutation};
 use tandem_host::ReplicaEvent;
 use tandem_proto::convert::{config_from_wire, gpid_from, write_request_from_wire};
-use tandem_proto::errors::{batch_error, core_status, ErrorKind};
+use tandem_proto::errors::{batch_error, core_status, wrong_route, ErrorKind};
 use tandem_proto::v1;
 use tandem_proto::v1::replica_service_server::{ReplicaService, ReplicaServiceServer};
 use tokio::sync::oneshot;
@@ -104,7 +104,7 @@ impl Service {
         if let Some(known) = self.node.partition_count(gpid.table_id)
             && known != route.partition_count
         {
-            return Err(ErrorKind::NotPrimary.status(format!("stale route: table {} has {known} partitions", gpid.table_id)));
+            return Err(wrong_route(Some(known), format!("wrong route: table {} has {known} partitions, not {}; refresh the route", gpid.table_id, route.partition_count)));
         }
         if gpid.partition >= route.partition_count {
             return Err(invalid(format!("partition {} out of range 0..{}", gpid.partition, route.partition_count)));
@@ -114,7 +114,10 @@ impl Service {
                 return Err(invalid("hash key is empty (it must be 1 to 1024 bytes)"));
             }
             if partition_index(hk, route.partition_count) != gpid.partition {
-                return Err(ErrorKind::NotPrimary.status(format!("hash key does not belong to partition {gpid}: stale route")));
+                return Err(wrong_route(
+                    self.node.partition_count(gpid.table_id),
+                    format!("wrong route: the hash key belongs to partition {} of {}, not {gpid}", partition_index(hk, route.partition_count), route.partition_count),
+                ));
             }
         }
         self.node.replica(gpid).ok_or_else(|| ErrorKind::NotPrimary.status(format!("{} does not serve partition {gpid}", self.node.me)))
@@ -190,8 +193,10 @@ impl Service {
                 for r in records {
                     let (hash_key, _) = decode_key(&r.key).map_err(|e| core_status(&e))?;
                     if partition_index(hash_key, partition_count) != handle.gpid().partition {
-                        return Err(ErrorKind::NotPrimary
-                            .status(format!("a duplicated record does not belong to partition {}: stale route", handle.gpid())));
+                        return Err(wrong_route(
+                            self.node.partition_count(handle.gpid().table_id),
+                            format!("wrong route: a duplicated record does not belong to partition {}", handle.gpid()),
+                        ));
                     }
                 }
             }
