@@ -212,3 +212,27 @@ async fn a_paused_server_resumes_without_dropping_its_connections() {
     }
     client.clone().status(v1::ReplicaStatusRequest {}).await.expect("the connection still serves");
 }
+
+/// A secondary refuses a write as not-primary and names the primary it knows, so a client can
+/// go there without asking the meta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_primary_names_the_primary() {
+    use tandem_proto::errors::{primary_hint, ErrorKind};
+    use tandem_proto::v1::replica_service_client::ReplicaServiceClient;
+    let cluster = Cluster::start(3, Store::Sqlite).await;
+    cluster.create_table("t", 1, 3).await;
+    // Every member has opened its replica once a write went through.
+    cluster.client().table("t").set(b"k", b"s", b"v", 0).await.unwrap();
+    let config = cluster.partition("t", 0).await;
+    let table_id = cluster.client().show_table("t").await.unwrap().table.unwrap().id;
+    let secondary = &config.secondaries[0];
+    let channel = tandem_client::meta_conn::stream_endpoint(secondary).unwrap().connect().await.unwrap();
+    let write = v1::WriteRequest {
+        route: Some(v1::Route { gpid: Some(v1::Gpid { table_id, partition: 0 }), partition_count: 1 }),
+        hash_key: b"k".to_vec(),
+        op: Some(v1::write_request::Op::Set(v1::SetOp { sort_key: b"s".to_vec(), value: b"w".to_vec(), ttl_seconds: 0 })),
+    };
+    let e = ReplicaServiceClient::new(channel).write(write).await.unwrap_err();
+    assert_eq!(ErrorKind::of(&e), Some(ErrorKind::NotPrimary), "{e:?}");
+    assert_eq!(primary_hint(&e).as_deref(), Some(config.primary.as_str()), "{e:?}");
+}

@@ -11,7 +11,9 @@ pub enum Error {
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("replica {gpid} is not the primary (status {status}, ballot {ballot})")]
-    NotPrimary { gpid: Gpid, status: &'static str, ballot: Ballot },
+    /// `primary`: the primary this replica's configuration names, a hint for the client (it
+    /// may be stale; None when this replica is the primary, without a lease, or knows none).
+    NotPrimary { gpid: Gpid, status: &'static str, ballot: Ballot, primary: Option<String> },
     #[error("replica {gpid} is busy: {reason}; retry")]
     Busy { gpid: Gpid, reason: String },
     #[error("check failed: {0}")]

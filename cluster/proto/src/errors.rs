@@ -4,6 +4,15 @@
 pub const ERROR_KIND_KEY: &str = "tandem-error";
 /// On a `NotLeader` status: the address of the meta server that leads, when known.
 pub const LEADER_HINT_KEY: &str = "tandem-leader";
+/// On a `NotPrimary` status: the primary the refusing replica's configuration names, when it
+/// knows one (a hint: it may be stale).
+pub const PRIMARY_HINT_KEY: &str = "tandem-primary";
+
+/// The primary hint of a `NotPrimary` status.
+pub fn primary_hint(status: &tonic::Status) -> Option<String> {
+    status.metadata().get(PRIMARY_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
 /// On a `WrongRoute` status: the table's partition count, when the server knows it.
 pub const PARTITION_COUNT_KEY: &str = "tandem-partition-count";
 
@@ -129,7 +138,13 @@ impl From<&tandem_core::Error> for ErrorKind {
 }
 
 pub fn core_status(e: &tandem_core::Error) -> tonic::Status {
-    ErrorKind::from(e).status(e.to_string())
+    let mut status = ErrorKind::from(e).status(e.to_string());
+    if let tandem_core::Error::NotPrimary { primary: Some(p), .. } = e
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(p.as_str())
+    {
+        status.metadata_mut().insert(PRIMARY_HINT_KEY, value);
+    }
+    status
 }
 
 /// A refused call of a batch stream, carrying what its status says.

@@ -499,7 +499,7 @@ impl Replica {
     /// and checks `Ctx::lease_valid` at read time, which together are `check_read`.
     pub fn read_ready(&self) -> Result<(), Error> {
         if self.status != PartitionStatus::Primary {
-            return Err(Error::NotPrimary { gpid: self.gpid, status: self.status.as_str(), ballot: self.config.ballot });
+            return Err(self.not_primary());
         }
         if self.last_committed < self.reconcile_until {
             return Err(Error::Busy {
@@ -510,12 +510,17 @@ impl Replica {
         Ok(())
     }
 
+    /// Refusal of a request that needs the primary, naming the primary this replica knows.
+    fn not_primary(&self) -> Error {
+        Error::NotPrimary { gpid: self.gpid, status: self.status.as_str(), ballot: self.config.ballot, primary: self.config.primary.clone() }
+    }
+
     fn check_primary(&self, ctx: &Ctx) -> Result<(), Error> {
         if self.status != PartitionStatus::Primary {
-            return Err(Error::NotPrimary { gpid: self.gpid, status: self.status.as_str(), ballot: self.config.ballot });
+            return Err(self.not_primary());
         }
         if !ctx.lease_valid() {
-            return Err(Error::NotPrimary { gpid: self.gpid, status: "primary without a lease", ballot: self.config.ballot });
+            return Err(Error::NotPrimary { gpid: self.gpid, status: "primary without a lease", ballot: self.config.ballot, primary: None });
         }
         Ok(())
     }

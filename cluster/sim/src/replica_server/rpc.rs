@@ -81,7 +81,7 @@ impl ReplicaServer {
             }
             Msg::ClientWrite { rpc, gpid, request } => {
                 if !self.replicas.contains_key(&gpid) {
-                    let err = Error::NotPrimary { gpid, status: "absent", ballot: 0 };
+                    let err = Error::NotPrimary { gpid, status: "absent", ballot: 0, primary: None };
                     io.send(me, from, Msg::ClientWriteResp { rpc, result: Err(err) });
                     return;
                 }
@@ -90,7 +90,7 @@ impl ReplicaServer {
             Msg::ClientRead { rpc, gpid, hash_key, sort_keys } => {
                 let ctx = self.ctx(io.now_us);
                 let Some(slot) = self.replicas.get(&gpid) else {
-                    let result = Err(Error::NotPrimary { gpid, status: "absent", ballot: 0 });
+                    let result = Err(Error::NotPrimary { gpid, status: "absent", ballot: 0, primary: None });
                     io.send(me, from, Msg::ClientReadResp { rpc, result });
                     return;
                 };
