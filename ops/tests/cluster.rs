@@ -203,6 +203,9 @@ async fn a_paused_server_resumes_without_dropping_its_connections() {
         let mut c = client.clone();
         tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(20), c.status(v1::ReplicaStatusRequest {})).await })
     };
+    // Nothing observable says when the call's frames are in the paused server's socket (the
+    // client only hands them to its connection task): a pause long enough for that, not a wait
+    // for a state that could be polled.
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.signal_replica(0, "CONT");
     match in_flight.await.unwrap() {

@@ -297,6 +297,22 @@ async fn meta_failover_and_change_latency() {
     }
 }
 
+/// Does `act` to the leader of the two meta servers, waits until the other leads, and prints the
+/// failover time and the write gaps from a second before `act` to 10 s after the takeover.
+/// Returns the old leader.
+async fn failover_gaps(cluster: &mut Cluster, load: &GapLoad, label: &str, act: impl FnOnce(&mut Cluster, usize)) -> usize {
+    let leader = wait_new_leader(cluster, None, Duration::from_secs(60)).await;
+    let from = Instant::now() - Duration::from_secs(1);
+    act(cluster, leader);
+    let acted = Instant::now();
+    wait_leads(cluster, 1 - leader, Duration::from_secs(90)).await;
+    let failover = acted.elapsed();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let g = load.gaps(from, Instant::now());
+    println!("{label}: failover {failover:?}; longest write gap: table {:?}, partition {:?} ({} writes)", g.table, g.partition, g.writes);
+    leader
+}
+
 /// `cargo nextest run --release -p tandem --test meta_ha --run-ignored only meta_failover_write_gaps --no-capture`:
 /// default settings (lease TTL 30 s), two meta servers on a private PostgreSQL, three replica
 /// servers, a steady write load; prints the longest write gap after kill -9 of the meta leader
@@ -313,28 +329,11 @@ async fn meta_failover_write_gaps() {
 
     for round in 0..5 {
         settle().await;
-        let leader = wait_new_leader(&cluster, None, Duration::from_secs(60)).await;
-        let from = Instant::now() - Duration::from_secs(1);
-        cluster.kill_meta_at(leader);
-        let killed = Instant::now();
-        wait_leads(&cluster, 1 - leader, Duration::from_secs(60)).await;
-        let failover = killed.elapsed();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let g = load.gaps(from, Instant::now());
-        println!("kill -9 #{round}: failover {failover:?}; longest write gap: table {:?}, partition {:?} ({} writes)", g.table, g.partition, g.writes);
+        let leader = failover_gaps(&mut cluster, &load, &format!("kill -9 #{round}"), Cluster::kill_meta_at).await;
         cluster.start_meta_at(leader);
     }
-
     settle().await;
-    let leader = wait_new_leader(&cluster, None, Duration::from_secs(60)).await;
-    let from = Instant::now() - Duration::from_secs(1);
-    cluster.signal_meta(leader, "STOP");
-    let stopped = Instant::now();
-    wait_leads(&cluster, 1 - leader, Duration::from_secs(90)).await;
-    let failover = stopped.elapsed();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let g = load.gaps(from, Instant::now());
-    println!("SIGSTOP: failover {failover:?}; longest write gap: table {:?}, partition {:?} ({} writes)", g.table, g.partition, g.writes);
+    let leader = failover_gaps(&mut cluster, &load, "SIGSTOP", |c, leader| c.signal_meta(leader, "STOP")).await;
     cluster.signal_meta(leader, "CONT");
 
     settle().await;

@@ -10,7 +10,7 @@ pub const PRIMARY_HINT_KEY: &str = "tandem-primary";
 
 /// The primary hint of a `NotPrimary` status.
 pub fn primary_hint(status: &tonic::Status) -> Option<String> {
-    status.metadata().get(PRIMARY_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string)
+    metadata_text(status, PRIMARY_HINT_KEY)
 }
 
 /// On a `WrongRoute` status: the table's partition count, when the server knows it.
@@ -27,7 +27,7 @@ pub fn wrong_route(partition_count: Option<u32>, message: impl Into<String>) -> 
 
 /// The partition count a `WrongRoute` status carries.
 pub fn partition_count_hint(status: &tonic::Status) -> Option<u32> {
-    status.metadata().get(PARTITION_COUNT_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    metadata_text(status, PARTITION_COUNT_KEY)?.parse().ok()
 }
 
 /// A `NotLeader` status carrying the leader's address when known.
@@ -41,7 +41,11 @@ pub fn not_leader(leader: Option<&str>, message: impl Into<String>) -> tonic::St
 
 /// The leader hint of a `NotLeader` status.
 pub fn leader_hint(status: &tonic::Status) -> Option<String> {
-    status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string)
+    metadata_text(status, LEADER_HINT_KEY)
+}
+
+fn metadata_text(status: &tonic::Status, key: &str) -> Option<String> {
+    status.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

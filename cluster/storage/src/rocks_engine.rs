@@ -193,18 +193,8 @@ impl RocksEngine {
         let descriptors = vec![ColumnFamilyDescriptor::new(DATA_CF, data_options), ColumnFamilyDescriptor::new(META_CF, meta_options)];
         let db = DB::open_cf_descriptors(&db_options, dir, descriptors).map_err(|e| Error::rocks("open", dir, e))?;
 
-        let read_u64 = |key: &[u8], what: &str| -> Result<u64> {
-            let meta = db.cf_handle(META_CF).expect("meta column family is created at open");
-            match db.get_pinned_cf(meta, key).map_err(|e| Error::rocks("read the meta column family", dir, e))? {
-                None => Ok(0),
-                Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
-                    dir: dir.to_path_buf(),
-                    detail: format!("{what} holds {} bytes, expected 8", bytes.len()),
-                })?)),
-            }
-        };
-        let last_applied = read_u64(LAST_APPLIED_KEY, "last_applied_decree")?;
-        let clock_bound_us = read_u64(CLOCK_BOUND_KEY, "clock_bound_us")?;
+        let last_applied = read_meta_u64(&db, dir, LAST_APPLIED_KEY, "last_applied_decree")?;
+        let clock_bound_us = read_meta_u64(&db, dir, CLOCK_BOUND_KEY, "clock_bound_us")?;
         let mut watermarks = BTreeMap::new();
         {
             let meta = db.cf_handle(META_CF).expect("meta column family is created at open");
@@ -402,6 +392,18 @@ fn link_checkpoint(db: &DB, src: &Path, dir: &Path, flush: impl FnOnce() -> Resu
     checkpoint.create_checkpoint(dir).map_err(|e| Error::rocks("create checkpoint", dir, e))
 }
 
+/// A big-endian u64 of the meta column family (0 when absent), `what` naming it in errors.
+fn read_meta_u64(db: &DB, dir: &Path, key: &[u8], what: &str) -> Result<u64> {
+    let meta = db.cf_handle(META_CF).expect("the meta column family is opened with every engine");
+    match db.get_pinned_cf(meta, key).map_err(|e| Error::rocks("read the meta column family", dir, e))? {
+        None => Ok(0),
+        Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
+            dir: dir.to_path_buf(),
+            detail: format!("{what} holds {} bytes, expected 8", bytes.len()),
+        })?)),
+    }
+}
+
 /// The last applied decree a checkpoint holds, read without writing into it (its info log goes
 /// to a sibling directory, removed afterwards).
 fn checkpoint_decree(dir: &Path) -> Result<Decree> {
@@ -410,14 +412,7 @@ fn checkpoint_decree(dir: &Path) -> Result<Decree> {
     options.set_db_log_dir(&log_dir);
     let decree = (|| {
         let db = DB::open_cf_for_read_only(&options, dir, [DATA_CF, META_CF], false).map_err(|e| Error::rocks("open checkpoint", dir, e))?;
-        let meta = db.cf_handle(META_CF).expect("opened with the meta column family");
-        match db.get_pinned_cf(meta, LAST_APPLIED_KEY).map_err(|e| Error::rocks("read the checkpoint's decree", dir, e))? {
-            None => Ok(0),
-            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
-                dir: dir.to_path_buf(),
-                detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
-            })?)),
-        }
+        read_meta_u64(&db, dir, LAST_APPLIED_KEY, "last_applied_decree")
     })();
     let _ = std::fs::remove_dir_all(&log_dir);
     decree
