@@ -21,6 +21,12 @@ pub struct MetaSection {
     /// A replica server silent this long is declared dead. Must exceed every lease_period.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// A replica server whose port refuses connections is declared dead at once (its process is
+    /// gone). Turn off only where a firewall answers for live servers with refusals (REJECT).
+    pub refused_connection_means_dead: bool,
+    /// A replica server's port is probed once its beacons are this late.
+    #[serde(with = "humantime_serde")]
+    pub probe_after_silence: Duration,
     /// How long a dropped table can be recalled before its data is deleted.
     #[serde(with = "humantime_serde")]
     pub recall_window: Duration,
@@ -51,6 +57,8 @@ impl Default for MetaSection {
             store: "sqlite://./tandem-data/meta.db".into(),
             metrics_listen: String::new(),
             grace_period: ms(m.grace_period_ms),
+            refused_connection_means_dead: m.refused_connection_means_dead,
+            probe_after_silence: ms(m.probe_after_silence_ms),
             recall_window: ms(m.recall_window_ms),
             tick_interval: Duration::from_millis(500),
             advertise: String::new(),
@@ -219,6 +227,13 @@ metrics_listen = ""
 # A replica server without a beacon for this long is declared dead and replaced.
 # Must be longer than every replica server's lease_period.
 grace_period = "8s"
+# A replica server whose port refuses connections is declared dead at once: its process is
+# gone, and with it its lease (docs/meta.md, "A crashed server"). Turn off only where a firewall
+# between the meta and the servers answers for live ones with refusals (REJECT rules).
+refused_connection_means_dead = true
+# A replica server's port is probed once its beacons are this late (and when its watch stream
+# to the meta breaks).
+probe_after_silence = "2s"
 # A dropped table can be recalled for this long; then its data is deleted.
 recall_window = "7days"
 # How often failure detection and cure run.
@@ -437,6 +452,8 @@ impl Config {
             advertise: m.advertise.clone(),
             machine: tandem_meta_core::MetaOptions {
                 grace_period_ms: m.grace_period.as_millis() as u64,
+                refused_connection_means_dead: m.refused_connection_means_dead,
+                probe_after_silence_ms: m.probe_after_silence.as_millis() as u64,
                 recall_window_ms: m.recall_window.as_millis() as u64,
                 lease_ttl_ms: m.lease_ttl.as_millis() as u64,
                 site: m.site.clone(),

@@ -74,7 +74,7 @@ impl From<ClientError> for Failure {
             ClientError::InvalidArgument(_) | ClientError::Internal(_) | ClientError::TooLarge(_) | ClientError::WrongRoute(_) => EXIT_ERROR,
             ClientError::NotFound(_) => EXIT_NOT_FOUND,
             ClientError::AlreadyExists(_) => EXIT_CONFLICT,
-            ClientError::Unavailable(_) | ClientError::ClockAhead(_) => EXIT_UNAVAILABLE,
+            ClientError::Unavailable(_) | ClientError::ClockAhead(_) | ClientError::OutcomeUnknown(_) => EXIT_UNAVAILABLE,
         };
         Failure { code, message: e.to_string() }
     }

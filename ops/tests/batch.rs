@@ -85,6 +85,8 @@ async fn batch_stream_answers_each_call_and_refuses_bad_ones_with_the_reason() {
             Some(get(&bad_route, b"a")),
             Some(get(&route, b"b")),
             Some(set(&wrong_route, b"a", b"never")),
+            // Longer than a stored key's length prefix can hold: refused, not a panic.
+            Some(get(&route, &vec![b'h'; 70_000])),
         ],
     )
     .await;
@@ -107,6 +109,9 @@ async fn batch_stream_answers_each_call_and_refuses_bad_ones_with_the_reason() {
     let e = error(&replies[6].1);
     assert_eq!((ErrorKind::of(&e), e.code()), (Some(ErrorKind::WrongRoute), tonic::Code::FailedPrecondition), "{e:?}");
     assert!(e.message().contains("has 1 partitions, not 2"), "{e:?}");
+    let e = error(&replies[7].1);
+    assert_eq!(ErrorKind::of(&e), Some(ErrorKind::InvalidArgument), "{e:?}");
+    assert!(e.message().contains("hash key of 70000 bytes exceeds the 1024-byte limit"), "{e:?}");
     // The unary call says the same, with the count in its metadata; a hash key of another
     // partition is a wrong route too.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();

@@ -3,8 +3,8 @@
 
 mod support;
 
-use std::time::Duration;
-use support::{assert_all_read_back, start_load, Cluster, PgDatabase, Store, KEYS};
+use std::time::{Duration, Instant};
+use support::{assert_all_read_back, start_load, Cluster, GapLoad, PgDatabase, Store, KEYS};
 use tandem_proto::v1;
 
 async fn kill_secondary_under_load(store: Store) {
@@ -238,4 +238,109 @@ async fn not_primary_names_the_primary() {
     let e = ReplicaServiceClient::new(channel).write(write).await.unwrap_err();
     assert_eq!(ErrorKind::of(&e), Some(ErrorKind::NotPrimary), "{e:?}");
     assert_eq!(primary_hint(&e).as_deref(), Some(config.primary.as_str()), "{e:?}");
+}
+
+/// One meta server and three replica servers with the default timing the tests otherwise
+/// shorten: grace period 8 s, lease 6 s, prepare timeout 5 s.
+async fn default_timing_cluster() -> Cluster {
+    Cluster::start_ha_with(1, 3, Store::Sqlite, &["--grace-period", "8s"], &["--lease-period", "6s", "--prepare-timeout", "5s"]).await
+}
+
+/// What a crashed (or paused) replica server cost a steady write load: the time until every
+/// partition's primary was alive again, and the longest write gaps (over the whole table, over
+/// the partitions whose primary was on the server, over the others).
+struct CrashCost {
+    moved: Duration,
+    table: Duration,
+    led: Duration,
+    others: Duration,
+}
+
+/// Acts on replica server `victim` (kill -9 or SIGSTOP) under `load`, waits until the meta names a
+/// primary on another server for every partition the victim led, then `settle` more, and
+/// measures.
+async fn crash_cost(cluster: &mut Cluster, load: &GapLoad, partitions: u32, victim: usize, act: impl FnOnce(&mut Cluster, usize), settle: Duration) -> CrashCost {
+    let addr = cluster.replica_addr(victim);
+    let mut led = Vec::new();
+    for p in 0..partitions {
+        if cluster.partition("t", p).await.primary == addr {
+            led.push(p as usize);
+        }
+    }
+    assert!(!led.is_empty(), "{addr} leads no partition");
+    let from = Instant::now() - Duration::from_secs(1);
+    act(cluster, victim);
+    let acted = Instant::now();
+    cluster
+        .poll(Duration::from_secs(60), "the victim's partitions have another primary", || async {
+            let table = cluster.client().show_table("t").await.ok();
+            table.is_some_and(|t| t.partitions.iter().all(|p| p.config.as_ref().is_some_and(|c| c.primary != addr && !c.primary.is_empty())))
+        })
+        .await;
+    let moved = acted.elapsed();
+    tokio::time::sleep(settle).await;
+    let to = Instant::now();
+    let gaps = load.partition_gaps(from, to);
+    let max_of = |keep: &dyn Fn(usize) -> bool| gaps.iter().enumerate().filter(|(p, _)| keep(*p)).map(|(_, g)| *g).max().unwrap_or_default();
+    CrashCost { moved, table: load.gaps(from, to).table, led: max_of(&|p| led.contains(&p)), others: max_of(&|p| !led.contains(&p)) }
+}
+
+/// The replica server that leads the most partitions of table "t" now.
+async fn most_primaries(cluster: &Cluster, partitions: u32) -> usize {
+    let mut led = vec![0; cluster.replicas.len()];
+    for p in 0..partitions {
+        led[cluster.replica_index(&cluster.partition("t", p).await.primary)] += 1;
+    }
+    (0..led.len()).max_by_key(|i| led[*i]).expect("replica servers")
+}
+
+/// A killed replica server is declared dead as soon as its port refuses (not after the 8 s grace
+/// period), and its secondaries leave the write quorum as soon as their prepares are refused (not
+/// after the 5 s prepare timeout). The bounds leave room for a busy machine; the benchmark below
+/// prints the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_replica_server_costs_its_partitions_well_under_the_grace_period() {
+    let mut cluster = default_timing_cluster().await;
+    cluster.create_table("t", 8, 3).await;
+    let load = GapLoad::start(&cluster, "t", 8, 8).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cost = crash_cost(&mut cluster, &load, 8, 0, Cluster::kill_replica, Duration::from_secs(2)).await;
+    let log = cluster.logs_tail();
+    assert!(cost.moved < Duration::from_secs(4), "the dead server's partitions moved after {:?} (grace period 8 s)\n{log}", cost.moved);
+    assert!(cost.led < Duration::from_secs(4), "the dead primary's partitions took no write for {:?}\n{log}", cost.led);
+    assert!(cost.others < Duration::from_secs(3), "partitions it was a secondary of took no write for {:?} (prepare timeout 5 s)\n{log}", cost.others);
+    let meta_log = std::fs::read_to_string(&cluster.meta.log).unwrap();
+    assert!(meta_log.contains("its port refuses connections"), "declared dead by its refused port:\n{log}");
+    load.finish().await;
+}
+
+/// `cargo nextest run --release -p tandem --test cluster --run-ignored only --no-capture -E 'test(replica_server_crash_write_gaps)'`:
+/// three replica servers, a table of 8 partitions on all three, 8 writers; kill -9 of one server
+/// (the one leading the most partitions) five times, restarted in between, then SIGSTOP of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: prints figures for the closing note"]
+async fn replica_server_crash_write_gaps() {
+    let mut cluster = default_timing_cluster().await;
+    cluster.create_table("t", 8, 3).await;
+    let load = GapLoad::start(&cluster, "t", 8, 8).await;
+    let print = |label: &str, c: &CrashCost| {
+        println!(
+            "{label}: partitions moved after {:?}; longest write gap: table {:?}, partitions it led {:?}, the others {:?}",
+            c.moved, c.table, c.led, c.others
+        )
+    };
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim = most_primaries(&cluster, 8).await;
+        let cost = crash_cost(&mut cluster, &load, 8, victim, Cluster::kill_replica, Duration::from_secs(3)).await;
+        print(&format!("kill -9 #{round}"), &cost);
+        cluster.start_replica(victim);
+        cluster.wait_healthy(Duration::from_secs(120)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = most_primaries(&cluster, 8).await;
+    let cost = crash_cost(&mut cluster, &load, 8, victim, |c, i| c.signal_replica(i, "STOP"), Duration::from_secs(3)).await;
+    print("SIGSTOP", &cost);
+    cluster.signal_replica(victim, "CONT");
+    load.finish().await;
 }

@@ -7,7 +7,8 @@
 //!
 //! Failures, as the caller sees them (`Table::call` decides about retries):
 //! - the stream could not be opened, or broke before a call was sent: the call was not taken,
-//!   and its status says "could not connect", like a unary call that never connected;
+//!   and its status says "could not connect", like a unary call that never connected (and
+//!   `refused` tells whether the server's port refused the connection: nothing listens there);
 //! - the stream broke after the call was sent: "stream … broke", and the call may or may not
 //!   have been applied.
 
@@ -113,10 +114,32 @@ impl BatchConn {
 /// the stream broke before its reply.
 const SENT_KEY: &str = "tandem-batch-sent";
 
+/// On a status made here: the connection was refused.
+const REFUSED_KEY: &str = "tandem-batch-refused";
+
 fn not_sent(addr: &str, why: &str) -> Status {
     let mut status = Status::unavailable(format!("could not connect to {addr}: {why}"));
     status.metadata_mut().insert(SENT_KEY, tonic::metadata::MetadataValue::from_static("no"));
     status
+}
+
+/// Whether a call failed because the server's port refused the connection (nothing listens
+/// there: its process is gone, or not started yet).
+pub fn refused(status: &Status) -> bool {
+    status.metadata().contains_key(REFUSED_KEY)
+}
+
+/// Whether a transport failure of tonic is a refused connection: an `io::Error` of that kind
+/// in its sources (or, where a layer kept only the text, the OS's words for it).
+pub fn connection_refused(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = e.source();
+    }
+    status.message().contains("Connection refused")
 }
 
 fn broke(addr: &str, why: &str) -> Status {
@@ -159,7 +182,11 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
         let mut replies = match response {
             Ok(r) => r,
             Err(status) => {
-                let status = not_sent(&addr, status.message());
+                let refused = connection_refused(&status);
+                let mut status = not_sent(&addr, &transport_text(&status));
+                if refused {
+                    status.metadata_mut().insert(REFUSED_KEY, tonic::metadata::MetadataValue::from_static("yes"));
+                }
                 for q in first.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
                     q.reply.answer(Err(status.clone()));
                 }
@@ -240,6 +267,21 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
         drop(messages);
         let _ = reader.await;
     }
+}
+
+/// A transport failure's message with its sources ("transport error: tcp connect error:
+/// Connection refused"), which tonic's message alone leaves out.
+fn transport_text(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Opens the stream, in `OPEN_TIMEOUT` at most (a server that accepts connections but does not

@@ -40,6 +40,10 @@ pub enum ClientError {
     AlreadyExists(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A write that may or may not have been applied (its primary stepped down with it pending,
+    /// or did not answer in time); non-idempotent writes are not sent again by the client.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("server error: {0}")]
     Internal(String),
     /// Over a size limit a smaller request would pass (the message names the limit).
@@ -66,6 +70,7 @@ impl ClientError {
             Some(ErrorKind::TooLarge) => ClientError::TooLarge(msg),
             Some(ErrorKind::ClockAhead) => ClientError::ClockAhead(msg),
             Some(ErrorKind::WrongRoute) => ClientError::WrongRoute(msg),
+            Some(ErrorKind::OutcomeUnknown) => ClientError::OutcomeUnknown(msg),
             Some(ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader) => ClientError::Unavailable(msg),
             None => match s.code() {
                 tonic::Code::InvalidArgument => ClientError::InvalidArgument(msg),

@@ -114,25 +114,30 @@ impl Table {
                             Some(sent) => !sent,
                             None => kind.is_none() && status.code() == tonic::Code::Unavailable && status.message().contains("connect"),
                         };
-                        let not_taken = matches!(kind, Some(ErrorKind::NotPrimary)) || never_connected;
+                        let not_taken = matches!(kind, Some(ErrorKind::NotPrimary | ErrorKind::Busy)) || never_connected;
                         let retry = match retry {
                             Retry::Always => {
-                                matches!(kind, Some(ErrorKind::NotPrimary | ErrorKind::Busy))
+                                matches!(kind, Some(ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::OutcomeUnknown))
                                     || (kind.is_none() && status.code() == tonic::Code::Unavailable)
                             }
                             Retry::IfNotTaken => not_taken,
                         };
-                        Err((ClientError::from_status(&status), retry))
-                    }
-                    Err(_) => {
-                        let ambiguous = matches!(retry, Retry::IfNotTaken);
-                        let msg = if ambiguous {
-                            format!("{primary} did not answer in time; the write may or may not have been applied")
-                        } else {
-                            format!("{primary} did not answer in time")
+                        let error = match (retry, kind) {
+                            // A transport failure after the write was sent (a broken stream).
+                            (false, None) if status.code() == tonic::Code::Unavailable => {
+                                ClientError::OutcomeUnknown(format!("{primary}: {}", status.message()))
+                            }
+                            _ => ClientError::from_status(&status),
                         };
-                        Err((ClientError::Unavailable(msg), !ambiguous))
+                        Err((error, retry))
                     }
+                    Err(_) => match retry {
+                        Retry::IfNotTaken => Err((
+                            ClientError::OutcomeUnknown(format!("{primary} did not answer in time; the write may or may not have been applied")),
+                            false,
+                        )),
+                        Retry::Always => Err((ClientError::Unavailable(format!("{primary} did not answer in time")), true)),
+                    },
                 }
             }
             .await;

@@ -14,8 +14,14 @@ pub enum Error {
     /// `primary`: the primary this replica's configuration names, a hint for the client (it
     /// may be stale; None when this replica is the primary, without a lease, or knows none).
     NotPrimary { gpid: Gpid, status: &'static str, ballot: Ballot, primary: Option<String> },
+    /// Not taken, and nothing of it applied: retry after a pause (queue full, reconciling).
     #[error("replica {gpid} is busy: {reason}; retry")]
     Busy { gpid: Gpid, reason: String },
+    /// A write was taken but its replica can no longer tell whether it commits (the primary
+    /// stepped down with it pending): it may or may not be applied. Only an idempotent write
+    /// may be sent again blindly.
+    #[error("replica {gpid}: {reason}; the write may or may not be applied")]
+    OutcomeUnknown { gpid: Gpid, reason: String },
     #[error("check failed: {0}")]
     CheckFailed(String),
     #[error("storage error: {0}")]

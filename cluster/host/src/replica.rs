@@ -62,7 +62,7 @@ pub enum ReplicaEvent<C: Carrier> {
     LogFailed { error: String },
     PrepareReply { from: NodeAddr, reply: PrepareReply },
     /// The prepare to `to` failed (unreachable, timed out, answered with an error).
-    PrepareFailed { to: NodeAddr },
+    PrepareFailed { to: NodeAddr, refused: bool },
     /// The answer to `SendLearnRequest` (None: the RPC failed).
     LearnReply { reply: Option<LearnReply> },
     ProposalReply { result: Result<PartitionConfig, String> },
@@ -345,7 +345,7 @@ impl<C: Carrier> HostedReplica<C> {
                 self.release_deferred(ctx);
             }
             ReplicaEvent::PrepareReply { from, reply } => self.core_step(ctx, Input::PrepareReply { from, reply }),
-            ReplicaEvent::PrepareFailed { to } => self.core_step(ctx, Input::PrepareFailed { to }),
+            ReplicaEvent::PrepareFailed { to, refused } => self.core_step(ctx, Input::PrepareFailed { to, refused }),
             ReplicaEvent::LearnReply { reply } => self.core_step(ctx, Input::LearnReply { reply }),
             ReplicaEvent::ProposalReply { result } => self.core_step(ctx, Input::ProposalReply { result }),
             ReplicaEvent::CheckpointMade { id, result } => {

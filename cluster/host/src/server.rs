@@ -67,6 +67,9 @@ pub enum HostInput {
     /// primary that reconciled what it inherited, the only kind that takes a backup.
     ReadGate { gpid: Gpid, open: bool },
     BeaconFailed { now_ms: u64 },
+    /// The meta asks for a beacon now: a configuration this server hosts changed (a promotion
+    /// waits for it). Sent at once, or as soon as the beacon in flight is done.
+    BeaconNow { now_ms: u64 },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
     /// A prepare arrived for a partition this server does not host.
@@ -166,6 +169,8 @@ pub struct Host {
     /// No beacon of this process has been answered yet.
     restarted: bool,
     beacon: Beacon,
+    /// The meta asked for a beacon while one was in flight: the next is due at once.
+    beacon_asked: bool,
     gc: Gc,
     log_holds: BTreeMap<Gpid, BTreeMap<String, Decree>>,
     backups: Backups,
@@ -203,6 +208,7 @@ impl Host {
             lease_until_ms: 0,
             restarted: true,
             beacon: Beacon::Idle { next_due_ms: now_ms },
+            beacon_asked: false,
             gc: Gc::Idle { next_due_ms: gc_first },
             log_holds: BTreeMap::new(),
             backups: Backups::new(uploads_max),
@@ -302,9 +308,16 @@ impl Host {
             }
             HostInput::BeaconFailed { now_ms } => {
                 if let Beacon::InFlight { sent_at_ms } = self.beacon {
-                    self.beacon = Beacon::Idle { next_due_ms: (sent_at_ms + self.options.beacon_interval_ms).max(now_ms) };
+                    self.beacon = Beacon::Idle { next_due_ms: self.next_beacon_due_ms(sent_at_ms).max(now_ms) };
                 }
             }
+            HostInput::BeaconNow { now_ms } => match &mut self.beacon {
+                Beacon::Idle { next_due_ms } => {
+                    *next_due_ms = now_ms;
+                    self.beacon_if_due(now_ms);
+                }
+                Beacon::InFlight { .. } | Beacon::Configuring { .. } => self.beacon_asked = true,
+            },
             HostInput::Configured { gpid, status } => {
                 if let Beacon::Configuring { waiting, statuses, .. } = &mut self.beacon
                     && waiting.remove(&gpid)
@@ -431,18 +444,7 @@ impl Host {
 
     fn on_tick(&mut self, now_ms: u64) {
         self.actions.push(HostAction::TickReplicas { log_cache_bytes_max: self.options.log_cache_share(self.replicas.len()) });
-        if let Beacon::Idle { next_due_ms } = self.beacon
-            && now_ms >= next_due_ms
-        {
-            self.beacon = Beacon::InFlight { sent_at_ms: now_ms };
-            self.actions.push(HostAction::SendBeacon {
-                sent_at_ms: now_ms,
-                restarted: self.restarted,
-                lease_period_ms: self.options.lease_period_ms,
-                backup_reports: self.backups.reports(),
-                restore_failures: self.restore_failures.values().cloned().collect(),
-            });
-        }
+        self.beacon_if_due(now_ms);
         if let Gc::Idle { next_due_ms } = self.gc
             && now_ms >= next_due_ms
         {
@@ -452,6 +454,28 @@ impl Host {
             }
             self.finish_gc_if_flushed();
         }
+    }
+
+    fn beacon_if_due(&mut self, now_ms: u64) {
+        if let Beacon::Idle { next_due_ms } = self.beacon
+            && now_ms >= next_due_ms
+        {
+            self.beacon = Beacon::InFlight { sent_at_ms: now_ms };
+            self.beacon_asked = false;
+            self.actions.push(HostAction::SendBeacon {
+                sent_at_ms: now_ms,
+                restarted: self.restarted,
+                lease_period_ms: self.options.lease_period_ms,
+                backup_reports: self.backups.reports(),
+                restore_failures: self.restore_failures.values().cloned().collect(),
+            });
+        }
+    }
+
+    /// When the next beacon is due after the one sent at `sent_at_ms`: at once if the meta asked
+    /// for one meanwhile (the answer may predate the change it announced).
+    fn next_beacon_due_ms(&self, sent_at_ms: u64) -> u64 {
+        if self.beacon_asked { sent_at_ms } else { sent_at_ms + self.options.beacon_interval_ms }
     }
 
     fn on_beacon_answered(&mut self, sent_at_ms: u64, configs: Vec<PartitionConfig>, counts: Vec<(u32, u32)>, gone: Vec<Gpid>, dups: Vec<TableDup>) {
@@ -518,8 +542,8 @@ impl Host {
             return;
         }
         let sent_at_ms = *sent_at_ms;
-        let Beacon::Configuring { statuses, seen, .. } =
-            std::mem::replace(&mut self.beacon, Beacon::Idle { next_due_ms: sent_at_ms + self.options.beacon_interval_ms })
+        let next_due_ms = self.next_beacon_due_ms(sent_at_ms);
+        let Beacon::Configuring { statuses, seen, .. } = std::mem::replace(&mut self.beacon, Beacon::Idle { next_due_ms })
         else {
             unreachable!("matched above")
         };
@@ -652,6 +676,27 @@ mod tests {
         assert!(beacon.iter().any(|a| matches!(a, HostAction::SendBeacon { restore_failures, .. } if restore_failures.len() == 1 && restore_failures[0].permanent)), "{beacon:?}");
         let actions = damaged_answer(&mut host, 1_000);
         assert!(!actions.iter().any(|a| matches!(a, HostAction::RestoreReplica { .. } | HostAction::OpenReplica { .. })), "{actions:?}");
+    }
+
+    #[test]
+    fn the_meta_asking_for_a_beacon_gets_one_at_once_or_right_after_the_one_in_flight() {
+        let beacon = |sent_at_ms, restarted| HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![] };
+        let mut host = Host::new("a".into(), options(), [], 0);
+        host.step(HostInput::Tick { now_ms: 0 });
+        host.take_actions();
+        host.step(HostInput::BeaconFailed { now_ms: 10 });
+        host.step(HostInput::BeaconNow { now_ms: 20 });
+        assert_eq!(host.take_actions(), vec![beacon(20, true)], "idle: at once, not a beacon interval after the last");
+        host.step(HostInput::BeaconNow { now_ms: 30 });
+        assert_eq!(host.take_actions(), vec![], "one beacon in flight");
+        // Its answer may predate the change the meta announced: the next is due at once.
+        answer(&mut host, 20, vec![], vec![]);
+        host.step(HostInput::Tick { now_ms: 40 });
+        assert!(host.take_actions().contains(&beacon(40, false)));
+        // Not asked again: the usual interval.
+        answer(&mut host, 40, vec![], vec![]);
+        host.step(HostInput::Tick { now_ms: 500 });
+        assert_eq!(host.take_actions(), vec![HostAction::TickReplicas { log_cache_bytes_max: 1_000 }]);
     }
 
     #[test]

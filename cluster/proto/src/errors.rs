@@ -52,8 +52,11 @@ fn metadata_text(status: &tonic::Status, key: &str) -> Option<String> {
 pub enum ErrorKind {
     /// The replica is not (or no longer) the primary: refresh the route and retry.
     NotPrimary,
-    /// Temporarily unable (reconciling, queue full): retry after a pause.
+    /// Temporarily unable (reconciling, queue full); nothing was applied: retry after a pause.
     Busy,
+    /// The write was taken, and whether it commits is unknown (the primary stepped down with it
+    /// pending): only an idempotent write may be sent again blindly.
+    OutcomeUnknown,
     InvalidArgument,
     NotFound,
     AlreadyExists,
@@ -77,6 +80,7 @@ impl ErrorKind {
         match self {
             ErrorKind::NotPrimary => "not-primary",
             ErrorKind::Busy => "busy",
+            ErrorKind::OutcomeUnknown => "outcome-unknown",
             ErrorKind::InvalidArgument => "invalid-argument",
             ErrorKind::NotFound => "not-found",
             ErrorKind::AlreadyExists => "already-exists",
@@ -92,6 +96,7 @@ impl ErrorKind {
         [
             ErrorKind::NotPrimary,
             ErrorKind::Busy,
+            ErrorKind::OutcomeUnknown,
             ErrorKind::InvalidArgument,
             ErrorKind::NotFound,
             ErrorKind::AlreadyExists,
@@ -113,6 +118,9 @@ impl ErrorKind {
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorKind::Internal => tonic::Code::Internal,
+            // Not UNAVAILABLE: generic gRPC clients retry that, and this must not be retried
+            // blindly.
+            ErrorKind::OutcomeUnknown => tonic::Code::Unknown,
         }
     }
 
@@ -134,6 +142,7 @@ impl From<&tandem_core::Error> for ErrorKind {
             Error::InvalidArgument(_) | Error::CheckFailed(_) => ErrorKind::InvalidArgument,
             Error::NotPrimary { .. } => ErrorKind::NotPrimary,
             Error::Busy { .. } => ErrorKind::Busy,
+            Error::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Error::Corrupt { .. } | Error::Storage(_) => ErrorKind::Internal,
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::ClockAhead { .. } => ErrorKind::ClockAhead,

@@ -533,6 +533,46 @@ pub(crate) fn active_db_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Runs a replica server until `shutdown` fires.
+/// Pauses between attempts to open the watch stream: the first after a stream that ended, at
+/// most the second after failures.
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(200);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Keeps a watch stream open to the meta leader for as long as this process lives. Over it the
+/// meta asks for a beacon when a configuration this server hosts changed (so a promotion reaches
+/// it in a round trip); and when this process dies, its host closes the connection, and the
+/// meta, which then finds the port refusing, declares it dead without waiting for the grace
+/// period (docs/meta.md, "A crashed server").
+async fn watch_meta(node: Arc<Node>) {
+    let request = v1::WatchRequest { node: node.me.clone(), incarnation: node.incarnation };
+    let mut pause = WATCH_RETRY_MIN;
+    loop {
+        let opened = node
+            .meta
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.watch(request).await }
+            })
+            .await;
+        match opened {
+            Ok(mut events) => {
+                pause = WATCH_RETRY_MIN;
+                while let Ok(Some(event)) = events.message().await {
+                    if event.beacon_now {
+                        node.host_step(HostInput::BeaconNow { now_ms: node.now_ms() });
+                    }
+                }
+                tracing::info!("the watch stream to the meta ended; opening it again");
+            }
+            Err(status) => {
+                tracing::debug!("cannot open the watch stream to the meta: {}", status.message());
+                pause = (pause * 2).min(WATCH_RETRY_MAX);
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
 pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
     opts.host.validate().map_err(Error::Options)?;
     std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("create data dir", &opts.data_dir))?;
@@ -615,6 +655,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         }
     };
     let grpc = crate::service::serve(node.clone(), shutdown_signal).await?;
+    let watching = tokio::spawn(watch_meta(node.clone()));
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
         let gauges = node.clone();
@@ -652,6 +693,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         }
     };
     tracing::info!("replica server stopping");
+    watching.abort();
     for h in node.replica_handles() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if h.send(Event::Stop { done: tx }) {

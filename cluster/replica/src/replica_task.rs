@@ -190,7 +190,9 @@ fn ship_failure(e: tandem_client::ClientError) -> DupFailure {
         ClientError::ClockAhead(_) => DupFailure::ClockAhead,
         // A wrong route even after the client refreshed it: the other site's table changed
         // under the duplicator (recreated); it ships again with a fresh route.
-        ClientError::Unavailable(m) | ClientError::Internal(m) | ClientError::WrongRoute(m) => DupFailure::Unavailable(m),
+        ClientError::Unavailable(m) | ClientError::Internal(m) | ClientError::WrongRoute(m) | ClientError::OutcomeUnknown(m) => {
+            DupFailure::Unavailable(m)
+        }
         ClientError::NotFound(m) | ClientError::InvalidArgument(m) | ClientError::AlreadyExists(m) => DupFailure::Refused(m),
     }
 }
@@ -499,7 +501,7 @@ impl ReplicaTask {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!("{gpid}: prepare to {to} failed: {e}");
-                self.send_later(ReplicaEvent::PrepareFailed { to });
+                self.send_later(ReplicaEvent::PrepareFailed { to, refused: false });
                 return;
             }
         };
@@ -514,12 +516,12 @@ impl ReplicaTask {
                     ReplicaEvent::PrepareReply { from: to, reply: PrepareReply { ballot: resp.ballot, outcome } }
                 }
                 other => {
-                    let why = match other {
-                        Err(status) => status.message().to_string(),
-                        Ok(_) => "answered with another reply kind".to_string(),
+                    let (why, refused) = match other {
+                        Err(status) => (status.message().to_string(), tandem_client::batch::refused(&status)),
+                        Ok(_) => ("answered with another reply kind".to_string(), false),
                     };
                     tracing::debug!("{gpid}: prepare to {to} failed: {why}");
-                    ReplicaEvent::PrepareFailed { to }
+                    ReplicaEvent::PrepareFailed { to, refused }
                 }
             };
             let _ = tx.send(Event::Replica(event));

@@ -110,9 +110,9 @@ impl Service {
             return Err(invalid(format!("partition {} out of range 0..{}", gpid.partition, route.partition_count)));
         }
         if let Some(hk) = hash_key {
-            if hk.is_empty() {
-                return Err(invalid("hash key is empty (it must be 1 to 1024 bytes)"));
-            }
+            // Reads too: a hash key over the limit cannot be stored, and the stored key's length
+            // prefix could not even hold one of 64 KiB or more.
+            self.node.opts.host.replica.limits.check_hash_key(hk).map_err(|e| core_status(&e))?;
             if partition_index(hk, route.partition_count) != gpid.partition {
                 return Err(wrong_route(
                     self.node.partition_count(gpid.table_id),
@@ -211,8 +211,9 @@ impl Service {
         }
         let reply = ReplyTo::new(move |answer: Option<Result<WriteResponse, Error>>| {
             finish(match answer {
-                // It stopped after the check above, maybe with the write in its log.
-                None => Err(ErrorKind::Busy.status("replica dropped the write")),
+                // It stopped after the check above, maybe with the write in its log: whether it
+                // commits is not known here.
+                None => Err(ErrorKind::OutcomeUnknown.status("the replica stopped with the write pending; it may or may not be applied")),
                 Some(Err(e)) => Err(core_status(&e)),
                 Some(Ok(WriteResponse::Done)) => Ok(v1::WriteResponse::default()),
                 Some(Ok(WriteResponse::Incr { new_value })) => Ok(v1::WriteResponse { incr_value: new_value, ..Default::default() }),

@@ -372,9 +372,10 @@ impl SimClient {
                 Ok(WriteResponse::Incr { .. } | WriteResponse::Duplicated { .. }) => {
                     unreachable!("the workload sends no incr and no duplicate batch")
                 }
-                Err(Error::NotPrimary { .. }) => self.retry(io),
+                // Neither took the write: sent again (the checkers catch it if one did).
+                Err(Error::NotPrimary { .. } | Error::Busy { .. }) => self.retry(io),
                 // A primary stepping down answers "may or may not be applied".
-                Err(Error::Busy { .. }) => self.finish(io, history, Outcome::Unknown),
+                Err(Error::OutcomeUnknown { .. }) => self.finish(io, history, Outcome::Unknown),
                 Err(_) => self.finish(io, history, Outcome::Failed),
             },
             Msg::ClientReadResp { result, .. } => match result {

@@ -72,6 +72,9 @@ pub struct SimMeta {
     waiting: BTreeMap<Token, Waiting>,
     /// Answers to admin requests, by token.
     pub admin_answers: BTreeMap<Token, Result<MetaReply, MetaError>>,
+    /// The replica servers whose watch stream this process holds: each server opens one to the
+    /// meta it beacons to (modelled as opened with its first beacon here).
+    pub watchers: std::collections::BTreeSet<tandem_core::NodeAddr>,
 }
 
 impl SimMeta {
@@ -89,6 +92,7 @@ impl SimMeta {
             next_token: 0,
             waiting: BTreeMap::new(),
             admin_answers: BTreeMap::new(),
+            watchers: Default::default(),
         }
     }
 
@@ -114,6 +118,7 @@ impl SimMeta {
         self.boot_us = io.now_us;
         self.machine = MetaMachine::new(self.options.clone());
         self.waiting.clear();
+        self.watchers.clear();
         if self.incarnation > 1 {
             let name = self.name();
             io.note(|| format!("{name}: restarted"));
@@ -131,6 +136,7 @@ impl SimMeta {
         self.up = false;
         self.incarnation += 1;
         self.waiting.clear();
+        self.watchers.clear();
     }
 
     /// A claim of the lease row leaves now; the next one after the machine's claim interval.
@@ -246,6 +252,7 @@ impl SimMeta {
     }
 
     fn step(&mut self, io: &mut Io<'_>, input: MetaInput) {
+        let me = Endpoint::Meta(self.index);
         let was_leading = self.machine.state().is_some();
         self.machine.step(self.now(io.now_us), input);
         for action in self.machine.take_actions() {
@@ -257,6 +264,19 @@ impl SimMeta {
                 // The target is reached after a latency, like the store (one target per run).
                 MetaAction::WriteBackupManifest { backup_id, target: _, key, bytes } => self.objects_call(io, ObjectWork::Manifest { backup_id, key, bytes }),
                 MetaAction::CollectBackupGarbage { table_id, target } => self.objects_call(io, ObjectWork::Collect { table_id, target }),
+                MetaAction::Probe { node, probe } => {
+                    if let Some(i) = crate::msg::replica_index(&node) {
+                        io.send(me, Endpoint::Replica(i), Msg::Probe { node, probe });
+                    }
+                }
+                MetaAction::AskBeacon { nodes } => {
+                    for node in nodes.iter().filter(|n| self.watchers.contains(*n)) {
+                        if let Some(i) = crate::msg::replica_index(node) {
+                            io.stats.path(path::BEACON_ASKED);
+                            io.send(me, Endpoint::Replica(i), Msg::BeaconNow);
+                        }
+                    }
+                }
             }
         }
         if was_leading && self.machine.state().is_none() {
@@ -288,7 +308,15 @@ impl SimMeta {
 
     pub fn on_message(&mut self, io: &mut Io<'_>, from: Endpoint, msg: Msg) {
         let (rpc, request) = match msg {
+            Msg::WatchBroken { node } => {
+                if self.watchers.remove(&node) {
+                    self.step(io, MetaInput::WatchBroken { node });
+                }
+                return;
+            }
+            Msg::ProbeAnswer { node, probe, refused } => return self.step(io, MetaInput::Probed { node, probe, refused }),
             Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures } => {
+                self.watchers.insert(node.clone());
                 let reports = reports
                     .iter()
                     .map(|s| {
@@ -316,7 +344,11 @@ impl SimMeta {
                 io.note(|| format!("{name}: leads at epoch {epoch}, {partitions} partition(s) loaded from the store"));
             }
             MetaEvent::SteppedDown { leader } => io.note(|| format!("{name}: stepped down, {leader} leads")),
-            MetaEvent::NodeDead { node } => io.note(|| format!("{name}: {node} declared dead")),
+            MetaEvent::NodeDead { node, refused: false } => io.note(|| format!("{name}: {node} declared dead")),
+            MetaEvent::NodeDead { node, refused: true } => {
+                io.stats.path(path::DEAD_ON_REFUSED_PROBE);
+                io.note(|| format!("{name}: {node} declared dead (its port refused the probe)"))
+            }
             MetaEvent::Committed { previous, config, cause } => {
                 note_config_paths(io, &previous, &config, &cause);
                 io.note(|| {

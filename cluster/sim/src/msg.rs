@@ -189,9 +189,30 @@ pub enum Msg {
     },
     /// An RPC failed in transport: its caller learns it after the latency. `not_sent`: the
     /// request never reached the server (a failed connect), so it was certainly not taken.
+    /// `refused`: the server's port refused the connection (its process was killed, its host
+    /// is up).
     RpcFailed {
         rpc: RpcId,
         not_sent: bool,
+        refused: bool,
+    },
+    /// A replica server's watch stream to a meta server broke: its process was killed, and its
+    /// host closed the connection.
+    WatchBroken {
+        node: NodeAddr,
+    },
+    /// A meta server asks a replica server, over its watch stream, to beacon now.
+    BeaconNow,
+    /// A meta server's connection attempt to a replica server's port (`MetaAction::Probe`),
+    /// answered by the host's network stack, not the server process.
+    Probe {
+        node: NodeAddr,
+        probe: u64,
+    },
+    ProbeAnswer {
+        node: NodeAddr,
+        probe: u64,
+        refused: bool,
     },
 }
 
@@ -217,6 +238,10 @@ impl Msg {
             Msg::ClientRead { .. } => "read",
             Msg::ClientReadResp { .. } => "read-reply",
             Msg::RpcFailed { .. } => "rpc-failed",
+            Msg::WatchBroken { .. } => "watch-broken",
+            Msg::BeaconNow => "beacon-now",
+            Msg::Probe { .. } => "probe",
+            Msg::ProbeAnswer { .. } => "probe-answer",
         }
     }
 

@@ -95,12 +95,12 @@ impl Network {
             // A lost message breaks its connection: the caller hears of it (a request's sender,
             // or a response's receiver).
             let failed = if let Some(rpc) = env.msg.request_rpc() {
-                Some(Envelope { from: env.to, to: env.from, msg: Msg::RpcFailed { rpc, not_sent: true } })
+                Some(Envelope { from: env.to, to: env.from, msg: Msg::RpcFailed { rpc, not_sent: true, refused: false } })
             } else {
                 env.msg.response_rpc().filter(|_| !matches!(env.msg, Msg::RpcFailed { .. })).map(|rpc| Envelope {
                     from: env.from,
                     to: env.to,
-                    msg: Msg::RpcFailed { rpc, not_sent: false },
+                    msg: Msg::RpcFailed { rpc, not_sent: false, refused: false },
                 })
             };
             return (Fate::Lost, failed.into_iter().map(|e| (at, e)).collect());
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(fate, Fate::Lost);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1.to, Endpoint::Replica(0));
-        assert!(matches!(out[0].1.msg, Msg::RpcFailed { rpc: 9, not_sent: true }));
+        assert!(matches!(out[0].1.msg, Msg::RpcFailed { rpc: 9, not_sent: true, refused: false }));
     }
 
     #[test]

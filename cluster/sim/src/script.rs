@@ -23,7 +23,8 @@
 //! block r1->meta                   # one direction only;  unblock r1->meta
 //! partition r1 | r2 r3 meta        # both directions between the groups;  heal
 //! clog r2 3s
-//! crash r2 [torn]                  # restart r2;  crash meta;  restart meta
+//! crash r2 [torn]                  # the machine goes silent; restart r2;  crash meta;  restart meta
+//! kill r2                          # the process dies, its host refuses connections to its port
 //! fail-disk r2 write|sync          # the next log write / fsync of r2 fails
 //! store-hang meta 5s               # the meta's store calls hang, then go through late
 //! store-session-lost meta          # the store ends the meta's session (its lock), the meta lives
@@ -218,11 +219,15 @@ impl Runner {
             }
             ["crash", node] => {
                 let e = endpoint(node)?;
-                self.sim()?.crash(e, false);
+                self.sim()?.crash(e, false, false);
             }
             ["crash", node, "torn"] => {
                 let e = endpoint(node)?;
-                self.sim()?.crash(e, true);
+                self.sim()?.crash(e, true, false);
+            }
+            ["kill", node] => {
+                let e @ Endpoint::Replica(_) = endpoint(node)? else { return Err("only a replica server's process is killed (crash a meta)".into()) };
+                self.sim()?.crash(e, false, true);
             }
             ["restart", node] => {
                 let e = endpoint(node)?;

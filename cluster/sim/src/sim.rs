@@ -23,7 +23,7 @@ use crate::hash::Fnv64;
 use crate::history::{History, OpKind, Outcome, Output};
 use crate::meta::SimMeta;
 use crate::site::Site;
-use crate::msg::{Endpoint, Envelope};
+use crate::msg::{Endpoint, Envelope, Msg};
 use crate::network::{Fate, Network};
 use crate::clock::NodeClock;
 use crate::replica_server::{ReplicaServer, ServerOptions};
@@ -538,6 +538,21 @@ impl Sim {
         let mut out = Vec::new();
         match event {
             Event::Deliver(env) => {
+                match (&env.msg, env.to) {
+                    (_, Endpoint::Replica(i)) if !self.site.servers[i].up => {
+                        self.refuse(i, env, &mut out);
+                        self.apply(out);
+                        return;
+                    }
+                    // Accepted by the host of a live server: the probe is answered there.
+                    (Msg::Probe { node, probe }, Endpoint::Replica(i)) => {
+                        let answer = Msg::ProbeAnswer { node: node.clone(), probe: *probe, refused: false };
+                        out.push(Out::Send(Envelope { from: Endpoint::Replica(i), to: env.from, msg: answer }));
+                        self.apply(out);
+                        return;
+                    }
+                    _ => {}
+                }
                 let mut io = io!(self, &mut out);
                 match env.to {
                     Endpoint::Meta(i) if self.site.metas[i].up => self.site.metas[i].on_message(&mut io, env.from, env.msg),
@@ -617,7 +632,7 @@ impl Sim {
             Event::RpcTimeout { at, incarnation, rpc } => match at {
                 Endpoint::Replica(i) => {
                     if self.site.servers[i].incarnation == incarnation && self.site.servers[i].up {
-                        self.site.servers[i].on_rpc_failed(&mut io!(self, &mut out), rpc);
+                        self.site.servers[i].on_rpc_failed(&mut io!(self, &mut out), rpc, false);
                     }
                 }
                 Endpoint::Client(i) => self.clients[i].on_timeout(&mut io!(self, &mut out), &mut self.history, rpc),
@@ -858,8 +873,14 @@ impl Sim {
         if outcome.torn {
             self.stats.fault("torn-tail");
         }
+        // Half the crashes kill the process on a live host (its port refuses), half take the
+        // machine (silence, as a partition).
+        let killed = self.rng.chance(0.5);
         let name = self.site.servers[i].me.clone();
-        self.note(|| format!("fault: crash {name}{}", describe_crash(outcome)));
+        self.note(|| format!("fault: {} {name}{}", if killed { "kill" } else { "crash" }, describe_crash(outcome)));
+        if killed {
+            self.killed(i, out);
+        }
         let back = self.rng.range(500_000, 10_000_000);
         self.schedule(self.now_us + back, Event::Restart(Endpoint::Replica(i)));
     }
@@ -1148,7 +1169,9 @@ impl Sim {
     }
 
     /// Crashes a node now (scripts); `torn`: the log may keep a torn last record.
-    pub fn crash(&mut self, ep: Endpoint, torn: bool) {
+    /// Crashes a node now (scripts). `kill`: a replica server's process dies on a live host,
+    /// which refuses connections to its port; else the machine goes silent.
+    pub fn crash(&mut self, ep: Endpoint, torn: bool, kill: bool) {
         let mut out = Vec::new();
         match ep {
             Endpoint::Meta(i) if self.site.metas[i].up => {
@@ -1159,11 +1182,46 @@ impl Sim {
             Endpoint::Replica(i) if self.site.servers[i].up => {
                 let outcome = self.site.servers[i].crash(&mut io!(self, &mut out), torn);
                 let name = self.site.servers[i].me.clone();
-                self.note(|| format!("crash {name}{}", describe_crash(outcome)));
+                self.note(|| format!("{} {name}{}", if kill { "kill" } else { "crash" }, describe_crash(outcome)));
+                if kill {
+                    self.killed(i, &mut out);
+                }
             }
             _ => {}
         }
         self.apply(out);
+    }
+
+    /// Replica server `i`'s process was killed: its port refuses from now until it restarts,
+    /// and its host closes its connections, which breaks the watch streams it held.
+    fn killed(&mut self, i: usize, out: &mut Vec<Out>) {
+        self.stats.path(path::KILLED);
+        let server = &mut self.site.servers[i];
+        server.port_refuses = true;
+        let node = server.me.clone();
+        for (m, meta) in self.site.metas.iter_mut().enumerate() {
+            if meta.watchers.contains(&node) {
+                out.push(Out::Send(Envelope { from: Endpoint::Replica(i), to: Endpoint::Meta(m), msg: Msg::WatchBroken { node: node.clone() } }));
+            }
+        }
+    }
+
+    /// A message reached replica server `i`'s host while the server is down: a killed process's
+    /// host refuses the connection (requests fail at once, probes are refused); a machine that is
+    /// gone says nothing.
+    fn refuse(&mut self, i: usize, env: Envelope, out: &mut Vec<Out>) {
+        if !self.site.servers[i].port_refuses {
+            return;
+        }
+        let from = Endpoint::Replica(i);
+        let msg = match env.msg {
+            Msg::Probe { node, probe } => Msg::ProbeAnswer { node, probe, refused: true },
+            msg => match msg.request_rpc() {
+                Some(rpc) => Msg::RpcFailed { rpc, not_sent: true, refused: true },
+                None => return,
+            },
+        };
+        out.push(Out::Send(Envelope { from, to: env.from, msg }));
     }
 
     /// Restarts a crashed node now (scripts).

@@ -31,6 +31,14 @@ pub mod path {
     pub const STORE_RESTARTED: &str = "store-restarted";
     /// A standby took the meta lease before it expired, its holder's store session being gone.
     pub const META_EARLY_TAKEOVER: &str = "meta-early-takeover";
+    /// A replica server declared dead at once: its port refused the meta's probe.
+    pub const DEAD_ON_REFUSED_PROBE: &str = "dead-on-refused-probe";
+    /// A primary proposed removing a secondary whose port refused its prepare.
+    pub const PREPARE_REFUSED: &str = "prepare-refused";
+    /// A meta asked a server over its watch stream to beacon now (a configuration changed).
+    pub const BEACON_ASKED: &str = "beacon-asked";
+    /// A replica server's process was killed: its host refuses connections to its port.
+    pub const KILLED: &str = "server-killed";
     /// The store refused a write decided under an older epoch.
     pub const FENCED_WRITE: &str = "fenced-write";
     /// A leading meta found its state stale (a write it stopped waiting for went through after

@@ -41,7 +41,10 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 14] = [
+const SCENARIOS: [&str; 18] = [
+    "killed_primary_replaced_at_once.txt",
+    "killed_primary_restarted_before_the_probe.txt",
+    "killed_secondary_leaves_the_quorum_at_once.txt",
     "late_prepare_of_a_restarted_primary.txt",
     "learner_by_checkpoint.txt",
     "learner_by_log.txt",
@@ -52,6 +55,7 @@ const SCENARIOS: [&str; 14] = [
     "meta_restart_mid_reconfiguration.txt",
     "meta_session_lost_while_the_leader_lives.txt",
     "meta_stale_after_a_late_write.txt",
+    "partitioned_primary_waits_out_the_grace_period.txt",
     "prepare_lost_to_one_secondary.txt",
     "primary_crash_with_uncommitted_prepares.txt",
     "proposals_race_on_one_ballot.txt",
@@ -126,4 +130,24 @@ fn too_few_servers_left_to_place_a_new_table() {
 #[test]
 fn learner_upgrade_in_flight() {
     run("learner_upgrade_in_flight.txt");
+}
+
+#[test]
+fn killed_primary_replaced_at_once() {
+    run("killed_primary_replaced_at_once.txt");
+}
+
+#[test]
+fn killed_primary_restarted_before_the_probe() {
+    run("killed_primary_restarted_before_the_probe.txt");
+}
+
+#[test]
+fn killed_secondary_leaves_the_quorum_at_once() {
+    run("killed_secondary_leaves_the_quorum_at_once.txt");
+}
+
+#[test]
+fn partitioned_primary_waits_out_the_grace_period() {
+    run("partitioned_primary_waits_out_the_grace_period.txt");
 }

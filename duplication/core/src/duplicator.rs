@@ -146,12 +146,13 @@ pub enum ShipFailure {
 
 impl ShipFailure {
     /// How the other site's answer to one partition's `Duplicate` write reads to the duplicator:
-    /// `None` when the write was not taken and is sent again (not the primary, busy), else the
-    /// failure that ends the batch.
+    /// `None` when the write is sent again: it was not taken (not the primary, busy), or its
+    /// outcome is unknown (sending records again is harmless). Else the failure that ends the
+    /// batch.
     pub fn of_apply_error(error: &tandem_core::Error) -> Option<ShipFailure> {
         use tandem_core::Error;
         match error {
-            Error::NotPrimary { .. } | Error::Busy { .. } => None,
+            Error::NotPrimary { .. } | Error::Busy { .. } | Error::OutcomeUnknown { .. } => None,
             Error::TooLarge(_) => Some(ShipFailure::TooLarge),
             Error::ClockAhead { .. } => Some(ShipFailure::ClockAhead),
             Error::Storage(m) => Some(ShipFailure::Unavailable(m.clone())),

@@ -2,6 +2,13 @@
 //! grants it a lease of `lease_period_ms` counted from when it *sent* the beacon; the meta
 //! declares it dead only `grace_period_ms` after the last beacon it *received*. With
 //! lease < grace, a server has stopped serving as primary before anyone replaces it.
+//!
+//! A crashed process is declared dead sooner, by a probe of its port: a refused connection
+//! means nothing listens there, so the process that held the lease is gone (a lease lives in
+//! the process), and one that restarted on that port holds none until a beacon is answered —
+//! and a beacon that arrives after the probe was sent voids it. A silent or partitioned server
+//! does not refuse (the probe times out) and waits out the grace period. The runtime probes
+//! when a server's watch stream breaks or its beacons are late (`silent`).
 
 use std::collections::BTreeMap;
 use tandem_core::NodeAddr;
@@ -22,14 +29,20 @@ pub struct FailureDetector {
     /// Nobody is declared dead before this plus the grace period (monotonic ms): a previous meta
     /// leader may have answered beacons until then.
     hold_until_ms: u64,
+    /// The probe of each server's port in flight: its id and when it was sent.
+    probes: BTreeMap<NodeAddr, (u64, u64)>,
+    next_probe: u64,
 }
+
+/// A probe unanswered for this long is taken as lost: another may be sent.
+pub const PROBE_ANSWER_MS: u64 = 1_000;
 
 impl FailureDetector {
     /// `known` nodes start alive as of `now_ms`: after a meta restart nobody is declared dead
     /// before a full grace period has passed without its beacons.
     pub fn new(grace_period_ms: u64, known: impl IntoIterator<Item = NodeAddr>, now_ms: u64) -> Self {
         let nodes = known.into_iter().map(|n| (n, NodeLiveness { last_beacon_ms: now_ms, alive: true })).collect();
-        FailureDetector { grace_period_ms, nodes, incarnations: BTreeMap::new(), hold_until_ms: 0 }
+        FailureDetector { grace_period_ms, nodes, incarnations: BTreeMap::new(), hold_until_ms: 0, probes: BTreeMap::new(), next_probe: 0 }
     }
 
     /// Declares nobody dead before `hold_until_ms` + the grace period: a meta leader that took
@@ -79,6 +92,45 @@ impl FailureDetector {
         dead
     }
 
+    /// A new probe of `node`'s port, unless it is not alive to this meta or a probe of it is
+    /// in flight: its id, for `on_probe`.
+    pub fn start_probe(&mut self, node: &str, now_ms: u64) -> Option<u64> {
+        if !self.is_alive(node) || self.probes.get(node).is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) < PROBE_ANSWER_MS) {
+            return None;
+        }
+        self.next_probe += 1;
+        self.probes.insert(node.to_string(), (self.next_probe, now_ms));
+        Some(self.next_probe)
+    }
+
+    /// Alive servers without a beacon for `after_ms`, and no probe in flight: worth a probe.
+    pub fn silent(&self, now_ms: u64, after_ms: u64) -> Vec<NodeAddr> {
+        self.nodes
+            .iter()
+            .filter(|(_, l)| l.alive && now_ms.saturating_sub(l.last_beacon_ms) > after_ms)
+            .filter(|(n, _)| self.probes.get(*n).is_none_or(|(_, sent)| now_ms.saturating_sub(*sent) >= PROBE_ANSWER_MS))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The answer to probe `probe` of `node`. True when `node` is now dead: its port refused the
+    /// connection, this is its latest probe, and no beacon of it arrived since the probe was sent
+    /// (one did: a process restarted on that port and may hold a lease).
+    pub fn on_probe(&mut self, node: &str, probe: u64, refused: bool) -> bool {
+        let Some(&(id, sent_ms)) = self.probes.get(node) else { return false };
+        if id != probe {
+            return false;
+        }
+        self.probes.remove(node);
+        match self.nodes.get_mut(node) {
+            Some(l) if refused && l.alive && l.last_beacon_ms < sent_ms => {
+                l.alive = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_alive(&self, node: &str) -> bool {
         self.nodes.get(node).is_some_and(|l| l.alive)
     }
@@ -107,6 +159,39 @@ mod tests {
         assert_eq!(fd.tick(9_101), vec!["b".to_string()]);
         assert_eq!(fd.tick(20_000), Vec::<String>::new());
         assert!(fd.on_beacon("a", 20_000), "a returning is news");
+    }
+
+    #[test]
+    fn a_refused_probe_declares_dead_at_once_unless_a_beacon_came_after_it_was_sent() {
+        let mut fd = FailureDetector::new(8_000, ["a".to_string(), "b".to_string()], 0).holding_until(20_000);
+        let probe = fd.start_probe("a", 100).unwrap();
+        assert_eq!(fd.start_probe("a", 200), None, "one probe in flight");
+        assert!(!fd.on_probe("a", probe, false), "answered: alive");
+        assert!(fd.is_alive("a"));
+        let probe = fd.start_probe("a", 300).unwrap();
+        assert!(fd.on_probe("a", probe, true), "refused: the process is gone, hold or not");
+        assert!(!fd.is_alive("a"));
+        assert_eq!(fd.start_probe("a", 400), None, "dead already");
+        // A process restarted on the port and beaconed while the probe was on its way.
+        let probe = fd.start_probe("b", 500).unwrap();
+        fd.on_beacon("b", 600);
+        assert!(!fd.on_probe("b", probe, true));
+        assert!(fd.is_alive("b"));
+        // A late answer to an older probe counts for nothing.
+        let old = fd.start_probe("b", 700).unwrap();
+        let new = fd.start_probe("b", 1_700).unwrap();
+        assert!(!fd.on_probe("b", old, true));
+        assert!(fd.on_probe("b", new, true));
+    }
+
+    #[test]
+    fn silent_servers_are_probed_once_per_answer_time() {
+        let mut fd = FailureDetector::new(8_000, ["a".to_string()], 0);
+        fd.on_beacon("b", 1_000);
+        assert_eq!(fd.silent(2_500, 2_000), vec!["a".to_string()]);
+        fd.start_probe("a", 2_500);
+        assert_eq!(fd.silent(3_000, 2_000), Vec::<String>::new(), "a probe in flight");
+        assert_eq!(fd.silent(3_500, 2_000), vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct Now {
 pub struct MetaOptions {
     /// A replica server silent for this long is declared dead (must exceed its lease).
     pub grace_period_ms: u64,
+    /// A replica server whose port refuses connections is declared dead at once (docs/meta.md,
+    /// "A crashed server"). Only where nothing between the meta and the servers answers for a
+    /// live one with a refusal (a firewall REJECT rule would): there, turn this off.
+    pub refused_connection_means_dead: bool,
+    /// A server's port is probed once its beacons are this late (and when its watch stream
+    /// breaks).
+    pub probe_after_silence_ms: u64,
     /// How long a dropped table can be recalled before it is purged.
     pub recall_window_ms: u64,
     /// The leader lease's time to live.
@@ -80,6 +87,8 @@ impl Default for MetaOptions {
     fn default() -> Self {
         MetaOptions {
             grace_period_ms: 8_000,
+            refused_connection_means_dead: true,
+            probe_after_silence_ms: 2_000,
             recall_window_ms: 7 * 24 * 3_600_000,
             lease_ttl_ms: 30_000,
             site: "local".into(),
@@ -104,6 +113,11 @@ pub enum MetaInput {
     Stored { op: OpId, result: StoreResult },
     /// `WriteBackupManifest { backup_id }` finished.
     BackupManifestWritten { backup_id: BackupId, result: Result<(), String> },
+    /// The watch stream of replica server `node` broke (`MetaAction::AskBeacon` goes over it).
+    WatchBroken { node: NodeAddr },
+    /// The answer to `MetaAction::Probe`: whether the connection was refused (false: it was
+    /// accepted, timed out, or failed otherwise).
+    Probed { node: NodeAddr, probe: u64, refused: bool },
 }
 
 /// Why a configuration changed, for the log and the simulator's path counts.
@@ -125,7 +139,9 @@ pub enum MetaEvent {
     Reloading { epoch: u64, why: String },
     SteppedDown { leader: String },
     NodeAlive { node: NodeAddr },
-    NodeDead { node: NodeAddr },
+    /// `refused`: declared dead because its port refused a connection, not after the grace
+    /// period.
+    NodeDead { node: NodeAddr, refused: bool },
     Committed { previous: PartitionConfig, config: PartitionConfig, cause: Cause },
     ChangeFailed { gpid: Gpid, cause: Cause, error: String },
     ProposalRefused { gpid: Gpid, from: NodeAddr, proposal: ConfigProposal, reason: String },
@@ -157,6 +173,14 @@ pub enum MetaAction {
     /// then read this machine's records of the table on that target (`backup_records_for`),
     /// then delete. Nothing reports back; the next collection picks up what this one left.
     CollectBackupGarbage { table_id: u32, target: String },
+    /// Connect to replica server `node`'s address and report `Probed { node, probe }`: refused
+    /// only for a connection refused outright (ECONNREFUSED). An accepted connection is tried
+    /// again shortly (a killed process lets go of its port a moment after its connections
+    /// broke); within about a second (`failure_detector::PROBE_ANSWER_MS`) report not refused.
+    Probe { node: NodeAddr, probe: u64 },
+    /// Ask these servers, over their watch streams, to beacon now: a configuration they host
+    /// changed (servers without a stream learn it at their next beacon).
+    AskBeacon { nodes: BTreeSet<NodeAddr> },
 }
 
 /// A request (or a tick's job) that may write, in the order it arrived.
@@ -296,6 +320,8 @@ impl MetaMachine {
             MetaInput::Request { token, request } => self.on_request(token, request),
             MetaInput::Stored { op, result } => self.on_stored(op, result),
             MetaInput::BackupManifestWritten { backup_id, result } => self.on_backup_manifest_written(backup_id, result),
+            MetaInput::WatchBroken { node } => self.probe(&node),
+            MetaInput::Probed { node, probe, refused } => self.on_probed(&node, probe, refused),
         }
         self.pump();
     }
@@ -314,13 +340,19 @@ impl MetaMachine {
         self.actions.push(MetaAction::Event(e));
     }
 
-    /// The epoch to serve under with loaded state, or why not.
-    fn serving(&self) -> Result<u64, MetaError> {
-        let epoch = self.leadership.serving(self.now.mono_ms).map_err(not_serving)?;
+    /// The epoch this machine serves under at `now`, with loaded state, or why not (the error
+    /// names the leader when known).
+    pub fn serving_at(&self, now: Now) -> Result<u64, MetaError> {
+        let epoch = self.leadership.serving(now.mono_ms).map_err(not_serving)?;
         if self.state.is_none() {
             return Err(MetaError::NotLeader { leader: None, message: "this meta server is loading the metadata store; retry".into() });
         }
         Ok(epoch)
+    }
+
+    /// The epoch to serve under with loaded state, or why not.
+    fn serving(&self) -> Result<u64, MetaError> {
+        self.serving_at(self.now)
     }
 
     fn on_claimed(&mut self, sent_at_ms: u64, outcome: ClaimOutcome) {
@@ -444,8 +476,12 @@ impl MetaMachine {
             .collect();
         let unsaved = !state.dup_unsaved.is_empty();
         let unreconciled: Vec<u32> = state.tables.values().filter(|t| dup_reconcile(state, t).is_some()).map(|t| t.id).collect();
+        let silent = if self.options.refused_connection_means_dead { state.fd.silent(now.mono_ms, self.options.probe_after_silence_ms) } else { Vec::new() };
         for node in dead {
-            self.event(MetaEvent::NodeDead { node });
+            self.event(MetaEvent::NodeDead { node, refused: false });
+        }
+        for node in silent {
+            self.probe(&node);
         }
         self.queue_once(Work::Cure { from: Gpid::default() }, |w| matches!(w, Work::Cure { .. }));
         for table_id in unreconciled {
@@ -458,6 +494,32 @@ impl MetaMachine {
             self.queue_once(Work::Purge { table_id }, |w| matches!(w, Work::Purge { table_id: t } if *t == table_id));
         }
         self.tick_backups();
+    }
+
+    /// Probes `node`'s port, if that can declare it dead and no probe of it is in flight.
+    fn probe(&mut self, node: &str) {
+        if !self.options.refused_connection_means_dead || self.serving().is_err() {
+            return;
+        }
+        let now_ms = self.now.mono_ms;
+        if let Some(probe) = self.state.as_mut().expect("serving").fd.start_probe(node, now_ms) {
+            self.actions.push(MetaAction::Probe { node: node.to_string(), probe });
+        }
+    }
+
+    /// A refused probe declares the server dead (`FailureDetector::on_probe` says when that is
+    /// safe), and the cure moves its partitions at once.
+    fn on_probed(&mut self, node: &str, probe: u64, refused: bool) {
+        if self.serving().is_err() {
+            return;
+        }
+        if self.state.as_mut().expect("serving").fd.on_probe(node, probe, refused) {
+            self.event(MetaEvent::NodeDead { node: node.to_string(), refused: true });
+            // A cure in flight may be past some of its partitions: a whole pass follows it.
+            if !self.queue.iter().any(|w| matches!(w, Work::Cure { .. })) {
+                self.queue.push_back(Work::Cure { from: Gpid::default() });
+            }
+        }
     }
 
     /// Whether work that `same` recognizes is queued or in flight.
@@ -1252,7 +1314,10 @@ impl MetaMachine {
                     Work::CreateTable { .. } => Cause::Placement,
                     _ => Cause::Cure,
                 };
+                let nodes: BTreeSet<NodeAddr> =
+                    previous.members().chain(&previous.learners).chain(config.members()).chain(&config.learners).cloned().collect();
                 self.event(MetaEvent::Committed { previous, config: config.clone(), cause });
+                self.actions.push(MetaAction::AskBeacon { nodes });
                 None
             }
             (StoreWrite::UpdatePartition { config, .. }, Ok(_)) => {

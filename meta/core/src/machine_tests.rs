@@ -108,7 +108,7 @@ fn a_beacon_never_outruns_a_configuration_change() {
     assert_eq!(
         actions,
         vec![
-            MetaAction::Event(MetaEvent::NodeDead { node: "r1".into() }),
+            MetaAction::Event(MetaEvent::NodeDead { node: "r1".into(), refused: false }),
             MetaAction::Persist { op: 1, epoch: 1, write: StoreWrite::UpdatePartition { config: promoted.clone(), expected_ballot: 1 } },
         ]
     );
@@ -126,10 +126,67 @@ fn a_beacon_never_outruns_a_configuration_change() {
         m.take_actions(),
         vec![
             MetaAction::Event(MetaEvent::Committed { previous: config(1, 0, 1, "r1", &["r2", "r3"]), config: promoted.clone(), cause: Cause::Cure }),
+            MetaAction::AskBeacon { nodes: ["r1", "r2", "r3"].into_iter().map(String::from).collect() },
             MetaAction::Reply { token: 42, result: beacon_reply(vec![promoted.clone()]) },
             MetaAction::Reply { token: 43, result: beacon_reply(vec![promoted]) },
         ]
     );
+}
+
+/// A server whose watch stream broke is probed; a refused probe declares it dead at once (its
+/// process is gone, and its lease with it), the cure promotes a secondary without waiting for the
+/// grace period, and the members are asked to beacon for their new configuration.
+#[test]
+fn a_server_whose_port_refuses_is_dead_at_once_and_the_members_are_asked_to_beacon() {
+    let (mut m, _) = leader();
+    for (token, n) in ["r1", "r2", "r3"].into_iter().enumerate() {
+        m.step(at(500), MetaInput::Request { token: token as u64, request: beacon(n, 1, false) });
+    }
+    m.take_actions();
+    m.step(at(600), MetaInput::WatchBroken { node: "r1".into() });
+    assert_eq!(m.take_actions(), vec![MetaAction::Probe { node: "r1".into(), probe: 1 }]);
+    m.step(at(610), MetaInput::WatchBroken { node: "r1".into() });
+    assert_eq!(m.take_actions(), vec![], "one probe in flight");
+    // Accepted (a paused process, a stream that broke for another reason): nothing changes.
+    m.step(at(620), MetaInput::Probed { node: "r1".into(), probe: 1, refused: false });
+    assert_eq!(m.take_actions(), vec![]);
+    m.step(at(700), MetaInput::WatchBroken { node: "r1".into() });
+    assert_eq!(m.take_actions(), vec![MetaAction::Probe { node: "r1".into(), probe: 2 }]);
+    m.step(at(710), MetaInput::Probed { node: "r1".into(), probe: 2, refused: true });
+    let promoted = PartitionConfig { last_drops: vec!["r1".into()], ..config(1, 0, 2, "r2", &["r3"]) };
+    assert_eq!(
+        m.take_actions(),
+        vec![
+            MetaAction::Event(MetaEvent::NodeDead { node: "r1".into(), refused: true }),
+            MetaAction::Persist { op: 1, epoch: 1, write: StoreWrite::UpdatePartition { config: promoted.clone(), expected_ballot: 1 } },
+        ]
+    );
+    m.step(at(720), MetaInput::Stored { op: 1, result: Ok(StoreDone::Compared { updated: true }) });
+    assert_eq!(
+        m.take_actions()[..2],
+        [
+            MetaAction::Event(MetaEvent::Committed { previous: config(1, 0, 1, "r1", &["r2", "r3"]), config: promoted, cause: Cause::Cure }),
+            MetaAction::AskBeacon { nodes: ["r1", "r2", "r3"].into_iter().map(String::from).collect() },
+        ]
+    );
+}
+
+/// Beacons late by `probe_after_silence_ms` get a probe too (a server whose stream never opened);
+/// with `refused_connection_means_dead` off, nobody is probed.
+#[test]
+fn silent_servers_are_probed_unless_refusals_are_not_trusted() {
+    let (mut m, _) = leader();
+    m.step(at(2_500), MetaInput::Tick);
+    let probes: Vec<MetaAction> = m.take_actions().into_iter().filter(|a| matches!(a, MetaAction::Probe { .. })).collect();
+    assert_eq!(probes, ["r1", "r2", "r3"].iter().enumerate().map(|(i, n)| MetaAction::Probe { node: n.to_string(), probe: i as u64 + 1 }).collect::<Vec<_>>());
+    let (_, store) = leader();
+    let mut m2 = MetaMachine::new(MetaOptions { refused_connection_means_dead: false, ..options() });
+    m2.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Won { epoch: 1 } });
+    m2.step(at(1), MetaInput::Loaded { epoch: 1, load: 1, result: Ok(store.load()) });
+    m2.take_actions();
+    m2.step(at(2_500), MetaInput::Tick);
+    m2.step(at(2_600), MetaInput::WatchBroken { node: "r1".into() });
+    assert!(!m2.take_actions().iter().any(|a| matches!(a, MetaAction::Probe { .. })));
 }
 
 #[test]
@@ -170,7 +227,9 @@ fn proposals_are_written_then_answered_or_refused_with_the_reason() {
     let write = StoreWrite::UpdatePartition { config: next.clone(), expected_ballot: 1 };
     assert_eq!(m.take_actions(), vec![MetaAction::Persist { op: 1, epoch: 1, write }]);
     m.step(at(30), MetaInput::Stored { op: 1, result: Ok(StoreDone::Compared { updated: true }) });
-    assert_eq!(m.take_actions()[1], MetaAction::Reply { token: 2, result: Ok(MetaReply::Proposed { config: next }) });
+    let actions = m.take_actions();
+    assert_eq!(actions[1], MetaAction::AskBeacon { nodes: ["r1", "r2", "r3"].into_iter().map(String::from).collect() }, "the removed member hears of it at once too");
+    assert_eq!(actions[2], MetaAction::Reply { token: 2, result: Ok(MetaReply::Proposed { config: next }) });
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub struct MetaMetrics {
     partitions: IntGaugeVec,
     servers: IntGaugeVec,
     config_changes: IntCounterVec,
+    deaths: IntCounterVec,
 }
 
 impl MetaMetrics {
@@ -63,6 +64,15 @@ impl MetaMetrics {
         )
         .expect("valid metric");
         registry.register(Box::new(config_changes.clone())).expect("register once");
+        let deaths = IntCounterVec::new(
+            Opts::new("tandem_meta_servers_declared_dead_total", "replica servers declared dead, by why: no beacon within the grace period, or a refused probe of their port"),
+            &["why"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(deaths.clone())).expect("register once");
+        for why in ["grace_period", "refused"] {
+            deaths.with_label_values(&[why]);
+        }
         // Every series from the start, so a dashboard sees zeros rather than nothing.
         for outcome in ["won", "won_early", "lost", "failed"] {
             claims.with_label_values(&[outcome]);
@@ -75,7 +85,7 @@ impl MetaMetrics {
         for cause in ["remove_secondary", "upgrade_learner"] {
             config_changes.with_label_values(&[cause, "refused"]);
         }
-        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims, epoch, tables, partitions, servers, config_changes }
+        MetaMetrics { registry, is_leader, requests, request_seconds, store_writes, store_write_seconds, claims, epoch, tables, partitions, servers, config_changes, deaths }
     }
 
     /// Before a scrape: the lease epoch and the cluster's shape as the leader sees it (a
@@ -148,6 +158,10 @@ impl MetaMetrics {
             MetaEvent::Committed { cause, .. } => (cause_label(cause), "committed"),
             MetaEvent::ChangeFailed { cause, .. } => (cause_label(cause), "failed"),
             MetaEvent::ProposalRefused { proposal, .. } => (proposal_label(proposal), "refused"),
+            MetaEvent::NodeDead { refused, .. } => {
+                self.deaths.with_label_values(&[if *refused { "refused" } else { "grace_period" }]).inc();
+                return;
+            }
             _ => return,
         };
         self.config_changes.with_label_values(&[cause, outcome]).inc();

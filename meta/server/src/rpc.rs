@@ -156,6 +156,18 @@ impl MetaRpc {
 
 #[tonic::async_trait]
 impl MetaService for MetaRpc {
+    type WatchStream = crate::watch::WatchStream;
+
+    async fn watch(&self, request: Request<v1::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        if req.node.is_empty() {
+            return Err(ErrorKind::InvalidArgument.status("watch without a node address"));
+        }
+        // Only the leader's streams count: a standby's would never ask for a beacon.
+        self.0.serving().map_err(status)?;
+        Ok(Response::new(self.0.watchers.open(&self.0, req.node)))
+    }
+
     async fn beacon(&self, request: Request<v1::BeaconRequest>) -> Result<Response<v1::BeaconResponse>, Status> {
         let req = request.into_inner();
         let reports = req

@@ -74,6 +74,8 @@ pub struct Meta {
     next_token: AtomicU64,
     /// Backup targets being collected now, by (table, target).
     collecting: Mutex<std::collections::HashSet<(u32, String)>>,
+    /// The replica servers' watch streams.
+    pub(crate) watchers: crate::watch::Watchers,
 }
 
 /// How long one store write may take before it counts as failed.
@@ -136,7 +138,20 @@ impl Meta {
             MetaAction::Event(e) => {
                 self.metrics.event(&e);
                 log_event(&e);
+                if let MetaEvent::SteppedDown { .. } = e {
+                    // Their servers open them again at the leader.
+                    self.watchers.close_all();
+                }
             }
+            MetaAction::Probe { node, probe } => {
+                let meta = self.clone();
+                tokio::spawn(async move {
+                    let refused = crate::watch::probe_refused(&node).await;
+                    tracing::info!(node, refused, "probed a replica server's port");
+                    meta.step(MetaInput::Probed { node, probe, refused });
+                });
+            }
+            MetaAction::AskBeacon { nodes } => self.watchers.ask_beacon(&nodes),
             MetaAction::CollectBackupGarbage { table_id, target } => {
                 if !self.collecting.lock().expect("collecting lock").insert((table_id, target.clone())) {
                     // One collection of a table's target at a time; the next delete collects again.
@@ -183,6 +198,11 @@ impl Meta {
         .await
         .unwrap_or_else(|e| Err(tandem_backup_core::BackupError::Source { name: "the backup task".into(), detail: e.to_string() }))
         .map_err(|e| e.to_string())
+    }
+
+    /// Whether this meta server leads with its state loaded now, or the error that says who does.
+    pub(crate) fn serving(&self) -> Result<u64, MetaError> {
+        self.machine.lock().expect("machine lock").serving_at(self.now())
     }
 
     /// Asks the machine and waits for its answer.
@@ -240,7 +260,8 @@ fn log_event(e: &MetaEvent) {
         MetaEvent::LoadFailed { epoch, error } => tracing::warn!("leading at epoch {epoch}, but loading the metadata store failed (retrying): {error}"),
         MetaEvent::SteppedDown { leader } => tracing::warn!("stepped down: {leader} holds the meta lease now"),
         MetaEvent::NodeAlive { node } => tracing::info!("replica server {node} is alive"),
-        MetaEvent::NodeDead { node } => tracing::warn!("replica server {node} declared dead (no beacon within the grace period)"),
+        MetaEvent::NodeDead { node, refused: false } => tracing::warn!("replica server {node} declared dead (no beacon within the grace period)"),
+        MetaEvent::NodeDead { node, refused: true } => tracing::warn!("replica server {node} declared dead: its port refuses connections (the process is gone)"),
         MetaEvent::Committed { config, cause, .. } => {
             let why = match cause {
                 Cause::Placement => "placement".to_string(),
@@ -284,6 +305,7 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(
         waiting: Mutex::new(HashMap::new()),
         next_token: AtomicU64::new(1),
         collecting: Mutex::new(std::collections::HashSet::new()),
+        watchers: crate::watch::Watchers::default(),
     });
 
     let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(|source| Error::Bind { addr: opts.listen, source })?;

@@ -536,11 +536,24 @@ impl GapLoad {
         };
         let in_window: Vec<(u32, Instant)> = acks.iter().filter(|(_, at, _)| *at >= from && *at <= to).map(|(p, at, _)| (*p, *at)).collect();
         let table = longest(&mut in_window.iter().map(|(_, at)| *at).collect());
-        let partition = (0..self.partitions)
-            .map(|p| longest(&mut in_window.iter().filter(|(q, _)| *q == p).map(|(_, at)| *at).collect()))
-            .max()
-            .unwrap_or_default();
+        drop(acks);
+        let partition = self.partition_gaps(from, to).into_iter().max().unwrap_or_default();
         Gaps { table, partition, writes: in_window.len() }
+    }
+
+    /// The longest gap of each partition between `from` and `to` (the window's edges count as
+    /// acknowledgements), by partition index.
+    pub fn partition_gaps(&self, from: Instant, to: Instant) -> Vec<Duration> {
+        let acks = self.acks.lock().unwrap();
+        (0..self.partitions)
+            .map(|p| {
+                let mut times: Vec<Instant> = acks.iter().filter(|(q, at, _)| *q == p && *at >= from && *at <= to).map(|(_, at, _)| *at).collect();
+                times.push(from);
+                times.push(to);
+                times.sort();
+                times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+            })
+            .collect()
     }
 
     /// Stops the writers; returns every acknowledged key.

@@ -7,21 +7,7 @@ impl Replica {
     pub(super) fn on_tick(&mut self, ctx: &Ctx) {
         match self.status {
             PartitionStatus::Primary => {
-                let timeout = self.options.prepare_timeout_ms;
-                let silent: Vec<(NodeAddr, bool)> = self
-                    .members
-                    .iter()
-                    .filter(|(_, p)| p.unanswered_since_ms.is_some_and(|since| ctx.now_ms.saturating_sub(since) > timeout))
-                    .map(|(node, p)| (node.clone(), p.learner))
-                    .collect();
-                for (node, learner) in silent {
-                    if learner {
-                        // It asks to learn again when it comes back.
-                        self.members.remove(&node);
-                    } else {
-                        self.propose(ctx, ConfigProposal::RemoveSecondary { ballot: self.config.ballot, node });
-                    }
-                }
+                self.remove_unreachable_members(ctx);
                 if let Some((proposal, at)) = &self.proposal
                     && ctx.now_ms.saturating_sub(*at) >= self.options.proposal_retry_ms
                 {
@@ -44,6 +30,26 @@ impl Replica {
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// Members silent for `prepare_timeout_ms`, or whose server refused the connection, leave:
+    /// a learner from the stream (it asks to learn again when it comes back), a secondary from
+    /// the configuration through the meta.
+    pub(super) fn remove_unreachable_members(&mut self, ctx: &Ctx) {
+        let timeout = self.options.prepare_timeout_ms;
+        let unreachable: Vec<(NodeAddr, bool)> = self
+            .members
+            .iter()
+            .filter(|(_, p)| p.refused || p.unanswered_since_ms.is_some_and(|since| ctx.now_ms.saturating_sub(since) > timeout))
+            .map(|(node, p)| (node.clone(), p.learner))
+            .collect();
+        for (node, learner) in unreachable {
+            if learner {
+                self.members.remove(&node);
+            } else {
+                self.propose(ctx, ConfigProposal::RemoveSecondary { ballot: self.config.ballot, node });
+            }
         }
     }
 }

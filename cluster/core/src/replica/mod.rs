@@ -174,8 +174,9 @@ pub enum Input {
     /// A prepare from the primary; answer with `Action::ReplyPrepare { token }`.
     Prepare { token: RequestId, from: NodeAddr, msg: PrepareMsg },
     PrepareReply { from: NodeAddr, reply: PrepareReply },
-    /// The prepare RPC to `to` failed (unreachable, timed out).
-    PrepareFailed { to: NodeAddr },
+    /// The prepare RPC to `to` failed (unreachable, timed out). `refused`: the connection to its
+    /// server was refused (nothing listens on its port), not merely lost or slow.
+    PrepareFailed { to: NodeAddr, refused: bool },
     /// A learner asks to learn; answer with `Action::ReplyLearn { token }`.
     LearnRequest { token: RequestId, request: LearnRequest },
     /// The answer to this learner's learn request (`None`: the RPC failed).
@@ -229,6 +230,9 @@ struct MemberProgress {
     in_flight: bool,
     /// Since when a reply has been missing; removal after `prepare_timeout_ms`.
     unanswered_since_ms: Option<u64>,
+    /// The member's server refused the connection since its last answer: no process listens
+    /// there, so it is removed without waiting for the timeout.
+    refused: bool,
     last_send_ms: u64,
     /// The commit point last sent, to know when a group check is worth sending.
     committed_sent: Decree,
@@ -476,7 +480,7 @@ impl Replica {
             Input::LogFailed { error } => self.fail(format!("mutation log failed: {error}")),
             Input::Prepare { token, from, msg } => self.on_prepare(ctx, token, from, msg),
             Input::PrepareReply { from, reply } => self.on_prepare_reply(ctx, from, reply),
-            Input::PrepareFailed { to } => self.on_prepare_failed(ctx, to),
+            Input::PrepareFailed { to, refused } => self.on_prepare_failed(ctx, to, refused),
             Input::LearnRequest { token, request } => self.on_learn(ctx, token, request),
             Input::LearnReply { reply } => self.on_learn_reply(ctx, reply),
             Input::CheckpointInstalled { engine } => self.on_checkpoint_installed(ctx, engine),
@@ -600,11 +604,11 @@ impl Replica {
     }
 
     /// Answers the writes waiting for a commit this replica will no longer make. Their mutations
-    /// may still commit under a new primary, so the answer is "unknown outcome" (busy), never
-    /// "not taken": clients must not blindly resend non-idempotent writes.
+    /// may still commit under a new primary, so the answer is "outcome unknown", never "not
+    /// taken": clients must not blindly resend non-idempotent writes.
     fn fail_pending_writes(&mut self) {
-        let reason = "the primary stepped down before the write committed; it may or may not be applied".to_string();
-        let err = Error::Busy { gpid: self.gpid, reason };
+        let reason = "the primary stepped down before the write committed".to_string();
+        let err = Error::OutcomeUnknown { gpid: self.gpid, reason };
         for (_, p) in std::mem::take(&mut self.pending_writes) {
             self.actions.push(Action::ReplyClient { request_id: p.request_id, result: Err(err.clone()) });
         }

@@ -152,6 +152,7 @@ impl MemberProgress {
             sent: from,
             in_flight: false,
             unanswered_since_ms: None,
+            refused: false,
             last_send_ms: 0,
             committed_sent: 0,
             learner,

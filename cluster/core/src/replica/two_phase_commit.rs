@@ -184,6 +184,7 @@ impl Replica {
                     return;
                 }
                 p.unanswered_since_ms = None;
+                p.refused = false;
                 // Only what this primary sent counts. A primary that restarted within the grace
                 // period serves the same ballot again, without the unsynced tail of its log; a
                 // member still holding that tail reports it as prepared, but those entries are
@@ -216,12 +217,21 @@ impl Replica {
         self.send_prepares(ctx, false);
     }
 
-    pub(super) fn on_prepare_failed(&mut self, ctx: &Ctx, to: NodeAddr) {
+    /// `refused`: the member's server refused the connection. Nothing listens on its port, so
+    /// its process is gone (a restarted one answers once it listens): it leaves the write quorum
+    /// at once instead of after `prepare_timeout_ms`, so no write waits for it. A reset or a
+    /// timeout is not proof and waits out the timeout (the retry a moment later reconnects, or
+    /// is refused).
+    pub(super) fn on_prepare_failed(&mut self, ctx: &Ctx, to: NodeAddr, refused: bool) {
         let floor = self.last_committed;
         if let Some(p) = self.members.get_mut(&to) {
             p.in_flight = false;
             p.unanswered_since_ms.get_or_insert(ctx.now_ms);
+            p.refused |= refused;
             p.resend_unacked(floor);
+        }
+        if refused && self.status == PartitionStatus::Primary {
+            self.remove_unreachable_members(ctx);
         }
     }
 

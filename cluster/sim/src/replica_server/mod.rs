@@ -111,6 +111,9 @@ pub struct ReplicaServer {
     pub opts: ServerOptions,
     pub clock: NodeClock,
     pub up: bool,
+    /// While down: its process was killed and its host refuses connections to its port (else
+    /// the machine is gone and connections time out).
+    pub port_refuses: bool,
     pub incarnation: u64,
     // On disk.
     pub log: SimLog<Waiter>,
@@ -171,6 +174,7 @@ impl ReplicaServer {
             opts,
             clock,
             up: false,
+            port_refuses: false,
             incarnation: 0,
             log: SimLog::default(),
             disk_engines: BTreeMap::new(),
@@ -222,6 +226,7 @@ impl ReplicaServer {
     pub fn boot(&mut self, io: &mut Io<'_>) {
         assert!(!self.up, "{} is already up", self.me);
         self.up = true;
+        self.port_refuses = false;
         self.incarnation += 1;
         self.boot_us = io.now_us;
         self.lease_until_ms = 0;

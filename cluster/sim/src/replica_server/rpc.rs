@@ -25,10 +25,16 @@ impl ReplicaServer {
     }
 
     /// An outgoing RPC failed (timeout or transport): its caller gets the failure input.
-    pub fn on_rpc_failed(&mut self, io: &mut Io<'_>, rpc: RpcId) {
+    /// `refused`: the peer's port refused the connection.
+    pub fn on_rpc_failed(&mut self, io: &mut Io<'_>, rpc: RpcId, refused: bool) {
         let Some(what) = self.outgoing.remove(&rpc) else { return };
         match what {
-            Outgoing::Prepare { gpid, to } => self.deliver(io, gpid, ReplicaEvent::PrepareFailed { to }),
+            Outgoing::Prepare { gpid, to } => {
+                if refused {
+                    io.stats.path(path::PREPARE_REFUSED);
+                }
+                self.deliver(io, gpid, ReplicaEvent::PrepareFailed { to, refused })
+            }
             Outgoing::Learn { gpid } => self.deliver(io, gpid, ReplicaEvent::LearnReply { reply: None }),
             Outgoing::FetchCheckpoint { gpid, .. } => {
                 self.deliver(io, gpid, ReplicaEvent::CheckpointFetched { result: Err("fetching the checkpoint failed".into()) })
@@ -58,7 +64,7 @@ impl ReplicaServer {
                 if self.replicas.contains_key(&gpid) {
                     self.deliver(io, gpid, ReplicaEvent::Prepare { from: from.name(), msg, reply: Incoming { from, rpc } });
                 } else if self.host.is_removing(gpid) {
-                    io.send(me, from, Msg::RpcFailed { rpc, not_sent: false });
+                    io.send(me, from, Msg::RpcFailed { rpc, not_sent: false, refused: false });
                 } else {
                     let reply = PrepareReply { ballot: 0, outcome: PrepareOutcome::NotMember };
                     io.send(me, from, Msg::PrepareResp { rpc, reply });
@@ -66,7 +72,7 @@ impl ReplicaServer {
             }
             Msg::Learn { rpc, gpid, request } => {
                 if !self.replicas.contains_key(&gpid) {
-                    io.send(me, from, Msg::RpcFailed { rpc, not_sent: false });
+                    io.send(me, from, Msg::RpcFailed { rpc, not_sent: false, refused: false });
                     return;
                 }
                 self.deliver(io, gpid, ReplicaEvent::Learn { request, reply: Incoming { from, rpc } });
@@ -170,8 +176,18 @@ impl ReplicaServer {
                     self.on_ship_answer(io, ship, partition, Some(result));
                 }
             }
-            Msg::RpcFailed { rpc, .. } => self.on_rpc_failed(io, rpc),
-            Msg::Beacon { .. } | Msg::Propose { .. } | Msg::QueryConfig { .. } | Msg::ClientReadResp { .. } => {}
+            Msg::RpcFailed { rpc, refused, .. } => self.on_rpc_failed(io, rpc, refused),
+            Msg::BeaconNow => {
+                let now_ms = self.ctx(io.now_us).now_ms;
+                host_step!(self, io, HostInput::BeaconNow { now_ms })
+            }
+            Msg::Beacon { .. }
+            | Msg::Propose { .. }
+            | Msg::QueryConfig { .. }
+            | Msg::ClientReadResp { .. }
+            | Msg::WatchBroken { .. }
+            | Msg::Probe { .. }
+            | Msg::ProbeAnswer { .. } => {}
         }
     }
 }
