@@ -1,7 +1,8 @@
 # Shared by ops/test and ops/playground (source it): installs what is missing, reuses what is
 # there. `install_build_deps` is what `cargo build --release --locked --workspace --all-targets`
 # needs; `install_test_deps` adds what the tests start (PostgreSQL, the benchmark peers,
-# promtool, cargo-nextest). Both need apt-get (Debian) for what is missing.
+# promtool, the Python client test's virtualenv, cargo-nextest). Both need apt-get (Debian) for
+# what is missing.
 
 say() { printf '==> %s\n' "$*" >&2; }
 apt_updated=0
@@ -66,8 +67,44 @@ install_test_deps() {
         pg_ready || { echo "PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
     fi
 
+    install_python_test_deps
+
     if ! cargo nextest --version >/dev/null 2>&1; then
         say "installing cargo-nextest"
         cargo install --locked cargo-nextest
+    fi
+}
+
+# The Python the client test in a second language runs with (ops/tests/python_client.rs runs
+# ops/tests/python/test_client.py): a virtualenv with grpcio and grpcio-tools, which generates
+# the stubs from cluster/proto/proto/tandem.proto at run time. The test finds it at the same
+# path (TANDEM_PY_VENV, default ~/.cache/tandem/pyvenv). Pinned so every run uses the same
+# client library and code generator; raise the versions together (grpcio-tools names the
+# protobuf versions it accepts).
+PY_GRPCIO_VERSION=1.85.4
+PY_PROTOBUF_VERSION=7.36.2
+install_python_test_deps() {
+    local venv=${TANDEM_PY_VENV:-$HOME/.cache/tandem/pyvenv}
+    if ! command -v python3 >/dev/null 2>&1; then
+        say "installing python3 (the Python client test)"
+        apt_install python3 python3-venv
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        say "creating the Python test virtualenv in $venv"
+        mkdir -p "$(dirname "$venv")"
+        if ! python3 -m venv "$venv" 2>/dev/null; then
+            # Debian splits ensurepip into python3-venv.
+            rm -rf "$venv"
+            apt_install python3-venv
+            python3 -m venv "$venv"
+        fi
+    fi
+    local want="grpcio==$PY_GRPCIO_VERSION grpcio-tools==$PY_GRPCIO_VERSION protobuf==$PY_PROTOBUF_VERSION"
+    local check="import grpc, grpc_tools, sys; from importlib.metadata import version
+sys.exit([version(p) for p in ('grpcio', 'grpcio-tools', 'protobuf')] != ['$PY_GRPCIO_VERSION', '$PY_GRPCIO_VERSION', '$PY_PROTOBUF_VERSION'])"
+    if ! "$venv/bin/python" -c "$check" 2>/dev/null; then
+        say "installing $want into $venv"
+        # shellcheck disable=SC2086 # $want is three requirement words
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check $want
     fi
 }
