@@ -120,6 +120,10 @@ pub struct ReplicaSection {
     pub inactive_replica_gc_delay: Duration,
     /// This site's cluster id (1..=127), stamped into every timetag.
     pub cluster_id: u8,
+    /// Writes other than deletes are refused while the data or log directory has less free
+    /// space than the smaller of these: bytes, and a percentage of its filesystem.
+    pub disk_reserve: ByteSize,
+    pub disk_reserve_percent: u64,
 }
 
 impl Default for ReplicaSection {
@@ -153,6 +157,8 @@ impl Default for ReplicaSection {
             log_gc_interval: ms(o.host.log_gc_interval_ms),
             inactive_replica_gc_delay: ms(o.host.inactive_replica_gc_delay_ms),
             cluster_id: o.host.replica.cluster_id,
+            disk_reserve: ByteSize::b(o.host.disk_reserve_bytes),
+            disk_reserve_percent: o.host.disk_reserve_percent,
         }
     }
 }
@@ -290,6 +296,11 @@ log_gc_interval = "30s"
 inactive_replica_gc_delay = "10m"
 # This site's id (1..=127), stamped into every write's timetag.
 cluster_id = 1
+# While the data or log directory has less free space than the smaller of these, the server's
+# primaries refuse writes other than deletes ("disk almost full"), reads go on, and writes are
+# taken again, without a restart, once there is a quarter more than the reserve.
+disk_reserve = "2GiB"
+disk_reserve_percent = 5
 
 [backup]
 # S3-compatible targets (s3://BUCKET/PREFIX): the server's address and credentials. Empty keys
@@ -491,6 +502,8 @@ impl Config {
         o.host.replica.prepare_batch_bytes_max = r.prepare_batch_bytes_max.as_u64() as usize;
         o.host.replica.cluster_id = r.cluster_id;
         o.host.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
+        o.host.disk_reserve_bytes = r.disk_reserve.as_u64();
+        o.host.disk_reserve_percent = r.disk_reserve_percent;
         o.s3 = self.backup.s3();
         o.backup_upload_bytes_per_sec = self.backup.upload_rate.as_u64();
         o.host.backup_uploads_max = self.backup.uploads_max;

@@ -1,6 +1,6 @@
 //! The `tandem` binary: servers, playground, administration, data commands and benchmarks.
 //!
-//! Exit codes: 0 ok, 1 error, 2 usage, 3 unavailable, 4 not found, 5 conflict.
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 unavailable, 4 not found, 5 conflict, 6 disk full.
 
 /// `print!` for command output: a reader that went away (`tandem full-scan t | head`) ends the
 /// command quietly with 0 instead of a panic, and any other write error (a full disk) ends it
@@ -61,6 +61,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_NOT_FOUND: u8 = 4;
 pub const EXIT_CONFLICT: u8 = 5;
+/// The server's disk is below its reserve: free space (deletes still pass) before retrying.
+pub const EXIT_DISK_FULL: u8 = 6;
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
@@ -75,6 +77,7 @@ impl From<ClientError> for Failure {
             ClientError::NotFound(_) => EXIT_NOT_FOUND,
             ClientError::AlreadyExists(_) => EXIT_CONFLICT,
             ClientError::Unavailable(_) | ClientError::ClockAhead(_) | ClientError::OutcomeUnknown(_) => EXIT_UNAVAILABLE,
+            ClientError::DiskFull(_) => EXIT_DISK_FULL,
         };
         Failure { code, message: e.to_string() }
     }

@@ -44,6 +44,9 @@ pub enum ClientError {
     /// or did not answer in time); non-idempotent writes are not sent again by the client.
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
+    /// The primary's disk is below its reserve: not applied, not retried (deletes still pass).
+    #[error("{0}")]
+    DiskFull(String),
     #[error("server error: {0}")]
     Internal(String),
     /// Over a size limit a smaller request would pass (the message names the limit).
@@ -71,6 +74,7 @@ impl ClientError {
             Some(ErrorKind::ClockAhead) => ClientError::ClockAhead(msg),
             Some(ErrorKind::WrongRoute) => ClientError::WrongRoute(msg),
             Some(ErrorKind::OutcomeUnknown) => ClientError::OutcomeUnknown(msg),
+            Some(ErrorKind::DiskFull) => ClientError::DiskFull(msg),
             Some(ErrorKind::NotPrimary | ErrorKind::Busy | ErrorKind::NotLeader) => ClientError::Unavailable(msg),
             None => match s.code() {
                 tonic::Code::InvalidArgument => ClientError::InvalidArgument(msg),

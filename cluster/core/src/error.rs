@@ -37,6 +37,13 @@ pub enum Error {
          check the clocks (NTP) of both sites"
     )]
     ClockAhead { gpid: Gpid, ahead_ms: u64, max_ms: u64 },
+    /// The server's disk is below its reserve: the write was not taken (deletes still are). Not
+    /// worth retrying before space is freed.
+    #[error(
+        "disk almost full on {node}: {free_bytes} bytes free, reserve {reserve_bytes}; writes are refused until space is freed \
+         (deletes are still taken; add disk, or lower [replica] disk_reserve / disk_reserve_percent), replica {gpid}"
+    )]
+    DiskFull { node: String, gpid: Gpid, free_bytes: u64, reserve_bytes: u64 },
 }
 
 impl Error {

@@ -21,6 +21,7 @@
 
 pub mod backup;
 pub mod checkpoints;
+pub mod disk;
 pub mod duplication;
 pub mod options;
 pub mod replica;
@@ -30,6 +31,7 @@ pub use backup::{BackupCommand, Backups};
 pub use checkpoints::{holds_conformance, CheckpointFilesUnderTest, CheckpointRetention};
 pub use duplication::{config_for, DupConfig, DupId, DupWork, Duplications};
 pub use tandem_dup_core::TableDup;
+pub use disk::{DirSpace, DiskShort, DiskWatch};
 pub use options::HostOptions;
 pub use replica::{Carrier, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 pub use server::{Host, HostAction, HostInput};

@@ -32,6 +32,10 @@ pub struct HostOptions {
     pub duplicator: DuplicatorOptions,
     /// Backup uploads this server runs at once; the rest wait their turn (reported as waiting).
     pub backup_uploads_max: usize,
+    /// Writes other than deletes are refused while a data or log directory has less free space
+    /// than the smaller of these two (`disk`): bytes, and a percentage of its filesystem.
+    pub disk_reserve_bytes: u64,
+    pub disk_reserve_percent: u64,
 }
 
 impl Default for HostOptions {
@@ -48,6 +52,8 @@ impl Default for HostOptions {
             replica: ReplicaOptions::default(),
             duplicator: DuplicatorOptions::default(),
             backup_uploads_max: 2,
+            disk_reserve_bytes: 2 << 30,
+            disk_reserve_percent: 5,
         }
     }
 }
@@ -69,6 +75,9 @@ impl HostOptions {
         }
         if self.checkpoints_per_partition_max == 0 {
             return Err("checkpoints_per_partition_max must be at least 1 (a learner needs one)".into());
+        }
+        if self.disk_reserve_percent > 50 {
+            return Err(format!("disk_reserve_percent ({}) must be at most 50: the rest of the disk holds the data", self.disk_reserve_percent));
         }
         Ok(())
     }

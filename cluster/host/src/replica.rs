@@ -555,7 +555,7 @@ mod tests {
     }
 
     fn ctx(now_ms: u64) -> Ctx {
-        Ctx { now_ms, wall_us: 1_700_000_000_000_000 + now_ms * 1_000, lease_until_ms: now_ms + 5_000 }
+        Ctx { now_ms, wall_us: 1_700_000_000_000_000 + now_ms * 1_000, lease_until_ms: now_ms + 5_000, disk_low: None }
     }
 
     fn gpid() -> Gpid {

@@ -70,6 +70,8 @@ pub enum HostInput {
     /// The meta asks for a beacon now: a configuration this server hosts changed (a promotion
     /// waits for it). Sent at once, or as soon as the beacon in flight is done.
     BeaconNow { now_ms: u64 },
+    /// Free space on each of the server's directories (data, log), read about every tick.
+    DiskSpace { dirs: Vec<crate::disk::DirSpace> },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
     /// A prepare arrived for a partition this server does not host.
@@ -113,6 +115,10 @@ pub enum HostAction {
     RestoreReplica { gpid: Gpid, source: RestoreSource },
     /// Primaries of this server may serve until `until_ms` (server clock).
     ExtendLease { until_ms: u64 },
+    /// From now, primaries take only writes that delete (`Some`: a directory is below its
+    /// reserve; `Ctx::disk_low`), or every write again (`None`). Repeated with fresh figures
+    /// while short.
+    SetDiskShort { short: Option<crate::disk::DiskShort> },
     /// Requests for `table_id` must route with this partition count.
     SetPartitionCount { table_id: u32, partition_count: u32 },
     /// Compaction of `table_id`'s replicas (those open now and those opened later) drops a
@@ -171,6 +177,7 @@ pub struct Host {
     beacon: Beacon,
     /// The meta asked for a beacon while one was in flight: the next is due at once.
     beacon_asked: bool,
+    disk: crate::disk::DiskWatch,
     gc: Gc,
     log_holds: BTreeMap<Gpid, BTreeMap<String, Decree>>,
     backups: Backups,
@@ -194,6 +201,7 @@ impl Host {
     pub fn new(me: NodeAddr, options: HostOptions, replicas: impl IntoIterator<Item = Gpid>, now_ms: u64) -> Host {
         assert!(options.validate().is_ok(), "host options not validated: {:?}", options.validate());
         let gc_first = now_ms + options.log_gc_interval_ms;
+        let disk = crate::disk::DiskWatch::new(options.disk_reserve_bytes, options.disk_reserve_percent);
         let uploads_max = options.backup_uploads_max;
         Host {
             me,
@@ -209,6 +217,7 @@ impl Host {
             restarted: true,
             beacon: Beacon::Idle { next_due_ms: now_ms },
             beacon_asked: false,
+            disk,
             gc: Gc::Idle { next_due_ms: gc_first },
             log_holds: BTreeMap::new(),
             backups: Backups::new(uploads_max),
@@ -309,6 +318,13 @@ impl Host {
             HostInput::BeaconFailed { now_ms } => {
                 if let Beacon::InFlight { sent_at_ms } = self.beacon {
                     self.beacon = Beacon::Idle { next_due_ms: self.next_beacon_due_ms(sent_at_ms).max(now_ms) };
+                }
+            }
+            HostInput::DiskSpace { dirs } => {
+                let was_short = self.disk.short().is_some();
+                let short = self.disk.on_space(&dirs).cloned();
+                if was_short || short.is_some() {
+                    self.actions.push(HostAction::SetDiskShort { short });
                 }
             }
             HostInput::BeaconNow { now_ms } => match &mut self.beacon {

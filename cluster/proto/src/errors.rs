@@ -73,6 +73,9 @@ pub enum ErrorKind {
     /// fresh one is refused too, the client computes partitions differently from the servers
     /// (docs: CRC-64/NVME of the hash key, modulo the partition count): never retry blindly.
     WrongRoute,
+    /// The server's disk is below its reserve: not applied (deletes still are). Retrying does not
+    /// help before space is freed.
+    DiskFull,
 }
 
 impl ErrorKind {
@@ -89,6 +92,7 @@ impl ErrorKind {
             ErrorKind::TooLarge => "too-large",
             ErrorKind::ClockAhead => "clock-ahead",
             ErrorKind::WrongRoute => "wrong-route",
+            ErrorKind::DiskFull => "disk-full",
         }
     }
 
@@ -105,6 +109,7 @@ impl ErrorKind {
             ErrorKind::TooLarge,
             ErrorKind::ClockAhead,
             ErrorKind::WrongRoute,
+            ErrorKind::DiskFull,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -121,6 +126,7 @@ impl ErrorKind {
             // Not UNAVAILABLE: generic gRPC clients retry that, and this must not be retried
             // blindly.
             ErrorKind::OutcomeUnknown => tonic::Code::Unknown,
+            ErrorKind::DiskFull => tonic::Code::ResourceExhausted,
         }
     }
 
@@ -146,6 +152,7 @@ impl From<&tandem_core::Error> for ErrorKind {
             Error::Corrupt { .. } | Error::Storage(_) => ErrorKind::Internal,
             Error::TooLarge(_) => ErrorKind::TooLarge,
             Error::ClockAhead { .. } => ErrorKind::ClockAhead,
+            Error::DiskFull { .. } => ErrorKind::DiskFull,
         }
     }
 }

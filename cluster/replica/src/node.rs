@@ -45,6 +45,9 @@ pub struct Node {
     replicas: RwLock<HashMap<Gpid, ReplicaHandle>>,
     partition_counts: RwLock<HashMap<u32, u32>>,
     lease_until_ms: AtomicU64,
+    /// Set while a directory is below its disk reserve (`HostAction::SetDiskShort`); None before
+    /// the first reading.
+    disk_low: Mutex<Option<Option<tandem_core::replica::DiskLow>>>,
     start: Instant,
     incarnation: u64,
     /// The decisions; never held across IO.
@@ -72,7 +75,8 @@ impl Node {
 
     pub fn ctx(&self) -> Ctx {
         let wall_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-        Ctx { now_ms: self.now_ms(), wall_us, lease_until_ms: self.lease_until_ms.load(Ordering::Acquire) }
+        let disk_low = self.disk_low.lock().expect("disk lock").flatten();
+        Ctx { now_ms: self.now_ms(), wall_us, lease_until_ms: self.lease_until_ms.load(Ordering::Acquire), disk_low }
     }
 
     pub fn replica(&self, gpid: Gpid) -> Option<ReplicaHandle> {
@@ -156,6 +160,17 @@ impl Node {
                         HostAction::ExtendLease { until_ms } => {
                             self.lease_until_ms.fetch_max(until_ms, Ordering::AcqRel);
                         }
+                        HostAction::SetDiskShort { short } => {
+                            let was = self.disk_low.lock().expect("disk lock").replace(short.as_ref().map(|s| s.low()));
+                            match (&was, &short) {
+                                (None | Some(None), Some(s)) => tracing::warn!(
+                                    dir = s.dir, free_bytes = s.free_bytes, reserve_bytes = s.reserve_bytes,
+                                    "disk almost full: writes other than deletes are refused until space is freed"
+                                ),
+                                (Some(Some(_)), None) => tracing::info!("disk space is back above the reserve: writes are taken again"),
+                                _ => {}
+                            }
+                        }
                         HostAction::SetPartitionCount { table_id, partition_count } => {
                             self.partition_counts.write().expect("partition counts lock").insert(table_id, partition_count);
                         }
@@ -229,7 +244,7 @@ impl Node {
                 let _ = self.stop.send(Some(error));
             }
             HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. }
-            | HostAction::SetTombstoneHold { .. } => {
+            | HostAction::SetTombstoneHold { .. } | HostAction::SetDiskShort { .. } => {
                 unreachable!("run under the host's lock")
             }
         }
@@ -533,6 +548,24 @@ pub(crate) fn active_db_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Runs a replica server until `shutdown` fires.
+/// How often free space is read (`tandem_host::disk`): the reserve must hold what the server
+/// writes meanwhile (statvfs costs microseconds).
+const DISK_READ_INTERVAL_MS: u64 = 100;
+
+/// Free space of `dir`'s filesystem for this process (statvfs: blocks available to unprivileged
+/// users), or None when it cannot be read (logged).
+fn dir_space(dir: &Path) -> Option<tandem_host::DirSpace> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        tracing::warn!("cannot read the free space of {}: {}", dir.display(), std::io::Error::last_os_error());
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some(tandem_host::DirSpace { dir: dir.display().to_string(), free_bytes: stat.f_bavail as u64 * block, total_bytes: stat.f_blocks as u64 * block })
+}
+
 /// Pauses between attempts to open the watch stream: the first after a stream that ended, at
 /// most the second after failures.
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(200);
@@ -620,6 +653,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         replicas: RwLock::new(HashMap::new()),
         partition_counts: RwLock::new(HashMap::new()),
         lease_until_ms: AtomicU64::new(0),
+        disk_low: Mutex::new(None),
         start,
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
         host: Mutex::new(Host::new(opts.advertise.clone(), opts.host.clone(), found.iter().map(|(g, _)| *g), 0)),
@@ -673,6 +707,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let stop = tandem_runtime::stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut cpu = crate::cpu::CpuMeter::default();
+    let mut next_disk_read_ms = 0;
     let mut cpu_busy = false;
     let failure = loop {
         tokio::select! {
@@ -687,6 +722,15 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
                     node.log.set_cpu_busy(cpu_busy);
                 }
                 node.host_step(HostInput::Tick { now_ms: node.now_ms() });
+                if node.now_ms() >= next_disk_read_ms {
+                    next_disk_read_ms = node.now_ms() + DISK_READ_INTERVAL_MS;
+                    let dirs = [node.opts.data_dir.clone(), node.log.dir().to_path_buf()];
+                    let node = node.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let dirs = dirs.iter().filter_map(|d| dir_space(d)).collect();
+                        node.host_step(HostInput::DiskSpace { dirs });
+                    });
+                }
             }
             reason = stopped.wait_for(Option::is_some) => break reason.map(|r| r.clone()).unwrap_or(None),
             _ = stop.as_mut() => break None,

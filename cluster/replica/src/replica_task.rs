@@ -190,7 +190,7 @@ fn ship_failure(e: tandem_client::ClientError) -> DupFailure {
         ClientError::ClockAhead(_) => DupFailure::ClockAhead,
         // A wrong route even after the client refreshed it: the other site's table changed
         // under the duplicator (recreated); it ships again with a fresh route.
-        ClientError::Unavailable(m) | ClientError::Internal(m) | ClientError::WrongRoute(m) | ClientError::OutcomeUnknown(m) => {
+        ClientError::Unavailable(m) | ClientError::Internal(m) | ClientError::WrongRoute(m) | ClientError::OutcomeUnknown(m) | ClientError::DiskFull(m) => {
             DupFailure::Unavailable(m)
         }
         ClientError::NotFound(m) | ClientError::InvalidArgument(m) | ClientError::AlreadyExists(m) => DupFailure::Refused(m),

@@ -18,6 +18,7 @@
 //! run 2s                           # advance simulated time
 //! write k1 v1                      # client c1 sets k1 (does not wait; `run` lets it finish)
 //! read k1
+//! delete k1
 //! deliver r1->r2 drop=prepare      # drop r1's prepares to r2 until cleared (count=N: N only)
 //! deliver r1->r2 ok                # clear the rules of r1->r2
 //! block r1->meta                   # one direction only;  unblock r1->meta
@@ -25,6 +26,7 @@
 //! clog r2 3s
 //! crash r2 [torn]                  # the machine goes silent; restart r2;  crash meta;  restart meta
 //! kill r2                          # the process dies, its host refuses connections to its port
+//! disk r1 free=40 total=1000       # r1's disk from now (its host reads it every tick)
 //! fail-disk r2 write|sync          # the next log write / fsync of r2 fails
 //! store-hang meta 5s               # the meta's store calls hang, then go through late
 //! store-session-lost meta          # the store ends the meta's session (its lock), the meta lives
@@ -169,6 +171,7 @@ impl Runner {
             }
             ["write", key, value] => self.sim()?.client_op(key.as_bytes().to_vec(), OpKind::Set { value: value.as_bytes().to_vec() }),
             ["read", key] => self.sim()?.client_op(key.as_bytes().to_vec(), OpKind::Get),
+            ["delete", key] => self.sim()?.client_op(key.as_bytes().to_vec(), OpKind::Del),
             ["deliver", l, rule] => {
                 let (from, to) = link(l)?;
                 let sim = self.sim()?;
@@ -224,6 +227,14 @@ impl Runner {
             ["crash", node, "torn"] => {
                 let e = endpoint(node)?;
                 self.sim()?.crash(e, true, false);
+            }
+            ["disk", node, free, total] => {
+                let Endpoint::Replica(i) = endpoint(node)? else { return Err("only replica servers watch their disk".into()) };
+                let bytes = |arg: &str, key: &str| -> Result<u64, String> {
+                    arg.strip_prefix(key).and_then(|n| n.parse().ok()).ok_or_else(|| format!("{arg:?} is not {key}BYTES"))
+                };
+                let space = (bytes(free, "free=")?, bytes(total, "total=")?);
+                self.sim()?.site.servers[i].disk_space = Some(space);
             }
             ["kill", node] => {
                 let e @ Endpoint::Replica(_) = endpoint(node)? else { return Err("only a replica server's process is killed (crash a meta)".into()) };

@@ -41,7 +41,8 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 18] = [
+const SCENARIOS: [&str; 19] = [
+    "disk_below_its_reserve_takes_only_deletes.txt",
     "killed_primary_replaced_at_once.txt",
     "killed_primary_restarted_before_the_probe.txt",
     "killed_secondary_leaves_the_quorum_at_once.txt",
@@ -150,4 +151,9 @@ fn killed_secondary_leaves_the_quorum_at_once() {
 #[test]
 fn partitioned_primary_waits_out_the_grace_period() {
     run("partitioned_primary_waits_out_the_grace_period.txt");
+}
+
+#[test]
+fn disk_below_its_reserve_takes_only_deletes() {
+    run("disk_below_its_reserve_takes_only_deletes.txt");
 }

@@ -156,6 +156,8 @@ impl ShipFailure {
             Error::TooLarge(_) => Some(ShipFailure::TooLarge),
             Error::ClockAhead { .. } => Some(ShipFailure::ClockAhead),
             Error::Storage(m) => Some(ShipFailure::Unavailable(m.clone())),
+            // The other site's disk: sent again after the pause an unavailable site gets.
+            Error::DiskFull { .. } => Some(ShipFailure::Unavailable(error.to_string())),
             Error::InvalidArgument(_) | Error::Corrupt { .. } | Error::CheckFailed(_) => Some(ShipFailure::Refused(error.to_string())),
         }
     }

@@ -89,6 +89,16 @@ pub struct Ctx {
     /// Until when (monotonic ms) the meta granted this server's lease; a primary serves only
     /// before it.
     pub lease_until_ms: u64,
+    /// Set while the server's disk is below its reserve (`tandem_host::disk`): a primary takes
+    /// only writes that delete.
+    pub disk_low: Option<DiskLow>,
+}
+
+/// A server's disk below its reserve: the free bytes of its fullest directory, and the reserve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLow {
+    pub free_bytes: u64,
+    pub reserve_bytes: u64,
 }
 
 impl Ctx {

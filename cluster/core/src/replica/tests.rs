@@ -13,7 +13,7 @@ fn gpid() -> Gpid {
 }
 
 fn ctx(now_ms: u64) -> Ctx {
-    Ctx { now_ms, wall_us: 1_700_000_000_000_000 + now_ms * 1000, lease_until_ms: now_ms + 6_000 }
+    Ctx { now_ms, wall_us: 1_700_000_000_000_000 + now_ms * 1000, lease_until_ms: now_ms + 6_000, disk_low: None }
 }
 
 fn config(ballot: Ballot, primary: &str, secondaries: &[&str], learners: &[&str]) -> PartitionConfig {
@@ -222,7 +222,7 @@ fn a_secondary_made_a_learner_again_is_not_proposed_for_removal() {
 #[test]
 fn lease_expired_primary_refuses_writes_and_reads() {
     let mut r = primary_of(&[]);
-    let c = Ctx { now_ms: 10_000, wall_us: 0, lease_until_ms: 9_000 };
+    let c = Ctx { now_ms: 10_000, wall_us: 0, lease_until_ms: 9_000, disk_low: None };
     assert!(matches!(r.check_read(&c), Err(Error::NotPrimary { .. })));
     r.step(&c, Input::ClientWrite { request_id: 1, request: set("k", "v") });
     assert!(matches!(&r.take_actions()[..], [Action::ReplyClient { request_id: 1, result: Err(Error::NotPrimary { .. }) }]));
@@ -709,4 +709,32 @@ fn a_mutation_carries_one_op_per_key_the_last() {
     })
     .unwrap();
     assert!(!header.is_tombstone() && user == b"x");
+}
+
+/// A primary whose server's disk is below its reserve refuses every write that adds data with
+/// disk-full, naming the figures, and still takes the writes that only delete.
+#[test]
+fn a_short_disk_refuses_writes_but_takes_deletes() {
+    let mut r = primary_of(&[]);
+    let low = ctx(10);
+    let low = Ctx { disk_low: Some(DiskLow { free_bytes: 40, reserve_bytes: 50 }), ..low };
+    r.step(&low, Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    let actions = r.take_actions();
+    let [Action::ReplyClient { request_id: 1, result: Err(e @ Error::DiskFull { free_bytes: 40, reserve_bytes: 50, .. }) }] = &actions[..] else { panic!("{actions:?}") };
+    assert!(e.to_string().contains("disk almost full on") && e.to_string().contains("deletes are still taken"), "{e}");
+    let delete = WriteRequest::Del { hash_key: b"k".to_vec(), sort_key: vec![] };
+    r.step(&low, Input::ClientWrite { request_id: 2, request: delete });
+    assert!(matches!(&r.take_actions()[..], [Action::AppendLog { .. }]), "a delete is taken");
+    let cam = |mutations| WriteRequest::CheckAndMutate {
+        hash_key: b"k".to_vec(),
+        check_sort_key: vec![],
+        check_type: CheckType::NoCheck,
+        check_operand: vec![],
+        mutations,
+        return_check_value: false,
+    };
+    assert!(cam(vec![MutateOp::Delete { sort_key: b"a".to_vec() }]).only_deletes());
+    assert!(!cam(vec![MutateOp::Delete { sort_key: b"a".to_vec() }, MutateOp::Put { sort_key: b"b".to_vec(), value: vec![], ttl_s: 0 }]).only_deletes());
+    assert!(WriteRequest::Duplicate { records: vec![remote_record("k", 5, true)], watermark: None }.only_deletes());
+    assert!(!WriteRequest::Duplicate { records: vec![remote_record("k", 5, false)], watermark: None }.only_deletes());
 }

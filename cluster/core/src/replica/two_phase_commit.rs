@@ -18,6 +18,13 @@ impl Replica {
             self.actions.push(Action::ReplyClient { request_id, result: Err(e) });
             return;
         }
+        if let Some(low) = ctx.disk_low
+            && !request.only_deletes()
+        {
+            let error = Error::DiskFull { node: self.me.clone(), gpid: self.gpid, free_bytes: low.free_bytes, reserve_bytes: low.reserve_bytes };
+            self.actions.push(Action::ReplyClient { request_id, result: Err(error) });
+            return;
+        }
         if let Some(max_us) = request.duplicate_timestamp_max_us() {
             // Records of the other site: refuse them whole while they are too far ahead (they
             // would pin the clock); else advance the clock past them, so every later local write

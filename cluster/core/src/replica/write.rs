@@ -180,6 +180,20 @@ pub enum WriteRequest {
 }
 
 impl WriteRequest {
+    /// Whether the write only deletes (tombstones, which compaction turns into free space), so a
+    /// server short of disk still takes it: deletes, a check-and-mutate of deletes only, and a
+    /// duplicate batch of tombstones only (or none: a heartbeat).
+    pub fn only_deletes(&self) -> bool {
+        match self {
+            WriteRequest::Del { .. } | WriteRequest::MultiDel { .. } => true,
+            WriteRequest::CheckAndMutate { mutations, .. } => mutations.iter().all(|m| matches!(m, MutateOp::Delete { .. })),
+            WriteRequest::Duplicate { records, .. } => {
+                records.iter().all(|r| crate::value::decode_value(&r.value).is_ok_and(|(h, _)| h.is_tombstone()))
+            }
+            WriteRequest::Set { .. } | WriteRequest::MultiSet { .. } | WriteRequest::Incr { .. } => false,
+        }
+    }
+
     /// The hash key a client request is routed by; None for `Duplicate`, routed per record.
     pub fn hash_key(&self) -> Option<&[u8]> {
         match self {

@@ -153,6 +153,13 @@ impl ReplicaServer {
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
+            HostAction::SetDiskShort { short } => {
+                if short.is_some() != self.disk_low.is_some() {
+                    let me = self.me.clone();
+                    io.note(|| format!("{me}: disk {}", if short.is_some() { "below its reserve: only deletes are taken" } else { "back above its reserve" }));
+                }
+                self.disk_low = short.map(|s| s.low());
+            }
             // The retention is `opts.compaction_retention_ms`'s (see there).
             HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. } => {}
             HostAction::SetTombstoneHold { table_id, hold_us } => {
@@ -211,6 +218,10 @@ impl ReplicaServer {
     pub fn on_host_tick(&mut self, io: &mut Io<'_>) {
         let now_ms = self.ctx(io.now_us).now_ms;
         host_step!(self, io, HostInput::Tick { now_ms });
+        if let Some((free_bytes, total_bytes)) = self.disk_space {
+            let dirs = vec![tandem_host::DirSpace { dir: "data".into(), free_bytes, total_bytes }];
+            host_step!(self, io, HostInput::DiskSpace { dirs });
+        }
         // RocksDB compacts in the background, now and then: drop what the rule lets go, as the
         // compaction filter does, at random moments (a two-site run, whose retention is short).
         if let Some(retention_ms) = self.opts.compaction_retention_ms

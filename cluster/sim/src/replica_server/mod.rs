@@ -124,6 +124,11 @@ pub struct ReplicaServer {
     engines: BTreeMap<Gpid, SimEngine>,
     boot_us: u64,
     lease_until_ms: u64,
+    /// Set while its disk is below the reserve, as its host decided.
+    disk_low: Option<tandem_core::replica::DiskLow>,
+    /// Its disk's free and total bytes, read by the host every tick (scripts: `disk r1 free=…
+    /// total=…`); None: the simulated disk never fills.
+    pub disk_space: Option<(u64, u64)>,
     outgoing: BTreeMap<RpcId, Outgoing>,
     /// Which meta server to ask.
     meta: MetaRoute,
@@ -182,6 +187,8 @@ impl ReplicaServer {
             engines: BTreeMap::new(),
             boot_us: 0,
             lease_until_ms: 0,
+            disk_low: None,
+            disk_space: None,
             outgoing: BTreeMap::new(),
             meta: MetaRoute::new(metas),
             checkpoints: SimCheckpoints::default(),
@@ -201,7 +208,7 @@ impl ReplicaServer {
     }
 
     pub fn ctx(&self, now_us: u64) -> Ctx {
-        Ctx { now_ms: self.clock.mono_ms(self.boot_us, now_us), wall_us: self.clock.wall_us(now_us), lease_until_ms: self.lease_until_ms }
+        Ctx { now_ms: self.clock.mono_ms(self.boot_us, now_us), wall_us: self.clock.wall_us(now_us), lease_until_ms: self.lease_until_ms, disk_low: self.disk_low }
     }
 
     pub fn replica(&self, gpid: Gpid) -> Option<&Replica> {
@@ -273,6 +280,7 @@ impl ReplicaServer {
         self.tombstone_hold.clear();
         self.peer = ship::PeerSite::default();
         self.lease_until_ms = 0;
+        self.disk_low = None;
         if outcome.unsynced_lost > 0 {
             io.stats.path(path::UNSYNCED_LOST);
         }
