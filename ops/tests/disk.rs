@@ -31,19 +31,11 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_refuses_writes_serves_reads_and_recovers_once_space_is_freed() {
-    // A reserve of 25% for the servers this test starts (they inherit the environment): free
-    // space is read every 100 ms, and the reserve must hold what a writer adds meanwhile (on a
-    // tmpfs, over 150 MB/s; the default 5% is for real disks).
-    // SAFETY: no other thread exists yet (the runtime starts below).
-    unsafe { std::env::set_var("TANDEM_REPLICA_DISK_RESERVE_PERCENT", "25") };
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(fill_and_free());
-}
-
-async fn fill_and_free() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_serves_reads_and_recovers_once_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
-    // The replica server's data directory (its RocksDB and mutation log) on 96 MiB.
+    // The replica server's data directory (its RocksDB and mutation log) on 96 MiB, with the
+    // default reserve (5%: 4.8 MiB), read every 10 ms against a writer on a tmpfs.
     let tmpfs = match Tmpfs::mount(&dir.path().join("replica-0"), "96m") {
         Ok(t) => t,
         Err(e) => {

@@ -549,8 +549,24 @@ pub(crate) fn active_db_dir(dir: &Path) -> Result<PathBuf> {
 
 /// Runs a replica server until `shutdown` fires.
 /// How often free space is read (`tandem_host::disk`): the reserve must hold what the server
-/// writes meanwhile (statvfs costs microseconds).
-const DISK_READ_INTERVAL_MS: u64 = 100;
+/// writes meanwhile — at 10 ms, 1.6 MB at 160 MB/s (statvfs costs microseconds).
+const DISK_READ_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Feeds the host the free space of the data and log directories, one reading at a time.
+async fn read_disk_space(node: Arc<Node>) {
+    let mut every = tokio::time::interval(DISK_READ_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let dirs = [node.opts.data_dir.clone(), node.log.dir().to_path_buf()];
+        let reader = node.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let dirs = dirs.iter().filter_map(|d| dir_space(d)).collect();
+            reader.host_step(HostInput::DiskSpace { dirs });
+        })
+        .await;
+    }
+}
 
 /// Free space of `dir`'s filesystem for this process (statvfs: blocks available to unprivileged
 /// users), or None when it cannot be read (logged).
@@ -690,6 +706,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     };
     let grpc = crate::service::serve(node.clone(), shutdown_signal).await?;
     let watching = tokio::spawn(watch_meta(node.clone()));
+    let disk_reads = tokio::spawn(read_disk_space(node.clone()));
     if let Some(addr) = opts.metrics_listen {
         let rx = shutdown.clone();
         let gauges = node.clone();
@@ -707,7 +724,6 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let stop = tandem_runtime::stopped(shutdown.clone());
     tokio::pin!(stop);
     let mut cpu = crate::cpu::CpuMeter::default();
-    let mut next_disk_read_ms = 0;
     let mut cpu_busy = false;
     let failure = loop {
         tokio::select! {
@@ -722,15 +738,6 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
                     node.log.set_cpu_busy(cpu_busy);
                 }
                 node.host_step(HostInput::Tick { now_ms: node.now_ms() });
-                if node.now_ms() >= next_disk_read_ms {
-                    next_disk_read_ms = node.now_ms() + DISK_READ_INTERVAL_MS;
-                    let dirs = [node.opts.data_dir.clone(), node.log.dir().to_path_buf()];
-                    let node = node.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let dirs = dirs.iter().filter_map(|d| dir_space(d)).collect();
-                        node.host_step(HostInput::DiskSpace { dirs });
-                    });
-                }
             }
             reason = stopped.wait_for(Option::is_some) => break reason.map(|r| r.clone()).unwrap_or(None),
             _ = stop.as_mut() => break None,
@@ -738,6 +745,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     };
     tracing::info!("replica server stopping");
     watching.abort();
+    disk_reads.abort();
     for h in node.replica_handles() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if h.send(Event::Stop { done: tx }) {
