@@ -76,6 +76,16 @@ fn regression_seed_618_beacon_answer_reached_a_restarted_process() {
     regression(618);
 }
 
+/// A standby's lease claims hung in the store and went through together: the answer to a renewal
+/// (epoch 2) reached it before the answer that took the lease early, so it loaded its state
+/// without the early takeover's hold and declared a server dead that the old leader, cut off
+/// from the store, still leased; two primaries served. Fixed by extending the hold when the
+/// early answer comes after the load.
+#[test]
+fn regression_seed_4270_a_late_early_takeover_answer_still_holds_the_failure_detector() {
+    regression(4270);
+}
+
 /// A clogged prepare of a primary's previous process overwrote its new decree at the same ballot;
 /// fixed by giving a restarted primary a new ballot.
 #[test]

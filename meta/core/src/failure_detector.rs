@@ -53,6 +53,11 @@ impl FailureDetector {
         self
     }
 
+    /// Extends the hold (never shortens it): a takeover's hold learned after the state loaded.
+    pub fn hold_at_least(&mut self, hold_until_ms: u64) {
+        self.hold_until_ms = self.hold_until_ms.max(hold_until_ms);
+    }
+
     /// Records the process incarnation a beacon came from. True when the server restarted and
     /// this meta has not acted on it yet: the caller then gives the server's primaries a new
     /// ballot (`beacon::reassign_restarted_primary`). `restarted` is the server's own word: set

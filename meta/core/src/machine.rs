@@ -373,6 +373,15 @@ impl MetaMachine {
                 {
                     self.load(epoch);
                 }
+                // The early takeover's answer can come after a renewal's at the same epoch, so
+                // after the load: its hold still applies (simulator seed 4270: a standby's
+                // claims hung in the store, then went through together; the renewal's answer
+                // came first, the state loaded without the hold, and a server the old leader
+                // still leased was declared dead 8.6 s early).
+                let hold_until_ms = self.leadership.hold_until_ms();
+                if let Some(state) = self.state.as_mut() {
+                    state.fd.hold_at_least(hold_until_ms);
+                }
             }
         }
     }

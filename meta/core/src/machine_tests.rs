@@ -857,3 +857,23 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
     let Ok(MetaReply::Beacon { restores, .. }) = ask(&mut m, &mut store, 44, backup_beacon("r2", vec![])) else { panic!() };
     assert_eq!(restores.iter().map(|r| r.table_id).collect::<Vec<_>>(), [table.id]);
 }
+
+/// The answer that took the lease early can arrive after a renewal's at the same epoch, after
+/// the state loaded: its hold still applies (simulator seed 4270).
+#[test]
+fn an_early_takeover_learned_after_the_load_still_holds_declarations() {
+    let (_, store) = leader();
+    let mut m = MetaMachine::new(options());
+    m.step(at(0), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::Won { epoch: 1 } });
+    m.step(at(1), MetaInput::Loaded { epoch: 1, load: 1, result: Ok(store.load()) });
+    m.step(at(10), MetaInput::Claimed { sent_at_ms: 0, outcome: ClaimOutcome::WonEarly { epoch: 1, predecessor_ms: 20_000 } });
+    m.take_actions();
+    for t in (1_000..28_000).step_by(1_000) {
+        m.step(at(t), MetaInput::Claimed { sent_at_ms: t, outcome: ClaimOutcome::Won { epoch: 1 } });
+    }
+    m.step(at(27_999), MetaInput::Tick);
+    assert!(!m.take_actions().iter().any(|a| matches!(a, MetaAction::Event(MetaEvent::NodeDead { .. }))), "the predecessor may still lease them");
+    m.step(at(28_000), MetaInput::Claimed { sent_at_ms: 28_000, outcome: ClaimOutcome::Won { epoch: 1 } });
+    m.step(at(28_011), MetaInput::Tick);
+    assert!(m.take_actions().contains(&MetaAction::Event(MetaEvent::NodeDead { node: "r1".into(), refused: false })));
+}
