@@ -271,9 +271,10 @@ async fn crash_cost(cluster: &mut Cluster, load: &GapLoad, partitions: u32, vict
     let from = Instant::now() - Duration::from_secs(1);
     act(cluster, victim);
     let acted = Instant::now();
+    let client = cluster.client();
     cluster
         .poll(Duration::from_secs(60), "the victim's partitions have another primary", || async {
-            let table = cluster.client().show_table("t").await.ok();
+            let table = client.show_table("t").await.ok();
             table.is_some_and(|t| t.partitions.iter().all(|p| p.config.as_ref().is_some_and(|c| c.primary != addr && !c.primary.is_empty())))
         })
         .await;

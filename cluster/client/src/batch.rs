@@ -132,14 +132,13 @@ pub fn refused(status: &Status) -> bool {
 /// Whether a transport failure of tonic is a refused connection: an `io::Error` of that kind
 /// in its sources (or, where a layer kept only the text, the OS's words for it).
 pub fn connection_refused(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
-            return true;
-        }
-        source = e.source();
-    }
-    status.message().contains("Connection refused")
+    sources(status).any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused))
+        || status.message().contains("Connection refused")
+}
+
+/// The errors under a status, outermost first.
+fn sources(status: &Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
 }
 
 fn broke(addr: &str, why: &str) -> Status {
@@ -273,13 +272,10 @@ async fn run(addr: Arc<str>, mut grpc: ReplicaServiceClient<Channel>, mut queue:
 /// Connection refused"), which tonic's message alone leaves out.
 fn transport_text(status: &Status) -> String {
     let mut text = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        let part = e.to_string();
+    for part in sources(status).map(|e| e.to_string()) {
         if !text.contains(&part) {
             text = format!("{text}: {part}");
         }
-        source = e.source();
     }
     text
 }

@@ -47,7 +47,7 @@ pub struct Node {
     lease_until_ms: AtomicU64,
     /// Set while a directory is below its disk reserve (`HostAction::SetDiskShort`); None before
     /// the first reading.
-    disk_low: Mutex<Option<Option<tandem_core::replica::DiskLow>>>,
+    disk_low: DiskLowCell,
     start: Instant,
     incarnation: u64,
     /// The decisions; never held across IO.
@@ -75,8 +75,7 @@ impl Node {
 
     pub fn ctx(&self) -> Ctx {
         let wall_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-        let disk_low = self.disk_low.lock().expect("disk lock").flatten();
-        Ctx { now_ms: self.now_ms(), wall_us, lease_until_ms: self.lease_until_ms.load(Ordering::Acquire), disk_low }
+        Ctx { now_ms: self.now_ms(), wall_us, lease_until_ms: self.lease_until_ms.load(Ordering::Acquire), disk_low: self.disk_low.get() }
     }
 
     pub fn replica(&self, gpid: Gpid) -> Option<ReplicaHandle> {
@@ -161,13 +160,14 @@ impl Node {
                             self.lease_until_ms.fetch_max(until_ms, Ordering::AcqRel);
                         }
                         HostAction::SetDiskShort { short } => {
-                            let was = self.disk_low.lock().expect("disk lock").replace(short.as_ref().map(|s| s.low()));
-                            match (&was, &short) {
-                                (None | Some(None), Some(s)) => tracing::warn!(
+                            let was = self.disk_low.get();
+                            self.disk_low.set(short.as_ref().map(|s| s.low()));
+                            match (was, &short) {
+                                (None, Some(s)) => tracing::warn!(
                                     dir = s.dir, free_bytes = s.free_bytes, reserve_bytes = s.reserve_bytes,
                                     "disk almost full: writes other than deletes are refused until space is freed"
                                 ),
-                                (Some(Some(_)), None) => tracing::info!("disk space is back above the reserve: writes are taken again"),
+                                (Some(_), None) => tracing::info!("disk space is back above the reserve: writes are taken again"),
                                 _ => {}
                             }
                         }
@@ -548,6 +548,32 @@ pub(crate) fn active_db_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Runs a replica server until `shutdown` fires.
+/// The server's `DiskLow` as the host last set it, read by every `Node::ctx` (so by every step and
+/// every read) without a lock: the free bytes, `u64::MAX` while the disk is not short, and the
+/// reserve. The two may be of different readings for a moment; they only go into a message.
+struct DiskLowCell {
+    free_bytes: AtomicU64,
+    reserve_bytes: AtomicU64,
+}
+
+impl Default for DiskLowCell {
+    fn default() -> Self {
+        DiskLowCell { free_bytes: AtomicU64::new(u64::MAX), reserve_bytes: AtomicU64::new(0) }
+    }
+}
+
+impl DiskLowCell {
+    fn get(&self) -> Option<tandem_core::replica::DiskLow> {
+        let free_bytes = self.free_bytes.load(Ordering::Acquire);
+        (free_bytes != u64::MAX).then(|| tandem_core::replica::DiskLow { free_bytes, reserve_bytes: self.reserve_bytes.load(Ordering::Relaxed) })
+    }
+
+    fn set(&self, low: Option<tandem_core::replica::DiskLow>) {
+        self.reserve_bytes.store(low.map_or(0, |l| l.reserve_bytes), Ordering::Relaxed);
+        self.free_bytes.store(low.map_or(u64::MAX, |l| l.free_bytes.min(u64::MAX - 1)), Ordering::Release);
+    }
+}
+
 /// How often free space is read (`tandem_host::disk`): the reserve must hold what the server
 /// writes meanwhile — at 10 ms, 1.6 MB at 160 MB/s (statvfs costs microseconds).
 const DISK_READ_INTERVAL: Duration = Duration::from_millis(10);
@@ -669,7 +695,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
         replicas: RwLock::new(HashMap::new()),
         partition_counts: RwLock::new(HashMap::new()),
         lease_until_ms: AtomicU64::new(0),
-        disk_low: Mutex::new(None),
+        disk_low: DiskLowCell::default(),
         start,
         incarnation: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
         host: Mutex::new(Host::new(opts.advertise.clone(), opts.host.clone(), found.iter().map(|(g, _)| *g), 0)),

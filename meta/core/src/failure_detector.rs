@@ -100,7 +100,7 @@ impl FailureDetector {
     /// A new probe of `node`'s port, unless it is not alive to this meta or a probe of it is
     /// in flight: its id, for `on_probe`.
     pub fn start_probe(&mut self, node: &str, now_ms: u64) -> Option<u64> {
-        if !self.is_alive(node) || self.probes.get(node).is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) < PROBE_ANSWER_MS) {
+        if !self.is_alive(node) || self.probing(node, now_ms) {
             return None;
         }
         self.next_probe += 1;
@@ -113,9 +113,14 @@ impl FailureDetector {
         self.nodes
             .iter()
             .filter(|(_, l)| l.alive && now_ms.saturating_sub(l.last_beacon_ms) > after_ms)
-            .filter(|(n, _)| self.probes.get(*n).is_none_or(|(_, sent)| now_ms.saturating_sub(*sent) >= PROBE_ANSWER_MS))
+            .filter(|(n, _)| !self.probing(n, now_ms))
             .map(|(n, _)| n.clone())
             .collect()
+    }
+
+    /// Whether a probe of `node` is in flight (sent within `PROBE_ANSWER_MS`).
+    fn probing(&self, node: &str, now_ms: u64) -> bool {
+        self.probes.get(node).is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) < PROBE_ANSWER_MS)
     }
 
     /// The answer to probe `probe` of `node`. True when `node` is now dead: its port refused the

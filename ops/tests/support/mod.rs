@@ -527,33 +527,27 @@ impl GapLoad {
 
     /// The gaps between `from` and `to`, counting the edges of the window as acknowledgements.
     pub fn gaps(&self, from: Instant, to: Instant) -> Gaps {
-        let acks = self.acks.lock().unwrap();
-        let longest = |times: &mut Vec<Instant>| {
-            times.push(from);
-            times.push(to);
-            times.sort();
-            times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
-        };
-        let in_window: Vec<(u32, Instant)> = acks.iter().filter(|(_, at, _)| *at >= from && *at <= to).map(|(p, at, _)| (*p, *at)).collect();
-        let table = longest(&mut in_window.iter().map(|(_, at)| *at).collect());
-        drop(acks);
+        let (table, writes) = self.longest_gap(from, to, |_| true);
         let partition = self.partition_gaps(from, to).into_iter().max().unwrap_or_default();
-        Gaps { table, partition, writes: in_window.len() }
+        Gaps { table, partition, writes }
     }
 
     /// The longest gap of each partition between `from` and `to` (the window's edges count as
     /// acknowledgements), by partition index.
     pub fn partition_gaps(&self, from: Instant, to: Instant) -> Vec<Duration> {
+        (0..self.partitions).map(|p| self.longest_gap(from, to, |q| q == p).0).collect()
+    }
+
+    /// The longest stretch between `from` and `to` without an acknowledged write to a partition
+    /// `counts` takes (the window's edges count as acknowledgements), and how many there were.
+    fn longest_gap(&self, from: Instant, to: Instant, counts: impl Fn(u32) -> bool) -> (Duration, usize) {
         let acks = self.acks.lock().unwrap();
-        (0..self.partitions)
-            .map(|p| {
-                let mut times: Vec<Instant> = acks.iter().filter(|(q, at, _)| *q == p && *at >= from && *at <= to).map(|(_, at, _)| *at).collect();
-                times.push(from);
-                times.push(to);
-                times.sort();
-                times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
-            })
-            .collect()
+        let mut times: Vec<Instant> = acks.iter().filter(|(p, at, _)| counts(*p) && *at >= from && *at <= to).map(|(_, at, _)| *at).collect();
+        let writes = times.len();
+        times.push(from);
+        times.push(to);
+        times.sort();
+        (times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default(), writes)
     }
 
     /// Stops the writers; returns every acknowledged key.
