@@ -3,6 +3,7 @@
 use crate::cli::{ClientArgs, TableCommand};
 use crate::{client_of, print_json, print_table, CmdResult, Failure, EXIT_UNAVAILABLE};
 use serde_json::json;
+use tandem_core::limits::human_bytes;
 use tandem_proto::v1;
 
 pub(crate) fn fmt_ms(ms: u64) -> String {
@@ -155,7 +156,8 @@ pub async fn nodes(args: &ClientArgs) -> CmdResult {
         print_json(&json!(nodes
             .iter()
             .map(|n| json!({"address": n.address, "alive": n.alive, "last_beacon_ms_ago": n.last_beacon_ms_ago,
-                "primaries": n.primaries, "secondaries": n.secondaries, "learners": n.learners}))
+                "primaries": n.primaries, "secondaries": n.secondaries, "learners": n.learners,
+                "disk_short": n.disk_short.as_ref().map(|d| json!({"dir": d.dir, "free_bytes": d.free_bytes, "reserve_bytes": d.reserve_bytes}))}))
             .collect::<Vec<_>>()));
     } else {
         let rows: Vec<Vec<String>> = nodes
@@ -168,10 +170,14 @@ pub async fn nodes(args: &ClientArgs) -> CmdResult {
                     n.primaries.to_string(),
                     n.secondaries.to_string(),
                     n.learners.to_string(),
+                    n.disk_short.as_ref().map_or_else(
+                        || "ok".into(),
+                        |d| format!("FULL: {} free, reserve {} ({})", human_bytes(d.free_bytes as usize), human_bytes(d.reserve_bytes as usize), d.dir),
+                    ),
                 ]
             })
             .collect();
-        print_table(&["ADDRESS", "STATUS", "LAST BEACON", "PRIMARIES", "SECONDARIES", "LEARNERS"], &rows);
+        print_table(&["ADDRESS", "STATUS", "LAST BEACON", "PRIMARIES", "SECONDARIES", "LEARNERS", "DISK"], &rows);
     }
     Ok(())
 }
@@ -183,12 +189,12 @@ pub async fn status(args: &ClientArgs) -> CmdResult {
     if s.nodes_alive == 0 {
         s.problems.push("no replica server is alive: start one with `tandem replica start --meta ADDR`".into());
     }
-    let healthy = s.degraded == 0 && s.unavailable == 0 && s.nodes_alive > 0;
+    let healthy = s.degraded == 0 && s.unavailable == 0 && s.nodes_alive > 0 && s.nodes_disk_short == 0;
     if args.json {
         print_json(&json!({
             "healthy": healthy, "tables": s.tables, "partitions": s.partitions, "healthy_partitions": s.healthy,
             "degraded_partitions": s.degraded, "unavailable_partitions": s.unavailable,
-            "nodes_alive": s.nodes_alive, "nodes_dead": s.nodes_dead, "problems": s.problems,
+            "nodes_alive": s.nodes_alive, "nodes_dead": s.nodes_dead, "nodes_disk_short": s.nodes_disk_short, "problems": s.problems,
         }));
     } else {
         outln!(

@@ -44,6 +44,10 @@ pub struct MetaSection {
     pub peer_sites: Vec<String>,
     /// Where level-3 policies back up unless `--backup-target` says otherwise ("" = none).
     pub backup_target: String,
+    /// With a SQLite store: below the smaller of these free under its directory, requests that
+    /// add metadata are refused (reads, beacons and configuration changes go on).
+    pub disk_reserve: ByteSize,
+    pub disk_reserve_percent: u64,
 }
 
 impl Default for MetaSection {
@@ -66,6 +70,8 @@ impl Default for MetaSection {
             site: m.site,
             peer_sites: m.peer_sites,
             backup_target: m.backup_target,
+            disk_reserve: ByteSize::b(m.disk_reserve_bytes),
+            disk_reserve_percent: m.disk_reserve_percent,
         }
     }
 }
@@ -255,6 +261,11 @@ site = "local"
 peer_sites = []
 # Where level-3 policies back up unless --backup-target says otherwise ("" = none).
 backup_target = ""
+# With a SQLite store: while its directory has less free space than the smaller of these,
+# requests that add metadata (tables, policies, sites, duplications, backups) are refused;
+# reads, beacons and configuration changes go on.
+disk_reserve = "2GiB"
+disk_reserve_percent = 5
 
 [replica]
 listen = "127.0.0.1:34801"
@@ -373,6 +384,9 @@ impl Config {
         if !m.advertise.is_empty() && !m.advertise.contains(':') {
             bail!("meta.advertise {:?} is not HOST:PORT", m.advertise);
         }
+        if m.disk_reserve_percent > 50 {
+            bail!("meta.disk_reserve_percent ({}) must be at most 50", m.disk_reserve_percent);
+        }
         tandem_meta_core::leadership::validate_ttl(m.lease_ttl.as_millis() as u64).map_err(anyhow::Error::msg)?;
         tandem_meta_core::policy::validate_site_name(&m.site).map_err(|e| anyhow::anyhow!("meta.site: {e}"))?;
         for peer in &m.peer_sites {
@@ -471,6 +485,8 @@ impl Config {
                 peer_sites: m.peer_sites.clone(),
                 backup_target: m.backup_target.clone(),
                 backup_jobs_max: self.backup.jobs_max,
+                disk_reserve_bytes: m.disk_reserve.as_u64(),
+                disk_reserve_percent: m.disk_reserve_percent,
                 ..tandem_meta_core::MetaOptions::default()
             },
             s3: self.backup.s3(),

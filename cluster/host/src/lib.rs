@@ -25,6 +25,7 @@ pub mod disk;
 pub mod duplication;
 pub mod options;
 pub mod replica;
+pub mod restart;
 pub mod server;
 
 pub use backup::{BackupCommand, Backups};
@@ -33,5 +34,6 @@ pub use duplication::{config_for, DupConfig, DupId, DupWork, Duplications};
 pub use tandem_dup_core::TableDup;
 pub use disk::{DirSpace, DiskShort, DiskWatch};
 pub use options::HostOptions;
+pub use restart::Restarts;
 pub use replica::{Carrier, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 pub use server::{Host, HostAction, HostInput};

@@ -103,7 +103,15 @@ pub enum HostAction {
     TickReplicas { log_cache_bytes_max: usize },
     /// Beacon to the meta with every replica's state and these reports of backup uploads;
     /// report `BeaconAnswered` or `BeaconFailed`.
-    SendBeacon { sent_at_ms: u64, restarted: bool, lease_period_ms: u64, backup_reports: Vec<BackupTaskReport>, restore_failures: Vec<RestoreFailure> },
+    SendBeacon {
+        sent_at_ms: u64,
+        restarted: bool,
+        lease_period_ms: u64,
+        backup_reports: Vec<BackupTaskReport>,
+        restore_failures: Vec<RestoreFailure>,
+        /// The directory below its reserve: the meta shows it and places no replica here.
+        disk_short: Option<crate::disk::DiskShort>,
+    },
     /// Checkpoint the replica of `task.gpid` and upload it as the task says, reporting with
     /// `BackupReported` as it goes and when it is done or failed.
     BackupPartition { task: BackupTask },
@@ -323,6 +331,14 @@ impl Host {
             HostInput::DiskSpace { dirs } => {
                 let was_short = self.disk.short().is_some();
                 let short = self.disk.on_space(&dirs).cloned();
+                if was_short != short.is_some() {
+                    // The meta learns at the next tick, not a beacon period later: it stops
+                    // placing replicas here (or starts again) and shows it.
+                    match &mut self.beacon {
+                        Beacon::Idle { next_due_ms } => *next_due_ms = 0,
+                        Beacon::InFlight { .. } | Beacon::Configuring { .. } => self.beacon_asked = true,
+                    }
+                }
                 if was_short || short.is_some() {
                     self.actions.push(HostAction::SetDiskShort { short });
                 }
@@ -484,6 +500,7 @@ impl Host {
                 lease_period_ms: self.options.lease_period_ms,
                 backup_reports: self.backups.reports(),
                 restore_failures: self.restore_failures.values().cloned().collect(),
+                disk_short: self.disk.short().cloned(),
             });
         }
     }
@@ -696,7 +713,7 @@ mod tests {
 
     #[test]
     fn the_meta_asking_for_a_beacon_gets_one_at_once_or_right_after_the_one_in_flight() {
-        let beacon = |sent_at_ms, restarted| HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![] };
+        let beacon = |sent_at_ms, restarted| HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![], disk_short: None };
         let mut host = Host::new("a".into(), options(), [], 0);
         host.step(HostInput::Tick { now_ms: 0 });
         host.take_actions();
@@ -715,6 +732,34 @@ mod tests {
         assert_eq!(host.take_actions(), vec![HostAction::TickReplicas { log_cache_bytes_max: 1_000 }]);
     }
 
+    /// A disk going below its reserve (or back) is told to the replicas at once and to the meta
+    /// at the next tick, not a beacon interval later; every beacon while short carries it.
+    #[test]
+    fn a_disk_short_or_back_beacons_at_the_next_tick() {
+        use crate::disk::{DirSpace, DiskShort};
+        let mut host = Host::new("a".into(), options(), [], 0);
+        host.step(HostInput::Tick { now_ms: 0 });
+        host.take_actions();
+        answer(&mut host, 0, vec![], vec![]);
+        let space = |free_bytes| HostInput::DiskSpace { dirs: vec![DirSpace { dir: "/data".into(), free_bytes, total_bytes: 1_000 }] };
+        let short = DiskShort { dir: "/data".into(), free_bytes: 40, reserve_bytes: 50 };
+        host.step(space(40));
+        assert_eq!(host.take_actions(), vec![HostAction::SetDiskShort { short: Some(short.clone()) }]);
+        host.step(HostInput::Tick { now_ms: 10 });
+        let actions = host.take_actions();
+        assert!(actions.iter().any(|a| matches!(a, HostAction::SendBeacon { sent_at_ms: 10, disk_short: Some(s), .. } if *s == short)), "{actions:?}");
+        answer(&mut host, 10, vec![], vec![]);
+        host.step(space(45));
+        host.step(HostInput::Tick { now_ms: 20 });
+        let actions = host.take_actions();
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::SendBeacon { .. })), "still short: the usual interval {actions:?}");
+        host.step(space(100));
+        assert_eq!(host.take_actions(), vec![HostAction::SetDiskShort { short: None }]);
+        host.step(HostInput::Tick { now_ms: 30 });
+        let actions = host.take_actions();
+        assert!(actions.iter().any(|a| matches!(a, HostAction::SendBeacon { sent_at_ms: 30, disk_short: None, .. })), "{actions:?}");
+    }
+
     #[test]
     fn the_lease_waits_until_every_replica_took_its_configuration() {
         let mut host = Host::new("a".into(), options(), [g(0)], 0);
@@ -723,7 +768,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 1_000 },
-                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![] },
+                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![], disk_short: None },
             ]
         );
         host.step(HostInput::Tick { now_ms: 1_500 });
@@ -754,7 +799,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 500 },
-                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![] },
+                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![], disk_short: None },
             ]
         );
         // A late answer to an older beacon grants nothing.

@@ -2,7 +2,7 @@
 //! a malformed message is an error, never a panic.
 
 use crate::v1;
-use tandem_core::replica::{CheckType, DupRecord, DupWatermark, MutateOp, WriteRequest};
+use tandem_core::replica::{CheckType, DiskShort, DupRecord, DupWatermark, MutateOp, WriteRequest};
 use tandem_core::{Error, Gpid, PartitionConfig, Result};
 
 impl From<Gpid> for v1::Gpid {
@@ -14,6 +14,14 @@ impl From<Gpid> for v1::Gpid {
 pub fn gpid_from(g: Option<&v1::Gpid>) -> Result<Gpid> {
     let g = g.ok_or_else(|| Error::InvalidArgument("missing gpid".into()))?;
     Ok(Gpid::new(g.table_id, g.partition))
+}
+
+pub fn disk_short_to_wire(d: &DiskShort) -> v1::DiskShort {
+    v1::DiskShort { dir: d.dir.clone(), free_bytes: d.free_bytes, reserve_bytes: d.reserve_bytes }
+}
+
+pub fn disk_short_from_wire(d: &v1::DiskShort) -> DiskShort {
+    DiskShort { dir: d.dir.clone(), free_bytes: d.free_bytes, reserve_bytes: d.reserve_bytes }
 }
 
 pub fn config_to_wire(c: &PartitionConfig, partition_count: u32) -> v1::PartitionConfig {

@@ -40,11 +40,8 @@ pub enum Error {
     #[error("installed checkpoint holds decree {found}, expected {expected}")]
     WrongDecree { found: u64, expected: u64 },
 
-    #[error(
-        "the mutation log in {} failed ({detail}); the server stopped so the meta moves its partitions elsewhere. \
-         Fix the disk and restart it: the log replays what it holds",
-        .dir.display()
-    )]
+    /// Ends one life of the server; `node::run` starts it again from its disk (docs/host.md).
+    #[error("the mutation log in {} failed ({detail}); its replicas stopped. Starting it again replays what the log holds", .dir.display())]
     LogFailed { dir: PathBuf, detail: String },
 
     #[error("gRPC reflection: {0}")]

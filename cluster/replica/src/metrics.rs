@@ -21,6 +21,11 @@ pub struct Metrics {
     /// Bytes appended to the log (headers included), and the records of each group written
     /// and synced together.
     pub log_written_bytes: IntCounter,
+    /// Times the server started again from its disk after its log failed; whether a directory
+    /// is below its disk reserve now (1: only deletes are taken), and its free bytes.
+    pub log_failure_restarts: IntCounter,
+    pub disk_short: IntGauge,
+    pub disk_free_bytes: IntGauge,
     pub log_group_records: Histogram,
     /// Checkpoint transfers: fetches by a learner here by result, bytes fetched, bytes still to
     /// fetch by the fetches running now (a learner's progress), and bytes served to learners.
@@ -143,6 +148,14 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(log_written_bytes.clone())).expect("register once");
+        let log_failure_restarts =
+            IntCounter::new(format!("{prefix}_log_failure_restarts_total"), "starts from the disk after the mutation log failed").expect("valid metric");
+        let disk_short = IntGauge::new(format!("{prefix}_disk_short"), "1 while a data or log directory is below its disk reserve (only deletes are taken)").expect("valid metric");
+        let disk_free_bytes = IntGauge::new(format!("{prefix}_disk_free_bytes"), "free bytes of the fullest data or log directory, against its reserve").expect("valid metric");
+        for m in [&disk_short, &disk_free_bytes] {
+            registry.register(Box::new(m.clone())).expect("register once");
+        }
+        registry.register(Box::new(log_failure_restarts.clone())).expect("register once");
         registry.register(Box::new(log_group_records.clone())).expect("register once");
         registry.register(Box::new(checkpoint_fetches.clone())).expect("register once");
         registry.register(Box::new(checkpoint_fetched_bytes.clone())).expect("register once");
@@ -173,6 +186,9 @@ impl Metrics {
             table_committed,
             table_uncommitted,
             log_written_bytes,
+            log_failure_restarts,
+            disk_short,
+            disk_free_bytes,
             log_group_records,
             checkpoint_fetches,
             checkpoint_fetched_bytes,

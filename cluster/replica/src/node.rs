@@ -162,6 +162,7 @@ impl Node {
                         HostAction::SetDiskShort { short } => {
                             let was = self.disk_low.get();
                             self.disk_low.set(short.as_ref().map(|s| s.low()));
+                            self.metrics.disk_short.set(i64::from(short.is_some()));
                             match (was, &short) {
                                 (None, Some(s)) => tracing::warn!(
                                     dir = s.dir, free_bytes = s.free_bytes, reserve_bytes = s.reserve_bytes,
@@ -209,9 +210,10 @@ impl Node {
                     h.send(ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short } => {
                 let node = self.clone();
-                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures).await });
+                let disk_short = disk_short.as_ref().map(tandem_proto::convert::disk_short_to_wire);
+                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short).await });
             }
             HostAction::BackupPartition { task } => self.start_backup(task),
             HostAction::CancelBackup { backup_id, gpid, attempt } => self.uploads.cancel(backup_id, gpid, attempt),
@@ -297,6 +299,7 @@ impl Node {
         lease_period_ms: u64,
         backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
         restore_failures: Vec<tandem_backup_core::RestoreFailure>,
+        disk_short: Option<v1::DiskShort>,
     ) {
         let req = v1::BeaconRequest {
             node: self.me.clone(),
@@ -310,6 +313,7 @@ impl Node {
                 .iter()
                 .map(|f| v1::RestoreFailure { gpid: Some(f.gpid.into()), error: f.error.clone(), permanent: f.permanent })
                 .collect(),
+            disk_short,
         };
         let answer = self
             .meta
@@ -587,25 +591,14 @@ async fn read_disk_space(node: Arc<Node>) {
         let dirs = [node.opts.data_dir.clone(), node.log.dir().to_path_buf()];
         let reader = node.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let dirs = dirs.iter().filter_map(|d| dir_space(d)).collect();
+            let dirs: Vec<tandem_host::DirSpace> = dirs.iter().filter_map(|d| tandem_runtime::disk::dir_space(d)).collect();
+            if let Some(free) = dirs.iter().map(|d| d.free_bytes).min() {
+                reader.metrics.disk_free_bytes.set(free as i64);
+            }
             reader.host_step(HostInput::DiskSpace { dirs });
         })
         .await;
     }
-}
-
-/// Free space of `dir`'s filesystem for this process (statvfs: blocks available to unprivileged
-/// users), or None when it cannot be read (logged).
-fn dir_space(dir: &Path) -> Option<tandem_host::DirSpace> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `stat` a valid, writable statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        tracing::warn!("cannot read the free space of {}: {}", dir.display(), std::io::Error::last_os_error());
-        return None;
-    }
-    let block = stat.f_frsize as u64;
-    Some(tandem_host::DirSpace { dir: dir.display().to_string(), free_bytes: stat.f_bavail as u64 * block, total_bytes: stat.f_blocks as u64 * block })
 }
 
 /// Pauses between attempts to open the watch stream: the first after a stream that ended, at
@@ -648,8 +641,81 @@ async fn watch_meta(node: Arc<Node>) {
     }
 }
 
+/// Runs a replica server until `shutdown`. After its mutation log fails it starts again from its
+/// disk, as a process restart would, once `tandem_host::Restarts` allows (docs/host.md, "A
+/// failed log"); the metrics endpoint and its counters carry on across such restarts.
 pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
     opts.host.validate().map_err(Error::Options)?;
+    let metrics = Metrics::new("tandem_replica");
+    let current: Arc<Mutex<std::sync::Weak<Node>>> = Arc::new(Mutex::new(std::sync::Weak::new()));
+    if let Some(addr) = opts.metrics_listen {
+        let rx = shutdown.clone();
+        let serving = current.clone();
+        let refresh: tandem_runtime::metrics::Refresh = Arc::new(move || {
+            if let Some(node) = serving.lock().expect("node lock").upgrade() {
+                node.update_gauges();
+            }
+        });
+        let local = tandem_runtime::metrics::serve(addr, metrics.registry.clone(), refresh, async move {
+            tandem_runtime::stopped(rx).await;
+        })
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+        tracing::info!("metrics on http://{local}/metrics");
+    }
+    let mut restarts = tandem_host::Restarts::default();
+    let clock = Instant::now();
+    let now_ms = || clock.elapsed().as_millis() as u64;
+    loop {
+        let failure = match serve_from_disk(&opts, shutdown.clone(), metrics.clone(), &current).await {
+            Err(Error::LogFailed { dir, detail }) if !*shutdown.borrow() => (dir, detail),
+            other => return other,
+        };
+        let (dir, detail) = failure;
+        metrics.log_failure_restarts.inc();
+        let pause = restarts.on_failure(now_ms());
+        tracing::error!(
+            "the mutation log in {} failed ({detail}); every replica stopped and the meta moves their partitions. Nothing \
+             acknowledged is lost: this server starts again from its disk in {} s at the earliest, once every directory is \
+             above its disk reserve ({} failures in the last hour). Free space or fix the disk if this repeats",
+            dir.display(),
+            pause / 1000,
+            restarts.recent()
+        );
+        let mut watch = tandem_host::DiskWatch::new(opts.host.disk_reserve_bytes, opts.host.disk_reserve_percent);
+        let dirs = [opts.data_dir.clone(), opts.data_dir.join("log")];
+        let mut stop = std::pin::pin!(tandem_runtime::stopped(shutdown.clone()));
+        let mut said = false;
+        // A task of the previous run still holding it past this is a bug: starting anyway
+        // reports the engine it still holds open, rather than waiting forever.
+        let closing_deadline = clock.elapsed() + Duration::from_secs(30);
+        loop {
+            let space: Vec<tandem_host::DirSpace> = dirs.iter().filter_map(|d| tandem_runtime::disk::dir_space(d)).collect();
+            let short = watch.on_space(&space).cloned();
+            // The previous run's engines close with its last task: a restart opens them again.
+            let closed = current.lock().expect("node lock").strong_count() == 0 || clock.elapsed() > closing_deadline;
+            if restarts.may_start(now_ms(), short.is_some()) && closed {
+                break;
+            }
+            if let Some(short) = short.filter(|_| !said) {
+                tracing::warn!("waiting for disk room to start again: {short}");
+                said = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(RESTART_POLL) => {}
+                _ = stop.as_mut() => return Ok(()),
+            }
+        }
+        tracing::info!("starting again from the disk after the mutation log failed");
+    }
+}
+
+/// How often a server whose log failed looks at its disks and its pause.
+const RESTART_POLL: Duration = Duration::from_millis(100);
+
+/// One life of the server: replay the log, open the replicas found on disk, serve until
+/// `shutdown` or until the log fails (`Error::LogFailed`).
+async fn serve_from_disk(opts: &ReplicaServerOptions, shutdown: watch::Receiver<bool>, metrics: Metrics, current: &Mutex<std::sync::Weak<Node>>) -> Result<()> {
     std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("create data dir", &opts.data_dir))?;
     // Replay the shared log: per partition, its mutations by the replay rule (log_read).
     let log_dir = opts.data_dir.join("log");
@@ -682,7 +748,6 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     }
     let start = Instant::now();
     let (stop, mut stopped) = watch::channel(None);
-    let metrics = Metrics::new("tandem_replica");
     let groups = metrics.log_group_records.clone();
     log.observe_groups(move |records| groups.observe(records as f64));
     let node = Arc::new(Node {
@@ -733,17 +798,7 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let grpc = crate::service::serve(node.clone(), shutdown_signal).await?;
     let watching = tokio::spawn(watch_meta(node.clone()));
     let disk_reads = tokio::spawn(read_disk_space(node.clone()));
-    if let Some(addr) = opts.metrics_listen {
-        let rx = shutdown.clone();
-        let gauges = node.clone();
-        let refresh: tandem_runtime::metrics::Refresh = Arc::new(move || gauges.update_gauges());
-        let local = tandem_runtime::metrics::serve(addr, node.metrics.registry.clone(), refresh, async move {
-            tandem_runtime::stopped(rx).await;
-        })
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
-        tracing::info!("metrics on http://{local}/metrics");
-    }
+    *current.lock().expect("node lock") = Arc::downgrade(&node);
 
     let mut tick = tokio::time::interval(Duration::from_millis(opts.host.tick_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -7,7 +7,7 @@ use crate::node::{active_db_dir, Node};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tandem_core::replica::{LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, ReplicaState, WriteResponse};
+use tandem_core::replica::{DiskLow, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, ReplicaState, WriteResponse};
 use tandem_core::storage::KvEngine;
 use tandem_core::{Decree, Error, Gpid, LogRecord, Mutation, WriteOp};
 use tandem_dup_core::{Input as DupInput, ShipFailure as DupFailure};
@@ -509,7 +509,11 @@ impl ReplicaTask {
             let event = match answer {
                 Ok(v1::batch_reply::Reply::Prepare(resp)) => {
                     let outcome = match v1::prepare_response::Outcome::try_from(resp.outcome) {
-                        Ok(v1::prepare_response::Outcome::Ok) => PrepareOutcome::Ok { prepared: resp.prepared },
+                        Ok(v1::prepare_response::Outcome::Ok) => {
+                            let disk_low = (resp.disk_reserve_bytes > 0)
+                                .then_some(DiskLow { free_bytes: resp.disk_free_bytes, reserve_bytes: resp.disk_reserve_bytes });
+                            PrepareOutcome::Ok { prepared: resp.prepared, disk_low }
+                        }
                         Ok(v1::prepare_response::Outcome::StaleBallot) => PrepareOutcome::StaleBallot { ballot: resp.ballot },
                         Ok(v1::prepare_response::Outcome::NotMember) | Err(_) => PrepareOutcome::NotMember,
                     };

@@ -283,19 +283,20 @@ impl Service {
         })();
         let (handle, msg) = match checked {
             Ok(Some(x)) => x,
-            Ok(None) => return done(Ok(v1::PrepareResponse { ballot: 0, outcome: v1::prepare_response::Outcome::NotMember as i32, prepared: 0 })),
+            Ok(None) => return done(Ok(v1::PrepareResponse { ballot: 0, outcome: v1::prepare_response::Outcome::NotMember as i32, prepared: 0, ..Default::default() })),
             Err(status) => return done(Err(status)),
         };
         let reply = ReplyTo::new(move |answer: Option<PrepareReply>| {
             done(match answer {
                 None => Err(ErrorKind::Busy.status("replica dropped the prepare")),
                 Some(reply) => {
-                    let (outcome, prepared) = match reply.outcome {
-                        PrepareOutcome::Ok { prepared } => (v1::prepare_response::Outcome::Ok, prepared),
-                        PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0),
-                        PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0),
+                    let (outcome, prepared, low) = match reply.outcome {
+                        PrepareOutcome::Ok { prepared, disk_low } => (v1::prepare_response::Outcome::Ok, prepared, disk_low),
+                        PrepareOutcome::StaleBallot { .. } => (v1::prepare_response::Outcome::StaleBallot, 0, None),
+                        PrepareOutcome::NotMember => (v1::prepare_response::Outcome::NotMember, 0, None),
                     };
-                    Ok(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared })
+                    let (disk_free_bytes, disk_reserve_bytes) = low.map_or((0, 0), |l| (l.free_bytes, l.reserve_bytes));
+                    Ok(v1::PrepareResponse { ballot: reply.ballot, outcome: outcome as i32, prepared, disk_free_bytes, disk_reserve_bytes })
                 }
             })
         });

@@ -1,7 +1,8 @@
 //! tandem-runtime: what every Tandem server process shares — the standard gRPC health and
 //! reflection services (`grpc_tools`), the Prometheus `/metrics` endpoint (`metrics`) and stop
-//! handling (`stopped`). Runtimes only: nothing here decides anything.
+//! handling (`stopped`), free-space readings (`disk`). Runtimes only: nothing here decides anything.
 
+pub mod disk;
 pub mod grpc_tools;
 pub mod metrics;
 

@@ -376,6 +376,11 @@ impl SimClient {
                 Err(Error::NotPrimary { .. } | Error::Busy { .. }) => self.retry(io),
                 // A primary stepping down answers "may or may not be applied".
                 Err(Error::OutcomeUnknown { .. }) => self.finish(io, history, Outcome::Unknown),
+                // Refused, not applied: the checkers catch it if it was.
+                Err(Error::DiskFull { .. }) => {
+                    io.stats.path(path::DISK_FULL_REFUSED);
+                    self.finish(io, history, Outcome::Failed)
+                }
                 Err(_) => self.finish(io, history, Outcome::Failed),
             },
             Msg::ClientReadResp { result, .. } => match result {

@@ -52,7 +52,8 @@ pub enum Event {
         incarnation: u64,
         gpid: Gpid,
     },
-    /// A server whose log failed is restarted by its supervisor.
+    /// A server whose log failed has stopped its replicas and closed its port; it starts again
+    /// from its disk after `StartAfterLogFailure`.
     SupervisorRestart {
         node: usize,
         incarnation: u64,
@@ -111,6 +112,14 @@ pub enum Event {
     Unblock {
         links: Vec<(Endpoint, Endpoint)>,
     },
+    /// Replica server `node`, stopped by a failed log, may start again from its disk.
+    StartAfterLogFailure {
+        node: usize,
+    },
+    /// The disk-full fault ends: replica server `node`'s disk has room again.
+    DiskRoom {
+        node: usize,
+    },
     Heal,
     CheckProgress,
     /// The operator changes the workload table's replica count.
@@ -168,6 +177,8 @@ impl Event {
             Event::BackupOperator => 29,
             Event::MetaObjects { .. } => 30,
             Event::ReplicaObjects { .. } => 31,
+            Event::DiskRoom { .. } => 32,
+            Event::StartAfterLogFailure { .. } => 33,
         }
     }
 }

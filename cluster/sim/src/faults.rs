@@ -34,10 +34,13 @@ pub enum FaultKind {
     /// A meta server's calls to its store hang for a while, then go through late: its lease
     /// lapses, another meta may take over, and its late writes must be fenced.
     StoreClog,
+    /// A replica server's disk drops below its reserve for a while: its primaries, and those of
+    /// the partitions it is a member of, take only deletes; the meta places nothing there.
+    DiskFull,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Crash,
         FaultKind::MetaCrash,
         FaultKind::Partition,
@@ -51,6 +54,7 @@ impl FaultKind {
         FaultKind::TornTail,
         FaultKind::Drift,
         FaultKind::StoreClog,
+        FaultKind::DiskFull,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -68,6 +72,7 @@ impl FaultKind {
             FaultKind::TornTail => "torn-tail",
             FaultKind::Drift => "drift",
             FaultKind::StoreClog => "store-clog",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
@@ -153,9 +158,13 @@ pub struct FaultPlan {
 }
 
 impl FaultPlan {
-    /// Each allowed kind is enabled with probability 3/4; rates are drawn per seed.
-    pub fn draw(allowed: &FaultSet, rng: &mut Rng) -> FaultPlan {
-        let kinds: Vec<FaultKind> = allowed.kinds().iter().copied().filter(|_| rng.chance(0.75)).collect();
+    /// Each allowed kind is enabled with probability 3/4; rates are drawn per seed. Kinds added
+    /// after a seed's bug was recorded are drawn from `late` (a stream of their own), so every
+    /// older seed draws the plan it always did.
+    pub fn draw(allowed: &FaultSet, rng: &mut Rng, late: &mut Rng) -> FaultPlan {
+        let mut kinds: Vec<FaultKind> = allowed.kinds().iter().copied().filter(|k| !Self::LATE.contains(k)).filter(|_| rng.chance(0.75)).collect();
+        kinds.extend(allowed.kinds().iter().copied().filter(|k| Self::LATE.contains(k)).filter(|_| late.chance(0.75)));
+        kinds.sort();
         let enabled = FaultSet(kinds);
         let on = |k| enabled.contains(k);
         FaultPlan {
@@ -168,6 +177,13 @@ impl FaultPlan {
             fault_interval_ms: rng.range(2_000, 8_000),
             enabled,
         }
+    }
+
+    const LATE: [FaultKind; 1] = [FaultKind::DiskFull];
+
+    /// The stream `draw` takes late kinds from.
+    pub fn late_rng(seed: u64) -> Rng {
+        Rng::new(seed ^ 0x6c61_7465_6b69_6e64)
     }
 
     /// No faults at all (scenario scripts inject their own).

@@ -315,7 +315,7 @@ impl SimMeta {
                 return;
             }
             Msg::ProbeAnswer { node, probe, refused } => return self.step(io, MetaInput::Probed { node, probe, refused }),
-            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures } => {
+            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures, disk_short } => {
                 self.watchers.insert(node.clone());
                 let reports = reports
                     .iter()
@@ -324,7 +324,7 @@ impl SimMeta {
                         (s.gpid, report)
                     })
                     .collect();
-                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports, backup_reports, restore_failures }))
+                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports, backup_reports, restore_failures, disk_short }))
             }
             Msg::Propose { rpc, gpid, proposal, from: proposer } => (rpc, MetaRequest::Propose { gpid, from: proposer, proposal }),
             Msg::QueryConfig { rpc } => (rpc, MetaRequest::QueryConfig { table: crate::sim::TABLE_NAME.into() }),
@@ -342,6 +342,10 @@ impl SimMeta {
                     io.stats.path(path::META_RELOAD);
                 }
                 io.note(|| format!("{name}: leads at epoch {epoch}, {partitions} partition(s) loaded from the store"));
+            }
+            MetaEvent::DiskShort { node, short } => {
+                io.stats.path(if short.is_some() { path::DISK_SHORT_SEEN } else { path::DISK_ROOM_SEEN });
+                io.note(|| format!("{name}: {node}'s disk {}", if short.is_some() { "is below its reserve: nothing is placed there" } else { "has room again" }))
             }
             MetaEvent::SteppedDown { leader } => io.note(|| format!("{name}: stepped down, {leader} leads")),
             MetaEvent::NodeDead { node, refused: false } => io.note(|| format!("{name}: {node} declared dead")),
@@ -393,7 +397,7 @@ impl SimMeta {
                 io.stats.path(path::META_RELOAD_STALE);
                 io.note(|| format!("{name}: reloads the store: {why}"));
             }
-            MetaEvent::LoadFailed { .. } | MetaEvent::NodeAlive { .. } | MetaEvent::PurgeFailed { .. } | MetaEvent::Backup { .. } => {}
+            MetaEvent::LoadFailed { .. } | MetaEvent::StoreDiskShort { .. } | MetaEvent::NodeAlive { .. } | MetaEvent::PurgeFailed { .. } | MetaEvent::Backup { .. } => {}
         }
     }
 }

@@ -140,6 +140,7 @@ pub enum Msg {
         dup_reports: Vec<(Gpid, u32, DupReport)>,
         backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
         restore_failures: Vec<tandem_backup_core::RestoreFailure>,
+        disk_short: Option<tandem_core::replica::DiskShort>,
     },
     BeaconResp {
         rpc: RpcId,

@@ -51,6 +51,9 @@ pub const RECOVERY_DEADLINE_US: u64 = 30_000_000;
 /// Replicas must converge this long after the final reads.
 pub const CONVERGENCE_DEADLINE_US: u64 = 30_000_000;
 const CHECK_PROGRESS_US: u64 = 250_000;
+/// The disk-full fault's disk: 100 GiB, whose reserve under the default options is 2 GiB.
+const SIM_DISK_BYTES: u64 = 100 << 30;
+const SIM_DISK_RESERVE: u64 = 2 << 30;
 /// Steps of the linearizability search per key before it gives up.
 const LINEARIZABILITY_BUDGET: u64 = 3_000_000;
 /// Share of crash faults aimed at a log write in flight (written, fsync not returned) rather
@@ -272,7 +275,7 @@ impl Sim {
         let mut rng = Rng::new(seed);
         let mut params = Params::draw(&mut rng, fault_time_us);
         params.backup = BackupParams::draw(seed);
-        let plan = FaultPlan::draw(allowed, &mut rng);
+        let plan = FaultPlan::draw(allowed, &mut rng, &mut FaultPlan::late_rng(seed));
         Sim::with(seed, rng, params, plan, trace)
     }
 
@@ -617,9 +620,12 @@ impl Sim {
             Event::SupervisorRestart { node, incarnation } => {
                 if self.site.servers[node].incarnation == incarnation && self.site.servers[node].up {
                     self.site.servers[node].crash(&mut io!(self, &mut out), false);
+                    // Its replicas stopped and its port closed until it starts again.
+                    self.killed(node, &mut out);
                     let name = self.site.servers[node].me.clone();
-                    self.note(|| format!("{name}: its log failed; the supervisor restarts it"));
-                    self.schedule(self.now_us + 100_000, Event::Restart(Endpoint::Replica(node)));
+                    let pause_ms = self.site.servers[node].restarts.on_failure(self.now_us / 1_000);
+                    self.note(|| format!("{name}: its log failed; it starts again from its disk in {pause_ms} ms at the earliest"));
+                    self.schedule(self.now_us + pause_ms * 1_000, Event::StartAfterLogFailure { node });
                 }
             }
             Event::ShipRetry { node, incarnation, ship } => {
@@ -707,6 +713,24 @@ impl Sim {
                 }
                 self.partition_active = false;
             }
+            Event::DiskRoom { node } => self.disk_room(node),
+            // `tandem_host::Restarts` decides, as in the server: after the pause, with disk room.
+            Event::StartAfterLogFailure { node } => {
+                let server = &self.site.servers[node];
+                if !server.up {
+                    let now_ms = self.now_us / 1_000;
+                    let short = server.disk_space.is_some_and(|(free, total)| {
+                        tandem_core::disk::DiskWatch::new(server.opts.host.disk_reserve_bytes, server.opts.host.disk_reserve_percent)
+                            .on_space(&[tandem_core::disk::DirSpace { dir: "data".into(), free_bytes: free, total_bytes: total }])
+                            .is_some()
+                    });
+                    if server.restarts.may_start(now_ms, short) {
+                        self.site.servers[node].boot(&mut io!(self, &mut out));
+                    } else {
+                        self.schedule(self.now_us + 100_000, Event::StartAfterLogFailure { node });
+                    }
+                }
+            }
             Event::Heal => self.heal(&mut out),
             Event::PolicyChange => self.change_policy(&mut out),
             Event::TableChurn => self.churn_table(&mut out),
@@ -754,7 +778,7 @@ impl Sim {
     }
 
     fn inject_fault(&mut self, out: &mut Vec<Out>) {
-        let discrete = [FaultKind::Crash, FaultKind::MetaCrash, FaultKind::Partition, FaultKind::AsymPartition, FaultKind::Clog, FaultKind::StoreClog];
+        let discrete = [FaultKind::Crash, FaultKind::MetaCrash, FaultKind::Partition, FaultKind::AsymPartition, FaultKind::Clog, FaultKind::StoreClog, FaultKind::DiskFull];
         let kinds: Vec<FaultKind> = discrete.into_iter().filter(|k| self.plan.on(*k)).collect();
         if kinds.is_empty() {
             return;
@@ -852,7 +876,27 @@ impl Sim {
                     self.note(|| "fault: the store restarted (every session ended)".to_string());
                 }
             }
+            FaultKind::DiskFull => {
+                let i = self.rng.index(self.site.servers.len());
+                let free = self.rng.range(0, SIM_DISK_RESERVE);
+                self.site.servers[i].disk_space = Some((free, SIM_DISK_BYTES));
+                self.stats.fault("disk-full");
+                let name = self.site.servers[i].me.clone();
+                self.note(|| format!("fault: {name}'s disk below its reserve ({free} bytes free)"));
+                let room = self.rng.range(300_000, 6_000_000);
+                self.schedule(self.now_us + room, Event::DiskRoom { node: i });
+            }
             _ => unreachable!("only discrete kinds are drawn"),
+        }
+    }
+
+    /// Replica server `node`'s disk has room again (the disk-full fault ends, or heal).
+    fn disk_room(&mut self, node: usize) {
+        let server = &mut self.site.servers[node];
+        if server.disk_space.is_some_and(|(free, _)| free < SIM_DISK_RESERVE) {
+            server.disk_space = Some((SIM_DISK_BYTES / 2, SIM_DISK_BYTES));
+            let name = server.me.clone();
+            self.note(|| format!("{name}'s disk has room again"));
         }
     }
 
@@ -902,6 +946,9 @@ impl Sim {
         self.net.duplicate = 0.0;
         self.partition_active = false;
         self.note(|| "heal: faults stop".into());
+        for node in 0..self.site.servers.len() {
+            self.disk_room(node);
+        }
         let mut io = io!(self, out);
         for m in &mut self.site.metas {
             if !m.up {

@@ -35,6 +35,11 @@ pub mod path {
     pub const DEAD_ON_REFUSED_PROBE: &str = "dead-on-refused-probe";
     /// A primary proposed removing a secondary whose port refused its prepare.
     pub const PREPARE_REFUSED: &str = "prepare-refused";
+    /// The meta learned from a beacon that a server's disk is below its reserve / has room again.
+    pub const DISK_SHORT_SEEN: &str = "disk-short-seen";
+    pub const DISK_ROOM_SEEN: &str = "disk-room-seen";
+    /// A primary refused a write because its own or a member's disk is below the reserve.
+    pub const DISK_FULL_REFUSED: &str = "disk-full-refused";
     /// A meta asked a server over its watch stream to beacon now (a configuration changed).
     pub const BEACON_ASKED: &str = "beacon-asked";
     /// A replica server's process was killed: its host refuses connections to its port.

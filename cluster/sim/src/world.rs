@@ -84,7 +84,8 @@ impl World {
         let mut rng = site_rng(seed, 0);
         let mut rngs = [site_rng(seed, 1), site_rng(seed, 2)];
         let mut params = rngs.each_mut().map(|r| Params::draw(r, fault_time_us));
-        let plans = rngs.each_mut().map(|r| FaultPlan::draw(allowed, r));
+        let mut late = [FaultPlan::late_rng(seed ^ 1), FaultPlan::late_rng(seed ^ 2)];
+        let plans = [0, 1].map(|i| FaultPlan::draw(allowed, &mut rngs[i], &mut late[i]));
         let skew = rng.range(0, 4 * MAX_CLOCK_OFFSET_US as u64) as i64 - 2 * MAX_CLOCK_OFFSET_US;
         let shared_keys = rng.range(1, 4) as usize;
         for i in 0..2 {

@@ -41,7 +41,9 @@ fn every_scenario_file_has_a_test() {
     assert_eq!(names, SCENARIOS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 }
 
-const SCENARIOS: [&str; 19] = [
+const SCENARIOS: [&str; 21] = [
+    "a_failed_log_starts_again_once_the_disk_has_room.txt",
+    "a_short_secondary_stops_writes_at_its_primary.txt",
     "disk_below_its_reserve_takes_only_deletes.txt",
     "killed_primary_replaced_at_once.txt",
     "killed_primary_restarted_before_the_probe.txt",
@@ -156,4 +158,14 @@ fn partitioned_primary_waits_out_the_grace_period() {
 #[test]
 fn disk_below_its_reserve_takes_only_deletes() {
     run("disk_below_its_reserve_takes_only_deletes.txt");
+}
+
+#[test]
+fn a_short_secondary_stops_writes_at_its_primary() {
+    run("a_short_secondary_stops_writes_at_its_primary.txt");
+}
+
+#[test]
+fn a_failed_log_starts_again_once_the_disk_has_room() {
+    run("a_failed_log_starts_again_once_the_disk_has_room.txt");
 }

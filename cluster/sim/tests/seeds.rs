@@ -86,6 +86,16 @@ fn regression_seed_4270_a_late_early_takeover_answer_still_holds_the_failure_det
     regression(4270);
 }
 
+/// A server whose log failed started again from its disk; its first beacon to a meta whose store
+/// hung waited behind a write for its new ballots, and its retry was answered at once with the
+/// old ones: it served as primary under its previous life's ballot beside the primary another
+/// meta had since made. Fixed by counting a restart as acted on only once its new ballots are
+/// written.
+#[test]
+fn regression_seed_2307_a_retried_beacon_of_a_restarted_server_waits_for_its_new_ballots() {
+    regression(2307);
+}
+
 /// A clogged prepare of a primary's previous process overwrote its new decree at the same ballot;
 /// fixed by giving a restarted primary a new ballot.
 #[test]

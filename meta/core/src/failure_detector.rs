@@ -65,9 +65,28 @@ impl FailureDetector {
     /// does not take every server for restarted and re-ballot every partition of the cluster.
     /// A restarted process serves nothing before an answered beacon (it has no lease and no
     /// role), so the answer that clears its flag always comes after the new ballots.
+    ///
+    /// A restart counts as acted on only once its new ballots are written (`reballoted`): until
+    /// then every beacon of that process asks for them again. Recording it on the first beacon
+    /// let a retried beacon (the first one waiting behind a slow store write) be answered with
+    /// the old ballots, and the restarted process serve as primary under its previous life's
+    /// ballot (found by the simulator, seed 2307).
     pub fn on_incarnation(&mut self, node: &str, incarnation: u64, restarted: bool) -> bool {
-        let new = self.incarnations.insert(node.to_string(), incarnation) != Some(incarnation);
-        new && restarted
+        if !restarted {
+            self.incarnations.insert(node.to_string(), incarnation);
+            return false;
+        }
+        !self.reballoted_already(node, incarnation)
+    }
+
+    /// Whether the new ballots of `node`'s process `incarnation` are written.
+    pub fn reballoted_already(&self, node: &str, incarnation: u64) -> bool {
+        self.incarnations.get(node) == Some(&incarnation)
+    }
+
+    /// The new ballots of `node`'s restarted process `incarnation` are written.
+    pub fn reballoted(&mut self, node: &str, incarnation: u64) {
+        self.incarnations.insert(node.to_string(), incarnation);
     }
 
     /// Forgets `node`'s incarnation, so its next beacon counts as a restart again (the caller
@@ -216,8 +235,11 @@ mod tests {
     fn a_restart_counts_once_per_incarnation_and_only_when_the_server_says_so() {
         let mut fd = FailureDetector::new(8_000, [], 0);
         assert!(fd.on_incarnation("a", 7, true), "a restarted server, new to this meta");
-        assert!(!fd.on_incarnation("a", 7, true), "its next beacon, before an answer reached it");
+        assert!(fd.on_incarnation("a", 7, true), "its next beacon, before its new ballots are written (seed 2307)");
+        fd.reballoted("a", 7);
+        assert!(!fd.on_incarnation("a", 7, true), "written: its next beacons, before an answer reached it");
         assert!(fd.on_incarnation("a", 9, true));
+        fd.reballoted("a", 9);
         fd.forget_incarnation("a");
         assert!(fd.on_incarnation("a", 9, true), "forgotten: counts as a restart again");
         assert!(!fd.on_incarnation("b", 3, false), "a server this meta never saw, answered before: a new leader");

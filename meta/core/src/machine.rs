@@ -39,6 +39,7 @@ use crate::status::MetaState;
 use crate::store::{StoreDone, StoreFailure, StoreFailureKind, StoreResult, StoreWrite};
 use crate::table::{MetaSnapshot, TableInfo, TableStatus};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use tandem_core::disk::{DirSpace, DiskShort, DiskWatch};
 use tandem_core::replica::ConfigProposal;
 use tandem_backup_core::{BackupId, BackupJob, BackupState, JobAction, JobInput, JobOptions, JobState};
 use tandem_core::{Gpid, NodeAddr, PartitionConfig};
@@ -81,6 +82,10 @@ pub struct MetaOptions {
     pub backup_jobs_max: usize,
     /// When a backup's partition attempt is given up, how often, and the whole job's deadline.
     pub backup_job: JobOptions,
+    /// The reserve under a store on this machine's disk (SQLite): below it, the admin requests
+    /// that write are refused (`tandem_core::disk`).
+    pub disk_reserve_bytes: u64,
+    pub disk_reserve_percent: u64,
 }
 
 impl Default for MetaOptions {
@@ -96,6 +101,8 @@ impl Default for MetaOptions {
             backup_target: String::new(),
             backup_jobs_max: 2,
             backup_job: JobOptions::default(),
+            disk_reserve_bytes: 2 << 30,
+            disk_reserve_percent: 5,
         }
     }
 }
@@ -104,6 +111,8 @@ impl Default for MetaOptions {
 pub enum MetaInput {
     /// Failure detection, cure, purges (every `tick_interval`).
     Tick,
+    /// The free space under the store's files, when they are on this machine's disk (SQLite).
+    StoreDiskSpace { dirs: Vec<DirSpace> },
     /// The claim of the lease row sent at `sent_at_ms` returned.
     Claimed { sent_at_ms: u64, outcome: ClaimOutcome },
     /// `Load { epoch, load }` finished.
@@ -142,6 +151,11 @@ pub enum MetaEvent {
     /// `refused`: declared dead because its port refused a connection, not after the grace
     /// period.
     NodeDead { node: NodeAddr, refused: bool },
+    /// The disk under the store went below its reserve (`Some`: admin requests that write are
+    /// refused), or has room again.
+    StoreDiskShort { short: Option<DiskShort> },
+    /// A server's disk went below its reserve (`Some`), or has room again (`None`).
+    DiskShort { node: NodeAddr, short: Option<DiskShort> },
     Committed { previous: PartitionConfig, config: PartitionConfig, cause: Cause },
     ChangeFailed { gpid: Gpid, cause: Cause, error: String },
     ProposalRefused { gpid: Gpid, from: NodeAddr, proposal: ConfigProposal, reason: String },
@@ -255,13 +269,14 @@ pub struct MetaMachine {
     next_op: OpId,
     now: Now,
     actions: Vec<MetaAction>,
+    /// The free space under the store, when it is on this machine's disk.
+    store_disk: DiskWatch,
 }
 
 impl MetaMachine {
     pub fn new(options: MetaOptions) -> MetaMachine {
         let leadership = Leadership::new(options.lease_ttl_ms);
         MetaMachine {
-            options,
             leadership,
             state: None,
             queue: VecDeque::new(),
@@ -275,11 +290,18 @@ impl MetaMachine {
             next_op: 0,
             now: Now::default(),
             actions: Vec::new(),
+            store_disk: DiskWatch::new(options.disk_reserve_bytes, options.disk_reserve_percent),
+            options,
         }
     }
 
     pub fn options(&self) -> &MetaOptions {
         &self.options
+    }
+
+    /// The disk under the store is below its reserve (`StoreDiskSpace`).
+    pub fn store_disk_short(&self) -> bool {
+        self.store_disk.short().is_some()
     }
 
     /// How often the runtime claims the lease row: renewing while leading, polling otherwise
@@ -315,6 +337,13 @@ impl MetaMachine {
         self.now = now;
         match input {
             MetaInput::Tick => self.on_tick(),
+            MetaInput::StoreDiskSpace { dirs } => {
+                let was_short = self.store_disk.short().is_some();
+                let short = self.store_disk.on_space(&dirs).cloned();
+                if was_short != short.is_some() {
+                    self.event(MetaEvent::StoreDiskShort { short });
+                }
+            }
             MetaInput::Claimed { sent_at_ms, outcome } => self.on_claimed(sent_at_ms, outcome),
             MetaInput::Loaded { epoch, load, result } => self.on_loaded(epoch, load, result),
             MetaInput::Request { token, request } => self.on_request(token, request),
@@ -450,6 +479,7 @@ impl MetaMachine {
                         .holding_until(self.leadership.hold_until_ms()),
                     reports: BTreeMap::new(),
                     registered,
+                    disk_short: BTreeMap::new(),
                     sites: snapshot.sites.into_iter().map(|s| (s.name.clone(), s)).collect(),
                     dups: snapshot.dups.into_iter().map(|d| (d.id, d)).collect(),
                     dup_confirmed: snapshot.dup_confirmed.into_iter().map(|(d, p, c)| ((d, p), c)).collect(),
@@ -763,6 +793,15 @@ impl MetaMachine {
         if let Err(e) = self.serving() {
             return self.reply(token, Err(e));
         }
+        if let Some(short) = self.store_disk.short()
+            && adds_metadata(&request)
+        {
+            let message = format!(
+                "the metadata store's {short}; requests that add metadata are refused until space is freed there \
+                 (reads, beacons, configuration changes, drops and deletes go on)"
+            );
+            return self.reply(token, Err(MetaError::DiskFull(message)));
+        }
         let state = self.state.as_ref().expect("serving");
         let not_found = |name: &str| MetaError::NotFound(format!("table {name:?} does not exist"));
         let result = match request {
@@ -778,7 +817,13 @@ impl MetaMachine {
                 state.available_table(&name).map(|t| MetaReply::Table { table: t.clone(), partitions: state.partition_views(t) }).ok_or_else(|| not_found(&name))
             }
             MetaRequest::ListNodes => Ok(MetaReply::Nodes { nodes: state.node_views(self.now.mono_ms) }),
-            MetaRequest::ClusterStatus => Ok(MetaReply::Status(state.cluster_status())),
+            MetaRequest::ClusterStatus => {
+                let mut status = state.cluster_status();
+                if let Some(short) = self.store_disk.short() {
+                    status.problems.push(format!("the metadata store's {short}: tables, policies, sites, duplications and backups cannot be added or changed"));
+                }
+                Ok(MetaReply::Status(status))
+            }
             MetaRequest::PolicyStatus { table } => state.available_table(&table).map(|t| MetaReply::PolicyStatus(state.policy_status(t, self.now.wall_ms))).ok_or_else(|| not_found(&table)),
             MetaRequest::PolicyHistory { table } => state.available_table(&table).map(|t| MetaReply::History { table: t.clone() }).ok_or_else(|| not_found(&table)),
             MetaRequest::Propose { gpid, from, proposal } => return self.queue.push_back(Work::Propose { token, gpid, from, proposal }),
@@ -878,6 +923,11 @@ impl MetaMachine {
         for (gpid, report) in &request.reports {
             state.reports.entry(*gpid).or_default().insert(node.clone(), report.clone());
         }
+        let was_short = match &request.disk_short {
+            Some(short) => state.disk_short.insert(node.clone(), short.clone()).is_some(),
+            None => state.disk_short.remove(&node).is_some(),
+        };
+        let disk_event = (was_short != request.disk_short.is_some()).then(|| MetaEvent::DiskShort { node: node.clone(), short: request.disk_short.clone() });
         for (gpid, dup_id, report) in &request.dup_reports {
             // Only the partition's primary ships; a report of a deposed one is stale.
             let from_primary = state.partitions.get(gpid).is_some_and(|c| c.primary.as_deref() == Some(node.as_str()));
@@ -914,6 +964,9 @@ impl MetaMachine {
         });
         if alive_again {
             self.event(MetaEvent::NodeAlive { node });
+        }
+        if let Some(e) = disk_event {
+            self.event(e);
         }
         let work = Work::Beacon { token, request, reballot, done: BTreeSet::new() };
         if touched {
@@ -1009,7 +1062,8 @@ impl MetaMachine {
                     let write = StoreWrite::RegisterNode { address: request.node.clone(), at_ms: now.wall_ms };
                     return self.persist(write, Work::Beacon { token, request, reballot, done });
                 }
-                if reballot {
+                // Another beacon of the same process may have had its new ballots written first.
+                if reballot && (!done.is_empty() || !state.fd.reballoted_already(&request.node, request.incarnation)) {
                     // A restarted server lost its unsynced log tail: its primaries continue under
                     // a new ballot, so members can tell its new stream from its previous life's.
                     let next = state.partitions.values().filter(|c| !done.contains(&c.gpid)).find_map(|c| reassign_restarted_primary(c, &request.node));
@@ -1018,6 +1072,7 @@ impl MetaMachine {
                         let write = StoreWrite::UpdatePartition { expected_ballot: next.ballot - 1, config: next };
                         return self.persist(write, Work::Beacon { token, request, reballot, done });
                     }
+                    state.fd.reballoted(&request.node, request.incarnation);
                 }
                 let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
                 let configs: Vec<PartitionConfig> = configs_for_node(state.partitions.values(), &request.node, &reported).into_iter().cloned().collect();
@@ -1275,7 +1330,7 @@ impl MetaMachine {
                 }
                 // The backed-up table's policy when the store still knows it, its replica count
                 // bounded by the live servers.
-                let live = state.fd.alive_nodes().len() as u32;
+                let live = state.placeable_nodes().len() as u32;
                 let mut policy = state.tables.get(&b.table_id).map_or_else(|| Policy::with_replicas(3), |t| t.policy.clone());
                 policy.replicas = policy.replicas.min(live.max(1));
                 policy.duplication = None;
@@ -1772,9 +1827,27 @@ fn dup_start(state: &MetaState, table: &TableInfo) -> Vec<(u32, tandem_core::Dec
         .collect()
 }
 
+/// The admin requests refused while the disk under the store is below its reserve: those that
+/// add metadata. Beacons, proposals (configuration changes keep partitions served), reads,
+/// drops and deletes (they free space) are taken: the reserve is room for them.
+fn adds_metadata(request: &MetaRequest) -> bool {
+    matches!(
+        request,
+        MetaRequest::CreateTable { .. }
+            | MetaRequest::SetPolicy { .. }
+            | MetaRequest::RecallTable { .. }
+            | MetaRequest::SiteAdd { .. }
+            | MetaRequest::DupAdd { .. }
+            | MetaRequest::DupSetStatus { status: DupStatus::Start | DupStatus::Pause, .. }
+            | MetaRequest::BackupNow { .. }
+            | MetaRequest::Restore { .. }
+    )
+}
+
 fn policy_context<'a>(options: &'a MetaOptions, state: &MetaState, peers: &'a [String]) -> PolicyContext<'a> {
     PolicyContext {
-        live_nodes: state.fd.alive_nodes().len(),
+        live_nodes: state.placeable_nodes().len(),
+        disk_short: state.fd.alive_nodes().into_iter().filter(|n| state.disk_short.contains_key(n)).collect(),
         site: &options.site,
         peer_sites: peers,
         default_backup_target: &options.backup_target,

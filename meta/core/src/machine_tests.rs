@@ -17,7 +17,7 @@ fn at(mono_ms: u64) -> Now {
 }
 
 fn beacon(node: &str, incarnation: u64, restarted: bool) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![] })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None })
 }
 
 fn config(table_id: u32, partition: u32, ballot: u64, primary: &str, secondaries: &[&str]) -> PartitionConfig {
@@ -114,7 +114,7 @@ fn a_beacon_never_outruns_a_configuration_change() {
     );
     // r1 comes back while the promotion is in flight, reporting its replica: its beacon waits.
     let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 0, last_prepared: 0 };
-    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![] };
+    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None };
     m.step(at(8_700), MetaInput::Request { token: 42, request: MetaRequest::Beacon(r1) });
     assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r1".into() })]);
     // So does r3's (its answer carries the partition too); a read does not.
@@ -453,6 +453,7 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
             dup_reports: vec![(Gpid::new(1, 0), 1, report(confirmed))],
             backup_reports: vec![],
             restore_failures: vec![],
+            disk_short: None,
         })
     };
     let Ok(MetaReply::Beacon { dups, sites, .. }) = ask(&mut m, &mut store, 3, beacon_with("r1", 7)) else { panic!() };
@@ -521,6 +522,7 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
         dup_reports: vec![(Gpid::new(1, 0), id, report)],
         backup_reports: vec![],
         restore_failures: vec![],
+        disk_short: None,
     };
     ask(&mut m, &mut store, 7, MetaRequest::Beacon(beacon)).unwrap();
     let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 8, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
@@ -547,7 +549,7 @@ fn a_new_primary_drops_its_predecessors_duplication_report() {
     let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Slow, sync_existing: false };
     ask(&mut m, &mut store, 2, add).unwrap();
     let report = crate::duplication::DupReport { confirmed: 3, phase: "log".into(), ..Default::default() };
-    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![], restore_failures: vec![] };
+    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![], restore_failures: vec![], disk_short: None };
     ask(&mut m, &mut store, 3, MetaRequest::Beacon(beacon)).unwrap();
     let reported = |m: &mut MetaMachine, store: &mut MemStore, t| {
         let Ok(MetaReply::Dups { dups }) = ask(m, store, t, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
@@ -573,7 +575,7 @@ fn beacon_plain(node: &str) -> MetaRequest {
 }
 
 fn backup_beacon(node: &str, backup_reports: Vec<crate::backup::BackupTaskReport>) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports, restore_failures: vec![] })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports, restore_failures: vec![], disk_short: None })
 }
 
 fn done_entry(partition: u32, attempt: u32) -> tandem_backup_core::PartitionEntry {
@@ -833,7 +835,7 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
         m.step(at(20), MetaInput::Tick);
         store_and_answer(&mut m, &mut store, 20);
         assert_eq!(store.load().restores[0].state, RestoreState::Running, "{i} of 3 members reported");
-        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![] };
+        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None };
         ask(&mut m, &mut store, 21 + i as u64, MetaRequest::Beacon(b)).unwrap();
     }
     m.step(at(30), MetaInput::Tick);
@@ -847,7 +849,7 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
     // and its table's servers keep the source (a replica never opens empty).
     let Ok(MetaReply::Created { table }) = ask(&mut m, &mut store, 40, restore(Some("t3"), false)) else { panic!() };
     let failure = |error: &str, permanent| crate::backup::RestoreFailure { gpid: Gpid::new(table.id, 0), error: error.into(), permanent };
-    let b = |failures| MetaRequest::Beacon(BeaconRequest { node: "r2".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: failures });
+    let b = |failures| MetaRequest::Beacon(BeaconRequest { node: "r2".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: failures, disk_short: None });
     ask(&mut m, &mut store, 41, b(vec![failure("target down", false)])).unwrap();
     let Ok(MetaReply::Restores { restores }) = ask(&mut m, &mut store, 42, MetaRequest::RestoreList) else { panic!() };
     assert_eq!((restores[1].info.state, restores[1].last_error.as_deref()), (RestoreState::Running, Some("partition 0 on r2: target down")));
@@ -876,4 +878,105 @@ fn an_early_takeover_learned_after_the_load_still_holds_declarations() {
     m.step(at(28_000), MetaInput::Claimed { sent_at_ms: 28_000, outcome: ClaimOutcome::Won { epoch: 1 } });
     m.step(at(28_011), MetaInput::Tick);
     assert!(m.take_actions().contains(&MetaAction::Event(MetaEvent::NodeDead { node: "r1".into(), refused: false })));
+}
+
+/// A server whose beacon says its disk is below the reserve is shown (nodes, status), gets no
+/// replica of a new table, does not count towards the replicas a policy may ask for, and is
+/// placeable again once a beacon says it has room.
+#[test]
+fn a_server_short_of_disk_gets_no_new_replicas_and_is_shown() {
+    use tandem_core::replica::DiskShort;
+    let (mut m, mut store) = leader();
+    let short = DiskShort { dir: "/data".into(), free_bytes: 40, reserve_bytes: 50 };
+    for (t, n) in [(2, "r1"), (3, "r2"), (4, "r3")] {
+        ask(&mut m, &mut store, t, beacon(n, 1, false)).unwrap();
+    }
+    let MetaRequest::Beacon(b) = beacon("r4", 1, false) else { unreachable!() };
+    let short_beacon = MetaRequest::Beacon(BeaconRequest { disk_short: Some(short.clone()), ..b.clone() });
+    let announced = MetaAction::Event(MetaEvent::DiskShort { node: "r4".into(), short: Some(short.clone()) });
+    m.step(at(5), MetaInput::Request { token: 5, request: short_beacon.clone() });
+    let actions = store_and_answer(&mut m, &mut store, 5);
+    assert!(actions.contains(&announced), "{actions:?}");
+    m.step(at(6), MetaInput::Request { token: 6, request: short_beacon });
+    let actions = store_and_answer(&mut m, &mut store, 6);
+    assert!(!actions.iter().any(|a| matches!(a, MetaAction::Event(MetaEvent::DiskShort { .. }))), "a server still short is not announced again: {actions:?}");
+    let Ok(MetaReply::Nodes { nodes }) = ask(&mut m, &mut store, 7, MetaRequest::ListNodes) else { panic!() };
+    let r4 = nodes.iter().find(|n| n.address == "r4").unwrap();
+    assert_eq!(r4.disk_short, Some(short.clone()));
+    assert!(nodes.iter().filter(|n| n.address != "r4").all(|n| n.disk_short.is_none()));
+    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 8, MetaRequest::ClusterStatus) else { panic!() };
+    assert!(status.problems.iter().any(|p| p.contains("replica server r4: disk almost full: /data has 40 bytes free, reserve 50")), "{:?}", status.problems);
+    // Four alive, one short: four replicas are refused with the reason, three are placed
+    // without it although it hosts the fewest.
+    let create = |replicas| MetaRequest::CreateTable { name: "u".into(), partition_count: 4, change: PolicyChange { replicas: Some(replicas), ..Default::default() }, owner: "o".into(), who: "w".into() };
+    let Err(MetaError::InvalidArgument(e)) = ask(&mut m, &mut store, 9, create(4)) else { panic!() };
+    assert!(e.contains("exceeds the 3 live replica servers with disk room (r4 below the disk reserve"), "{e}");
+    let Ok(MetaReply::Created { table }) = ask(&mut m, &mut store, 10, create(3)) else { panic!() };
+    let placed: Vec<PartitionConfig> = store.load().partitions.into_iter().filter(|c| c.gpid.table_id == table.id).collect();
+    assert_eq!(placed.len(), 4);
+    assert!(placed.iter().all(|c| !c.hosts("r4")), "{placed:?}");
+    // Room again: shown, announced, and placeable.
+    m.step(at(11), MetaInput::Request { token: 11, request: MetaRequest::Beacon(b) });
+    let actions = store_and_answer(&mut m, &mut store, 11);
+    assert!(actions.contains(&MetaAction::Event(MetaEvent::DiskShort { node: "r4".into(), short: None })), "{actions:?}");
+    let Ok(MetaReply::Nodes { nodes }) = ask(&mut m, &mut store, 12, MetaRequest::ListNodes) else { panic!() };
+    assert!(nodes.iter().all(|n| n.disk_short.is_none()));
+    assert_eq!(m.state().unwrap().load().len(), 4);
+}
+
+/// Below the reserve under its store, the meta refuses the requests that add metadata with
+/// disk-full, naming the figures, and goes on with reads, beacons and drops; it takes them again
+/// once the disk is above the reserve plus a quarter.
+#[test]
+fn a_short_store_disk_refuses_requests_that_add_metadata_only() {
+    use tandem_core::disk::{DirSpace, DiskShort};
+    let (mut m, mut store) = leader();
+    let space = |free_bytes| MetaInput::StoreDiskSpace { dirs: vec![DirSpace { dir: "/meta".into(), free_bytes, total_bytes: 1_000 }] };
+    m.step(at(2), space(40));
+    let short = DiskShort { dir: "/meta".into(), free_bytes: 40, reserve_bytes: 50 };
+    assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::StoreDiskShort { short: Some(short) })]);
+    let create = |name: &str| MetaRequest::CreateTable { name: name.into(), partition_count: 1, change: PolicyChange { replicas: Some(1), ..Default::default() }, owner: "o".into(), who: "w".into() };
+    let Err(MetaError::DiskFull(e)) = ask(&mut m, &mut store, 3, create("u")) else { panic!() };
+    assert!(e.contains("/meta has 40 bytes free, reserve 50") && e.contains("refused until space is freed"), "{e}");
+    ask(&mut m, &mut store, 4, beacon("r1", 1, false)).expect("beacons go on");
+    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 5, MetaRequest::ClusterStatus) else { panic!() };
+    assert!(status.problems.iter().any(|p| p.contains("the metadata store's disk almost full")), "{:?}", status.problems);
+    ask(&mut m, &mut store, 6, MetaRequest::DropTable { name: "t".into() }).expect("a drop frees space: taken");
+    // Above the reserve but not by a quarter: still refused; past it, taken.
+    m.step(at(7), space(60));
+    assert!(matches!(ask(&mut m, &mut store, 8, create("u")), Err(MetaError::DiskFull(_))));
+    m.step(at(9), space(63));
+    assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::StoreDiskShort { short: None })]);
+    let Ok(MetaReply::Created { .. }) = ask(&mut m, &mut store, 10, create("u")) else { panic!() };
+}
+
+/// A restarted server's beacon retried while the first waits behind a slow store write is not
+/// answered with its previous life's ballots: every beacon of the process asks for the new
+/// ballots until they are written, and they are written once (seed 2307).
+#[test]
+fn a_retried_beacon_of_a_restarted_server_waits_for_its_new_ballots() {
+    let (mut m, mut store) = leader();
+    ask(&mut m, &mut store, 2, beacon("r1", 1, false)).unwrap();
+    // A write that touches none of r1's partitions is in flight (the store is slow).
+    let create = MetaRequest::CreateTable { name: "u".into(), partition_count: 1, change: PolicyChange { replicas: Some(1), ..Default::default() }, owner: "o".into(), who: "w".into() };
+    m.step(at(3), MetaInput::Request { token: 3, request: create });
+    let held = m.take_actions();
+    let [MetaAction::Persist { op, epoch, write }] = &held[..] else { panic!("{held:?}") };
+    // r1 restarts: its first beacon waits behind the write, and so does its retry.
+    m.step(at(4), MetaInput::Request { token: 4, request: beacon("r1", 2, true) });
+    m.step(at(5), MetaInput::Request { token: 5, request: beacon("r1", 2, true) });
+    let waiting = m.take_actions();
+    assert!(!waiting.iter().any(|a| matches!(a, MetaAction::Reply { .. })), "nothing answered before the new ballot: {waiting:?}");
+    let result = store.write("m1", *epoch, write);
+    m.step(at(6), MetaInput::Stored { op: *op, result });
+    let actions = store_and_answer(&mut m, &mut store, 6);
+    let answers: Vec<&PartitionConfig> = actions
+        .iter()
+        .filter_map(|a| match a {
+            MetaAction::Reply { token: 4 | 5, result: Ok(MetaReply::Beacon { configs, .. }) } => configs.iter().find(|c| c.gpid == Gpid::new(1, 0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 2, "{actions:?}");
+    assert!(answers.iter().all(|c| c.ballot == 2 && c.primary.as_deref() == Some("r1")), "one new ballot, in both answers: {answers:?}");
 }

@@ -104,8 +104,10 @@ impl PolicyChange {
 
 /// What validation needs to know about the cluster.
 pub struct PolicyContext<'a> {
-    /// Replica servers alive now.
+    /// Replica servers alive now with room on their disks.
     pub live_nodes: usize,
+    /// Alive servers below their disk reserve (not counted in `live_nodes`).
+    pub disk_short: Vec<String>,
     /// This site's name (duplication to it is refused).
     pub site: &'a str,
     /// Sites this cluster can duplicate to.
@@ -198,9 +200,18 @@ impl Policy {
             return Err(format!("replicas {} is outside {REPLICAS_MIN}..={REPLICAS_MAX}", self.replicas));
         }
         if self.replicas != current_replicas && self.replicas as usize > cx.live_nodes {
+            if cx.disk_short.is_empty() {
+                return Err(format!(
+                    "replicas {} exceeds the {} live replica servers; start more servers or ask for fewer replicas",
+                    self.replicas, cx.live_nodes
+                ));
+            }
             return Err(format!(
-                "replicas {} exceeds the {} live replica servers; start more servers or ask for fewer replicas",
-                self.replicas, cx.live_nodes
+                "replicas {} exceeds the {} live replica servers with disk room ({} below the disk reserve: tandem nodes shows it); \
+                 free space there, start more servers or ask for fewer replicas",
+                self.replicas,
+                cx.live_nodes,
+                cx.disk_short.join(", ")
             ));
         }
         if let Some(site) = &self.duplication {
@@ -273,7 +284,7 @@ mod tests {
     use super::*;
 
     fn cx<'a>(peers: &'a [String]) -> PolicyContext<'a> {
-        PolicyContext { live_nodes: 5, site: "a", peer_sites: peers, default_backup_target: "" }
+        PolicyContext { live_nodes: 5, disk_short: vec![], site: "a", peer_sites: peers, default_backup_target: "" }
     }
 
     #[test]
@@ -303,8 +314,11 @@ mod tests {
         let err = |change: PolicyChange| base.apply(&change, &cx(&peers)).unwrap_err();
         assert!(err(PolicyChange { replicas: Some(6), ..Default::default() }).contains("outside 1..=5"));
         assert!(err(PolicyChange { replicas: Some(0), ..Default::default() }).contains("outside 1..=5"));
-        let few = PolicyContext { live_nodes: 3, ..cx(&peers) };
+        let few = PolicyContext { live_nodes: 3, disk_short: vec![], ..cx(&peers) };
         assert!(base.apply(&PolicyChange { replicas: Some(4), ..Default::default() }, &few).unwrap_err().contains("exceeds the 3 live"));
+        let short = PolicyContext { live_nodes: 3, disk_short: vec!["r4:1".into()], ..cx(&peers) };
+        let e = base.apply(&PolicyChange { replicas: Some(4), ..Default::default() }, &short).unwrap_err();
+        assert!(e.contains("exceeds the 3 live replica servers with disk room (r4:1 below the disk reserve"), "{e}");
         assert!(err(PolicyChange { duplication: Some(Toggle::On("x".into())), ..Default::default() }).contains("unknown site 'x'; known sites: b, c"));
         assert!(err(PolicyChange { duplication: Some(Toggle::On("a".into())), ..Default::default() }).contains("own site"));
         assert!(err(PolicyChange { level: Some(2), ..Default::default() }).contains("name it with --dup SITE (one of: b, c)"));
@@ -322,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_start_time_is_kept_until_changed_or_switched_off() {
-        let cx = PolicyContext { live_nodes: 3, site: "a", peer_sites: &[], default_backup_target: "file:///bk" };
+        let cx = PolicyContext { live_nodes: 3, disk_short: vec![], site: "a", peer_sites: &[], default_backup_target: "file:///bk" };
         let at = BackupAt::parse("02:30 Europe/Paris").unwrap();
         let p = Policy::with_replicas(3).apply(&PolicyChange { backup_at: Some(Toggle::On(at.clone())), ..Default::default() }, &cx).unwrap();
         assert_eq!(p.backup.as_ref().unwrap().at, Some(at.clone()), "a start time alone switches daily backups on");
@@ -341,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_down_node_does_not_block_other_changes() {
-        let few = PolicyContext { live_nodes: 2, site: "a", peer_sites: &[], default_backup_target: "file:///bk" };
+        let few = PolicyContext { live_nodes: 2, disk_short: vec![], site: "a", peer_sites: &[], default_backup_target: "file:///bk" };
         let p = Policy::with_replicas(3).apply(&PolicyChange { backup_keep: Some(2), ..Default::default() }, &few).unwrap();
         assert_eq!(p.backup, Some(BackupPolicy { every_ms: PRESET_BACKUP_EVERY_MS, keep: 2, target: "file:///bk".into(), at: None }));
         assert_eq!(p.describe_level(), "1 + backup");

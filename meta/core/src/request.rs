@@ -7,7 +7,7 @@ use crate::duplication::{DupInfo, DupReport, DupStatus, DupView, Site};
 use tandem_dup_core::{FailMode, TableDup};
 use crate::policy::{Policy, PolicyChange};
 use crate::table::TableInfo;
-use tandem_core::replica::ConfigProposal;
+use tandem_core::replica::{ConfigProposal, DiskShort};
 use tandem_core::{Gpid, NodeAddr, PartitionConfig};
 
 /// Identifies a request until it is answered (`MetaAction::Reply`).
@@ -29,6 +29,9 @@ pub struct BeaconRequest {
     pub backup_reports: Vec<BackupTaskReport>,
     /// Its replicas' restores that failed.
     pub restore_failures: Vec<crate::backup::RestoreFailure>,
+    /// A directory of the server below its reserve: it takes only deletes, and gets no new
+    /// replica until it has room again.
+    pub disk_short: Option<DiskShort>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +164,9 @@ pub enum MetaError {
     /// Not done; try again (the store is unreachable, …).
     #[error("{0}")]
     Busy(String),
+    /// Not done: the disk under the store is below its reserve; free space first.
+    #[error("{0}")]
+    DiskFull(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -198,6 +204,8 @@ pub struct NodeView {
     pub primaries: u32,
     pub secondaries: u32,
     pub learners: u32,
+    /// What its last beacon said of its disk (None: room on every directory).
+    pub disk_short: Option<DiskShort>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -209,6 +217,8 @@ pub struct ClusterStatus {
     pub unavailable: u32,
     pub nodes_alive: u32,
     pub nodes_dead: u32,
+    /// Alive servers below their disk reserve.
+    pub nodes_disk_short: u32,
     pub problems: Vec<String>,
 }
 

@@ -19,6 +19,9 @@ pub struct MetaState {
     pub reports: BTreeMap<Gpid, BTreeMap<NodeAddr, ReplicaReport>>,
     /// Servers recorded in the store: a new leader starts them alive.
     pub registered: std::collections::BTreeSet<NodeAddr>,
+    /// Servers whose last beacon said a directory is below its reserve (in memory only: a new
+    /// leader learns it from the next beacons).
+    pub disk_short: BTreeMap<NodeAddr, tandem_core::replica::DiskShort>,
     pub sites: BTreeMap<String, crate::duplication::Site>,
     pub dups: BTreeMap<u32, crate::duplication::DupInfo>,
     /// Persisted confirmed decrees, by (dup id, partition).
@@ -53,9 +56,16 @@ impl MetaState {
         self.partitions.range(Gpid::new(table_id, 0)..Gpid::new(table_id + 1, 0))
     }
 
-    /// Replicas each alive node hosts: what placement balances.
+    /// Replicas each alive node with disk room hosts: what placement balances. A server below
+    /// its disk reserve gets no new replica (a learner there would fill it, and its primaries
+    /// take no writes).
     pub fn load(&self) -> BTreeMap<NodeAddr, usize> {
-        crate::placement::node_load(self.fd.alive_nodes(), self.partitions.values())
+        crate::placement::node_load(self.placeable_nodes(), self.partitions.values())
+    }
+
+    /// Alive servers with room on their disks.
+    pub fn placeable_nodes(&self) -> Vec<NodeAddr> {
+        self.fd.alive_nodes().into_iter().filter(|n| !self.disk_short.contains_key(n)).collect()
     }
 
     pub fn health(&self, c: &PartitionConfig, replica_count: u32) -> Health {
@@ -89,6 +99,7 @@ impl MetaState {
                     primaries: 0,
                     secondaries: 0,
                     learners: 0,
+                    disk_short: self.disk_short.get(addr).cloned(),
                 };
                 for c in self.partitions.values() {
                     match c.status_of(addr) {
@@ -128,6 +139,10 @@ impl MetaState {
             } else {
                 s.nodes_dead += 1;
                 s.problems.push(format!("replica server {addr} is dead"));
+            }
+            if let Some(short) = self.disk_short.get(addr).filter(|_| l.alive) {
+                s.nodes_disk_short += 1;
+                s.problems.push(format!("replica server {addr}: {short}; it takes only deletes and gets no new replicas until space is freed"));
             }
         }
         s

@@ -114,6 +114,7 @@ impl MetaMetrics {
             Err(MetaError::InvalidArgument(_)) => "invalid_argument",
             Err(MetaError::AlreadyExists(_)) => "already_exists",
             Err(MetaError::Busy(_)) => "busy",
+            Err(MetaError::DiskFull(_)) => "disk_full",
             Err(MetaError::Internal(_)) => "internal",
         };
         self.requests.with_label_values(&[kind, result]).inc();

@@ -42,6 +42,7 @@ fn status(e: MetaError) -> Status {
         MetaError::InvalidArgument(m) => ErrorKind::InvalidArgument.status(m),
         MetaError::AlreadyExists(m) => ErrorKind::AlreadyExists.status(m),
         MetaError::Busy(m) => ErrorKind::Busy.status(m),
+        MetaError::DiskFull(m) => ErrorKind::DiskFull.status(m),
         MetaError::Internal(m) => ErrorKind::Internal.status(m),
     }
 }
@@ -198,6 +199,7 @@ impl MetaService for MetaRpc {
             dup_reports,
             backup_reports,
             restore_failures,
+            disk_short: req.disk_short.as_ref().map(tandem_proto::convert::disk_short_from_wire),
         };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
             MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores } => {
@@ -498,6 +500,7 @@ impl MetaService for MetaRpc {
                         primaries: n.primaries,
                         secondaries: n.secondaries,
                         learners: n.learners,
+                        disk_short: n.disk_short.as_ref().map(tandem_proto::convert::disk_short_to_wire),
                     })
                     .collect(),
             })),
@@ -516,6 +519,7 @@ impl MetaService for MetaRpc {
                 nodes_alive: s.nodes_alive,
                 nodes_dead: s.nodes_dead,
                 problems: s.problems,
+                nodes_disk_short: s.nodes_disk_short,
             })),
             other => Err(unexpected(other)),
         }

@@ -261,6 +261,10 @@ fn log_event(e: &MetaEvent) {
         MetaEvent::SteppedDown { leader } => tracing::warn!("stepped down: {leader} holds the meta lease now"),
         MetaEvent::NodeAlive { node } => tracing::info!("replica server {node} is alive"),
         MetaEvent::NodeDead { node, refused: false } => tracing::warn!("replica server {node} declared dead (no beacon within the grace period)"),
+        MetaEvent::StoreDiskShort { short: Some(short) } => tracing::warn!("the metadata store's {short}: requests that add metadata are refused"),
+        MetaEvent::StoreDiskShort { short: None } => tracing::info!("the metadata store's disk has room again"),
+        MetaEvent::DiskShort { node, short: Some(short) } => tracing::warn!("replica server {node}: {short}; it takes only deletes and gets no new replicas"),
+        MetaEvent::DiskShort { node, short: None } => tracing::info!("replica server {node} has disk room again"),
         MetaEvent::NodeDead { node, refused: true } => tracing::warn!("replica server {node} declared dead: its port refuses connections (the process is gone)"),
         MetaEvent::Committed { config, cause, .. } => {
             let why = match cause {
@@ -354,9 +358,20 @@ pub async fn run(opts: MetaOptions, shutdown: watch::Receiver<bool>) -> Result<(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = tandem_runtime::stopped(shutdown.clone());
     tokio::pin!(stop);
+    // Free space under a store on this machine's disk, each tick (statvfs costs microseconds).
+    let store_dir = crate::store::local_dir(&opts.store_url);
     loop {
         tokio::select! {
-            _ = tick.tick() => meta.step(MetaInput::Tick),
+            _ = tick.tick() => {
+                if let Some(space) = store_dir.as_deref().and_then(tandem_runtime::disk::dir_space) {
+                    let free_bytes = space.free_bytes;
+                    meta.step(MetaInput::StoreDiskSpace { dirs: vec![space] });
+                    if !meta.machine.lock().expect("machine lock").store_disk_short() {
+                        meta.store.keep_reserve(free_bytes);
+                    }
+                }
+                meta.step(MetaInput::Tick);
+            }
             _ = stop.as_mut() => break,
         }
     }

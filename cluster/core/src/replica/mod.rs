@@ -94,12 +94,7 @@ pub struct Ctx {
     pub disk_low: Option<DiskLow>,
 }
 
-/// A server's disk below its reserve: the free bytes of its fullest directory, and the reserve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DiskLow {
-    pub free_bytes: u64,
-    pub reserve_bytes: u64,
-}
+pub use crate::disk::{DiskLow, DiskShort};
 
 impl Ctx {
     pub fn now_s(&self) -> u32 {
@@ -123,8 +118,9 @@ pub struct PrepareMsg {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrepareOutcome {
     /// `prepared`: the member holds, durably and consistent with this ballot's stream, every
-    /// decree up to here. Below what was sent means "resend from prepared + 1".
-    Ok { prepared: Decree },
+    /// decree up to here. Below what was sent means "resend from prepared + 1". `disk_low`: the
+    /// member's disk is below its reserve, so its primary takes only deletes until it is not.
+    Ok { prepared: Decree, disk_low: Option<DiskLow> },
     /// The member has a newer ballot; the sender is stale.
     StaleBallot { ballot: Ballot },
     /// The member is not in the sender's configuration as secondary or learner.
@@ -247,6 +243,8 @@ struct MemberProgress {
     /// The commit point last sent, to know when a group check is worth sending.
     committed_sent: Decree,
     learner: bool,
+    /// The member's disk is below its reserve, as its last answer said.
+    disk_low: Option<DiskLow>,
 }
 
 /// Learning progress of a learner.

@@ -156,6 +156,7 @@ impl MemberProgress {
             last_send_ms: 0,
             committed_sent: 0,
             learner,
+            disk_low: None,
         }
     }
 }

@@ -43,7 +43,7 @@ fn primary_of(secondaries: &[&str]) -> Replica {
 }
 
 fn ok(prepared: Decree, ballot: Ballot) -> PrepareReply {
-    PrepareReply { ballot, outcome: PrepareOutcome::Ok { prepared } }
+    PrepareReply { ballot, outcome: PrepareOutcome::Ok { prepared, disk_low: None } }
 }
 
 /// Extracts the mutations of the only AppendLog action.
@@ -737,4 +737,37 @@ fn a_short_disk_refuses_writes_but_takes_deletes() {
     assert!(!cam(vec![MutateOp::Delete { sort_key: b"a".to_vec() }, MutateOp::Put { sort_key: b"b".to_vec(), value: vec![], ttl_s: 0 }]).only_deletes());
     assert!(WriteRequest::Duplicate { records: vec![remote_record("k", 5, true)], watermark: None }.only_deletes());
     assert!(!WriteRequest::Duplicate { records: vec![remote_record("k", 5, false)], watermark: None }.only_deletes());
+}
+
+/// A member whose disk is below its reserve says so in its prepare answers (group checks
+/// included); its primary then refuses writes that add data, naming that member, and takes them
+/// again once an answer says the member has room.
+#[test]
+fn a_short_secondary_makes_its_primary_take_only_deletes() {
+    let low = DiskLow { free_bytes: 40, reserve_bytes: 50 };
+    let mut s = replica(S1, ReplicaOptions::default());
+    s.step(&ctx(0), Input::ConfigUpdate { config: config(1, P, &[S1], &[]) });
+    s.take_actions();
+    let check = PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![], last_committed: 0 };
+    s.step(&Ctx { disk_low: Some(low), ..ctx(1) }, Input::Prepare { token: 9, from: P.into(), msg: check });
+    let answer = PrepareReply { ballot: 1, outcome: PrepareOutcome::Ok { prepared: 0, disk_low: Some(low) } };
+    assert_eq!(s.take_actions(), vec![Action::ReplyPrepare { token: 9, reply: answer }]);
+
+    let mut r = primary_of(&[S1]);
+    let ack = |prepared, disk_low| Input::PrepareReply { from: S1.into(), reply: PrepareReply { ballot: 1, outcome: PrepareOutcome::Ok { prepared, disk_low } } };
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("a", "1") });
+    r.step(&ctx(2), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(3), ack(1, Some(low)));
+    assert!(r.take_actions().contains(&Action::ReplyClient { request_id: 1, result: Ok(WriteResponse::Done) }), "what it logged commits");
+    r.step(&ctx(4), Input::ClientWrite { request_id: 2, request: set("b", "2") });
+    let actions = r.take_actions();
+    let [Action::ReplyClient { request_id: 2, result: Err(Error::DiskFull { node, free_bytes: 40, reserve_bytes: 50, .. }) }] = &actions[..] else { panic!("{actions:?}") };
+    assert_eq!(node, S1, "the error names the short member's server");
+    r.step(&ctx(5), Input::ClientWrite { request_id: 3, request: WriteRequest::Del { hash_key: b"a".to_vec(), sort_key: vec![] } });
+    assert!(matches!(r.take_actions()[0], Action::AppendLog { .. }), "a delete is taken");
+    r.step(&ctx(6), Input::LogAppended { ballot: 1, decree: 2 });
+    r.step(&ctx(7), ack(2, None));
+    r.take_actions();
+    r.step(&ctx(8), Input::ClientWrite { request_id: 4, request: set("b", "2") });
+    assert!(matches!(r.take_actions()[0], Action::AppendLog { .. }), "the member has room again");
 }

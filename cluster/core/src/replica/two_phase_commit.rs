@@ -18,10 +18,10 @@ impl Replica {
             self.actions.push(Action::ReplyClient { request_id, result: Err(e) });
             return;
         }
-        if let Some(low) = ctx.disk_low
+        if let Some((node, low)) = self.disk_short(ctx)
             && !request.only_deletes()
         {
-            let error = Error::DiskFull { node: self.me.clone(), gpid: self.gpid, free_bytes: low.free_bytes, reserve_bytes: low.reserve_bytes };
+            let error = Error::DiskFull { node, gpid: self.gpid, free_bytes: low.free_bytes, reserve_bytes: low.reserve_bytes };
             self.actions.push(Action::ReplyClient { request_id, result: Err(error) });
             return;
         }
@@ -162,6 +162,16 @@ impl Replica {
         self.release_prepare_replies(ctx);
     }
 
+    /// The server, this one or a member's, whose disk is below its reserve: every member logs
+    /// what this primary takes, so a short member refuses writes as this server's own disk
+    /// would (else its log append would hit a full disk and stop that server).
+    fn disk_short(&self, ctx: &Ctx) -> Option<(NodeAddr, DiskLow)> {
+        if let Some(low) = ctx.disk_low {
+            return Some((self.me.clone(), low));
+        }
+        self.members.iter().find_map(|(node, p)| p.disk_low.map(|low| (node.clone(), low)))
+    }
+
     /// Answers the prepares whose mutations are durable now, and commits what they allow.
     pub(super) fn release_prepare_replies(&mut self, ctx: &Ctx) {
         let durable_stream = self.durable.min(self.stream_prepared);
@@ -174,7 +184,7 @@ impl Replica {
                 break;
             }
             self.waiting_replies.pop_front();
-            let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::Ok { prepared: decree.min(durable_stream) } };
+            let reply = PrepareReply { ballot: self.config.ballot, outcome: PrepareOutcome::Ok { prepared: decree.min(durable_stream), disk_low: ctx.disk_low } };
             self.actions.push(Action::ReplyPrepare { token, reply });
         }
     }
@@ -186,12 +196,13 @@ impl Replica {
         let Some(p) = self.members.get_mut(&from) else { return };
         p.in_flight = false;
         match reply.outcome {
-            PrepareOutcome::Ok { prepared } => {
+            PrepareOutcome::Ok { prepared, disk_low } => {
                 if reply.ballot != self.config.ballot {
                     return;
                 }
                 p.unanswered_since_ms = None;
                 p.refused = false;
+                p.disk_low = disk_low;
                 // Only what this primary sent counts. A primary that restarted within the grace
                 // period serves the same ballot again, without the unsynced tail of its log; a
                 // member still holding that tail reports it as prepared, but those entries are

@@ -144,12 +144,12 @@ impl ReplicaServer {
                     self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short } => {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
                 let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
                 let dup_reports = self.dup_reports(io.now_us);
                 let (node, incarnation) = (self.me.clone(), self.incarnation);
-                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures };
+                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures, disk_short };
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
@@ -195,8 +195,9 @@ impl ReplicaServer {
                 io.timer(delay, Event::ReplicaObjects { node: self.index, incarnation: self.incarnation, work: ObjectWork::Restore { gpid, source } });
             }
             HostAction::Stop { .. } => {
-                // The server exits; its supervisor restarts it.
-                let delay = io.rng.range(500_000, 3_000_000);
+                // Its replicas stop, its port closes (within a tick of the runtime), and it starts
+                // again from its disk when `Restarts` allows (`Event::StartAfterLogFailure`).
+                let delay = io.rng.range(1_000, 50_000);
                 io.timer(delay, Event::SupervisorRestart { node: self.index, incarnation: self.incarnation });
             }
         }

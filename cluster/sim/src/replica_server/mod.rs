@@ -129,6 +129,8 @@ pub struct ReplicaServer {
     /// Its disk's free and total bytes, read by the host every tick (scripts: `disk r1 free=…
     /// total=…`); None: the simulated disk never fills.
     pub disk_space: Option<(u64, u64)>,
+    /// When it may start again after its log failed (the server's own rule).
+    pub restarts: tandem_host::Restarts,
     outgoing: BTreeMap<RpcId, Outgoing>,
     /// Which meta server to ask.
     meta: MetaRoute,
@@ -189,6 +191,7 @@ impl ReplicaServer {
             lease_until_ms: 0,
             disk_low: None,
             disk_space: None,
+            restarts: tandem_host::Restarts::default(),
             outgoing: BTreeMap::new(),
             meta: MetaRoute::new(metas),
             checkpoints: SimCheckpoints::default(),

@@ -152,7 +152,13 @@ impl SqlStore {
     /// detector waits out (`tandem_meta_core::leadership`). SQLite (one meta server) claims
     /// without a lock.
     pub async fn claim_round(&self, holder: &str, address: &str, ttl_ms: u64) -> Result<Claim> {
-        let Pool::Postgres(pool) = &self.pool else { return self.claim_lease(holder, address, ttl_ms).await };
+        let Pool::Postgres(pool) = &self.pool else {
+            // A renewal on a full disk gives up the reserve rather than the lease.
+            return match self.claim_lease(holder, address, ttl_ms).await {
+                Err(e) if self.release_reserve(&e) => self.claim_lease(holder, address, ttl_ms).await,
+                claim => claim,
+            };
+        };
         let ttl = to_i64(ttl_ms, "lease ttl")?;
         let mut slot = self.lock_session.lock().await;
         // Taken out while in use: if this future is dropped mid-call (the caller's timeout), the

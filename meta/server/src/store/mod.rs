@@ -20,7 +20,7 @@
 //! carried out after this process led again at a newer epoch. The lease
 //! row itself is claimed by one compare-and-set statement ([`SqlStore::claim_lease`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -191,6 +191,12 @@ pub fn meta_error(e: StoreError) -> tandem_meta_core::MetaError {
     }
 }
 
+/// SQLite's primary result code for a full disk.
+const SQLITE_FULL: &str = "13";
+
+/// ENOSPC on Linux.
+const ENOSPC: i32 = 28;
+
 /// How long a SQLite writer waits for another writer before failing with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SQLITE_CONNECTIONS_MAX: u32 = 4;
@@ -238,7 +244,14 @@ pub struct SqlStore {
     unreachable_until: std::sync::Mutex<Option<(std::time::Instant, String)>>,
     /// PostgreSQL: the connection whose session holds (or tries for) the leader's advisory lock.
     lock_session: tokio::sync::Mutex<Option<lease::LockSession>>,
+    /// SQLite: a file of `STORE_RESERVE_BYTES` next to the database, given up when a write meets
+    /// a full disk so that the write (a lease renewal, a failover) goes through.
+    reserve: Option<PathBuf>,
 }
+
+/// Room the SQLite store keeps for itself on a disk another process fills to its last byte:
+/// thousands of lease renewals and configuration changes.
+const STORE_RESERVE_BYTES: usize = 8 << 20;
 
 /// How long writes fail fast after the store was found unreachable.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(1);
@@ -511,7 +524,66 @@ impl SqlStore {
             return Err(StoreError::UnsupportedUrl { url: shown_url });
         };
         tracing::info!(url = %shown_url, "metadata store connected and migrated");
-        Ok(SqlStore { pool, unreachable_until: std::sync::Mutex::new(None), lock_session: tokio::sync::Mutex::new(None) })
+        let reserve = url.strip_prefix("sqlite://").and_then(|rest| sqlite_path(url, rest).ok()).map(|p| {
+            let mut name = p.into_os_string();
+            name.push(".reserve");
+            PathBuf::from(name)
+        });
+        let store = SqlStore { pool, unreachable_until: std::sync::Mutex::new(None), lock_session: tokio::sync::Mutex::new(None), reserve };
+        store.keep_reserve(local_dir(url).as_deref().and_then(tandem_runtime::disk::dir_space).map_or(u64::MAX, |s| s.free_bytes));
+        Ok(store)
+    }
+
+    /// Writes the SQLite store's reserve file if it is missing and the disk has room for it
+    /// several times over (`free_bytes`), so that giving it up and taking it back cannot chase
+    /// each other on a disk that stays full. At start, and each tick while the meta finds the
+    /// disk above its reserve.
+    pub fn keep_reserve(&self, free_bytes: u64) {
+        if free_bytes < 4 * STORE_RESERVE_BYTES as u64 {
+            return;
+        }
+        let Some(path) = self.reserve.as_ref().filter(|p| !p.exists()) else { return };
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        let written = std::fs::write(&partial, vec![0u8; STORE_RESERVE_BYTES]).and_then(|()| std::fs::rename(&partial, path));
+        match written {
+            Ok(()) => tracing::info!("kept {STORE_RESERVE_BYTES} bytes for the metadata store in {}", path.display()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                tracing::warn!("cannot write the metadata store's reserve {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// A write failed for want of disk space: gives up the reserve file so that it can be done
+    /// again. False when there is no reserve left to give (or the failure is another).
+    fn release_reserve(&self, error: &StoreError) -> bool {
+        let StoreError::Database(e) = error else { return false };
+        let full = match e {
+            sqlx::Error::Database(db) => db.code().as_deref() == Some(SQLITE_FULL),
+            sqlx::Error::Io(io) => io.raw_os_error() == Some(ENOSPC),
+            _ => false,
+        };
+        let Some(path) = self.reserve.as_ref().filter(|p| full && p.exists()) else { return false };
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::warn!("the metadata store's disk is full: gave up its {STORE_RESERVE_BYTES}-byte reserve {} to write; free space there", path.display());
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cannot give up the metadata store's reserve {}: {e}", path.display());
+                false
+            }
+        }
+    }
+
+    /// Carries out one write the meta state machine decided, fenced by `fence`; once more after
+    /// giving up the reserve if the disk was full (a failed SQLite write left nothing behind).
+    pub async fn apply(&self, fence: &Fence, write: &StoreWrite) -> Result<StoreDone> {
+        match self.apply_once(fence, write).await {
+            Err(e) if self.release_reserve(&e) => self.apply_once(fence, write).await,
+            done => done,
+        }
     }
 
     /// Fails fast while the store is known to be unreachable.
@@ -539,8 +611,7 @@ impl SqlStore {
         }
     }
 
-    /// Carries out one write the meta state machine decided, fenced by `fence`.
-    pub async fn apply(&self, fence: &Fence, write: &StoreWrite) -> Result<StoreDone> {
+    async fn apply_once(&self, fence: &Fence, write: &StoreWrite) -> Result<StoreDone> {
         Ok(match write {
             StoreWrite::RegisterNode { address, at_ms } => {
                 self.register_node(fence, address, *at_ms).await?;
@@ -622,6 +693,13 @@ impl SqlStore {
             Pool::Sqlite(pool) => pool.close().await,
         }
     }
+}
+
+/// The directory a store's files are in, when they are on this machine's disk (SQLite).
+pub fn local_dir(url: &str) -> Option<PathBuf> {
+    let path = sqlite_path(url, url.strip_prefix("sqlite://")?).ok()?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Some(if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir })
 }
 
 /// The file path of a `sqlite://PATH` URL (`sqlite:///abs/path` is absolute).
