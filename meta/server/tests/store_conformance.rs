@@ -772,3 +772,65 @@ async fn policies(store: &SqlStore, f: &Fence) {
     store.purge_table(&f, table.id).await.unwrap();
     assert_eq!(store.policy_history(table.id).await.unwrap().len(), 2);
 }
+
+/// SQLite on a disk another process fills to its last byte: the store gives up its reserve file
+/// for the write that meets the full disk (and does it), so configuration changes and lease
+/// renewals go on until space is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_gives_up_its_reserve_for_the_writes_that_meet_a_full_disk() {
+    use std::io::Write;
+    use std::process::Command;
+    use tandem_meta_core::store::StoreWrite;
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = dir.path().join("fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    match Command::new("mount").args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"]).arg(&fs).output() {
+        Ok(out) if out.status.success() => {}
+        other => {
+            println!("SKIPPED: cannot mount a tmpfs here ({other:?}); this test needs root");
+            return;
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let store = SqlStore::connect(&format!("sqlite://{}/meta.db", fs.display())).await.unwrap();
+    let reserve = fs.join("meta.db.reserve");
+    assert_eq!(std::fs::metadata(&reserve).map(|m| m.len()).ok(), Some(8 << 20), "the store keeps 8 MiB for itself");
+    let f = Fence { holder: "a".into(), epoch: lead(&store, "a").await };
+
+    // Another process takes every byte left.
+    let mut filler = std::fs::File::create(fs.join("filler")).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for size in [1 << 20, 4096, 1] {
+        while matches!(filler.write(&chunk[..size]), Ok(n) if n > 0) {}
+    }
+    let _ = filler.sync_all();
+
+    // Configuration writes go on: the one that meets the full disk gives up the reserve.
+    let mut written = 0;
+    while reserve.exists() {
+        assert!(written < 20_000, "{written} writes and the disk never refused one");
+        let write = StoreWrite::CreateTable {
+            name: format!("table_{written:05}_{}", "x".repeat(200)),
+            partition_count: 8,
+            policy: Policy::with_replicas(3),
+            owner: "o".into(),
+            who: "w".into(),
+            at_ms: 0,
+        };
+        store.apply(&f, &write).await.unwrap_or_else(|e| panic!("write {written} on a full disk: {e}"));
+        written += 1;
+    }
+    for i in 0..100 {
+        store.apply(&f, &StoreWrite::RegisterNode { address: format!("r{i}:1"), at_ms: 0 }).await.expect("writes after the reserve was given up");
+    }
+    assert_eq!(store.claim_round("a", "a:1", 60_000).await.unwrap(), Claim::Won { epoch: f.epoch }, "a lease renewal");
+    println!("the disk refused write {written}; the reserve was given up for it and 100 more writes and a renewal went through");
+    drop(filler);
+    store.close().await;
+}

@@ -481,6 +481,16 @@ impl SqlStore {
             let pool = SqlitePoolOptions::new()
                 .max_connections(SQLITE_CONNECTIONS_MAX)
                 .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+                // SQLite rolls a transaction back by itself on some errors (SQLITE_FULL): sqlx's
+                // ROLLBACK then fails and the connection still counts a transaction, so its next
+                // BEGIN would be a SAVEPOINT that fails. Such a connection is closed, not reused
+                // (the ping first carries out the rollback queued when the transaction dropped).
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Connection::ping(conn).await?;
+                        Ok(!sqlx::Connection::is_in_transaction(conn))
+                    })
+                })
                 .connect_with(options)
                 .await
                 .map_err(|source| StoreError::Connect {
