@@ -116,6 +116,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Meta { .. } | Command::Replica { .. });
     init_tracing(if server { "info" } else { "warn" });
+    if server || matches!(cli.command, Command::Playground(_)) {
+        match tandem_runtime::limits::raise_open_files() {
+            Ok((before, after, _)) if before < after => tracing::info!("open files: soft limit raised from {before} to {after} (the hard limit)"),
+            Ok((_, after, hard)) => tracing::info!("open files: soft limit {after}, hard limit {hard}"),
+            Err(e) => tracing::warn!("cannot read or raise the open-files limit: {e}"),
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
