@@ -166,10 +166,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_once_space_is_free
         })
     };
     let failed = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("the mutation log in") {
-        assert!(failed.elapsed() < Duration::from_secs(30), "the log did not fail on a full disk\n{}", cluster.logs_tail());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.poll(Duration::from_secs(30), "the log to fail on a full disk", || async { std::fs::read_to_string(&log).unwrap_or_default().contains("the mutation log in") }).await;
     println!("filled the last {taken} bytes; the log failed {:?} later", failed.elapsed());
     std::fs::remove_file(&filler).unwrap();
     let took = write_until_taken(&cluster, &t, b"again", Duration::from_secs(60), |_| true).await;
@@ -210,12 +207,9 @@ async fn a_meta_whose_store_disk_is_full_refuses_new_metadata_and_serves_the_res
 
     // Another process leaves 1 MiB free.
     let ballast = tmpfs.0.join("ballast");
-    let free = |p: &Path| {
-        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(p).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
-    };
     let leave = 1 << 20;
-    std::fs::write(&ballast, vec![0u8; (free(&tmpfs.0) - leave) as usize]).unwrap();
+    let free = tandem_runtime::disk::dir_space(&tmpfs.0).unwrap().free_bytes;
+    std::fs::write(&ballast, vec![0u8; (free - leave) as usize]).unwrap();
     let client = cluster.client();
     let refused = Instant::now();
     let message = loop {

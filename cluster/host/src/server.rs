@@ -334,22 +334,16 @@ impl Host {
                 if was_short != short.is_some() {
                     // The meta learns at the next tick, not a beacon period later: it stops
                     // placing replicas here (or starts again) and shows it.
-                    match &mut self.beacon {
-                        Beacon::Idle { next_due_ms } => *next_due_ms = 0,
-                        Beacon::InFlight { .. } | Beacon::Configuring { .. } => self.beacon_asked = true,
-                    }
+                    self.beacon_due_at(0);
                 }
                 if was_short || short.is_some() {
                     self.actions.push(HostAction::SetDiskShort { short });
                 }
             }
-            HostInput::BeaconNow { now_ms } => match &mut self.beacon {
-                Beacon::Idle { next_due_ms } => {
-                    *next_due_ms = now_ms;
-                    self.beacon_if_due(now_ms);
-                }
-                Beacon::InFlight { .. } | Beacon::Configuring { .. } => self.beacon_asked = true,
-            },
+            HostInput::BeaconNow { now_ms } => {
+                self.beacon_due_at(now_ms);
+                self.beacon_if_due(now_ms);
+            }
             HostInput::Configured { gpid, status } => {
                 if let Beacon::Configuring { waiting, statuses, .. } = &mut self.beacon
                     && waiting.remove(&gpid)
@@ -485,6 +479,14 @@ impl Host {
                 self.actions.push(HostAction::FlushEngine { gpid });
             }
             self.finish_gc_if_flushed();
+        }
+    }
+
+    /// The next beacon goes at `due_ms` (at the latest), or right after the one in flight.
+    fn beacon_due_at(&mut self, due_ms: u64) {
+        match &mut self.beacon {
+            Beacon::Idle { next_due_ms } => *next_due_ms = (*next_due_ms).min(due_ms),
+            Beacon::InFlight { .. } | Beacon::Configuring { .. } => self.beacon_asked = true,
         }
     }
 

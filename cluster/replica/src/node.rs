@@ -582,16 +582,24 @@ impl DiskLowCell {
 /// writes meanwhile — at 10 ms, 1.6 MB at 160 MB/s (statvfs costs microseconds).
 const DISK_READ_INTERVAL: Duration = Duration::from_millis(10);
 
+/// The directories whose free space decides whether the server takes writes: data and log.
+fn watched_dirs(opts: &ReplicaServerOptions) -> [PathBuf; 2] {
+    [opts.data_dir.clone(), log_dir(opts)]
+}
+
+fn log_dir(opts: &ReplicaServerOptions) -> PathBuf {
+    opts.data_dir.join("log")
+}
+
 /// Feeds the host the free space of the data and log directories, one reading at a time.
 async fn read_disk_space(node: Arc<Node>) {
     let mut every = tokio::time::interval(DISK_READ_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let dirs = [node.opts.data_dir.clone(), node.log.dir().to_path_buf()];
         let reader = node.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let dirs: Vec<tandem_host::DirSpace> = dirs.iter().filter_map(|d| tandem_runtime::disk::dir_space(d)).collect();
+            let dirs = tandem_runtime::disk::dirs_space(&watched_dirs(&reader.opts));
             if let Some(free) = dirs.iter().map(|d| d.free_bytes).min() {
                 reader.metrics.disk_free_bytes.set(free as i64);
             }
@@ -667,11 +675,10 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
     let clock = Instant::now();
     let now_ms = || clock.elapsed().as_millis() as u64;
     loop {
-        let failure = match serve_from_disk(&opts, shutdown.clone(), metrics.clone(), &current).await {
+        let (dir, detail) = match serve_from_disk(&opts, shutdown.clone(), metrics.clone(), &current).await {
             Err(Error::LogFailed { dir, detail }) if !*shutdown.borrow() => (dir, detail),
             other => return other,
         };
-        let (dir, detail) = failure;
         metrics.log_failure_restarts.inc();
         let pause = restarts.on_failure(now_ms());
         tracing::error!(
@@ -683,15 +690,14 @@ pub async fn run(opts: ReplicaServerOptions, shutdown: watch::Receiver<bool>) ->
             restarts.recent()
         );
         let mut watch = tandem_host::DiskWatch::new(opts.host.disk_reserve_bytes, opts.host.disk_reserve_percent);
-        let dirs = [opts.data_dir.clone(), opts.data_dir.join("log")];
+        let dirs = watched_dirs(&opts);
         let mut stop = std::pin::pin!(tandem_runtime::stopped(shutdown.clone()));
         let mut said = false;
         // A task of the previous run still holding it past this is a bug: starting anyway
         // reports the engine it still holds open, rather than waiting forever.
         let closing_deadline = clock.elapsed() + Duration::from_secs(30);
         loop {
-            let space: Vec<tandem_host::DirSpace> = dirs.iter().filter_map(|d| tandem_runtime::disk::dir_space(d)).collect();
-            let short = watch.on_space(&space).cloned();
+            let short = watch.on_space(&tandem_runtime::disk::dirs_space(&dirs)).cloned();
             // The previous run's engines close with its last task: a restart opens them again.
             let closed = current.lock().expect("node lock").strong_count() == 0 || clock.elapsed() > closing_deadline;
             if restarts.may_start(now_ms(), short.is_some()) && closed {
@@ -718,9 +724,8 @@ const RESTART_POLL: Duration = Duration::from_millis(100);
 async fn serve_from_disk(opts: &ReplicaServerOptions, shutdown: watch::Receiver<bool>, metrics: Metrics, current: &Mutex<std::sync::Weak<Node>>) -> Result<()> {
     std::fs::create_dir_all(&opts.data_dir).map_err(Error::io("create data dir", &opts.data_dir))?;
     // Replay the shared log: per partition, its mutations by the replay rule (log_read).
-    let log_dir = opts.data_dir.join("log");
     let log = {
-        let dir = log_dir.clone();
+        let dir = log_dir(opts);
         let log_options = opts.log.clone();
         tokio::task::spawn_blocking(move || {
             let mut replayed: BTreeMap<Gpid, PartitionLog> = BTreeMap::new();

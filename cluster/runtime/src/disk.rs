@@ -1,6 +1,6 @@
 //! Free space of a directory's filesystem, as `tandem_core::disk` takes it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tandem_core::disk::DirSpace;
 
 /// Free space of `dir`'s filesystem for this process (statvfs: blocks available to unprivileged
@@ -15,4 +15,9 @@ pub fn dir_space(dir: &Path) -> Option<DirSpace> {
     }
     let block = stat.f_frsize as u64;
     Some(DirSpace { dir: dir.display().to_string(), free_bytes: stat.f_bavail as u64 * block, total_bytes: stat.f_blocks as u64 * block })
+}
+
+/// The free space of each of `dirs` that can be read.
+pub fn dirs_space(dirs: &[PathBuf]) -> Vec<DirSpace> {
+    dirs.iter().filter_map(|d| dir_space(d)).collect()
 }

@@ -1845,9 +1845,10 @@ fn adds_metadata(request: &MetaRequest) -> bool {
 }
 
 fn policy_context<'a>(options: &'a MetaOptions, state: &MetaState, peers: &'a [String]) -> PolicyContext<'a> {
+    let (disk_short, room): (Vec<NodeAddr>, Vec<NodeAddr>) = state.fd.alive_nodes().into_iter().partition(|n| state.disk_short.contains_key(n));
     PolicyContext {
-        live_nodes: state.placeable_nodes().len(),
-        disk_short: state.fd.alive_nodes().into_iter().filter(|n| state.disk_short.contains_key(n)).collect(),
+        live_nodes: room.len(),
+        disk_short,
         site: &options.site,
         peer_sites: peers,
         default_backup_target: &options.backup_target,

@@ -194,9 +194,6 @@ pub fn meta_error(e: StoreError) -> tandem_meta_core::MetaError {
 /// SQLite's primary result code for a full disk.
 const SQLITE_FULL: &str = "13";
 
-/// ENOSPC on Linux.
-const ENOSPC: i32 = 28;
-
 /// How long a SQLite writer waits for another writer before failing with "database is locked".
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SQLITE_CONNECTIONS_MAX: u32 = 4;
@@ -571,7 +568,7 @@ impl SqlStore {
         let StoreError::Database(e) = error else { return false };
         let full = match e {
             sqlx::Error::Database(db) => db.code().as_deref() == Some(SQLITE_FULL),
-            sqlx::Error::Io(io) => io.raw_os_error() == Some(ENOSPC),
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
         };
         let Some(path) = self.reserve.as_ref().filter(|p| full && p.exists()) else { return false };
