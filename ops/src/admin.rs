@@ -157,7 +157,8 @@ pub async fn nodes(args: &ClientArgs) -> CmdResult {
             .iter()
             .map(|n| json!({"address": n.address, "alive": n.alive, "last_beacon_ms_ago": n.last_beacon_ms_ago,
                 "primaries": n.primaries, "secondaries": n.secondaries, "learners": n.learners,
-                "disk_short": n.disk_short.as_ref().map(|d| json!({"dir": d.dir, "free_bytes": d.free_bytes, "reserve_bytes": d.reserve_bytes}))}))
+                "disk_short": n.disk_short.as_ref().map(|d| json!({"dir": d.dir, "free_bytes": d.free_bytes, "reserve_bytes": d.reserve_bytes})),
+                "replicas_max": (n.replicas_max > 0).then_some(n.replicas_max), "refused": n.refused}))
             .collect::<Vec<_>>()));
     } else {
         let rows: Vec<Vec<String>> = nodes
@@ -170,6 +171,11 @@ pub async fn nodes(args: &ClientArgs) -> CmdResult {
                     n.primaries.to_string(),
                     n.secondaries.to_string(),
                     n.learners.to_string(),
+                    match (n.replicas_max, n.refused) {
+                        (0, _) => "-".into(),
+                        (max, 0) => max.to_string(),
+                        (max, refused) => format!("{max} (FULL: refused {refused})"),
+                    },
                     n.disk_short.as_ref().map_or_else(
                         || "ok".into(),
                         |d| format!("FULL: {} free, reserve {} ({})", human_bytes(d.free_bytes as usize), human_bytes(d.reserve_bytes as usize), d.dir),
@@ -177,7 +183,7 @@ pub async fn nodes(args: &ClientArgs) -> CmdResult {
                 ]
             })
             .collect();
-        print_table(&["ADDRESS", "STATUS", "LAST BEACON", "PRIMARIES", "SECONDARIES", "LEARNERS", "DISK"], &rows);
+        print_table(&["ADDRESS", "STATUS", "LAST BEACON", "PRIMARIES", "SECONDARIES", "LEARNERS", "MAX REPLICAS", "DISK"], &rows);
     }
     Ok(())
 }

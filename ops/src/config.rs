@@ -130,6 +130,8 @@ pub struct ReplicaSection {
     /// space than the smaller of these: bytes, and a percentage of its filesystem.
     pub disk_reserve: ByteSize,
     pub disk_reserve_percent: u64,
+    /// Replicas this server hosts at most; 0: as many as its open-files limit allows.
+    pub max_replicas: u32,
 }
 
 impl Default for ReplicaSection {
@@ -165,6 +167,7 @@ impl Default for ReplicaSection {
             cluster_id: o.host.replica.cluster_id,
             disk_reserve: ByteSize::b(o.host.disk_reserve_bytes),
             disk_reserve_percent: o.host.disk_reserve_percent,
+            max_replicas: 0,
         }
     }
 }
@@ -312,6 +315,12 @@ cluster_id = 1
 # taken again, without a restart, once there is a quarter more than the reserve.
 disk_reserve = "2GiB"
 disk_reserve_percent = 5
+# Replicas this server hosts at most. 0: as many as its open-files limit allows, each replica's
+# RocksDB holding up to 16 files (10 SST files open for reads, its LOCK, LOG, MANIFEST and WAL,
+# two being written) after an eighth of the limit is kept for connections and the log. The
+# server raises its soft limit to the hard one at start; past the most it refuses new replicas,
+# and the meta places them elsewhere or refuses a table that does not fit.
+max_replicas = 0
 
 [backup]
 # S3-compatible targets (s3://BUCKET/PREFIX): the server's address and credentials. Empty keys
@@ -520,6 +529,10 @@ impl Config {
         o.host.replica.limits.value_bytes_max = r.max_value_bytes.as_u64() as usize;
         o.host.disk_reserve_bytes = r.disk_reserve.as_u64();
         o.host.disk_reserve_percent = r.disk_reserve_percent;
+        o.host.replicas_max = match r.max_replicas {
+            0 => tandem_runtime::limits::replicas_for_open_files(tandem_runtime::limits::open_files_limit(), tandem_storage::FILES_PER_ENGINE as u64),
+            n => n as usize,
+        };
         o.s3 = self.backup.s3();
         o.backup_upload_bytes_per_sec = self.backup.upload_rate.as_u64();
         o.host.backup_uploads_max = self.backup.uploads_max;

@@ -186,7 +186,11 @@ fn start_site(
         c.replica.metrics_listen = format!("127.0.0.1:{}", port(249 + 100 * index as u32 + i as u32)?);
         replica_metrics.push(c.replica.metrics_listen.clone());
         c.replica.data_dir = dir.join(format!("replica-{i}"));
-        let opts = c.replica_options()?;
+        let mut opts = c.replica_options()?;
+        if c.replica.max_replicas == 0 {
+            // The servers of this process share its open-files limit.
+            opts.host.replicas_max = (opts.host.replicas_max / (args.replicas as usize * args.sites as usize)).max(1);
+        }
         replica_addrs.push(c.replica.listen.clone());
         let rx = stop_rx.clone();
         let who = name.to_string();

@@ -13,6 +13,7 @@
 //!
 //! Nothing here reads a clock, a socket, a file or a random source: time arrives as `now_ms`.
 
+pub mod digest;
 pub mod disk;
 pub mod error;
 pub mod key;

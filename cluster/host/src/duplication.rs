@@ -281,6 +281,11 @@ impl Duplications {
         })
     }
 
+    /// Whether this replica runs any duplicator.
+    pub fn is_running(&self) -> bool {
+        !self.running.is_empty()
+    }
+
     /// The progress of the duplicators this replica runs (it is the primary).
     pub fn progress(&self, now: Now) -> Vec<(DupId, DuplicatorState)> {
         self.running.iter().map(|(id, d)| (*id, d.state(now))).collect()

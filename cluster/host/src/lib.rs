@@ -25,6 +25,7 @@ pub mod disk;
 pub mod duplication;
 pub mod options;
 pub mod replica;
+pub mod reports;
 pub mod restart;
 pub mod server;
 
@@ -34,6 +35,7 @@ pub use duplication::{config_for, DupConfig, DupId, DupWork, Duplications};
 pub use tandem_dup_core::TableDup;
 pub use disk::{DirSpace, DiskShort, DiskWatch};
 pub use options::HostOptions;
+pub use reports::{BeaconReports, ReportsDelta};
 pub use restart::Restarts;
 pub use replica::{Carrier, HostedReplica, ReplicaAction, ReplicaEvent, STEPS_PER_TURN_MAX};
 pub use server::{Host, HostAction, HostInput};

@@ -36,6 +36,10 @@ pub struct HostOptions {
     /// than the smaller of these two (`disk`): bytes, and a percentage of its filesystem.
     pub disk_reserve_bytes: u64,
     pub disk_reserve_percent: u64,
+    /// Replicas this server hosts at most: what its open-files limit allows (the runtime divides
+    /// it by the files one replica's engine holds). Past it the server refuses new replicas and
+    /// says so to the meta, which places no more here; the ones it has go on.
+    pub replicas_max: usize,
 }
 
 impl Default for HostOptions {
@@ -54,6 +58,7 @@ impl Default for HostOptions {
             backup_uploads_max: 2,
             disk_reserve_bytes: 2 << 30,
             disk_reserve_percent: 5,
+            replicas_max: usize::MAX,
         }
     }
 }
@@ -75,6 +80,9 @@ impl HostOptions {
         }
         if self.checkpoints_per_partition_max == 0 {
             return Err("checkpoints_per_partition_max must be at least 1 (a learner needs one)".into());
+        }
+        if self.replicas_max == 0 {
+            return Err("replicas_max must be at least 1".into());
         }
         if self.disk_reserve_percent > 50 {
             return Err(format!("disk_reserve_percent ({}) must be at most 50: the rest of the disk holds the data", self.disk_reserve_percent));

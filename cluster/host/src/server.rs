@@ -54,6 +54,15 @@ pub enum HostInput {
         backups: Vec<BackupTask>,
         /// The tables being restored, and from which backup.
         restores: Vec<RestoreSource>,
+        /// The meta's configurations for this server are the ones the beacon's `configs_digest`
+        /// named (the last answer's): `configs`, `partition_counts` and `tombstone_retention`
+        /// are left out, and the host takes the last answer's again.
+        configs_unchanged: bool,
+        /// The meta's view of this server's replicas did not add up to the beacon's digest (a
+        /// new meta leader, a purged table): the answer may lack the configuration of a replica
+        /// the meta did not know was here, so it grants nothing; the next beacon, with every
+        /// report, goes at the next tick.
+        resend_reports: bool,
     },
     /// `RestoreReplica` is done: the replica's database is in place.
     ReplicaRestored { gpid: Gpid },
@@ -111,6 +120,14 @@ pub enum HostAction {
         restore_failures: Vec<RestoreFailure>,
         /// The directory below its reserve: the meta shows it and places no replica here.
         disk_short: Option<crate::disk::DiskShort>,
+        /// The most replicas this server hosts; the meta places no more here.
+        replicas_max: usize,
+        /// Replicas a configuration names this server for that it refused to open (it hosts
+        /// `replicas_max`): the meta moves them elsewhere.
+        refused: Vec<Gpid>,
+        /// The digest of the last answer's configurations (`digest::answer_digest`): the meta
+        /// leaves them out of its answer when its own are the same (None: send them).
+        configs_digest: Option<tandem_core::digest::Digest>,
     },
     /// Checkpoint the replica of `task.gpid` and upload it as the task says, reporting with
     /// `BackupReported` as it goes and when it is done or failed.
@@ -146,6 +163,9 @@ pub enum HostAction {
     CollectLog { keep_after: BTreeMap<Gpid, Decree> },
     /// The server cannot go on: stop it (the meta moves its partitions; a restart replays).
     Stop { error: String },
+    /// A configuration names this server for `gpid`, but it hosts `replicas_max` replicas
+    /// already: it is not opened (log `why`; the beacons tell the meta). Once per refusal.
+    RefuseReplica { gpid: Gpid, why: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +220,11 @@ pub struct Host {
     /// The last failure of each replica's restore, reported with every beacon while its table
     /// is being restored; a permanent one is not tried again.
     restore_failures: BTreeMap<Gpid, RestoreFailure>,
+    /// Replicas refused for want of room, while a configuration still names this server.
+    refused: BTreeSet<Gpid>,
+    /// The last answer's configurations, partition counts and retentions, and their digest: an
+    /// answer that says they did not change means these.
+    last_answer: Option<(Vec<PartitionConfig>, Vec<(u32, u32)>, Vec<(u32, u64)>, tandem_core::digest::Digest)>,
     stopped: bool,
     actions: Vec<HostAction>,
 }
@@ -234,6 +259,8 @@ impl Host {
             restoring: BTreeSet::new(),
             restored: BTreeSet::new(),
             restore_failures: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            last_answer: None,
             stopped: false,
             actions: Vec::new(),
         }
@@ -282,7 +309,29 @@ impl Host {
         }
         match input {
             HostInput::Tick { now_ms } => self.on_tick(now_ms),
-            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores } => {
+            HostInput::BeaconAnswered { sent_at_ms, resend_reports: true, .. } => {
+                // Found by the simulator (seed 43): a new meta leader answered a beacon that
+                // carried only changed reports without the configuration of a replica whose
+                // partition had replaced this server as primary; the lease it granted let that
+                // replica serve beside the new primary.
+                if matches!(self.beacon, Beacon::InFlight { sent_at_ms: s } if s == sent_at_ms) {
+                    self.beacon = Beacon::Idle { next_due_ms: sent_at_ms };
+                }
+            }
+            HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores, configs_unchanged, resend_reports: false } => {
+                // What did not change comes from the last answer; what did is kept for the next.
+                // Only the answer to the beacon in flight counts (a late one's configurations are
+                // not taken either): the cache is then exactly what that beacon's digest named.
+                let current = matches!(self.beacon, Beacon::InFlight { sent_at_ms: s } if s == sent_at_ms);
+                let (configs, partition_counts, tombstone_retention) = match (configs_unchanged, &self.last_answer) {
+                    (true, Some((c, p, t, _))) if current => (c.clone(), p.clone(), t.clone()),
+                    _ if !current => (configs, partition_counts, tombstone_retention),
+                    _ => {
+                        let digest = tandem_core::digest::answer_digest(&configs, &partition_counts, &tombstone_retention);
+                        self.last_answer = Some((configs.clone(), partition_counts.clone(), tombstone_retention.clone(), digest));
+                        (configs, partition_counts, tombstone_retention)
+                    }
+                };
                 self.restoring_tables = restores.into_iter().map(|r| (r.table_id, r)).collect();
                 let restoring = &self.restoring_tables;
                 self.restore_failures.retain(|gpid, _| restoring.contains_key(&gpid.table_id));
@@ -435,6 +484,20 @@ impl Host {
         if self.removing.contains(&gpid) || self.restoring.contains(&gpid) {
             return false;
         }
+        // Replicas being restored or deleted still hold their files.
+        let holding = self.replicas.len() + self.restoring.len() + self.removing.len();
+        if holding >= self.options.replicas_max {
+            if self.refused.insert(gpid) {
+                let max = self.options.replicas_max;
+                let why = format!(
+                    "this server holds {holding} replicas and its open-files limit allows {max}: raise the limit (ulimit -n) or add \
+                     servers; the meta places the replica elsewhere"
+                );
+                self.actions.push(HostAction::RefuseReplica { gpid, why });
+            }
+            return false;
+        }
+        self.refused.remove(&gpid);
         // A table being restored: the replica's first database comes from the backup. It is
         // not hosted (configured, leased, beaconed) until that is in place.
         if let Some(source) = self.restoring_tables.get(&gpid.table_id)
@@ -503,6 +566,9 @@ impl Host {
                 backup_reports: self.backups.reports(),
                 restore_failures: self.restore_failures.values().cloned().collect(),
                 disk_short: self.disk.short().cloned(),
+                replicas_max: self.options.replicas_max,
+                refused: self.refused.iter().copied().collect(),
+                configs_digest: self.last_answer.as_ref().map(|(.., d)| *d),
             });
         }
     }
@@ -526,6 +592,7 @@ impl Host {
         }
         let mut waiting = BTreeSet::new();
         let mut seen = Vec::new();
+        let named: BTreeSet<Gpid> = configs.iter().filter(|c| c.hosts(&self.me)).map(|c| c.gpid).collect();
         for config in configs {
             let gpid = config.gpid;
             let hosted = self.replicas.contains(&gpid) || (config.hosts(&self.me) && self.open(gpid));
@@ -539,6 +606,8 @@ impl Host {
         for gpid in gone {
             self.remove(gpid, "its table was purged".into());
         }
+        // A refusal is reported until the meta moved the replica elsewhere.
+        self.refused.retain(|gpid| named.contains(gpid));
         self.hand_out_duplications(&dups);
         self.beacon = Beacon::Configuring { sent_at_ms, waiting, statuses: BTreeMap::new(), seen };
         self.finish_beacon_if_configured();
@@ -651,8 +720,23 @@ mod tests {
         Gpid::new(1, p)
     }
 
+    /// The beacon of a server with no reports, room or disk trouble to tell.
+    fn send_beacon(sent_at_ms: u64, restarted: bool, configs_digest: Option<tandem_core::digest::Digest>) -> HostAction {
+        HostAction::SendBeacon {
+            sent_at_ms,
+            restarted,
+            lease_period_ms: 6_000,
+            backup_reports: vec![],
+            restore_failures: vec![],
+            disk_short: None,
+            replicas_max: usize::MAX,
+            refused: vec![],
+            configs_digest,
+        }
+    }
+
     fn answer(host: &mut Host, sent_at_ms: u64, configs: Vec<PartitionConfig>, gone: Vec<Gpid>) -> Vec<HostAction> {
-        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![], backups: vec![], restores: vec![] });
+        host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone, dups: vec![], backups: vec![], restores: vec![], configs_unchanged: false, resend_reports: false });
         host.take_actions()
     }
 
@@ -664,7 +748,7 @@ mod tests {
             host.step(HostInput::Tick { now_ms: sent_at_ms });
             host.take_actions();
             let configs = vec![cfg(0, 1, Some("a"), &["b"])];
-            host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone: vec![], dups: vec![], backups: vec![], restores: vec![source.clone()] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone: vec![], dups: vec![], backups: vec![], restores: vec![source.clone()], configs_unchanged: false, resend_reports: false });
             host.take_actions()
         };
         // The primary's prepare can come before any answer names the table: it opens nothing.
@@ -701,7 +785,7 @@ mod tests {
         host.take_actions();
         let damaged_answer = |host: &mut Host, sent_at_ms: u64| {
             let configs = vec![PartitionConfig { gpid: g1, ..cfg(1, 1, Some("a"), &[]) }];
-            host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone: vec![], dups: vec![], backups: vec![], restores: vec![source.clone()] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts: vec![(1, 4)], tombstone_retention: vec![], gone: vec![], dups: vec![], backups: vec![], restores: vec![source.clone()], configs_unchanged: false, resend_reports: false });
             host.take_actions()
         };
         assert!(damaged_answer(&mut host, 0).contains(&HostAction::RestoreReplica { gpid: g1, source: source.clone() }));
@@ -715,7 +799,9 @@ mod tests {
 
     #[test]
     fn the_meta_asking_for_a_beacon_gets_one_at_once_or_right_after_the_one_in_flight() {
-        let beacon = |sent_at_ms, restarted| HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![], disk_short: None };
+        // After the first answer, its digest.
+        let empty = tandem_core::digest::answer_digest(&[], &[(1, 4)], &[]);
+        let beacon = |sent_at_ms, restarted: bool| send_beacon(sent_at_ms, restarted, (!restarted).then_some(empty));
         let mut host = Host::new("a".into(), options(), [], 0);
         host.step(HostInput::Tick { now_ms: 0 });
         host.take_actions();
@@ -770,7 +856,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 1_000 },
-                HostAction::SendBeacon { sent_at_ms: 0, restarted: true, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![], disk_short: None },
+                send_beacon(0, true, None),
             ]
         );
         host.step(HostInput::Tick { now_ms: 1_500 });
@@ -801,7 +887,7 @@ mod tests {
             host.take_actions(),
             vec![
                 HostAction::TickReplicas { log_cache_bytes_max: 500 },
-                HostAction::SendBeacon { sent_at_ms: 1_000, restarted: false, lease_period_ms: 6_000, backup_reports: vec![], restore_failures: vec![], disk_short: None },
+                send_beacon(1_000, false, Some(tandem_core::digest::answer_digest(&[cfg(0, 2, Some("a"), &["b"]), cfg(1, 1, Some("b"), &["a"])], &[(1, 4)], &[]))),
             ]
         );
         // A late answer to an older beacon grants nothing.
@@ -811,6 +897,86 @@ mod tests {
         assert_eq!(host.take_actions(), vec![HostAction::TickReplicas { log_cache_bytes_max: 500 }]);
         host.step(HostInput::Tick { now_ms: 2_000 });
         assert!(matches!(host.take_actions()[1], HostAction::SendBeacon { sent_at_ms: 2_000, .. }));
+    }
+
+    /// An answer that leaves the configurations out means the last answer's: they go to the
+    /// replicas again and the lease waits for them as ever. One whose meta asks for every report
+    /// grants nothing, and the next beacon goes at the next tick.
+    #[test]
+    fn an_unchanged_answer_reuses_the_last_configurations_and_a_resend_grants_nothing() {
+        let mut host = Host::new("a".into(), options(), [g(0)], 0);
+        let configs = vec![cfg(0, 2, Some("a"), &["b"])];
+        let digest = tandem_core::digest::answer_digest(&configs, &[(1, 4)], &[]);
+        host.step(HostInput::Tick { now_ms: 0 });
+        host.take_actions();
+        answer(&mut host, 0, configs.clone(), vec![]);
+        host.step(HostInput::Configured { gpid: g(0), status: Some(PartitionStatus::Primary) });
+        assert_eq!(host.take_actions(), vec![HostAction::ExtendLease { until_ms: 6_000 }]);
+        host.step(HostInput::Tick { now_ms: 1_000 });
+        assert!(host.take_actions().contains(&send_beacon(1_000, false, Some(digest))));
+        let unchanged = |sent_at_ms, resend_reports| HostInput::BeaconAnswered {
+            sent_at_ms,
+            configs: vec![],
+            partition_counts: vec![],
+            tombstone_retention: vec![],
+            gone: vec![],
+            dups: vec![],
+            backups: vec![],
+            restores: vec![],
+            configs_unchanged: true,
+            resend_reports,
+        };
+        host.step(unchanged(1_000, false));
+        assert_eq!(host.take_actions(), vec![HostAction::Configure { gpid: g(0), config: configs[0].clone() }], "the last answer's, again");
+        host.step(HostInput::Configured { gpid: g(0), status: Some(PartitionStatus::Primary) });
+        assert_eq!(host.take_actions(), vec![HostAction::ExtendLease { until_ms: 7_000 }]);
+        // The meta's view did not add up: nothing configured, no lease; the next tick beacons.
+        host.step(HostInput::Tick { now_ms: 2_000 });
+        host.take_actions();
+        host.step(unchanged(2_000, true));
+        assert_eq!(host.take_actions(), vec![]);
+        assert_eq!(host.lease_until_ms(), 7_000);
+        host.step(HostInput::Tick { now_ms: 2_100 });
+        assert!(host.take_actions().contains(&send_beacon(2_100, false, Some(digest))));
+    }
+
+    #[test]
+    fn a_full_server_refuses_new_replicas_says_so_until_moved_and_keeps_its_own() {
+        let mut host = Host::new("a".into(), HostOptions { replicas_max: 2, ..options() }, [g(0)], 0);
+        host.step(HostInput::Tick { now_ms: 0 });
+        host.take_actions();
+        let three = vec![cfg(0, 1, Some("a"), &["b"]), cfg(1, 1, Some("b"), &["a"]), cfg(2, 1, Some("a"), &["b"])];
+        let actions = answer(&mut host, 0, three.clone(), vec![]);
+        let opened: Vec<Gpid> = actions.iter().filter_map(|a| if let HostAction::OpenReplica { gpid, .. } = a { Some(*gpid) } else { None }).collect();
+        assert_eq!(opened, vec![g(1)], "one more fits: {actions:?}");
+        let refused: Vec<&HostAction> = actions.iter().filter(|a| matches!(a, HostAction::RefuseReplica { .. })).collect();
+        assert!(matches!(refused[..], [HostAction::RefuseReplica { gpid, why }] if *gpid == g(2) && why.contains("allows 2") && why.contains("ulimit -n")), "{actions:?}");
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::Configure { gpid, .. } if *gpid == g(2))), "not hosted: {actions:?}");
+        assert!(host.hosts(g(0)) && host.hosts(g(1)) && !host.hosts(g(2)));
+        for gpid in [g(0), g(1)] {
+            host.step(HostInput::Configured { gpid, status: Some(PartitionStatus::Primary) });
+        }
+        assert!(host.take_actions().iter().any(|a| matches!(a, HostAction::ExtendLease { .. })), "the lease does not wait for a refused replica");
+        // Every beacon tells the meta, and a second answer does not log it again.
+        let beacon = |host: &mut Host, now_ms| {
+            host.step(HostInput::Tick { now_ms });
+            host.take_actions().into_iter().find_map(|a| if let HostAction::SendBeacon { replicas_max, refused, .. } = a { Some((replicas_max, refused)) } else { None })
+        };
+        assert_eq!(beacon(&mut host, 1_000), Some((2, vec![g(2)])));
+        let actions = answer(&mut host, 1_000, three, vec![]);
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::RefuseReplica { .. } | HostAction::OpenReplica { .. })), "{actions:?}");
+        // The meta moved it: no longer reported.
+        for gpid in [g(0), g(1)] {
+            host.step(HostInput::Configured { gpid, status: Some(PartitionStatus::Primary) });
+        }
+        host.take_actions();
+        assert_eq!(beacon(&mut host, 2_000), Some((2, vec![g(2)])));
+        answer(&mut host, 2_000, vec![cfg(0, 1, Some("a"), &["b"]), cfg(1, 1, Some("b"), &["a"]), cfg(2, 2, Some("c"), &["b"])], vec![]);
+        for gpid in [g(0), g(1)] {
+            host.step(HostInput::Configured { gpid, status: Some(PartitionStatus::Primary) });
+        }
+        host.take_actions();
+        assert_eq!(beacon(&mut host, 3_000), Some((2, vec![])));
     }
 
     #[test]
@@ -927,7 +1093,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![], restores: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![], restores: vec![], configs_unchanged: false, resend_reports: false });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::Duplications { .. })).collect::<Vec<_>>()
         };
         let first = dup(vec![(0, 7)]);
@@ -952,7 +1118,7 @@ mod tests {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
             let tombstone_retention = vec![(1, retention)];
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![], backups: vec![], restores: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention, gone: vec![], dups: vec![], backups: vec![], restores: vec![], configs_unchanged: false, resend_reports: false });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneRetention { .. })).collect::<Vec<_>>()
         };
         assert_eq!(beacon(0, 5_000), vec![HostAction::SetTombstoneRetention { table_id: 1, retention_ms: 5_000 }]);
@@ -977,7 +1143,7 @@ mod tests {
         let mut beacon = |now_ms: u64, dups: Vec<TableDup>| {
             host.step(HostInput::Tick { now_ms });
             host.take_actions();
-            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![], restores: vec![] });
+            host.step(HostInput::BeaconAnswered { sent_at_ms: now_ms, configs: vec![], partition_counts: vec![], tombstone_retention: vec![], gone: vec![], dups, backups: vec![], restores: vec![], configs_unchanged: false, resend_reports: false });
             host.take_actions().into_iter().filter(|a| matches!(a, HostAction::SetTombstoneHold { .. })).collect::<Vec<_>>()
         };
         // Held until the meta speaks; then a table that ships nowhere holds nothing.

@@ -55,6 +55,8 @@ pub struct Node {
     /// Set when the host stops the server.
     stop: watch::Sender<Option<String>>,
     beacon_failures: AtomicU32,
+    /// What the beacons say of the replicas: only what changed since the last answered one.
+    beacon_reports: Mutex<tandem_host::BeaconReports<v1::ReplicaReport>>,
     /// Backup uploads running on this server.
     pub(crate) uploads: crate::backup::Uploads,
     peers: Mutex<HashMap<String, ReplicaServiceClient<Channel>>>,
@@ -210,10 +212,31 @@ impl Node {
                     h.send(ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short, replicas_max, refused, configs_digest } => {
                 let node = self.clone();
                 let disk_short = disk_short.as_ref().map(tandem_proto::convert::disk_short_to_wire);
-                tokio::spawn(async move { node.beacon(sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short).await });
+                let req = v1::BeaconRequest {
+                    node: self.me.clone(),
+                    replicas: vec![],
+                    incarnation: self.incarnation,
+                    lease_period_ms,
+                    restarted,
+                    dup_progress: vec![],
+                    backup_reports: backup_reports.iter().map(backup_report_to_wire).collect(),
+                    restore_failures: restore_failures
+                        .iter()
+                        .map(|f| v1::RestoreFailure { gpid: Some(f.gpid.into()), error: f.error.clone(), permanent: f.permanent })
+                        .collect(),
+                    disk_short,
+                    // 0: no limit.
+                    replicas_max: u32::try_from(replicas_max).unwrap_or(0),
+                    refused: refused.into_iter().map(Into::into).collect(),
+                    reports_delta: false,
+                    reports_gone: vec![],
+                    reports_digest: vec![],
+                    configs_digest: configs_digest.map_or_else(Vec::new, |d| d.to_bytes().to_vec()),
+                };
+                tokio::spawn(async move { node.beacon(sent_at_ms, req).await });
             }
             HostAction::BackupPartition { task } => self.start_backup(task),
             HostAction::CancelBackup { backup_id, gpid, attempt } => self.uploads.cancel(backup_id, gpid, attempt),
@@ -245,6 +268,7 @@ impl Node {
             HostAction::Stop { error } => {
                 let _ = self.stop.send(Some(error));
             }
+            HostAction::RefuseReplica { gpid, why } => tracing::warn!("replica {gpid} refused: {why}"),
             HostAction::OpenReplica { .. } | HostAction::ExtendLease { .. } | HostAction::SetPartitionCount { .. } | HostAction::SetTombstoneRetention { .. }
             | HostAction::SetTombstoneHold { .. } | HostAction::SetDiskShort { .. } => {
                 unreachable!("run under the host's lock")
@@ -292,29 +316,19 @@ impl Node {
         self.host_step(HostInput::ReplicaRemoved { gpid });
     }
 
-    async fn beacon(
-        self: &Arc<Self>,
-        sent_at_ms: u64,
-        restarted: bool,
-        lease_period_ms: u64,
-        backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
-        restore_failures: Vec<tandem_backup_core::RestoreFailure>,
-        disk_short: Option<v1::DiskShort>,
-    ) {
-        let req = v1::BeaconRequest {
-            node: self.me.clone(),
-            replicas: self.replica_handles().iter().map(|h| h.report()).collect(),
-            incarnation: self.incarnation,
-            lease_period_ms,
-            restarted,
-            dup_progress: self.replica_handles().iter().flat_map(|h| h.dup_progress()).collect(),
-            backup_reports: backup_reports.iter().map(backup_report_to_wire).collect(),
-            restore_failures: restore_failures
-                .iter()
-                .map(|f| v1::RestoreFailure { gpid: Some(f.gpid.into()), error: f.error.clone(), permanent: f.permanent })
-                .collect(),
-            disk_short,
-        };
+    /// Sends `req` with the replicas' reports and duplication progress as they are now.
+    async fn beacon(self: &Arc<Self>, sent_at_ms: u64, mut req: v1::BeaconRequest) {
+        let handles = self.replica_handles();
+        let reports: BTreeMap<Gpid, v1::ReplicaReport> = handles.iter().map(|h| (h.gpid(), h.report())).collect();
+        let digest = reports.iter().fold(tandem_core::digest::Digest::default(), |d, (g, r)| {
+            tandem_core::digest::report_digest(d, *g, r.ballot, &r.status, r.last_committed, r.last_prepared)
+        });
+        let delta = self.beacon_reports.lock().expect("beacon reports lock").delta(reports);
+        req.reports_delta = !delta.full;
+        req.replicas = delta.changed.into_iter().map(|(_, r)| r).collect();
+        req.reports_gone = delta.gone.into_iter().map(Into::into).collect();
+        req.reports_digest = digest.to_bytes().to_vec();
+        req.dup_progress = handles.iter().flat_map(|h| h.dup_progress()).collect();
         let answer = self
             .meta
             .call(|mut c| {
@@ -325,6 +339,7 @@ impl Node {
         let input = match answer {
             Ok(resp) => {
                 self.beacon_failures.store(0, Ordering::Relaxed);
+                self.beacon_reports.lock().expect("beacon reports lock").answered(resp.resend_reports);
                 let mut configs = Vec::new();
                 let mut partition_counts = Vec::new();
                 let mut tombstone_retention = Vec::new();
@@ -358,9 +373,11 @@ impl Node {
                         manifest_sha256: r.manifest_sha256.clone(),
                     })
                     .collect();
-                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores }
+                let (configs_unchanged, resend_reports) = (resp.configs_unchanged, resp.resend_reports);
+                HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores, configs_unchanged, resend_reports }
             }
             Err(status) => {
+                self.beacon_reports.lock().expect("beacon reports lock").failed();
                 let failures = self.beacon_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 // The meta may still be starting: say so only when it persists.
                 if failures == 3 || failures % 30 == 0 {
@@ -771,6 +788,7 @@ async fn serve_from_disk(opts: &ReplicaServerOptions, shutdown: watch::Receiver<
         host: Mutex::new(Host::new(opts.advertise.clone(), opts.host.clone(), found.iter().map(|(g, _)| *g), 0)),
         stop,
         beacon_failures: AtomicU32::new(0),
+        beacon_reports: Mutex::new(tandem_host::BeaconReports::default()),
         uploads: crate::backup::Uploads::new(opts.backup_upload_bytes_per_sec),
         peers: Mutex::new(HashMap::new()),
         peer_batches: Mutex::new(HashMap::new()),

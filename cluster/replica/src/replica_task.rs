@@ -299,6 +299,10 @@ impl ReplicaTask {
     }
 
     fn publish_dup_progress(&self) {
+        // Most replicas run no duplicator: nothing to build or lock for them, turn after turn.
+        if !self.replica.duplications().is_running() && self.dups.lock().expect("dup progress lock").is_empty() {
+            return;
+        }
         let ctx = self.node.ctx();
         let gpid = self.replica.gpid();
         let now = tandem_dup_core::Now { now_ms: ctx.now_ms, wall_us: ctx.wall_us };

@@ -293,8 +293,9 @@ impl SimMeta {
             Some(Waiting::Ignored) | None => {}
             Some(Waiting::Rpc { to, rpc }) => {
                 let msg = match result {
-                    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores }) => {
-                        Msg::BeaconResp { rpc, answer: BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups, restores } }
+                    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores, configs_unchanged, resend_reports }) => {
+                        let answer = BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups, restores, configs_unchanged, resend_reports };
+                        Msg::BeaconResp { rpc, answer }
                     }
                     Ok(MetaReply::Proposed { config }) => Msg::ProposeResp { rpc, config },
                     Ok(MetaReply::Config { partitions, .. }) => Msg::QueryConfigResp { rpc, configs: partitions },
@@ -315,7 +316,7 @@ impl SimMeta {
                 return;
             }
             Msg::ProbeAnswer { node, probe, refused } => return self.step(io, MetaInput::Probed { node, probe, refused }),
-            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures, disk_short } => {
+            Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures, disk_short, replicas_max, refused, reports_delta, reports_gone, reports_digest, configs_digest } => {
                 self.watchers.insert(node.clone());
                 let reports = reports
                     .iter()
@@ -324,7 +325,7 @@ impl SimMeta {
                         (s.gpid, report)
                     })
                     .collect();
-                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports, backup_reports, restore_failures, disk_short }))
+                (rpc, MetaRequest::Beacon(BeaconRequest { node, incarnation, restarted, lease_period_ms, reports, dup_reports, backup_reports, restore_failures, disk_short, replicas_max, refused, reports_delta, reports_gone, reports_digest: Some(reports_digest), configs_digest }))
             }
             Msg::Propose { rpc, gpid, proposal, from: proposer } => (rpc, MetaRequest::Propose { gpid, from: proposer, proposal }),
             Msg::QueryConfig { rpc } => (rpc, MetaRequest::QueryConfig { table: crate::sim::TABLE_NAME.into() }),
@@ -346,6 +347,10 @@ impl SimMeta {
             MetaEvent::DiskShort { node, short } => {
                 io.stats.path(if short.is_some() { path::DISK_SHORT_SEEN } else { path::DISK_ROOM_SEEN });
                 io.note(|| format!("{name}: {node}'s disk {}", if short.is_some() { "is below its reserve: nothing is placed there" } else { "has room again" }))
+            }
+            MetaEvent::ReplicasRefused { node, gpids, .. } => {
+                io.stats.path(path::REPLICA_REFUSED_SEEN);
+                io.note(|| format!("{name}: {node} refused {} replica(s) for want of room: moved elsewhere", gpids.len()))
             }
             MetaEvent::SteppedDown { leader } => io.note(|| format!("{name}: stepped down, {leader} leads")),
             MetaEvent::NodeDead { node, refused: false } => io.note(|| format!("{name}: {node} declared dead")),

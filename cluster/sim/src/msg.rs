@@ -96,6 +96,8 @@ pub struct BeaconAnswer {
     pub sites: Vec<Site>,
     pub backups: Vec<tandem_backup_core::BackupTask>,
     pub restores: Vec<tandem_backup_core::RestoreSource>,
+    pub configs_unchanged: bool,
+    pub resend_reports: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +143,16 @@ pub enum Msg {
         backup_reports: Vec<tandem_backup_core::BackupTaskReport>,
         restore_failures: Vec<tandem_backup_core::RestoreFailure>,
         disk_short: Option<tandem_core::replica::DiskShort>,
+        /// The most replicas it hosts (None: no limit), and those it refused for want of room.
+        replicas_max: Option<u32>,
+        refused: Vec<Gpid>,
+        /// `reports` are only those that changed since the last answered beacon (and
+        /// `reports_gone` those no longer hosted), checked by the digest of all of them.
+        reports_delta: bool,
+        reports_gone: Vec<Gpid>,
+        reports_digest: tandem_core::digest::Digest,
+        /// The digest of the last answer's configurations.
+        configs_digest: Option<tandem_core::digest::Digest>,
     },
     BeaconResp {
         rpc: RpcId,

@@ -38,6 +38,12 @@ pub mod path {
     /// The meta learned from a beacon that a server's disk is below its reserve / has room again.
     pub const DISK_SHORT_SEEN: &str = "disk-short-seen";
     pub const DISK_ROOM_SEEN: &str = "disk-room-seen";
+    /// A beacon's reports did not add up to the meta's view (a new leader, a purged table): the
+    /// meta asked for every one. A beacon answer left the configurations out (unchanged).
+    pub const REPORTS_RESENT: &str = "reports-resent";
+    pub const CONFIGS_UNCHANGED: &str = "configs-unchanged";
+    /// The meta learned from a beacon that a server refused replicas (it hosts its most).
+    pub const REPLICA_REFUSED_SEEN: &str = "replica-refused-seen";
     /// A primary refused a write because its own or a member's disk is below the reserve.
     pub const DISK_FULL_REFUSED: &str = "disk-full-refused";
     /// A meta asked a server over its watch stream to beacon now (a configuration changed).

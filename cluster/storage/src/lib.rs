@@ -24,4 +24,4 @@ pub mod rocks_engine;
 
 pub use error::{Error, Result};
 pub use mutation_log::{AppendDone, LogOptions, MutationLog, SyncPolicy};
-pub use rocks_engine::{EngineMemory, RocksEngine, TableCompaction};
+pub use rocks_engine::{EngineMemory, RocksEngine, TableCompaction, ARENA_BLOCK_BYTES, FILES_PER_ENGINE, TABLE_FILES_OPEN};

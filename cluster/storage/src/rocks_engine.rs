@@ -19,6 +19,14 @@
 //!
 //! Every engine of a server shares one [`EngineMemory`]: one block cache and one budget for the
 //! memtables of all its replicas, so the server's memory does not grow with its partition count.
+//! Two settings keep a server of a thousand replicas as fast and as bounded as one of eight
+//! (docs/scale.md):
+//! - memtables grow in small arena blocks ([`ARENA_BLOCK_BYTES`]), so the budget counts the
+//!   data they hold. With RocksDB's default (1 MiB, taken as soon as a memtable passes its first
+//!   2 KiB) every replica written to charged 2 MiB, a few hundred replicas passed any budget,
+//!   and each write then flushed a memtable of one or two records;
+//! - each engine keeps at most [`TABLE_FILES_OPEN`] SST files open (RocksDB's default keeps
+//!   every one open), so the files a server holds are bounded by its replica count.
 
 use crate::error::{Error, Result};
 use rocksdb::checkpoint::Checkpoint;
@@ -47,6 +55,17 @@ const CLOCK_BOUND_KEY: &[u8] = b"clock_bound_us";
 /// `dup_watermark/` + the origin's cluster id (one byte): that site's largest watermark applied.
 const WATERMARK_PREFIX: &[u8] = b"dup_watermark/";
 const TTL_FILTER_NAME: &str = "tandem-ttl";
+
+/// The unit a memtable's memory grows by, and so the least a written memtable charges to the
+/// server's budget. RocksDB's default is min(1 MiB, write buffer / 8).
+pub const ARENA_BLOCK_BYTES: usize = 16 << 10;
+/// SST files an engine keeps open for reads (its table cache). A read of a file not among them
+/// opens it, evicting the least recently used.
+pub const TABLE_FILES_OPEN: usize = 10;
+/// Files an open engine holds at most: its table cache, its LOCK, info LOG, MANIFEST and WAL
+/// file, and two being written by a flush or compaction. What a server's open-files limit is
+/// divided by to count the replicas it can host.
+pub const FILES_PER_ENGINE: usize = TABLE_FILES_OPEN + 6;
 
 /// The memory every RocksDB of one server shares: a block cache for reads, and a budget for the
 /// memtables of all of them. Without it each replica took RocksDB's defaults (two 64 MiB
@@ -102,10 +121,15 @@ impl EngineMemory {
 
     fn apply(&self, db: &mut Options, column_families: [&mut Options; 2]) {
         db.set_write_buffer_manager(&self.memtables);
+        // RocksDB's table cache keeps max_open_files - 10 files; one shard, or each of its 64
+        // default shards would keep one file of its own.
+        db.set_max_open_files((TABLE_FILES_OPEN + 10) as i32);
+        db.set_table_cache_num_shard_bits(0);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.block_cache);
         for cf in column_families {
             cf.set_block_based_table_factory(&table);
+            cf.set_arena_block_size(ARENA_BLOCK_BYTES);
         }
     }
 }
@@ -189,6 +213,11 @@ impl RocksEngine {
             compaction_decision(value, now_us(), rule.retention_ms.load(Ordering::Relaxed), hold_us)
         });
         let mut meta_options = Options::default();
+        // The meta column family holds a few keys each applied decree overwrites: overwritten
+        // in place, its memtable stays a few entries instead of two per decree (whose skiplist
+        // inserts cost a fifth of a server's CPU under writes).
+        meta_options.set_inplace_update_support(true);
+        db_options.set_allow_concurrent_memtable_write(false);
         memory.apply(&mut db_options, [&mut data_options, &mut meta_options]);
         let descriptors = vec![ColumnFamilyDescriptor::new(DATA_CF, data_options), ColumnFamilyDescriptor::new(META_CF, meta_options)];
         let db = DB::open_cf_descriptors(&db_options, dir, descriptors).map_err(|e| Error::rocks("open", dir, e))?;

@@ -21,7 +21,7 @@ pub fn check_lease(node: &str, lease_period_ms: u64, grace_period_ms: u64) -> Re
 pub fn configs_for_node<'a>(
     partitions: impl IntoIterator<Item = &'a PartitionConfig>,
     node: &str,
-    reported: &[Gpid],
+    reported: &std::collections::BTreeSet<Gpid>,
 ) -> Vec<&'a PartitionConfig> {
     partitions.into_iter().filter(|c| c.ballot > 0 && (c.hosts(node) || reported.contains(&c.gpid))).collect()
 }
@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn reply_carries_hosted_and_reported_partitions_only() {
         let all = [cfg(0, 1, "a"), cfg(1, 1, "b"), cfg(2, 0, "a"), cfg(3, 2, "c")];
-        let got: Vec<u32> = configs_for_node(&all, "a", &[Gpid::new(1, 3)]).iter().map(|c| c.gpid.partition).collect();
+        let got: Vec<u32> = configs_for_node(&all, "a", &[Gpid::new(1, 3)].into()).iter().map(|c| c.gpid.partition).collect();
         assert_eq!(got, vec![0, 3], "partition 2 is not placed yet (ballot 0)");
     }
 }

@@ -156,6 +156,9 @@ pub enum MetaEvent {
     StoreDiskShort { short: Option<DiskShort> },
     /// A server's disk went below its reserve (`Some`), or has room again (`None`).
     DiskShort { node: NodeAddr, short: Option<DiskShort> },
+    /// A server refused replicas for want of room (it hosts `replicas_max`); announced when
+    /// the set it reports changes.
+    ReplicasRefused { node: NodeAddr, gpids: Vec<Gpid>, replicas_max: Option<u32> },
     Committed { previous: PartitionConfig, config: PartitionConfig, cause: Cause },
     ChangeFailed { gpid: Gpid, cause: Cause, error: String },
     ProposalRefused { gpid: Gpid, from: NodeAddr, proposal: ConfigProposal, reason: String },
@@ -480,6 +483,8 @@ impl MetaMachine {
                     reports: BTreeMap::new(),
                     registered,
                     disk_short: BTreeMap::new(),
+                    replicas_max: BTreeMap::new(),
+                    refused: BTreeMap::new(),
                     sites: snapshot.sites.into_iter().map(|s| (s.name.clone(), s)).collect(),
                     dups: snapshot.dups.into_iter().map(|d| (d.id, d)).collect(),
                     dup_confirmed: snapshot.dup_confirmed.into_iter().map(|(d, p, c)| ((d, p), c)).collect(),
@@ -917,8 +922,18 @@ impl MetaMachine {
         let node = request.node.clone();
         let alive_again = state.fd.on_beacon(&node, now);
         let reballot = state.fd.on_incarnation(&node, request.incarnation, request.restarted);
-        for reports in state.reports.values_mut() {
-            reports.remove(&node);
+        if request.reports_delta {
+            // Only what changed since the server's last answered beacon; the digest checks the
+            // rest when the beacon is answered.
+            for gpid in &request.reports_gone {
+                if let Some(reports) = state.reports.get_mut(gpid) {
+                    reports.remove(&node);
+                }
+            }
+        } else {
+            for reports in state.reports.values_mut() {
+                reports.remove(&node);
+            }
         }
         for (gpid, report) in &request.reports {
             state.reports.entry(*gpid).or_default().insert(node.clone(), report.clone());
@@ -928,6 +943,18 @@ impl MetaMachine {
             None => state.disk_short.remove(&node).is_some(),
         };
         let disk_event = (was_short != request.disk_short.is_some()).then(|| MetaEvent::DiskShort { node: node.clone(), short: request.disk_short.clone() });
+        match request.replicas_max {
+            Some(max) => state.replicas_max.insert(node.clone(), max),
+            None => state.replicas_max.remove(&node),
+        };
+        let refused: BTreeSet<Gpid> = request.refused.iter().copied().collect();
+        let refused_event = (state.refused.get(&node).is_none_or(|r| *r != refused) && !refused.is_empty())
+            .then(|| MetaEvent::ReplicasRefused { node: node.clone(), gpids: request.refused.clone(), replicas_max: request.replicas_max });
+        if refused.is_empty() {
+            state.refused.remove(&node);
+        } else {
+            state.refused.insert(node.clone(), refused);
+        }
         for (gpid, dup_id, report) in &request.dup_reports {
             // Only the partition's primary ships; a report of a deposed one is stale.
             let from_primary = state.partitions.get(gpid).is_some_and(|c| c.primary.as_deref() == Some(node.as_str()));
@@ -958,14 +985,13 @@ impl MetaMachine {
         self.on_restore_failures(&request.node, &request.restore_failures);
         let state = self.state.as_mut().expect("serving");
         let registered = state.registered.contains(&node);
-        let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
         let touched = self.in_flight.as_ref().and_then(|f| f.write.partition()).is_some_and(|gpid| {
-            state.partitions.get(&gpid).is_some_and(|c| c.hosts(&node) || reported.contains(&gpid))
+            state.partitions.get(&gpid).is_some_and(|c| c.hosts(&node) || state.reports.get(&gpid).is_some_and(|r| r.contains_key(&node)))
         });
         if alive_again {
             self.event(MetaEvent::NodeAlive { node });
         }
-        if let Some(e) = disk_event {
+        for e in disk_event.into_iter().chain(refused_event) {
             self.event(e);
         }
         let work = Work::Beacon { token, request, reballot, done: BTreeSet::new() };
@@ -1074,12 +1100,22 @@ impl MetaMachine {
                     }
                     state.fd.reballoted(&request.node, request.incarnation);
                 }
-                let reported: Vec<Gpid> = request.reports.iter().map(|(g, _)| *g).collect();
-                let configs: Vec<PartitionConfig> = configs_for_node(state.partitions.values(), &request.node, &reported).into_iter().cloned().collect();
+                // Every replica the server reports, as this meta has them (a beacon may carry only
+                // what changed), and their digest.
+                let (reported, digest) = state.reports.iter().filter_map(|(g, rs)| rs.get(&request.node).map(|r| (*g, r))).fold(
+                    (BTreeSet::new(), tandem_core::digest::Digest::default()),
+                    |(mut gpids, d), (g, r)| {
+                        gpids.insert(g);
+                        (gpids, tandem_core::digest::report_digest(d, g, r.ballot, &r.status, r.last_committed, r.last_prepared))
+                    },
+                );
+                let resend_reports = request.reports_digest.is_some_and(|d| d != digest);
+                let mut configs: Vec<PartitionConfig> = configs_for_node(state.partitions.values(), &request.node, &reported).into_iter().cloned().collect();
                 let mut tables: Vec<u32> = configs.iter().map(|c| c.gpid.table_id).collect();
                 tables.dedup();
-                let partition_counts = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.partition_count))).collect();
-                let tombstone_retention = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.policy.tombstone_retention_ms))).collect();
+                let mut partition_counts: Vec<(u32, u32)> = tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.partition_count))).collect();
+                let mut tombstone_retention: Vec<(u32, u64)> =
+                    tables.iter().filter_map(|id| state.tables.get(id).map(|t| (*id, t.policy.tombstone_retention_ms))).collect();
                 let gone = reported.into_iter().filter(|g| !state.tables.contains_key(&g.table_id)).collect();
                 let dups: Vec<TableDup> = state
                     .dups
@@ -1091,7 +1127,16 @@ impl MetaMachine {
                 let backups = backup_tasks(state, &request.node);
                 // A failed restore's table keeps its source too: its replicas never open empty.
                 let restores = state.restores.values().filter(|r| r.state != RestoreState::Complete && tables.contains(&r.table_id)).map(RestoreInfo::source).collect();
-                self.reply(token, Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores }));
+                // What the server holds from its last answer is not sent again: a server of a
+                // thousand idle replicas gets a few bytes, not every configuration.
+                let configs_unchanged = request.configs_digest.is_some_and(|d| d == tandem_core::digest::answer_digest(&configs, &partition_counts, &tombstone_retention));
+                if configs_unchanged {
+                    (configs, partition_counts, tombstone_retention) = (vec![], vec![], vec![]);
+                }
+                self.reply(
+                    token,
+                    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores, configs_unchanged, resend_reports }),
+                );
             }
             Work::Propose { token, gpid, from, proposal } => {
                 let Some(config) = state.partitions.get(&gpid).cloned() else {
@@ -1119,15 +1164,20 @@ impl MetaMachine {
                 if state.available_table(&name).is_some() {
                     return self.reply(token, Err(MetaError::AlreadyExists(format!("table {name:?} already exists"))));
                 }
+                if let Err(e) = state.check_room(partition_count, policy.replicas) {
+                    return self.reply(token, Err(MetaError::InvalidArgument(format!("table {name:?} does not fit: {e}"))));
+                }
                 let write = StoreWrite::CreateTable { name: name.clone(), partition_count, policy, owner: owner.clone(), who: who.clone(), at_ms: now.wall_ms };
                 self.persist(write, Work::CreateTable { token, name, partition_count, change, owner, who, placing: None });
             }
-            Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, mut left)) } => match left.pop_front() {
-                Some(config) => {
-                    let write = StoreWrite::UpdatePartition { config, expected_ballot: 0 };
-                    self.persist(write, Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, left)) });
+            Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, left)) } => match left.is_empty() {
+                false => {
+                    // Every partition in one write: a table of 1,024 partitions is one
+                    // transaction, not 1,024.
+                    let write = StoreWrite::PlacePartitions { configs: left.into_iter().collect() };
+                    self.persist(write, Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, VecDeque::new())) });
                 }
-                None => {
+                true => {
                     self.event(MetaEvent::TableCreated { table: table.clone(), who });
                     self.reply(token, Ok(MetaReply::Created { table }));
                 }
@@ -1187,7 +1237,9 @@ impl MetaMachine {
                     let empty = BTreeMap::new();
                     let reports: &BTreeMap<NodeAddr, ReplicaReport> = state.reports.get(gpid).unwrap_or(&empty);
                     let fd = &state.fd;
-                    let alive = |n: &str| fd.is_alive(n);
+                    // A server that refused this replica for want of room is out of it, as if dead.
+                    let refused = &state.refused;
+                    let alive = |n: &str| fd.is_alive(n) && !refused.get(n).is_some_and(|r| r.contains(gpid));
                     let view = CureView { replica_count: table.replica_count as usize, alive: &alive, reports, placement: &placement };
                     cure(config, &view).map(|next| (config.ballot, next))
                 });
@@ -1334,6 +1386,9 @@ impl MetaMachine {
                 let mut policy = state.tables.get(&b.table_id).map_or_else(|| Policy::with_replicas(3), |t| t.policy.clone());
                 policy.replicas = policy.replicas.min(live.max(1));
                 policy.duplication = None;
+                if let Err(e) = state.check_room(b.partition_count, policy.replicas) {
+                    return self.reply(token, Err(MetaError::InvalidArgument(format!("the restored table does not fit: {e}"))));
+                }
                 let owner = state.tables.get(&b.table_id).map_or_else(|| who.clone(), |t| t.owner.clone());
                 let write = StoreWrite::RestoreTable { name: name.clone(), policy, owner, who: who.clone(), at_ms: now.wall_ms, backup: b };
                 self.persist(write, Work::Restore { token, backup_id, table: Some(name), as_original, who });
@@ -1384,6 +1439,25 @@ impl MetaMachine {
                 self.actions.push(MetaAction::AskBeacon { nodes });
                 None
             }
+            (StoreWrite::PlacePartitions { configs }, Ok(StoreDone::Compared { updated: true })) => {
+                let mut nodes = BTreeSet::new();
+                for config in configs {
+                    let previous = state.partitions.insert(config.gpid, config.clone()).unwrap_or_default();
+                    nodes.extend(config.members().cloned());
+                    self.actions.push(MetaAction::Event(MetaEvent::Committed { previous, config: config.clone(), cause: Cause::Placement }));
+                }
+                self.actions.push(MetaAction::AskBeacon { nodes });
+                None
+            }
+            (StoreWrite::PlacePartitions { configs }, Ok(_)) => {
+                // A partition was placed behind this meta server: its state is stale.
+                let error = MetaError::Busy(format!("table {} was placed in the store behind this meta server; it reloads the store", configs.first().map_or(0, |c| c.gpid.table_id)));
+                if let Some(token) = work.token() {
+                    self.reply(token, Err(error));
+                }
+                self.reload("a new table's partitions in the store differ from this meta server's");
+                return;
+            }
             (StoreWrite::UpdatePartition { config, .. }, Ok(_)) => {
                 // The store holds another ballot: this state is stale. Load it again, or every
                 // later change of the partition would fail the same way.
@@ -1411,11 +1485,7 @@ impl MetaMachine {
                 // partitions stay unplaced and cure places them once enough are back (found by
                 // the simulator, seed 3957, where place_table's assertion stopped the meta).
                 let load = state.load();
-                let configs = if table.replica_count as usize <= load.len() {
-                    place_table(table.id, table.partition_count, table.replica_count as usize, &load).into()
-                } else {
-                    VecDeque::new()
-                };
+                let configs = place_table(table.id, table.partition_count, table.replica_count as usize, &load, &state.room(&load)).into();
                 let Work::CreateTable { token, name, partition_count, change, owner, who, .. } = work else { unreachable!("a table is created by CreateTable") };
                 return self.run(Work::CreateTable { token, name, partition_count, change, owner, who, placing: Some((table, configs)) });
             }
@@ -1559,11 +1629,7 @@ impl MetaMachine {
                 state.tables.insert(table.id, table.clone());
                 state.restores.insert(restore.id, restore.clone());
                 let load = state.load();
-                let configs = if table.replica_count as usize <= load.len() {
-                    place_table(table.id, table.partition_count, table.replica_count as usize, &load).into()
-                } else {
-                    VecDeque::new()
-                };
+                let configs = place_table(table.id, table.partition_count, table.replica_count as usize, &load, &state.room(&load)).into();
                 self.event(MetaEvent::Backup { id: restore.backup_id, table: table.name.clone(), what: format!("restore {} into table {} (id {}) started by {}", restore.id, table.name, table.id, restore.who) });
                 let Work::Restore { token, who, .. } = work else { unreachable!("a table is restored by Restore") };
                 let (name, partition_count, owner) = (table.name.clone(), table.partition_count, table.owner.clone());

@@ -16,8 +16,29 @@ fn at(mono_ms: u64) -> Now {
     Now { mono_ms, wall_ms: 1_700_000_000_000 + mono_ms }
 }
 
+/// A beacon of incarnation 1 that reports nothing and carries every (no) report.
+fn beacon_request(node: &str) -> BeaconRequest {
+    BeaconRequest {
+        node: node.into(),
+        incarnation: 1,
+        restarted: false,
+        lease_period_ms: 6_000,
+        reports: vec![],
+        dup_reports: vec![],
+        backup_reports: vec![],
+        restore_failures: vec![],
+        disk_short: None,
+        replicas_max: None,
+        refused: vec![],
+        reports_delta: false,
+        reports_gone: vec![],
+        reports_digest: None,
+        configs_digest: None,
+    }
+}
+
 fn beacon(node: &str, incarnation: u64, restarted: bool) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation, restarted, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None })
+    MetaRequest::Beacon(BeaconRequest { incarnation, restarted, ..beacon_request(node) })
 }
 
 fn config(table_id: u32, partition: u32, ballot: u64, primary: &str, secondaries: &[&str]) -> PartitionConfig {
@@ -53,7 +74,18 @@ fn leader() -> (MetaMachine, MemStore) {
 fn beacon_reply(configs: Vec<PartitionConfig>) -> Result<MetaReply, MetaError> {
     let partition_counts = if configs.is_empty() { vec![] } else { vec![(1, 1)] };
     let tombstone_retention = if configs.is_empty() { vec![] } else { vec![(1, crate::policy::DEFAULT_TOMBSTONE_RETENTION_MS)] };
-    Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone: vec![], dups: vec![], sites: vec![], backups: vec![], restores: vec![] })
+    Ok(MetaReply::Beacon {
+        configs,
+        partition_counts,
+        tombstone_retention,
+        gone: vec![],
+        dups: vec![],
+        sites: vec![],
+        backups: vec![],
+        restores: vec![],
+        configs_unchanged: false,
+        resend_reports: false,
+    })
 }
 
 #[test]
@@ -114,7 +146,7 @@ fn a_beacon_never_outruns_a_configuration_change() {
     );
     // r1 comes back while the promotion is in flight, reporting its replica: its beacon waits.
     let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 0, last_prepared: 0 };
-    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None };
+    let r1 = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(1, 0), report)], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None, replicas_max: None, refused: vec![], reports_delta: false, reports_gone: vec![], reports_digest: None, configs_digest: None };
     m.step(at(8_700), MetaInput::Request { token: 42, request: MetaRequest::Beacon(r1) });
     assert_eq!(m.take_actions(), vec![MetaAction::Event(MetaEvent::NodeAlive { node: "r1".into() })]);
     // So does r3's (its answer carries the partition too); a read does not.
@@ -248,7 +280,7 @@ fn a_fenced_write_drops_everything_the_machine_held() {
 }
 
 #[test]
-fn a_new_table_is_written_then_placed_partition_by_partition() {
+fn a_new_table_is_written_then_placed_in_one_write() {
     let (mut m, mut store) = leader();
     for n in ["r1", "r2", "r3"] {
         m.step(at(10), MetaInput::Request { token: 0, request: beacon(n, 1, false) });
@@ -274,7 +306,8 @@ fn a_new_table_is_written_then_placed_partition_by_partition() {
     }
     let Some(Ok(MetaReply::Created { table })) = answer else { panic!("{answer:?}") };
     assert_eq!((table.name.as_str(), table.partition_count, table.replica_count), ("u", 2, 2));
-    assert_eq!(writes.len(), 3, "the table, then each partition's placement: {writes:?}");
+    assert_eq!(writes.len(), 2, "the table, then every partition's placement: {writes:?}");
+    assert!(matches!(&writes[1], StoreWrite::PlacePartitions { configs } if configs.len() == 2), "{writes:?}");
     let placed: Vec<PartitionConfig> = store.load().partitions.into_iter().filter(|c| c.gpid.table_id == table.id).collect();
     assert_eq!(placed.len(), 2);
     assert!(placed.iter().all(|c| c.ballot == 1 && c.replica_count() == 2), "{placed:?}");
@@ -443,19 +476,7 @@ fn beacons_hand_out_duplications_and_progress_from_primaries_is_persisted_on_tic
     let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Skip, sync_existing: true };
     ask(&mut m, &mut store, 2, add).unwrap();
     let report = |confirmed| crate::duplication::DupReport { confirmed, phase: "log".into(), watermark_us: confirmed * 10, ..Default::default() };
-    let beacon_with = |node: &str, confirmed| {
-        MetaRequest::Beacon(BeaconRequest {
-            node: node.into(),
-            incarnation: 1,
-            restarted: false,
-            lease_period_ms: 6_000,
-            reports: vec![],
-            dup_reports: vec![(Gpid::new(1, 0), 1, report(confirmed))],
-            backup_reports: vec![],
-            restore_failures: vec![],
-            disk_short: None,
-        })
-    };
+    let beacon_with = |node: &str, confirmed| MetaRequest::Beacon(BeaconRequest { dup_reports: vec![(Gpid::new(1, 0), 1, report(confirmed))], ..beacon_request(node) });
     let Ok(MetaReply::Beacon { dups, sites, .. }) = ask(&mut m, &mut store, 3, beacon_with("r1", 7)) else { panic!() };
     let expected = TableDup {
         dup_id: 1,
@@ -513,17 +534,7 @@ fn a_policy_that_names_a_site_takes_effect_through_a_duplication() {
     assert_eq!((dup.actual.as_str(), dup.satisfied), ("duplication 1: 0 of 1 partitions reported so far", false));
     // The primary reports: the level is met, with the lag as the site-loss RPO.
     let report = crate::duplication::DupReport { confirmed: 5, lag_decrees: 2, lag_ms: 1500, phase: "log".into(), ..Default::default() };
-    let beacon = BeaconRequest {
-        node: "r1".into(),
-        incarnation: 1,
-        restarted: false,
-        lease_period_ms: 6_000,
-        reports: vec![],
-        dup_reports: vec![(Gpid::new(1, 0), id, report)],
-        backup_reports: vec![],
-        restore_failures: vec![],
-        disk_short: None,
-    };
+    let beacon = BeaconRequest { dup_reports: vec![(Gpid::new(1, 0), id, report)], ..beacon_request("r1") };
     ask(&mut m, &mut store, 7, MetaRequest::Beacon(beacon)).unwrap();
     let Ok(MetaReply::PolicyStatus(status)) = ask(&mut m, &mut store, 8, MetaRequest::PolicyStatus { table: "t".into() }) else { panic!() };
     let dup = status.levels.iter().find(|l| l.level == "duplication").unwrap();
@@ -549,7 +560,7 @@ fn a_new_primary_drops_its_predecessors_duplication_report() {
     let add = MetaRequest::DupAdd { table: "t".into(), remote_site: "b".into(), fail_mode: FailMode::Slow, sync_existing: false };
     ask(&mut m, &mut store, 2, add).unwrap();
     let report = crate::duplication::DupReport { confirmed: 3, phase: "log".into(), ..Default::default() };
-    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![], restore_failures: vec![], disk_short: None };
+    let beacon = BeaconRequest { node: "r1".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![(Gpid::new(1, 0), 1, report)], backup_reports: vec![], restore_failures: vec![], disk_short: None, replicas_max: None, refused: vec![], reports_delta: false, reports_gone: vec![], reports_digest: None, configs_digest: None };
     ask(&mut m, &mut store, 3, MetaRequest::Beacon(beacon)).unwrap();
     let reported = |m: &mut MetaMachine, store: &mut MemStore, t| {
         let Ok(MetaReply::Dups { dups }) = ask(m, store, t, MetaRequest::DupList { table: None, include_removed: false }) else { panic!() };
@@ -575,7 +586,7 @@ fn beacon_plain(node: &str) -> MetaRequest {
 }
 
 fn backup_beacon(node: &str, backup_reports: Vec<crate::backup::BackupTaskReport>) -> MetaRequest {
-    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports, restore_failures: vec![], disk_short: None })
+    MetaRequest::Beacon(BeaconRequest { node: node.into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports, restore_failures: vec![], disk_short: None, replicas_max: None, refused: vec![], reports_delta: false, reports_gone: vec![], reports_digest: None, configs_digest: None })
 }
 
 fn done_entry(partition: u32, attempt: u32) -> tandem_backup_core::PartitionEntry {
@@ -835,7 +846,7 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
         m.step(at(20), MetaInput::Tick);
         store_and_answer(&mut m, &mut store, 20);
         assert_eq!(store.load().restores[0].state, RestoreState::Running, "{i} of 3 members reported");
-        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None };
+        let b = BeaconRequest { node: n.to_string(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![(Gpid::new(2, 0), report.clone())], dup_reports: vec![], backup_reports: vec![], restore_failures: vec![], disk_short: None, replicas_max: None, refused: vec![], reports_delta: false, reports_gone: vec![], reports_digest: None, configs_digest: None };
         ask(&mut m, &mut store, 21 + i as u64, MetaRequest::Beacon(b)).unwrap();
     }
     m.step(at(30), MetaInput::Tick);
@@ -849,7 +860,7 @@ fn a_restore_creates_the_table_hands_out_its_source_and_completes_once_every_mem
     // and its table's servers keep the source (a replica never opens empty).
     let Ok(MetaReply::Created { table }) = ask(&mut m, &mut store, 40, restore(Some("t3"), false)) else { panic!() };
     let failure = |error: &str, permanent| crate::backup::RestoreFailure { gpid: Gpid::new(table.id, 0), error: error.into(), permanent };
-    let b = |failures| MetaRequest::Beacon(BeaconRequest { node: "r2".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: failures, disk_short: None });
+    let b = |failures| MetaRequest::Beacon(BeaconRequest { node: "r2".into(), incarnation: 1, restarted: false, lease_period_ms: 6_000, reports: vec![], dup_reports: vec![], backup_reports: vec![], restore_failures: failures, disk_short: None, replicas_max: None, refused: vec![], reports_delta: false, reports_gone: vec![], reports_digest: None, configs_digest: None });
     ask(&mut m, &mut store, 41, b(vec![failure("target down", false)])).unwrap();
     let Ok(MetaReply::Restores { restores }) = ask(&mut m, &mut store, 42, MetaRequest::RestoreList) else { panic!() };
     assert_eq!((restores[1].info.state, restores[1].last_error.as_deref()), (RestoreState::Running, Some("partition 0 on r2: target down")));
@@ -979,4 +990,94 @@ fn a_retried_beacon_of_a_restarted_server_waits_for_its_new_ballots() {
         .collect();
     assert_eq!(answers.len(), 2, "{actions:?}");
     assert!(answers.iter().all(|c| c.ballot == 2 && c.primary.as_deref() == Some("r1")), "one new ballot, in both answers: {answers:?}");
+}
+
+/// Beacons give each server's most replicas: placement puts no more on it, a table that does not
+/// fit is refused naming the fix, and a replica a server refused is placed elsewhere.
+#[test]
+fn servers_get_no_more_replicas_than_they_host_and_a_refused_one_moves() {
+    let (mut m, mut store) = leader();
+    let with_max = |node: &str, max: u32, refused: Vec<Gpid>| {
+        let MetaRequest::Beacon(b) = beacon(node, 1, false) else { unreachable!() };
+        MetaRequest::Beacon(BeaconRequest { replicas_max: Some(max), refused, ..b })
+    };
+    // r1..r3 host table 1's one partition; r4 takes two replicas, the others five.
+    for (t, n, max) in [(2, "r1", 5), (3, "r2", 5), (4, "r3", 5), (5, "r4", 2)] {
+        ask(&mut m, &mut store, t, with_max(n, max, vec![])).unwrap();
+    }
+    let create = |name: &str, partitions| MetaRequest::CreateTable { name: name.into(), partition_count: partitions, change: PolicyChange { replicas: Some(3), ..Default::default() }, owner: "o".into(), who: "w".into() };
+    // 17 - 3 = 14 replicas of room: 8 × 3 do not fit.
+    let Err(MetaError::InvalidArgument(e)) = ask(&mut m, &mut store, 6, create("big", 8)) else { panic!() };
+    assert!(e.contains("8 partitions of 3 replicas need 24 replicas") && e.contains("take 14 more") && e.contains("r4 hosts 0 of 2") && e.contains("ulimit -n"), "{e}");
+    let Ok(MetaReply::Created { table }) = ask(&mut m, &mut store, 7, create("u", 4)) else { panic!() };
+    let placed: Vec<PartitionConfig> = store.load().partitions.into_iter().filter(|c| c.gpid.table_id == table.id).collect();
+    assert_eq!(placed.len(), 4);
+    assert!(placed.iter().all(|c| c.replica_count() == 3 && c.ballot == 1), "{placed:?}");
+    let hosted = |node: &str| store.load().partitions.iter().filter(|c| c.hosts(node)).count();
+    assert_eq!([hosted("r1"), hosted("r2"), hosted("r3"), hosted("r4")], [5, 4, 4, 2], "most room first, none past its most");
+    let Ok(MetaReply::Nodes { nodes }) = ask(&mut m, &mut store, 8, MetaRequest::ListNodes) else { panic!() };
+    assert_eq!(nodes.iter().map(|n| n.replicas_max).collect::<Vec<_>>(), vec![Some(5), Some(5), Some(5), Some(2)]);
+    // r4 refuses one of its two (say its limit went down since): cure takes it out of that
+    // partition and puts a learner on r3, the only server with room.
+    let victim = placed.iter().find(|c| c.hosts("r4")).unwrap().clone();
+    let gpid = victim.gpid;
+    m.step(at(9), MetaInput::Request { token: 9, request: with_max("r4", 1, vec![gpid]) });
+    let actions = store_and_answer(&mut m, &mut store, 9);
+    assert!(actions.contains(&MetaAction::Event(MetaEvent::ReplicasRefused { node: "r4".into(), gpids: vec![gpid], replicas_max: Some(1) })), "{actions:?}");
+    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 10, MetaRequest::ClusterStatus) else { panic!() };
+    assert!(status.problems.iter().any(|p| p.contains("replica server r4 refused 1 replicas: it hosts 1")), "{:?}", status.problems);
+    for t in [11, 12] {
+        m.step(at(t), MetaInput::Tick);
+        store_and_answer(&mut m, &mut store, t);
+    }
+    let cured = store.partition(gpid).unwrap().clone();
+    assert!(!cured.hosts("r4") && cured.learners == vec!["r3".to_string()], "{victim:?} → {cured:?}");
+    // Moved: r4 no longer reports it, and the problem is gone.
+    ask(&mut m, &mut store, 13, with_max("r4", 1, vec![])).unwrap();
+    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 14, MetaRequest::ClusterStatus) else { panic!() };
+    assert!(!status.problems.iter().any(|p| p.contains("refused")), "{:?}", status.problems);
+}
+
+/// A server's beacon carries only the reports that changed and the digest of all of them; the
+/// answer leaves out configurations the server already holds. A view that does not add up (a
+/// new leader that never had the reports) asks for every report.
+#[test]
+fn beacons_and_answers_carry_only_what_changed() {
+    use tandem_core::digest::{answer_digest, report_digest, Digest};
+    let (mut m, mut store) = leader();
+    let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 7, last_prepared: 7 };
+    let digest_of = |r: &ReplicaReport| report_digest(Digest::default(), Gpid::new(1, 0), r.ballot, &r.status, r.last_committed, r.last_prepared);
+    let MetaRequest::Beacon(b) = beacon("r1", 1, false) else { unreachable!() };
+    let full = BeaconRequest { reports: vec![(Gpid::new(1, 0), report.clone())], reports_digest: Some(digest_of(&report)), ..b.clone() };
+    let Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, configs_unchanged: false, resend_reports: false, .. }) =
+        ask(&mut m, &mut store, 2, MetaRequest::Beacon(full))
+    else {
+        panic!()
+    };
+    assert_eq!(configs.len(), 1);
+    let held = answer_digest(&configs, &partition_counts, &tombstone_retention);
+    // Nothing changed: no report, no configuration.
+    let idle = BeaconRequest { reports_delta: true, reports_digest: Some(digest_of(&report)), configs_digest: Some(held), ..b.clone() };
+    let reply = ask(&mut m, &mut store, 3, MetaRequest::Beacon(idle.clone()));
+    let Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, configs_unchanged: true, resend_reports: false, .. }) = reply else { panic!("{reply:?}") };
+    assert!(configs.is_empty() && partition_counts.is_empty() && tombstone_retention.is_empty());
+    assert_eq!(m.state().unwrap().reports[&Gpid::new(1, 0)]["r1"], report, "the meta kept the report");
+    // One report changed: only it is sent, and it is taken.
+    let moved = ReplicaReport { last_committed: 9, last_prepared: 9, ..report.clone() };
+    let changed = BeaconRequest { reports: vec![(Gpid::new(1, 0), moved.clone())], reports_digest: Some(digest_of(&moved)), ..idle.clone() };
+    let Ok(MetaReply::Beacon { configs_unchanged: true, resend_reports: false, .. }) = ask(&mut m, &mut store, 4, MetaRequest::Beacon(changed)) else { panic!() };
+    assert_eq!(m.state().unwrap().reports[&Gpid::new(1, 0)]["r1"], moved);
+    // The configuration changed: sent in full, and the server's digest no longer matches.
+    m.step(at(5), MetaInput::Request { token: 5, request: MetaRequest::Propose { gpid: Gpid::new(1, 0), from: "r1".into(), proposal: ConfigProposal::RemoveSecondary { ballot: 1, node: "r3".into() } } });
+    store_and_answer(&mut m, &mut store, 5);
+    let stale = BeaconRequest { reports_digest: Some(digest_of(&moved)), ..idle.clone() };
+    let Ok(MetaReply::Beacon { configs, configs_unchanged: false, .. }) = ask(&mut m, &mut store, 6, MetaRequest::Beacon(stale)) else { panic!() };
+    assert_eq!(configs[0].secondaries, vec!["r2".to_string()]);
+    // A digest that does not add up (here: the server thinks the meta holds another report).
+    let off = BeaconRequest { reports_digest: Some(digest_of(&report)), ..idle.clone() };
+    let Ok(MetaReply::Beacon { resend_reports: true, .. }) = ask(&mut m, &mut store, 7, MetaRequest::Beacon(off)) else { panic!() };
+    // A replica gone: its report goes.
+    let gone = BeaconRequest { reports_gone: vec![Gpid::new(1, 0)], reports_digest: Some(Digest::default()), ..idle };
+    let Ok(MetaReply::Beacon { resend_reports: false, .. }) = ask(&mut m, &mut store, 8, MetaRequest::Beacon(gone)) else { panic!() };
+    assert!(m.state().unwrap().reports.get(&Gpid::new(1, 0)).is_none_or(|r| !r.contains_key("r1")));
 }

@@ -4,32 +4,48 @@
 use std::collections::BTreeMap;
 use tandem_core::{Gpid, NodeAddr, PartitionConfig};
 
-/// Configurations (ballot 1) for `partition_count` partitions of `replica_count` members each.
-/// `load` counts the replicas each alive node already hosts.
-pub fn place_table(table_id: u32, partition_count: u32, replica_count: usize, load: &BTreeMap<NodeAddr, usize>) -> Vec<PartitionConfig> {
-    assert!(replica_count <= load.len(), "checked by the caller against alive nodes");
+/// Configurations (ballot 1) for `partition_count` partitions of `replica_count` members each,
+/// in partition order; it stops at the first partition that does not fit (the rest stay
+/// unplaced for cure). `load` counts the replicas each placeable node already hosts, `room`
+/// how many more it takes (`usize::MAX`: no limit). Members go where most room is left, then
+/// least load: with room for the table (`MetaState::check_room`), every partition fits.
+pub fn place_table(
+    table_id: u32,
+    partition_count: u32,
+    replica_count: usize,
+    load: &BTreeMap<NodeAddr, usize>,
+    room: &BTreeMap<NodeAddr, usize>,
+) -> Vec<PartitionConfig> {
     let mut load = load.clone();
+    let mut room: BTreeMap<NodeAddr, usize> = load.keys().map(|n| (n.clone(), room.get(n).copied().unwrap_or(usize::MAX))).collect();
     let mut primaries: BTreeMap<NodeAddr, usize> = load.keys().map(|n| (n.clone(), 0)).collect();
-    (0..partition_count)
-        .map(|partition| {
-            let mut nodes: Vec<NodeAddr> = load.keys().cloned().collect();
-            nodes.sort_by_key(|n| (load[n], n.clone()));
-            let mut members: Vec<NodeAddr> = nodes.into_iter().take(replica_count).collect();
-            members.sort_by_key(|n| (primaries[n], load[n], n.clone()));
-            for m in &members {
-                *load.get_mut(m).expect("member is a node") += 1;
+    let mut configs = Vec::new();
+    for partition in 0..partition_count {
+        let mut nodes: Vec<NodeAddr> = load.keys().filter(|n| room[*n] > 0).cloned().collect();
+        if replica_count == 0 || nodes.len() < replica_count {
+            break;
+        }
+        nodes.sort_by_key(|n| (std::cmp::Reverse(room[n]), load[n], n.clone()));
+        let mut members: Vec<NodeAddr> = nodes.into_iter().take(replica_count).collect();
+        members.sort_by_key(|n| (primaries[n], load[n], n.clone()));
+        for m in &members {
+            *load.get_mut(m).expect("member is a node") += 1;
+            let r = room.get_mut(m).expect("member is a node");
+            if *r != usize::MAX {
+                *r -= 1;
             }
-            *primaries.get_mut(&members[0]).expect("member is a node") += 1;
-            PartitionConfig {
-                gpid: Gpid::new(table_id, partition),
-                ballot: 1,
-                primary: Some(members[0].clone()),
-                secondaries: members[1..].to_vec(),
-                learners: vec![],
-                last_drops: vec![],
-            }
-        })
-        .collect()
+        }
+        *primaries.get_mut(&members[0]).expect("member is a node") += 1;
+        configs.push(PartitionConfig {
+            gpid: Gpid::new(table_id, partition),
+            ballot: 1,
+            primary: Some(members[0].clone()),
+            secondaries: members[1..].to_vec(),
+            learners: vec![],
+            last_drops: vec![],
+        });
+    }
+    configs
 }
 
 /// A configuration (ballot 1) for one partition of a table that was created but never placed
@@ -109,7 +125,7 @@ mod tests {
     #[test]
     fn spreads_members_and_primaries() {
         let load: BTreeMap<NodeAddr, usize> = ["a", "b", "c", "d"].iter().map(|n| (n.to_string(), 0)).collect();
-        let configs = place_table(1, 8, 3, &load);
+        let configs = place_table(1, 8, 3, &load, &BTreeMap::new());
         let mut hosted: BTreeMap<&str, usize> = BTreeMap::new();
         let mut led: BTreeMap<&str, usize> = BTreeMap::new();
         for c in &configs {

@@ -8,6 +8,7 @@ use tandem_dup_core::{FailMode, TableDup};
 use crate::policy::{Policy, PolicyChange};
 use crate::table::TableInfo;
 use tandem_core::replica::{ConfigProposal, DiskShort};
+use tandem_core::digest::Digest;
 use tandem_core::{Gpid, NodeAddr, PartitionConfig};
 
 /// Identifies a request until it is answered (`MetaAction::Reply`).
@@ -32,6 +33,22 @@ pub struct BeaconRequest {
     /// A directory of the server below its reserve: it takes only deletes, and gets no new
     /// replica until it has room again.
     pub disk_short: Option<DiskShort>,
+    /// The most replicas the server hosts (what its open-files limit allows; None: no limit
+    /// given): the meta places no more there.
+    pub replicas_max: Option<u32>,
+    /// Replicas a configuration names the server for that it refused to open (it hosts
+    /// `replicas_max`): the meta counts it out of those partitions and places them elsewhere.
+    pub refused: Vec<Gpid>,
+    /// `reports` holds only the reports that changed since the server's last answered beacon,
+    /// and `reports_gone` the replicas it no longer hosts; false: `reports` is every one.
+    pub reports_delta: bool,
+    pub reports_gone: Vec<Gpid>,
+    /// The digest of all its reports (`digest::report_digest`, in partition order): a meta
+    /// whose view differs asks for every one (`resend_reports`).
+    pub reports_digest: Option<Digest>,
+    /// The digest of the configurations of its last answer: the answer leaves them out when
+    /// they are the same.
+    pub configs_digest: Option<Digest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +140,12 @@ pub enum MetaReply {
         /// Where the tables being restored get their data (a replica of one opened for the
         /// first time builds its database from it).
         restores: Vec<crate::backup::RestoreSource>,
+        /// `configs`, `partition_counts` and `tombstone_retention` are those of the server's
+        /// last answer (the beacon's `configs_digest` matched) and are left out.
+        configs_unchanged: bool,
+        /// The meta's view of the server's reports differs from the beacon's digest: the next
+        /// beacon sends every report.
+        resend_reports: bool,
     },
     Config { table: TableInfo, partitions: Vec<PartitionConfig> },
     Proposed { config: PartitionConfig },
@@ -206,6 +229,10 @@ pub struct NodeView {
     pub learners: u32,
     /// What its last beacon said of its disk (None: room on every directory).
     pub disk_short: Option<DiskShort>,
+    /// The most replicas it hosts, as its last beacon said (None: no limit given).
+    pub replicas_max: Option<u32>,
+    /// Replicas it refused for want of room that it has not been relieved of yet.
+    pub refused: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

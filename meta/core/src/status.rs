@@ -22,6 +22,12 @@ pub struct MetaState {
     /// Servers whose last beacon said a directory is below its reserve (in memory only: a new
     /// leader learns it from the next beacons).
     pub disk_short: BTreeMap<NodeAddr, tandem_core::replica::DiskShort>,
+    /// The most replicas each server hosts, as its last beacon said (in memory only, as
+    /// `disk_short`); a server not here takes any number.
+    pub replicas_max: BTreeMap<NodeAddr, u32>,
+    /// Replicas each server refused to open for want of room (in memory only): cure counts
+    /// the server out of those partitions.
+    pub refused: BTreeMap<NodeAddr, std::collections::BTreeSet<Gpid>>,
     pub sites: BTreeMap<String, crate::duplication::Site>,
     pub dups: BTreeMap<u32, crate::duplication::DupInfo>,
     /// Persisted confirmed decrees, by (dup id, partition).
@@ -59,8 +65,44 @@ impl MetaState {
     /// Replicas each alive node with disk room hosts: what placement balances. A server below
     /// its disk reserve gets no new replica (a learner there would fill it, and its primaries
     /// take no writes).
+    /// A server at its most replicas gets none either.
     pub fn load(&self) -> BTreeMap<NodeAddr, usize> {
-        crate::placement::node_load(self.placeable_nodes(), self.partitions.values())
+        let mut load = crate::placement::node_load(self.placeable_nodes(), self.partitions.values());
+        load.retain(|n, hosted| self.replicas_max.get(n).is_none_or(|max| *hosted < *max as usize));
+        load
+    }
+
+    /// How many more replicas each node of `load` takes (`usize::MAX`: no limit given).
+    pub fn room(&self, load: &BTreeMap<NodeAddr, usize>) -> BTreeMap<NodeAddr, usize> {
+        load.iter().map(|(n, hosted)| (n.clone(), self.replicas_max.get(n).map_or(usize::MAX, |max| (*max as usize).saturating_sub(*hosted)))).collect()
+    }
+
+    /// Whether `partitions` partitions of `replicas` replicas each, every replica of a
+    /// partition on a different server, fit the room the servers have; if not, what to do.
+    pub fn check_room(&self, partitions: u32, replicas: u32) -> Result<(), String> {
+        let load = self.load();
+        let room = self.room(&load);
+        let (p, r) = (partitions as usize, replicas as usize);
+        // Feasible exactly when the servers together take P·R, counting each for at most P
+        // (one replica of each partition); placement, fullest room first, then finds it.
+        let takes: usize = room.values().map(|r| (*r).min(p)).sum();
+        if takes >= p * r {
+            return Ok(());
+        }
+        let full: Vec<String> = self
+            .replicas_max
+            .iter()
+            .filter(|(n, _)| self.fd.is_alive(n) && !load.contains_key(*n))
+            .map(|(n, max)| format!("{n} hosts its most, {max}"))
+            .chain(load.iter().filter_map(|(n, hosted)| self.replicas_max.get(n).map(|max| format!("{n} hosts {hosted} of {max}"))))
+            .collect();
+        Err(format!(
+            "{partitions} partitions of {replicas} replicas need {} replicas on {replicas} different servers, and the live servers take \
+             {takes} more ({}): a server hosts as many replicas as its open-files limit allows; raise it (ulimit -n, LimitNOFILE), \
+             add servers, or use fewer partitions",
+            p * r,
+            full.join(", ")
+        ))
     }
 
     /// Alive servers with room on their disks.
@@ -100,6 +142,8 @@ impl MetaState {
                     secondaries: 0,
                     learners: 0,
                     disk_short: self.disk_short.get(addr).cloned(),
+                    replicas_max: self.replicas_max.get(addr).copied(),
+                    refused: self.refused.get(addr).map_or(0, |r| r.len() as u32),
                 };
                 for c in self.partitions.values() {
                     match c.status_of(addr) {
@@ -143,6 +187,13 @@ impl MetaState {
             if let Some(short) = self.disk_short.get(addr).filter(|_| l.alive) {
                 s.nodes_disk_short += 1;
                 s.problems.push(format!("replica server {addr}: {short}; it takes only deletes and gets no new replicas until space is freed"));
+            }
+            if let Some(refused) = self.refused.get(addr).filter(|r| l.alive && !r.is_empty()) {
+                let max = self.replicas_max.get(addr).map_or_else(|| "its most".to_string(), |m| m.to_string());
+                s.problems.push(format!(
+                    "replica server {addr} refused {} replicas: it hosts {max}, all its open-files limit allows; they are being placed elsewhere",
+                    refused.len()
+                ));
             }
         }
         s

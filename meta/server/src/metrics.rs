@@ -125,6 +125,7 @@ impl MetaMetrics {
         let kind = match write {
             StoreWrite::RegisterNode { .. } => "register_node",
             StoreWrite::UpdatePartition { .. } => "update_partition",
+            StoreWrite::PlacePartitions { .. } => "place_partitions",
             StoreWrite::CreateTable { .. } => "create_table",
             StoreWrite::SetPolicy { .. } => "set_policy",
             StoreWrite::DropTable { .. } => "drop_table",

@@ -200,9 +200,15 @@ impl MetaService for MetaRpc {
             backup_reports,
             restore_failures,
             disk_short: req.disk_short.as_ref().map(tandem_proto::convert::disk_short_from_wire),
+            replicas_max: (req.replicas_max > 0).then_some(req.replicas_max),
+            refused: req.refused.iter().filter_map(|g| gpid_from(Some(g)).ok()).collect(),
+            reports_delta: req.reports_delta,
+            reports_gone: req.reports_gone.iter().filter_map(|g| gpid_from(Some(g)).ok()).collect(),
+            reports_digest: tandem_core::digest::Digest::from_bytes(&req.reports_digest),
+            configs_digest: tandem_core::digest::Digest::from_bytes(&req.configs_digest),
         };
         match self.ask(MetaRequest::Beacon(beacon)).await? {
-            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores } => {
+            MetaReply::Beacon { configs, partition_counts, tombstone_retention, gone, dups, sites, backups, restores, configs_unchanged, resend_reports } => {
                 let count = |table_id: u32| partition_counts.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, n)| *n);
                 let retention = |table_id: u32| tombstone_retention.iter().find(|(t, _)| *t == table_id).map_or(0, |(_, ms)| *ms);
                 let wire = |c: &tandem_core::PartitionConfig| v1::PartitionConfig {
@@ -216,6 +222,8 @@ impl MetaService for MetaRpc {
                     sites: sites.iter().map(site_to_wire).collect(),
                     backup_tasks: backups.iter().map(crate::backup_rpc::task_to_wire).collect(),
                     restores: restores.iter().map(crate::backup_rpc::restore_source_to_wire).collect(),
+                    configs_unchanged,
+                    resend_reports,
                 }))
             }
             other => Err(unexpected(other)),
@@ -501,6 +509,8 @@ impl MetaService for MetaRpc {
                         secondaries: n.secondaries,
                         learners: n.learners,
                         disk_short: n.disk_short.as_ref().map(tandem_proto::convert::disk_short_to_wire),
+                        replicas_max: n.replicas_max.unwrap_or(0),
+                        refused: n.refused,
                     })
                     .collect(),
             })),

@@ -265,6 +265,11 @@ fn log_event(e: &MetaEvent) {
         MetaEvent::StoreDiskShort { short: None } => tracing::info!("the metadata store's disk has room again"),
         MetaEvent::DiskShort { node, short: Some(short) } => tracing::warn!("replica server {node}: {short}; it takes only deletes and gets no new replicas"),
         MetaEvent::DiskShort { node, short: None } => tracing::info!("replica server {node} has disk room again"),
+        MetaEvent::ReplicasRefused { node, gpids, replicas_max } => {
+            let max = replicas_max.map_or_else(|| "its most".to_string(), |m| m.to_string());
+            let gpids: Vec<String> = gpids.iter().map(|g| g.to_string()).collect();
+            tracing::warn!("replica server {node} refused replicas {}: it hosts {max}, all its open-files limit allows; placing them elsewhere", gpids.join(", "))
+        }
         MetaEvent::NodeDead { node, refused: true } => tracing::warn!("replica server {node} declared dead: its port refuses connections (the process is gone)"),
         MetaEvent::Committed { config, cause, .. } => {
             let why = match cause {

@@ -319,6 +319,29 @@ async fn conformance(store: SqlStore, url: &str) {
         "a failed CAS writes nothing"
     );
 
+    // A new table's placement: all of its partitions, or none if one is not at ballot 0.
+    let place = |partition: u32, primary: &str| PartitionConfig {
+        gpid: Gpid::new(2, partition),
+        ballot: 1,
+        primary: Some(primary.to_string()),
+        secondaries: nodes(&["n2:34801"]),
+        learners: vec![],
+        last_drops: vec![],
+    };
+    assert!(store.place_partitions(&f, &[place(0, "n1:34801"), place(1, "n3:34801")]).await.unwrap());
+    expected.partitions[4] = place(0, "n1:34801");
+    expected.partitions[5] = place(1, "n3:34801");
+    assert_eq!(store.load().await.unwrap(), expected);
+    let again = [PartitionConfig { ballot: 2, ..place(0, "n9:34801") }];
+    assert!(!store.place_partitions(&f, &again).await.unwrap(), "placed already");
+    // 1.3 is at ballot 0 and taken first; 2.0 then refuses: 1.3 is rolled back.
+    let mixed = [PartitionConfig { gpid: Gpid::new(1, 3), ..place(0, "n9:34801") }, place(0, "n9:34801")];
+    assert!(!store.place_partitions(&f, &mixed).await.unwrap(), "one of them is placed");
+    assert_eq!(store.load().await.unwrap(), expected, "a refused placement writes none of them");
+    let missing = [PartitionConfig { gpid: Gpid::new(1, 3), ..place(0, "n9:34801") }, PartitionConfig { gpid: Gpid::new(9, 0), ..place(0, "n9:34801") }];
+    assert!(!store.place_partitions(&f, &missing).await.unwrap(), "9.0 does not exist");
+    assert_eq!(store.load().await.unwrap(), expected, "nor one with a partition that does not exist");
+
     // Learners change without a new ballot.
     config.learners.clear();
     assert!(store.update_partition(&f, &config, 1).await.unwrap());

@@ -144,12 +144,18 @@ impl ReplicaServer {
                     self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
                 }
             }
-            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short } => {
+            HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short, replicas_max, refused, configs_digest } => {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
-                let reports = self.replicas.values().map(|s| s.hosted.state()).collect();
+                let current: BTreeMap<Gpid, tandem_core::replica::ReplicaState> = self.replicas.iter().map(|(g, s)| (*g, s.hosted.state())).collect();
+                let reports_digest = current.iter().fold(tandem_core::digest::Digest::default(), |d, (g, s)| {
+                    tandem_core::digest::report_digest(d, *g, s.ballot, s.status.as_str(), s.last_committed, s.last_prepared)
+                });
+                let delta = self.beacon_reports.delta(current);
+                let (reports_delta, reports_gone) = (!delta.full, delta.gone);
+                let reports = delta.changed.into_iter().map(|(_, s)| s).collect();
                 let dup_reports = self.dup_reports(io.now_us);
                 let (node, incarnation) = (self.me.clone(), self.incarnation);
-                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures, disk_short };
+                let beacon = Msg::Beacon { rpc, node, incarnation, reports, lease_period_ms, restarted, dup_reports, backup_reports, restore_failures, disk_short, replicas_max: u32::try_from(replicas_max).ok(), refused, reports_delta, reports_gone, reports_digest, configs_digest };
                 io.send(self.endpoint(), Endpoint::Meta(self.meta.current()), beacon);
             }
             HostAction::ExtendLease { until_ms } => self.lease_until_ms = self.lease_until_ms.max(until_ms),
@@ -193,6 +199,10 @@ impl ReplicaServer {
                 // renames the database into place only when whole).
                 let delay = io.rng.range(1_000, 3_000_000);
                 io.timer(delay, Event::ReplicaObjects { node: self.index, incarnation: self.incarnation, work: ObjectWork::Restore { gpid, source } });
+            }
+            HostAction::RefuseReplica { gpid, why } => {
+                let me = self.me.clone();
+                io.note(|| format!("{me} {gpid}: refused ({why})"));
             }
             HostAction::Stop { .. } => {
                 // Its replicas stop, its port closes (within a tick of the runtime), and it starts

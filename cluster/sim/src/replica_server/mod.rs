@@ -131,6 +131,8 @@ pub struct ReplicaServer {
     pub disk_space: Option<(u64, u64)>,
     /// When it may start again after its log failed (the server's own rule).
     pub restarts: tandem_host::Restarts,
+    /// What the beacons say of the replicas: only what changed since the last answered one.
+    beacon_reports: tandem_host::BeaconReports<tandem_core::replica::ReplicaState>,
     outgoing: BTreeMap<RpcId, Outgoing>,
     /// Which meta server to ask.
     meta: MetaRoute,
@@ -192,6 +194,7 @@ impl ReplicaServer {
             disk_low: None,
             disk_space: None,
             restarts: tandem_host::Restarts::default(),
+            beacon_reports: tandem_host::BeaconReports::default(),
             outgoing: BTreeMap::new(),
             meta: MetaRoute::new(metas),
             checkpoints: SimCheckpoints::default(),
@@ -263,6 +266,7 @@ impl ReplicaServer {
             io.note(|| format!("{me} {gpid}: reopened, committed {committed} prepared {prepared}"));
         }
         self.host = Host::new(self.me.clone(), self.opts.host.clone(), gpids, self.ctx(io.now_us).now_ms);
+        self.beacon_reports = tandem_host::BeaconReports::default();
         let first_tick = io.rng.range(0, self.opts.host.tick_interval_ms * 1_000);
         io.timer(first_tick, Event::HostTick { node: self.index, incarnation: self.incarnation });
     }

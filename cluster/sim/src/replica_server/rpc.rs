@@ -113,9 +113,31 @@ impl ReplicaServer {
             }
             Msg::BeaconResp { rpc, answer } => {
                 let Some(Outgoing::Beacon { sent_at_ms }) = self.outgoing.remove(&rpc) else { return };
-                let BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups, restores } = answer;
+                let BeaconAnswer { configs, partition_counts, gone, tombstone_retention, dups, sites, backups, restores, configs_unchanged, resend_reports } = answer;
                 self.set_sites(&sites);
-                host_step!(self, io, HostInput::BeaconAnswered { sent_at_ms, configs, partition_counts, tombstone_retention, gone, dups, backups, restores });
+                self.beacon_reports.answered(resend_reports);
+                if resend_reports {
+                    io.stats.path(crate::stats::path::REPORTS_RESENT);
+                }
+                if configs_unchanged {
+                    io.stats.path(crate::stats::path::CONFIGS_UNCHANGED);
+                }
+                host_step!(
+                    self,
+                    io,
+                    HostInput::BeaconAnswered {
+                        sent_at_ms,
+                        configs,
+                        partition_counts,
+                        tombstone_retention,
+                        gone,
+                        dups,
+                        backups,
+                        restores,
+                        configs_unchanged,
+                        resend_reports
+                    }
+                );
             }
             Msg::MetaError { rpc, error } => {
                 let Some(what) = self.outgoing.remove(&rpc) else { return };

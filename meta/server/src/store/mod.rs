@@ -627,6 +627,7 @@ impl SqlStore {
             StoreWrite::UpdatePartition { config, expected_ballot } => {
                 StoreDone::Compared { updated: self.update_partition(fence, config, *expected_ballot).await? }
             }
+            StoreWrite::PlacePartitions { configs } => StoreDone::Compared { updated: self.place_partitions(fence, configs).await? },
             StoreWrite::CreateTable { name, partition_count, policy, owner, who, at_ms } => {
                 StoreDone::Created { table: self.create_table(fence, name, *partition_count, policy, owner, who, *at_ms).await? }
             }

@@ -59,4 +59,44 @@ impl SqlStore {
         });
         Ok(updated)
     }
+
+    /// The first configurations of a new table's partitions in one transaction: all of them if
+    /// every one is stored at ballot 0, else none (returns false, and the transaction is rolled
+    /// back; also when one does not exist).
+    pub async fn place_partitions(&self, fence: &Fence, configs: &[PartitionConfig]) -> Result<bool> {
+        let rows = configs
+            .iter()
+            .map(|c| {
+                let ballot = to_i64(c.ballot, "ballot")?;
+                Ok((c, ballot, nodes_to_json(&c.secondaries), nodes_to_json(&c.learners), nodes_to_json(&c.last_drops)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let placed = write_transaction!(self, fence, tx => {
+            for (config, ballot, secondaries, learners, last_drops) in &rows {
+                let gpid = config.gpid;
+                let updated = sqlx::query(
+                    "UPDATE partitions SET ballot = $3, primary_node = $4, secondaries = $5, \
+                     learners = $6, last_drops = $7 \
+                     WHERE table_id = $1 AND partition_index = $2 AND ballot = 0",
+                )
+                .bind(i64::from(gpid.table_id))
+                .bind(i64::from(gpid.partition))
+                .bind(*ballot)
+                .bind(config.primary.as_deref())
+                .bind(secondaries)
+                .bind(learners)
+                .bind(last_drops)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated != 1 {
+                    // Placed already, or gone: returning drops the transaction uncommitted, so
+                    // nothing of it is written.
+                    return Ok(false);
+                }
+            }
+            true
+        });
+        Ok(placed)
+    }
 }
