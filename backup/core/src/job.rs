@@ -48,6 +48,11 @@ pub enum JobInput {
     Primary { partition: u32, primary: Option<String> },
     /// What the uploader of `attempt` of `partition` reported.
     Report { partition: u32, attempt: u32, report: PartitionReport },
+    /// `node`'s process restarted (the meta gave its primaries new ballots): an attempt it was
+    /// uploading is given up and assigned again under a new number, so the new process never
+    /// writes the objects of an attempt its predecessor wrote, and a late report of the old
+    /// process cannot stand for the new one's upload (found by the simulator, seed 7460).
+    UploaderRestarted { node: String },
     Tick,
     /// The table manifest is written (its SHA-256), or why not.
     ManifestWritten { result: Result<String, String> },
@@ -148,6 +153,17 @@ impl BackupJob {
         match input {
             JobInput::Primary { partition, primary } => self.on_primary(partition, primary),
             JobInput::Report { partition, attempt, report } => self.on_report(partition, attempt, report),
+            JobInput::UploaderRestarted { node } => {
+                if self.state != JobState::Running {
+                    return;
+                }
+                for p in 0..self.phases.len() {
+                    if matches!(&self.phases[p], Phase::Uploading { primary, .. } if *primary == node) {
+                        self.give_up(p, format!("{node} restarted while it uploaded"));
+                        self.assign_waiting(p);
+                    }
+                }
+            }
             JobInput::Tick => self.on_tick(),
             JobInput::ManifestWritten { result } => self.on_manifest_written(result),
             JobInput::Recorded { result } => self.on_recorded(result),
@@ -388,6 +404,28 @@ mod tests {
         j.step(200_000, Tick);
         assert_eq!(j.take_actions(), vec![], "the deadline does not touch a complete job");
         assert_eq!(j.state(), &JobState::Complete);
+    }
+
+    /// The uploader's process restarted: the new one gets the next attempt, and a late report of
+    /// the old one's upload is ignored (simulator seed 7460: both processes uploaded attempt 2,
+    /// the second overwrote the first's partition manifest, and the table manifest took the
+    /// first's late report).
+    #[test]
+    fn a_restarted_uploader_gets_the_next_attempt_and_its_predecessors_reports_are_ignored() {
+        let mut j = job(2);
+        j.step(1_000, primary(0, "r1"));
+        j.step(1_000, primary(1, "r2"));
+        j.take_actions();
+        j.step(2_000, UploaderRestarted { node: "r1".into() });
+        assert_eq!(j.take_actions(), vec![Assign { partition: 0, primary: "r1".into(), attempt: 2 }], "only r1's partition");
+        j.step(3_000, done(0, 1));
+        j.step(3_000, done(1, 1));
+        assert_eq!(j.take_actions(), vec![], "attempt 1 of partition 0 was abandoned");
+        j.step(4_000, done(0, 2));
+        assert!(matches!(j.take_actions().as_slice(), [WriteTableManifest { manifest }] if manifest.partitions[0].attempt == 2));
+        // Done partitions are not touched by a later restart.
+        j.step(5_000, UploaderRestarted { node: "r1".into() });
+        assert_eq!(j.take_actions(), vec![]);
     }
 
     #[test]

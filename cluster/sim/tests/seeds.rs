@@ -96,6 +96,15 @@ fn regression_seed_2307_a_retried_beacon_of_a_restarted_server_waits_for_its_new
     regression(2307);
 }
 
+/// A primary's server restarted between uploading its partition of a backup and its report
+/// reaching the meta; the new process uploaded the same attempt over the old one's objects, and
+/// the old report, arriving late, put an overwritten partition manifest in the table manifest.
+/// Fixed by giving a restarted uploader's partition a new attempt.
+#[test]
+fn regression_seed_7460_a_restarted_uploader_gets_a_new_attempt() {
+    regression(7460);
+}
+
 /// A clogged prepare of a primary's previous process overwrote its new decree at the same ballot;
 /// fixed by giving a restarted primary a new ballot.
 #[test]

@@ -1099,7 +1099,17 @@ impl MetaMachine {
                         return self.persist(write, Work::Beacon { token, request, reballot, done });
                     }
                     state.fd.reballoted(&request.node, request.incarnation);
+                    // Its uploads died with its predecessor: each is assigned again under a new
+                    // attempt (`JobInput::UploaderRestarted`), before this answer hands them out.
+                    let jobs: Vec<u64> = state.backup_jobs.keys().copied().collect();
+                    for id in jobs {
+                        if let Some(job) = self.state.as_mut().expect("serving").backup_jobs.get_mut(&id) {
+                            job.step(now.wall_ms, JobInput::UploaderRestarted { node: request.node.clone() });
+                        }
+                        self.drive_backup(id);
+                    }
                 }
+                let state = self.state.as_mut().expect("serving");
                 // Every replica the server reports, as this meta has them (a beacon may carry only
                 // what changed), and their digest.
                 let (reported, digest) = state.reports.iter().filter_map(|(g, rs)| rs.get(&request.node).map(|r| (*g, r))).fold(
