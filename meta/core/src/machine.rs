@@ -1198,8 +1198,14 @@ impl MetaMachine {
                 };
                 let peers = peer_sites(&self.options, state);
                 let cx = policy_context(&self.options, state, &peers);
+                let more = |next: &Policy| next.replicas.saturating_sub(t.replica_count);
+                let hosting = |n: &NodeAddr| state.table_partitions(t.id).filter(|(_, c)| c.hosts(n) || c.learners.contains(n)).count();
                 match t.policy.apply(&change, &cx) {
                     Ok(next) if next == t.policy => self.reply(token, Ok(MetaReply::PolicySet { old: t.policy.clone(), table: t, changed: false })),
+                    Ok(next) if more(&next) > 0 && let Err(e) = state.check_room_beside(t.partition_count, more(&next), hosting) => {
+                        let why = format!("raising table {:?} from {} to {} replicas does not fit: {e}", t.name, t.replica_count, next.replicas);
+                        self.reply(token, Err(MetaError::InvalidArgument(why)))
+                    }
                     Ok(next) => {
                         let write = StoreWrite::SetPolicy { table_id: t.id, old: t.policy.clone(), new: next, who: who.clone(), at_ms: now.wall_ms };
                         self.persist(write, Work::SetPolicy { token, table, change, who });

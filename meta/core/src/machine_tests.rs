@@ -1015,26 +1015,33 @@ fn servers_get_no_more_replicas_than_they_host_and_a_refused_one_moves() {
     assert!(placed.iter().all(|c| c.replica_count() == 3 && c.ballot == 1), "{placed:?}");
     let hosted = |node: &str| store.load().partitions.iter().filter(|c| c.hosts(node)).count();
     assert_eq!([hosted("r1"), hosted("r2"), hosted("r3"), hosted("r4")], [5, 4, 4, 2], "most room first, none past its most");
-    let Ok(MetaReply::Nodes { nodes }) = ask(&mut m, &mut store, 8, MetaRequest::ListNodes) else { panic!() };
+    // A raised replica count must fit too: r2 and r3 have room for one each, but both host
+    // table t's partition already, and r1 and r4 are full.
+    let raise = |table: &str, replicas| MetaRequest::SetPolicy { table: table.into(), change: PolicyChange { replicas: Some(replicas), ..Default::default() }, who: "w".into() };
+    let Err(MetaError::InvalidArgument(e)) = ask(&mut m, &mut store, 70, raise("t", 4)) else { panic!() };
+    assert!(e.contains("raising table \"t\" from 3 to 4 replicas does not fit") && e.contains("take 0 more"), "{e}");
+    let Err(MetaError::InvalidArgument(e)) = ask(&mut m, &mut store, 71, raise("u", 4)) else { panic!() };
+    assert!(e.contains("4 partitions of 1 replicas need 4 replicas") && e.contains("take 2 more"), "{e}");
+    let Ok(MetaReply::Nodes { nodes }) = ask(&mut m, &mut store, 78, MetaRequest::ListNodes) else { panic!() };
     assert_eq!(nodes.iter().map(|n| n.replicas_max).collect::<Vec<_>>(), vec![Some(5), Some(5), Some(5), Some(2)]);
     // r4 refuses one of its two (say its limit went down since): cure takes it out of that
     // partition and puts a learner on r3, the only server with room.
     let victim = placed.iter().find(|c| c.hosts("r4")).unwrap().clone();
     let gpid = victim.gpid;
-    m.step(at(9), MetaInput::Request { token: 9, request: with_max("r4", 1, vec![gpid]) });
-    let actions = store_and_answer(&mut m, &mut store, 9);
+    m.step(at(79), MetaInput::Request { token: 79, request: with_max("r4", 1, vec![gpid]) });
+    let actions = store_and_answer(&mut m, &mut store, 79);
     assert!(actions.contains(&MetaAction::Event(MetaEvent::ReplicasRefused { node: "r4".into(), gpids: vec![gpid], replicas_max: Some(1) })), "{actions:?}");
-    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 10, MetaRequest::ClusterStatus) else { panic!() };
+    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 80, MetaRequest::ClusterStatus) else { panic!() };
     assert!(status.problems.iter().any(|p| p.contains("replica server r4 refused 1 replicas: it hosts 1")), "{:?}", status.problems);
-    for t in [11, 12] {
+    for t in [81, 82] {
         m.step(at(t), MetaInput::Tick);
         store_and_answer(&mut m, &mut store, t);
     }
     let cured = store.partition(gpid).unwrap().clone();
     assert!(!cured.hosts("r4") && cured.learners == vec!["r3".to_string()], "{victim:?} → {cured:?}");
     // Moved: r4 no longer reports it, and the problem is gone.
-    ask(&mut m, &mut store, 13, with_max("r4", 1, vec![])).unwrap();
-    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 14, MetaRequest::ClusterStatus) else { panic!() };
+    ask(&mut m, &mut store, 83, with_max("r4", 1, vec![])).unwrap();
+    let Ok(MetaReply::Status(status)) = ask(&mut m, &mut store, 84, MetaRequest::ClusterStatus) else { panic!() };
     assert!(!status.problems.iter().any(|p| p.contains("refused")), "{:?}", status.problems);
 }
 

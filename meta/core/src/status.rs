@@ -80,12 +80,18 @@ impl MetaState {
     /// Whether `partitions` partitions of `replicas` replicas each, every replica of a
     /// partition on a different server, fit the room the servers have; if not, what to do.
     pub fn check_room(&self, partitions: u32, replicas: u32) -> Result<(), String> {
+        self.check_room_beside(partitions, replicas, |_| 0)
+    }
+
+    /// `check_room` for `replicas` more replicas of each partition of a table whose partitions
+    /// `hosting(node)` already have a replica on that node (a raised replica count).
+    pub fn check_room_beside(&self, partitions: u32, replicas: u32, hosting: impl Fn(&NodeAddr) -> usize) -> Result<(), String> {
         let load = self.load();
         let room = self.room(&load);
         let (p, r) = (partitions as usize, replicas as usize);
         // Feasible exactly when the servers together take P·R, counting each for at most P
         // (one replica of each partition); placement, fullest room first, then finds it.
-        let takes: usize = room.values().map(|r| (*r).min(p)).sum();
+        let takes: usize = room.iter().map(|(n, r)| (*r).min(p.saturating_sub(hosting(n)))).sum();
         if takes >= p * r {
             return Ok(());
         }
