@@ -53,9 +53,12 @@ impl Digest {
     }
 }
 
-/// What the meta keeps of a replica's report, in digest order.
-pub fn report_digest(d: Digest, gpid: Gpid, ballot: Ballot, status: &str, last_committed: Decree, last_prepared: Decree) -> Digest {
-    d.gpid(gpid).u64(ballot).str(status).u64(last_committed).u64(last_prepared)
+/// The digest of a server's reports, each as what the meta keeps of it (gpid, ballot, status,
+/// last committed, last prepared), in partition order.
+pub fn reports_digest<'a>(reports: impl IntoIterator<Item = (Gpid, Ballot, &'a str, Decree, Decree)>) -> Digest {
+    reports.into_iter().fold(Digest::default(), |d, (gpid, ballot, status, committed, prepared)| {
+        d.gpid(gpid).u64(ballot).str(status).u64(committed).u64(prepared)
+    })
 }
 
 /// A configuration as a beacon answer carries it, with its table's partition count and

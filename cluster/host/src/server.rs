@@ -323,12 +323,13 @@ impl Host {
                 // Only the answer to the beacon in flight counts (a late one's configurations are
                 // not taken either): the cache is then exactly what that beacon's digest named.
                 let current = matches!(self.beacon, Beacon::InFlight { sent_at_ms: s } if s == sent_at_ms);
-                let (configs, partition_counts, tombstone_retention) = match (configs_unchanged, &self.last_answer) {
-                    (true, Some((c, p, t, _))) if current => (c.clone(), p.clone(), t.clone()),
-                    _ if !current => (configs, partition_counts, tombstone_retention),
+                let (configs, partition_counts, tombstone_retention) = match &self.last_answer {
+                    Some((c, p, t, _)) if current && configs_unchanged => (c.clone(), p.clone(), t.clone()),
                     _ => {
-                        let digest = tandem_core::digest::answer_digest(&configs, &partition_counts, &tombstone_retention);
-                        self.last_answer = Some((configs.clone(), partition_counts.clone(), tombstone_retention.clone(), digest));
+                        if current {
+                            let digest = tandem_core::digest::answer_digest(&configs, &partition_counts, &tombstone_retention);
+                            self.last_answer = Some((configs.clone(), partition_counts.clone(), tombstone_retention.clone(), digest));
+                        }
                         (configs, partition_counts, tombstone_retention)
                     }
                 };

@@ -320,9 +320,7 @@ impl Node {
     async fn beacon(self: &Arc<Self>, sent_at_ms: u64, mut req: v1::BeaconRequest) {
         let handles = self.replica_handles();
         let reports: BTreeMap<Gpid, v1::ReplicaReport> = handles.iter().map(|h| (h.gpid(), h.report())).collect();
-        let digest = reports.iter().fold(tandem_core::digest::Digest::default(), |d, (g, r)| {
-            tandem_core::digest::report_digest(d, *g, r.ballot, &r.status, r.last_committed, r.last_prepared)
-        });
+        let digest = tandem_core::digest::reports_digest(reports.iter().map(|(g, r)| (*g, r.ballot, r.status.as_str(), r.last_committed, r.last_prepared)));
         let delta = self.beacon_reports.lock().expect("beacon reports lock").delta(reports);
         req.reports_delta = !delta.full;
         req.replicas = delta.changed.into_iter().map(|(_, r)| r).collect();

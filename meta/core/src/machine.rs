@@ -1112,14 +1112,11 @@ impl MetaMachine {
                 let state = self.state.as_mut().expect("serving");
                 // Every replica the server reports, as this meta has them (a beacon may carry only
                 // what changed), and their digest.
-                let (reported, digest) = state.reports.iter().filter_map(|(g, rs)| rs.get(&request.node).map(|r| (*g, r))).fold(
-                    (BTreeSet::new(), tandem_core::digest::Digest::default()),
-                    |(mut gpids, d), (g, r)| {
-                        gpids.insert(g);
-                        (gpids, tandem_core::digest::report_digest(d, g, r.ballot, &r.status, r.last_committed, r.last_prepared))
-                    },
-                );
-                let resend_reports = request.reports_digest.is_some_and(|d| d != digest);
+                let node_reports: Vec<(Gpid, &ReplicaReport)> = state.reports.iter().filter_map(|(g, rs)| rs.get(&request.node).map(|r| (*g, r))).collect();
+                let reported: BTreeSet<Gpid> = node_reports.iter().map(|(g, _)| *g).collect();
+                let resend_reports = request.reports_digest.is_some_and(|d| {
+                    d != tandem_core::digest::reports_digest(node_reports.iter().map(|(g, r)| (*g, r.ballot, r.status.as_str(), r.last_committed, r.last_prepared)))
+                });
                 let mut configs: Vec<PartitionConfig> = configs_for_node(state.partitions.values(), &request.node, &reported).into_iter().cloned().collect();
                 let mut tables: Vec<u32> = configs.iter().map(|c| c.gpid.table_id).collect();
                 tables.dedup();

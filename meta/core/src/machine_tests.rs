@@ -1050,10 +1050,10 @@ fn servers_get_no_more_replicas_than_they_host_and_a_refused_one_moves() {
 /// new leader that never had the reports) asks for every report.
 #[test]
 fn beacons_and_answers_carry_only_what_changed() {
-    use tandem_core::digest::{answer_digest, report_digest, Digest};
+    use tandem_core::digest::{answer_digest, reports_digest, Digest};
     let (mut m, mut store) = leader();
     let report = ReplicaReport { ballot: 1, status: "primary".into(), last_committed: 7, last_prepared: 7 };
-    let digest_of = |r: &ReplicaReport| report_digest(Digest::default(), Gpid::new(1, 0), r.ballot, &r.status, r.last_committed, r.last_prepared);
+    let digest_of = |r: &ReplicaReport| reports_digest([(Gpid::new(1, 0), r.ballot, r.status.as_str(), r.last_committed, r.last_prepared)]);
     let MetaRequest::Beacon(b) = beacon("r1", 1, false) else { unreachable!() };
     let full = BeaconRequest { reports: vec![(Gpid::new(1, 0), report.clone())], reports_digest: Some(digest_of(&report)), ..b.clone() };
     let Ok(MetaReply::Beacon { configs, partition_counts, tombstone_retention, configs_unchanged: false, resend_reports: false, .. }) =

@@ -43,7 +43,7 @@ pub struct BeaconRequest {
     /// and `reports_gone` the replicas it no longer hosts; false: `reports` is every one.
     pub reports_delta: bool,
     pub reports_gone: Vec<Gpid>,
-    /// The digest of all its reports (`digest::report_digest`, in partition order): a meta
+    /// The digest of all its reports (`digest::reports_digest`, in partition order): a meta
     /// whose view differs asks for every one (`resend_reports`).
     pub reports_digest: Option<Digest>,
     /// The digest of the configurations of its last answer: the answer leaves them out when

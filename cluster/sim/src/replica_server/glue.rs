@@ -147,9 +147,8 @@ impl ReplicaServer {
             HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short, replicas_max, refused, configs_digest } => {
                 let rpc = self.call(io, Outgoing::Beacon { sent_at_ms });
                 let current: BTreeMap<Gpid, tandem_core::replica::ReplicaState> = self.replicas.iter().map(|(g, s)| (*g, s.hosted.state())).collect();
-                let reports_digest = current.iter().fold(tandem_core::digest::Digest::default(), |d, (g, s)| {
-                    tandem_core::digest::report_digest(d, *g, s.ballot, s.status.as_str(), s.last_committed, s.last_prepared)
-                });
+                let reports_digest =
+                    tandem_core::digest::reports_digest(current.iter().map(|(g, s)| (*g, s.ballot, s.status.as_str(), s.last_committed, s.last_prepared)));
                 let delta = self.beacon_reports.delta(current);
                 let (reports_delta, reports_gone) = (!delta.full, delta.gone);
                 let reports = delta.changed.into_iter().map(|(_, s)| s).collect();
