@@ -2,7 +2,7 @@
 //! over them go, how many SST files their flushes leave, how many files the process holds open.
 //! Isolates the storage engine from the rest of the server (docs/bench.md, "Scale").
 //!
-//!   cargo run --release --locked -p tandem-storage --example bench_engines -- \
+//!   target/release/examples/bench_engines \
 //!       [--engines 8,64,256,1024] [--memtables 256MiB] [--seconds 10] [--value-size 1024]
 //!
 //! Each write is one decree applied to one engine picked at random (a put of `--value-size`
