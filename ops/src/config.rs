@@ -121,6 +121,9 @@ pub struct ReplicaSection {
     pub max_value_bytes: ByteSize,
     #[serde(with = "humantime_serde")]
     pub log_gc_interval: Duration,
+    /// The mutation log may keep this much before the engines holding its oldest segments are
+    /// flushed.
+    pub log_retain_bytes: ByteSize,
     /// A replica its partition's configuration has left out this long is deleted.
     #[serde(with = "humantime_serde")]
     pub inactive_replica_gc_delay: Duration,
@@ -163,6 +166,7 @@ impl Default for ReplicaSection {
             prepare_batch_bytes_max: ByteSize::b(o.host.replica.prepare_batch_bytes_max as u64),
             max_value_bytes: ByteSize::b(o.host.replica.limits.value_bytes_max as u64),
             log_gc_interval: ms(o.host.log_gc_interval_ms),
+            log_retain_bytes: ByteSize::b(o.host.log_retain_bytes),
             inactive_replica_gc_delay: ms(o.host.inactive_replica_gc_delay_ms),
             cluster_id: o.host.replica.cluster_id,
             disk_reserve: ByteSize::b(o.host.disk_reserve_bytes),
@@ -303,7 +307,12 @@ memtable_bytes_max = "256MiB"
 prepare_batch_bytes_max = "4MiB"
 # Largest value accepted.
 max_value_bytes = "1MiB"
-log_gc_interval = "30s"
+# How often the mutation log drops what every replica's RocksDB holds in its files. RocksDB
+# flushes the replicas being written on its own; past log_retain_bytes, the replicas holding the
+# log's oldest segments are flushed too (all of them that hold it while a disk is short). A
+# restart replays at most about this much.
+log_gc_interval = "10s"
+log_retain_bytes = "1GiB"
 # A replica this server holds but its partition's configuration left out (a replaced server
 # that came back, a lowered replica count) is deleted after this long, while the partition has a
 # primary; until then it keeps its disk space and its share of the mutation log.
@@ -512,6 +521,7 @@ impl Config {
         o.host.beacon_interval_ms = r.beacon_interval.as_millis() as u64;
         o.host.lease_period_ms = r.lease_period.as_millis() as u64;
         o.host.log_gc_interval_ms = r.log_gc_interval.as_millis() as u64;
+        o.host.log_retain_bytes = r.log_retain_bytes.as_u64();
         o.host.inactive_replica_gc_delay_ms = r.inactive_replica_gc_delay.as_millis() as u64;
         o.log.segment_bytes_max = r.log_segment_bytes_max.as_u64();
         o.log.group_commit_window = r.log_group_commit_window;

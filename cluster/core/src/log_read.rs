@@ -87,6 +87,37 @@ pub fn replay_all(records: impl IntoIterator<Item = LogRecord>) -> BTreeMap<Gpid
     out
 }
 
+/// Which partitions hold a log over `retain_bytes`, and up to which decree each must be durable
+/// elsewhere for the log to fit: walking its pieces from the oldest (each piece: its bytes, and
+/// the largest decree of each partition in it) while what is left exceeds `retain_bytes`, every
+/// partition whose `keep_after` is below its decree there (None: the partition is gone, it
+/// holds nothing), with the largest such decree. `total_bytes` counts every piece, also those
+/// not offered (the real log never offers its current segment, which is never removed).
+///
+/// The host flushes the engines this names (docs/host.md, "What the shared log keeps"); the
+/// real log calls it on its segments, the simulator's on its records.
+pub fn holding_back<P, D>(pieces: P, total_bytes: u64, retain_bytes: u64, keep_after: &dyn Fn(Gpid) -> Option<Decree>) -> BTreeMap<Gpid, Decree>
+where
+    P: IntoIterator<Item = (u64, D)>,
+    D: IntoIterator<Item = (Gpid, Decree)>,
+{
+    let mut over = total_bytes.saturating_sub(retain_bytes);
+    let mut out: BTreeMap<Gpid, Decree> = BTreeMap::new();
+    for (bytes, decrees) in pieces {
+        if over == 0 {
+            break;
+        }
+        for (gpid, decree) in decrees {
+            if keep_after(gpid).is_some_and(|k| k < decree) {
+                let d = out.entry(gpid).or_insert(decree);
+                *d = (*d).max(decree);
+            }
+        }
+        over = over.saturating_sub(bytes);
+    }
+    out
+}
+
 /// What `reader_conformance` drives: a mutation log, real or simulated.
 pub trait LogUnderTest {
     /// Appends and waits until the records are durable.
@@ -96,6 +127,8 @@ pub trait LogUnderTest {
     /// Drops what no partition needs (`keep_after(gpid)`: records after it are needed; None: the
     /// partition is gone), as much as the implementation's granularity allows.
     fn collect(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>);
+    /// `holding_back` over the log's pieces (what `collect` could remove, oldest first).
+    fn holding_back(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>, retain_bytes: u64) -> BTreeMap<Gpid, Decree>;
     /// Closes and opens the log again; returns the records replayed.
     fn reopen(&mut self) -> Vec<LogRecord>;
 }
@@ -137,6 +170,15 @@ pub fn reader_conformance(log: &mut dyn LogUnderTest) {
     assert_eq!(log.read_partition(b, 3), vec![mutation(2, 3), mutation(2, 4)]);
     log.append(vec![m(b, 2, 5)]);
     assert_eq!(log.read_partition(b, 4), vec![mutation(2, 4), mutation(2, 5)]);
+    // What holds the log back: nothing within its room, nothing gone or durable; past it, only
+    // the partitions' own decrees, as far as the log's granularity names them.
+    assert_eq!(log.holding_back(&|_| Some(0), u64::MAX), BTreeMap::new());
+    assert_eq!(log.holding_back(&|_| None, 0), BTreeMap::new());
+    assert_eq!(log.holding_back(&|_| Some(Decree::MAX), 0), BTreeMap::new());
+    for (gpid, decree) in log.holding_back(&|_| Some(2), 0) {
+        let most = if gpid == a { 31 } else if gpid == b { 20 } else { panic!("{gpid} was never logged") };
+        assert!(decree > 2 && decree <= most, "{gpid} held back to {decree}");
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +199,10 @@ mod tests {
             replay_all(self.records.iter().filter(|r| r.gpid() == gpid).cloned()).remove(&gpid).map(|p| p.from(from).cloned().collect()).unwrap_or_default()
         }
         fn collect(&mut self, _keep_after: &dyn Fn(Gpid) -> Option<Decree>) {}
+        fn holding_back(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>, retain_bytes: u64) -> BTreeMap<Gpid, Decree> {
+            let pieces = self.records.iter().map(|r| (1, [(r.gpid(), r.decree())]));
+            holding_back(pieces, self.records.len() as u64, retain_bytes, keep_after)
+        }
         fn reopen(&mut self) -> Vec<LogRecord> {
             self.records.clone()
         }

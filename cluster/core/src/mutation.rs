@@ -58,6 +58,14 @@ impl LogRecord {
             LogRecord::Mutation { gpid, .. } | LogRecord::Reset { gpid, .. } => *gpid,
         }
     }
+
+    /// The mutation's decree, or the decree a reset replays after.
+    pub fn decree(&self) -> Decree {
+        match self {
+            LogRecord::Mutation { mutation, .. } => mutation.decree,
+            LogRecord::Reset { decree, .. } => *decree,
+        }
+    }
 }
 
 impl Mutation {

@@ -12,8 +12,13 @@ pub struct HostOptions {
     pub lease_period_ms: u64,
     /// How often the runtime feeds `HostInput::Tick` (and the replicas their core ticks).
     pub tick_interval_ms: u64,
-    /// How often engines are flushed and the shared log collected.
+    /// How often the shared log is collected (each replica's durable decree read, what none
+    /// needs dropped).
     pub log_gc_interval_ms: u64,
+    /// The shared log may keep this much before the host flushes the engines that hold its
+    /// oldest segments (RocksDB flushes the engines being written on its own); 0 flushes every
+    /// engine that holds the log each round. Also what a restart replays at most, roughly.
+    pub log_retain_bytes: u64,
     /// A local replica that its partition's configuration has left out this long (while the
     /// partition has a primary) is deleted, with its hold on the shared log.
     pub inactive_replica_gc_delay_ms: u64,
@@ -48,7 +53,8 @@ impl Default for HostOptions {
             beacon_interval_ms: 1_000,
             lease_period_ms: 6_000,
             tick_interval_ms: 100,
-            log_gc_interval_ms: 30_000,
+            log_gc_interval_ms: 10_000,
+            log_retain_bytes: 1 << 30,
             inactive_replica_gc_delay_ms: 600_000,
             log_cache_bytes_max: 256 << 20,
             checkpoints_per_partition_max: 2,

@@ -3,10 +3,11 @@
 //! runs the same code.
 //!
 //! ```text
-//!  Tick ─────────────▶ TickReplicas{share} · SendBeacon (when due, one in flight) · FlushEngine… (log GC due)
+//!  Tick ─────────────▶ TickReplicas{share} · SendBeacon (when due, one in flight) · ReadDurable (log GC due)
 //!  BeaconAnswered ───▶ OpenReplica / Configure (each config) · RemoveReplica (purged tables)
 //!  Configured (all) ─▶ ExtendLease · RemoveReplica (left out of its configuration long enough)
-//!  EngineFlushed (all) ▶ CollectLog{keep_after: min(flushed, holds)}
+//!  DurableRead ──────▶ CollectLog{keep_after: min(durable, holds), retain_bytes}
+//!  LogCollected ─────▶ FlushEngine (each replica holding the log over retain_bytes by its engine)
 //!  PrepareForUnknown ▶ OpenReplica (a new partition of a table an answer named: its prepare
 //!                      can beat the answer that configures it)
 //!  LogFailed ────────▶ Stop
@@ -22,8 +23,13 @@
 //!   meta may revive this copy), and only if the replica itself agrees it has no role. A replica
 //!   being deleted is not created again until its data is gone.
 //! - **What the shared log keeps** for each replica: everything after the decree its engine
-//!   flushed, and after every hold (a duplication that has not shipped it yet). A replica that
-//!   did not answer its flush keeps everything.
+//!   holds durably, and after every hold (a duplication that has not shipped it yet). A replica
+//!   whose durable decree is unknown (not read, or opened or removed since) keeps everything.
+//! - **Which engines are flushed**: RocksDB flushes the engines being written on its own, when
+//!   the shared memtable budget is reached. The host flushes only the engines that hold the log
+//!   over `log_retain_bytes` (0 while a disk is short): those with records in the oldest
+//!   segments that their engine does not hold yet, and whose holds would let them go. Flushing
+//!   every engine every round cost a server of a thousand replicas half its writes.
 
 use crate::backup::{BackupCommand, Backups};
 use crate::duplication::{config_for, DupConfig};
@@ -89,8 +95,12 @@ pub enum HostInput {
     OpenFailed { gpid: Gpid, error: String },
     /// `RemoveReplica` is done: the replica stopped and its data is deleted.
     ReplicaRemoved { gpid: Gpid },
-    /// `FlushEngine` is done: the decree the engine holds durably (None: the flush failed).
-    EngineFlushed { gpid: Gpid, decree: Option<Decree> },
+    /// `ReadDurable` is done: the decree each replica's engine holds durably (one missing: not
+    /// read, it keeps its whole log).
+    DurableRead { decrees: BTreeMap<Gpid, Decree> },
+    /// `CollectLog` is done: the replicas that still hold the log over `retain_bytes`, and up to
+    /// which decree (`tandem_core::log_read::holding_back`; empty when collecting failed).
+    LogCollected { holding_back: BTreeMap<Gpid, Decree> },
     /// Keep the log of `gpid` after `keep_after` for `holder` (None releases the hold).
     HoldLog { gpid: Gpid, holder: String, keep_after: Option<Decree> },
     /// The shared mutation log failed.
@@ -156,11 +166,16 @@ pub enum HostAction {
     SetTombstoneHold { table_id: u32, hold_us: u64 },
     /// Stop the replica and delete its data (database, checkpoints); report `ReplicaRemoved`.
     RemoveReplica { gpid: Gpid, why: String },
-    /// Flush the replica's engine; report `EngineFlushed`.
+    /// Read the decree each replica's engine holds durably (in its files, whoever flushed
+    /// them), without flushing; report `DurableRead`.
+    ReadDurable { gpids: Vec<Gpid> },
+    /// Ask the replica's engine to flush, without waiting for it and without holding up the
+    /// replica's writes. Nothing is reported: the next `ReadDurable` shows it.
     FlushEngine { gpid: Gpid },
     /// Drop log records no replica needs: a partition's records at or before `keep_after[gpid]`
-    /// go; those of a partition not in the map all go.
-    CollectLog { keep_after: BTreeMap<Gpid, Decree> },
+    /// go; those of a partition not in the map all go. Then report `LogCollected` with what
+    /// holds the log over `retain_bytes`.
+    CollectLog { keep_after: BTreeMap<Gpid, Decree>, retain_bytes: u64 },
     /// The server cannot go on: stop it (the meta moves its partitions; a restart replays).
     Stop { error: String },
     /// A configuration names this server for `gpid`, but it hosts `replicas_max` replicas
@@ -179,7 +194,11 @@ enum Beacon {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Gc {
     Idle { next_due_ms: u64 },
-    Flushing { started_ms: u64, waiting: BTreeSet<Gpid>, flushed: BTreeMap<Gpid, Decree> },
+    /// `ReadDurable` is out for `asked`; `changed` were opened or removed since (their answers,
+    /// if any, may be of another engine).
+    Reading { started_ms: u64, asked: BTreeSet<Gpid>, changed: BTreeSet<Gpid> },
+    /// `CollectLog` is out; `durable` is what the round read.
+    Collecting { started_ms: u64, durable: BTreeMap<Gpid, Decree> },
 }
 
 pub struct Host {
@@ -424,15 +443,8 @@ impl Host {
                 self.log_holds.remove(&gpid);
                 self.forget(gpid);
             }
-            HostInput::EngineFlushed { gpid, decree } => {
-                if let Gc::Flushing { waiting, flushed, .. } = &mut self.gc
-                    && waiting.remove(&gpid)
-                    && let Some(d) = decree
-                {
-                    flushed.insert(gpid, d);
-                }
-                self.finish_gc_if_flushed();
-            }
+            HostInput::DurableRead { decrees } => self.collect_log(decrees),
+            HostInput::LogCollected { holding_back } => self.flush_holding_back(holding_back),
             HostInput::HoldLog { gpid, holder, keep_after } => {
                 let holds = self.log_holds.entry(gpid).or_default();
                 match keep_after {
@@ -470,11 +482,10 @@ impl Host {
         if let Beacon::Configuring { waiting, .. } = &mut self.beacon {
             waiting.remove(&gpid);
         }
-        if let Gc::Flushing { waiting, .. } = &mut self.gc {
-            waiting.remove(&gpid);
+        if let Gc::Reading { changed, .. } = &mut self.gc {
+            changed.insert(gpid);
         }
         self.finish_beacon_if_configured();
-        self.finish_gc_if_flushed();
     }
 
     /// Opens `gpid` unless it is hosted already or still being deleted.
@@ -538,11 +549,8 @@ impl Host {
         if let Gc::Idle { next_due_ms } = self.gc
             && now_ms >= next_due_ms
         {
-            self.gc = Gc::Flushing { started_ms: now_ms, waiting: self.replicas.clone(), flushed: BTreeMap::new() };
-            for gpid in self.replicas.clone() {
-                self.actions.push(HostAction::FlushEngine { gpid });
-            }
-            self.finish_gc_if_flushed();
+            self.gc = Gc::Reading { started_ms: now_ms, asked: self.replicas.clone(), changed: BTreeSet::new() };
+            self.actions.push(HostAction::ReadDurable { gpids: self.replicas.iter().copied().collect() });
         }
     }
 
@@ -677,24 +685,33 @@ impl Host {
         }
     }
 
-    fn finish_gc_if_flushed(&mut self) {
-        let Gc::Flushing { waiting, .. } = &self.gc else { return };
-        if !waiting.is_empty() {
-            return;
+    /// The smallest hold on `gpid`'s log (`Decree::MAX`: none).
+    fn held(&self, gpid: Gpid) -> Decree {
+        self.log_holds.get(&gpid).and_then(|h| h.values().min().copied()).unwrap_or(Decree::MAX)
+    }
+
+    /// The round's durable decrees are read: collect what no replica needs.
+    fn collect_log(&mut self, mut decrees: BTreeMap<Gpid, Decree>) {
+        let Gc::Reading { started_ms, asked, changed } = &self.gc else { return };
+        decrees.retain(|gpid, _| asked.contains(gpid) && !changed.contains(gpid) && self.replicas.contains(gpid));
+        let started_ms = *started_ms;
+        let keep_after = self.replicas.iter().map(|gpid| (*gpid, decrees.get(gpid).copied().unwrap_or(0).min(self.held(*gpid)))).collect();
+        // While a disk is short, every engine that holds the log is flushed: space first.
+        let retain_bytes = if self.disk.short().is_some() { 0 } else { self.options.log_retain_bytes };
+        self.gc = Gc::Collecting { started_ms, durable: decrees };
+        self.actions.push(HostAction::CollectLog { keep_after, retain_bytes });
+    }
+
+    /// The log is collected: flush the engines that hold it over its room and that a flush
+    /// lets go (a hold below the decree keeps the log whatever the engine holds).
+    fn flush_holding_back(&mut self, holding_back: BTreeMap<Gpid, Decree>) {
+        let Gc::Collecting { started_ms, durable } = &self.gc else { return };
+        for (gpid, decree) in holding_back {
+            if self.replicas.contains(&gpid) && durable.get(&gpid).copied().unwrap_or(0) < decree && self.held(gpid) >= decree {
+                self.actions.push(HostAction::FlushEngine { gpid });
+            }
         }
-        let Gc::Flushing { started_ms, .. } = self.gc else { unreachable!("matched above") };
-        let next_due_ms = started_ms + self.options.log_gc_interval_ms;
-        let Gc::Flushing { flushed, .. } = std::mem::replace(&mut self.gc, Gc::Idle { next_due_ms }) else { unreachable!("matched above") };
-        let keep_after = self
-            .replicas
-            .iter()
-            .map(|gpid| {
-                let flushed = flushed.get(gpid).copied().unwrap_or(0);
-                let held = self.log_holds.get(gpid).and_then(|h| h.values().min().copied()).unwrap_or(Decree::MAX);
-                (*gpid, flushed.min(held))
-            })
-            .collect();
-        self.actions.push(HostAction::CollectLog { keep_after });
+        self.gc = Gc::Idle { next_due_ms: started_ms + self.options.log_gc_interval_ms };
     }
 }
 
@@ -1037,7 +1054,7 @@ mod tests {
     }
 
     #[test]
-    fn the_log_keeps_what_engines_did_not_flush_and_what_holds_need() {
+    fn the_log_keeps_what_engines_do_not_hold_and_only_engines_holding_it_over_its_room_flush() {
         let mut host = Host::new("a".into(), options(), [g(0), g(1), g(2)], 0);
         // An answer names table 1 (a prepare opens only replicas of tables an answer named).
         host.step(HostInput::Tick { now_ms: 0 });
@@ -1046,26 +1063,38 @@ mod tests {
         host.step(HostInput::HoldLog { gpid: g(1), holder: "dup".into(), keep_after: Some(7) });
         host.step(HostInput::Tick { now_ms: 30_000 });
         let actions = host.take_actions();
-        let flushes: Vec<&HostAction> = actions.iter().filter(|a| matches!(a, HostAction::FlushEngine { .. })).collect();
-        assert_eq!(flushes, [&HostAction::FlushEngine { gpid: g(0) }, &HostAction::FlushEngine { gpid: g(1) }, &HostAction::FlushEngine { gpid: g(2) }]);
-        host.step(HostInput::EngineFlushed { gpid: g(0), decree: Some(10) });
-        host.step(HostInput::EngineFlushed { gpid: g(1), decree: Some(10) });
+        assert!(actions.contains(&HostAction::ReadDurable { gpids: vec![g(0), g(1), g(2)] }));
+        assert!(!actions.iter().any(|a| matches!(a, HostAction::FlushEngine { .. })), "a round reads, it does not flush");
         // A replica created meanwhile keeps everything; one removed meanwhile needs nothing.
         host.step(HostInput::PrepareForUnknown { config: cfg(3, 1, Some("b"), &["a"]) });
         host.step(HostInput::OpenFailed { gpid: g(2), error: "gone".into() });
-        let actions = host.take_actions();
+        host.take_actions();
+        host.step(HostInput::DurableRead { decrees: [(g(0), 10), (g(1), 10), (g(2), 10)].into() });
         let keep: BTreeMap<Gpid, Decree> = [(g(0), 10), (g(1), 7), (g(3), 0)].into();
-        assert_eq!(actions.last(), Some(&HostAction::CollectLog { keep_after: keep }));
+        assert_eq!(host.take_actions(), vec![HostAction::CollectLog { keep_after: keep, retain_bytes: 1 << 30 }]);
+        // Flushed: an engine behind what holds the log (g0), one whose durable decree is unknown
+        // (g3). Not: one a hold keeps the log for anyway (g1), one not hosted (g9).
+        let holding_back: BTreeMap<Gpid, Decree> = [(g(0), 12), (g(1), 9), (g(3), 4), (g(9), 5)].into();
+        host.step(HostInput::LogCollected { holding_back });
+        assert_eq!(host.take_actions(), vec![HostAction::FlushEngine { gpid: g(0) }, HostAction::FlushEngine { gpid: g(3) }]);
         // The next round is due an interval after this one started.
         host.step(HostInput::Tick { now_ms: 59_999 });
-        assert!(!host.take_actions().iter().any(|a| matches!(a, HostAction::FlushEngine { .. })));
+        assert!(!host.take_actions().iter().any(|a| matches!(a, HostAction::ReadDurable { .. })));
         host.step(HostInput::HoldLog { gpid: g(1), holder: "dup".into(), keep_after: None });
         host.step(HostInput::Tick { now_ms: 60_000 });
-        for gpid in [g(0), g(1), g(3)] {
-            host.step(HostInput::EngineFlushed { gpid, decree: None });
-        }
-        let keep: BTreeMap<Gpid, Decree> = [(g(0), 0), (g(1), 0), (g(3), 0)].into();
-        assert_eq!(host.take_actions().last(), Some(&HostAction::CollectLog { keep_after: keep }), "a failed flush keeps everything");
+        assert!(host.take_actions().contains(&HostAction::ReadDurable { gpids: vec![g(0), g(1), g(3)] }));
+        // Removed and created again while the round read: the answer may be of the old engine.
+        host.step(HostInput::OpenFailed { gpid: g(3), error: "gone".into() });
+        host.step(HostInput::PrepareForUnknown { config: cfg(3, 1, Some("b"), &["a"]) });
+        host.take_actions();
+        // A disk short: every engine that holds the log is flushed.
+        host.step(HostInput::DiskSpace { dirs: vec![crate::disk::DirSpace { dir: "/log".into(), free_bytes: 1, total_bytes: 1 << 40 }] });
+        host.take_actions();
+        host.step(HostInput::DurableRead { decrees: [(g(0), 20), (g(3), 15)].into() });
+        let keep: BTreeMap<Gpid, Decree> = [(g(0), 20), (g(1), 0), (g(3), 0)].into();
+        assert_eq!(host.take_actions(), vec![HostAction::CollectLog { keep_after: keep, retain_bytes: 0 }], "an unread engine keeps everything");
+        host.step(HostInput::LogCollected { holding_back: BTreeMap::new() });
+        assert!(host.take_actions().is_empty());
     }
 
     #[test]

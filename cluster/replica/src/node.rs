@@ -208,8 +208,11 @@ impl Node {
                 }
             }
             HostAction::TickReplicas { log_cache_bytes_max } => {
+                let now_ms = self.now_ms();
                 for h in self.replica_handles() {
-                    h.send(ReplicaEvent::Tick { log_cache_bytes_max });
+                    if h.tick_due(now_ms) {
+                        h.send(ReplicaEvent::Tick { log_cache_bytes_max });
+                    }
                 }
             }
             HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short, replicas_max, refused, configs_digest } => {
@@ -245,24 +248,59 @@ impl Node {
                 let node = self.clone();
                 tokio::spawn(async move { node.remove_replica(gpid, &why).await });
             }
-            HostAction::FlushEngine { gpid } => {
+            HostAction::ReadDurable { gpids } => {
                 let node = self.clone();
-                tokio::spawn(async move {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let decree = match node.replica(gpid) {
-                        Some(h) if h.send(Event::Flush { done: tx }) => rx.await.ok().flatten(),
-                        _ => None,
-                    };
-                    node.host_step(HostInput::EngineFlushed { gpid, decree });
+                // Point reads of every engine's files, off the async runtime; the replicas' own
+                // tasks are not involved, so their writes go on.
+                tokio::task::spawn_blocking(move || {
+                    let mut decrees = BTreeMap::new();
+                    for gpid in gpids {
+                        let Some(engine) = node.replica(gpid).and_then(|h| h.engine()) else { continue };
+                        match engine.with(|e| e.durable_decree()) {
+                            Ok(d) => {
+                                decrees.insert(gpid, d);
+                            }
+                            Err(e) => tracing::warn!("replica {gpid}: reading its durable decree failed, the log keeps all of it: {e}"),
+                        }
+                    }
+                    node.host_step(HostInput::DurableRead { decrees });
                 });
             }
-            HostAction::CollectLog { keep_after } => {
-                let log = self.log.clone();
+            HostAction::FlushEngine { gpid } => {
+                if let Some(engine) = self.replica(gpid).and_then(|h| h.engine()) {
+                    // Quick, but RocksDB may make it wait out a write stall: not on the runtime.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = engine.with(|e| e.request_flush()) {
+                            tracing::warn!("replica {gpid}: asking for a flush failed: {e}");
+                        }
+                    });
+                }
+            }
+            HostAction::CollectLog { keep_after, retain_bytes } => {
+                let node = self.clone();
                 // One line per run, also when nothing could go: a log that stops shrinking is
                 // worth seeing (a duplication holding it, a replica that does not flush).
-                tokio::task::spawn_blocking(move || match log.gc(&|g| keep_after.get(&g).copied()) {
-                    Ok(n) => tracing::info!("log gc removed {n} segments"),
-                    Err(e) => tracing::warn!("log gc failed: {e}"),
+                tokio::task::spawn_blocking(move || {
+                    let log = &node.log;
+                    let keep = |g| keep_after.get(&g).copied();
+                    let holding_back = match log.gc(&keep) {
+                        Ok(n) => {
+                            let holding_back = log.holding_back(&keep, retain_bytes);
+                            tracing::info!(
+                                "log gc removed {n} segments; {} segments ({} MiB) kept; {} replicas flushed to bring it within {} MiB",
+                                log.segment_count(),
+                                log.total_bytes() >> 20,
+                                holding_back.len(),
+                                retain_bytes >> 20
+                            );
+                            holding_back
+                        }
+                        Err(e) => {
+                            tracing::warn!("log gc failed: {e}");
+                            BTreeMap::new()
+                        }
+                    };
+                    node.host_step(HostInput::LogCollected { holding_back });
                 });
             }
             HostAction::Stop { error } => {

@@ -5,6 +5,7 @@
 use crate::error::Error as ServerError;
 use crate::node::{active_db_dir, Node};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tandem_core::replica::{DiskLow, LearnReply, LearnRequest, PrepareMsg, PrepareOutcome, PrepareReply, ReplicaState, WriteResponse};
@@ -107,8 +108,6 @@ pub enum Event {
     Replica(ReplicaEvent<Rt>),
     /// `ActivateCheckpoint` finished: the engine to switch to, or why not.
     Activated { result: Result<SharedEngine, String> },
-    /// Flush the engine; answers the decree now durable in it.
-    Flush { done: oneshot::Sender<Option<Decree>> },
     Stop { done: oneshot::Sender<()> },
 }
 
@@ -129,8 +128,10 @@ pub struct ReplicaHandle {
     /// turn), else None: reads use it directly, without a trip through the task.
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
     /// The engine the replica uses until it stops, whatever its role: for the server's figures
-    /// (RocksDB properties), never for reads.
+    /// (RocksDB properties) and the log GC's durable decrees and flushes, never for reads.
     engine: Arc<Mutex<Option<SharedEngine>>>,
+    /// `HostedReplica::next_tick_ms` after the last turn.
+    next_tick_ms: Arc<AtomicU64>,
 }
 
 impl ReplicaHandle {
@@ -157,7 +158,13 @@ impl ReplicaHandle {
         self.read_gate.read().expect("read gate lock").clone()
     }
 
-    /// The replica's engine, for figures only (None once it stopped).
+    /// Whether the replica wants a tick at `now_ms` (`HostedReplica::next_tick_ms`, as of the
+    /// end of its last turn).
+    pub fn tick_due(&self, now_ms: u64) -> bool {
+        self.next_tick_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// The replica's engine, for figures, durable decrees and flushes (None once it stopped).
     pub fn engine(&self) -> Option<SharedEngine> {
         self.engine.lock().expect("engine slot lock").clone()
     }
@@ -203,10 +210,30 @@ pub fn spawn(node: Arc<Node>, replica: HostedReplica<Rt>, engine: SharedEngine, 
     let read_gate = Arc::new(RwLock::new(None));
     let dups = Arc::new(Mutex::new(Vec::new()));
     let engine_slot = Arc::new(Mutex::new(Some(engine.clone())));
-    let handle =
-        ReplicaHandle { gpid: replica.gpid(), tx: tx.clone(), state: state.clone(), dups: dups.clone(), read_gate: read_gate.clone(), engine: engine_slot.clone() };
-    let task =
-        ReplicaTask { node, replica, engine, engine_slot, dir, tx, state, dups, read_gate, fetches: JoinSet::new(), disk_work: JoinSet::new() };
+    let next_tick_ms = Arc::new(AtomicU64::new(0));
+    let handle = ReplicaHandle {
+        gpid: replica.gpid(),
+        tx: tx.clone(),
+        state: state.clone(),
+        dups: dups.clone(),
+        read_gate: read_gate.clone(),
+        engine: engine_slot.clone(),
+        next_tick_ms: next_tick_ms.clone(),
+    };
+    let task = ReplicaTask {
+        node,
+        replica,
+        engine,
+        engine_slot,
+        dir,
+        tx,
+        state,
+        dups,
+        read_gate,
+        next_tick_ms,
+        fetches: JoinSet::new(),
+        disk_work: JoinSet::new(),
+    };
     tokio::spawn(task.run(rx));
     handle
 }
@@ -221,6 +248,7 @@ struct ReplicaTask {
     state: Arc<Mutex<ReplicaState>>,
     dups: Arc<Mutex<Vec<v1::DupProgress>>>,
     read_gate: Arc<RwLock<Option<SharedEngine>>>,
+    next_tick_ms: Arc<AtomicU64>,
     /// Checkpoint fetches in flight: stopped with the replica.
     fetches: JoinSet<()>,
     /// IO on the replica's directory and checkpoints (make, activate, delete): the replica does
@@ -240,15 +268,6 @@ impl ReplicaTask {
                 },
             };
             match event {
-                Event::Flush { done } => {
-                    let engine = self.engine.clone();
-                    let flushed = tokio::task::spawn_blocking(move || engine.with(|e| e.flush().map(|_| e.last_flushed_decree())))
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok());
-                    let _ = done.send(flushed);
-                    continue;
-                }
                 Event::Stop { done } => {
                     self.fetches.abort_all();
                     while self.fetches.join_next().await.is_some() {}
@@ -262,7 +281,7 @@ impl ReplicaTask {
             // together (one log append for all their mutations, one prepare each).
             while !self.replica.turn_full() {
                 match rx.try_recv() {
-                    Ok(e @ (Event::Flush { .. } | Event::Stop { .. })) => {
+                    Ok(e @ Event::Stop { .. }) => {
                         next = Some(e);
                         break;
                     }
@@ -275,6 +294,7 @@ impl ReplicaTask {
             while self.fetches.try_join_next().is_some() {}
             while self.disk_work.try_join_next().is_some() {}
             *self.state.lock().expect("state lock") = self.replica.state();
+            self.next_tick_ms.store(self.replica.next_tick_ms(), Ordering::Relaxed);
             self.publish_dup_progress();
         }
         // Stopped: no more reads from this engine.
@@ -294,7 +314,7 @@ impl ReplicaTask {
                 });
                 self.replica.step(&ctx, ReplicaEvent::CheckpointActivated { result });
             }
-            Event::Flush { .. } | Event::Stop { .. } => unreachable!("handled by the loop"),
+            Event::Stop { .. } => unreachable!("handled by the loop"),
         }
     }
 

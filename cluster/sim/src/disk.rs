@@ -31,11 +31,7 @@ fn frame(record: &LogRecord) -> Frame {
     bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
     bytes.extend_from_slice(&payload);
-    let decree = match record {
-        LogRecord::Mutation { mutation, .. } => mutation.decree,
-        LogRecord::Reset { decree, .. } => *decree,
-    };
-    Frame { gpid: record.gpid(), decree, bytes }
+    Frame { gpid: record.gpid(), decree: record.decree(), bytes }
 }
 
 /// Decodes a frame, or says why it is torn or corrupt.
@@ -229,6 +225,14 @@ impl<W> SimLog<W> {
         n
     }
 
+    /// The partitions that hold this log over `retain_bytes` (`log_read::holding_back`), record
+    /// by record over what `gc` could drop (the synced records).
+    pub fn holding_back(&self, keep_after: &dyn Fn(Gpid) -> Option<Decree>, retain_bytes: u64) -> std::collections::BTreeMap<Gpid, Decree> {
+        let total: u64 = self.frames.iter().map(|f| f.bytes.len() as u64).sum();
+        let pieces = self.frames[..self.synced].iter().map(|f| (f.bytes.len() as u64, [(f.gpid, f.decree)]));
+        tandem_core::log_read::holding_back(pieces, total, retain_bytes, keep_after)
+    }
+
     /// Partition `gpid`'s mutations from `from` on, by the replay rule, from what the file holds
     /// (written, synced or not), decoding only the partition's own frames.
     pub fn read_partition(&self, gpid: Gpid, from: Decree) -> Result<Vec<tandem_core::Mutation>, String> {
@@ -329,6 +333,9 @@ mod tests {
         }
         fn collect(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>) {
             self.gc(keep_after);
+        }
+        fn holding_back(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>, retain_bytes: u64) -> std::collections::BTreeMap<Gpid, Decree> {
+            SimLog::holding_back(self, keep_after, retain_bytes)
         }
         fn reopen(&mut self) -> Vec<LogRecord> {
             self.replay().0

@@ -68,6 +68,12 @@ impl SimEngine {
         self.lock().flushed.last_applied_decree()
     }
 
+    /// Decrees applied but not flushed (what a crash would lose, and the log must keep).
+    pub fn unflushed(&self) -> u64 {
+        let s = self.lock();
+        s.live.last_applied_decree().saturating_sub(s.flushed.last_applied_decree())
+    }
+
     /// What a restarted server opens: the flushed state.
     pub fn reopen(&self) -> SimEngine {
         let flushed = self.lock().flushed.clone();

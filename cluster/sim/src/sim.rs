@@ -328,8 +328,11 @@ impl Sim {
         let servers = (0..params.servers)
             .map(|i| {
                 let mut opts = opts.clone();
-                // Engines are flushed and the log collected at a different pace on each server.
+                // The log is collected at a different pace on each server, and holds a different
+                // amount before its engines are flushed (from the same draw, so that each seed's
+                // other draws stay as they were).
                 opts.host.log_gc_interval_ms = rng.range(1_000, 10_000);
+                opts.host.log_retain_bytes = [0, 2_000, 20_000, u64::MAX][opts.host.log_gc_interval_ms as usize % 4];
                 ReplicaServer::new(i, opts, clock(&mut rng), params.metas)
             })
             .collect();

@@ -44,6 +44,10 @@ pub mod path {
     pub const CONFIGS_UNCHANGED: &str = "configs-unchanged";
     /// The meta learned from a beacon that a server refused replicas (it hosts its most).
     pub const REPLICA_REFUSED_SEEN: &str = "replica-refused-seen";
+    /// An engine flushed on its own (RocksDB's memtable budget), or because the host asked: its
+    /// records held the shared log over `log_retain_bytes`.
+    pub const ENGINE_FLUSHED_ITSELF: &str = "engine-flushed-itself";
+    pub const ENGINE_FLUSH_ASKED: &str = "engine-flush-asked";
     /// A primary refused a write because its own or a member's disk is below the reserve.
     pub const DISK_FULL_REFUSED: &str = "disk-full-refused";
     /// A meta asked a server over its watch stream to beacon now (a configuration changed).

@@ -38,7 +38,7 @@
 //! decides which of them count.
 
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -364,6 +364,16 @@ impl MutationLog {
         result.map(|()| removed)
     }
 
+    /// The partitions that hold this log over `retain_bytes`, and up to which decree each
+    /// (`tandem_core::log_read::holding_back` over the segments `gc` could remove).
+    pub fn holding_back(&self, keep_after: &dyn Fn(Gpid) -> Option<Decree>, retain_bytes: u64) -> BTreeMap<Gpid, Decree> {
+        let segments = lock(&self.shared.segments);
+        let total = segments.iter().map(|s| s.bytes).sum();
+        let removable = &segments[..segments.len().saturating_sub(1)];
+        let pieces = removable.iter().map(|s| (s.bytes, s.decree_max.iter().map(|(g, d)| (*g, *d))));
+        tandem_core::log_read::holding_back(pieces, total, retain_bytes, keep_after)
+    }
+
     /// Partition `gpid`'s mutations from decree `from` on, by the replay rule of
     /// `tandem_core::log_read`, read from the segments still here. Only the partition's own
     /// records are read (each segment indexes them); the rule is applied to the index first, so
@@ -647,10 +657,7 @@ fn push_frame(frames: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result
 }
 
 fn record_key(record: &LogRecord) -> RecordKey {
-    match record {
-        LogRecord::Mutation { gpid, mutation } => RecordKey { gpid: *gpid, decree: mutation.decree, reset: false },
-        LogRecord::Reset { gpid, decree } => RecordKey { gpid: *gpid, decree: *decree, reset: true },
-    }
+    RecordKey { gpid: record.gpid(), decree: record.decree(), reset: matches!(record, LogRecord::Reset { .. }) }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -1169,6 +1176,9 @@ mod tests {
         }
         fn collect(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>) {
             self.log.as_ref().unwrap().gc(keep_after).unwrap();
+        }
+        fn holding_back(&mut self, keep_after: &dyn Fn(Gpid) -> Option<Decree>, retain_bytes: u64) -> BTreeMap<Gpid, Decree> {
+            self.log.as_ref().unwrap().holding_back(keep_after, retain_bytes)
         }
         fn reopen(&mut self) -> Vec<LogRecord> {
             drop(self.log.take());

@@ -10,7 +10,9 @@
 //! `atomic_flush` makes every flush cover both column families up to the same write, so
 //! `last_applied_decree` read at `open` is the decree of the flushed data, never ahead of or
 //! behind it. After a crash the replica replays its mutation log from that decree + 1, which is
-//! why log GC may only drop what `last_flushed_decree()` covers. A clean close flushes the
+//! why log GC may only drop what `durable_decree()` covers: `last_applied_decree` read from the
+//! files alone (RocksDB's persisted read tier skips memtables while the WAL is off), so it
+//! learns RocksDB's own flushes as well as ours. A clean close flushes the
 //! memtables (RocksDB does so at shutdown when the WAL is off), so a clean restart replays
 //! nothing.
 //!
@@ -34,7 +36,7 @@ use rocksdb::compaction_filter::Decision;
 use rocksdb::properties;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Direction, FlushOptions, IteratorMode,
-    Options, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions,
+    Options, ReadOptions, ReadTier, WriteBatch, WriteBufferManager, WriteOptions,
 };
 use rocksdb::statistics::{StatsLevel, Ticker};
 use std::collections::BTreeMap;
@@ -180,10 +182,6 @@ pub struct RocksEngine {
     /// Shared with the compaction filter; the host sets it from the table's policy and
     /// duplications.
     compaction: TableCompaction,
-    /// A lower bound of the decree in RocksDB's files: set at open and by our own flushes.
-    /// RocksDB's background flushes may have persisted more; underestimating only keeps log
-    /// segments a little longer.
-    last_flushed: AtomicU64,
     write_options: WriteOptions,
 }
 
@@ -249,7 +247,6 @@ impl RocksEngine {
             watermarks,
             incoming_hold_us,
             compaction,
-            last_flushed: AtomicU64::new(last_applied),
             write_options,
         })
     }
@@ -270,9 +267,13 @@ impl RocksEngine {
     /// Writes both column families' memtables to disk together and waits for it; afterwards the
     /// decree on disk is `last_applied_decree()`.
     pub fn flush(&self) -> Result<()> {
-        flush_both(&self.db, &self.dir)?;
-        self.last_flushed.store(self.last_applied, Ordering::Release);
-        Ok(())
+        flush_both(&self.db, &self.dir, true)
+    }
+
+    /// Asks RocksDB to write both column families' memtables to disk, without waiting: the
+    /// replica's writes go on meanwhile, and `durable_decree` shows when it is done.
+    pub fn request_flush(&self) -> Result<()> {
+        flush_both(&self.db, &self.dir, false)
     }
 
     /// RocksDB's estimate of the bytes compaction must rewrite to bring every level within its
@@ -287,9 +288,21 @@ impl RocksEngine {
     }
 
     /// The decree the mutation log no longer needs to hold for this replica: everything up to it
-    /// survives a crash.
-    pub fn last_flushed_decree(&self) -> Decree {
-        self.last_flushed.load(Ordering::Acquire)
+    /// is in RocksDB's files and survives a crash, whoever flushed it (RocksDB when the shared
+    /// memtable budget is reached, or `flush`). Read at the persisted tier, which skips the
+    /// memtables while writes go without the WAL; a point read, cheap enough for every replica
+    /// of a server each log GC round.
+    pub fn durable_decree(&self) -> Result<Decree> {
+        let mut options = ReadOptions::default();
+        options.set_read_tier(ReadTier::Persisted);
+        let meta = self.meta_cf();
+        match self.db.get_pinned_cf_opt(meta, LAST_APPLIED_KEY, &options).map_err(|e| Error::rocks("read the durable decree", &self.dir, e))? {
+            None => Ok(0),
+            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
+                dir: self.dir.clone(),
+                detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
+            })?)),
+        }
     }
 
     /// Flushes, then writes a checkpoint (hard links to the SST files where possible) into `dir`,
@@ -391,16 +404,16 @@ impl Checkpointer {
     /// Flushes, links the files into `dir` (which must not exist), and answers the decree the
     /// checkpoint holds.
     pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
-        link_checkpoint(&self.db, &self.dir, dir, || flush_both(&self.db, &self.dir))?;
+        link_checkpoint(&self.db, &self.dir, dir, || flush_both(&self.db, &self.dir, true))?;
         checkpoint_decree(dir)
     }
 }
 
-/// Both column families' memtables to disk together (`atomic_flush`), waiting for it.
-fn flush_both(db: &DB, dir: &Path) -> Result<()> {
+/// Both column families' memtables to disk together (`atomic_flush`), waiting for it or not.
+fn flush_both(db: &DB, dir: &Path, wait: bool) -> Result<()> {
     let cfs = [DATA_CF, META_CF].map(|name| db.cf_handle(name).expect("both column families are created at open"));
     let mut options = FlushOptions::default();
-    options.set_wait(true);
+    options.set_wait(wait);
     db.flush_cfs_opt(&cfs, &options).map_err(|e| Error::rocks("flush", dir, e))
 }
 
@@ -594,17 +607,49 @@ mod tests {
             e.apply(1, 10, &[put("a", "1")]).unwrap();
             e.apply(2, 30, &[put("b", "2")]).unwrap();
             e.apply(3, 20, &[WriteOp::Delete { key: b"a".to_vec() }]).unwrap();
-            assert_eq!(e.last_flushed_decree(), 0);
+            assert_eq!(e.durable_decree().unwrap(), 0, "nothing flushed: the memtables are skipped");
             e.flush().unwrap();
-            assert_eq!(e.last_flushed_decree(), 3);
+            assert_eq!(e.durable_decree().unwrap(), 3);
+            e.apply(4, 40, &[put("c", "3")]).unwrap();
+            assert_eq!(e.durable_decree().unwrap(), 3, "decree 4 is in a memtable only");
+            e.flush().unwrap();
             assert!(e.approximate_bytes().unwrap() > 0);
         }
         let mut e = RocksEngine::open(dir.path(), &EngineMemory::default()).unwrap();
-        assert_eq!(e.last_applied_decree(), 3);
-        assert_eq!(e.last_flushed_decree(), 3);
-        assert_eq!(e.clock_bound_us(), 30, "the clock bound is persisted with the decree");
-        assert_eq!(all(&e), [(b"b".to_vec(), b"2".to_vec())]);
-        e.apply(4, 0, &[put("c", "3")]).unwrap();
+        assert_eq!(e.last_applied_decree(), 4);
+        assert_eq!(e.durable_decree().unwrap(), 4);
+        assert_eq!(e.clock_bound_us(), 40, "the clock bound is persisted with the decree");
+        assert_eq!(all(&e), [(b"b".to_vec(), b"2".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
+        e.apply(5, 0, &[put("d", "4")]).unwrap();
+    }
+
+    /// Polls `durable_decree` until `done` holds or 10 s pass (RocksDB flushes in the background).
+    fn durable_when(e: &RocksEngine, done: impl Fn(Decree) -> bool) -> Decree {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let d = e.durable_decree().unwrap();
+            if done(d) || std::time::Instant::now() > deadline {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_durable_decree_follows_rocksdbs_own_flushes_and_requested_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 256 KiB budget: RocksDB flushes on its own long before 2,000 values of 1 KiB.
+        let memory = EngineMemory::new(1 << 20, 256 << 10);
+        let mut e = RocksEngine::open(dir.path(), &memory).unwrap();
+        let value = "v".repeat(1024);
+        for d in 1..=2_000 {
+            e.apply(d, d, &[put(&format!("k{d}"), &value)]).unwrap();
+        }
+        let durable = durable_when(&e, |d| d > 0);
+        assert!(durable > 0 && durable <= 2_000, "RocksDB's own flush is learned without ours: {durable}");
+        e.apply(2_001, 2_001, &[put("last", "x")]).unwrap();
+        e.request_flush().unwrap();
+        assert_eq!(durable_when(&e, |d| d == 2_001), 2_001, "a requested flush lands without being waited for");
     }
 
     /// Copies every file of an open database, as a crash would leave them: unflushed memtables

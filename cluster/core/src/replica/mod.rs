@@ -42,7 +42,8 @@ pub struct ReplicaOptions {
     /// A member that has not answered a prepare for this long is removed from the configuration.
     pub prepare_timeout_ms: u64,
     /// An idle primary sends an empty prepare (group check) to each member this often, carrying
-    /// its commit point and detecting dead members.
+    /// its commit point and detecting dead members. A commit point no data prepare carried goes
+    /// alone after half of it.
     pub group_check_interval_ms: u64,
     /// Bytes of mutations in one prepare message.
     pub prepare_batch_bytes_max: usize,

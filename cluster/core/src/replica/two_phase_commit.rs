@@ -267,9 +267,13 @@ impl Replica {
                 continue;
             }
             let has_data = p.sent < last_prepared;
-            // A commit point alone waits for the next tick (or rides on the next data prepare),
-            // so an idle stream does not cost a second message per write.
-            let has_commit = group_check && p.committed_sent < self.last_committed;
+            // A commit point alone waits half a group check interval after the member's last
+            // send (or rides on the next data prepare), so a stream of sparse writes does not cost
+            // a second message per write: with writes spread over a thousand partitions, each
+            // partition's next write usually comes first (issue 15). Secondaries apply later;
+            // nothing waits for that, and a promoted one reconciles what it prepared.
+            let commit_due = ctx.now_ms.saturating_sub(p.last_send_ms) >= self.options.group_check_interval_ms / 2;
+            let has_commit = group_check && commit_due && p.committed_sent < self.last_committed;
             let due = group_check && ctx.now_ms.saturating_sub(p.last_send_ms) >= self.options.group_check_interval_ms;
             let retry_wait = p.unanswered_since_ms.is_some() && ctx.now_ms.saturating_sub(p.last_send_ms) < 200;
             if retry_wait || !(has_data || has_commit || due) {

@@ -140,8 +140,18 @@ impl ReplicaServer {
                 }
             }
             HostAction::TickReplicas { log_cache_bytes_max } => {
-                for gpid in self.replicas.keys().copied().collect::<Vec<_>>() {
+                let now_ms = self.ctx(io.now_us).now_ms;
+                let due: Vec<Gpid> = self.replicas.iter().filter(|(_, r)| r.hosted.next_tick_ms() <= now_ms).map(|(g, _)| *g).collect();
+                for gpid in due {
                     self.deliver(io, gpid, ReplicaEvent::Tick { log_cache_bytes_max });
+                }
+                // RocksDB flushes an engine on its own once its memtables hold enough (the
+                // server's budget shared out): here, a partition-dependent number of decrees.
+                for (gpid, engine) in &self.engines {
+                    if engine.unflushed() >= 8 + u64::from(gpid.partition % 8) * 4 {
+                        engine.flush();
+                        io.stats.path(path::ENGINE_FLUSHED_ITSELF);
+                    }
                 }
             }
             HostAction::SendBeacon { sent_at_ms, restarted, lease_period_ms, backup_reports, restore_failures, disk_short, replicas_max, refused, configs_digest } => {
@@ -182,12 +192,21 @@ impl ReplicaServer {
                 let delay = io.rng.range(1_000, 50_000);
                 io.timer(delay, Event::ReplicaDeleted { node: self.index, incarnation: self.incarnation, gpid });
             }
-            HostAction::FlushEngine { gpid } => {
-                let decree = self.engines.get(&gpid).map(SimEngine::flush);
-                inputs.push_back(HostInput::EngineFlushed { gpid, decree });
+            HostAction::ReadDurable { gpids } => {
+                let decrees = gpids.into_iter().filter_map(|g| Some((g, self.engines.get(&g)?.flushed_decree()))).collect();
+                inputs.push_back(HostInput::DurableRead { decrees });
             }
-            HostAction::CollectLog { keep_after } => {
-                self.log.gc(&|g| keep_after.get(&g).copied());
+            HostAction::FlushEngine { gpid } => {
+                if let Some(engine) = self.engines.get(&gpid) {
+                    engine.flush();
+                    io.stats.path(path::ENGINE_FLUSH_ASKED);
+                }
+            }
+            HostAction::CollectLog { keep_after, retain_bytes } => {
+                let keep = |g| keep_after.get(&g).copied();
+                self.log.gc(&keep);
+                let holding_back = self.log.holding_back(&keep, retain_bytes);
+                inputs.push_back(HostInput::LogCollected { holding_back });
             }
             HostAction::BackupPartition { task } => self.start_upload(io, task, inputs),
             HostAction::CancelBackup { backup_id, gpid, attempt } => {
