@@ -1235,6 +1235,11 @@ impl MetaMachine {
                 }
             }
             Work::Cure { from } => {
+                // The load of every server, once per pass: it was counted for each partition
+                // looked at (every configuration's members, each time), which at 1,024
+                // partitions took most of an idle meta's CPU, and at a few thousand seconds.
+                let load = state.load();
+                let placement = learner_placement(&load);
                 let next = state.partitions.range(from..).find_map(|(gpid, config)| {
                     let table = state.tables.get(&gpid.table_id)?;
                     if config.ballot == 0 {
@@ -1243,10 +1248,9 @@ impl MetaMachine {
                         if table.status != TableStatus::Available {
                             return None;
                         }
-                        let placed = place_partition(*gpid, table.replica_count as usize, &state.load(), state.partitions.values())?;
+                        let placed = place_partition(*gpid, table.replica_count as usize, &load, state.partitions.values())?;
                         return Some((0, placed));
                     }
-                    let placement = learner_placement(&state.load());
                     let empty = BTreeMap::new();
                     let reports: &BTreeMap<NodeAddr, ReplicaReport> = state.reports.get(gpid).unwrap_or(&empty);
                     let fd = &state.fd;
