@@ -257,10 +257,12 @@ async fn sites_cut_apart_for_30_seconds_converge_after_the_heal() {
 }
 
 /// The GC test: a paused duplication holds the log through log GC (small segments, a
-/// GC every 5 s), and on resume everything ships from the log, with no re-sync from a snapshot.
+/// GC every 5 s that flushes every engine holding the log), and on resume everything ships from
+/// the log, with no re-sync from a snapshot; then the log is collected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_duplication_holds_the_log_through_gc() {
-    let a = Cluster::start_site_with("a", 1, 1, "log_segment_bytes_max = \"256KiB\"\nlog_cache_bytes_max = \"64KiB\"").await;
+    let config = "log_segment_bytes_max = \"256KiB\"\nlog_cache_bytes_max = \"64KiB\"\nlog_gc_interval = \"5s\"\nlog_retain_bytes = \"0B\"";
+    let a = Cluster::start_site_with("a", 1, 1, config).await;
     let b = Cluster::start_site("b", 2, 1).await;
     a.create_table("t", 2, 1).await;
     a.create_table("u", 2, 1).await;
@@ -274,6 +276,11 @@ async fn a_paused_duplication_holds_the_log_through_gc() {
     .await;
     ca.dup_set_status(1, "pause").await.unwrap();
     let gc_runs = || std::fs::read_to_string(&a.replicas[0].log).unwrap_or_default().matches("log gc removed").count();
+    // Segments removed by the runs so far: none can go while the hold keeps t's, the oldest.
+    let removed = || {
+        let log = std::fs::read_to_string(&a.replicas[0].log).unwrap_or_default();
+        log.lines().filter_map(|l| l.split("log gc removed ").nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum::<u64>()
+    };
     // t's writes first, the oldest segments, then another table's; without the hold, GC would
     // remove t's segments once its engines flushed them.
     let value = vec![b'v'; 1024];
@@ -286,6 +293,7 @@ async fn a_paused_duplication_holds_the_log_through_gc() {
     }
     let before = gc_runs();
     a.poll(std::time::Duration::from_secs(60), "two log GC runs after the writes", || async { gc_runs() >= before + 2 }).await;
+    let removed_while_held = removed();
     ca.dup_set_status(1, "start").await.unwrap();
     let tb = b.client().table("t");
     b.poll(std::time::Duration::from_secs(60), "every write of t reached b", || async {
@@ -306,4 +314,7 @@ async fn a_paused_duplication_holds_the_log_through_gc() {
     .await;
     let dups = ca.dup_list("t", false).await.unwrap().dups;
     assert!(dups[0].partitions.iter().all(|p| p.report.as_ref().is_some_and(|r| r.resyncs == 0)), "{:?}", dups[0].partitions);
+    // Released, the log goes: the GC flushes the engines holding it (log_retain_bytes 0) and
+    // removes the segments their durable decrees cover.
+    a.poll(std::time::Duration::from_secs(60), "log segments removed once the hold is released", || async { removed() > removed_while_held + 5 }).await;
 }

@@ -256,7 +256,7 @@ impl Node {
                     let mut decrees = BTreeMap::new();
                     for gpid in gpids {
                         let Some(engine) = node.replica(gpid).and_then(|h| h.engine()) else { continue };
-                        match engine.with(|e| e.durable_decree()) {
+                        match engine.with(|e| e.checkpointer()).durable_decree() {
                             Ok(d) => {
                                 decrees.insert(gpid, d);
                             }
@@ -270,7 +270,7 @@ impl Node {
                 if let Some(engine) = self.replica(gpid).and_then(|h| h.engine()) {
                     // Quick, but RocksDB may make it wait out a write stall: not on the runtime.
                     tokio::task::spawn_blocking(move || {
-                        if let Err(e) = engine.with(|e| e.request_flush()) {
+                        if let Err(e) = engine.with(|e| e.checkpointer()).request_flush() {
                             tracing::warn!("replica {gpid}: asking for a flush failed: {e}");
                         }
                     });

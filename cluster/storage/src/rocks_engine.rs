@@ -273,7 +273,7 @@ impl RocksEngine {
     /// Asks RocksDB to write both column families' memtables to disk, without waiting: the
     /// replica's writes go on meanwhile, and `durable_decree` shows when it is done.
     pub fn request_flush(&self) -> Result<()> {
-        flush_both(&self.db, &self.dir, false)
+        self.checkpointer().request_flush()
     }
 
     /// RocksDB's estimate of the bytes compaction must rewrite to bring every level within its
@@ -293,16 +293,7 @@ impl RocksEngine {
     /// memtables while writes go without the WAL; a point read, cheap enough for every replica
     /// of a server each log GC round.
     pub fn durable_decree(&self) -> Result<Decree> {
-        let mut options = ReadOptions::default();
-        options.set_read_tier(ReadTier::Persisted);
-        let meta = self.meta_cf();
-        match self.db.get_pinned_cf_opt(meta, LAST_APPLIED_KEY, &options).map_err(|e| Error::rocks("read the durable decree", &self.dir, e))? {
-            None => Ok(0),
-            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
-                dir: self.dir.clone(),
-                detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
-            })?)),
-        }
+        self.checkpointer().durable_decree()
     }
 
     /// Flushes, then writes a checkpoint (hard links to the SST files where possible) into `dir`,
@@ -390,8 +381,8 @@ impl RocksEngine {
     }
 }
 
-/// Takes checkpoints of an engine without its lock, so a backup's flush does not stall the
-/// replica's writes (docs/backup.md, the p99 figure). `atomic_flush` makes the flush cover both
+/// Takes checkpoints of an engine without its lock (and asks for flushes, reads the durable
+/// decree), so a backup's flush does not stall the replica's writes (docs/backup.md, the p99 figure). `atomic_flush` makes the flush cover both
 /// column families up to the same write, so the checkpoint is one consistent point; which
 /// decree that is, is read back from the checkpoint itself (writes applied meanwhile are not in
 /// it, or all of theirs are).
@@ -406,6 +397,26 @@ impl Checkpointer {
     pub fn checkpoint(&self, dir: &Path) -> Result<Decree> {
         link_checkpoint(&self.db, &self.dir, dir, || flush_both(&self.db, &self.dir, true))?;
         checkpoint_decree(dir)
+    }
+
+    /// `RocksEngine::request_flush` without the engine's lock: RocksDB may make it wait out a
+    /// write stall, and the replica's writes must not wait with it.
+    pub fn request_flush(&self) -> Result<()> {
+        flush_both(&self.db, &self.dir, false)
+    }
+
+    /// `RocksEngine::durable_decree` without the engine's lock.
+    pub fn durable_decree(&self) -> Result<Decree> {
+        let mut options = ReadOptions::default();
+        options.set_read_tier(ReadTier::Persisted);
+        let meta = self.db.cf_handle(META_CF).expect("the meta column family is opened with every engine");
+        match self.db.get_pinned_cf_opt(meta, LAST_APPLIED_KEY, &options).map_err(|e| Error::rocks("read the durable decree", &self.dir, e))? {
+            None => Ok(0),
+            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
+                dir: self.dir.clone(),
+                detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
+            })?)),
+        }
     }
 }
 
