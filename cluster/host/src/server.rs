@@ -194,9 +194,9 @@ enum Beacon {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Gc {
     Idle { next_due_ms: u64 },
-    /// `ReadDurable` is out for `asked`; `changed` were opened or removed since (their answers,
-    /// if any, may be of another engine).
-    Reading { started_ms: u64, asked: BTreeSet<Gpid>, changed: BTreeSet<Gpid> },
+    /// `ReadDurable` is out; `changed` were opened or removed since (their answers, if any, may
+    /// be of another engine).
+    Reading { started_ms: u64, changed: BTreeSet<Gpid> },
     /// `CollectLog` is out; `durable` is what the round read.
     Collecting { started_ms: u64, durable: BTreeMap<Gpid, Decree> },
 }
@@ -549,7 +549,7 @@ impl Host {
         if let Gc::Idle { next_due_ms } = self.gc
             && now_ms >= next_due_ms
         {
-            self.gc = Gc::Reading { started_ms: now_ms, asked: self.replicas.clone(), changed: BTreeSet::new() };
+            self.gc = Gc::Reading { started_ms: now_ms, changed: BTreeSet::new() };
             self.actions.push(HostAction::ReadDurable { gpids: self.replicas.iter().copied().collect() });
         }
     }
@@ -692,8 +692,8 @@ impl Host {
 
     /// The round's durable decrees are read: collect what no replica needs.
     fn collect_log(&mut self, mut decrees: BTreeMap<Gpid, Decree>) {
-        let Gc::Reading { started_ms, asked, changed } = &self.gc else { return };
-        decrees.retain(|gpid, _| asked.contains(gpid) && !changed.contains(gpid) && self.replicas.contains(gpid));
+        let Gc::Reading { started_ms, changed } = &self.gc else { return };
+        decrees.retain(|gpid, _| !changed.contains(gpid) && self.replicas.contains(gpid));
         let started_ms = *started_ms;
         let keep_after = self.replicas.iter().map(|gpid| (*gpid, decrees.get(gpid).copied().unwrap_or(0).min(self.held(*gpid)))).collect();
         // While a disk is short, every engine that holds the log is flushed: space first.

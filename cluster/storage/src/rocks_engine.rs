@@ -407,16 +407,9 @@ impl Checkpointer {
 
     /// `RocksEngine::durable_decree` without the engine's lock.
     pub fn durable_decree(&self) -> Result<Decree> {
-        let mut options = ReadOptions::default();
-        options.set_read_tier(ReadTier::Persisted);
-        let meta = self.db.cf_handle(META_CF).expect("the meta column family is opened with every engine");
-        match self.db.get_pinned_cf_opt(meta, LAST_APPLIED_KEY, &options).map_err(|e| Error::rocks("read the durable decree", &self.dir, e))? {
-            None => Ok(0),
-            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
-                dir: self.dir.clone(),
-                detail: format!("last_applied_decree holds {} bytes, expected 8", bytes.len()),
-            })?)),
-        }
+        let mut files_only = ReadOptions::default();
+        files_only.set_read_tier(ReadTier::Persisted);
+        read_meta_u64_opt(&self.db, &self.dir, LAST_APPLIED_KEY, "last_applied_decree", &files_only)
     }
 }
 
@@ -447,8 +440,13 @@ fn link_checkpoint(db: &DB, src: &Path, dir: &Path, flush: impl FnOnce() -> Resu
 
 /// A big-endian u64 of the meta column family (0 when absent), `what` naming it in errors.
 fn read_meta_u64(db: &DB, dir: &Path, key: &[u8], what: &str) -> Result<u64> {
+    read_meta_u64_opt(db, dir, key, what, &ReadOptions::default())
+}
+
+/// `read_meta_u64` with these read options (`durable_decree` reads the files alone).
+fn read_meta_u64_opt(db: &DB, dir: &Path, key: &[u8], what: &str, options: &ReadOptions) -> Result<u64> {
     let meta = db.cf_handle(META_CF).expect("the meta column family is opened with every engine");
-    match db.get_pinned_cf(meta, key).map_err(|e| Error::rocks("read the meta column family", dir, e))? {
+    match db.get_pinned_cf_opt(meta, key, options).map_err(|e| Error::rocks("read the meta column family", dir, e))? {
         None => Ok(0),
         Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::CorruptEngine {
             dir: dir.to_path_buf(),
