@@ -246,18 +246,16 @@ impl<C: Carrier> HostedReplica<C> {
     }
 
     /// The earliest time this replica wants its next tick (the runtime skips ticks before it).
-    /// A primary, a learner, a replica installing a checkpoint or running a duplicator takes
-    /// every tick (prepare retries and group checks, learning, shipping); any other one only
-    /// once per group check interval: its core does nothing on a tick, and what the host does
-    /// then (checkpoint retention, the log cache share) is not finer than that. On a server of
-    /// a thousand replicas, two thirds of them secondaries, that is two thirds fewer task
-    /// wake-ups per tick (issue 15).
+    /// A learner, a replica installing a checkpoint or running a duplicator takes every tick
+    /// (learning, shipping); a primary when its core's next timer is due (`next_timer_ms`:
+    /// prepare retries and timeouts, commit points, group checks); any replica at least once per
+    /// group check interval, for what the host does then (checkpoint retention, the log cache
+    /// share). On a server of a thousand idle replicas that is one wake-up per replica per
+    /// interval instead of ten (issue 15).
     pub fn next_tick_ms(&self) -> u64 {
-        let every_tick = matches!(self.core.status(), PartitionStatus::Primary | PartitionStatus::Learner)
-            || self.install != Install::Idle
-            || self.dups.is_running();
+        let every_tick = self.install != Install::Idle || self.dups.is_running();
         match self.last_tick_ms {
-            Some(at) if !every_tick => at + self.group_check_interval_ms,
+            Some(at) if !every_tick => self.core.next_timer_ms().min(at.saturating_add(self.group_check_interval_ms)),
             _ => 0,
         }
     }
@@ -639,7 +637,7 @@ mod tests {
     }
 
     #[test]
-    fn only_primaries_and_learners_take_every_tick() {
+    fn only_learners_and_primaries_with_a_timer_due_take_every_tick() {
         let mut r = hosted(&HostOptions::default());
         assert_eq!(r.next_tick_ms(), 0, "never ticked: at once");
         r.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "b", &["a"], &[]) });
@@ -650,7 +648,13 @@ mod tests {
         r.step(&ctx(200), ReplicaEvent::Configure { config: config(2, "a", &["b"], &[]) });
         r.end_turn(&ctx(200));
         assert_eq!(r.core().status(), PartitionStatus::Primary);
-        assert_eq!(r.next_tick_ms(), 0, "a primary: every tick");
+        assert_eq!(r.next_tick_ms(), 1_000, "a new primary with nothing to send: its core's first group check");
+        let mut alone = hosted(&HostOptions::default());
+        alone.step(&ctx(0), ReplicaEvent::Configure { config: config(1, "a", &[], &[]) });
+        alone.step(&ctx(100), ReplicaEvent::Tick { log_cache_bytes_max: 1 << 20 });
+        alone.end_turn(&ctx(100));
+        assert_eq!(alone.core().status(), PartitionStatus::Primary);
+        assert_eq!(alone.next_tick_ms(), 1_100, "a primary with no timer of its core: a group check interval after its last tick");
         r.step(&ctx(300), ReplicaEvent::Configure { config: config(3, "b", &[], &["a"]) });
         r.step(&ctx(300), ReplicaEvent::Tick { log_cache_bytes_max: 1 << 20 });
         r.end_turn(&ctx(300));

@@ -107,6 +107,39 @@ fn primary_commits_only_after_every_member_logged() {
 }
 
 #[test]
+fn a_quiet_primary_names_the_tick_it_next_acts_on_and_does_nothing_before_it() {
+    let mut r = primary_of(&[S1, S2]);
+    r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("k", "v") });
+    r.take_actions();
+    assert_eq!(r.next_timer_ms(), 0, "prepares in flight: every tick (retries, timeouts)");
+    r.step(&ctx(2), Input::LogAppended { ballot: 1, decree: 1 });
+    r.step(&ctx(3), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    assert_eq!(r.next_timer_ms(), 0, "S2 has not answered");
+    r.step(&ctx(4), Input::PrepareReply { from: S2.into(), reply: ok(1, 1) });
+    r.take_actions();
+    assert_eq!(r.next_timer_ms(), 501, "the commit point, half a group check interval after the last send");
+    r.step(&ctx(500), Input::Tick);
+    assert_eq!(r.take_actions(), vec![], "nothing before it");
+    r.step(&ctx(501), Input::Tick);
+    assert_eq!(r.take_actions().len(), 2, "the commit point to both");
+    assert_eq!(r.next_timer_ms(), 0);
+    r.step(&ctx(502), Input::PrepareReply { from: S1.into(), reply: ok(1, 1) });
+    r.step(&ctx(502), Input::PrepareReply { from: S2.into(), reply: ok(1, 1) });
+    assert_eq!(r.next_timer_ms(), 1_501, "then the group check, an interval after the last send");
+    r.step(&ctx(1_500), Input::Tick);
+    assert_eq!(r.take_actions(), vec![]);
+    r.step(&ctx(1_501), Input::Tick);
+    assert_eq!(r.take_actions().len(), 2, "the group check to both");
+
+    let alone = primary_of(&[]);
+    assert_eq!(alone.next_timer_ms(), u64::MAX, "a primary without members has no timer");
+    let mut s = replica(S1, ReplicaOptions::default());
+    s.step(&ctx(0), Input::Prepare { token: 9, from: P.into(), msg: PrepareMsg { config: config(1, P, &[S1], &[]), mutations: vec![], last_committed: 0 } });
+    assert_eq!(s.status(), PartitionStatus::Secondary);
+    assert_eq!(s.next_timer_ms(), u64::MAX, "a secondary does nothing on a tick");
+}
+
+#[test]
 fn writes_batch_behind_the_prepare_in_flight() {
     let mut r = primary_of(&[S1]);
     r.step(&ctx(1), Input::ClientWrite { request_id: 1, request: set("a", "1") });
