@@ -158,6 +158,10 @@ pub enum ReplicaAction<C: Carrier> {
     /// only after every earlier action of the turn (the read gate above all) took effect: the
     /// host may extend the server's lease at once.
     Configured { status: PartitionStatus },
+    /// The core's configuration is no longer the one the host gave last: it did not take it (it
+    /// holds a newer one), or it moved since by another way (a proposal's answer, a prepare).
+    /// Pass it to the host (`HostInput::ConfigMoved`), which then gives the next answer's again.
+    ConfigMoved,
     /// The engine or log failed; the replica stopped serving.
     Failed { error: String },
     /// Work for duplication `dup_id`; report `ReplicaEvent::Dup` (see `DupWork`).
@@ -191,6 +195,8 @@ pub struct HostedReplica<C: Carrier> {
     reads: Vec<C::Read>,
     /// A `Configure` was stepped this turn.
     configured: bool,
+    /// The configuration the host gave last, while the core holds exactly it.
+    given: Option<PartitionConfig>,
     steps: usize,
     /// Mutations of this turn's `AppendLog`s, merged.
     appends: Vec<Arc<Mutation>>,
@@ -225,6 +231,7 @@ impl<C: Carrier> HostedReplica<C> {
             learns: BTreeMap::new(),
             reads: Vec::new(),
             configured: false,
+            given: None,
             steps: 0,
             appends: Vec::new(),
             actions: Vec::new(),
@@ -335,6 +342,7 @@ impl<C: Carrier> HostedReplica<C> {
             ReplicaEvent::Dup { dup_id, input } => self.dups.step(dup_now(ctx), dup_id, input),
             ReplicaEvent::Configure { config } => {
                 self.configured = true;
+                self.given = Some(config.clone());
                 self.core_step(ctx, Input::ConfigUpdate { config });
             }
             ReplicaEvent::Write { request, reply } => {
@@ -512,6 +520,10 @@ impl<C: Carrier> HostedReplica<C> {
         if std::mem::take(&mut self.configured) {
             self.actions.push(ReplicaAction::Configured { status: self.core.status() });
         }
+        if self.given.as_ref().is_some_and(|given| given != self.core.config()) {
+            self.given = None;
+            self.actions.push(ReplicaAction::ConfigMoved);
+        }
         self.steps = 0;
         std::mem::take(&mut self.actions)
     }
@@ -549,6 +561,7 @@ impl<C: Carrier> std::fmt::Debug for ReplicaAction<C> {
             ReplicaAction::DeleteDatabase { db } => write!(f, "DeleteDatabase {db}"),
             ReplicaAction::SetReadGate { open } => write!(f, "SetReadGate {open}"),
             ReplicaAction::Configured { status } => write!(f, "Configured {status:?}"),
+            ReplicaAction::ConfigMoved => write!(f, "ConfigMoved"),
             ReplicaAction::Failed { error } => write!(f, "Failed {error}"),
             ReplicaAction::Dup { dup_id, work: DupWork::ReadLog { read, from, to, .. } } => {
                 write!(f, "Dup {dup_id} ReadLog #{read} {from}..={to}")
@@ -660,6 +673,25 @@ mod tests {
         r.end_turn(&ctx(300));
         assert_eq!(r.core().status(), PartitionStatus::Learner);
         assert_eq!(r.next_tick_ms(), 0, "a learner: every tick");
+    }
+
+    /// The host gives a configuration again only when the core no longer holds the one it gave
+    /// last: not taken (the core holds a newer one), or moved since by another way.
+    #[test]
+    fn a_configuration_not_taken_or_moved_since_is_reported_once() {
+        let mut r = hosted(&HostOptions::default());
+        r.step(&ctx(0), ReplicaEvent::Configure { config: config(2, "a", &["b"], &["c"]) });
+        assert_eq!(debug(&r.end_turn(&ctx(0))), vec!["SetReadGate true", "Configured Primary"]);
+        r.step(&ctx(1), ReplicaEvent::Configure { config: config(1, "a", &["b"], &[]) });
+        assert_eq!(debug(&r.end_turn(&ctx(1))), vec!["Configured Primary", "ConfigMoved"], "an older one is not taken");
+        r.step(&ctx(2), ReplicaEvent::Configure { config: config(2, "a", &["b"], &["c"]) });
+        assert_eq!(debug(&r.end_turn(&ctx(2))), vec!["Configured Primary"], "the one it holds");
+        // A proposal's answer (here a late one) takes the core to another configuration of the
+        // same ballot, by no Configure.
+        r.step(&ctx(3), ReplicaEvent::ProposalReply { result: Ok(config(2, "a", &["b"], &[])) });
+        assert_eq!(debug(&r.end_turn(&ctx(3))), vec!["ConfigMoved"]);
+        r.step(&ctx(4), ReplicaEvent::ProposalReply { result: Ok(config(2, "a", &["b"], &["c"])) });
+        assert_eq!(debug(&r.end_turn(&ctx(4))), Vec::<String>::new(), "said once, until the next Configure");
     }
 
     #[test]

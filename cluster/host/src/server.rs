@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  Tick ─────────────▶ TickReplicas{share} · SendBeacon (when due, one in flight) · ReadDurable (log GC due)
-//!  BeaconAnswered ───▶ OpenReplica / Configure (each config) · RemoveReplica (purged tables)
+//!  BeaconAnswered ───▶ OpenReplica / Configure (each config the replica does not hold) · RemoveReplica (purged tables)
+//!  ConfigMoved ──────▶ (the replica's next configuration is given even if unchanged)
 //!  Configured (all) ─▶ ExtendLease · RemoveReplica (left out of its configuration long enough)
 //!  DurableRead ──────▶ CollectLog{keep_after: min(durable, holds), retain_bytes}
 //!  LogCollected ─────▶ FlushEngine (each replica holding the log over retain_bytes by its engine)
@@ -89,6 +90,9 @@ pub enum HostInput {
     DiskSpace { dirs: Vec<crate::disk::DirSpace> },
     /// The replica took the configuration `Configure` gave it; its status now (None: it is gone).
     Configured { gpid: Gpid, status: Option<PartitionStatus> },
+    /// The replica's configuration is no longer the one it took last (`ReplicaAction::ConfigMoved`):
+    /// the next answer's is given to it even if unchanged.
+    ConfigMoved { gpid: Gpid },
     /// A prepare arrived for a partition this server does not host.
     PrepareForUnknown { config: PartitionConfig },
     /// `OpenReplica` failed (the replica is not hosted).
@@ -188,7 +192,8 @@ enum Beacon {
     Idle { next_due_ms: u64 },
     InFlight { sent_at_ms: u64 },
     /// Answered; waiting for replicas to take their configurations before the lease.
-    Configuring { sent_at_ms: u64, waiting: BTreeSet<Gpid>, statuses: BTreeMap<Gpid, PartitionStatus>, seen: Vec<PartitionConfig> },
+    /// `waiting`: the replicas given a configuration, and which.
+    Configuring { sent_at_ms: u64, waiting: BTreeMap<Gpid, PartitionConfig>, statuses: BTreeMap<Gpid, PartitionStatus>, seen: Vec<PartitionConfig> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +215,11 @@ pub struct Host {
     /// configuration had a primary.
     outside_since: BTreeMap<Gpid, u64>,
     partition_counts: BTreeMap<u32, u32>,
+    /// The configuration each hosted replica took last (`Configured`) and holds still (no
+    /// `ConfigMoved` since). An answer naming the same one again does not give it again: on a
+    /// server of a thousand idle replicas that is a thousand task wake-ups a beacon fewer, and as
+    /// many reports back (issue 15).
+    taken: BTreeMap<Gpid, PartitionConfig>,
     /// The duplications last handed to each replica.
     dups_sent: BTreeMap<Gpid, Vec<DupConfig>>,
     /// The tombstone retention last given for each table.
@@ -261,6 +271,7 @@ impl Host {
             replicas: replicas.into_iter().collect(),
             removing: BTreeSet::new(),
             outside_since: BTreeMap::new(),
+            taken: BTreeMap::new(),
             partition_counts: BTreeMap::new(),
             dups_sent: BTreeMap::new(),
             tombstone_retention: BTreeMap::new(),
@@ -415,12 +426,24 @@ impl Host {
             }
             HostInput::Configured { gpid, status } => {
                 if let Beacon::Configuring { waiting, statuses, .. } = &mut self.beacon
-                    && waiting.remove(&gpid)
-                    && let Some(s) = status
+                    && let Some(config) = waiting.remove(&gpid)
                 {
-                    statuses.insert(gpid, s);
+                    match status {
+                        Some(s) => {
+                            statuses.insert(gpid, s);
+                            if self.replicas.contains(&gpid) {
+                                self.taken.insert(gpid, config);
+                            }
+                        }
+                        None => {
+                            self.taken.remove(&gpid);
+                        }
+                    }
                 }
                 self.finish_beacon_if_configured();
+            }
+            HostInput::ConfigMoved { gpid } => {
+                self.taken.remove(&gpid);
             }
             HostInput::PrepareForUnknown { config } => {
                 // Only for a table a beacon answer named: one that did not yet may be a table
@@ -479,6 +502,7 @@ impl Host {
     fn forget(&mut self, gpid: Gpid) {
         self.outside_since.remove(&gpid);
         self.read_ready.remove(&gpid);
+        self.taken.remove(&gpid);
         if let Beacon::Configuring { waiting, .. } = &mut self.beacon {
             waiting.remove(&gpid);
         }
@@ -526,6 +550,7 @@ impl Host {
         }
         self.restored.remove(&gpid);
         self.replicas.insert(gpid);
+        self.taken.remove(&gpid);
         // A new replica has been given no duplications yet (found in review: a replica removed
         // and opened again between two beacons kept its predecessor's entry and got nothing).
         self.dups_sent.remove(&gpid);
@@ -537,6 +562,7 @@ impl Host {
     fn remove(&mut self, gpid: Gpid, why: String) {
         if self.replicas.remove(&gpid) {
             self.dups_sent.remove(&gpid);
+            self.taken.remove(&gpid);
             self.read_ready.remove(&gpid);
             self.removing.insert(gpid);
             self.actions.push(HostAction::RemoveReplica { gpid, why });
@@ -599,7 +625,7 @@ impl Host {
                 self.actions.push(HostAction::SetPartitionCount { table_id, partition_count });
             }
         }
-        let mut waiting = BTreeSet::new();
+        let mut waiting = BTreeMap::new();
         let mut seen = Vec::new();
         let named: BTreeSet<Gpid> = configs.iter().filter(|c| c.hosts(&self.me)).map(|c| c.gpid).collect();
         for config in configs {
@@ -608,8 +634,13 @@ impl Host {
             if !hosted {
                 continue;
             }
-            waiting.insert(gpid);
             seen.push(config.clone());
+            // A replica left out is given its configuration every time: its status, reported
+            // back, decides when it is deleted.
+            if config.hosts(&self.me) && self.taken.get(&gpid) == Some(&config) {
+                continue;
+            }
+            waiting.insert(gpid, config.clone());
             self.actions.push(HostAction::Configure { gpid, config });
         }
         for gpid in gone {
@@ -917,9 +948,10 @@ mod tests {
         assert!(matches!(host.take_actions()[1], HostAction::SendBeacon { sent_at_ms: 2_000, .. }));
     }
 
-    /// An answer that leaves the configurations out means the last answer's: they go to the
-    /// replicas again and the lease waits for them as ever. One whose meta asks for every report
-    /// grants nothing, and the next beacon goes at the next tick.
+    /// An answer that leaves the configurations out means the last answer's: a replica that took
+    /// its configuration and holds it still is not given it again, and the lease follows at once.
+    /// One whose meta asks for every report grants nothing, and the next beacon goes at the next
+    /// tick.
     #[test]
     fn an_unchanged_answer_reuses_the_last_configurations_and_a_resend_grants_nothing() {
         let mut host = Host::new("a".into(), options(), [g(0)], 0);
@@ -945,9 +977,7 @@ mod tests {
             resend_reports,
         };
         host.step(unchanged(1_000, false));
-        assert_eq!(host.take_actions(), vec![HostAction::Configure { gpid: g(0), config: configs[0].clone() }], "the last answer's, again");
-        host.step(HostInput::Configured { gpid: g(0), status: Some(PartitionStatus::Primary) });
-        assert_eq!(host.take_actions(), vec![HostAction::ExtendLease { until_ms: 7_000 }]);
+        assert_eq!(host.take_actions(), vec![HostAction::ExtendLease { until_ms: 7_000 }], "the last answer's, which g0 holds");
         // The meta's view did not add up: nothing configured, no lease; the next tick beacons.
         host.step(HostInput::Tick { now_ms: 2_000 });
         host.take_actions();
@@ -956,6 +986,44 @@ mod tests {
         assert_eq!(host.lease_until_ms(), 7_000);
         host.step(HostInput::Tick { now_ms: 2_100 });
         assert!(host.take_actions().contains(&send_beacon(2_100, false, Some(digest))));
+    }
+
+    /// A configuration a replica took and holds is not given again; a new one is, and so is one
+    /// the replica did not report taking (its task had stopped) or whose configuration moved
+    /// since (`ConfigMoved`: a proposal's late answer can take a core back to an earlier
+    /// configuration of the same ballot, simulator seed 453), and every one of a replica left
+    /// out of its configuration (its status decides its deletion).
+    #[test]
+    fn only_configurations_a_replica_does_not_hold_are_given() {
+        let mut host = Host::new("a".into(), HostOptions { inactive_replica_gc_delay_ms: 60_000, ..options() }, [g(0), g(1), g(2)], 0);
+        let mut configs = vec![cfg(0, 1, Some("a"), &["b"]), cfg(1, 1, Some("b"), &["a"]), cfg(2, 1, Some("b"), &["c"])];
+        let mut sent_at = 0;
+        let mut round = |host: &mut Host, configs: &Vec<PartitionConfig>, statuses: &[(Gpid, Option<PartitionStatus>)]| {
+            host.step(HostInput::Tick { now_ms: sent_at });
+            host.take_actions();
+            let given: Vec<Gpid> = answer(host, sent_at, configs.clone(), vec![])
+                .iter()
+                .filter_map(|a| if let HostAction::Configure { gpid, .. } = a { Some(*gpid) } else { None })
+                .collect();
+            for (gpid, status) in statuses {
+                host.step(HostInput::Configured { gpid: *gpid, status: *status });
+            }
+            assert!(host.take_actions().iter().any(|a| matches!(a, HostAction::ExtendLease { .. })), "the lease follows");
+            sent_at += 1_000;
+            given
+        };
+        let (primary, secondary, inactive) = (Some(PartitionStatus::Primary), Some(PartitionStatus::Secondary), Some(PartitionStatus::Inactive));
+        assert_eq!(round(&mut host, &configs, &[(g(0), primary), (g(1), secondary), (g(2), inactive)]), vec![g(0), g(1), g(2)]);
+        assert_eq!(round(&mut host, &configs, &[(g(2), inactive)]), vec![g(2)], "only the one left out, again");
+        configs[1] = cfg(1, 2, Some("a"), &["b"]);
+        assert_eq!(round(&mut host, &configs, &[(g(1), primary), (g(2), inactive)]), vec![g(1), g(2)], "a new ballot");
+        assert_eq!(round(&mut host, &configs, &[(g(2), inactive)]), vec![g(2)]);
+        host.step(HostInput::ConfigMoved { gpid: g(1) });
+        assert_eq!(round(&mut host, &configs, &[(g(1), primary), (g(2), inactive)]), vec![g(1), g(2)], "its configuration moved");
+        configs[0] = cfg(0, 2, Some("b"), &["a"]);
+        assert_eq!(round(&mut host, &configs, &[(g(0), None), (g(2), inactive)]), vec![g(0), g(2)]);
+        assert_eq!(round(&mut host, &configs, &[(g(0), secondary), (g(2), inactive)]), vec![g(0), g(2)], "its task had stopped: not taken");
+        assert_eq!(round(&mut host, &configs, &[(g(2), inactive)]), vec![g(2)]);
     }
 
     #[test]

@@ -449,6 +449,7 @@ impl ReplicaTask {
                     *self.state.lock().expect("state lock") = self.replica.state();
                     self.node.host_step(HostInput::Configured { gpid, status: Some(status) });
                 }
+                ReplicaAction::ConfigMoved => self.node.host_step(HostInput::ConfigMoved { gpid }),
                 ReplicaAction::Failed { error } => tracing::error!("replica {gpid} failed: {error}"),
                 ReplicaAction::HoldLog { keep_after } => {
                     self.node.host_step(HostInput::HoldLog { gpid, holder: "duplication".into(), keep_after })

@@ -107,6 +107,7 @@ impl ReplicaServer {
             }
             ReplicaAction::SetReadGate { open } => host_step!(self, io, HostInput::ReadGate { gpid, open }),
             ReplicaAction::Configured { status } => host_step!(self, io, HostInput::Configured { gpid, status: Some(status) }),
+            ReplicaAction::ConfigMoved => host_step!(self, io, HostInput::ConfigMoved { gpid }),
             ReplicaAction::Failed { error } => {
                 io.stats.path(path::REPLICA_ERROR);
                 let who = self.me.clone();
