@@ -212,8 +212,8 @@ pub struct HostedReplica<C: Carrier> {
     /// Checkpoints being made, with the learn token of the core that asked.
     making: BTreeMap<String, RequestId>,
     dups: Duplications,
-    /// When the replica took its last tick, and how often one that is neither primary nor
-    /// learner needs one (`next_tick_ms`).
+    /// When the replica took its last tick, and how often it needs one at least
+    /// (`next_tick_ms`).
     last_tick_ms: Option<u64>,
     group_check_interval_ms: u64,
 }

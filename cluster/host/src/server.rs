@@ -216,7 +216,7 @@ pub struct Host {
     outside_since: BTreeMap<Gpid, u64>,
     partition_counts: BTreeMap<u32, u32>,
     /// The configuration each hosted replica took last (`Configured`) and holds still (no
-    /// `ConfigMoved` since). An answer naming the same one again does not give it again: on a
+    /// `ConfigMoved` since); forgotten with the replica (`forget`). An answer naming the same one again does not give it again: on a
     /// server of a thousand idle replicas that is a thousand task wake-ups a beacon fewer, and as
     /// many reports back (issue 15).
     taken: BTreeMap<Gpid, PartitionConfig>,
@@ -550,7 +550,6 @@ impl Host {
         }
         self.restored.remove(&gpid);
         self.replicas.insert(gpid);
-        self.taken.remove(&gpid);
         // A new replica has been given no duplications yet (found in review: a replica removed
         // and opened again between two beacons kept its predecessor's entry and got nothing).
         self.dups_sent.remove(&gpid);
@@ -562,7 +561,6 @@ impl Host {
     fn remove(&mut self, gpid: Gpid, why: String) {
         if self.replicas.remove(&gpid) {
             self.dups_sent.remove(&gpid);
-            self.taken.remove(&gpid);
             self.read_ready.remove(&gpid);
             self.removing.insert(gpid);
             self.actions.push(HostAction::RemoveReplica { gpid, why });
